@@ -1,0 +1,143 @@
+//! The one error type every fallible procpool call returns.
+
+use std::fmt;
+
+/// How a worker process ended.
+///
+/// Follows Python's `Process.exitcode` convention in [`ExitCause::python_exit_code`]:
+/// a normal exit is its code, a death by signal `N` is `-N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExitCause {
+    /// The process called `exit` (or returned from `main`) with this code.
+    Code(i32),
+    /// The process was killed by this signal number (9 for SIGKILL, 11 for SIGSEGV, ...).
+    Signal(i32),
+    /// The process ended but its status could not be read (it was reaped elsewhere).
+    Unknown,
+}
+
+impl ExitCause {
+    /// The Python-style exit code: `Some(code)` for a normal exit, `Some(-N)` for signal `N`.
+    pub fn python_exit_code(self) -> Option<i32> {
+        match self {
+            ExitCause::Code(c) => Some(c),
+            ExitCause::Signal(s) => Some(-s),
+            ExitCause::Unknown => None,
+        }
+    }
+
+    pub(crate) fn from_status(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitCause::Code(code),
+            (None, Some(sig)) => ExitCause::Signal(sig),
+            (None, None) => ExitCause::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Code(code) => write!(f, "exited with code {code}"),
+            ExitCause::Signal(sig) => {
+                let name = nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
+                write!(f, "killed by signal {sig} ({name})")
+            }
+            ExitCause::Unknown => f.write_str("ended with an unknown status"),
+        }
+    }
+}
+
+/// Everything that can go wrong when work is sent to other processes.
+///
+/// Each variant's `Display` text says what happened and, where there is
+/// something to do about it, what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The job panicked while processing one item. The worker survived and
+    /// the pool is still usable.
+    #[error("job `{job}` panicked on item {index}: {message}")]
+    Panicked {
+        /// Registered name of the job.
+        job: String,
+        /// Position of the failing item in the call's input (0 for `apply`).
+        index: usize,
+        /// The panic message, with the source location when known.
+        message: String,
+    },
+
+    /// A worker process ended while it was running a task: it crashed, called
+    /// `exit`, was killed (by `kill -9`, the OOM killer, ...). The pool has
+    /// already started a replacement.
+    #[error(
+        "worker process {pid} {cause} while running job `{job}` on items {first}..{end}; \
+         the pool replaced the worker. If the job crashes the process (abort, segfault, \
+         exit, out of memory), fix the job or retry the call",
+        end = first + count
+    )]
+    WorkerDied {
+        /// Registered name of the job that was running.
+        job: String,
+        /// Process id of the worker that died.
+        pid: u32,
+        /// Its exit code or the signal that killed it.
+        cause: ExitCause,
+        /// Index of the first input item of the task that was lost.
+        first: usize,
+        /// Number of input items in that task.
+        count: usize,
+    },
+
+    /// The pool no longer accepts work: [`Pool::close`](crate::Pool::close),
+    /// [`Pool::join`](crate::Pool::join) or [`Pool::terminate`](crate::Pool::terminate)
+    /// was called. Build a new pool to submit more.
+    #[error("the pool is closed and accepts no new work; create a new Pool to submit more")]
+    Closed,
+
+    /// The pool was terminated (or dropped) while this call was still running.
+    #[error("the pool was terminated while job `{job}` was pending; its result is lost")]
+    Terminated {
+        /// Registered name of the job whose result was lost.
+        job: String,
+    },
+
+    /// A value could not go through the channel between processes.
+    #[error("job `{job}`: cannot {direction}: {message}")]
+    Serialization {
+        /// Registered name of the job.
+        job: String,
+        /// What failed, e.g. "serialize argument 3" or "decode the result of item 0".
+        direction: String,
+        /// The underlying message, including the text of a failing `Serialize` impl.
+        message: String,
+    },
+
+    /// A worker process could not be started or did not connect back.
+    #[error("could not start a worker process: {0}")]
+    Spawn(String),
+
+    /// The worker does not know the job it was sent. Only happens when the
+    /// worker runs a different binary than the caller.
+    #[error(
+        "the worker has no job registered as `{0}`; workers run the caller's own executable, \
+         so this means the binary changed on disk or the message was forged"
+    )]
+    UnknownJob(String),
+
+    /// The pool was configured with an impossible setting.
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+
+    /// The job registry is inconsistent, e.g. two functions registered under one name.
+    #[error("job registry error: {0}")]
+    Registry(String),
+
+    /// Communication with a worker failed in an unexpected way.
+    #[error("inter-process communication failed: {0}")]
+    Ipc(String),
+}

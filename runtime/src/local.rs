@@ -1,0 +1,309 @@
+//! The local backend: one driver thread per worker process, fed from one queue.
+//!
+//! A driver owns its worker: it sends a task, waits for the reply, and when
+//! the worker dies it reports the lost task, reaps the process and starts a
+//! replacement. The driver also spawns its worker, because Linux delivers
+//! `PR_SET_PDEATHSIG` when the *thread* that forked the child exits, and
+//! drivers live as long as their workers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+
+use crate::Error;
+use crate::process::{Lost, PidSlot, WorkerProcess};
+use crate::transport::{Backend, Task};
+use crate::wire::{FromWorker, ToWorker};
+
+/// Settings the local backend needs.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalConfig {
+    pub(crate) processes: usize,
+    pub(crate) spawn_timeout: Duration,
+}
+
+/// Python numbers pool workers across the whole program; so do we.
+static WORKER_NUMBER: AtomicU64 = AtomicU64::new(0);
+
+fn next_worker_name() -> String {
+    format!("PoolWorker-{}", WORKER_NUMBER.fetch_add(1, Ordering::Relaxed) + 1)
+}
+
+struct Queue {
+    tasks: VecDeque<Task>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    work: Condvar,
+    terminated: AtomicBool,
+    /// Each driver's live worker, for `terminate` to kill.
+    pids: Vec<Arc<PidSlot>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent
+    // (every critical section is a single push, pop or flag write).
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The next task, or `None` when the driver should stop.
+    fn next_task(&self) -> Option<Task> {
+        let mut queue = lock(&self.queue);
+        loop {
+            if self.terminated.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(task) = queue.tasks.pop_front() {
+                return Some(task);
+            }
+            if queue.closed {
+                return None;
+            }
+            queue = self.work.wait(queue).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+pub(crate) struct LocalBackend {
+    shared: Arc<Shared>,
+    drivers: Mutex<Vec<JoinHandle<()>>>,
+    processes: usize,
+}
+
+impl LocalBackend {
+    /// Starts every worker and returns once all are connected, or fails with
+    /// the first start-up error after stopping the ones that did start.
+    pub(crate) fn start(config: LocalConfig) -> Result<Self, Error> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                tasks: VecDeque::new(),
+                closed: false,
+            }),
+            work: Condvar::new(),
+            terminated: AtomicBool::new(false),
+            pids: (0..config.processes).map(|_| Arc::default()).collect(),
+        });
+        let (started_tx, started) = mpsc::channel();
+        let mut drivers = Vec::with_capacity(config.processes);
+        let mut outcome = Ok(());
+        for slot in 0..config.processes {
+            let driver = Driver {
+                slot,
+                shared: Arc::clone(&shared),
+                config: config.clone(),
+            };
+            let started_tx = started_tx.clone();
+            match thread::Builder::new()
+                .name(format!("procpool-driver-{slot}"))
+                .spawn(move || driver.run(started_tx))
+            {
+                Ok(handle) => drivers.push(handle),
+                Err(err) => {
+                    outcome = Err(Error::Spawn(format!("cannot start a driver thread: {err}")));
+                    break;
+                }
+            }
+        }
+        drop(started_tx);
+        let backend = LocalBackend {
+            shared,
+            drivers: Mutex::new(drivers),
+            processes: config.processes,
+        };
+        outcome?;
+        // Each driver reports exactly once; a driver that died without
+        // reporting closes its sender, which ends this loop too.
+        for _ in 0..config.processes {
+            match started.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Err(Error::Spawn("a driver thread ended during start-up".into())),
+            }
+        }
+        Ok(backend)
+    }
+
+    fn join_drivers(&self) {
+        let handles = std::mem::take(&mut *lock(&self.drivers));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn submit(&self, task: Task) -> Result<(), Error> {
+        let mut queue = lock(&self.shared.queue);
+        if queue.closed || self.shared.terminated.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        queue.tasks.push_back(task);
+        drop(queue);
+        self.shared.work.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.work.notify_all();
+    }
+
+    fn join(&self) -> Result<(), Error> {
+        self.close();
+        self.join_drivers();
+        Ok(())
+    }
+
+    fn terminate(&self) {
+        let orphaned = {
+            let mut queue = lock(&self.shared.queue);
+            queue.closed = true;
+            self.shared.terminated.store(true, Ordering::Release);
+            std::mem::take(&mut queue.tasks)
+        };
+        self.shared.work.notify_all();
+        for slot in &self.shared.pids {
+            slot.kill();
+        }
+        for task in orphaned {
+            let job = task.job.to_owned();
+            task.fail(Error::Terminated { job });
+        }
+    }
+
+    fn processes(&self) -> usize {
+        self.processes
+    }
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        // Only reached once nobody can submit: stop now rather than wait for
+        // a queue nobody will collect, and never leave a child behind.
+        if !lock(&self.drivers).is_empty() {
+            self.terminate();
+            self.join_drivers();
+        }
+    }
+}
+
+struct Driver {
+    slot: usize,
+    shared: Arc<Shared>,
+    config: LocalConfig,
+}
+
+impl Driver {
+    fn run(self, started: mpsc::Sender<Result<(), Error>>) {
+        let first = self.spawn();
+        let mut worker = match first {
+            Ok(worker) => {
+                let _ = started.send(Ok(()));
+                Some(worker)
+            }
+            Err(err) => {
+                let _ = started.send(Err(err));
+                return;
+            }
+        };
+        drop(started);
+
+        while let Some(task) = self.shared.next_task() {
+            if task.sink.cancelled() {
+                continue;
+            }
+            let current = match worker.take() {
+                Some(current) => current,
+                None => match self.spawn() {
+                    Ok(fresh) => fresh,
+                    Err(err) => {
+                        task.fail(err);
+                        continue;
+                    }
+                },
+            };
+            worker = self.run_task(current, task);
+        }
+
+        if let Some(worker) = worker {
+            if self.shared.terminated.load(Ordering::Acquire) {
+                drop(worker);
+            } else {
+                worker.shutdown();
+            }
+        }
+    }
+
+    fn spawn(&self) -> Result<WorkerProcess, Error> {
+        let mut worker = WorkerProcess::spawn(
+            &next_worker_name(),
+            self.config.spawn_timeout,
+            &self.shared.terminated,
+        )?;
+        worker.register(Arc::clone(&self.shared.pids[self.slot]));
+        if self.shared.terminated.load(Ordering::Acquire) {
+            // terminate() ran before the pid was visible to it.
+            return Err(Error::Spawn("the pool was terminated".into()));
+        }
+        Ok(worker)
+    }
+
+    /// Runs one task; returns the worker if it is still usable.
+    fn run_task(&self, mut worker: WorkerProcess, mut task: Task) -> Option<WorkerProcess> {
+        let message = ToWorker::Run {
+            job: task.job.to_owned(),
+            count: task.count as u64,
+            items: ByteBuf::from(std::mem::take(&mut task.items)),
+        };
+        let pid = worker.pid();
+        match worker.call(message, None, &self.shared.terminated) {
+            Ok(FromWorker::Done { items }) => {
+                task.sink.deliver(task.info(), Ok(items.into_vec()));
+                Some(worker)
+            }
+            Ok(FromWorker::Failed(failure)) => {
+                let error = failure.into_error(task.job, task.first);
+                task.fail(error);
+                Some(worker)
+            }
+            Ok(other) => {
+                drop(worker);
+                task.fail(Error::Ipc(format!("worker {pid} sent an unexpected reply: {other:?}")));
+                self.respawn()
+            }
+            Err(lost) => {
+                drop(worker);
+                let job = task.job.to_owned();
+                let error = match lost {
+                    Lost::Died(cause) if !self.shared.terminated.load(Ordering::Acquire) => {
+                        Error::WorkerDied {
+                            job,
+                            pid,
+                            cause,
+                            first: task.first,
+                            count: task.count,
+                        }
+                    }
+                    Lost::Died(_) | Lost::Aborted | Lost::TimedOut => Error::Terminated { job },
+                };
+                task.fail(error);
+                self.respawn()
+            }
+        }
+    }
+
+    /// Replaces a lost worker at once, so capacity is back before the next task.
+    fn respawn(&self) -> Option<WorkerProcess> {
+        if self.shared.terminated.load(Ordering::Acquire) {
+            return None;
+        }
+        self.spawn().ok()
+    }
+}

@@ -1,0 +1,332 @@
+//! The pool: cuts calls into chunks, hands them to a backend, collects results.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::call::{All, AsyncResult, Call, Finish, One};
+use crate::job::{Job, JobArgs};
+use crate::local::{LocalBackend, LocalConfig};
+use crate::transport::{Backend, Task};
+use crate::{Error, codec};
+
+/// A pool of worker processes, like Python's `multiprocessing.Pool`.
+///
+/// Jobs are functions marked [`#[pool_job]`](crate::pool_job). Results come
+/// back in input order. The pool is `Send + Sync`: share it between threads
+/// (by reference or in an `Arc`) and submit from all of them at once.
+///
+/// ```
+/// use procpool::{pool_job, Pool};
+///
+/// #[pool_job]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let pool = Pool::with_processes(2)?;
+/// assert_eq!(pool.map(square, 0..5)?, vec![0, 1, 4, 9, 16]);
+/// pool.close();
+/// pool.join()?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Dropping a pool stops its workers at once (like Python's `terminate`)
+/// and reaps them; call [`close`](Pool::close) and [`join`](Pool::join)
+/// first to let queued work finish.
+pub struct Pool {
+    backend: Box<dyn Backend>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.backend.processes())
+            .finish()
+    }
+}
+
+/// Configures a [`Pool`] before starting it. Created by [`Pool::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    spawn_timeout: Duration,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            processes: None,
+            spawn_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes. Defaults to [`std::thread::available_parallelism`].
+    pub fn processes(mut self, processes: usize) -> Self {
+        self.processes = Some(processes);
+        self
+    }
+
+    /// How long a new worker may take to start and connect before the start
+    /// fails with [`Error::Spawn`]. Defaults to 10 seconds.
+    pub fn spawn_timeout(mut self, timeout: Duration) -> Self {
+        self.spawn_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers. Returns once every worker is connected.
+    pub fn build(self) -> Result<Pool, Error> {
+        let processes = match self.processes {
+            Some(0) => {
+                return Err(Error::Config(
+                    "a pool needs at least one process; pass processes >= 1".into(),
+                ));
+            }
+            Some(n) => n,
+            None => crate::cpu_count(),
+        };
+        // Fail on an inconsistent registry here rather than in every task.
+        crate::job::registry()?;
+        let backend = LocalBackend::start(LocalConfig {
+            processes,
+            spawn_timeout: self.spawn_timeout,
+        })?;
+        Ok(Pool {
+            backend: Box::new(backend),
+        })
+    }
+}
+
+impl Pool {
+    /// Starts one worker per available CPU ([`std::thread::available_parallelism`]).
+    pub fn new() -> Result<Pool, Error> {
+        Pool::builder().build()
+    }
+
+    /// Starts `processes` workers. `0` is an [`Error::Config`].
+    pub fn with_processes(processes: usize) -> Result<Pool, Error> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for a pool with more settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.backend.processes()
+    }
+
+    /// Runs `job` on every item and returns the results in input order.
+    ///
+    /// Takes any `IntoIterator`; items travel to the workers in chunks of
+    /// `ceil(n / (4 × processes))` like Python's default. The first error
+    /// (a panic, a dead worker, an unserializable value) fails the call, and
+    /// chunks not yet started are skipped.
+    pub fn map<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        self.map_async(job, items)?.get()
+    }
+
+    /// Like [`map`](Pool::map), for jobs whose items are argument tuples.
+    /// For a job with several arguments this is the same as `map`; a
+    /// one-argument job takes 1-tuples here, as Python's `starmap` does.
+    pub fn starmap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.starmap_async(job, items)?.get()
+    }
+
+    /// Runs `job` once on `item` in a worker and returns its result.
+    /// A job with several arguments takes them as a tuple.
+    pub fn apply<F, A, R>(&self, job: Job<F, A, R>, item: A::Item) -> Result<R, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(job, item)?.get()
+    }
+
+    /// Like [`map`](Pool::map), but returns at once with an [`AsyncResult`].
+    ///
+    /// The items are serialized before this returns, so `items` need not be
+    /// `Send`; an item that fails to serialize is reported here.
+    pub fn map_async<F, A, R, I>(
+        &self,
+        job: Job<F, A, R>,
+        items: I,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        let items = items.into_iter();
+        let (low, high) = items.size_hint();
+        let call = if high == Some(low) {
+            self.submit::<_, _, All>(job.name(), low, items, None)?
+        } else {
+            // Python's rule needs the length: collect an iterator of unknown size first.
+            let items: Vec<A::Item> = items.collect();
+            self.submit::<_, _, All>(job.name(), items.len(), items, None)?
+        };
+        Ok(AsyncResult::new(call))
+    }
+
+    /// Like [`starmap`](Pool::starmap), but returns at once with an [`AsyncResult`].
+    pub fn starmap_async<F, A, R, I>(
+        &self,
+        job: Job<F, A, R>,
+        items: I,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(job, items.into_iter().map(JobArgs::into_item))
+    }
+
+    /// Like [`apply`](Pool::apply), but returns at once with an [`AsyncResult`].
+    pub fn apply_async<F, A, R>(
+        &self,
+        job: Job<F, A, R>,
+        item: A::Item,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let call = self.submit::<_, _, One>(job.name(), 1, std::iter::once(item), Some(1))?;
+        Ok(AsyncResult::new(call))
+    }
+
+    /// Stops accepting work. Queued and running tasks still finish; later
+    /// calls fail with [`Error::Closed`].
+    pub fn close(&self) {
+        self.backend.close();
+    }
+
+    /// Waits for all queued work to finish and every worker to exit.
+    /// Closes the pool first if [`close`](Pool::close) was not called.
+    pub fn join(&self) -> Result<(), Error> {
+        self.backend.join()
+    }
+
+    /// Stops the workers now (SIGKILL). Calls still running or queued fail
+    /// promptly with [`Error::Terminated`]; later calls fail with [`Error::Closed`].
+    pub fn terminate(&self) {
+        self.backend.terminate();
+    }
+
+    /// Encodes `items` into chunks and queues them as they fill, so workers
+    /// start while later items are still being encoded.
+    fn submit<T, R, M>(
+        &self,
+        job: &'static str,
+        expected: usize,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> Result<Arc<Call<R, M>>, Error>
+    where
+        T: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        M: Finish<R>,
+    {
+        let chunksize = chunksize
+            .unwrap_or_else(|| default_chunksize(expected, self.processes()))
+            .max(1);
+        let call = Call::<R, M>::new(job);
+        let mut chunk = ChunkBuilder::default();
+        for (index, item) in items.into_iter().enumerate() {
+            if let Err(message) = codec::encode_into(&item, &mut chunk.bytes) {
+                let error = Error::Serialization {
+                    job: job.to_owned(),
+                    direction: format!("serialize argument {index}"),
+                    message,
+                };
+                call.abandon(error.clone());
+                return Err(error);
+            }
+            chunk.count += 1;
+            if chunk.count == chunksize {
+                self.send_chunk(job, &call, &mut chunk)?;
+            }
+        }
+        if chunk.count > 0 {
+            self.send_chunk(job, &call, &mut chunk)?;
+        }
+        call.seal();
+        Ok(call)
+    }
+
+    fn send_chunk<R, M>(
+        &self,
+        job: &'static str,
+        call: &Arc<Call<R, M>>,
+        chunk: &mut ChunkBuilder,
+    ) -> Result<(), Error>
+    where
+        R: DeserializeOwned + Send + 'static,
+        M: Finish<R>,
+    {
+        let count = std::mem::take(&mut chunk.count);
+        let task = Task {
+            job,
+            chunk: chunk.number,
+            first: chunk.first,
+            count,
+            items: std::mem::take(&mut chunk.bytes),
+            sink: Arc::clone(call) as Arc<dyn crate::transport::Sink>,
+        };
+        chunk.number += 1;
+        chunk.first += count;
+        call.expect_chunk();
+        if let Err(error) = self.backend.submit(task) {
+            call.abandon(error.clone());
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct ChunkBuilder {
+    number: usize,
+    first: usize,
+    count: usize,
+    bytes: Vec<u8>,
+}
+
+/// Python's rule: `ceil(n / (4 × processes))`, at least 1.
+fn default_chunksize(items: usize, processes: usize) -> usize {
+    items.div_ceil(4 * processes.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_chunksize;
+
+    #[test]
+    fn chunksize_follows_python() {
+        assert_eq!(default_chunksize(0, 2), 1);
+        assert_eq!(default_chunksize(10, 2), 2);
+        assert_eq!(default_chunksize(8, 2), 1);
+        assert_eq!(default_chunksize(1_000_000, 2), 125_000);
+    }
+}

@@ -1,0 +1,319 @@
+//! Handles to worker processes: start one, talk to it, watch it die, reap it.
+//!
+//! Every child is reaped by the handle that owns it (on drop at the latest),
+//! so no zombie outlives its handle.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+use ipc_channel::{IpcError, TryRecvError};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::error::ExitCause;
+use crate::wire::{FromWorker, ToWorker};
+use crate::{Error, worker};
+
+/// How often a waiting parent looks at a child that has not answered yet.
+const POLL: Duration = Duration::from_millis(2);
+/// How long a worker may take to exit after its channel closed before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a conversation with a worker ended early.
+#[derive(Debug)]
+pub(crate) enum Lost {
+    /// The worker process is gone (or unreachable) and has been reaped.
+    Died(ExitCause),
+    /// The caller asked to stop waiting.
+    Aborted,
+    /// No answer within the time limit; the worker has been killed and reaped.
+    TimedOut,
+}
+
+/// Where another thread can find a worker's pid to kill it.
+///
+/// The owning [`WorkerProcess`] holds the lock while it reaps and clears the
+/// pid before releasing it, so [`PidSlot::kill`] never signals a pid that
+/// was reaped and possibly reused.
+#[derive(Debug, Default)]
+pub(crate) struct PidSlot(Mutex<Option<u32>>);
+
+impl PidSlot {
+    /// Sends SIGKILL to the registered worker, if any.
+    pub(crate) fn kill(&self) {
+        let pid = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A running worker process connected over ipc-channel.
+pub(crate) struct WorkerProcess {
+    child: Child,
+    pid: u32,
+    tasks: IpcSender<ToWorker>,
+    replies: IpcReceiver<FromWorker>,
+    reaped: Option<ExitCause>,
+    slot: Option<Arc<PidSlot>>,
+}
+
+impl WorkerProcess {
+    /// Starts the current executable as a worker named `name` and waits until
+    /// it is connected and initialised. Fails (never hangs) if the child dies
+    /// first, does not connect within `timeout`, or `abort` becomes true.
+    pub(crate) fn spawn(name: &str, timeout: Duration, abort: &AtomicBool) -> Result<Self, Error> {
+        if !worker::bootstrap_ran() {
+            return Err(Error::Spawn(
+                "procpool's start-up hook did not run in this executable, so a worker could \
+                 not tell it is a worker; this happens when the linker dropped procpool's \
+                 constructor (link procpool normally, without `-C link-dead-code=no` tricks, \
+                 and do not strip .init_array)"
+                    .into(),
+            ));
+        }
+        let (server, socket) = IpcOneShotServer::<FromWorker>::new()
+            .map_err(|e| Error::Spawn(format!("cannot create the bootstrap socket: {e}")))?;
+        let mut command = Command::new("/proc/self/exe");
+        if let Some(arg0) = std::env::args_os().next() {
+            command.arg0(arg0);
+        }
+        command.env(worker::WORKER_ENV, &socket).stdin(Stdio::null());
+        let child = command.spawn().map_err(|e| {
+            Error::Spawn(format!("cannot start /proc/self/exe as a worker process: {e}"))
+        })?;
+
+        // `accept` has no timeout, so it runs on its own thread while this
+        // one watches the child and the clock.
+        let (accepted_tx, accepted) = mpsc::channel();
+        let acceptor = thread::Builder::new()
+            .name("procpool-accept".into())
+            .spawn(move || {
+                let _ = accepted_tx.send(server.accept());
+            })
+            .map_err(|e| Error::Spawn(format!("cannot start a thread: {e}")))?;
+
+        let mut pending = Pending {
+            child: Some(child),
+            socket: &socket,
+            acceptor: Some(acceptor),
+        };
+        let deadline = Instant::now() + timeout;
+        let (replies, hello) = loop {
+            match accepted.recv_timeout(POLL) {
+                Ok(Ok(pair)) => break pair,
+                Ok(Err(err)) => return Err(pending.fail(format!("the bootstrap handshake failed: {err:?}"))),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(pending.fail("the bootstrap thread ended unexpectedly".into()));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(cause) = pending.exited() {
+                        return Err(pending.fail(format!(
+                            "the worker process {cause} before connecting back (its stderr, \
+                             above, may say why)"
+                        )));
+                    }
+                    if abort.load(Ordering::Acquire) {
+                        return Err(pending.fail("the pool was terminated".into()));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(pending.fail(format!(
+                            "the worker did not connect back within {timeout:?}"
+                        )));
+                    }
+                }
+            }
+        };
+        let FromWorker::Hello { pid, tasks } = hello else {
+            return Err(pending.fail("the worker sent an unexpected first message".into()));
+        };
+        let child = pending.disarm();
+        let mut worker = WorkerProcess {
+            child,
+            pid,
+            tasks,
+            replies,
+            reaped: None,
+            slot: None,
+        };
+        worker
+            .call(ToWorker::Init { name: name.to_owned() }, Some(deadline), abort)
+            .and_then(|reply| match reply {
+                FromWorker::Ready => Ok(()),
+                _ => Err(Lost::Aborted),
+            })
+            .map_err(|lost| {
+                Error::Spawn(match lost {
+                    Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
+                    Lost::TimedOut => format!("the worker did not start within {timeout:?}"),
+                    Lost::Aborted => "the worker start was interrupted".to_owned(),
+                })
+            })?;
+        Ok(worker)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Publishes this worker's pid in `slot` until it is reaped.
+    pub(crate) fn register(&mut self, slot: Arc<PidSlot>) {
+        *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.pid);
+        self.slot = Some(slot);
+    }
+
+    /// Sends one message and waits for the reply. `deadline` bounds the wait
+    /// (the worker is killed when it passes); `abort` is checked while waiting.
+    pub(crate) fn call(
+        &mut self,
+        message: ToWorker,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<FromWorker, Lost> {
+        if self.tasks.send(message).is_err() {
+            return Err(Lost::Died(self.reap()));
+        }
+        loop {
+            let wait = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.kill_and_reap();
+                        return Err(Lost::TimedOut);
+                    }
+                    left.min(Duration::from_millis(100))
+                }
+                None => Duration::from_millis(100),
+            };
+            match self.replies.try_recv_timeout(wait) {
+                Ok(reply) => return Ok(reply),
+                Err(TryRecvError::Empty) => {
+                    if abort.load(Ordering::Acquire) {
+                        self.kill_and_reap();
+                        return Err(Lost::Aborted);
+                    }
+                }
+                Err(TryRecvError::IpcError(IpcError::Disconnected)) => {
+                    return Err(Lost::Died(self.reap()));
+                }
+                Err(TryRecvError::IpcError(_)) => {
+                    // A reply we cannot decode means the worker is not
+                    // speaking our protocol: do not trust it further.
+                    self.kill_and_reap();
+                    return Err(Lost::Died(self.reaped.unwrap_or(ExitCause::Unknown)));
+                }
+            }
+        }
+    }
+
+    /// Asks the worker to exit and reaps it; kills it if it does not comply quickly.
+    pub(crate) fn shutdown(mut self) {
+        if self.tasks.send(ToWorker::Exit).is_ok() {
+            self.reap();
+        } else {
+            self.kill_and_reap();
+        }
+    }
+
+    fn kill_and_reap(&mut self) -> ExitCause {
+        if self.reaped.is_none() {
+            let _ = self.child.kill();
+        }
+        self.reap()
+    }
+
+    /// Waits for the child to end, killing it if it lingers after its channel closed.
+    fn reap(&mut self) -> ExitCause {
+        if let Some(cause) = self.reaped {
+            return cause;
+        }
+        let slot = self.slot.take();
+        let mut registered = slot
+            .as_ref()
+            .map(|slot| slot.0.lock().unwrap_or_else(PoisonError::into_inner));
+        let deadline = Instant::now() + EXIT_GRACE;
+        let cause = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break ExitCause::from_status(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    break self
+                        .child
+                        .wait()
+                        .map(ExitCause::from_status)
+                        .unwrap_or(ExitCause::Unknown);
+                }
+                Err(_) => break ExitCause::Unknown,
+            }
+        };
+        self.reaped = Some(cause);
+        if let Some(pid) = registered.as_deref_mut() {
+            *pid = None;
+        }
+        cause
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// A child started but not yet connected: on failure it is killed, reaped,
+/// and the accept thread is released by connecting to its socket ourselves.
+struct Pending<'a> {
+    child: Option<Child>,
+    socket: &'a str,
+    acceptor: Option<thread::JoinHandle<()>>,
+}
+
+impl Pending<'_> {
+    fn exited(&mut self) -> Option<ExitCause> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(ExitCause::from_status(status)),
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self, message: String) -> Error {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(acceptor) = self.acceptor.take() {
+            if !acceptor.is_finished() {
+                if let Ok(unblock) = IpcSender::<FromWorker>::connect(self.socket.to_owned()) {
+                    let _ = unblock.send(FromWorker::Abort);
+                }
+            }
+            let _ = acceptor.join();
+        }
+        Error::Spawn(message)
+    }
+
+    fn disarm(mut self) -> Child {
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        match self.child.take() {
+            Some(child) => child,
+            None => unreachable!("disarm is called once, on a pending child"),
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.child.is_some() || self.acceptor.is_some() {
+            let _ = self.fail(String::new());
+        }
+    }
+}

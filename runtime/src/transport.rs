@@ -1,0 +1,72 @@
+//! The seam between the pool's logic and the way tasks reach workers.
+//!
+//! The pool cuts a call into [`Task`]s and hands them to a [`Backend`]; the
+//! backend runs each task somewhere and hands the outcome to the task's
+//! [`Sink`]. The local backend ([`crate::local`]) uses worker processes on
+//! this machine; another backend (a broker) only has to implement the same
+//! trait.
+
+use std::sync::Arc;
+
+use crate::Error;
+
+/// One chunk of one call: `count` items of `job`, encoded back to back.
+pub(crate) struct Task {
+    pub(crate) job: &'static str,
+    /// Position of this chunk among the call's chunks.
+    pub(crate) chunk: usize,
+    /// Index of the chunk's first item in the call's input.
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+    pub(crate) items: Vec<u8>,
+    pub(crate) sink: Arc<dyn Sink>,
+}
+
+/// Where a task's outcome goes.
+pub(crate) trait Sink: Send + Sync {
+    /// `Ok` carries one encoded `Result<R, Failure>` per item; `Err` means the
+    /// whole task was lost (worker died, pool terminated, ...).
+    fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>);
+
+    /// True once nobody wants the outcome any more: queued tasks are skipped.
+    fn cancelled(&self) -> bool;
+}
+
+/// What a sink needs to know about a finished task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaskInfo {
+    pub(crate) job: &'static str,
+    pub(crate) chunk: usize,
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+}
+
+impl Task {
+    pub(crate) fn info(&self) -> TaskInfo {
+        TaskInfo {
+            job: self.job,
+            chunk: self.chunk,
+            first: self.first,
+            count: self.count,
+        }
+    }
+
+    /// Reports the task as lost with `error`, unless nobody is listening.
+    pub(crate) fn fail(self, error: Error) {
+        self.sink.deliver(self.info(), Err(error));
+    }
+}
+
+/// Runs tasks. Implementations are shared by every thread using the pool.
+pub(crate) trait Backend: Send + Sync {
+    /// Queues a task; `Err(Error::Closed)` once the backend was closed.
+    fn submit(&self, task: Task) -> Result<(), Error>;
+    /// Accepts no new tasks; queued ones still run.
+    fn close(&self);
+    /// Closes, waits for queued tasks to finish and the workers to exit.
+    fn join(&self) -> Result<(), Error>;
+    /// Stops the workers now; pending tasks fail with `Error::Terminated`.
+    fn terminate(&self);
+    /// How many workers serve this backend.
+    fn processes(&self) -> usize;
+}

@@ -1,0 +1,96 @@
+//! The messages parent and worker exchange over ipc-channel.
+//!
+//! A task carries a chunk of items already encoded back to back (see
+//! [`crate::codec`]); the reply carries one encoded `Result<R, Failure>` per
+//! item, so one bad item does not cost the rest of its chunk.
+
+use ipc_channel::ipc::IpcSender;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::Error;
+
+/// Parent → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// First message after the handshake.
+    Init {
+        /// What `current_process().name()` says inside the worker.
+        name: String,
+    },
+    /// Run `job` over `count` encoded items.
+    Run {
+        job: String,
+        count: u64,
+        items: ByteBuf,
+    },
+    /// Finish and exit with code 0.
+    Exit,
+}
+
+/// Worker → parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// First message on the bootstrap socket: where to send tasks.
+    Hello {
+        pid: u32,
+        tasks: IpcSender<ToWorker>,
+    },
+    /// The parent's own message to unblock a bootstrap `accept` whose child
+    /// died before connecting (`IpcOneShotServer::accept` has no timeout).
+    Abort,
+    /// `Init` was processed.
+    Ready,
+    /// One encoded `Result<R, Failure>` per item of the task.
+    Done { items: ByteBuf },
+    /// The whole task failed before any item ran.
+    Failed(Failure),
+}
+
+/// Why one item (or a whole task) failed inside a worker.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FailureKind {
+    Panicked,
+    DecodeArguments,
+    EncodeResult,
+    UnknownJob,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The caller-facing error, for the item at `index` of the call's input.
+    pub(crate) fn into_error(self, job: &str, index: usize) -> Error {
+        let job = job.to_owned();
+        match self.kind {
+            FailureKind::Panicked => Error::Panicked {
+                job,
+                index,
+                message: self.message,
+            },
+            FailureKind::DecodeArguments => Error::Serialization {
+                job,
+                direction: format!("decode the arguments of item {index} in the worker"),
+                message: self.message,
+            },
+            FailureKind::EncodeResult => Error::Serialization {
+                job,
+                direction: format!("serialize the result of item {index} in the worker"),
+                message: self.message,
+            },
+            FailureKind::UnknownJob => Error::UnknownJob(job),
+        }
+    }
+}

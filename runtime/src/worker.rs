@@ -1,0 +1,199 @@
+//! The worker side: a constructor that diverts a marked child before `main`,
+//! and the loop that runs registered jobs.
+//!
+//! A worker is the caller's own executable started again with
+//! [`WORKER_ENV`] set to the path of a one-shot socket. The constructor runs
+//! before `main` (before the test harness, too), so the user writes no
+//! `init()` line and the worker never runs the user's `main` body. It only
+//! ever runs functions found in the link-time registry, whatever it is sent.
+
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ipc_channel::ipc::{self, IpcSender};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::wire::{Failure, FailureKind, FromWorker, ToWorker};
+
+/// The environment variable that turns a start of the executable into a worker.
+pub(crate) const WORKER_ENV: &str = "__PROCPOOL_WORKER_SOCKET";
+
+/// Exit code of a worker that could not connect back to its parent.
+const EXIT_BOOTSTRAP_FAILED: i32 = 86;
+
+static BOOTSTRAP_RAN: AtomicBool = AtomicBool::new(false);
+static PROCESS_NAME: OnceLock<String> = OnceLock::new();
+
+/// Whether this binary's start-up hook ran. Reading it from `Pool`
+/// construction also makes the linker keep the object file holding the hook.
+pub(crate) fn bootstrap_ran() -> bool {
+    BOOTSTRAP_RAN.load(Ordering::Acquire)
+}
+
+/// The name given to this process by its parent, if it is a worker.
+pub(crate) fn process_name() -> Option<&'static str> {
+    PROCESS_NAME.get().map(String::as_str)
+}
+
+#[ctor::ctor(unsafe)]
+fn procpool_bootstrap() {
+    BOOTSTRAP_RAN.store(true, Ordering::Release);
+    let Some(socket) = std::env::var_os(WORKER_ENV) else {
+        return;
+    };
+    // SAFETY: constructors run before `main`, while the process has one
+    // thread, so nothing can read the environment concurrently. Removing the
+    // marker lets jobs start pools and processes of their own.
+    unsafe { std::env::remove_var(WORKER_ENV) };
+    let code = match socket.into_string() {
+        Ok(socket) => serve(socket),
+        Err(_) => {
+            eprintln!("procpool worker: {WORKER_ENV} is not valid UTF-8; exiting");
+            EXIT_BOOTSTRAP_FAILED
+        }
+    };
+    // Never fall through into `main`: that is how fork bombs start.
+    std::process::exit(code);
+}
+
+/// Connects to the parent and serves tasks until told to stop or the parent goes away.
+fn serve(socket: String) -> i32 {
+    // The parent may be killed with SIGKILL, which runs no clean-up: have the
+    // kernel kill us too. The check after it closes the race where the
+    // parent died before the call.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    let replies = match IpcSender::<FromWorker>::connect(socket) {
+        Ok(sender) => sender,
+        Err(err) => {
+            eprintln!("procpool worker: cannot connect to the parent's socket: {err}");
+            return EXIT_BOOTSTRAP_FAILED;
+        }
+    };
+    let (tasks_tx, tasks) = match ipc::channel::<ToWorker>() {
+        Ok(pair) => pair,
+        Err(err) => {
+            eprintln!("procpool worker: cannot create a channel: {err}");
+            return EXIT_BOOTSTRAP_FAILED;
+        }
+    };
+    let hello = FromWorker::Hello {
+        pid: std::process::id(),
+        tasks: tasks_tx,
+    };
+    if replies.send(hello).is_err() {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    install_panic_hook();
+
+    // A closed channel means the parent is gone or done with us: exit quietly.
+    while let Ok(message) = tasks.recv() {
+        let reply = match message {
+            ToWorker::Init { name } => {
+                let _ = PROCESS_NAME.set(name);
+                FromWorker::Ready
+            }
+            ToWorker::Run { job, count, items } => run_task(&job, count, &items),
+            ToWorker::Exit => break,
+        };
+        if replies.send(reply).is_err() {
+            break;
+        }
+    }
+    0
+}
+
+fn run_task(job: &str, count: u64, items: &[u8]) -> FromWorker {
+    let entry = match crate::job::registry() {
+        Ok(registry) => registry.get(job).copied(),
+        Err(err) => return FromWorker::Failed(Failure::new(FailureKind::UnknownJob, err.to_string())),
+    };
+    let Some(entry) = entry else {
+        return FromWorker::Failed(Failure::new(FailureKind::UnknownJob, job));
+    };
+    let Ok(count) = usize::try_from(count) else {
+        return FromWorker::Failed(Failure::new(FailureKind::DecodeArguments, "item count too large"));
+    };
+    let mut output = Vec::new();
+    match (entry.invoke)(count, items, &mut output) {
+        Ok(()) => FromWorker::Done {
+            items: serde_bytes::ByteBuf::from(output),
+        },
+        Err(failure) => FromWorker::Failed(failure),
+    }
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Keeps the panic message and location for the reply instead of printing
+/// it: the caller gets it in `Error::Panicked`, and stderr is not flooded.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
+        let text = match info.location() {
+            Some(at) => format!("{message} (at {}:{}:{})", at.file(), at.line(), at.column()),
+            None => message.to_owned(),
+        };
+        LAST_PANIC.with(|last| *last.borrow_mut() = Some(text));
+    }));
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    LAST_PANIC
+        .with(|last| last.borrow_mut().take())
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
+}
+
+/// Runs `f` over a chunk. Called by the code `#[pool_job]` generates.
+///
+/// All items are decoded before any runs, so a chunk with an undecodable
+/// item has no side effects. Each item's outcome is encoded separately: a
+/// panic or an unserializable result fails that item only.
+#[doc(hidden)]
+pub fn invoke<T, R>(
+    count: usize,
+    mut input: &[u8],
+    output: &mut Vec<u8>,
+    f: impl Fn(T) -> R,
+) -> Result<(), Failure>
+where
+    T: DeserializeOwned,
+    R: Serialize,
+{
+    let mut items = Vec::with_capacity(count.min(input.len()));
+    for index in 0..count {
+        let (item, rest) = codec::decode_one::<T>(input).map_err(|message| {
+            Failure::new(FailureKind::DecodeArguments, format!("item {index} of the chunk: {message}"))
+        })?;
+        items.push(item);
+        input = rest;
+    }
+    if !input.is_empty() {
+        return Err(Failure::new(
+            FailureKind::DecodeArguments,
+            format!("{} unexpected bytes after the last item", input.len()),
+        ));
+    }
+    for item in items {
+        let outcome = match catch_unwind(AssertUnwindSafe(|| f(item))) {
+            Ok(value) => codec::encode_into(&Ok::<&R, Failure>(&value), output)
+                .map_err(|message| Failure::new(FailureKind::EncodeResult, message)),
+            Err(payload) => Err(Failure::new(FailureKind::Panicked, panic_text(&*payload))),
+        };
+        if let Err(failure) = outcome {
+            codec::encode_into(&Err::<(), Failure>(failure), output)
+                .map_err(|message| Failure::new(FailureKind::EncodeResult, message))?;
+        }
+    }
+    Ok(())
+}
