@@ -32,9 +32,15 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
     renamed.vis = syn::Visibility::Inherited;
     // Deprecation is for the name users call; on the hidden function it
     // would warn about the constant's own initializer.
-    renamed.attrs.retain(|attr| !attr.path().is_ident("deprecated"));
+    renamed
+        .attrs
+        .retain(|attr| !attr.path().is_ident("deprecated"));
 
-    let const_attrs: Vec<&Attribute> = function.attrs.iter().filter(|a| belongs_on_const(a)).collect();
+    let const_attrs: Vec<&Attribute> = function
+        .attrs
+        .iter()
+        .filter(|a| belongs_on_const(a))
+        .collect();
     let args = &job.args;
     let output = &job.output;
     let fn_type = quote!(fn(#(#args),*) -> #output);
@@ -42,10 +48,16 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
 
     let name = match &options.name {
         Some(name) => quote!(#name),
-        None => quote!(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident))),
+        None => quote!(::core::concat!(
+            ::core::module_path!(),
+            "::",
+            ::core::stringify!(#ident)
+        )),
     };
 
-    let vars: Vec<_> = (0..args.len()).map(|i| format_ident!("__arg{}", i)).collect();
+    let vars: Vec<_> = (0..args.len())
+        .map(|i| format_ident!("__arg{}", i))
+        .collect();
     let trampoline = match args.len() {
         0 => quote!(|(): ()| #hidden()),
         1 => {
@@ -95,9 +107,19 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
 /// compilation, deprecation and lint levels go on the constant as well as on
 /// the function; everything else (`#[inline]`, ...) stays on the function only.
 fn belongs_on_const(attr: &Attribute) -> bool {
-    ["doc", "cfg", "cfg_attr", "deprecated", "allow", "warn", "deny", "expect", "forbid"]
-        .iter()
-        .any(|name| attr.path().is_ident(name))
+    [
+        "doc",
+        "cfg",
+        "cfg_attr",
+        "deprecated",
+        "allow",
+        "warn",
+        "deny",
+        "expect",
+        "forbid",
+    ]
+    .iter()
+    .any(|name| attr.path().is_ident(name))
 }
 
 #[cfg(test)]
@@ -106,7 +128,8 @@ mod tests {
 
     fn expand(options: proc_macro2::TokenStream, function: proc_macro2::TokenStream) -> String {
         let options = crate::parse::options(options).unwrap();
-        let job = crate::validate::job(syn::parse2(function).unwrap()).unwrap_or_else(|e| panic!("{e}"));
+        let job =
+            crate::validate::job(syn::parse2(function).unwrap()).unwrap_or_else(|e| panic!("{e}"));
         job_tokens(&options, &job)
     }
 
@@ -116,9 +139,26 @@ mod tests {
 
     #[test]
     fn constant_keeps_name_visibility_and_docs() {
-        let out = expand(quote!(), quote!(#[doc = " Squares."] #[inline] pub fn square(x: u64) -> u64 { x * x }));
-        assert!(out.contains("pub const square : :: procpool :: Job < fn (u64) -> u64 , (u64 ,) , u64 >"), "{out}");
-        assert!(out.contains("fn __procpool_job_square (x : u64) -> u64"), "{out}");
+        let out = expand(
+            quote!(),
+            quote!(
+                #[doc = " Squares."]
+                #[inline]
+                pub fn square(x: u64) -> u64 {
+                    x * x
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "pub const square : :: procpool :: Job < fn (u64) -> u64 , (u64 ,) , u64 >"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("fn __procpool_job_square (x : u64) -> u64"),
+            "{out}"
+        );
         // The doc comment is on both items, #[inline] only on the function.
         assert_eq!(out.matches("Squares.").count(), 2, "{out}");
         assert_eq!(out.matches("inline").count(), 1, "{out}");
@@ -126,22 +166,51 @@ mod tests {
 
     #[test]
     fn name_option_replaces_module_path() {
-        let out = expand(quote!(name = "jobs.sq"), quote!(fn square(x: u64) -> u64 { x }));
+        let out = expand(
+            quote!(name = "jobs.sq"),
+            quote!(
+                fn square(x: u64) -> u64 {
+                    x
+                }
+            ),
+        );
         assert!(out.contains("name : \"jobs.sq\""), "{out}");
     }
 
     #[test]
     fn crate_option_changes_every_path() {
-        let out = expand(quote!(crate = "procpool2"), quote!(fn f() {}));
+        let out = expand(
+            quote!(crate = "procpool2"),
+            quote!(
+                fn f() {}
+            ),
+        );
         assert!(!out.contains(":: procpool ::"), "{out}");
         assert!(out.contains("procpool2 :: Job"), "{out}");
     }
 
     #[test]
     fn zero_and_many_arguments_use_tuples() {
-        let zero = expand(quote!(), quote!(fn f() {}));
+        let zero = expand(
+            quote!(),
+            quote!(
+                fn f() {}
+            ),
+        );
         assert!(zero.contains("Job < fn () -> () , () , () >"), "{zero}");
-        let two = expand(quote!(), quote!(fn add(a: i64, b: i64) -> i64 { a + b }));
-        assert!(two.contains("| (__arg0 , __arg1 ,) : (i64 , i64 ,) | __procpool_job_add (__arg0 , __arg1)"), "{two}");
+        let two = expand(
+            quote!(),
+            quote!(
+                fn add(a: i64, b: i64) -> i64 {
+                    a + b
+                }
+            ),
+        );
+        assert!(
+            two.contains(
+                "| (__arg0 , __arg1 ,) : (i64 , i64 ,) | __procpool_job_add (__arg0 , __arg1)"
+            ),
+            "{two}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use syn::{Expr, ExprLit, Item, ItemFn, Lit, LitStr, Meta, Token};
 
 /// The options of `#[pool_job(...)]`.
 #[derive(Default)]
+#[cfg_attr(test, derive(Debug))]
 pub(crate) struct Options {
     /// `name = "..."`: the registered name, instead of `module::path::fn`.
     pub(crate) name: Option<LitStr>,
@@ -15,7 +16,8 @@ pub(crate) struct Options {
     pub(crate) krate: Option<syn::Path>,
 }
 
-const USAGE: &str = "expected `name = \"...\"` or `crate = \"...\"`, e.g. #[pool_job(name = \"resize_image\")]";
+const USAGE: &str =
+    "expected `name = \"...\"` or `crate = \"...\"`, e.g. #[pool_job(name = \"resize_image\")]";
 
 pub(crate) fn options(args: TokenStream) -> syn::Result<Options> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args)?;
@@ -24,10 +26,17 @@ pub(crate) fn options(args: TokenStream) -> syn::Result<Options> {
         let Meta::NameValue(pair) = &meta else {
             return Err(syn::Error::new(
                 meta.span(),
-                format!("unsupported #[pool_job] option; {USAGE}"),
+                format!(
+                    "unknown #[pool_job] option `{}`; {USAGE}",
+                    path_text(meta.path())
+                ),
             ));
         };
-        let key = pair.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        let key = pair
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         match key.as_str() {
             "name" => {
                 let value = string_value(&pair.value, "name", "\"resize_image\"")?;
@@ -49,12 +58,19 @@ pub(crate) fn options(args: TokenStream) -> syn::Result<Options> {
             _ => {
                 return Err(syn::Error::new(
                     pair.path.span(),
-                    format!("unknown #[pool_job] option `{}`; {USAGE}", quote::quote!(#pair.path).to_string().replace(' ', "")),
+                    format!(
+                        "unknown #[pool_job] option `{}`; {USAGE}",
+                        path_text(&pair.path)
+                    ),
                 ));
             }
         }
     }
     Ok(options)
+}
+
+fn path_text(path: &syn::Path) -> String {
+    quote::quote!(#path).to_string().replace(' ', "")
 }
 
 fn string_value(value: &Expr, key: &str, example: &str) -> syn::Result<LitStr> {
@@ -71,7 +87,10 @@ fn string_value(value: &Expr, key: &str, example: &str) -> syn::Result<LitStr> {
 
 fn set_once<T>(slot: &mut Option<T>, value: T, span: Span, key: &str) -> syn::Result<()> {
     if slot.is_some() {
-        return Err(syn::Error::new(span, format!("`{key}` is given twice; keep one")));
+        return Err(syn::Error::new(
+            span,
+            format!("`{key}` is given twice; keep one"),
+        ));
     }
     *slot = Some(value);
     Ok(())
@@ -141,24 +160,38 @@ mod tests {
     #[test]
     fn unknown_option_is_named() {
         let err = options(quote!(retries = 3)).unwrap_err().to_string();
-        assert!(err.contains("unknown #[pool_job] option `retries`"), "{err}");
+        assert!(
+            err.contains("unknown #[pool_job] option `retries`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn duplicate_option() {
-        let err = options(quote!(name = "a", name = "b")).unwrap_err().to_string();
+        let err = options(quote!(name = "a", name = "b"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("given twice"), "{err}");
     }
 
     #[test]
     fn struct_is_rejected() {
-        let err = function(quote!(struct S;)).unwrap_err().to_string();
+        let err = function(quote!(
+            struct S;
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("not on a struct"), "{err}");
     }
 
     #[test]
     fn function_is_accepted() {
-        let f = function(quote!(fn f(x: u8) -> u8 { x })).unwrap();
+        let f = function(quote!(
+            fn f(x: u8) -> u8 {
+                x
+            }
+        ))
+        .unwrap();
         assert_eq!(f.sig.ident, "f");
     }
 }

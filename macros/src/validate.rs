@@ -5,6 +5,7 @@ use syn::visit::Visit;
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
 /// A function that passed every check.
+#[cfg_attr(test, derive(Debug))]
 pub(crate) struct Job {
     pub(crate) function: ItemFn,
     /// The argument types, in order.
@@ -128,7 +129,10 @@ fn check_owned(ty: &Type, errors: &mut Errors) {
             );
         }
         fn visit_type_infer(&mut self, infer: &'ast syn::TypeInfer) {
-            self.errors.push(infer.span(), "a pool job's types must be written out, not `_`");
+            self.errors.push(
+                infer.span(),
+                "a pool job's types must be written out, not `_`",
+            );
         }
         fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
             if lifetime.ident != "static" {
@@ -154,7 +158,10 @@ fn owned_suggestion(elem: &Type) -> String {
         Type::Path(path) if path.path.is_ident("Path") => "PathBuf".to_owned(),
         Type::Slice(slice) => {
             let inner = &slice.elem;
-            format!("Vec<{}>", quote::quote!(#inner).to_string().replace(' ', ""))
+            format!(
+                "Vec<{}>",
+                quote::quote!(#inner).to_string().replace(' ', "")
+            )
         }
         _ => text,
     }
@@ -171,7 +178,12 @@ mod tests {
 
     #[test]
     fn plain_function_passes_with_its_types() {
-        let job = check(quote!(fn add(a: i64, mut b: i64) -> i64 { a + b })).unwrap_or_else(|e| panic!("{e}"));
+        let job = check(quote!(
+            fn add(a: i64, mut b: i64) -> i64 {
+                a + b
+            }
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(job.args.len(), 2);
         let output = &job.output;
         assert_eq!(quote!(#output).to_string(), "i64");
@@ -179,35 +191,85 @@ mod tests {
 
     #[test]
     fn no_return_type_means_unit() {
-        let job = check(quote!(fn f() {})).unwrap_or_else(|e| panic!("{e}"));
+        let job = check(quote!(
+            fn f() {}
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         let output = &job.output;
         assert_eq!(quote!(#output).to_string(), "()");
     }
 
     #[test]
     fn str_reference_suggests_string() {
-        let err = check(quote!(fn f(s: &str) {})).err().unwrap();
+        let err = check(quote!(
+            fn f(s: &str) {}
+        ))
+        .err()
+        .unwrap();
         assert!(err.contains("`String`"), "{err}");
     }
 
     #[test]
     fn slice_reference_suggests_vec() {
-        let err = check(quote!(fn f(s: &[u8]) {})).err().unwrap();
+        let err = check(quote!(
+            fn f(s: &[u8]) {}
+        ))
+        .err()
+        .unwrap();
         assert!(err.contains("`Vec<u8>`"), "{err}");
     }
 
     #[test]
     fn nested_reference_is_found() {
-        let err = check(quote!(fn f(s: Vec<&'static MyType>) {})).err().unwrap();
+        let err = check(quote!(
+            fn f(s: Vec<&'static MyType>) {}
+        ))
+        .err()
+        .unwrap();
         assert!(err.contains("`MyType`"), "{err}");
     }
 
     #[test]
     fn generic_async_and_self_are_rejected() {
-        assert!(check(quote!(fn f<T>(x: T) {})).err().unwrap().contains("generic"));
-        assert!(check(quote!(async fn f() {})).err().unwrap().contains("async"));
-        assert!(check(quote!(fn f(&self) {})).err().unwrap().contains("self"));
-        assert!(check(quote!(extern "C" fn f() {})).err().unwrap().contains("extern"));
-        assert!(check(quote!(fn f(x: impl Clone) {})).err().unwrap().contains("impl Trait"));
+        assert!(
+            check(quote!(
+                fn f<T>(x: T) {}
+            ))
+            .err()
+            .unwrap()
+            .contains("generic")
+        );
+        assert!(
+            check(quote!(
+                async fn f() {}
+            ))
+            .err()
+            .unwrap()
+            .contains("async")
+        );
+        assert!(
+            check(quote!(
+                fn f(&self) {}
+            ))
+            .err()
+            .unwrap()
+            .contains("self")
+        );
+        assert!(
+            check(quote!(
+                extern "C" fn f() {}
+            ))
+            .err()
+            .unwrap()
+            .contains("extern")
+        );
+        assert!(
+            check(quote!(
+                fn f(x: impl Clone) {}
+            ))
+            .err()
+            .unwrap()
+            .contains("impl Trait")
+        );
     }
 }

@@ -129,13 +129,14 @@ where
         let mut rest = bytes;
         for offset in 0..task.count {
             let index = task.first + offset;
-            let (item, tail) = codec::decode_one::<Result<R, Failure>>(rest).map_err(|message| {
-                Error::Serialization {
-                    job: self.job.to_owned(),
-                    direction: format!("decode the result of item {index}"),
-                    message,
-                }
-            })?;
+            let (item, tail) =
+                codec::decode_one::<Result<R, Failure>>(rest).map_err(|message| {
+                    Error::Serialization {
+                        job: self.job.to_owned(),
+                        direction: format!("decode the result of item {index}"),
+                        message,
+                    }
+                })?;
             rest = tail;
             items.push(item.map_err(|failure| failure.into_error(self.job, index))?);
         }
@@ -150,7 +151,10 @@ where
         let mut state = self.lock();
         while !state.done() {
             state = match deadline {
-                None => self.ready.wait(state).unwrap_or_else(PoisonError::into_inner),
+                None => self
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {

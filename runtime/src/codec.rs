@@ -34,7 +34,10 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
 /// Appends the encoding of `value` to `out`. On failure `out` is left as it
 /// was and the error text includes the message of a failing `Serialize` impl.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let start = out.len();
     match postcard::serialize_with_flavor(value, Append(out)) {
         Ok(()) => Ok(()),
@@ -51,13 +54,6 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -
     }
 }
 
-/// Encodes one value into a fresh buffer.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    encode_into(value, &mut out)?;
-    Ok(out)
-}
-
 /// Decodes one value from the front of `input`, returning the rest.
 pub(crate) fn decode_one<T: DeserializeOwned>(input: &[u8]) -> Result<(T, &[u8]), String> {
     postcard::take_from_bytes(input).map_err(|err| match err {
@@ -72,7 +68,10 @@ pub(crate) fn decode_one<T: DeserializeOwned>(input: &[u8]) -> Result<(T, &[u8])
             "the Deserialize impl of {} rejected the data",
             std::any::type_name::<T>()
         ),
-        other => format!("{} could not be decoded: {other}", std::any::type_name::<T>()),
+        other => format!(
+            "{} could not be decoded: {other}",
+            std::any::type_name::<T>()
+        ),
     })
 }
 

@@ -23,8 +23,12 @@ pub struct JobEntry {
     /// Runs one chunk in a worker: decodes `count` items from the input, runs
     /// the function on each and appends one encoded `Result<R, Failure>` per
     /// item to the output.
-    pub invoke: fn(usize, &[u8], &mut Vec<u8>) -> Result<(), crate::wire::Failure>,
+    pub invoke: InvokeFn,
 }
+
+/// The signature of [`JobEntry::invoke`].
+#[doc(hidden)]
+pub type InvokeFn = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), crate::wire::Failure>;
 
 impl fmt::Debug for JobEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -219,6 +223,9 @@ mod tests {
     fn duplicate_names_are_reported_with_both_functions() {
         let err = build_registry(&DUPS).unwrap_err().to_string();
         assert!(err.contains("`same`"), "{err}");
-        assert!(err.contains("a::first") && err.contains("b::second"), "{err}");
+        assert!(
+            err.contains("a::first") && err.contains("b::second"),
+            "{err}"
+        );
     }
 }

@@ -37,6 +37,9 @@
 
 #![deny(missing_docs)]
 
+// Lets `#[pool_job]`'s `::procpool::...` paths resolve inside this crate's own tests.
+extern crate self as procpool;
+
 mod call;
 mod codec;
 mod error;
@@ -86,6 +89,39 @@ pub fn cpu_count() -> usize {
     std::thread::available_parallelism()
         .map(std::num::NonZeroUsize::get)
         .unwrap_or(1)
+}
+
+/// The process this code runs in, as Python's `multiprocessing.current_process()` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentProcess {
+    name: &'static str,
+    pid: u32,
+}
+
+impl CurrentProcess {
+    /// `"MainProcess"` in the program that started the pool; the worker's
+    /// name (`"PoolWorker-3"`) inside a job.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The operating system's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// Describes the process this code runs in.
+///
+/// ```
+/// assert_eq!(procpool::current_process().name(), "MainProcess");
+/// assert_eq!(procpool::current_process().pid(), std::process::id());
+/// ```
+pub fn current_process() -> CurrentProcess {
+    CurrentProcess {
+        name: worker::process_name().unwrap_or("MainProcess"),
+        pid: std::process::id(),
+    }
 }
 
 /// Items used by the code `#[pool_job]` generates. Not a public API.

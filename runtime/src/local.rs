@@ -30,7 +30,10 @@ pub(crate) struct LocalConfig {
 static WORKER_NUMBER: AtomicU64 = AtomicU64::new(0);
 
 fn next_worker_name() -> String {
-    format!("PoolWorker-{}", WORKER_NUMBER.fetch_add(1, Ordering::Relaxed) + 1)
+    format!(
+        "PoolWorker-{}",
+        WORKER_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
+    )
 }
 
 struct Queue {
@@ -66,7 +69,10 @@ impl Shared {
             if queue.closed {
                 return None;
             }
-            queue = self.work.wait(queue).unwrap_or_else(PoisonError::into_inner);
+            queue = self
+                .work
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -153,6 +159,10 @@ impl Backend for LocalBackend {
     fn close(&self) {
         lock(&self.shared.queue).closed = true;
         self.shared.work.notify_all();
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.shared.queue).closed
     }
 
     fn join(&self) -> Result<(), Error> {
@@ -275,7 +285,9 @@ impl Driver {
             }
             Ok(other) => {
                 drop(worker);
-                task.fail(Error::Ipc(format!("worker {pid} sent an unexpected reply: {other:?}")));
+                task.fail(Error::Ipc(format!(
+                    "worker {pid} sent an unexpected reply: {other:?}"
+                )));
                 self.respawn()
             }
             Err(lost) => {

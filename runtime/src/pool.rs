@@ -248,6 +248,9 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         M: Finish<R>,
     {
+        if self.backend.is_closed() {
+            return Err(Error::Closed);
+        }
         let chunksize = chunksize
             .unwrap_or_else(|| default_chunksize(expected, self.processes()))
             .max(1);
@@ -329,4 +332,31 @@ mod tests {
         assert_eq!(default_chunksize(8, 2), 1);
         assert_eq!(default_chunksize(1_000_000, 2), 125_000);
     }
+}
+
+/// Pools work inside a library's own unit tests: the test binary is re-run as the worker.
+#[cfg(test)]
+mod unit_tests_can_use_pools {
+    use crate::{Pool, pool_job};
+
+    #[pool_job]
+    fn triple(x: i32) -> i32 {
+        x * 3
+    }
+
+    #[test]
+    fn map_in_a_unit_test() {
+        let pool = Pool::with_processes(1).unwrap();
+        assert_eq!(pool.map(triple, [1, 2, 3]).unwrap(), vec![3, 6, 9]);
+        assert_ne!(
+            pool.apply(super::tests_pid, ()).unwrap(),
+            std::process::id()
+        );
+    }
+}
+
+#[cfg(test)]
+#[crate::pool_job]
+fn tests_pid() -> u32 {
+    std::process::id()
 }

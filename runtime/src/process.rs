@@ -83,9 +83,13 @@ impl WorkerProcess {
         if let Some(arg0) = std::env::args_os().next() {
             command.arg0(arg0);
         }
-        command.env(worker::WORKER_ENV, &socket).stdin(Stdio::null());
+        command
+            .env(worker::WORKER_ENV, &socket)
+            .stdin(Stdio::null());
         let child = command.spawn().map_err(|e| {
-            Error::Spawn(format!("cannot start /proc/self/exe as a worker process: {e}"))
+            Error::Spawn(format!(
+                "cannot start /proc/self/exe as a worker process: {e}"
+            ))
         })?;
 
         // `accept` has no timeout, so it runs on its own thread while this
@@ -107,7 +111,9 @@ impl WorkerProcess {
         let (replies, hello) = loop {
             match accepted.recv_timeout(POLL) {
                 Ok(Ok(pair)) => break pair,
-                Ok(Err(err)) => return Err(pending.fail(format!("the bootstrap handshake failed: {err:?}"))),
+                Ok(Err(err)) => {
+                    return Err(pending.fail(format!("the bootstrap handshake failed: {err:?}")));
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(pending.fail("the bootstrap thread ended unexpectedly".into()));
                 }
@@ -142,7 +148,13 @@ impl WorkerProcess {
             slot: None,
         };
         worker
-            .call(ToWorker::Init { name: name.to_owned() }, Some(deadline), abort)
+            .call(
+                ToWorker::Init {
+                    name: name.to_owned(),
+                },
+                Some(deadline),
+                abort,
+            )
             .and_then(|reply| match reply {
                 FromWorker::Ready => Ok(()),
                 _ => Err(Lost::Aborted),
@@ -289,10 +301,10 @@ impl Pending<'_> {
             let _ = child.wait();
         }
         if let Some(acceptor) = self.acceptor.take() {
-            if !acceptor.is_finished() {
-                if let Ok(unblock) = IpcSender::<FromWorker>::connect(self.socket.to_owned()) {
-                    let _ = unblock.send(FromWorker::Abort);
-                }
+            if !acceptor.is_finished()
+                && let Ok(unblock) = IpcSender::<FromWorker>::connect(self.socket.to_owned())
+            {
+                let _ = unblock.send(FromWorker::Abort);
             }
             let _ = acceptor.join();
         }

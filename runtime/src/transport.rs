@@ -35,7 +35,6 @@ pub(crate) trait Sink: Send + Sync {
 /// What a sink needs to know about a finished task.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TaskInfo {
-    pub(crate) job: &'static str,
     pub(crate) chunk: usize,
     pub(crate) first: usize,
     pub(crate) count: usize,
@@ -44,7 +43,6 @@ pub(crate) struct TaskInfo {
 impl Task {
     pub(crate) fn info(&self) -> TaskInfo {
         TaskInfo {
-            job: self.job,
             chunk: self.chunk,
             first: self.first,
             count: self.count,
@@ -63,6 +61,8 @@ pub(crate) trait Backend: Send + Sync {
     fn submit(&self, task: Task) -> Result<(), Error>;
     /// Accepts no new tasks; queued ones still run.
     fn close(&self);
+    /// Whether `close`, `join` or `terminate` was called.
+    fn is_closed(&self) -> bool;
     /// Closes, waits for queued tasks to finish and the workers to exit.
     fn join(&self) -> Result<(), Error>;
     /// Stops the workers now; pending tasks fail with `Error::Terminated`.

@@ -112,13 +112,18 @@ fn serve(socket: String) -> i32 {
 fn run_task(job: &str, count: u64, items: &[u8]) -> FromWorker {
     let entry = match crate::job::registry() {
         Ok(registry) => registry.get(job).copied(),
-        Err(err) => return FromWorker::Failed(Failure::new(FailureKind::UnknownJob, err.to_string())),
+        Err(err) => {
+            return FromWorker::Failed(Failure::new(FailureKind::UnknownJob, err.to_string()));
+        }
     };
     let Some(entry) = entry else {
         return FromWorker::Failed(Failure::new(FailureKind::UnknownJob, job));
     };
     let Ok(count) = usize::try_from(count) else {
-        return FromWorker::Failed(Failure::new(FailureKind::DecodeArguments, "item count too large"));
+        return FromWorker::Failed(Failure::new(
+            FailureKind::DecodeArguments,
+            "item count too large",
+        ));
     };
     let mut output = Vec::new();
     match (entry.invoke)(count, items, &mut output) {
@@ -173,7 +178,10 @@ where
     let mut items = Vec::with_capacity(count.min(input.len()));
     for index in 0..count {
         let (item, rest) = codec::decode_one::<T>(input).map_err(|message| {
-            Failure::new(FailureKind::DecodeArguments, format!("item {index} of the chunk: {message}"))
+            Failure::new(
+                FailureKind::DecodeArguments,
+                format!("item {index} of the chunk: {message}"),
+            )
         })?;
         items.push(item);
         input = rest;

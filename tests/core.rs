@@ -1,0 +1,508 @@
+//! The core contract: #[pool_job], Pool::map / starmap / apply, errors, shutdown.
+//!
+//! Every test builds its own pool; the harness runs them in parallel, so
+//! several pools live in this process at once.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use procpool::{Error, Pool, pool_job};
+use procpool_test_jobs::{Point, manhattan};
+use serde::{Deserialize, Serialize};
+
+#[pool_job]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[pool_job]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[pool_job]
+fn answer() -> u32 {
+    42
+}
+
+#[pool_job]
+#[allow(clippy::too_many_arguments)]
+fn eight(a: u8, b: u16, c: u32, d: u64, e: i8, f: i16, g: String, h: Vec<u8>) -> String {
+    format!("{a}-{b}-{c}-{d}-{e}-{f}-{g}-{}", h.len())
+}
+
+#[pool_job]
+fn checked_div(a: i32, b: i32) -> Result<i32, String> {
+    if b == 0 {
+        Err(format!("cannot divide {a} by zero"))
+    } else {
+        Ok(a / b)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+    items: Vec<String>,
+    discount: Option<f64>,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Invoice {
+    id: u32,
+    lines: usize,
+}
+
+#[pool_job]
+fn invoice(order: Order) -> Invoice {
+    Invoice {
+        id: order.id,
+        lines: order.items.len(),
+    }
+}
+
+/// Sleeps `ms`, then returns `(item, pid)`: uneven durations and who ran it.
+#[pool_job]
+fn sleepy(ms: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (ms, std::process::id())
+}
+
+#[pool_job]
+fn panics_on_three(x: u64) -> u64 {
+    if x == 3 {
+        panic!("three is not allowed");
+    }
+    x
+}
+
+#[pool_job]
+fn kill_self(x: u64) -> u64 {
+    if x == 1 {
+        // SAFETY: plain libc calls; the process dies here.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    x
+}
+
+mod nested {
+    pub mod deeper {
+        use procpool::pool_job;
+
+        #[pool_job]
+        pub fn shout(s: String) -> String {
+            s.to_uppercase()
+        }
+    }
+}
+
+#[pool_job(name = "custom.registered.name")]
+fn renamed(x: u8) -> u8 {
+    x + 1
+}
+
+struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "Unserializable holds a file handle",
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unserializable)
+    }
+}
+
+#[pool_job]
+fn takes_unserializable(_: Unserializable) -> u8 {
+    0
+}
+
+fn pool(n: usize) -> Pool {
+    Pool::with_processes(n).unwrap_or_else(|e| panic!("pool start failed: {e}"))
+}
+
+/// Children of this process with these pids, zombies included (a zombie keeps its /proc entry).
+fn live_children(pids: &HashSet<u32>) -> Vec<u32> {
+    let me = std::process::id();
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after_comm = &stat[stat.rfind(')')? + 2..];
+                    after_comm.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(me)
+        })
+        .collect()
+}
+
+/// The pid of every worker: one slow task per worker, so each takes one.
+fn worker_pids(pool: &Pool) -> HashSet<u32> {
+    let n = pool.processes();
+    let pids: HashSet<u32> = pool
+        .map(sleepy, vec![300; n])
+        .unwrap()
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
+    assert_eq!(
+        pids.len(),
+        n,
+        "each of {n} workers should take one slow task"
+    );
+    pids
+}
+
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_readme_contract() {
+    let pool = Pool::new().unwrap();
+    assert_eq!(
+        pool.processes(),
+        std::thread::available_parallelism().unwrap().get()
+    );
+    assert_eq!(
+        pool.map(square, 0..10).unwrap(),
+        vec![0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
+    );
+    assert_eq!(pool.starmap(add, vec![(1, 2), (3, 4)]).unwrap(), vec![3, 7]);
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    assert_eq!(pool.apply(add, (20, 22)).unwrap(), 42);
+    assert_eq!(square(3), 9);
+    assert_eq!(add(2, 2), 4);
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn map_accepts_tuples_and_unit_items() {
+    let pool = pool(2);
+    assert_eq!(pool.map(add, vec![(1, 1), (2, 2)]).unwrap(), vec![2, 4]);
+    assert_eq!(pool.map(answer, vec![(), ()]).unwrap(), vec![42, 42]);
+    assert_eq!(pool.apply(answer, ()).unwrap(), 42);
+    assert_eq!(
+        pool.starmap(square, vec![(5,), (6,)]).unwrap(),
+        vec![25, 36]
+    );
+}
+
+#[test]
+fn builder_sets_process_count_and_zero_is_an_error() {
+    let pool = Pool::builder().processes(3).build().unwrap();
+    assert_eq!(pool.processes(), 3);
+    assert_eq!(worker_pids(&pool).len(), 3);
+    let err = Pool::with_processes(0).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("at least one process"), "{err}");
+    let err = Pool::builder().processes(0).build().unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+}
+
+#[test]
+fn order_is_kept_with_uneven_durations() {
+    let pool = pool(2);
+    // Early items are the slowest, so later chunks finish first.
+    let delays: Vec<u64> = (0..12).map(|i| (12 - i) * 15).collect();
+    let got: Vec<u64> = pool
+        .map(sleepy, delays.clone())
+        .unwrap()
+        .into_iter()
+        .map(|(ms, _)| ms)
+        .collect();
+    assert_eq!(got, delays);
+}
+
+#[test]
+fn empty_and_large_inputs() {
+    let pool = pool(2);
+    assert_eq!(
+        pool.map(square, Vec::<u64>::new()).unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        pool.starmap(add, Vec::<(i64, i64)>::new()).unwrap(),
+        Vec::<i64>::new()
+    );
+    let expected: Vec<u64> = (0..10_000u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..10_000).unwrap(), expected);
+}
+
+#[test]
+fn iterators_of_unknown_length() {
+    let pool = pool(2);
+    let odd = (0..1000u64).filter(|x| x % 2 == 1);
+    let expected: Vec<u64> = (0..1000u64).filter(|x| x % 2 == 1).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, odd).unwrap(), expected);
+    // An iterator that is not Send is fine: items are encoded on the caller's thread.
+    let rc = std::rc::Rc::new(5u64);
+    let not_send = (0..3u64).map(move |x| x + *rc);
+    assert_eq!(pool.map(square, not_send).unwrap(), vec![25, 36, 49]);
+}
+
+#[test]
+fn structs_results_and_many_arguments() {
+    let pool = pool(2);
+    let orders = vec![
+        Order {
+            id: 1,
+            items: vec!["a".into(), "b".into()],
+            discount: None,
+        },
+        Order {
+            id: 2,
+            items: vec![],
+            discount: Some(0.5),
+        },
+    ];
+    assert_eq!(
+        pool.map(invoice, orders).unwrap(),
+        vec![Invoice { id: 1, lines: 2 }, Invoice { id: 2, lines: 0 }]
+    );
+    assert_eq!(
+        pool.starmap(checked_div, vec![(6, 3), (1, 0)]).unwrap(),
+        vec![Ok(2), Err("cannot divide 1 by zero".to_string())]
+    );
+    let out = pool
+        .apply(eight, (1, 2, 3, 4, -5, -6, "seven".to_string(), vec![0; 8]))
+        .unwrap();
+    assert_eq!(out, "1-2-3-4--5--6-seven-8");
+}
+
+#[test]
+fn jobs_in_nested_modules_and_other_crates() {
+    let pool = pool(2);
+    assert_eq!(
+        pool.map(
+            nested::deeper::shout,
+            vec!["a".to_string(), "bc".to_string()]
+        )
+        .unwrap(),
+        vec!["A", "BC"]
+    );
+    assert_eq!(nested::deeper::shout.name(), "core::nested::deeper::shout");
+    assert_eq!(pool.apply(manhattan, Point { x: -3, y: 4 }).unwrap(), 7);
+    assert_eq!(manhattan(Point { x: 1, y: -1 }), 2);
+    let pid = pool.apply(procpool_test_jobs::worker_pid, ()).unwrap();
+    assert_ne!(pid, std::process::id());
+}
+
+#[test]
+fn name_option_registers_under_that_name() {
+    assert_eq!(renamed.name(), "custom.registered.name");
+    assert_eq!(square.name(), "core::square");
+    let pool = pool(1);
+    assert_eq!(pool.map(renamed, vec![1, 2]).unwrap(), vec![2, 3]);
+}
+
+#[test]
+fn jobs_run_in_other_processes_at_most_n() {
+    let pool = pool(2);
+    let pids = worker_pids(&pool);
+    assert!(!pids.contains(&std::process::id()));
+    let more: HashSet<u32> = pool
+        .map(sleepy, vec![5; 40])
+        .unwrap()
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
+    assert!(
+        more.len() <= 2 && more.is_subset(&pids),
+        "{more:?} vs {pids:?}"
+    );
+}
+
+#[test]
+fn panic_is_reported_and_pool_survives() {
+    let pool = pool(2);
+    let err = pool.map(panics_on_three, 0..8).unwrap_err();
+    match &err {
+        Error::Panicked {
+            job,
+            index,
+            message,
+        } => {
+            assert_eq!(job, "core::panics_on_three");
+            assert_eq!(*index, 3);
+            assert!(message.contains("three is not allowed"), "{message}");
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    assert!(err.to_string().contains("panicked on item 3"), "{err}");
+    let err = pool.apply(panics_on_three, 3).unwrap_err();
+    assert!(matches!(err, Error::Panicked { index: 0, .. }), "{err:?}");
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+}
+
+#[test]
+fn killed_worker_is_reported_and_replaced() {
+    let pool = pool(2);
+    let before = worker_pids(&pool);
+    let started = Instant::now();
+    let err = pool.apply(kill_self, 1).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    match &err {
+        Error::WorkerDied {
+            pid, cause, job, ..
+        } => {
+            assert!(before.contains(pid), "{pid} not in {before:?}");
+            assert_eq!(*cause, procpool::ExitCause::Signal(9));
+            assert_eq!(job, "core::kill_self");
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("signal 9") && text.contains("SIGKILL"),
+        "{text}"
+    );
+    // The pool still has two working processes, one of them new.
+    let after = worker_pids(&pool);
+    assert_eq!(after.len(), 2);
+    assert_eq!(
+        after.intersection(&before).count(),
+        1,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(pool.map(kill_self, vec![0, 2, 3]).unwrap(), vec![0, 2, 3]);
+}
+
+#[test]
+fn closed_pool_refuses_work() {
+    let pool = pool(1);
+    pool.close();
+    assert!(matches!(pool.map(square, 0..3), Err(Error::Closed)));
+    assert!(matches!(pool.map(square, Vec::new()), Err(Error::Closed)));
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+    pool.join().unwrap();
+    assert!(matches!(
+        pool.starmap(add, vec![(1, 1)]),
+        Err(Error::Closed)
+    ));
+}
+
+#[test]
+fn join_waits_for_queued_work() {
+    let pool = pool(2);
+    let pending = pool.map_async(sleepy, vec![100; 6]).unwrap();
+    pool.close();
+    pool.join().unwrap();
+    assert!(pending.ready());
+    assert_eq!(pending.get().unwrap().len(), 6);
+}
+
+#[test]
+fn terminate_unblocks_a_long_map() {
+    let pool = pool(2);
+    let returned = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let caller = s.spawn(|| {
+            let result = pool.map(sleepy, vec![60_000; 4]);
+            returned.store(true, Ordering::SeqCst);
+            result
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!returned.load(Ordering::SeqCst));
+        let started = Instant::now();
+        pool.terminate();
+        eventually("the map to return", || returned.load(Ordering::SeqCst));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let err = caller.join().unwrap().unwrap_err();
+        assert!(matches!(err, Error::Terminated { .. }), "{err:?}");
+    });
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+}
+
+#[test]
+fn eight_threads_share_one_pool() {
+    let pool = pool(2);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8u64)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    for round in 0..5u64 {
+                        let base = t * 1000 + round * 100;
+                        let got = pool.map(square, base..base + 50).unwrap();
+                        let want: Vec<u64> = (base..base + 50).map(|x| x * x).collect();
+                        assert_eq!(got, want);
+                        assert_eq!(pool.apply(add, (t as i64, 1)).unwrap(), t as i64 + 1);
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn pool_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Pool>();
+    assert_send_sync::<procpool::AsyncResult<Vec<u64>>>();
+}
+
+#[test]
+fn no_child_left_after_drop() {
+    let pool = pool(2);
+    let pids = worker_pids(&pool);
+    assert_eq!(live_children(&pids).len(), 2);
+    drop(pool);
+    // Drop reaps before returning: no process and no zombie is left.
+    assert_eq!(live_children(&pids), Vec::<u32>::new());
+}
+
+#[test]
+fn no_child_left_after_close_and_join() {
+    let pool = pool(2);
+    let pids = worker_pids(&pool);
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(live_children(&pids), Vec::<u32>::new());
+}
+
+#[test]
+fn no_child_left_after_terminate() {
+    let pool = pool(2);
+    let pids = worker_pids(&pool);
+    pool.terminate();
+    eventually("workers to be reaped", || live_children(&pids).is_empty());
+    drop(pool);
+    assert_eq!(live_children(&pids), Vec::<u32>::new());
+}
+
+#[test]
+fn unserializable_argument_is_reported_and_pool_survives() {
+    let pool = pool(1);
+    let err = pool
+        .map(takes_unserializable, vec![Unserializable])
+        .unwrap_err();
+    match &err {
+        Error::Serialization { job, message, .. } => {
+            assert_eq!(job, "core::takes_unserializable");
+            assert_eq!(message, "Unserializable holds a file handle");
+        }
+        other => panic!("expected Serialization, got {other:?}"),
+    }
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
