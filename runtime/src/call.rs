@@ -147,6 +147,11 @@ where
         self.lock().done()
     }
 
+    fn succeeded(&self) -> Option<bool> {
+        let state = self.lock();
+        state.done().then_some(state.error.is_none())
+    }
+
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let mut state = self.lock();
         while !state.done() {
@@ -236,6 +241,7 @@ where
 /// The object-safe face of a [`Call`], so `AsyncResult` names only its output type.
 trait Pending<T>: Send + Sync {
     fn is_done(&self) -> bool;
+    fn succeeded(&self) -> Option<bool>;
     fn wait_until(&self, deadline: Option<Instant>) -> bool;
     fn take(&self) -> Result<T, Error>;
     fn poll_done(&self, waker: &Waker) -> bool;
@@ -248,6 +254,9 @@ where
 {
     fn is_done(&self) -> bool {
         Call::is_done(self)
+    }
+    fn succeeded(&self) -> Option<bool> {
+        Call::succeeded(self)
     }
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         Call::wait_until(self, deadline)
@@ -294,6 +303,12 @@ impl<T: Send + 'static> AsyncResult<T> {
         self.call.is_done()
     }
 
+    /// `None` while the call runs; then whether it succeeded (Python's `successful()`,
+    /// which raises instead of returning `None`).
+    pub fn successful(&self) -> Option<bool> {
+        self.call.succeeded()
+    }
+
     /// Blocks until the result (or an error) has arrived.
     pub fn wait(&self) {
         self.call.wait_until(None);
@@ -308,6 +323,17 @@ impl<T: Send + 'static> AsyncResult<T> {
     pub fn get(self) -> Result<T, Error> {
         self.call.wait_until(None);
         self.call.take()
+    }
+
+    /// Waits at most `timeout`. Returns [`Error::Timeout`] if the result has
+    /// not arrived: the call keeps running and this handle stays usable, so a
+    /// later `get` or `get_timeout` still returns the value.
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, Error> {
+        if self.call.wait_until(Some(Instant::now() + timeout)) {
+            self.call.take()
+        } else {
+            Err(Error::Timeout(timeout))
+        }
     }
 }
 

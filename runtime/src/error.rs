@@ -129,6 +129,11 @@ pub enum Error {
     )]
     UnknownJob(String),
 
+    /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout) gave up
+    /// waiting. The call is still running; wait again to get its result.
+    #[error("no result within {0:?}; the call is still running, wait again to get its result")]
+    Timeout(std::time::Duration),
+
     /// The pool was configured with an impossible setting.
     #[error("invalid pool configuration: {0}")]
     Config(String),
