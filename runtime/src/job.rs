@@ -22,13 +22,13 @@ pub struct JobEntry {
     pub signature: &'static str,
     /// Runs one chunk in a worker: decodes `count` items from the input, runs
     /// the function on each and appends one encoded `Result<R, Failure>` per
-    /// item to the output.
+    /// item to the output. Returns how many items failed.
     pub invoke: InvokeFn,
 }
 
 /// The signature of [`JobEntry::invoke`].
 #[doc(hidden)]
-pub type InvokeFn = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), crate::wire::Failure>;
+pub type InvokeFn = fn(usize, &[u8], &mut Vec<u8>) -> Result<usize, crate::wire::Failure>;
 
 impl fmt::Debug for JobEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -200,8 +200,8 @@ impl<F, A, R> fmt::Debug for Job<F, A, R> {
 mod tests {
     use super::*;
 
-    fn noop(_: usize, _: &[u8], _: &mut Vec<u8>) -> Result<(), crate::wire::Failure> {
-        Ok(())
+    fn noop(_: usize, _: &[u8], _: &mut Vec<u8>) -> Result<usize, crate::wire::Failure> {
+        Ok(0)
     }
 
     static DUPS: [JobEntry; 2] = [

@@ -271,6 +271,7 @@ impl Driver {
             job: task.job.to_owned(),
             count: task.count as u64,
             items: ByteBuf::from(std::mem::take(&mut task.items)),
+            last: false,
         };
         let pid = worker.pid();
         match worker.call(message, None, &self.shared.terminated) {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
 use ipc_channel::{IpcError, TryRecvError};
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
 use crate::error::ExitCause;
@@ -187,9 +188,24 @@ impl WorkerProcess {
         deadline: Option<Instant>,
         abort: &AtomicBool,
     ) -> Result<FromWorker, Lost> {
+        self.send(message)?;
+        self.recv(deadline, abort)
+    }
+
+    /// Sends one message without waiting for a reply.
+    pub(crate) fn send(&mut self, message: ToWorker) -> Result<(), Lost> {
         if self.tasks.send(message).is_err() {
             return Err(Lost::Died(self.reap()));
         }
+        Ok(())
+    }
+
+    /// Waits for the next reply; see [`WorkerProcess::call`].
+    pub(crate) fn recv(
+        &mut self,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<FromWorker, Lost> {
         loop {
             let wait = match deadline {
                 Some(deadline) => {
@@ -221,6 +237,45 @@ impl WorkerProcess {
                 }
             }
         }
+    }
+
+    /// How the process ended, if it has, without reaping it (so its pid stays
+    /// reserved and signals cannot reach a stranger).
+    pub(crate) fn peek_exit(&self) -> Option<ExitCause> {
+        if let Some(cause) = self.reaped {
+            return Some(cause);
+        }
+        let pid = Pid::from_raw(i32::try_from(self.pid).ok()?);
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(ExitCause::Code(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => Some(ExitCause::Signal(signal as i32)),
+            Ok(_) => None,
+            Err(_) => Some(ExitCause::Unknown),
+        }
+    }
+
+    /// Sends `signal` unless the process has already been reaped.
+    pub(crate) fn signal(&self, signal: Signal) {
+        if self.reaped.is_none()
+            && let Ok(pid) = i32::try_from(self.pid)
+        {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Waits for the process to end by itself (no grace limit) and reaps it.
+    pub(crate) fn wait_exit(&mut self) -> ExitCause {
+        if let Some(cause) = self.reaped {
+            return cause;
+        }
+        let cause = self
+            .child
+            .wait()
+            .map(ExitCause::from_status)
+            .unwrap_or(ExitCause::Unknown);
+        self.reaped = Some(cause);
+        cause
     }
 
     /// Asks the worker to exit and reaps it; kills it if it does not comply quickly.

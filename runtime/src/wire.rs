@@ -18,11 +18,14 @@ pub(crate) enum ToWorker {
         /// What `current_process().name()` says inside the worker.
         name: String,
     },
-    /// Run `job` over `count` encoded items.
+    /// Run `job` over `count` encoded items. With `last`, exit after the
+    /// reply: code 0 if every item succeeded, 1 otherwise (as a Python
+    /// `Process` whose target raised).
     Run {
         job: String,
         count: u64,
         items: ByteBuf,
+        last: bool,
     },
     /// Finish and exit with code 0.
     Exit,

@@ -94,43 +94,57 @@ fn serve(socket: String) -> i32 {
 
     // A closed channel means the parent is gone or done with us: exit quietly.
     while let Ok(message) = tasks.recv() {
-        let reply = match message {
+        let (reply, exit) = match message {
             ToWorker::Init { name } => {
                 let _ = PROCESS_NAME.set(name);
-                FromWorker::Ready
+                (FromWorker::Ready, None)
             }
-            ToWorker::Run { job, count, items } => run_task(&job, count, &items),
+            ToWorker::Run {
+                job,
+                count,
+                items,
+                last,
+            } => {
+                let (reply, failed) = run_task(&job, count, &items);
+                (reply, last.then_some(i32::from(failed)))
+            }
             ToWorker::Exit => break,
         };
         if replies.send(reply).is_err() {
             break;
         }
+        if let Some(code) = exit {
+            return code;
+        }
     }
     0
 }
 
-fn run_task(job: &str, count: u64, items: &[u8]) -> FromWorker {
-    let entry = match crate::job::registry() {
-        Ok(registry) => registry.get(job).copied(),
-        Err(err) => {
-            return FromWorker::Failed(Failure::new(FailureKind::UnknownJob, err.to_string()));
-        }
-    };
-    let Some(entry) = entry else {
-        return FromWorker::Failed(Failure::new(FailureKind::UnknownJob, job));
-    };
-    let Ok(count) = usize::try_from(count) else {
-        return FromWorker::Failed(Failure::new(
-            FailureKind::DecodeArguments,
-            "item count too large",
-        ));
-    };
-    let mut output = Vec::new();
-    match (entry.invoke)(count, items, &mut output) {
-        Ok(()) => FromWorker::Done {
-            items: serde_bytes::ByteBuf::from(output),
-        },
-        Err(failure) => FromWorker::Failed(failure),
+/// Runs one task; the reply, and whether anything in it failed.
+fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, bool) {
+    let outcome = crate::job::registry()
+        .map_err(|err| Failure::new(FailureKind::UnknownJob, err.to_string()))
+        .and_then(|registry| {
+            registry
+                .get(job)
+                .copied()
+                .ok_or_else(|| Failure::new(FailureKind::UnknownJob, job))
+        })
+        .and_then(|entry| {
+            let count = usize::try_from(count)
+                .map_err(|_| Failure::new(FailureKind::DecodeArguments, "item count too large"))?;
+            let mut output = Vec::new();
+            let failed = (entry.invoke)(count, items, &mut output)?;
+            Ok((output, failed))
+        });
+    match outcome {
+        Ok((output, failed)) => (
+            FromWorker::Done {
+                items: serde_bytes::ByteBuf::from(output),
+            },
+            failed > 0,
+        ),
+        Err(failure) => (FromWorker::Failed(failure), true),
     }
 }
 
@@ -170,7 +184,7 @@ pub fn invoke<T, R>(
     mut input: &[u8],
     output: &mut Vec<u8>,
     f: impl Fn(T) -> R,
-) -> Result<(), Failure>
+) -> Result<usize, Failure>
 where
     T: DeserializeOwned,
     R: Serialize,
@@ -192,6 +206,7 @@ where
             format!("{} unexpected bytes after the last item", input.len()),
         ));
     }
+    let mut failed = 0;
     for item in items {
         let outcome = match catch_unwind(AssertUnwindSafe(|| f(item))) {
             Ok(value) => codec::encode_into(&Ok::<&R, Failure>(&value), output)
@@ -199,9 +214,10 @@ where
             Err(payload) => Err(Failure::new(FailureKind::Panicked, panic_text(&*payload))),
         };
         if let Err(failure) = outcome {
+            failed += 1;
             codec::encode_into(&Err::<(), Failure>(failure), output)
                 .map_err(|message| Failure::new(FailureKind::EncodeResult, message))?;
         }
     }
-    Ok(())
+    Ok(failed)
 }
