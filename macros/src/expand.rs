@@ -85,7 +85,7 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                 count: usize,
                 input: &[u8],
                 output: &mut ::std::vec::Vec<u8>,
-            ) -> ::core::result::Result<(), #krate::__private::Failure> {
+            ) -> ::core::result::Result<usize, #krate::__private::Failure> {
                 #krate::__private::invoke(count, input, output, #trampoline)
             }
 
