@@ -54,6 +54,13 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     }
 }
 
+/// Encodes one value into a fresh buffer.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
 /// Decodes one value from the front of `input`, returning the rest.
 pub(crate) fn decode_one<T: DeserializeOwned>(input: &[u8]) -> Result<(T, &[u8]), String> {
     postcard::take_from_bytes(input).map_err(|err| match err {

@@ -47,6 +47,7 @@ mod job;
 mod local;
 mod pool;
 mod process;
+mod spawn;
 mod transport;
 mod wire;
 mod worker;
@@ -55,6 +56,7 @@ pub use call::AsyncResult;
 pub use error::{Error, ExitCause};
 pub use job::{Job, JobArgs};
 pub use pool::{Pool, PoolBuilder};
+pub use spawn::{Process, ProcessBuilder};
 
 /// Registers a function as a job that a [`Pool`] can run in worker processes.
 ///

@@ -2,9 +2,7 @@
 //!
 //! A driver owns its worker: it sends a task, waits for the reply, and when
 //! the worker dies it reports the lost task, reaps the process and starts a
-//! replacement. The driver also spawns its worker, because Linux delivers
-//! `PR_SET_PDEATHSIG` when the *thread* that forked the child exits, and
-//! drivers live as long as their workers.
+//! replacement.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -6,7 +6,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,7 @@ impl WorkerProcess {
         command
             .env(worker::WORKER_ENV, &socket)
             .stdin(Stdio::null());
-        let child = command.spawn().map_err(|e| {
+        let child = spawn_from_long_lived_thread(command).map_err(|e| {
             Error::Spawn(format!(
                 "cannot start /proc/self/exe as a worker process: {e}"
             ))
@@ -200,26 +200,42 @@ impl WorkerProcess {
         Ok(())
     }
 
-    /// Waits for the next reply; see [`WorkerProcess::call`].
+    /// Waits for the next reply; when `deadline` passes the worker is
+    /// killed and the wait fails with [`Lost::TimedOut`].
     pub(crate) fn recv(
         &mut self,
         deadline: Option<Instant>,
         abort: &AtomicBool,
     ) -> Result<FromWorker, Lost> {
+        match self.recv_until(deadline, abort)? {
+            Some(reply) => Ok(reply),
+            None => {
+                self.kill_and_reap();
+                Err(Lost::TimedOut)
+            }
+        }
+    }
+
+    /// Waits for the next reply until `deadline`; `Ok(None)` when it passed
+    /// (the worker is left running).
+    pub(crate) fn recv_until(
+        &mut self,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<Option<FromWorker>, Lost> {
         loop {
             let wait = match deadline {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        self.kill_and_reap();
-                        return Err(Lost::TimedOut);
+                        return Ok(None);
                     }
                     left.min(Duration::from_millis(100))
                 }
                 None => Duration::from_millis(100),
             };
             match self.replies.try_recv_timeout(wait) {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => return Ok(Some(reply)),
                 Err(TryRecvError::Empty) => {
                     if abort.load(Ordering::Acquire) {
                         self.kill_and_reap();
@@ -331,6 +347,42 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill_and_reap();
     }
+}
+
+/// Starts `command` from one thread that lives as long as the program.
+///
+/// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
+/// exits, not the process. Forking from the caller's thread would kill a
+/// worker or `Process` as soon as a short-lived thread that started it ends.
+fn spawn_from_long_lived_thread(command: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Request>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("procpool-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(requests))
+    });
+    let Some(spawner) = spawner else {
+        return Err(std::io::Error::other("cannot start procpool's spawner thread"));
+    };
+    let (reply, response) = mpsc::channel();
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send((command, reply));
+    if sent.is_err() {
+        return Err(std::io::Error::other("procpool's spawner thread is gone"));
+    }
+    response
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("procpool's spawner thread is gone")))
 }
 
 /// A child started but not yet connected: on failure it is killed, reaped,

@@ -1,0 +1,218 @@
+//! `Process`: one job in one new process, like Python's `multiprocessing.Process`.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::error::ExitCause;
+use crate::job::{Job, JobArgs};
+use crate::process::{Lost, WorkerProcess};
+use crate::wire::{Failure, FromWorker, ToWorker};
+use crate::{Error, codec};
+
+/// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
+static PROCESS_NUMBER: AtomicU64 = AtomicU64::new(0);
+
+/// Nothing aborts a `Process` start but its own timeout.
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+/// One job running in its own process, like Python's `multiprocessing.Process`.
+///
+/// The process runs the job once and exits: with code 0 if it returned,
+/// 1 if it panicked. [`join`](Process::join) returns the job's value,
+/// something Python's `Process` cannot do.
+///
+/// ```
+/// use procpool::{pool_job, Process};
+///
+/// #[pool_job]
+/// fn greet(name: String) -> String {
+///     format!("hello {name} from {}", procpool::current_process().name())
+/// }
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let process = Process::builder().name("greeter").spawn(greet, "Ada".to_string())?;
+/// assert_eq!(process.name(), "greeter");
+/// assert_eq!(process.join()?, "hello Ada from greeter");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Dropping a `Process` that was not joined kills it (SIGKILL) and reaps
+/// it, so no process outlives its handle.
+pub struct Process<R> {
+    worker: WorkerProcess,
+    name: String,
+    job: &'static str,
+    result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("pid", &self.worker.pid())
+            .field("job", &self.job)
+            .finish()
+    }
+}
+
+/// Settings for a [`Process`]. Created by [`Process::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .spawn() is called"]
+pub struct ProcessBuilder {
+    name: Option<String>,
+    spawn_timeout: Duration,
+}
+
+impl ProcessBuilder {
+    /// The name `current_process().name()` reports inside the job. Defaults
+    /// to `Process-N`, numbered like Python's.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How long the process may take to start. Defaults to 10 seconds.
+    pub fn spawn_timeout(mut self, timeout: Duration) -> Self {
+        self.spawn_timeout = timeout;
+        self
+    }
+
+    /// Starts a process running `job(arg)`. Returns once it runs.
+    pub fn spawn<F, A, R>(self, job: Job<F, A, R>, arg: A::Item) -> Result<Process<R>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned,
+    {
+        let name = self.name.unwrap_or_else(|| {
+            format!("Process-{}", PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1)
+        });
+        let items = codec::encode(&arg).map_err(|message| Error::Serialization {
+            job: job.name().to_owned(),
+            direction: "serialize the argument".to_owned(),
+            message,
+        })?;
+        let mut worker = WorkerProcess::spawn(&name, self.spawn_timeout, &NEVER)?;
+        let run = ToWorker::Run {
+            job: job.name().to_owned(),
+            count: 1,
+            items: ByteBuf::from(items),
+            last: true,
+        };
+        // A send fails only if the process is already gone; join reports how.
+        let _ = worker.send(run);
+        Ok(Process {
+            worker,
+            name,
+            job: job.name(),
+            result: PhantomData,
+        })
+    }
+}
+
+impl Process<()> {
+    /// A builder, to name the process.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder {
+            name: None,
+            spawn_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Starts a process running `job(arg)`, named `Process-N`.
+    pub fn spawn<F, A>(job: Job<F, A, R>, arg: A::Item) -> Result<Process<R>, Error>
+    where
+        A: JobArgs,
+    {
+        Process::builder().spawn(job, arg)
+    }
+
+    /// The operating system's process id.
+    pub fn pid(&self) -> u32 {
+        self.worker.pid()
+    }
+
+    /// The process's name, unique unless you chose it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.worker.peek_exit().is_none()
+    }
+
+    /// Python's `exitcode`: `None` while running, the exit code once it
+    /// exited (0 after the job returned, 1 after it panicked), `-N` if it was
+    /// killed by signal `N`.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.worker
+            .peek_exit()
+            .and_then(ExitCause::python_exit_code)
+    }
+
+    /// Asks the process to stop (SIGTERM).
+    pub fn terminate(&self) {
+        self.worker.signal(Signal::SIGTERM);
+    }
+
+    /// Kills the process (SIGKILL).
+    pub fn kill(&self) {
+        self.worker.signal(Signal::SIGKILL);
+    }
+
+    /// Waits for the job to finish and returns its value.
+    ///
+    /// [`Error::Panicked`] if the job panicked, [`Error::WorkerDied`] if the
+    /// process was killed or exited before answering.
+    pub fn join(mut self) -> Result<R, Error> {
+        self.wait_result(None)
+    }
+
+    /// Like [`join`](Process::join), but gives up after `timeout` with
+    /// [`Error::Timeout`]; the process keeps running and the handle stays
+    /// usable, so join again later to get the value.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
+        self.wait_result(Some(timeout))
+    }
+
+    fn wait_result(&mut self, timeout: Option<Duration>) -> Result<R, Error> {
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let reply = match self.worker.recv_until(deadline, &NEVER) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(Error::Timeout(timeout.unwrap_or_default())),
+            Err(Lost::Died(cause)) => return Err(self.died(cause)),
+            Err(Lost::Aborted | Lost::TimedOut) => return Err(self.died(ExitCause::Unknown)),
+        };
+        let outcome = match reply {
+            FromWorker::Done { items } => codec::decode_one::<Result<R, Failure>>(&items)
+                .map_err(|message| Error::Serialization {
+                    job: self.job.to_owned(),
+                    direction: "decode the result".to_owned(),
+                    message,
+                })
+                .and_then(|(result, _)| result.map_err(|f| f.into_error(self.job, 0))),
+            FromWorker::Failed(failure) => Err(failure.into_error(self.job, 0)),
+            other => Err(Error::Ipc(format!("unexpected reply from the process: {other:?}"))),
+        };
+        self.worker.wait_exit();
+        outcome
+    }
+
+    fn died(&self, cause: ExitCause) -> Error {
+        Error::WorkerDied {
+            job: self.job.to_owned(),
+            pid: self.worker.pid(),
+            cause,
+            first: 0,
+            count: 1,
+        }
+    }
+}
