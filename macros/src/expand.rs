@@ -11,7 +11,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
-use syn::Attribute;
+use syn::{Attribute, Type};
 use syn::spanned::Spanned;
 
 use crate::parse::Options;
@@ -67,8 +67,20 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
         _ => quote!(|(#(#vars,)*): #tuple| #hidden(#(#vars),*)),
     };
 
-    let checks = args.iter().chain(std::iter::once(output)).map(|ty| {
-        quote_spanned!(ty.span()=> const _: () = #krate::__private::assert_transferable::<#ty>();)
+    // The item type a call of the job consumes: the bare argument for one
+    // argument, the tuple otherwise (as `JobArgs::Item`).
+    let item = match args.as_slice() {
+        [single] => quote!(#single),
+        _ => tuple.clone(),
+    };
+
+    let checks = distinct(args.iter().chain(std::iter::once(output))).map(|ty| {
+        // Spanned on the user's type: that is where a missing `Serialize`
+        // is reported, with the message of `__private`'s marker traits.
+        quote_spanned! {ty.span()=>
+            let __verdict = (&&&&&#krate::__private::Probe::<#ty>::new()).verdict();
+            #krate::__private::require::<#ty, _>(__verdict);
+        }
     });
 
     quote! {
@@ -79,14 +91,16 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
         #(#const_attrs)*
         #[allow(non_upper_case_globals)]
         #vis const #ident: #krate::Job<#fn_type, #tuple, #output> = {
-            #(#checks)*
-
-            fn __procpool_invoke(
-                count: usize,
-                input: &[u8],
-                output: &mut ::std::vec::Vec<u8>,
-            ) -> ::core::result::Result<usize, #krate::__private::Failure> {
-                #krate::__private::invoke(count, input, output, #trampoline)
+            // Type-checked, never called: one error per type that cannot
+            // cross the process boundary, on that type.
+            #[allow(dead_code)]
+            fn __procpool_check_types() {
+                #[allow(unused_imports)]
+                use #krate::__private::{
+                    ViaNoDeserialize as _, ViaNoSerde as _, ViaNoSerialize as _, ViaNotSend as _,
+                    ViaTransferable as _,
+                };
+                #(#checks)*
             }
 
             #[#krate::__private::linkme::distributed_slice(#krate::__private::JOBS)]
@@ -95,12 +109,25 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                 name: #name,
                 function: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                 signature: ::core::stringify!(#fn_type),
-                invoke: __procpool_invoke,
+                invoke: |count, input, output| {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{NeverRun as _, Run as _};
+                    // Resolves to a stub when a type is not transferable, so
+                    // the only error is the one `__procpool_check_types` reports.
+                    (&&#krate::__private::Probe::<(#item, #output)>::new())
+                        .run(count, input, output, #trampoline)
+                },
             };
 
             #krate::Job::__new(#hidden as #fn_type, &__PROCPOOL_ENTRY)
         };
     }
+}
+
+/// Each type once, in order: a type used twice gets one error, not two.
+fn distinct<'a>(types: impl Iterator<Item = &'a Type>) -> impl Iterator<Item = &'a Type> {
+    let mut seen = std::collections::HashSet::new();
+    types.filter(move |ty| seen.insert(quote!(#ty).to_string()))
 }
 
 /// Attributes that describe the job as users see it: docs, conditional

@@ -14,18 +14,94 @@ mod validate;
 /// Registers a function as a procpool job. See `procpool::pool_job`.
 #[proc_macro_attribute]
 pub fn pool_job(args: TokenStream, input: TokenStream) -> TokenStream {
-    match pool_job_impl(args.into(), input.into()) {
-        Ok(tokens) => tokens.into(),
-        Err(error) => error.to_compile_error().into(),
-    }
+    pool_job_impl(args.into(), input.into()).into()
 }
 
 fn pool_job_impl(
     args: proc_macro2::TokenStream,
     input: proc_macro2::TokenStream,
-) -> syn::Result<proc_macro2::TokenStream> {
-    let options = parse::options(args)?;
-    let function = parse::function(input)?;
-    let job = validate::job(function)?;
-    Ok(expand::job(&options, &job))
+) -> proc_macro2::TokenStream {
+    // On an error, the item is written back unchanged next to the message,
+    // so code that uses it (a struct, a direct call of the function) does not
+    // fail a second time with "cannot find ...".
+    let with_item = |error: syn::Error, input: proc_macro2::TokenStream| {
+        let mut tokens = error.to_compile_error();
+        tokens.extend(input);
+        tokens
+    };
+    let function = match parse::function(input.clone()) {
+        Ok(function) => function,
+        Err(error) => return with_item(error, input),
+    };
+    // A C-variadic definition does not compile on stable Rust: writing it
+    // back would add an error about the language instead of about the job.
+    let keep = function.sig.variadic.is_none();
+    let options = parse::options(args);
+    let job = validate::job(function);
+    match (options, job) {
+        (Ok(options), Ok(job)) => expand::job(&options, &job),
+        (options, job) => {
+            let mut errors = options.err().into_iter().chain(job.err());
+            let mut error = errors.next().expect("one of the two failed");
+            error.extend(errors);
+            if keep {
+                with_item(error, input)
+            } else {
+                error.to_compile_error()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    #[test]
+    fn error_keeps_the_item() {
+        let out = super::pool_job_impl(
+            quote!(retries = 3),
+            quote!(
+                fn f(x: u8) -> u8 {
+                    x
+                }
+            ),
+        )
+        .to_string();
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains("fn f (x : u8) -> u8"), "{out}");
+        assert!(!out.contains("Job"), "{out}");
+    }
+
+    #[test]
+    fn option_and_signature_errors_are_reported_together() {
+        let out = super::pool_job_impl(
+            quote!(retries = 3),
+            quote!(
+                async fn f(x: &str) {}
+            ),
+        )
+        .to_string();
+        assert_eq!(out.matches("compile_error").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn struct_is_kept() {
+        let out = super::pool_job_impl(quote!(), quote!(struct S;)).to_string();
+        assert!(out.contains("not on a struct"), "{out}");
+        assert!(out.ends_with("struct S ;"), "{out}");
+    }
+
+    #[test]
+    fn variadic_function_is_not_kept() {
+        let out = super::pool_job_impl(
+            quote!(),
+            quote!(
+                unsafe extern "C" fn f(x: i32, ...) {}
+            ),
+        )
+        .to_string();
+        assert!(out.contains("variadic"), "{out}");
+        assert!(!out.contains("fn f"), "{out}");
+    }
 }

@@ -16,15 +16,15 @@ use crate::{Error, codec};
 /// How a finished call turns its items into the value the caller gets.
 pub(crate) trait Finish<R>: Send + Sync + 'static {
     type Output: Send + 'static;
-    fn finish(items: Vec<R>) -> Self::Output;
+    fn finish(items: Vec<R>) -> Result<Self::Output, Error>;
 }
 
 /// `map`-like calls: every item, in input order.
 pub(crate) struct All;
 impl<R: Send + 'static> Finish<R> for All {
     type Output = Vec<R>;
-    fn finish(items: Vec<R>) -> Vec<R> {
-        items
+    fn finish(items: Vec<R>) -> Result<Vec<R>, Error> {
+        Ok(items)
     }
 }
 
@@ -32,35 +32,73 @@ impl<R: Send + 'static> Finish<R> for All {
 pub(crate) struct One;
 impl<R: Send + 'static> Finish<R> for One {
     type Output = R;
-    fn finish(mut items: Vec<R>) -> R {
-        match items.pop() {
-            Some(item) => item,
-            None => unreachable!("an apply call is sealed with exactly one item"),
+    fn finish(mut items: Vec<R>) -> Result<R, Error> {
+        items
+            .pop()
+            .ok_or_else(|| Error::Ipc("the worker's reply held no result".into()))
+    }
+}
+
+type Callback<T> = Box<dyn FnOnce(Result<&T, &Error>) + Send>;
+
+/// A finished call's result, as waiters see it.
+enum Outcome<T> {
+    Value(T),
+    Failed(Error),
+    /// The value was moved out by `get_timeout` (the call still succeeded).
+    Taken,
+}
+
+impl<T> Outcome<T> {
+    fn from_result(result: Result<T, Error>) -> Self {
+        match result {
+            Ok(value) => Outcome::Value(value),
+            Err(error) => Outcome::Failed(error),
         }
     }
 }
 
-struct State<R> {
+/// Decodes a task's reply: one `Result<R, Failure>` per item, errors as the caller sees them.
+pub(crate) fn decode_items<R: DeserializeOwned>(
+    job: &str,
+    task: TaskInfo,
+    bytes: &[u8],
+) -> Result<Vec<Result<R, Error>>, Error> {
+    let mut items = Vec::with_capacity(task.count);
+    let mut rest = bytes;
+    for offset in 0..task.count {
+        let index = task.first + offset;
+        let (item, tail) = codec::decode_one::<Result<R, Failure>>(rest).map_err(|message| {
+            Error::Serialization {
+                job: job.to_owned(),
+                direction: format!("decode the result of item {index}"),
+                message,
+            }
+        })?;
+        rest = tail;
+        items.push(item.map_err(|failure| failure.into_error(job, index)));
+    }
+    Ok(items)
+}
+
+struct State<R, T> {
     /// Decoded items of each chunk, by chunk number.
     chunks: Vec<Option<Vec<R>>>,
     submitted: usize,
     received: usize,
     sealed: bool,
-    error: Option<Error>,
-    taken: bool,
+    /// The result is decided; later chunks are ignored and queued ones skipped.
+    finished: bool,
+    /// Published after the callbacks ran; what waiters wait for.
+    outcome: Option<Outcome<T>>,
     waker: Option<Waker>,
-}
-
-impl<R> State<R> {
-    fn done(&self) -> bool {
-        self.error.is_some() || (self.sealed && self.received == self.submitted)
-    }
+    callbacks: Vec<Callback<T>>,
 }
 
 /// Collects the chunks of one call. Shared by the caller and the backend.
-pub(crate) struct Call<R, M> {
+pub(crate) struct Call<R, M: Finish<R>> {
     job: &'static str,
-    state: Mutex<State<R>>,
+    state: Mutex<State<R, M::Output>>,
     ready: Condvar,
     finish: PhantomData<fn() -> M>,
 }
@@ -78,16 +116,17 @@ where
                 submitted: 0,
                 received: 0,
                 sealed: false,
-                error: None,
-                taken: false,
+                finished: false,
+                outcome: None,
                 waker: None,
+                callbacks: Vec::new(),
             }),
             ready: Condvar::new(),
             finish: PhantomData,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<R>> {
+    fn lock(&self) -> MutexGuard<'_, State<R, M::Output>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -100,66 +139,74 @@ where
     pub(crate) fn seal(&self) {
         let mut state = self.lock();
         state.sealed = true;
-        self.notify(state);
+        self.complete_if_done(state);
     }
 
     /// Fails the call from the caller's side (e.g. an argument would not serialize).
     pub(crate) fn abandon(&self, error: Error) {
+        let state = self.lock();
+        self.fail(state, error);
+    }
+
+    fn fail(&self, mut state: MutexGuard<'_, State<R, M::Output>>, error: Error) {
+        if !state.finished {
+            state.chunks.clear();
+            self.complete(state, Err(error));
+        }
+    }
+
+    fn complete_if_done(&self, mut state: MutexGuard<'_, State<R, M::Output>>) {
+        if state.finished || !state.sealed || state.received < state.submitted {
+            return;
+        }
+        let items: Vec<R> = std::mem::take(&mut state.chunks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        self.complete(state, M::finish(items));
+    }
+
+    /// Decides the result, runs the callbacks, then publishes it and wakes
+    /// every waiter. Callbacks run without the lock held, so they may use
+    /// this call's handle.
+    fn complete(
+        &self,
+        mut state: MutexGuard<'_, State<R, M::Output>>,
+        result: Result<M::Output, Error>,
+    ) {
+        state.finished = true;
+        let callbacks = std::mem::take(&mut state.callbacks);
+        drop(state);
+        for callback in callbacks {
+            callback(result.as_ref());
+        }
         let mut state = self.lock();
-        if state.error.is_none() {
-            state.error = Some(error);
+        state.outcome = Some(Outcome::from_result(result));
+        let waker = state.waker.take();
+        drop(state);
+        self.ready.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
         }
-        state.sealed = true;
-        self.notify(state);
-    }
-
-    fn notify(&self, mut state: MutexGuard<'_, State<R>>) {
-        if state.done() {
-            let waker = state.waker.take();
-            drop(state);
-            self.ready.notify_all();
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        }
-    }
-
-    fn decode(&self, task: TaskInfo, bytes: &[u8]) -> Result<Vec<R>, Error> {
-        let mut items = Vec::with_capacity(task.count);
-        let mut rest = bytes;
-        for offset in 0..task.count {
-            let index = task.first + offset;
-            let (item, tail) =
-                codec::decode_one::<Result<R, Failure>>(rest).map_err(|message| {
-                    Error::Serialization {
-                        job: self.job.to_owned(),
-                        direction: format!("decode the result of item {index}"),
-                        message,
-                    }
-                })?;
-            rest = tail;
-            items.push(item.map_err(|failure| failure.into_error(self.job, index))?);
-        }
-        Ok(items)
     }
 
     fn is_done(&self) -> bool {
-        self.lock().done()
+        self.lock().outcome.is_some()
     }
 
     fn succeeded(&self) -> Option<bool> {
-        let state = self.lock();
-        state.done().then_some(state.error.is_none())
+        self.lock()
+            .outcome
+            .as_ref()
+            .map(|outcome| !matches!(outcome, Outcome::Failed(_)))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let mut state = self.lock();
-        while !state.done() {
+        while state.outcome.is_none() {
             state = match deadline {
-                None => self
-                    .ready
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
+                None => self.ready.wait(state).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -177,26 +224,20 @@ where
 
     fn take(&self) -> Result<M::Output, Error> {
         let mut state = self.lock();
-        debug_assert!(state.done());
-        if let Some(error) = state.error.clone() {
-            return Err(error);
+        match state.outcome.as_mut() {
+            None => Err(Error::Ipc("the result is not ready".into())),
+            Some(Outcome::Failed(error)) => Err(error.clone()),
+            Some(Outcome::Taken) => Err(Error::Ipc("this result was already taken".into())),
+            Some(value) => match std::mem::replace(value, Outcome::Taken) {
+                Outcome::Value(value) => Ok(value),
+                _ => Err(Error::Ipc("this result was already taken".into())),
+            },
         }
-        if state.taken {
-            return Err(Error::Ipc("this result was already taken".into()));
-        }
-        state.taken = true;
-        let chunks = std::mem::take(&mut state.chunks);
-        drop(state);
-        let mut items = Vec::new();
-        for chunk in chunks {
-            items.extend(chunk.into_iter().flatten());
-        }
-        Ok(M::finish(items))
     }
 
     fn poll_done(&self, waker: &Waker) -> bool {
         let mut state = self.lock();
-        if state.done() {
+        if state.outcome.is_some() {
             return true;
         }
         match &mut state.waker {
@@ -204,6 +245,24 @@ where
             slot => *slot = Some(waker.clone()),
         }
         false
+    }
+
+    fn on_complete(&self, callback: Callback<M::Output>) {
+        let mut state = self.lock();
+        if !state.finished {
+            state.callbacks.push(callback);
+            return;
+        }
+        // Already finished: wait for publication (callbacks of others may be
+        // running), then call back here with the published outcome.
+        while state.outcome.is_none() {
+            state = self.ready.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        match state.outcome.as_ref() {
+            Some(Outcome::Value(value)) => callback(Ok(value)),
+            Some(Outcome::Failed(error)) => callback(Err(error)),
+            _ => {}
+        }
     }
 }
 
@@ -214,27 +273,28 @@ where
 {
     fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>) {
         // Decode outside the lock: drivers decode their chunks in parallel.
-        let decoded = outcome.and_then(|bytes| self.decode(task, &bytes));
+        let decoded = outcome
+            .and_then(|bytes| decode_items::<R>(self.job, task, &bytes))
+            .and_then(|items| items.into_iter().collect::<Result<Vec<R>, Error>>());
         let mut state = self.lock();
         state.received += 1;
+        if state.finished {
+            return;
+        }
         match decoded {
             Ok(items) => {
                 if state.chunks.len() <= task.chunk {
                     state.chunks.resize_with(task.chunk + 1, || None);
                 }
                 state.chunks[task.chunk] = Some(items);
+                self.complete_if_done(state);
             }
-            Err(error) => {
-                if state.error.is_none() {
-                    state.error = Some(error);
-                }
-            }
+            Err(error) => self.fail(state, error),
         }
-        self.notify(state);
     }
 
     fn cancelled(&self) -> bool {
-        self.lock().error.is_some()
+        self.lock().finished
     }
 }
 
@@ -245,6 +305,7 @@ trait Pending<T>: Send + Sync {
     fn wait_until(&self, deadline: Option<Instant>) -> bool;
     fn take(&self) -> Result<T, Error>;
     fn poll_done(&self, waker: &Waker) -> bool;
+    fn on_complete(&self, callback: Callback<T>);
 }
 
 impl<R, M> Pending<M::Output> for Call<R, M>
@@ -267,6 +328,9 @@ where
     fn poll_done(&self, waker: &Waker) -> bool {
         Call::poll_done(self, waker)
     }
+    fn on_complete(&self, callback: Callback<M::Output>) {
+        Call::on_complete(self, callback)
+    }
 }
 
 /// The result of a call that runs in the background, like Python's `AsyncResult`.
@@ -276,6 +340,30 @@ where
 /// [`Pool::apply_async`](crate::Pool::apply_async). Wait for it with
 /// [`get`](AsyncResult::get), or `.await` it under any executor: waiting
 /// in a future does not block a thread.
+///
+/// Python's `callback` / `error_callback` are
+/// [`on_success`](AsyncResult::on_success) and
+/// [`on_error`](AsyncResult::on_error).
+///
+/// ```
+/// use procpool::{pool_job, Pool};
+/// use std::time::Duration;
+///
+/// #[pool_job]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// let pool = Pool::with_processes(2)?;
+/// let mut pending = pool.map_async(square, 0..4)?;
+/// pending.wait_timeout(Duration::from_secs(10));
+/// assert!(pending.ready());
+/// assert_eq!(pending.successful(), Some(true));
+/// assert_eq!(pending.get()?, vec![0, 1, 4, 9]);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "an AsyncResult does nothing unless you wait for it"]
 pub struct AsyncResult<T> {
     call: Arc<dyn Pending<T>>,
@@ -303,8 +391,8 @@ impl<T: Send + 'static> AsyncResult<T> {
         self.call.is_done()
     }
 
-    /// `None` while the call runs; then whether it succeeded (Python's `successful()`,
-    /// which raises instead of returning `None`).
+    /// `None` while the call runs; then whether it succeeded (Python's
+    /// `successful()`, which raises instead of returning `None`).
     pub fn successful(&self) -> Option<bool> {
         self.call.succeeded()
     }
@@ -334,6 +422,32 @@ impl<T: Send + 'static> AsyncResult<T> {
         } else {
             Err(Error::Timeout(timeout))
         }
+    }
+
+    /// Runs `callback` with the value when the call succeeds (Python's `callback`).
+    ///
+    /// It runs in this process, on the pool's thread that received the last
+    /// result (keep it short: that thread feeds a worker), or at once on this
+    /// thread if the result is already there. `get` still returns the value
+    /// afterwards.
+    pub fn on_success(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
+        self.call.on_complete(Box::new(move |outcome| {
+            if let Ok(value) = outcome {
+                callback(value);
+            }
+        }));
+        self
+    }
+
+    /// Runs `callback` with the error when the call fails (Python's
+    /// `error_callback`), on the same thread rules as [`on_success`](AsyncResult::on_success).
+    pub fn on_error(self, callback: impl FnOnce(&Error) + Send + 'static) -> Self {
+        self.call.on_complete(Box::new(move |outcome| {
+            if let Err(error) = outcome {
+                callback(error);
+            }
+        }));
+        self
     }
 }
 

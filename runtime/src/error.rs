@@ -129,6 +129,34 @@ pub enum Error {
     )]
     UnknownJob(String),
 
+    /// The pool's initializer failed (panicked) in a new worker, so the pool
+    /// could not start or could not replace a worker.
+    #[error("the initializer job `{job}` failed in a new worker, so the pool cannot start it: {message}")]
+    InitializerFailed {
+        /// Registered name of the initializer job.
+        job: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A task ran longer than the pool's `task_timeout`; its worker was
+    /// killed and replaced.
+    #[error(
+        "job `{job}` on items {first}..{end} ran longer than the task timeout of {timeout:?}; \
+         its worker was killed and replaced",
+        end = first + count
+    )]
+    TaskTimedOut {
+        /// Registered name of the job.
+        job: String,
+        /// Index of the first input item of the task.
+        first: usize,
+        /// Number of input items in the task.
+        count: usize,
+        /// The configured limit.
+        timeout: std::time::Duration,
+    },
+
     /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout) gave up
     /// waiting. The call is still running; wait again to get its result.
     #[error("no result within {0:?}; the call is still running, wait again to get its result")]

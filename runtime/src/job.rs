@@ -22,13 +22,14 @@ pub struct JobEntry {
     pub signature: &'static str,
     /// Runs one chunk in a worker: decodes `count` items from the input, runs
     /// the function on each and appends one encoded `Result<R, Failure>` per
-    /// item to the output. Returns how many items failed.
+    /// item to the output. Returns the first item's failure, if any failed.
     pub invoke: InvokeFn,
 }
 
 /// The signature of [`JobEntry::invoke`].
 #[doc(hidden)]
-pub type InvokeFn = fn(usize, &[u8], &mut Vec<u8>) -> Result<usize, crate::wire::Failure>;
+pub type InvokeFn =
+    fn(usize, &[u8], &mut Vec<u8>) -> Result<Option<crate::wire::Failure>, crate::wire::Failure>;
 
 impl fmt::Debug for JobEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -200,8 +201,12 @@ impl<F, A, R> fmt::Debug for Job<F, A, R> {
 mod tests {
     use super::*;
 
-    fn noop(_: usize, _: &[u8], _: &mut Vec<u8>) -> Result<usize, crate::wire::Failure> {
-        Ok(0)
+    fn noop(
+        _: usize,
+        _: &[u8],
+        _: &mut Vec<u8>,
+    ) -> Result<Option<crate::wire::Failure>, crate::wire::Failure> {
+        Ok(None)
     }
 
     static DUPS: [JobEntry; 2] = [

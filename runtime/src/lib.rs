@@ -43,6 +43,7 @@ extern crate self as procpool;
 mod call;
 mod codec;
 mod error;
+mod imap;
 mod job;
 mod local;
 mod pool;
@@ -55,7 +56,8 @@ mod worker;
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause};
 pub use job::{Job, JobArgs};
-pub use pool::{Pool, PoolBuilder};
+pub use imap::Imap;
+pub use pool::{Chunked, Pool, PoolBuilder};
 pub use spawn::{Process, ProcessBuilder};
 
 /// Registers a function as a job that a [`Pool`] can run in worker processes.
@@ -127,17 +129,228 @@ pub fn current_process() -> CurrentProcess {
 }
 
 /// Items used by the code `#[pool_job]` generates. Not a public API.
+///
+/// # How a job's types are checked
+///
+/// Each argument and result type `T` of a job is checked once, on the user's
+/// own span, by
+/// `require::<T, _>((&&&&&Probe::<T>::new()).verdict())`. The method call
+/// picks the first of these impls whose bounds hold (autoref specialization:
+/// each level is one reference further from the receiver):
+///
+/// | level | bounds on `T`                                   | verdict         |
+/// |-------|-------------------------------------------------|-----------------|
+/// | 4     | `Serialize + DeserializeOwned + Send + 'static` | `Transferable`  |
+/// | 3     | `Serialize + DeserializeOwned`                  | `NotSend`       |
+/// | 2     | `Serialize`                                     | `NoDeserialize` |
+/// | 1     | `DeserializeOwned`                              | `NoSerialize`   |
+/// | 0     | none                                            | `NoSerde`       |
+///
+/// `require` then asks for four marker traits, each missing for exactly one
+/// bad verdict and carrying that case's `#[diagnostic::on_unimplemented]`
+/// message. So a bad type gets exactly one error, which names the type and
+/// says what to add, instead of one error per unsatisfied serde bound
+/// pointing into generated code.
+///
+/// The worker-side entry point goes through the same kind of probe
+/// ([`Run`]): when a type is not transferable it resolves to a stub
+/// ([`NeverRun`]) instead of failing a second time inside the expansion.
 #[doc(hidden)]
 pub mod __private {
+    use std::marker::PhantomData;
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
     pub use crate::job::{JOBS, JobEntry};
     pub use crate::wire::Failure;
-    pub use crate::worker::invoke;
     pub use linkme;
 
-    /// Compile-time check that a job's argument or result type can cross the channel.
-    pub const fn assert_transferable<T>()
+    /// The receiver of the checks' method calls; see the module docs.
+    pub struct Probe<T>(PhantomData<fn() -> T>);
+
+    impl<T> Probe<T> {
+        /// The probe for `T`.
+        pub const fn new() -> Self {
+            Probe(PhantomData)
+        }
+    }
+
+    /// Verdict: `T` can be a job's argument or result.
+    pub struct Transferable;
+    /// Verdict: `T` is `Serialize + DeserializeOwned` but not `Send`.
+    pub struct NotSend;
+    /// Verdict: `T` is `Serialize` but not `DeserializeOwned`.
+    pub struct NoDeserialize;
+    /// Verdict: `T` is `DeserializeOwned` but not `Serialize`.
+    pub struct NoSerialize;
+    /// Verdict: `T` implements neither serde trait.
+    pub struct NoSerde;
+
+    /// Level 4 of the probe.
+    pub trait ViaTransferable {
+        /// The verdict on `T`.
+        fn verdict(&self) -> Transferable {
+            Transferable
+        }
+    }
+    impl<T: Serialize + DeserializeOwned + Send + 'static> ViaTransferable for &&&&Probe<T> {}
+
+    /// Level 3 of the probe.
+    pub trait ViaNotSend {
+        /// The verdict on `T`.
+        fn verdict(&self) -> NotSend {
+            NotSend
+        }
+    }
+    impl<T: Serialize + DeserializeOwned> ViaNotSend for &&&Probe<T> {}
+
+    /// Level 2 of the probe.
+    pub trait ViaNoDeserialize {
+        /// The verdict on `T`.
+        fn verdict(&self) -> NoDeserialize {
+            NoDeserialize
+        }
+    }
+    impl<T: Serialize> ViaNoDeserialize for &&Probe<T> {}
+
+    /// Level 1 of the probe.
+    pub trait ViaNoSerialize {
+        /// The verdict on `T`.
+        fn verdict(&self) -> NoSerialize {
+            NoSerialize
+        }
+    }
+    impl<T: DeserializeOwned> ViaNoSerialize for &Probe<T> {}
+
+    /// Level 0 of the probe.
+    pub trait ViaNoSerde {
+        /// The verdict on `T`.
+        fn verdict(&self) -> NoSerde {
+            NoSerde
+        }
+    }
+    impl<T> ViaNoSerde for Probe<T> {}
+
+    /// Missing only for the verdict [`NoSerde`].
+    #[diagnostic::on_unimplemented(
+        message = "`{T}` cannot be sent to a worker process: it does not implement serde's `Serialize` and `Deserialize`",
+        label = "the arguments and result of a #[pool_job] function must implement `Serialize` and `Deserialize`",
+        note = "job arguments and results are serialized to cross the process boundary",
+        note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{T}`, or use a type that implements both; for a type from another crate, enable its `serde` feature or convert it to a type of your own"
+    )]
+    pub trait ImplementsSerde<T> {}
+
+    /// Missing only for the verdict [`NoSerialize`].
+    #[diagnostic::on_unimplemented(
+        message = "`{T}` cannot be sent to a worker process: it implements serde's `Deserialize` but not `Serialize`",
+        label = "the arguments and result of a #[pool_job] function must implement `Serialize` and `Deserialize`",
+        note = "job arguments and results are serialized to cross the process boundary",
+        note = "add `#[derive(serde::Serialize)]` to `{T}`, or use a type that implements both"
+    )]
+    pub trait ImplementsSerialize<T> {}
+
+    /// Missing only for the verdict [`NoDeserialize`].
+    #[diagnostic::on_unimplemented(
+        message = "`{T}` cannot be sent to a worker process: it implements serde's `Serialize` but not `Deserialize`",
+        label = "the arguments and result of a #[pool_job] function must implement `Serialize` and `Deserialize`",
+        note = "job arguments and results are deserialized on the other side of the process boundary, so they must own their data (`DeserializeOwned`)",
+        note = "add `#[derive(serde::Deserialize)]` to `{T}`, or use an owned type that implements both"
+    )]
+    pub trait ImplementsDeserialize<T> {}
+
+    /// Missing only for the verdict [`NotSend`].
+    #[diagnostic::on_unimplemented(
+        message = "`{T}` cannot be sent to a worker process: it is not `Send`",
+        label = "the arguments and result of a #[pool_job] function must be `Send`",
+        note = "the pool encodes and decodes job arguments and results on its own threads",
+        note = "use a `Send` type instead, e.g. `Arc` or a plain owned value instead of `Rc`"
+    )]
+    pub trait IsSend<T> {}
+
+    macro_rules! verdicts {
+        ($($verdict:ident: $($trait:ident)*;)*) => {$($(
+            #[diagnostic::do_not_recommend]
+            impl<T> $trait<T> for $verdict {}
+        )*)*};
+    }
+
+    verdicts! {
+        Transferable: ImplementsSerde ImplementsSerialize ImplementsDeserialize IsSend;
+        NotSend: ImplementsSerde ImplementsSerialize ImplementsDeserialize;
+        NoDeserialize: ImplementsSerde ImplementsSerialize IsSend;
+        NoSerialize: ImplementsSerde ImplementsDeserialize IsSend;
+        NoSerde: ImplementsSerialize ImplementsDeserialize IsSend;
+    }
+
+    /// Fails to compile, with the verdict's message, unless `verdict` is [`Transferable`].
+    pub fn require<T, V>(verdict: V)
     where
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+        V: ImplementsSerde<T> + ImplementsSerialize<T> + ImplementsDeserialize<T> + IsSend<T>,
     {
+        let _ = verdict;
+    }
+
+    /// What [`JobEntry::invoke`] returns.
+    pub type InvokeOutput = <crate::job::InvokeFn as Returns>::Output;
+
+    /// Names the return type of a function pointer.
+    pub trait Returns {
+        /// The return type.
+        type Output;
+    }
+
+    impl<O> Returns for fn(usize, &[u8], &mut Vec<u8>) -> O {
+        type Output = O;
+    }
+
+    /// The worker-side entry point of a job whose item type `T` and result
+    /// type `R` are transferable: decodes, runs and encodes one chunk.
+    pub trait Run<T, R> {
+        /// Runs `f` on the `count` items encoded in `input`.
+        fn run<F: Fn(T) -> R>(
+            &self,
+            count: usize,
+            input: &[u8],
+            output: &mut Vec<u8>,
+            f: F,
+        ) -> InvokeOutput;
+    }
+
+    impl<T: DeserializeOwned, R: Serialize> Run<T, R> for &Probe<(T, R)> {
+        fn run<F: Fn(T) -> R>(
+            &self,
+            count: usize,
+            input: &[u8],
+            output: &mut Vec<u8>,
+            f: F,
+        ) -> InvokeOutput {
+            crate::worker::invoke(count, input, output, f)
+        }
+    }
+
+    /// The entry point chosen when a type is not transferable. Such a job has
+    /// already failed to compile with a clear message, so this never runs.
+    pub trait NeverRun<T, R> {
+        /// Never called: the crate does not compile.
+        fn run<F: Fn(T) -> R>(
+            &self,
+            count: usize,
+            input: &[u8],
+            output: &mut Vec<u8>,
+            f: F,
+        ) -> InvokeOutput;
+    }
+
+    impl<T, R> NeverRun<T, R> for Probe<(T, R)> {
+        fn run<F: Fn(T) -> R>(
+            &self,
+            _: usize,
+            _: &[u8],
+            _: &mut Vec<u8>,
+            _: F,
+        ) -> InvokeOutput {
+            unreachable!("a #[pool_job] with a non-transferable type does not compile")
+        }
     }
 }

@@ -8,12 +8,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
 use crate::Error;
-use crate::process::{Lost, PidSlot, WorkerProcess};
+use crate::process::{Initializer, Lost, PidSlot, WorkerProcess};
 use crate::transport::{Backend, Task};
 use crate::wire::{FromWorker, ToWorker};
 
@@ -22,6 +22,9 @@ use crate::wire::{FromWorker, ToWorker};
 pub(crate) struct LocalConfig {
     pub(crate) processes: usize,
     pub(crate) spawn_timeout: Duration,
+    pub(crate) initializer: Option<Initializer>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) task_timeout: Option<Duration>,
 }
 
 /// Python numbers pool workers across the whole program; so do we.
@@ -214,7 +217,7 @@ impl Driver {
         let mut worker = match first {
             Ok(worker) => {
                 let _ = started.send(Ok(()));
-                Some(worker)
+                Some((worker, 0))
             }
             Err(err) => {
                 let _ = started.send(Err(err));
@@ -227,20 +230,28 @@ impl Driver {
             if task.sink.cancelled() {
                 continue;
             }
-            let current = match worker.take() {
+            let (current, done) = match worker.take() {
                 Some(current) => current,
                 None => match self.spawn() {
-                    Ok(fresh) => fresh,
+                    Ok(fresh) => (fresh, 0),
                     Err(err) => {
                         task.fail(err);
                         continue;
                     }
                 },
             };
-            worker = self.run_task(current, task);
+            worker = match self.run_task(current, task) {
+                // Python's maxtasksperchild: a chunk is one task.
+                Some(current) if self.config.max_tasks_per_child == Some(done + 1) => {
+                    current.shutdown();
+                    self.respawn().map(|fresh| (fresh, 0))
+                }
+                Some(current) => Some((current, done + 1)),
+                None => self.respawn().map(|fresh| (fresh, 0)),
+            };
         }
 
-        if let Some(worker) = worker {
+        if let Some((worker, _)) = worker {
             if self.shared.terminated.load(Ordering::Acquire) {
                 drop(worker);
             } else {
@@ -254,6 +265,7 @@ impl Driver {
             &next_worker_name(),
             self.config.spawn_timeout,
             &self.shared.terminated,
+            self.config.initializer.as_ref(),
         )?;
         worker.register(Arc::clone(&self.shared.pids[self.slot]));
         if self.shared.terminated.load(Ordering::Acquire) {
@@ -272,7 +284,8 @@ impl Driver {
             last: false,
         };
         let pid = worker.pid();
-        match worker.call(message, None, &self.shared.terminated) {
+        let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
+        match worker.call(message, deadline, &self.shared.terminated) {
             Ok(FromWorker::Done { items }) => {
                 task.sink.deliver(task.info(), Ok(items.into_vec()));
                 Some(worker)
@@ -287,25 +300,30 @@ impl Driver {
                 task.fail(Error::Ipc(format!(
                     "worker {pid} sent an unexpected reply: {other:?}"
                 )));
-                self.respawn()
+                None
             }
             Err(lost) => {
                 drop(worker);
                 let job = task.job.to_owned();
                 let error = match lost {
-                    Lost::Died(cause) if !self.shared.terminated.load(Ordering::Acquire) => {
-                        Error::WorkerDied {
-                            job,
-                            pid,
-                            cause,
-                            first: task.first,
-                            count: task.count,
-                        }
-                    }
-                    Lost::Died(_) | Lost::Aborted | Lost::TimedOut => Error::Terminated { job },
+                    _ if self.shared.terminated.load(Ordering::Acquire) => Error::Terminated { job },
+                    Lost::Died(cause) => Error::WorkerDied {
+                        job,
+                        pid,
+                        cause,
+                        first: task.first,
+                        count: task.count,
+                    },
+                    Lost::TimedOut => Error::TaskTimedOut {
+                        job,
+                        first: task.first,
+                        count: task.count,
+                        timeout: self.config.task_timeout.unwrap_or_default(),
+                    },
+                    Lost::Aborted => Error::Terminated { job },
                 };
                 task.fail(error);
-                self.respawn()
+                None
             }
         }
     }

@@ -8,7 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::job::{Job, JobArgs};
+use crate::imap::Imap;
 use crate::local::{LocalBackend, LocalConfig};
+use crate::process::Initializer;
 use crate::transport::{Backend, Task};
 use crate::{Error, codec};
 
@@ -56,6 +58,9 @@ impl std::fmt::Debug for Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     spawn_timeout: Duration,
+    initializer: Option<Result<Initializer, Error>>,
+    max_tasks_per_child: Option<usize>,
+    task_timeout: Option<Duration>,
 }
 
 impl Default for PoolBuilder {
@@ -63,6 +68,9 @@ impl Default for PoolBuilder {
         PoolBuilder {
             processes: None,
             spawn_timeout: Duration::from_secs(10),
+            initializer: None,
+            max_tasks_per_child: None,
+            task_timeout: None,
         }
     }
 }
@@ -81,6 +89,45 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs `job(arg)` once in every worker when it starts, replacement
+    /// workers included (Python's `initializer` / `initargs`).
+    ///
+    /// If it panics, [`build`](PoolBuilder::build) fails with
+    /// [`Error::InitializerFailed`] instead of restarting workers forever as
+    /// Python does. Only connecting is bounded by the
+    /// [`spawn_timeout`](PoolBuilder::spawn_timeout); the initializer itself
+    /// may take as long as it needs.
+    pub fn initializer<F, A, R>(mut self, job: Job<F, A, R>, arg: A::Item) -> Self
+    where
+        A: JobArgs,
+    {
+        let encoded = codec::encode(&arg).map_err(|message| Error::Serialization {
+            job: job.name().to_owned(),
+            direction: "serialize the initializer's argument".to_owned(),
+            message,
+        });
+        self.initializer = Some(encoded.map(|arg| Initializer {
+            job: job.name(),
+            arg,
+        }));
+        self
+    }
+
+    /// Replaces a worker after it has run `n` tasks (Python's
+    /// `maxtasksperchild`). A chunk of a `map` counts as one task.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Kills a worker whose task runs longer than `timeout` and fails that
+    /// task with [`Error::TaskTimedOut`]; the pool starts a replacement.
+    /// The limit applies to a whole chunk: use small chunks with it.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
     /// Starts the workers. Returns once every worker is connected.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
@@ -94,9 +141,22 @@ impl PoolBuilder {
         };
         // Fail on an inconsistent registry here rather than in every task.
         crate::job::registry()?;
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::Config(
+                "max_tasks_per_child must be at least 1 (a worker runs n tasks, then is replaced)"
+                    .into(),
+            ));
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::Config("task_timeout must be longer than zero".into()));
+        }
+        let initializer = self.initializer.transpose()?;
         let backend = LocalBackend::start(LocalConfig {
             processes,
             spawn_timeout: self.spawn_timeout,
+            initializer,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task_timeout: self.task_timeout,
         })?;
         Ok(Pool {
             backend: Box::new(backend),
@@ -176,16 +236,94 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
     {
+        self.map_async_chunked(job, items, None)
+    }
+
+    fn map_async_chunked<F, A, R, I>(
+        &self,
+        job: Job<F, A, R>,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
         let items = items.into_iter();
         let (low, high) = items.size_hint();
-        let call = if high == Some(low) {
-            self.submit::<_, _, All>(job.name(), low, items, None)?
+        let call = if chunksize.is_some() || high == Some(low) {
+            self.submit::<_, _, All>(job.name(), low, items, chunksize)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
             let items: Vec<A::Item> = items.collect();
             self.submit::<_, _, All>(job.name(), items.len(), items, None)?
         };
         Ok(AsyncResult::new(call))
+    }
+
+    /// Runs `job` over `items` lazily and yields each result in input order.
+    ///
+    /// Input is pulled only as workers free up (a few chunks ahead), and
+    /// results are yielded as soon as they are ready, so an endless input
+    /// works: `pool.imap(square, 0u64..).take(500)`. Each item is sent on its
+    /// own (Python's default `chunksize=1`); use
+    /// [`chunksize`](Pool::chunksize) for many small items.
+    ///
+    /// ```
+    /// use procpool::{pool_job, Pool};
+    ///
+    /// #[pool_job]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = Pool::with_processes(2)?;
+    /// let first: Vec<u64> = pool.imap(square, 0u64..).take(4).collect::<Result<_, _>>()?;
+    /// assert_eq!(first, vec![0, 1, 4, 9]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn imap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Imap<'_, R, I::IntoIter>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        Imap::new(self, job.name(), items.into_iter(), 1, true)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results as they complete,
+    /// whatever their input order.
+    pub fn imap_unordered<F, A, R, I>(
+        &self,
+        job: Job<F, A, R>,
+        items: I,
+    ) -> Imap<'_, R, I::IntoIter>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        Imap::new(self, job.name(), items.into_iter(), 1, false)
+    }
+
+    /// Sets the chunk size for one call (Python's `chunksize=` argument):
+    /// `pool.chunksize(1000).imap_unordered(square, 0..100_000)`.
+    ///
+    /// `chunksize` items travel to a worker in one message. Large chunks cut
+    /// per-message costs; small ones balance uneven work. A chunk size of 0
+    /// makes the call fail with [`Error::Config`].
+    pub fn chunksize(&self, chunksize: usize) -> Chunked<'_> {
+        Chunked {
+            pool: self,
+            chunksize,
+        }
+    }
+
+    pub(crate) fn submit_task(&self, task: Task) -> Result<(), Error> {
+        self.backend.submit(task)
     }
 
     /// Like [`starmap`](Pool::starmap), but returns at once with an [`AsyncResult`].
@@ -305,6 +443,99 @@ impl Pool {
             return Err(error);
         }
         Ok(())
+    }
+}
+
+/// A [`Pool`] with a chunk size chosen for the next call. Created by [`Pool::chunksize`].
+#[derive(Debug, Clone, Copy)]
+#[must_use = "call map, imap, ... on it"]
+pub struct Chunked<'pool> {
+    pool: &'pool Pool,
+    chunksize: usize,
+}
+
+impl<'pool> Chunked<'pool> {
+    fn checked(&self) -> Result<usize, Error> {
+        if self.chunksize == 0 {
+            Err(Error::Config("chunksize must be at least 1".into()))
+        } else {
+            Ok(self.chunksize)
+        }
+    }
+
+    /// [`Pool::map`] with this chunk size.
+    pub fn map<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        self.map_async(job, items)?.get()
+    }
+
+    /// [`Pool::map_async`] with this chunk size.
+    pub fn map_async<F, A, R, I>(
+        &self,
+        job: Job<F, A, R>,
+        items: I,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        self.pool.map_async_chunked(job, items, Some(self.checked()?))
+    }
+
+    /// [`Pool::starmap`] with this chunk size.
+    pub fn starmap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map(job, items.into_iter().map(JobArgs::into_item))
+    }
+
+    /// [`Pool::imap`] with this chunk size.
+    pub fn imap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Imap<'pool, R, I::IntoIter>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        self.lazy(job, items, true)
+    }
+
+    /// [`Pool::imap_unordered`] with this chunk size.
+    pub fn imap_unordered<F, A, R, I>(
+        &self,
+        job: Job<F, A, R>,
+        items: I,
+    ) -> Imap<'pool, R, I::IntoIter>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        self.lazy(job, items, false)
+    }
+
+    fn lazy<F, A, R, I>(
+        &self,
+        job: Job<F, A, R>,
+        items: I,
+        ordered: bool,
+    ) -> Imap<'pool, R, I::IntoIter>
+    where
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        match self.checked() {
+            Ok(size) => Imap::new(self.pool, job.name(), items.into_iter(), size, ordered),
+            Err(error) => Imap::failed(self.pool, job.name(), items.into_iter(), error),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::error::ExitCause;
 use crate::wire::{FromWorker, ToWorker};
+use serde_bytes::ByteBuf;
 use crate::{Error, worker};
 
 /// How often a waiting parent looks at a child that has not answered yet.
@@ -34,6 +35,14 @@ pub(crate) enum Lost {
     Aborted,
     /// No answer within the time limit; the worker has been killed and reaped.
     TimedOut,
+}
+
+/// A job run once in every new worker before it takes tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct Initializer {
+    pub(crate) job: &'static str,
+    /// The encoded argument.
+    pub(crate) arg: Vec<u8>,
 }
 
 /// Where another thread can find a worker's pid to kill it.
@@ -68,7 +77,12 @@ impl WorkerProcess {
     /// Starts the current executable as a worker named `name` and waits until
     /// it is connected and initialised. Fails (never hangs) if the child dies
     /// first, does not connect within `timeout`, or `abort` becomes true.
-    pub(crate) fn spawn(name: &str, timeout: Duration, abort: &AtomicBool) -> Result<Self, Error> {
+    pub(crate) fn spawn(
+        name: &str,
+        timeout: Duration,
+        abort: &AtomicBool,
+        initializer: Option<&Initializer>,
+    ) -> Result<Self, Error> {
         if !worker::bootstrap_ran() {
             return Err(Error::Spawn(
                 "procpool's start-up hook did not run in this executable, so a worker could \
@@ -148,26 +162,28 @@ impl WorkerProcess {
             reaped: None,
             slot: None,
         };
-        worker
-            .call(
-                ToWorker::Init {
-                    name: name.to_owned(),
-                },
-                Some(deadline),
-                abort,
-            )
-            .and_then(|reply| match reply {
-                FromWorker::Ready => Ok(()),
-                _ => Err(Lost::Aborted),
+        let init = ToWorker::Init {
+            name: name.to_owned(),
+            initializer: initializer.map(|init| (init.job.to_owned(), ByteBuf::from(init.arg.clone()))),
+        };
+        // An initializer may legitimately take long (loading a model, say):
+        // only the connection is bounded by the start-up timeout then.
+        let init_deadline = if initializer.is_some() { None } else { Some(deadline) };
+        let reply = worker.call(init, init_deadline, abort).map_err(|lost| {
+            Error::Spawn(match lost {
+                Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
+                Lost::TimedOut => format!("the worker did not start within {timeout:?}"),
+                Lost::Aborted => "the worker start was interrupted".to_owned(),
             })
-            .map_err(|lost| {
-                Error::Spawn(match lost {
-                    Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
-                    Lost::TimedOut => format!("the worker did not start within {timeout:?}"),
-                    Lost::Aborted => "the worker start was interrupted".to_owned(),
-                })
-            })?;
-        Ok(worker)
+        })?;
+        match reply {
+            FromWorker::Ready => Ok(worker),
+            FromWorker::Failed(failure) => Err(Error::InitializerFailed {
+                job: initializer.map(|init| init.job).unwrap_or_default().to_owned(),
+                message: failure.into_error(initializer.map(|init| init.job).unwrap_or_default(), 0).to_string(),
+            }),
+            other => Err(Error::Spawn(format!("the worker sent an unexpected reply: {other:?}"))),
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {

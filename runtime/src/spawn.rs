@@ -97,7 +97,7 @@ impl ProcessBuilder {
             direction: "serialize the argument".to_owned(),
             message,
         })?;
-        let mut worker = WorkerProcess::spawn(&name, self.spawn_timeout, &NEVER)?;
+        let mut worker = WorkerProcess::spawn(&name, self.spawn_timeout, &NEVER, None)?;
         let run = ToWorker::Run {
             job: job.name().to_owned(),
             count: 1,

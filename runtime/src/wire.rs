@@ -17,6 +17,8 @@ pub(crate) enum ToWorker {
     Init {
         /// What `current_process().name()` says inside the worker.
         name: String,
+        /// A job and its encoded argument to run once before any task.
+        initializer: Option<(String, ByteBuf)>,
     },
     /// Run `job` over `count` encoded items. With `last`, exit after the
     /// reply: code 0 if every item succeeded, 1 otherwise (as a Python

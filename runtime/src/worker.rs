@@ -95,9 +95,14 @@ fn serve(socket: String) -> i32 {
     // A closed channel means the parent is gone or done with us: exit quietly.
     while let Ok(message) = tasks.recv() {
         let (reply, exit) = match message {
-            ToWorker::Init { name } => {
+            ToWorker::Init { name, initializer } => {
                 let _ = PROCESS_NAME.set(name);
-                (FromWorker::Ready, None)
+                let failure = initializer.and_then(|(job, arg)| run_task(&job, 1, &arg).1);
+                match failure {
+                    None => (FromWorker::Ready, None),
+                    // The parent gives up on this worker; exit once it knows why.
+                    Some(failure) => (FromWorker::Failed(failure), Some(1)),
+                }
             }
             ToWorker::Run {
                 job,
@@ -105,8 +110,8 @@ fn serve(socket: String) -> i32 {
                 items,
                 last,
             } => {
-                let (reply, failed) = run_task(&job, count, &items);
-                (reply, last.then_some(i32::from(failed)))
+                let (reply, failure) = run_task(&job, count, &items);
+                (reply, last.then_some(i32::from(failure.is_some())))
             }
             ToWorker::Exit => break,
         };
@@ -120,8 +125,8 @@ fn serve(socket: String) -> i32 {
     0
 }
 
-/// Runs one task; the reply, and whether anything in it failed.
-fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, bool) {
+/// Runs one task; the reply, and the first failure in it.
+fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>) {
     let outcome = crate::job::registry()
         .map_err(|err| Failure::new(FailureKind::UnknownJob, err.to_string()))
         .and_then(|registry| {
@@ -138,13 +143,13 @@ fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, bool) {
             Ok((output, failed))
         });
     match outcome {
-        Ok((output, failed)) => (
+        Ok((output, failure)) => (
             FromWorker::Done {
                 items: serde_bytes::ByteBuf::from(output),
             },
-            failed > 0,
+            failure,
         ),
-        Err(failure) => (FromWorker::Failed(failure), true),
+        Err(failure) => (FromWorker::Failed(failure.clone()), Some(failure)),
     }
 }
 
@@ -184,7 +189,7 @@ pub fn invoke<T, R>(
     mut input: &[u8],
     output: &mut Vec<u8>,
     f: impl Fn(T) -> R,
-) -> Result<usize, Failure>
+) -> Result<Option<Failure>, Failure>
 where
     T: DeserializeOwned,
     R: Serialize,
@@ -206,7 +211,7 @@ where
             format!("{} unexpected bytes after the last item", input.len()),
         ));
     }
-    let mut failed = 0;
+    let mut first_failure = None;
     for item in items {
         let outcome = match catch_unwind(AssertUnwindSafe(|| f(item))) {
             Ok(value) => codec::encode_into(&Ok::<&R, Failure>(&value), output)
@@ -214,10 +219,10 @@ where
             Err(payload) => Err(Failure::new(FailureKind::Panicked, panic_text(&*payload))),
         };
         if let Err(failure) = outcome {
-            failed += 1;
-            codec::encode_into(&Err::<(), Failure>(failure), output)
+            codec::encode_into(&Err::<(), &Failure>(&failure), output)
                 .map_err(|message| Failure::new(FailureKind::EncodeResult, message))?;
+            first_failure.get_or_insert(failure);
         }
     }
-    Ok(failed)
+    Ok(first_failure)
 }

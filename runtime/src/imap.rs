@@ -1,0 +1,258 @@
+//! Lazy iteration: `imap` and `imap_unordered`.
+//!
+//! Unlike Python's `imap`, which reads its whole input before yielding
+//! (so an endless input hangs), input is pulled only as results are
+//! consumed, with a bounded number of chunks in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::call::decode_items;
+use crate::transport::{Sink, Task, TaskInfo};
+use crate::{Error, Pool, codec};
+
+struct State<R> {
+    /// Finished chunks by number, until the iterator takes them.
+    finished: HashMap<usize, Vec<Result<R, Error>>>,
+    /// Chunk numbers in the order they finished.
+    completion: VecDeque<usize>,
+    cancelled: bool,
+}
+
+/// Receives the chunks of one `imap` call.
+struct Stream<R> {
+    job: &'static str,
+    state: Mutex<State<R>>,
+    arrived: Condvar,
+}
+
+impl<R> Stream<R> {
+    fn lock(&self) -> MutexGuard<'_, State<R>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn store(&self, chunk: usize, items: Vec<Result<R, Error>>) {
+        let mut state = self.lock();
+        state.finished.insert(chunk, items);
+        state.completion.push_back(chunk);
+        drop(state);
+        self.arrived.notify_all();
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
+    fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>) {
+        // A lost task fails each of its items, so the output stays aligned with the input.
+        let items = match outcome.and_then(|bytes| decode_items::<R>(self.job, task, &bytes)) {
+            Ok(items) => items,
+            Err(error) => (0..task.count).map(|_| Err(error.clone())).collect(),
+        };
+        self.store(task.chunk, items);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.lock().cancelled
+    }
+}
+
+/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`].
+///
+/// Yields one `Result` per input item: the job's value, or why that item
+/// failed (a panic, a dead worker, ...). Input is read lazily, a few chunks
+/// ahead of what has been consumed. Dropping the iterator early skips the
+/// chunks that were queued but not started.
+#[must_use = "iterators are lazy: nothing runs until the Imap is iterated"]
+pub struct Imap<'pool, R, I> {
+    pool: &'pool Pool,
+    job: &'static str,
+    input: Option<I>,
+    stream: Arc<Stream<R>>,
+    chunksize: usize,
+    max_in_flight: usize,
+    in_flight: usize,
+    next_chunk: usize,
+    next_item: usize,
+    /// The next chunk to yield, when ordered.
+    next_to_yield: usize,
+    ordered: bool,
+    ready: VecDeque<Result<R, Error>>,
+}
+
+impl<R, I> std::fmt::Debug for Imap<'_, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("job", &self.job)
+            .field("chunksize", &self.chunksize)
+            .field("in_flight", &self.in_flight)
+            .field("ordered", &self.ordered)
+            .finish()
+    }
+}
+
+impl<'pool, R, I> Imap<'pool, R, I>
+where
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    pub(crate) fn new(
+        pool: &'pool Pool,
+        job: &'static str,
+        input: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Self {
+        Imap {
+            pool,
+            job,
+            input: Some(input),
+            stream: Arc::new(Stream {
+                job,
+                state: Mutex::new(State {
+                    finished: HashMap::new(),
+                    completion: VecDeque::new(),
+                    cancelled: false,
+                }),
+                arrived: Condvar::new(),
+            }),
+            chunksize: chunksize.max(1),
+            // One chunk running and one queued per worker keeps every worker busy.
+            max_in_flight: 2 * pool.processes().max(1),
+            in_flight: 0,
+            next_chunk: 0,
+            next_item: 0,
+            next_to_yield: 0,
+            ordered,
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// An iterator that yields `error` once, reading no input.
+    pub(crate) fn failed(pool: &'pool Pool, job: &'static str, input: I, error: Error) -> Self {
+        let mut imap = Imap::new(pool, job, input, 1, true);
+        imap.input = None;
+        imap.ready.push_back(Err(error));
+        imap
+    }
+
+    /// Pulls input until enough chunks are in flight or the input ends.
+    fn top_up(&mut self) {
+        while self.in_flight < self.max_in_flight {
+            let Some(input) = self.input.as_mut() else {
+                return;
+            };
+            let first = self.next_item;
+            let mut bytes = Vec::new();
+            let mut count = 0;
+            let mut bad_item = None;
+            while count < self.chunksize {
+                let Some(item) = input.next() else {
+                    self.input = None;
+                    break;
+                };
+                if let Err(message) = codec::encode_into(&item, &mut bytes) {
+                    bad_item = Some(Error::Serialization {
+                        job: self.job.to_owned(),
+                        direction: format!("serialize argument {}", first + count),
+                        message,
+                    });
+                    break;
+                }
+                count += 1;
+            }
+            if count > 0 {
+                self.submit(first, count, bytes);
+            }
+            if let Some(error) = bad_item {
+                // The unencodable item keeps its place as an error of its own.
+                let chunk = self.next_chunk;
+                self.next_chunk += 1;
+                self.next_item += 1;
+                self.in_flight += 1;
+                self.stream.store(chunk, vec![Err(error)]);
+            }
+        }
+    }
+
+    fn submit(&mut self, first: usize, count: usize, items: Vec<u8>) {
+        let chunk = self.next_chunk;
+        self.next_chunk += 1;
+        self.next_item += count;
+        self.in_flight += 1;
+        let task = Task {
+            job: self.job,
+            chunk,
+            first,
+            count,
+            items,
+            sink: Arc::clone(&self.stream) as Arc<dyn Sink>,
+        };
+        if let Err(error) = self.pool.submit_task(task) {
+            // The pool is closed: this chunk fails, and no more input is read.
+            self.input = None;
+            self.stream
+                .store(chunk, (0..count).map(|_| Err(error.clone())).collect());
+        }
+    }
+
+    /// Blocks until the next chunk to yield has arrived and takes it.
+    fn take_chunk(&mut self) -> Vec<Result<R, Error>> {
+        let mut state = self.stream.lock();
+        loop {
+            let chunk = if self.ordered {
+                Some(self.next_to_yield).filter(|c| state.finished.contains_key(c))
+            } else {
+                state.completion.front().copied()
+            };
+            if let Some(chunk) = chunk {
+                state.completion.retain(|&c| c != chunk);
+                if self.ordered {
+                    self.next_to_yield += 1;
+                }
+                return state.finished.remove(&chunk).unwrap_or_default();
+            }
+            state = self
+                .stream
+                .arrived
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl<R, I> Iterator for Imap<'_, R, I>
+where
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            self.top_up();
+            if self.in_flight == 0 {
+                return None;
+            }
+            let items = self.take_chunk();
+            self.in_flight -= 1;
+            self.ready.extend(items);
+        }
+    }
+}
+
+impl<R, I> Drop for Imap<'_, R, I> {
+    fn drop(&mut self) {
+        self.stream
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cancelled = true;
+    }
+}
