@@ -347,3 +347,10 @@ fn task_timeout_kills_and_replaces_the_worker() {
     assert_ne!(before, after);
     assert_eq!(pool.map(sleep_ms, vec![10, 20]).unwrap(), vec![10, 20]);
 }
+
+#[test]
+fn progress_bar_option_keeps_results() {
+    let pool = Pool::builder().processes(2).progress(true).build().unwrap();
+    assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
+    assert_eq!(pool.imap(square, 0..10).filter(Result::is_ok).count(), 10);
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::progress::Progress;
 use crate::transport::{Sink, TaskInfo};
 use crate::wire::Failure;
 use crate::{Error, codec};
@@ -98,6 +99,7 @@ struct State<R, T> {
 /// Collects the chunks of one call. Shared by the caller and the backend.
 pub(crate) struct Call<R, M: Finish<R>> {
     job: &'static str,
+    progress: Progress,
     state: Mutex<State<R, M::Output>>,
     ready: Condvar,
     finish: PhantomData<fn() -> M>,
@@ -108,9 +110,10 @@ where
     R: DeserializeOwned + Send + 'static,
     M: Finish<R>,
 {
-    pub(crate) fn new(job: &'static str) -> Arc<Self> {
+    pub(crate) fn new(job: &'static str, progress: Progress) -> Arc<Self> {
         Arc::new(Call {
             job,
+            progress,
             state: Mutex::new(State {
                 chunks: Vec::new(),
                 submitted: 0,
@@ -176,6 +179,7 @@ where
         result: Result<M::Output, Error>,
     ) {
         state.finished = true;
+        self.progress.finish();
         let callbacks = std::mem::take(&mut state.callbacks);
         drop(state);
         for callback in callbacks {
@@ -283,6 +287,7 @@ where
         }
         match decoded {
             Ok(items) => {
+                self.progress.advance(items.len());
                 if state.chunks.len() <= task.chunk {
                     state.chunks.resize_with(task.chunk + 1, || None);
                 }

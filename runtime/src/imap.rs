@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::decode_items;
+use crate::progress::Progress;
 use crate::transport::{Sink, Task, TaskInfo};
 use crate::{Error, Pool, codec};
 
@@ -25,6 +26,7 @@ struct State<R> {
 /// Receives the chunks of one `imap` call.
 struct Stream<R> {
     job: &'static str,
+    progress: Progress,
     state: Mutex<State<R>>,
     arrived: Condvar,
 }
@@ -50,6 +52,7 @@ impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
             Ok(items) => items,
             Err(error) => (0..task.count).map(|_| Err(error.clone())).collect(),
         };
+        self.progress.advance(items.len());
         self.store(task.chunk, items);
     }
 
@@ -111,6 +114,7 @@ where
             input: Some(input),
             stream: Arc::new(Stream {
                 job,
+                progress: Progress::new(pool.shows_progress(), job, None),
                 state: Mutex::new(State {
                     finished: HashMap::new(),
                     completion: VecDeque::new(),
@@ -249,6 +253,7 @@ where
 
 impl<R, I> Drop for Imap<'_, R, I> {
     fn drop(&mut self) {
+        self.stream.progress.finish();
         self.stream
             .state
             .lock()

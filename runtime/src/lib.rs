@@ -48,6 +48,7 @@ mod job;
 mod local;
 mod pool;
 mod process;
+mod progress;
 mod spawn;
 mod transport;
 mod wire;
@@ -234,44 +235,44 @@ pub mod __private {
 
     /// Missing only for the verdict [`NoSerde`].
     #[diagnostic::on_unimplemented(
-        message = "`{T}` cannot be sent to a worker process: it does not implement serde's `Serialize` and `Deserialize`",
+        message = "`{Self}` cannot be sent to a worker process: it does not implement serde's `Serialize` and `Deserialize`",
         label = "the arguments and result of a #[pool_job] function must implement `Serialize` and `Deserialize`",
         note = "job arguments and results are serialized to cross the process boundary",
-        note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{T}`, or use a type that implements both; for a type from another crate, enable its `serde` feature or convert it to a type of your own"
+        note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}`, or use a type that implements both; for a type from another crate, enable its `serde` feature or convert it to a type of your own"
     )]
-    pub trait ImplementsSerde<T> {}
+    pub trait ImplementsSerde<Verdict> {}
 
     /// Missing only for the verdict [`NoSerialize`].
     #[diagnostic::on_unimplemented(
-        message = "`{T}` cannot be sent to a worker process: it implements serde's `Deserialize` but not `Serialize`",
+        message = "`{Self}` cannot be sent to a worker process: it implements serde's `Deserialize` but not `Serialize`",
         label = "the arguments and result of a #[pool_job] function must implement `Serialize` and `Deserialize`",
         note = "job arguments and results are serialized to cross the process boundary",
-        note = "add `#[derive(serde::Serialize)]` to `{T}`, or use a type that implements both"
+        note = "add `#[derive(serde::Serialize)]` to `{Self}`, or use a type that implements both"
     )]
-    pub trait ImplementsSerialize<T> {}
+    pub trait ImplementsSerialize<Verdict> {}
 
     /// Missing only for the verdict [`NoDeserialize`].
     #[diagnostic::on_unimplemented(
-        message = "`{T}` cannot be sent to a worker process: it implements serde's `Serialize` but not `Deserialize`",
+        message = "`{Self}` cannot be sent to a worker process: it implements serde's `Serialize` but not `Deserialize`",
         label = "the arguments and result of a #[pool_job] function must implement `Serialize` and `Deserialize`",
         note = "job arguments and results are deserialized on the other side of the process boundary, so they must own their data (`DeserializeOwned`)",
-        note = "add `#[derive(serde::Deserialize)]` to `{T}`, or use an owned type that implements both"
+        note = "add `#[derive(serde::Deserialize)]` to `{Self}`, or use an owned type that implements both"
     )]
-    pub trait ImplementsDeserialize<T> {}
+    pub trait ImplementsDeserialize<Verdict> {}
 
     /// Missing only for the verdict [`NotSend`].
     #[diagnostic::on_unimplemented(
-        message = "`{T}` cannot be sent to a worker process: it is not `Send`",
+        message = "`{Self}` cannot be sent to a worker process: it is not `Send`",
         label = "the arguments and result of a #[pool_job] function must be `Send`",
         note = "the pool encodes and decodes job arguments and results on its own threads",
         note = "use a `Send` type instead, e.g. `Arc` or a plain owned value instead of `Rc`"
     )]
-    pub trait IsSend<T> {}
+    pub trait IsSend<Verdict> {}
 
     macro_rules! verdicts {
         ($($verdict:ident: $($trait:ident)*;)*) => {$($(
             #[diagnostic::do_not_recommend]
-            impl<T> $trait<T> for $verdict {}
+            impl<T> $trait<$verdict> for T {}
         )*)*};
     }
 
@@ -286,7 +287,7 @@ pub mod __private {
     /// Fails to compile, with the verdict's message, unless `verdict` is [`Transferable`].
     pub fn require<T, V>(verdict: V)
     where
-        V: ImplementsSerde<T> + ImplementsSerialize<T> + ImplementsDeserialize<T> + IsSend<T>,
+        T: ImplementsSerde<V> + ImplementsSerialize<V> + ImplementsDeserialize<V> + IsSend<V>,
     {
         let _ = verdict;
     }

@@ -11,6 +11,7 @@ use crate::job::{Job, JobArgs};
 use crate::imap::Imap;
 use crate::local::{LocalBackend, LocalConfig};
 use crate::process::Initializer;
+use crate::progress::Progress;
 use crate::transport::{Backend, Task};
 use crate::{Error, codec};
 
@@ -42,6 +43,7 @@ use crate::{Error, codec};
 /// first to let queued work finish.
 pub struct Pool {
     backend: Box<dyn Backend>,
+    progress: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -61,6 +63,7 @@ pub struct PoolBuilder {
     initializer: Option<Result<Initializer, Error>>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
+    progress: bool,
 }
 
 impl Default for PoolBuilder {
@@ -71,6 +74,7 @@ impl Default for PoolBuilder {
             initializer: None,
             max_tasks_per_child: None,
             task_timeout: None,
+            progress: false,
         }
     }
 }
@@ -128,6 +132,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Shows a progress bar on stderr for each `map`-like call and `imap`:
+    /// items done out of the total, rate and ETA. Drawn only when stderr is a
+    /// terminal. Needs the cargo feature `progress`.
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+
     /// Starts the workers. Returns once every worker is connected.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
@@ -160,6 +173,7 @@ impl PoolBuilder {
         })?;
         Ok(Pool {
             backend: Box::new(backend),
+            progress: self.progress,
         })
     }
 }
@@ -322,6 +336,10 @@ impl Pool {
         }
     }
 
+    pub(crate) fn shows_progress(&self) -> bool {
+        self.progress
+    }
+
     pub(crate) fn submit_task(&self, task: Task) -> Result<(), Error> {
         self.backend.submit(task)
     }
@@ -392,7 +410,9 @@ impl Pool {
         let chunksize = chunksize
             .unwrap_or_else(|| default_chunksize(expected, self.processes()))
             .max(1);
-        let call = Call::<R, M>::new(job);
+        // A bar for a single `apply` would only flicker.
+        let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
+        let call = Call::<R, M>::new(job, progress);
         let mut chunk = ChunkBuilder::default();
         for (index, item) in items.into_iter().enumerate() {
             if let Err(message) = codec::encode_into(&item, &mut chunk.bytes) {
