@@ -102,3 +102,126 @@ fn parent_killed_with_sigkill_takes_workers_with_it() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Kills its own worker while `marker` has fewer than `deaths` lines, appending one each time.
+#[pool_job]
+fn die_n_times(marker: String, deaths: usize) -> usize {
+    use std::io::Write;
+    let seen = std::fs::read_to_string(&marker).map(|s| s.lines().count()).unwrap_or(0);
+    if seen < deaths {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&marker).unwrap();
+        writeln!(file, "died").unwrap();
+        // SAFETY: plain libc calls; the process dies here.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    seen
+}
+
+fn marker(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("procpool-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn retries_rerun_a_task_whose_worker_died() {
+    let pool = Pool::builder().processes(1).retries(2).build().unwrap();
+    let once = marker("retry-once");
+    assert_eq!(pool.apply(die_n_times, (once.clone(), 1)).unwrap(), 1);
+    let always = marker("retry-always");
+    let err = pool.apply(die_n_times, (always.clone(), 100)).unwrap_err();
+    assert!(matches!(err, Error::WorkerDied { .. }), "{err:?}");
+    // One first run plus two retries.
+    assert_eq!(std::fs::read_to_string(&always).unwrap().lines().count(), 3);
+
+    let no_retry = Pool::with_processes(1).unwrap();
+    let fresh = marker("retry-none");
+    assert!(matches!(
+        no_retry.apply(die_n_times, (fresh.clone(), 1)),
+        Err(Error::WorkerDied { .. })
+    ));
+    for path in [once, always, fresh] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Leaks `mib` MiB (touched, so it is resident) and returns the worker's pid.
+#[pool_job]
+fn leak(mib: usize) -> u32 {
+    let block = vec![1u8; mib << 20];
+    std::mem::forget(block);
+    std::process::id()
+}
+
+#[test]
+fn max_memory_per_child_replaces_a_bloated_worker() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(48 << 20)
+        .build()
+        .unwrap();
+    let small = pool.apply(leak, 0).unwrap();
+    assert_eq!(pool.apply(leak, 0).unwrap(), small, "a lean worker is kept");
+    let bloated = pool.apply(leak, 64).unwrap();
+    assert_eq!(bloated, small);
+    assert_ne!(pool.apply(leak, 0).unwrap(), bloated, "the bloated worker was replaced");
+}
+
+/// The "program" for the Ctrl-C test: a long map, then waits.
+#[test]
+#[ignore = "helper process for ctrl_c_stops_program_and_workers"]
+fn helper_long_map() {
+    let pool = Pool::with_processes(2).unwrap();
+    let pids = pool.map(sleep_then_pid, vec![200, 200]).unwrap();
+    println!("PIDS {} {}", pids[0], pids[1]);
+    let _ = pool.map(sleep_then_pid, vec![600_000; 4]);
+}
+
+#[test]
+fn ctrl_c_stops_program_and_workers() {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    // Its own process group, as a shell gives a foreground job.
+    let mut program = Command::new(exe)
+        .args(["--exact", "helper_long_map", "--ignored", "--nocapture"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pids = Vec::new();
+    let stdout = program.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("PIDS ") {
+            pids = rest.split(' ').map(|p| p.parse::<i32>().unwrap()).collect();
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2);
+    std::thread::sleep(Duration::from_millis(100));
+    let group = program.id() as i32;
+    // SAFETY: SIGINT to the process group we created, like a terminal's Ctrl-C.
+    unsafe { libc::kill(-group, libc::SIGINT) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = program.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the program ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut program.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.lines().count() <= 3, "stderr flooded:\n{stderr}");
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| !stat.contains(") Z "))
+            .unwrap_or(false)
+    };
+    while pids.iter().any(|&pid| alive(pid)) {
+        assert!(started.elapsed() < Duration::from_secs(5), "a worker kept running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

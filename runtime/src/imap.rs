@@ -193,6 +193,7 @@ where
             count,
             items,
             sink: Arc::clone(&self.stream) as Arc<dyn Sink>,
+            retried: 0,
         };
         if let Err(error) = self.pool.submit_task(task) {
             // The pool is closed: this chunk fails, and no more input is read.

@@ -25,6 +25,8 @@ pub(crate) struct LocalConfig {
     pub(crate) initializer: Option<Initializer>,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
+    pub(crate) retries: usize,
+    pub(crate) max_memory_per_child: Option<u64>,
 }
 
 /// Python numbers pool workers across the whole program; so do we.
@@ -57,6 +59,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Puts a task whose worker died back at the front of the queue.
+    fn retry(&self, task: Task) {
+        let mut queue = lock(&self.queue);
+        if self.terminated.load(Ordering::Acquire) {
+            drop(queue);
+            let job = task.job.to_owned();
+            task.fail(Error::Terminated { job });
+            return;
+        }
+        queue.tasks.push_front(task);
+        drop(queue);
+        self.work.notify_one();
+    }
+
     /// The next task, or `None` when the driver should stop.
     fn next_task(&self) -> Option<Task> {
         let mut queue = lock(&self.queue);
@@ -277,10 +293,17 @@ impl Driver {
 
     /// Runs one task; returns the worker if it is still usable.
     fn run_task(&self, mut worker: WorkerProcess, mut task: Task) -> Option<WorkerProcess> {
+        let may_retry = task.retried < self.config.retries;
+        // Keep the input only when it may be needed again.
+        let items = if may_retry {
+            task.items.clone()
+        } else {
+            std::mem::take(&mut task.items)
+        };
         let message = ToWorker::Run {
             job: task.job.to_owned(),
             count: task.count as u64,
-            items: ByteBuf::from(std::mem::take(&mut task.items)),
+            items: ByteBuf::from(items),
             last: false,
         };
         let pid = worker.pid();
@@ -288,7 +311,14 @@ impl Driver {
         match worker.call(message, deadline, &self.shared.terminated) {
             Ok(FromWorker::Done { items }) => {
                 task.sink.deliver(task.info(), Ok(items.into_vec()));
-                Some(worker)
+                match self.config.max_memory_per_child {
+                    Some(limit) if worker.resident_bytes().is_some_and(|rss| rss > limit) => {
+                        // Like billiard's max_memory_per_child: replace, don't wait for OOM.
+                        worker.shutdown();
+                        None
+                    }
+                    _ => Some(worker),
+                }
             }
             Ok(FromWorker::Failed(failure)) => {
                 let error = failure.into_error(task.job, task.first);
@@ -305,8 +335,14 @@ impl Driver {
             Err(lost) => {
                 drop(worker);
                 let job = task.job.to_owned();
+                let terminated = self.shared.terminated.load(Ordering::Acquire);
+                if may_retry && !terminated && matches!(lost, Lost::Died(_)) {
+                    task.retried += 1;
+                    self.shared.retry(task);
+                    return None;
+                }
                 let error = match lost {
-                    _ if self.shared.terminated.load(Ordering::Acquire) => Error::Terminated { job },
+                    _ if terminated => Error::Terminated { job },
                     Lost::Died(cause) => Error::WorkerDied {
                         job,
                         pid,

@@ -63,6 +63,8 @@ pub struct PoolBuilder {
     initializer: Option<Result<Initializer, Error>>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
+    retries: usize,
+    max_memory_per_child: Option<u64>,
     progress: bool,
 }
 
@@ -74,6 +76,8 @@ impl Default for PoolBuilder {
             initializer: None,
             max_tasks_per_child: None,
             task_timeout: None,
+            retries: 0,
+            max_memory_per_child: None,
             progress: false,
         }
     }
@@ -132,6 +136,24 @@ impl PoolBuilder {
         self
     }
 
+    /// Re-runs a task whose worker died (crash, `kill -9`, OOM kill) on a
+    /// fresh worker, up to `n` times, before the call fails with
+    /// [`Error::WorkerDied`]. Tasks are then run *at least once*: a task
+    /// that had side effects before its worker died repeats them. Panics
+    /// and timeouts are not retried. Defaults to 0.
+    pub fn retries(mut self, n: usize) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Replaces a worker whose resident memory is above `bytes` after a
+    /// task (billiard's and loky's `max_memory_per_child`), before a slow
+    /// leak turns into an out-of-memory kill.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
     /// Shows a progress bar on stderr for each `map`-like call and `imap`:
     /// items done out of the total, rate and ETA. Drawn only when stderr is a
     /// terminal. Needs the cargo feature `progress`.
@@ -170,6 +192,8 @@ impl PoolBuilder {
             initializer,
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
+            retries: self.retries,
+            max_memory_per_child: self.max_memory_per_child,
         })?;
         Ok(Pool {
             backend: Box::new(backend),
@@ -454,6 +478,7 @@ impl Pool {
             count,
             items: std::mem::take(&mut chunk.bytes),
             sink: Arc::clone(call) as Arc<dyn crate::transport::Sink>,
+            retried: 0,
         };
         chunk.number += 1;
         chunk.first += count;

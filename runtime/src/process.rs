@@ -287,6 +287,14 @@ impl WorkerProcess {
         }
     }
 
+    /// Resident memory of the process (`VmRSS` in `/proc/<pid>/status`).
+    pub(crate) fn resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// Sends `signal` unless the process has already been reaped.
     pub(crate) fn signal(&self, signal: Signal) {
         if self.reaped.is_none()

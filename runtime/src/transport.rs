@@ -20,6 +20,8 @@ pub(crate) struct Task {
     pub(crate) count: usize,
     pub(crate) items: Vec<u8>,
     pub(crate) sink: Arc<dyn Sink>,
+    /// How many times this task was already re-run after its worker died.
+    pub(crate) retried: usize,
 }
 
 /// Where a task's outcome goes.
