@@ -30,7 +30,11 @@ fn assert_died(how: &str, expected: ExitCause, text: &str) {
     let pool = Pool::with_processes(1).unwrap();
     let started = Instant::now();
     let err = pool.apply(crash, how.to_string()).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "{how}: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{how}: {:?}",
+        started.elapsed()
+    );
     match &err {
         Error::WorkerDied { cause, .. } => assert_eq!(*cause, expected, "{how}"),
         other => panic!("{how}: expected WorkerDied, got {other:?}"),
@@ -64,7 +68,9 @@ fn helper_parent_that_gets_killed() {
     let pool = Pool::with_processes(2).unwrap();
     let pids = pool.map(sleep_then_pid, vec![300, 300]).unwrap();
     println!("PIDS {} {}", pids[0], pids[1]);
-    let _running = pool.map_async(sleep_then_pid, vec![600_000, 600_000]).unwrap();
+    let _running = pool
+        .map_async(sleep_then_pid, vec![600_000, 600_000])
+        .unwrap();
     std::thread::sleep(Duration::from_secs(600));
 }
 
@@ -72,7 +78,12 @@ fn helper_parent_that_gets_killed() {
 fn parent_killed_with_sigkill_takes_workers_with_it() {
     let exe = std::env::current_exe().unwrap();
     let mut parent = Command::new(exe)
-        .args(["--exact", "helper_parent_that_gets_killed", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_parent_that_gets_killed",
+            "--ignored",
+            "--nocapture",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -98,7 +109,10 @@ fn parent_killed_with_sigkill_takes_workers_with_it() {
             .unwrap_or(false)
     };
     while pids.iter().any(|&pid| alive(pid)) {
-        assert!(Instant::now() < deadline, "workers {pids:?} outlived their parent");
+        assert!(
+            Instant::now() < deadline,
+            "workers {pids:?} outlived their parent"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -107,9 +121,15 @@ fn parent_killed_with_sigkill_takes_workers_with_it() {
 #[pool_job]
 fn die_n_times(marker: String, deaths: usize) -> usize {
     use std::io::Write;
-    let seen = std::fs::read_to_string(&marker).map(|s| s.lines().count()).unwrap_or(0);
+    let seen = std::fs::read_to_string(&marker)
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
     if seen < deaths {
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&marker).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&marker)
+            .unwrap();
         writeln!(file, "died").unwrap();
         // SAFETY: plain libc calls; the process dies here.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -164,7 +184,11 @@ fn max_memory_per_child_replaces_a_bloated_worker() {
     assert_eq!(pool.apply(leak, 0).unwrap(), small, "a lean worker is kept");
     let bloated = pool.apply(leak, 64).unwrap();
     assert_eq!(bloated, small);
-    assert_ne!(pool.apply(leak, 0).unwrap(), bloated, "the bloated worker was replaced");
+    assert_ne!(
+        pool.apply(leak, 0).unwrap(),
+        bloated,
+        "the bloated worker was replaced"
+    );
 }
 
 /// The "program" for the Ctrl-C test: a long map, then waits.
@@ -208,7 +232,10 @@ fn ctrl_c_stops_program_and_workers() {
         if let Some(status) = program.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the program ignored Ctrl-C");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the program ignored Ctrl-C"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(!status.success());
@@ -221,7 +248,45 @@ fn ctrl_c_stops_program_and_workers() {
             .unwrap_or(false)
     };
     while pids.iter().any(|&pid| alive(pid)) {
-        assert!(started.elapsed() < Duration::from_secs(5), "a worker kept running");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a worker kept running"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[pool_job]
+fn stdin_target() -> String {
+    std::fs::read_link("/proc/self/fd/0")
+        .map(|path| path.to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("no stdin: {e}"))
+}
+
+#[test]
+fn workers_do_not_inherit_stdin() {
+    let pool = Pool::with_processes(1).unwrap();
+    assert_eq!(pool.apply(stdin_target, ()).unwrap(), "/dev/null");
+}
+
+#[test]
+fn worker_marker_cannot_run_main_or_anything_else() {
+    // A forged marker pointing nowhere: the program must neither run its
+    // `main` (here: the test harness, which would print test names) nor
+    // anything else; it exits at once.
+    let output = Command::new(std::env::current_exe().unwrap())
+        .arg("--list")
+        .env("__PROCPOOL_WORKER_SOCKET", "/nonexistent/socket")
+        .env("__PROCPOOL_WORKER_TOKEN", "forged")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(86), "{output:?}");
+    assert!(
+        output.stdout.is_empty(),
+        "main ran: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot connect to the parent"), "{stderr}");
 }

@@ -77,7 +77,11 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
             self.1.notify_one();
         }
     }
-    let signal = Arc::new(Signal(Mutex::new(false), Condvar::new(), AtomicUsize::new(0)));
+    let signal = Arc::new(Signal(
+        Mutex::new(false),
+        Condvar::new(),
+        AtomicUsize::new(0),
+    ));
     let waker = Waker::from(Arc::clone(&signal));
     let mut context = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
@@ -86,7 +90,10 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         polls += 1;
         if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
             // The future was woken, not busy-polled.
-            assert!(polls <= 2 + signal.2.load(Ordering::SeqCst), "polled {polls} times");
+            assert!(
+                polls <= 2 + signal.2.load(Ordering::SeqCst),
+                "polled {polls} times"
+            );
             return value;
         }
         let mut woken = signal.0.lock().unwrap();
@@ -127,7 +134,10 @@ fn get_timeout_keeps_the_task_running() {
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(390));
     // Same handle, later: the value is there.
-    assert_eq!(pending.get_timeout(Duration::from_secs(20)).unwrap(), 160_000);
+    assert_eq!(
+        pending.get_timeout(Duration::from_secs(20)).unwrap(),
+        160_000
+    );
 }
 
 #[test]
@@ -168,7 +178,10 @@ fn callbacks_run_in_this_process() {
     assert!(failing.get().is_err());
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0], "ok [0, 1, 4, 9]");
-    assert!(seen[1].starts_with("err job `parity::fail_on` panicked"), "{seen:?}");
+    assert!(
+        seen[1].starts_with("err job `parity::fail_on` panicked"),
+        "{seen:?}"
+    );
     assert_eq!(seen[2], "late");
     assert_eq!(seen.len(), 3);
 }
@@ -219,16 +232,26 @@ fn imap_reads_input_lazily_with_bounded_lookahead() {
         counter.fetch_add(1, Ordering::SeqCst);
     });
     let mut results = pool.chunksize(10).imap(square, input);
-    assert_eq!(pulled.load(Ordering::SeqCst), 0, "nothing is read before iterating");
+    assert_eq!(
+        pulled.load(Ordering::SeqCst),
+        0,
+        "nothing is read before iterating"
+    );
     assert_eq!(results.next().unwrap().unwrap(), 0);
     let after_first = pulled.load(Ordering::SeqCst);
     // At most 2 chunks per worker are in flight.
-    assert!(after_first <= 4 * 10, "read {after_first} items for one result");
+    assert!(
+        after_first <= 4 * 10,
+        "read {after_first} items for one result"
+    );
     for _ in 0..99 {
         results.next().unwrap().unwrap();
     }
     let after_hundred = pulled.load(Ordering::SeqCst);
-    assert!(after_hundred <= 100 + 4 * 10, "read {after_hundred} items for 100 results");
+    assert!(
+        after_hundred <= 100 + 4 * 10,
+        "read {after_hundred} items for 100 results"
+    );
 }
 
 #[test]
@@ -254,7 +277,10 @@ fn chunksize_per_call() {
         pool.chunksize(25).map(square, 0..100).unwrap(),
         (0..100).map(|x| x * x).collect::<Vec<_>>()
     );
-    assert_eq!(pool.chunksize(7).starmap(add, vec![(1, 1); 20]).unwrap(), vec![2; 20]);
+    assert_eq!(
+        pool.chunksize(7).starmap(add, vec![(1, 1); 20]).unwrap(),
+        vec![2; 20]
+    );
     let err = pool.chunksize(0).map(square, 0..3).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     let mut lazy = pool.chunksize(0).imap(square, 0..3);
@@ -284,7 +310,11 @@ fn failing_initializer_fails_build_quickly() {
         .initializer(broken_initializer, ())
         .build()
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     match &err {
         Error::InitializerFailed { job, message } => {
             assert_eq!(job, "parity::broken_initializer");
@@ -308,7 +338,11 @@ fn max_tasks_per_child_replaces_workers() {
         .unwrap()
         .into_iter()
         .collect();
-    assert!(pids.len() >= 6, "only {} distinct workers: {pids:?}", pids.len());
+    assert!(
+        pids.len() >= 6,
+        "only {} distinct workers: {pids:?}",
+        pids.len()
+    );
 
     let unlimited = pool_of_two_pids();
     assert!(unlimited <= 2);
@@ -318,7 +352,12 @@ fn max_tasks_per_child_replaces_workers() {
 
 fn pool_of_two_pids() -> usize {
     let pool = pool(2);
-    let pids: HashSet<u32> = pool.chunksize(1).map(pid_of, 0..12).unwrap().into_iter().collect();
+    let pids: HashSet<u32> = pool
+        .chunksize(1)
+        .map(pid_of, 0..12)
+        .unwrap()
+        .into_iter()
+        .collect();
     pids.len()
 }
 
@@ -332,9 +371,18 @@ fn task_timeout_kills_and_replaces_the_worker() {
     let before = pool.apply(pid_of, 0).unwrap();
     let started = Instant::now();
     let err = pool.apply(sleep_ms, 60_000).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     match &err {
-        Error::TaskTimedOut { job, first, count, timeout } => {
+        Error::TaskTimedOut {
+            job,
+            first,
+            count,
+            timeout,
+        } => {
             assert_eq!(job, "parity::sleep_ms");
             assert_eq!((*first, *count), (0, 1));
             assert_eq!(*timeout, Duration::from_millis(500));

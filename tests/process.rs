@@ -45,11 +45,17 @@ fn names_are_numbered_and_unique_or_chosen() {
     let a = Process::spawn(whoami, 0).unwrap();
     let b = Process::spawn(whoami, 0).unwrap();
     for process in [&a, &b] {
-        let number = process.name().strip_prefix("Process-").expect(process.name());
+        let number = process
+            .name()
+            .strip_prefix("Process-")
+            .expect(process.name());
         assert!(number.parse::<u32>().unwrap() >= 1);
     }
     assert_ne!(a.name(), b.name());
-    let named = Process::builder().name("cruncher").spawn(whoami, 0).unwrap();
+    let named = Process::builder()
+        .name("cruncher")
+        .spawn(whoami, 0)
+        .unwrap();
     assert_eq!(named.name(), "cruncher");
     assert_eq!(named.join().unwrap().0, "cruncher");
     a.join().unwrap();

@@ -49,7 +49,11 @@ fn crash_during_startup_is_a_spawn_error() {
     for (mode, text) in [("abort", "signal 6"), ("exit", "exited with code 7")] {
         let started = Instant::now();
         let err = with_hook(mode, || Pool::with_processes(2)).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(10), "{mode}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{mode}: {:?}",
+            started.elapsed()
+        );
         match &err {
             Error::Spawn(message) => {
                 assert!(message.contains(text), "{mode}: {message}");
@@ -72,7 +76,11 @@ fn worker_that_never_connects_times_out() {
             .build()
     })
     .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     match &err {
         Error::Spawn(message) => assert!(message.contains("did not connect back"), "{message}"),
         other => panic!("expected Spawn, got {other:?}"),

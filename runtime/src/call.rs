@@ -210,7 +210,10 @@ where
         let mut state = self.lock();
         while state.outcome.is_none() {
             state = match deadline {
-                None => self.ready.wait(state).unwrap_or_else(PoisonError::into_inner),
+                None => self
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -260,7 +263,10 @@ where
         // Already finished: wait for publication (callbacks of others may be
         // running), then call back here with the published outcome.
         while state.outcome.is_none() {
-            state = self.ready.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         match state.outcome.as_ref() {
             Some(Outcome::Value(value)) => callback(Ok(value)),

@@ -131,7 +131,9 @@ pub enum Error {
 
     /// The pool's initializer failed (panicked) in a new worker, so the pool
     /// could not start or could not replace a worker.
-    #[error("the initializer job `{job}` failed in a new worker, so the pool cannot start it: {message}")]
+    #[error(
+        "the initializer job `{job}` failed in a new worker, so the pool cannot start it: {message}"
+    )]
     InitializerFailed {
         /// Registered name of the initializer job.
         job: String,

@@ -56,8 +56,8 @@ mod worker;
 
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause};
-pub use job::{Job, JobArgs};
 pub use imap::Imap;
+pub use job::{Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};
 pub use spawn::{Process, ProcessBuilder};
 
@@ -344,13 +344,7 @@ pub mod __private {
     }
 
     impl<T, R> NeverRun<T, R> for Probe<(T, R)> {
-        fn run<F: Fn(T) -> R>(
-            &self,
-            _: usize,
-            _: &[u8],
-            _: &mut Vec<u8>,
-            _: F,
-        ) -> InvokeOutput {
+        fn run<F: Fn(T) -> R>(&self, _: usize, _: &[u8], _: &mut Vec<u8>, _: F) -> InvokeOutput {
             unreachable!("a #[pool_job] with a non-transferable type does not compile")
         }
     }

@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::{All, AsyncResult, Call, Finish, One};
-use crate::job::{Job, JobArgs};
 use crate::imap::Imap;
+use crate::job::{Job, JobArgs};
 use crate::local::{LocalBackend, LocalConfig};
 use crate::process::Initializer;
 use crate::progress::Progress;
@@ -183,7 +183,9 @@ impl PoolBuilder {
             ));
         }
         if self.task_timeout == Some(Duration::ZERO) {
-            return Err(Error::Config("task_timeout must be longer than zero".into()));
+            return Err(Error::Config(
+                "task_timeout must be longer than zero".into(),
+            ));
         }
         let initializer = self.initializer.transpose()?;
         let backend = LocalBackend::start(LocalConfig {
@@ -529,7 +531,8 @@ impl<'pool> Chunked<'pool> {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
     {
-        self.pool.map_async_chunked(job, items, Some(self.checked()?))
+        self.pool
+            .map_async_chunked(job, items, Some(self.checked()?))
     }
 
     /// [`Pool::starmap`] with this chunk size.

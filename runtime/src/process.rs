@@ -18,8 +18,8 @@ use nix::unistd::Pid;
 
 use crate::error::ExitCause;
 use crate::wire::{FromWorker, ToWorker};
-use serde_bytes::ByteBuf;
 use crate::{Error, worker};
+use serde_bytes::ByteBuf;
 
 /// How often a waiting parent looks at a child that has not answered yet.
 const POLL: Duration = Duration::from_millis(2);
@@ -92,14 +92,15 @@ impl WorkerProcess {
                     .into(),
             ));
         }
-        let (server, socket) = IpcOneShotServer::<FromWorker>::new()
-            .map_err(|e| Error::Spawn(format!("cannot create the bootstrap socket: {e}")))?;
+        let (server, socket) = new_private_server()?;
+        let token = secret_token()?;
         let mut command = Command::new("/proc/self/exe");
         if let Some(arg0) = std::env::args_os().next() {
             command.arg0(arg0);
         }
         command
             .env(worker::WORKER_ENV, &socket)
+            .env(worker::TOKEN_ENV, &token)
             .stdin(Stdio::null());
         let child = spawn_from_long_lived_thread(command).map_err(|e| {
             Error::Spawn(format!(
@@ -150,9 +151,21 @@ impl WorkerProcess {
                 }
             }
         };
-        let FromWorker::Hello { pid, tasks } = hello else {
+        let FromWorker::Hello {
+            pid,
+            tasks,
+            token: their_token,
+        } = hello
+        else {
             return Err(pending.fail("the worker sent an unexpected first message".into()));
         };
+        if their_token != token {
+            return Err(pending.fail(
+                "a process other than the worker connected to the bootstrap socket; \
+                 refusing it"
+                    .into(),
+            ));
+        }
         let child = pending.disarm();
         let mut worker = WorkerProcess {
             child,
@@ -164,11 +177,16 @@ impl WorkerProcess {
         };
         let init = ToWorker::Init {
             name: name.to_owned(),
-            initializer: initializer.map(|init| (init.job.to_owned(), ByteBuf::from(init.arg.clone()))),
+            initializer: initializer
+                .map(|init| (init.job.to_owned(), ByteBuf::from(init.arg.clone()))),
         };
         // An initializer may legitimately take long (loading a model, say):
         // only the connection is bounded by the start-up timeout then.
-        let init_deadline = if initializer.is_some() { None } else { Some(deadline) };
+        let init_deadline = if initializer.is_some() {
+            None
+        } else {
+            Some(deadline)
+        };
         let reply = worker.call(init, init_deadline, abort).map_err(|lost| {
             Error::Spawn(match lost {
                 Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
@@ -179,10 +197,17 @@ impl WorkerProcess {
         match reply {
             FromWorker::Ready => Ok(worker),
             FromWorker::Failed(failure) => Err(Error::InitializerFailed {
-                job: initializer.map(|init| init.job).unwrap_or_default().to_owned(),
-                message: failure.into_error(initializer.map(|init| init.job).unwrap_or_default(), 0).to_string(),
+                job: initializer
+                    .map(|init| init.job)
+                    .unwrap_or_default()
+                    .to_owned(),
+                message: failure
+                    .into_error(initializer.map(|init| init.job).unwrap_or_default(), 0)
+                    .to_string(),
             }),
-            other => Err(Error::Spawn(format!("the worker sent an unexpected reply: {other:?}"))),
+            other => Err(Error::Spawn(format!(
+                "the worker sent an unexpected reply: {other:?}"
+            ))),
         }
     }
 
@@ -373,6 +398,42 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// A one-shot server whose directory and socket only this user can reach.
+///
+/// ipc-channel creates both with the process umask (often 0755); tighten
+/// them before any child exists. The secret token closes the short window
+/// between `bind` and `chmod`.
+fn new_private_server() -> Result<(IpcOneShotServer<FromWorker>, String), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let (server, socket) = IpcOneShotServer::<FromWorker>::new()
+        .map_err(|e| Error::Spawn(format!("cannot create the bootstrap socket: {e}")))?;
+    let path = std::path::Path::new(&socket);
+    let private = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
+    path.parent()
+        .map_or(Ok(()), |dir| private(dir, 0o700))
+        .and_then(|()| private(path, 0o600))
+        .map_err(|e| {
+            Error::Spawn(format!(
+                "cannot restrict the bootstrap socket {socket}: {e}"
+            ))
+        })?;
+    Ok((server, socket))
+}
+
+/// 128 random bits, in hex: what a worker must present to be accepted.
+/// It reaches the child through its environment, which only this user can
+/// read (`/proc/<pid>/environ` is mode 0400).
+fn secret_token() -> Result<String, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|e| Error::Spawn(format!("cannot read /dev/urandom for a worker token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Starts `command` from one thread that lives as long as the program.
 ///
 /// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
@@ -394,7 +455,9 @@ fn spawn_from_long_lived_thread(command: Command) -> std::io::Result<Child> {
             .map(|_| Mutex::new(requests))
     });
     let Some(spawner) = spawner else {
-        return Err(std::io::Error::other("cannot start procpool's spawner thread"));
+        return Err(std::io::Error::other(
+            "cannot start procpool's spawner thread",
+        ));
     };
     let (reply, response) = mpsc::channel();
     let sent = spawner
@@ -458,5 +521,77 @@ impl Drop for Pending<'_> {
         if self.child.is_some() || self.acceptor.is_some() {
             let _ = self.fail(String::new());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    static NEVER: AtomicBool = AtomicBool::new(false);
+
+    #[test]
+    fn bootstrap_socket_is_private_to_this_user() {
+        let (_server, socket) = new_private_server().unwrap();
+        let socket = std::path::Path::new(&socket);
+        let dir_mode = std::fs::metadata(socket.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700, "directory mode {dir_mode:o}");
+        let socket_mode = std::fs::metadata(socket).unwrap().permissions().mode();
+        assert_eq!(socket_mode & 0o777, 0o600, "socket mode {socket_mode:o}");
+    }
+
+    #[test]
+    fn tokens_are_random_and_long() {
+        let (a, b) = (secret_token().unwrap(), secret_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn garbage_from_the_parent_makes_the_worker_exit_cleanly() {
+        let mut worker =
+            WorkerProcess::spawn("garbage-test", Duration::from_secs(10), &NEVER, None).unwrap();
+        let raw: IpcSender<String> = worker.tasks.clone().to_opaque().to();
+        raw.send("not a ToWorker message".repeat(10)).unwrap();
+        let never = AtomicBool::new(false);
+        match worker.recv(Some(Instant::now() + Duration::from_secs(10)), &never) {
+            Err(Lost::Died(cause)) => assert_eq!(cause, ExitCause::Code(0)),
+            other => panic!("expected a clean exit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_job_gets_an_error_reply() {
+        let mut worker =
+            WorkerProcess::spawn("unknown-job-test", Duration::from_secs(10), &NEVER, None)
+                .unwrap();
+        let run = ToWorker::Run {
+            job: "no::such::job".into(),
+            count: 1,
+            items: ByteBuf::from(vec![1, 2, 3]),
+            last: false,
+        };
+        match worker.call(run, Some(Instant::now() + Duration::from_secs(10)), &NEVER) {
+            Ok(FromWorker::Failed(failure)) => {
+                let error = failure.into_error("no::such::job", 0);
+                assert!(matches!(error, Error::UnknownJob(ref job) if job == "no::such::job"));
+            }
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+        // The worker is still serving.
+        let run = ToWorker::Run {
+            job: "still::unknown".into(),
+            count: 0,
+            items: ByteBuf::new(),
+            last: false,
+        };
+        assert!(matches!(
+            worker.call(run, None, &NEVER),
+            Ok(FromWorker::Failed(_))
+        ));
     }
 }

@@ -90,7 +90,10 @@ impl ProcessBuilder {
         R: DeserializeOwned,
     {
         let name = self.name.unwrap_or_else(|| {
-            format!("Process-{}", PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1)
+            format!(
+                "Process-{}",
+                PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
+            )
         });
         let items = codec::encode(&arg).map_err(|message| Error::Serialization {
             job: job.name().to_owned(),
@@ -200,7 +203,9 @@ impl<R: DeserializeOwned> Process<R> {
                 })
                 .and_then(|(result, _)| result.map_err(|f| f.into_error(self.job, 0))),
             FromWorker::Failed(failure) => Err(failure.into_error(self.job, 0)),
-            other => Err(Error::Ipc(format!("unexpected reply from the process: {other:?}"))),
+            other => Err(Error::Ipc(format!(
+                "unexpected reply from the process: {other:?}"
+            ))),
         };
         self.worker.wait_exit();
         outcome

@@ -40,6 +40,8 @@ pub(crate) enum FromWorker {
     Hello {
         pid: u32,
         tasks: IpcSender<ToWorker>,
+        /// The secret from the worker's environment; see `process::secret_token`.
+        token: String,
     },
     /// The parent's own message to unblock a bootstrap `accept` whose child
     /// died before connecting (`IpcOneShotServer::accept` has no timeout).

@@ -21,6 +21,8 @@ use crate::wire::{Failure, FailureKind, FromWorker, ToWorker};
 
 /// The environment variable that turns a start of the executable into a worker.
 pub(crate) const WORKER_ENV: &str = "__PROCPOOL_WORKER_SOCKET";
+/// The secret a worker shows its parent, so no other process can pose as it.
+pub(crate) const TOKEN_ENV: &str = "__PROCPOOL_WORKER_TOKEN";
 
 /// Exit code of a worker that could not connect back to its parent.
 const EXIT_BOOTSTRAP_FAILED: i32 = 86;
@@ -48,9 +50,13 @@ fn procpool_bootstrap() {
     // SAFETY: constructors run before `main`, while the process has one
     // thread, so nothing can read the environment concurrently. Removing the
     // marker lets jobs start pools and processes of their own.
-    unsafe { std::env::remove_var(WORKER_ENV) };
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    unsafe {
+        std::env::remove_var(WORKER_ENV);
+        std::env::remove_var(TOKEN_ENV);
+    }
     let code = match socket.into_string() {
-        Ok(socket) => serve(socket),
+        Ok(socket) => serve(socket, token),
         Err(_) => {
             eprintln!("procpool worker: {WORKER_ENV} is not valid UTF-8; exiting");
             EXIT_BOOTSTRAP_FAILED
@@ -61,7 +67,7 @@ fn procpool_bootstrap() {
 }
 
 /// Connects to the parent and serves tasks until told to stop or the parent goes away.
-fn serve(socket: String) -> i32 {
+fn serve(socket: String, token: String) -> i32 {
     // The parent may be killed with SIGKILL, which runs no clean-up: have the
     // kernel kill us too. The check after it closes the race where the
     // parent died before the call.
@@ -86,6 +92,7 @@ fn serve(socket: String) -> i32 {
     let hello = FromWorker::Hello {
         pid: std::process::id(),
         tasks: tasks_tx,
+        token,
     };
     if replies.send(hello).is_err() {
         return EXIT_BOOTSTRAP_FAILED;
