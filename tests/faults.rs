@@ -290,3 +290,71 @@ fn worker_marker_cannot_run_main_or_anything_else() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot connect to the parent"), "{stderr}");
 }
+
+#[pool_job]
+fn json_keys(value: serde_json::Value) -> usize {
+    value.as_object().map_or(0, |o| o.len())
+}
+
+#[test]
+fn undecodable_argument_is_a_serialization_error() {
+    let pool = Pool::with_processes(1).unwrap();
+    let err = pool
+        .apply(json_keys, serde_json::json!({"a": 1}))
+        .unwrap_err();
+    match &err {
+        Error::Serialization { job, message, .. } => {
+            assert_eq!(job, "faults::json_keys");
+            assert!(message.contains("self-describing"), "{message}");
+        }
+        other => panic!("expected Serialization, got {other:?}"),
+    }
+    assert_eq!(pool.apply(crash, "none".to_string()).unwrap() > 0, true);
+}
+
+#[pool_job]
+fn byte_len(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+#[pool_job]
+fn make_bytes(len: usize) -> Vec<u8> {
+    vec![7; len]
+}
+
+#[pool_job]
+fn echo_bytes(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+#[test]
+fn large_argument_and_result() {
+    let pool = Pool::with_processes(1).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        pool.apply(byte_len, vec![1u8; 256 << 20]).unwrap(),
+        256 << 20
+    );
+    let arg_time = started.elapsed();
+    let started = Instant::now();
+    let big = pool.apply(make_bytes, 128 << 20).unwrap();
+    assert_eq!(big.len(), 128 << 20);
+    assert!(big.iter().all(|&b| b == 7));
+    eprintln!(
+        "256 MiB argument: {arg_time:?}, 128 MiB result: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn many_megabyte_items_both_ways_do_not_deadlock() {
+    let pool = Pool::with_processes(4).unwrap();
+    let items: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 1 << 20]).collect();
+    let back = pool.chunksize(1).map(echo_bytes, items.clone()).unwrap();
+    assert_eq!(back, items);
+    let lens: Vec<usize> = pool
+        .imap_unordered(echo_bytes, items)
+        .map(|r| r.unwrap().len())
+        .collect();
+    assert_eq!(lens, vec![1 << 20; 64]);
+}

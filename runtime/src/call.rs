@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 
 use crate::progress::Progress;
 use crate::transport::{Sink, TaskInfo};
-use crate::wire::Failure;
 use crate::{Error, codec};
 
 /// How a finished call turns its items into the value the caller gets.
@@ -60,7 +59,7 @@ impl<T> Outcome<T> {
 }
 
 /// Decodes a task's reply: one `Result<R, Failure>` per item, errors as the caller sees them.
-pub(crate) fn decode_items<R: DeserializeOwned>(
+pub(crate) fn decode_items<R: DeserializeOwned + 'static>(
     job: &str,
     task: TaskInfo,
     bytes: &[u8],
@@ -69,13 +68,12 @@ pub(crate) fn decode_items<R: DeserializeOwned>(
     let mut rest = bytes;
     for offset in 0..task.count {
         let index = task.first + offset;
-        let (item, tail) = codec::decode_one::<Result<R, Failure>>(rest).map_err(|message| {
-            Error::Serialization {
+        let (item, tail) =
+            codec::decode_outcome::<R>(rest).map_err(|message| Error::Serialization {
                 job: job.to_owned(),
                 direction: format!("decode the result of item {index}"),
                 message,
-            }
-        })?;
+            })?;
         rest = tail;
         items.push(item.map_err(|failure| failure.into_error(job, index)));
     }

@@ -8,7 +8,10 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde::ser;
+use std::any::{Any, TypeId};
 use std::fmt::{self, Display};
+
+use crate::wire::Failure;
 
 /// Appends postcard output to an existing buffer, so a chunk of items is
 /// encoded into one allocation.
@@ -80,6 +83,68 @@ pub(crate) fn decode_one<T: DeserializeOwned>(input: &[u8]) -> Result<(T, &[u8])
             std::any::type_name::<T>()
         ),
     })
+}
+
+// A fast path for byte vectors. serde sends `Vec<u8>` as a sequence, one
+// `serialize_u8` call per byte (seconds for 256 MiB); postcard writes a
+// sequence of `u8` and a byte string identically (length, then the bytes),
+// so a `Vec<u8>` item or result is written and read as a byte string:
+// one copy, and the other side may use either path.
+
+/// Appends one job item (argument or result value) to `out`.
+pub(crate) fn encode_item<T: Serialize + 'static>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    match (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+        Some(bytes) => encode_into(serde_bytes::Bytes::new(bytes), out),
+        None => encode_into(value, out),
+    }
+}
+
+/// Decodes one job item from the front of `input`.
+pub(crate) fn decode_item<T: DeserializeOwned + 'static>(
+    input: &[u8],
+) -> Result<(T, &[u8]), String> {
+    if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        let (bytes, rest) = decode_one::<serde_bytes::ByteBuf>(input)?;
+        return Ok((cast(bytes.into_vec())?, rest));
+    }
+    decode_one(input)
+}
+
+/// Appends an item's outcome, `Result<R, Failure>`, to `out`.
+pub(crate) fn encode_outcome<R: Serialize + 'static>(
+    outcome: Result<&R, &Failure>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    match outcome.map(|value| (value as &dyn Any).downcast_ref::<Vec<u8>>()) {
+        Ok(Some(bytes)) => encode_into(&Ok::<_, &Failure>(serde_bytes::Bytes::new(bytes)), out),
+        _ => encode_into(&outcome, out),
+    }
+}
+
+/// Decodes an item's outcome, `Result<R, Failure>`, from the front of `input`.
+pub(crate) fn decode_outcome<R: DeserializeOwned + 'static>(
+    input: &[u8],
+) -> Result<(Result<R, Failure>, &[u8]), String> {
+    if TypeId::of::<R>() == TypeId::of::<Vec<u8>>() {
+        let (outcome, rest) = decode_one::<Result<serde_bytes::ByteBuf, Failure>>(input)?;
+        return match outcome {
+            Ok(bytes) => Ok((Ok(cast(bytes.into_vec())?), rest)),
+            Err(failure) => Ok((Err(failure), rest)),
+        };
+    }
+    decode_one(input)
+}
+
+/// `Vec<u8>` as `T`, once the caller has checked `T` is `Vec<u8>`.
+fn cast<T: 'static>(bytes: Vec<u8>) -> Result<T, String> {
+    let boxed: Box<dyn Any> = Box::new(bytes);
+    boxed
+        .downcast::<T>()
+        .map(|value| *value)
+        .map_err(|_| "internal error: byte fast path used for another type".to_owned())
 }
 
 #[derive(Debug)]
@@ -267,6 +332,24 @@ mod tests {
         let err = encode_into(&(1u8, Refuses), &mut out).unwrap_err();
         assert_eq!(err, "refuses to be serialized: file handle");
         assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn byte_fast_path_matches_the_generic_encoding() {
+        let data: Vec<u8> = (0..=255).collect();
+        let (mut fast, mut generic) = (Vec::new(), Vec::new());
+        encode_item(&data, &mut fast).unwrap();
+        encode_into(&data, &mut generic).unwrap();
+        assert_eq!(fast, generic);
+        let (back, rest) = decode_item::<Vec<u8>>(&generic).unwrap();
+        assert_eq!((back, rest.len()), (data.clone(), 0));
+
+        let (mut fast, mut generic) = (Vec::new(), Vec::new());
+        encode_outcome::<Vec<u8>>(Ok(&data), &mut fast).unwrap();
+        encode_into(&Ok::<&Vec<u8>, Failure>(&data), &mut generic).unwrap();
+        assert_eq!(fast, generic);
+        let (back, _) = decode_outcome::<Vec<u8>>(&fast).unwrap();
+        assert_eq!(back, Ok(data));
     }
 
     #[test]

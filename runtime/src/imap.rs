@@ -99,7 +99,7 @@ impl<'pool, R, I> Imap<'pool, R, I>
 where
     R: DeserializeOwned + Send + 'static,
     I: Iterator,
-    I::Item: Serialize,
+    I::Item: Serialize + 'static,
 {
     pub(crate) fn new(
         pool: &'pool Pool,
@@ -157,7 +157,7 @@ where
                     self.input = None;
                     break;
                 };
-                if let Err(message) = codec::encode_into(&item, &mut bytes) {
+                if let Err(message) = codec::encode_item(&item, &mut bytes) {
                     bad_item = Some(Error::Serialization {
                         job: self.job.to_owned(),
                         direction: format!("serialize argument {}", first + count),
@@ -232,7 +232,7 @@ impl<R, I> Iterator for Imap<'_, R, I>
 where
     R: DeserializeOwned + Send + 'static,
     I: Iterator,
-    I::Item: Serialize,
+    I::Item: Serialize + 'static,
 {
     type Item = Result<R, Error>;
 

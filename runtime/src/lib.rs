@@ -318,7 +318,7 @@ pub mod __private {
         ) -> InvokeOutput;
     }
 
-    impl<T: DeserializeOwned, R: Serialize> Run<T, R> for &Probe<(T, R)> {
+    impl<T: DeserializeOwned + 'static, R: Serialize + 'static> Run<T, R> for &Probe<(T, R)> {
         fn run<F: Fn(T) -> R>(
             &self,
             count: usize,

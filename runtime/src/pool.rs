@@ -426,7 +426,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
-        T: Serialize,
+        T: Serialize + 'static,
         R: DeserializeOwned + Send + 'static,
         M: Finish<R>,
     {
@@ -441,7 +441,7 @@ impl Pool {
         let call = Call::<R, M>::new(job, progress);
         let mut chunk = ChunkBuilder::default();
         for (index, item) in items.into_iter().enumerate() {
-            if let Err(message) = codec::encode_into(&item, &mut chunk.bytes) {
+            if let Err(message) = codec::encode_item(&item, &mut chunk.bytes) {
                 let error = Error::Serialization {
                     job: job.to_owned(),
                     direction: format!("serialize argument {index}"),

@@ -11,7 +11,7 @@ use serde_bytes::ByteBuf;
 use crate::error::ExitCause;
 use crate::job::{Job, JobArgs};
 use crate::process::{Lost, WorkerProcess};
-use crate::wire::{Failure, FromWorker, ToWorker};
+use crate::wire::{FromWorker, ToWorker};
 use crate::{Error, codec};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
@@ -87,7 +87,7 @@ impl ProcessBuilder {
     pub fn spawn<F, A, R>(self, job: Job<F, A, R>, arg: A::Item) -> Result<Process<R>, Error>
     where
         A: JobArgs,
-        R: DeserializeOwned,
+        R: DeserializeOwned + 'static,
     {
         let name = self.name.unwrap_or_else(|| {
             format!(
@@ -128,7 +128,7 @@ impl Process<()> {
     }
 }
 
-impl<R: DeserializeOwned> Process<R> {
+impl<R: DeserializeOwned + 'static> Process<R> {
     /// Starts a process running `job(arg)`, named `Process-N`.
     pub fn spawn<F, A>(job: Job<F, A, R>, arg: A::Item) -> Result<Process<R>, Error>
     where
@@ -195,7 +195,7 @@ impl<R: DeserializeOwned> Process<R> {
             Err(Lost::Aborted | Lost::TimedOut) => return Err(self.died(ExitCause::Unknown)),
         };
         let outcome = match reply {
-            FromWorker::Done { items } => codec::decode_one::<Result<R, Failure>>(&items)
+            FromWorker::Done { items } => codec::decode_outcome::<R>(&items)
                 .map_err(|message| Error::Serialization {
                     job: self.job.to_owned(),
                     direction: "decode the result".to_owned(),

@@ -198,12 +198,12 @@ pub fn invoke<T, R>(
     f: impl Fn(T) -> R,
 ) -> Result<Option<Failure>, Failure>
 where
-    T: DeserializeOwned,
-    R: Serialize,
+    T: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
     let mut items = Vec::with_capacity(count.min(input.len()));
     for index in 0..count {
-        let (item, rest) = codec::decode_one::<T>(input).map_err(|message| {
+        let (item, rest) = codec::decode_item::<T>(input).map_err(|message| {
             Failure::new(
                 FailureKind::DecodeArguments,
                 format!("item {index} of the chunk: {message}"),
@@ -221,12 +221,12 @@ where
     let mut first_failure = None;
     for item in items {
         let outcome = match catch_unwind(AssertUnwindSafe(|| f(item))) {
-            Ok(value) => codec::encode_into(&Ok::<&R, Failure>(&value), output)
+            Ok(value) => codec::encode_outcome::<R>(Ok(&value), output)
                 .map_err(|message| Failure::new(FailureKind::EncodeResult, message)),
             Err(payload) => Err(Failure::new(FailureKind::Panicked, panic_text(&*payload))),
         };
         if let Err(failure) = outcome {
-            codec::encode_into(&Err::<(), &Failure>(&failure), output)
+            codec::encode_outcome::<R>(Err(&failure), output)
                 .map_err(|message| Failure::new(FailureKind::EncodeResult, message))?;
             first_failure.get_or_insert(failure);
         }
