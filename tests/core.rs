@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use procpool::{Error, Pool, pool_job};
 use procpool_test_jobs::{Point, manhattan};
+use procpool_tests::eventually;
 use serde::{Deserialize, Serialize};
 
 #[pool_job]
@@ -159,14 +160,6 @@ fn worker_pids(pool: &Pool) -> HashSet<u32> {
         "each of {n} workers should take one slow task"
     );
     pids
-}
-
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

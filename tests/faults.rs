@@ -1,10 +1,10 @@
 //! Faults inside jobs and around the pool: each is a clean error, never a hang.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use procpool::{Error, ExitCause, Pool, pool_job};
+use procpool_tests::{eventually, read_reported_pids, running};
 
 #[pool_job]
 fn crash(how: String) -> u32 {
@@ -88,33 +88,15 @@ fn parent_killed_with_sigkill_takes_workers_with_it() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = parent.stdout.take().unwrap();
-    let mut pids = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("PIDS ") {
-            pids = rest.split(' ').map(|p| p.parse::<i32>().unwrap()).collect();
-            break;
-        }
-    }
+    let pids = read_reported_pids(&mut parent);
     assert_eq!(pids.len(), 2, "the helper did not report its workers");
     // SAFETY: plain kill(2) on the child we started.
     unsafe { libc::kill(parent.id() as i32, libc::SIGKILL) };
     parent.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let alive = |pid: i32| {
-        // Workers are reparented after the kill; a zombie still has /proc/<pid>/stat.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.contains(") Z "))
-            .unwrap_or(false)
-    };
-    while pids.iter().any(|&pid| alive(pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "workers {pids:?} outlived their parent"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // Workers are reparented after the kill; they must not keep running.
+    eventually("the workers to exit with their parent", || {
+        !pids.iter().any(|&pid| running(pid))
+    });
 }
 
 /// Kills its own worker while `marker` has fewer than `deaths` lines, appending one each time.
@@ -213,15 +195,7 @@ fn ctrl_c_stops_program_and_workers() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut pids = Vec::new();
-    let stdout = program.stdout.take().unwrap();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("PIDS ") {
-            pids = rest.split(' ').map(|p| p.parse::<i32>().unwrap()).collect();
-            break;
-        }
-    }
+    let pids = read_reported_pids(&mut program);
     assert_eq!(pids.len(), 2);
     std::thread::sleep(Duration::from_millis(100));
     let group = program.id() as i32;
@@ -242,18 +216,9 @@ fn ctrl_c_stops_program_and_workers() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut program.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.lines().count() <= 3, "stderr flooded:\n{stderr}");
-    let alive = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.contains(") Z "))
-            .unwrap_or(false)
-    };
-    while pids.iter().any(|&pid| alive(pid)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "a worker kept running"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually("every worker to stop", || {
+        !pids.iter().any(|&pid| running(pid))
+    });
 }
 
 #[pool_job]

@@ -1,8 +1,9 @@
 //! `Process`: one job in one new process, with Python's exit-code semantics.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use procpool::{Error, ExitCause, Process, current_process, pool_job};
+use procpool_tests::eventually;
 
 #[pool_job]
 fn whoami(sleep_ms: u64) -> (String, u32) {
@@ -19,14 +20,6 @@ fn explode(message: String) -> u8 {
 #[pool_job]
 fn add(a: i32, b: i32) -> i32 {
     a + b
-}
-
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
