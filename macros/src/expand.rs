@@ -1,18 +1,21 @@
 //! Step 3: write the code.
 //!
-//! `fn square(x: u64) -> u64 { .. }` becomes
-//! - the original function, renamed `__procpool_job_square` and hidden;
-//! - a constant `square: Job<fn(u64) -> u64, (u64,), u64>` that derefs to
-//!   that function (so `square(3)` still works) and points at a registry
-//!   entry (so the linker keeps the entry wherever the job is used);
-//! - inside the constant's initializer: the registry entry, the worker-side
-//!   trampoline, and one type check per argument and result type, spanned
-//!   on the user's type so a missing `Serialize` is reported there.
+//! `fn square(x: u64) -> u64 { .. }` becomes a constant
+//! `square: Job<fn(u64) -> u64, (u64,), u64>` that derefs to the original
+//! function (so `square(3)` still works) and points at a registry entry (so
+//! the linker keeps the entry wherever the job is used). Inside the
+//! constant's initializer:
+//! - the original function, renamed `__procpool_job_square`. Keeping it in
+//!   there makes the expansion one item, valid wherever the function was,
+//!   also as an associated function in an `impl` block;
+//! - one type check per distinct argument and result type, spanned on the
+//!   user's type so a missing `Serialize` is reported there, once;
+//! - the registry entry and the worker-side trampoline.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
-use syn::{Attribute, Type};
 use syn::spanned::Spanned;
+use syn::{Attribute, Type};
 
 use crate::parse::Options;
 use crate::validate::Job;
@@ -84,13 +87,12 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
     });
 
     quote! {
-        #[doc(hidden)]
-        #[allow(non_snake_case)]
-        #renamed
-
         #(#const_attrs)*
         #[allow(non_upper_case_globals)]
         #vis const #ident: #krate::Job<#fn_type, #tuple, #output> = {
+            #[allow(non_snake_case)]
+            #renamed
+
             // Type-checked, never called: one error per type that cannot
             // cross the process boundary, on that type.
             #[allow(dead_code)]
@@ -238,6 +240,85 @@ mod tests {
                 "| (__arg0 , __arg1 ,) : (i64 , i64 ,) | __procpool_job_add (__arg0 , __arg1)"
             ),
             "{two}"
+        );
+    }
+
+    #[test]
+    fn everything_is_one_constant() {
+        // The renamed function lives inside the constant's initializer, so
+        // the expansion is a single item, valid in a module or an impl block.
+        let out = expand(
+            quote!(),
+            quote!(
+                fn square(x: u64) -> u64 {
+                    x * x
+                }
+            ),
+        );
+        let tokens: TokenStream = out.parse().unwrap();
+        let items: Vec<syn::Item> = syn::parse2::<syn::File>(tokens).unwrap().items;
+        assert_eq!(items.len(), 1, "{out}");
+        assert!(matches!(items[0], syn::Item::Const(_)), "{out}");
+    }
+
+    #[test]
+    fn each_distinct_type_is_checked_once() {
+        let out = expand(
+            quote!(),
+            quote!(
+                fn f(a: Image, b: Image, c: u8) -> Image {
+                    a
+                }
+            ),
+        );
+        let checks = |ty: &str| out.matches(&format!("require :: < {ty} , _ >")).count();
+        assert_eq!(checks("Image"), 1, "{out}");
+        assert_eq!(checks("u8"), 1, "{out}");
+    }
+
+    #[test]
+    fn worker_entry_probes_item_and_result_types() {
+        let one = expand(
+            quote!(),
+            quote!(
+                fn square(x: u64) -> u64 {
+                    x * x
+                }
+            ),
+        );
+        assert!(
+            one.contains("Probe :: < (u64 , u64) > :: new ()) . run (count , input , output"),
+            "{one}"
+        );
+        let two = expand(
+            quote!(),
+            quote!(
+                fn add(a: i64, b: i64) -> i64 {
+                    a + b
+                }
+            ),
+        );
+        assert!(
+            two.contains("Probe :: < ((i64 , i64 ,) , i64) > :: new ())"),
+            "{two}"
+        );
+    }
+
+    #[test]
+    fn deprecated_stays_on_the_constant_only() {
+        let out = expand(
+            quote!(),
+            quote!(
+                #[deprecated]
+                #[allow(unused_variables)]
+                fn f(x: u8) {}
+            ),
+        );
+        assert_eq!(out.matches("deprecated").count(), 1, "{out}");
+        assert_eq!(out.matches("unused_variables").count(), 2, "{out}");
+        assert!(
+            out.find("deprecated").unwrap() < out.find("const f").unwrap(),
+            "{out}"
         );
     }
 }

@@ -87,7 +87,13 @@ mod tests {
 
     #[test]
     fn struct_is_kept() {
-        let out = super::pool_job_impl(quote!(), quote!(struct S;)).to_string();
+        let out = super::pool_job_impl(
+            quote!(),
+            quote!(
+                struct S;
+            ),
+        )
+        .to_string();
         assert!(out.contains("not on a struct"), "{out}");
         assert!(out.ends_with("struct S ;"), "{out}");
     }

@@ -78,10 +78,18 @@ fn string_value(value: &Expr, key: &str, example: &str) -> syn::Result<LitStr> {
         Expr::Lit(ExprLit {
             lit: Lit::Str(lit), ..
         }) => Ok(lit.clone()),
-        other => Err(syn::Error::new(
-            other.span(),
-            format!("`{key}` takes a string literal, e.g. {key} = {example}"),
-        )),
+        other => {
+            // `name = square` or `name = 7`: suggest the same text, quoted.
+            let text = quote::quote!(#other).to_string().replace(' ', "");
+            let example = match other {
+                Expr::Path(_) | Expr::Lit(_) if !text.contains('"') => format!("\"{text}\""),
+                _ => example.to_owned(),
+            };
+            Err(syn::Error::new_spanned(
+                other,
+                format!("`{key}` takes a string literal: write {key} = {example}"),
+            ))
+        }
     }
 }
 
@@ -99,36 +107,76 @@ fn set_once<T>(slot: &mut Option<T>, value: T, span: Span, key: &str) -> syn::Re
 /// The item the attribute is on, which must be a function.
 pub(crate) fn function(input: TokenStream) -> syn::Result<ItemFn> {
     let item: Item = syn::parse2(input)?;
-    let what = match item {
-        Item::Fn(function) => return Ok(function),
-        Item::Struct(_) => "a struct",
-        Item::Enum(_) => "an enum",
-        Item::Impl(_) => "an impl block",
-        Item::Const(_) => "a const",
-        Item::Static(_) => "a static",
-        Item::Trait(_) => "a trait",
-        Item::Mod(_) => "a module",
-        _ => "this item",
-    };
-    Err(syn::Error::new(
-        item_span(&item),
-        format!(
-            "#[pool_job] goes on a free function, not on {what}; \
-             write `fn name(arg: Type) -> Output {{ ... }}` and put the attribute on it"
+    let (what, advice) = match &item {
+        Item::Fn(function) => return Ok(function.clone()),
+        Item::Impl(_) => (
+            "an impl block",
+            "put it on each function of the block that should run in a pool \
+             (an associated function without `self`), or on a free function",
         ),
+        Item::Struct(_) | Item::Enum(_) => (
+            if matches!(item, Item::Struct(_)) {
+                "a struct"
+            } else {
+                "an enum"
+            },
+            "to send this type to a worker, derive serde's `Serialize` and `Deserialize` \
+             for it and take it as an argument of a #[pool_job] function",
+        ),
+        Item::Const(_) => ("a const", FUNCTION_EXAMPLE),
+        Item::Static(_) => ("a static", FUNCTION_EXAMPLE),
+        Item::Trait(_) => ("a trait", FUNCTION_EXAMPLE),
+        Item::Mod(_) => (
+            "a module",
+            "put it on each function in the module that should run in a pool",
+        ),
+        _ => ("this item", FUNCTION_EXAMPLE),
+    };
+    Err(syn::Error::new_spanned(
+        item_head(&item),
+        format!("#[pool_job] goes on a function, not on {what}; {advice}"),
     ))
 }
 
-fn item_span(item: &Item) -> Span {
+const FUNCTION_EXAMPLE: &str =
+    "write the work as `fn name(arg: Type) -> Output { ... }` and put the attribute on that";
+
+/// The tokens that name the item, for the error's span.
+fn item_head(item: &Item) -> TokenStream {
+    use quote::quote;
     match item {
-        Item::Struct(s) => s.ident.span(),
-        Item::Enum(e) => e.ident.span(),
-        Item::Impl(i) => i.impl_token.span,
-        Item::Const(c) => c.ident.span(),
-        Item::Static(s) => s.ident.span(),
-        Item::Trait(t) => t.ident.span(),
-        Item::Mod(m) => m.ident.span(),
-        other => other.span(),
+        Item::Struct(s) => {
+            let (token, ident) = (&s.struct_token, &s.ident);
+            quote!(#token #ident)
+        }
+        Item::Enum(e) => {
+            let (token, ident) = (&e.enum_token, &e.ident);
+            quote!(#token #ident)
+        }
+        Item::Impl(i) => {
+            let (token, trait_, ty) = (&i.impl_token, &i.trait_, &i.self_ty);
+            let trait_ = trait_
+                .as_ref()
+                .map(|(bang, path, for_token)| quote!(#bang #path #for_token));
+            quote!(#token #trait_ #ty)
+        }
+        Item::Const(c) => {
+            let (token, ident) = (&c.const_token, &c.ident);
+            quote!(#token #ident)
+        }
+        Item::Static(s) => {
+            let (token, ident) = (&s.static_token, &s.ident);
+            quote!(#token #ident)
+        }
+        Item::Trait(t) => {
+            let (token, ident) = (&t.trait_token, &t.ident);
+            quote!(#token #ident)
+        }
+        Item::Mod(m) => {
+            let (token, ident) = (&m.mod_token, &m.ident);
+            quote!(#token #ident)
+        }
+        other => quote!(#other),
     }
 }
 
@@ -193,5 +241,88 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(f.sig.ident, "f");
+    }
+
+    #[test]
+    fn name_suggestion_quotes_what_was_written() {
+        let err = options(quote!(name = square)).unwrap_err().to_string();
+        assert!(err.contains("write name = \"square\""), "{err}");
+        let err = options(quote!(name = 5)).unwrap_err().to_string();
+        assert!(err.contains("write name = \"5\""), "{err}");
+        let err = options(quote!(name = concat!("a", "b")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("write name = \"resize_image\""), "{err}");
+    }
+
+    #[test]
+    fn crate_must_be_a_path() {
+        let err = options(quote!(crate = "not a path"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crate = \"procpool2\""), "{err}");
+        let options = options(quote!(crate = "::procpool2")).unwrap();
+        let krate = options.krate.unwrap();
+        assert_eq!(quote!(#krate).to_string(), ":: procpool2");
+    }
+
+    #[test]
+    fn empty_name_is_rejected() {
+        let err = options(quote!(name = " ")).unwrap_err().to_string();
+        assert!(err.contains("cannot be empty"), "{err}");
+    }
+
+    #[test]
+    fn flag_option_is_unknown() {
+        let err = options(quote!(timeout)).unwrap_err().to_string();
+        assert!(err.contains("option `timeout`"), "{err}");
+    }
+
+    #[test]
+    fn impl_block_gets_its_own_advice() {
+        let err = function(quote!(
+            impl Task {
+                fn run() {}
+            }
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not on an impl block"), "{err}");
+        assert!(err.contains("associated function without `self`"), "{err}");
+    }
+
+    #[test]
+    fn const_and_enum_are_rejected() {
+        for (item, what) in [
+            (
+                quote!(
+                    const N: u8 = 1;
+                ),
+                "a const",
+            ),
+            (
+                quote!(
+                    enum E {
+                        A,
+                    }
+                ),
+                "an enum",
+            ),
+            (
+                quote!(
+                    static S: u8 = 1;
+                ),
+                "a static",
+            ),
+            (
+                quote!(
+                    mod m {}
+                ),
+                "a module",
+            ),
+        ] {
+            let err = function(item).unwrap_err().to_string();
+            assert!(err.contains(&format!("not on {what}")), "{err}");
+        }
     }
 }

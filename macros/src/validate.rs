@@ -1,6 +1,6 @@
 //! Step 2: check that the function can be a job, with errors that say what to write instead.
 
-use syn::spanned::Spanned;
+use quote::ToTokens;
 use syn::visit::Visit;
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
@@ -16,42 +16,52 @@ pub(crate) struct Job {
 
 pub(crate) fn job(function: ItemFn) -> syn::Result<Job> {
     let sig = &function.sig;
+    let name = &sig.ident;
     let mut errors = Errors::default();
 
     if let Some(asyncness) = &sig.asyncness {
         errors.push(
-            asyncness.span(),
+            asyncness,
             "a pool job cannot be `async`: it runs to completion in a worker process; \
              remove `async` (await the pool's AsyncResult in your async code instead)",
         );
     }
-    if let Some(unsafety) = &sig.unsafety {
-        errors.push(
-            unsafety.span(),
-            "a pool job cannot be an `unsafe fn`: the pool calls it without knowing its \
-             safety contract; make the function safe and use `unsafe` blocks inside it",
-        );
-    }
-    if let Some(abi) = &sig.abi {
-        errors.push(
-            abi.span(),
-            "a pool job cannot have an `extern` ABI: it is called from Rust in the worker; \
-             remove the `extern \"...\"` and call your extern function from a plain Rust job",
-        );
-    }
     if let Some(variadic) = &sig.variadic {
+        // Variadic implies `unsafe extern "C"`: one error says it all.
         errors.push(
-            variadic.span(),
-            "a pool job cannot be variadic: each argument must have a serializable type; \
-             pass the values as a `Vec<T>` instead",
+            variadic,
+            "a pool job cannot be variadic: every argument must have a type the pool \
+             can serialize; write a plain Rust function (without `unsafe extern \"C\"`) \
+             that takes the values as a `Vec<T>`",
         );
+    } else {
+        if let Some(unsafety) = &sig.unsafety {
+            errors.push(
+                unsafety,
+                "a pool job cannot be an `unsafe fn`: the pool calls it without knowing its \
+                 safety contract; make the function safe and use `unsafe` blocks inside it",
+            );
+        }
+        if let Some(abi) = &sig.abi {
+            errors.push(
+                abi,
+                "a pool job cannot have an `extern` ABI: the worker calls it from Rust; \
+                 remove the `extern \"...\"`, and call your extern function from a plain \
+                 Rust job if you need it",
+            );
+        }
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        let generics = &sig.generics;
+        let where_clause = &generics.where_clause;
         errors.push(
-            sig.generics.span(),
-            "a pool job cannot be generic: it is registered once, under one name, with \
-             concrete argument types; write one non-generic job per type you need, \
-             each calling your generic function",
+            quote::quote!(#generics #where_clause),
+            format!(
+                "a pool job cannot be generic: it is registered once, under one name, with \
+                 concrete argument types; write one non-generic job per type you need, each \
+                 calling your generic function, e.g. \
+                 `#[pool_job] fn {name}_u64(...) -> ... {{ {name}::<u64>(...) }}`"
+            ),
         );
     }
 
@@ -59,9 +69,13 @@ pub(crate) fn job(function: ItemFn) -> syn::Result<Job> {
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(receiver) => errors.push(
-                receiver.span(),
-                "a pool job cannot take `self`: methods cannot be registered; write a free \
-                 function that takes the value as an owned argument, e.g. `fn run(task: MyTask)`",
+                receiver,
+                format!(
+                    "a pool job cannot take `self`: a method cannot be sent to a worker \
+                     process; make `{name}` a free function outside the `impl` block that \
+                     takes the value as an owned argument, e.g. `fn {name}(value: MyType)`, \
+                     and derive serde's `Serialize` and `Deserialize` for `MyType`"
+                ),
             ),
             FnArg::Typed(arg) => {
                 check_owned(&arg.ty, &mut errors);
@@ -90,8 +104,10 @@ pub(crate) fn job(function: ItemFn) -> syn::Result<Job> {
 struct Errors(Option<syn::Error>);
 
 impl Errors {
-    fn push(&mut self, span: proc_macro2::Span, message: impl std::fmt::Display) {
-        let error = syn::Error::new(span, message);
+    /// An error on `tokens`: spanned from their first to their last token,
+    /// so the compiler underlines all of `&str`, not only the `&`.
+    fn push(&mut self, tokens: impl ToTokens, message: impl std::fmt::Display) {
+        let error = syn::Error::new_spanned(tokens, message);
         match &mut self.0 {
             Some(all) => all.combine(error),
             None => self.0 = Some(error),
@@ -113,31 +129,30 @@ fn check_owned(ty: &Type, errors: &mut Errors) {
         fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
             let suggestion = owned_suggestion(&reference.elem);
             self.errors.push(
-                reference.span(),
+                reference,
                 format!(
                     "a pool job cannot take or return borrowed data: values are copied to and \
                      from another process; use the owned type `{suggestion}` instead"
                 ),
             );
+            // Lifetimes inside the reference are part of this one error.
         }
         fn visit_type_impl_trait(&mut self, it: &'ast syn::TypeImplTrait) {
             self.errors.push(
-                it.span(),
+                it,
                 "a pool job cannot use `impl Trait` types: the worker must know the concrete \
                  type to decode; name the concrete type (e.g. `Vec<u64>` instead of \
                  `impl IntoIterator<Item = u64>`)",
             );
         }
         fn visit_type_infer(&mut self, infer: &'ast syn::TypeInfer) {
-            self.errors.push(
-                infer.span(),
-                "a pool job's types must be written out, not `_`",
-            );
+            self.errors
+                .push(infer, "a pool job's types must be written out, not `_`");
         }
         fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
             if lifetime.ident != "static" {
                 self.errors.push(
-                    lifetime.span(),
+                    lifetime,
                     format!(
                         "a pool job cannot use the lifetime `{lifetime}`: values are copied \
                          between processes, so they must be owned; use owned types \
@@ -271,5 +286,69 @@ mod tests {
             .unwrap()
             .contains("impl Trait")
         );
+    }
+
+    #[test]
+    fn variadic_is_one_error() {
+        let err = job(syn::parse2(quote!(
+            unsafe extern "C" fn f(n: usize, args: ...) {}
+        ))
+        .unwrap())
+        .unwrap_err();
+        assert_eq!(err.into_iter().count(), 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = job(syn::parse2(quote!(
+            async fn f<T>(&self, a: &str, b: impl Clone) -> &[u8] {}
+        ))
+        .unwrap())
+        .unwrap_err();
+        // async, generic, self, &str, impl Trait, &[u8]
+        assert_eq!(err.into_iter().count(), 6);
+    }
+
+    #[test]
+    fn messages_name_the_function_and_the_fix() {
+        let err = check(quote!(
+            fn largest<T: Ord>(x: Vec<T>) -> T {}
+        ))
+        .err()
+        .unwrap();
+        assert!(err.contains("largest::<u64>(...)"), "{err}");
+        let err = check(quote!(
+            fn area(&self) -> u32 {}
+        ))
+        .err()
+        .unwrap();
+        assert!(err.contains("make `area` a free function"), "{err}");
+    }
+
+    #[test]
+    fn lifetimes_other_than_static_are_rejected() {
+        let err = check(quote!(
+            fn f(x: std::borrow::Cow<'a, str>) {}
+        ))
+        .err()
+        .unwrap();
+        assert!(err.contains("lifetime `'a`"), "{err}");
+        check(quote!(
+            fn f(x: std::borrow::Cow<'static, str>) {}
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn unsafe_and_extern_are_rejected_separately() {
+        let err = job(syn::parse2(quote!(
+            unsafe extern "C" fn f() {}
+        ))
+        .unwrap())
+        .unwrap_err();
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].contains("`unsafe fn`"), "{messages:?}");
+        assert!(messages[1].contains("`extern` ABI"), "{messages:?}");
     }
 }

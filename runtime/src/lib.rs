@@ -170,6 +170,8 @@ pub mod __private {
     /// The receiver of the checks' method calls; see the module docs.
     pub struct Probe<T>(PhantomData<fn() -> T>);
 
+    // No `Default`: only generated code makes probes, through `new`.
+    #[allow(clippy::new_without_default)]
     impl<T> Probe<T> {
         /// The probe for `T`.
         pub const fn new() -> Self {

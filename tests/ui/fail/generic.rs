@@ -1,0 +1,8 @@
+use procpool::pool_job;
+
+#[pool_job]
+fn largest<T: PartialOrd>(items: Vec<T>) -> Option<T> {
+    items.into_iter().reduce(|a, b| if b > a { b } else { a })
+}
+
+fn main() {}
