@@ -41,7 +41,7 @@ fn names_are_numbered_and_unique_or_chosen() {
         let number = process
             .name()
             .strip_prefix("Process-")
-            .expect(process.name());
+            .unwrap_or_else(|| panic!("unexpected name {}", process.name()));
         assert!(number.parse::<u32>().unwrap() >= 1);
     }
     assert_ne!(a.name(), b.name());

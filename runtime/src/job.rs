@@ -173,6 +173,40 @@ impl<F, A, R> Job<F, A, R> {
     }
 }
 
+/// What [`Pool`](crate::Pool) methods accept as a job: implemented by
+/// [`Job`] only, that is by functions marked [`#[pool_job]`](crate::pool_job).
+///
+/// Passing anything else, such as a closure or a function without the
+/// attribute, fails to compile with a message that says to add
+/// `#[pool_job]`. Sealed: it cannot be implemented outside procpool.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a #[pool_job] function",
+    label = "expected a function marked #[pool_job]",
+    note = "a pool runs only functions registered with #[pool_job]: a worker process finds the function by its registered name, so closures and other functions cannot be sent to it",
+    note = "mark the function with `#[procpool::pool_job]` and pass it by name, e.g. `pool.map(square, 0..10)`; to use a closure, move its body into such a function"
+)]
+pub trait IntoJob: sealed::Sealed {
+    /// The job's argument tuple.
+    type Args: JobArgs;
+    /// The job's result type.
+    type Output;
+    /// The name the job is registered under.
+    fn name(&self) -> &'static str;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<F, A, R> Sealed for super::Job<F, A, R> {}
+}
+
+impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {
+    type Args = A;
+    type Output = R;
+    fn name(&self) -> &'static str {
+        self.entry.name
+    }
+}
+
 impl<F, A, R> Deref for Job<F, A, R> {
     type Target = F;
     fn deref(&self) -> &F {

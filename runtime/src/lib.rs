@@ -57,7 +57,7 @@ mod worker;
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause};
 pub use imap::Imap;
-pub use job::{Job, JobArgs};
+pub use job::{IntoJob, Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};
 pub use spawn::{Process, ProcessBuilder};
 

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::imap::Imap;
-use crate::job::{Job, JobArgs};
+use crate::job::{IntoJob, JobArgs};
 use crate::local::{LocalBackend, LocalConfig};
 use crate::process::Initializer;
 use crate::progress::Progress;
@@ -105,8 +105,9 @@ impl PoolBuilder {
     /// Python does. Only connecting is bounded by the
     /// [`spawn_timeout`](PoolBuilder::spawn_timeout); the initializer itself
     /// may take as long as it needs.
-    pub fn initializer<F, A, R>(mut self, job: Job<F, A, R>, arg: A::Item) -> Self
+    pub fn initializer<J, A, R>(mut self, job: J, arg: A::Item) -> Self
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
         let encoded = codec::encode(&arg).map_err(|message| Error::Serialization {
@@ -231,8 +232,9 @@ impl Pool {
     /// `ceil(n / (4 × processes))` like Python's default. The first error
     /// (a panic, a dead worker, an unserializable value) fails the call, and
     /// chunks not yet started are skipped.
-    pub fn map<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    pub fn map<J, A, R, I>(&self, job: J, items: I) -> Result<Vec<R>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -243,8 +245,9 @@ impl Pool {
     /// Like [`map`](Pool::map), for jobs whose items are argument tuples.
     /// For a job with several arguments this is the same as `map`; a
     /// one-argument job takes 1-tuples here, as Python's `starmap` does.
-    pub fn starmap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    pub fn starmap<J, A, R, I>(&self, job: J, items: I) -> Result<Vec<R>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
@@ -254,8 +257,9 @@ impl Pool {
 
     /// Runs `job` once on `item` in a worker and returns its result.
     /// A job with several arguments takes them as a tuple.
-    pub fn apply<F, A, R>(&self, job: Job<F, A, R>, item: A::Item) -> Result<R, Error>
+    pub fn apply<J, A, R>(&self, job: J, item: A::Item) -> Result<R, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
     {
@@ -266,12 +270,9 @@ impl Pool {
     ///
     /// The items are serialized before this returns, so `items` need not be
     /// `Send`; an item that fails to serialize is reported here.
-    pub fn map_async<F, A, R, I>(
-        &self,
-        job: Job<F, A, R>,
-        items: I,
-    ) -> Result<AsyncResult<Vec<R>>, Error>
+    pub fn map_async<J, A, R, I>(&self, job: J, items: I) -> Result<AsyncResult<Vec<R>>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -279,13 +280,14 @@ impl Pool {
         self.map_async_chunked(job, items, None)
     }
 
-    fn map_async_chunked<F, A, R, I>(
+    fn map_async_chunked<J, A, R, I>(
         &self,
-        job: Job<F, A, R>,
+        job: J,
         items: I,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -325,8 +327,9 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn imap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Imap<'_, R, I::IntoIter>
+    pub fn imap<J, A, R, I>(&self, job: J, items: I) -> Imap<'_, R, I::IntoIter>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -336,12 +339,9 @@ impl Pool {
 
     /// Like [`imap`](Pool::imap), but yields results as they complete,
     /// whatever their input order.
-    pub fn imap_unordered<F, A, R, I>(
-        &self,
-        job: Job<F, A, R>,
-        items: I,
-    ) -> Imap<'_, R, I::IntoIter>
+    pub fn imap_unordered<J, A, R, I>(&self, job: J, items: I) -> Imap<'_, R, I::IntoIter>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -371,12 +371,9 @@ impl Pool {
     }
 
     /// Like [`starmap`](Pool::starmap), but returns at once with an [`AsyncResult`].
-    pub fn starmap_async<F, A, R, I>(
-        &self,
-        job: Job<F, A, R>,
-        items: I,
-    ) -> Result<AsyncResult<Vec<R>>, Error>
+    pub fn starmap_async<J, A, R, I>(&self, job: J, items: I) -> Result<AsyncResult<Vec<R>>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
@@ -385,12 +382,9 @@ impl Pool {
     }
 
     /// Like [`apply`](Pool::apply), but returns at once with an [`AsyncResult`].
-    pub fn apply_async<F, A, R>(
-        &self,
-        job: Job<F, A, R>,
-        item: A::Item,
-    ) -> Result<AsyncResult<R>, Error>
+    pub fn apply_async<J, A, R>(&self, job: J, item: A::Item) -> Result<AsyncResult<R>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
     {
@@ -511,8 +505,9 @@ impl<'pool> Chunked<'pool> {
     }
 
     /// [`Pool::map`] with this chunk size.
-    pub fn map<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    pub fn map<J, A, R, I>(&self, job: J, items: I) -> Result<Vec<R>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -521,12 +516,9 @@ impl<'pool> Chunked<'pool> {
     }
 
     /// [`Pool::map_async`] with this chunk size.
-    pub fn map_async<F, A, R, I>(
-        &self,
-        job: Job<F, A, R>,
-        items: I,
-    ) -> Result<AsyncResult<Vec<R>>, Error>
+    pub fn map_async<J, A, R, I>(&self, job: J, items: I) -> Result<AsyncResult<Vec<R>>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -536,8 +528,9 @@ impl<'pool> Chunked<'pool> {
     }
 
     /// [`Pool::starmap`] with this chunk size.
-    pub fn starmap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Result<Vec<R>, Error>
+    pub fn starmap<J, A, R, I>(&self, job: J, items: I) -> Result<Vec<R>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
@@ -546,8 +539,9 @@ impl<'pool> Chunked<'pool> {
     }
 
     /// [`Pool::imap`] with this chunk size.
-    pub fn imap<F, A, R, I>(&self, job: Job<F, A, R>, items: I) -> Imap<'pool, R, I::IntoIter>
+    pub fn imap<J, A, R, I>(&self, job: J, items: I) -> Imap<'pool, R, I::IntoIter>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -556,12 +550,9 @@ impl<'pool> Chunked<'pool> {
     }
 
     /// [`Pool::imap_unordered`] with this chunk size.
-    pub fn imap_unordered<F, A, R, I>(
-        &self,
-        job: Job<F, A, R>,
-        items: I,
-    ) -> Imap<'pool, R, I::IntoIter>
+    pub fn imap_unordered<J, A, R, I>(&self, job: J, items: I) -> Imap<'pool, R, I::IntoIter>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
@@ -569,13 +560,9 @@ impl<'pool> Chunked<'pool> {
         self.lazy(job, items, false)
     }
 
-    fn lazy<F, A, R, I>(
-        &self,
-        job: Job<F, A, R>,
-        items: I,
-        ordered: bool,
-    ) -> Imap<'pool, R, I::IntoIter>
+    fn lazy<J, A, R, I>(&self, job: J, items: I, ordered: bool) -> Imap<'pool, R, I::IntoIter>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use crate::error::ExitCause;
-use crate::job::{Job, JobArgs};
+use crate::job::{IntoJob, JobArgs};
 use crate::process::{Lost, WorkerProcess};
 use crate::wire::{FromWorker, ToWorker};
 use crate::{Error, codec};
@@ -84,8 +84,9 @@ impl ProcessBuilder {
     }
 
     /// Starts a process running `job(arg)`. Returns once it runs.
-    pub fn spawn<F, A, R>(self, job: Job<F, A, R>, arg: A::Item) -> Result<Process<R>, Error>
+    pub fn spawn<J, A, R>(self, job: J, arg: A::Item) -> Result<Process<R>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + 'static,
     {
@@ -130,8 +131,9 @@ impl Process<()> {
 
 impl<R: DeserializeOwned + 'static> Process<R> {
     /// Starts a process running `job(arg)`, named `Process-N`.
-    pub fn spawn<F, A>(job: Job<F, A, R>, arg: A::Item) -> Result<Process<R>, Error>
+    pub fn spawn<J, A>(job: J, arg: A::Item) -> Result<Process<R>, Error>
     where
+        J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
         Process::builder().spawn(job, arg)
