@@ -326,3 +326,24 @@ fn many_megabyte_items_both_ways_do_not_deadlock() {
         .collect();
     assert_eq!(lens, vec![1 << 20; 64]);
 }
+
+#[pool_job]
+fn panic_or_pid(panic: bool) -> u32 {
+    if panic {
+        panic!("deliberate");
+    }
+    std::process::id()
+}
+
+#[test]
+fn a_panic_does_not_cost_the_worker() {
+    let pool = Pool::with_processes(1).unwrap();
+    let before = pool.apply(panic_or_pid, false).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            pool.apply(panic_or_pid, true),
+            Err(Error::Panicked { .. })
+        ));
+    }
+    assert_eq!(pool.apply(panic_or_pid, false).unwrap(), before);
+}
