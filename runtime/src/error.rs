@@ -77,7 +77,7 @@ pub enum Error {
     #[error(
         "worker process {pid} {cause} while running job `{job}` on items {first}..{end}; \
          the pool replaced the worker. If the job crashes the process (abort, segfault, \
-         exit, out of memory), fix the job or retry the call",
+         exit, out of memory), fix the job, or let the pool re-run it with Pool::builder().retries(n)",
         end = first + count
     )]
     WorkerDied {
