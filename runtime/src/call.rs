@@ -58,26 +58,28 @@ impl<T> Outcome<T> {
     }
 }
 
-/// Decodes a task's reply: one `Result<R, Failure>` per item, errors as the caller sees them.
+/// Decodes a task's reply (one `Result<R, Failure>` per item) and hands
+/// each item's outcome, as the caller sees it, to `each`. Stops at the first
+/// `Err` that `each` returns, or when the reply cannot be decoded.
 pub(crate) fn decode_items<R: DeserializeOwned + 'static>(
     job: &str,
     task: TaskInfo,
     bytes: &[u8],
-) -> Result<Vec<Result<R, Error>>, Error> {
-    let mut items = Vec::with_capacity(task.count);
-    let mut rest = bytes;
+    mut each: impl FnMut(Result<R, Error>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut reader = codec::Reader::new(bytes);
     for offset in 0..task.count {
         let index = task.first + offset;
-        let (item, tail) =
-            codec::decode_outcome::<R>(rest).map_err(|message| Error::Serialization {
+        let item = reader
+            .outcome::<R>()
+            .map_err(|message| Error::Serialization {
                 job: job.to_owned(),
                 direction: format!("decode the result of item {index}"),
                 message,
             })?;
-        rest = tail;
-        items.push(item.map_err(|failure| failure.into_error(job, index)));
+        each(item.map_err(|failure| failure.into_error(job, index)))?;
     }
-    Ok(items)
+    Ok(())
 }
 
 struct State<R, T> {
@@ -160,11 +162,11 @@ where
         if state.finished || !state.sealed || state.received < state.submitted {
             return;
         }
-        let items: Vec<R> = std::mem::take(&mut state.chunks)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .collect();
+        let chunks = std::mem::take(&mut state.chunks);
+        let mut items = Vec::with_capacity(chunks.iter().flatten().map(Vec::len).sum());
+        for chunk in chunks.into_iter().flatten() {
+            items.extend(chunk);
+        }
         self.complete(state, M::finish(items));
     }
 
@@ -281,9 +283,14 @@ where
 {
     fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>) {
         // Decode outside the lock: drivers decode their chunks in parallel.
-        let decoded = outcome
-            .and_then(|bytes| decode_items::<R>(self.job, task, &bytes))
-            .and_then(|items| items.into_iter().collect::<Result<Vec<R>, Error>>());
+        let decoded = outcome.and_then(|bytes| {
+            let mut items = Vec::with_capacity(task.count);
+            decode_items::<R>(self.job, task, &bytes, |item| {
+                items.push(item?);
+                Ok(())
+            })?;
+            Ok(items)
+        });
         let mut state = self.lock();
         state.received += 1;
         if state.finished {

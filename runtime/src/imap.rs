@@ -48,10 +48,17 @@ impl<R> Stream<R> {
 impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
     fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>) {
         // A lost task fails each of its items, so the output stays aligned with the input.
-        let items = match outcome.and_then(|bytes| decode_items::<R>(self.job, task, &bytes)) {
-            Ok(items) => items,
-            Err(error) => (0..task.count).map(|_| Err(error.clone())).collect(),
-        };
+        let mut items = Vec::with_capacity(task.count);
+        let decoded = outcome.and_then(|bytes| {
+            decode_items::<R>(self.job, task, &bytes, |item| {
+                items.push(item);
+                Ok(())
+            })
+        });
+        if let Err(error) = decoded {
+            // Items after an undecodable one (or all, for a lost task) fail with it.
+            items.resize_with(task.count, || Err(error.clone()));
+        }
         self.progress.advance(items.len());
         self.store(task.chunk, items);
     }

@@ -197,13 +197,14 @@ impl<R: DeserializeOwned + 'static> Process<R> {
             Err(Lost::Aborted | Lost::TimedOut) => return Err(self.died(ExitCause::Unknown)),
         };
         let outcome = match reply {
-            FromWorker::Done { items } => codec::decode_outcome::<R>(&items)
+            FromWorker::Done { items } => codec::Reader::new(&items)
+                .outcome::<R>()
                 .map_err(|message| Error::Serialization {
                     job: self.job.to_owned(),
                     direction: "decode the result".to_owned(),
                     message,
                 })
-                .and_then(|(result, _)| result.map_err(|f| f.into_error(self.job, 0))),
+                .and_then(|result| result.map_err(|f| f.into_error(self.job, 0))),
             FromWorker::Failed(failure) => Err(failure.into_error(self.job, 0)),
             other => Err(Error::Ipc(format!(
                 "unexpected reply from the process: {other:?}"

@@ -193,7 +193,7 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 #[doc(hidden)]
 pub fn invoke<T, R>(
     count: usize,
-    mut input: &[u8],
+    input: &[u8],
     output: &mut Vec<u8>,
     f: impl Fn(T) -> R,
 ) -> Result<Option<Failure>, Failure>
@@ -202,22 +202,21 @@ where
     R: Serialize + 'static,
 {
     let mut items = Vec::with_capacity(count.min(input.len()));
+    let mut reader = codec::Reader::new(input);
     for index in 0..count {
-        let (item, rest) = codec::decode_item::<T>(input).map_err(|message| {
+        let item = reader.item::<T>().map_err(|message| {
             Failure::new(
                 FailureKind::DecodeArguments,
                 format!("item {index} of the chunk: {message}"),
             )
         })?;
         items.push(item);
-        input = rest;
     }
-    if !input.is_empty() {
-        return Err(Failure::new(
-            FailureKind::DecodeArguments,
-            format!("{} unexpected bytes after the last item", input.len()),
-        ));
-    }
+    reader
+        .finish()
+        .map_err(|message| Failure::new(FailureKind::DecodeArguments, message))?;
+    // Results take at least a byte each; reserving avoids regrowing a large buffer.
+    output.reserve(2 * count);
     let mut first_failure = None;
     for item in items {
         let outcome = match catch_unwind(AssertUnwindSafe(|| f(item))) {
