@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::progress::Progress;
 use crate::transport::{Sink, TaskInfo};
+use crate::wire::Payload;
 use crate::{Error, codec};
 
 /// How a finished call turns its items into the value the caller gets.
@@ -281,7 +282,7 @@ where
     R: DeserializeOwned + Send + 'static,
     M: Finish<R>,
 {
-    fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>) {
+    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
         // Decode outside the lock: drivers decode their chunks in parallel.
         let decoded = outcome.and_then(|bytes| {
             let mut items = Vec::with_capacity(task.count);

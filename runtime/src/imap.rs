@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::call::decode_items;
 use crate::progress::Progress;
 use crate::transport::{Sink, Task, TaskInfo};
+use crate::wire::Payload;
 use crate::{Error, Pool, codec};
 
 struct State<R> {
@@ -46,7 +47,7 @@ impl<R> Stream<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
-    fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>) {
+    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
         // A lost task fails each of its items, so the output stays aligned with the input.
         let mut items = Vec::with_capacity(task.count);
         let decoded = outcome.and_then(|bytes| {

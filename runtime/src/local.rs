@@ -10,12 +10,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
-
 use crate::Error;
 use crate::process::{Initializer, Lost, PidSlot, WorkerProcess};
 use crate::transport::{Backend, Task};
-use crate::wire::{FromWorker, ToWorker};
+use crate::wire::{FromWorker, Payload, ToWorker};
 
 /// Settings the local backend needs.
 #[derive(Debug, Clone)]
@@ -303,14 +301,14 @@ impl Driver {
         let message = ToWorker::Run {
             job: task.job.to_owned(),
             count: task.count as u64,
-            items: ByteBuf::from(items),
+            items: Payload::new(items),
             last: false,
         };
         let pid = worker.pid();
         let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
         match worker.call(message, deadline, &self.shared.terminated) {
             Ok(FromWorker::Done { items }) => {
-                task.sink.deliver(task.info(), Ok(items.into_vec()));
+                task.sink.deliver(task.info(), Ok(items));
                 match self.config.max_memory_per_child {
                     Some(limit) if worker.resident_bytes().is_some_and(|rss| rss > limit) => {
                         // Like billiard's max_memory_per_child: replace, don't wait for OOM.

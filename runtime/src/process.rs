@@ -369,10 +369,24 @@ impl WorkerProcess {
             .as_ref()
             .map(|slot| slot.0.lock().unwrap_or_else(PoisonError::into_inner));
         let deadline = Instant::now() + EXIT_GRACE;
+        // An exiting process closes its end of the channel first: wait for
+        // that without sleeping, then for the exit itself in short steps.
+        while let Ok(_) | Err(TryRecvError::Empty) = self
+            .replies
+            .try_recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mut pause = Duration::from_micros(20);
         let cause = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break ExitCause::from_status(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
+                Ok(None) if Instant::now() < deadline => {
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(POLL);
+                }
                 Ok(None) => {
                     let _ = self.child.kill();
                     break self
@@ -572,7 +586,7 @@ mod tests {
         let run = ToWorker::Run {
             job: "no::such::job".into(),
             count: 1,
-            items: ByteBuf::from(vec![1, 2, 3]),
+            items: crate::wire::Payload::new(vec![1, 2, 3]),
             last: false,
         };
         match worker.call(run, Some(Instant::now() + Duration::from_secs(10)), &NEVER) {
@@ -586,7 +600,7 @@ mod tests {
         let run = ToWorker::Run {
             job: "still::unknown".into(),
             count: 0,
-            items: ByteBuf::new(),
+            items: crate::wire::Payload::new(Vec::new()),
             last: false,
         };
         assert!(matches!(

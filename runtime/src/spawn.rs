@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
-use serde_bytes::ByteBuf;
 
 use crate::error::ExitCause;
 use crate::job::{IntoJob, JobArgs};
 use crate::process::{Lost, WorkerProcess};
-use crate::wire::{FromWorker, ToWorker};
+use crate::wire::{FromWorker, Payload, ToWorker};
 use crate::{Error, codec};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
@@ -105,7 +104,7 @@ impl ProcessBuilder {
         let run = ToWorker::Run {
             job: job.name().to_owned(),
             count: 1,
-            items: ByteBuf::from(items),
+            items: Payload::new(items),
             last: true,
         };
         // A send fails only if the process is already gone; join reports how.

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::Error;
+use crate::wire::Payload;
 
 /// One chunk of one call: `count` items of `job`, encoded back to back.
 pub(crate) struct Task {
@@ -28,7 +29,7 @@ pub(crate) struct Task {
 pub(crate) trait Sink: Send + Sync {
     /// `Ok` carries one encoded `Result<R, Failure>` per item; `Err` means the
     /// whole task was lost (worker died, pool terminated, ...).
-    fn deliver(&self, task: TaskInfo, outcome: Result<Vec<u8>, Error>);
+    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>);
 
     /// True once nobody wants the outcome any more: queued tasks are skipped.
     fn cancelled(&self) -> bool;

@@ -4,7 +4,7 @@
 //! [`crate::codec`]); the reply carries one encoded `Result<R, Failure>` per
 //! item, so one bad item does not cost the rest of its chunk.
 
-use ipc_channel::ipc::IpcSender;
+use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -26,7 +26,7 @@ pub(crate) enum ToWorker {
     Run {
         job: String,
         count: u64,
-        items: ByteBuf,
+        items: Payload,
         last: bool,
     },
     /// Finish and exit with code 0.
@@ -49,9 +49,53 @@ pub(crate) enum FromWorker {
     /// `Init` was processed.
     Ready,
     /// One encoded `Result<R, Failure>` per item of the task.
-    Done { items: ByteBuf },
+    Done { items: Payload },
     /// The whole task failed before any item ran.
     Failed(Failure),
+}
+
+/// Encoded items, in the message or, when large, in shared memory.
+///
+/// A socket moves a large message in ~200 KiB fragments, copied by the
+/// kernel twice and reassembled by ipc-channel; a memfd mapping is filled
+/// once and read in place by the other process.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Payload {
+    Inline(ByteBuf),
+    Shared(IpcSharedMemory),
+}
+
+/// From this size on, a payload goes through shared memory.
+const SHARED_FROM: usize = 256 << 10;
+
+impl Payload {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        if bytes.len() >= SHARED_FROM {
+            Payload::Shared(IpcSharedMemory::from_bytes(&bytes))
+        } else {
+            Payload::Inline(ByteBuf::from(bytes))
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes) => bytes,
+            Payload::Shared(memory) => memory,
+        }
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Payload::Inline(_) => "Inline",
+            Payload::Shared(_) => "Shared",
+        };
+        write!(f, "{kind}({} bytes)", self.len())
+    }
 }
 
 /// Why one item (or a whole task) failed inside a worker.

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::wire::{Failure, FailureKind, FromWorker, ToWorker};
+use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
 
 /// The environment variable that turns a start of the executable into a worker.
 pub(crate) const WORKER_ENV: &str = "__PROCPOOL_WORKER_SOCKET";
@@ -152,7 +152,7 @@ fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>
     match outcome {
         Ok((output, failure)) => (
             FromWorker::Done {
-                items: serde_bytes::ByteBuf::from(output),
+                items: Payload::new(output),
             },
             failure,
         ),
