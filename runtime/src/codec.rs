@@ -128,6 +128,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next job item (argument or result value).
+    #[inline]
     pub(crate) fn item<T: DeserializeOwned + 'static>(&mut self) -> Result<T, String> {
         let id = TypeId::of::<T>();
         let fast = if id == TypeId::of::<u64>() || id == TypeId::of::<usize>() {
@@ -152,10 +153,15 @@ impl<'a> Reader<'a> {
     }
 
     /// The next item outcome, `Result<R, Failure>`.
+    #[inline]
     pub(crate) fn outcome<R: DeserializeOwned + 'static>(
         &mut self,
     ) -> Result<Result<R, Failure>, String> {
         // postcard writes an enum as its variant index, then the payload.
+        if let [0, rest @ ..] = self.rest {
+            self.rest = rest;
+            return self.item().map(Ok);
+        }
         match self.varint(5)? {
             0 => self.item().map(Ok),
             1 => self.value().map(Err),
@@ -206,6 +212,7 @@ fn bad_varint() -> String {
 }
 
 /// Appends one job item (argument or result value) to `out`.
+#[inline]
 pub(crate) fn encode_item<T: Serialize + 'static>(
     value: &T,
     out: &mut Vec<u8>,
@@ -230,6 +237,7 @@ pub(crate) fn encode_item<T: Serialize + 'static>(
 }
 
 /// Appends an item's outcome, `Result<R, Failure>`, to `out`.
+#[inline]
 pub(crate) fn encode_outcome<R: Serialize + 'static>(
     outcome: Result<&R, &Failure>,
     out: &mut Vec<u8>,

@@ -4,6 +4,7 @@
 //! the worker dies it reports the lost task, reaps the process and starts a
 //! replacement.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::Error;
 use crate::process::{Initializer, Lost, PidSlot, WorkerProcess};
 use crate::transport::{Backend, Task};
-use crate::wire::{FromWorker, Payload, ToWorker};
+use crate::wire::{FromWorker, Scratch, ToWorker};
 
 /// Settings the local backend needs.
 #[derive(Debug, Clone)]
@@ -57,6 +58,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The next task if one is queued, without waiting.
+    fn try_next_task(&self) -> Option<Task> {
+        if self.terminated.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.queue).tasks.pop_front()
+    }
+
     /// Puts a task whose worker died back at the front of the queue.
     fn retry(&self, task: Task) {
         let mut queue = lock(&self.queue);
@@ -119,6 +128,7 @@ impl LocalBackend {
                 slot,
                 shared: Arc::clone(&shared),
                 config: config.clone(),
+                scratch: RefCell::default(),
             };
             let started_tx = started_tx.clone();
             match thread::Builder::new()
@@ -223,15 +233,31 @@ struct Driver {
     slot: usize,
     shared: Arc<Shared>,
     config: LocalConfig,
+    /// Shared memory for large tasks, refilled only once the worker has
+    /// replied to the task that used it before.
+    scratch: RefCell<Scratch>,
+}
+
+/// A driver's live worker and how many tasks it has finished.
+struct Active {
+    worker: WorkerProcess,
+    done: usize,
+}
+
+/// A task that was sent to the worker and awaits its reply.
+struct Sent {
+    task: Task,
+    deadline: Option<Instant>,
+    /// Whether the task may be re-run if the worker dies (`retries`).
+    may_retry: bool,
 }
 
 impl Driver {
     fn run(self, started: mpsc::Sender<Result<(), Error>>) {
-        let first = self.spawn();
-        let mut worker = match first {
+        let mut active = match self.spawn() {
             Ok(worker) => {
                 let _ = started.send(Ok(()));
-                Some((worker, 0))
+                Some(Active { worker, done: 0 })
             }
             Err(err) => {
                 let _ = started.send(Err(err));
@@ -240,37 +266,105 @@ impl Driver {
         };
         drop(started);
 
-        while let Some(task) = self.shared.next_task() {
-            if task.sink.cancelled() {
-                continue;
-            }
-            let (current, done) = match worker.take() {
-                Some(current) => current,
-                None => match self.spawn() {
-                    Ok(fresh) => (fresh, 0),
-                    Err(err) => {
-                        task.fail(err);
+        // One task runs in the worker while the driver delivers (decodes)
+        // the previous reply: the worker never waits for the parent.
+        let mut inflight: Option<Sent> = None;
+        loop {
+            let sent = match inflight.take() {
+                Some(sent) => sent,
+                None => {
+                    let Some(task) = self.shared.next_task() else {
+                        break;
+                    };
+                    if task.sink.cancelled() {
                         continue;
                     }
-                },
-            };
-            worker = match self.run_task(current, task) {
-                // Python's maxtasksperchild: a chunk is one task.
-                Some(current) if self.config.max_tasks_per_child == Some(done + 1) => {
-                    current.shutdown();
-                    self.respawn().map(|fresh| (fresh, 0))
+                    let current = match active.take() {
+                        Some(current) => current,
+                        None => match self.spawn() {
+                            Ok(worker) => Active { worker, done: 0 },
+                            Err(err) => {
+                                task.fail(err);
+                                continue;
+                            }
+                        },
+                    };
+                    match self.start(current, task) {
+                        Ok((current, sent)) => {
+                            active = Some(current);
+                            sent
+                        }
+                        Err(()) => continue,
+                    }
                 }
-                Some(current) => Some((current, done + 1)),
-                None => self.respawn().map(|fresh| (fresh, 0)),
             };
+            let Some(mut current) = active.take() else {
+                // Unreachable: a task is only in flight on a live worker.
+                sent.task.fail(Error::Ipc(
+                    "internal error: no worker for a sent task".into(),
+                ));
+                continue;
+            };
+            let pid = current.worker.pid();
+            let reply = current.worker.recv(sent.deadline, &self.shared.terminated);
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(lost) => {
+                    drop(current);
+                    self.lost(sent, pid, lost);
+                    active = self.respawn();
+                    continue;
+                }
+            };
+            current.done += 1;
+            let usable = matches!(reply, FromWorker::Done { .. } | FromWorker::Failed(_));
+            if usable && self.keeps(&current) {
+                // Start the next queued task before delivering this reply.
+                if let Some(next) = self.shared.try_next_task()
+                    && !next.sink.cancelled()
+                {
+                    match self.start(current, next) {
+                        Ok((next_active, next_sent)) => {
+                            active = Some(next_active);
+                            inflight = Some(next_sent);
+                        }
+                        Err(()) => active = None,
+                    }
+                } else {
+                    active = Some(current);
+                }
+            } else if usable {
+                // Python's maxtasksperchild, or billiard's max_memory_per_child.
+                current.worker.shutdown();
+            } else {
+                drop(current);
+            }
+            self.deliver(sent.task, pid, reply);
+            if active.is_none() && inflight.is_none() {
+                active = self.respawn();
+            }
         }
 
-        if let Some((worker, _)) = worker {
+        if let Some(current) = active {
             if self.shared.terminated.load(Ordering::Acquire) {
-                drop(worker);
+                drop(current);
             } else {
-                worker.shutdown();
+                current.worker.shutdown();
             }
+        }
+    }
+
+    /// Whether a worker that just finished a task may take another.
+    fn keeps(&self, current: &Active) -> bool {
+        if self.config.max_tasks_per_child == Some(current.done) {
+            return false;
+        }
+        match self.config.max_memory_per_child {
+            Some(limit) => current
+                .worker
+                .resident_bytes()
+                .is_none_or(|rss| rss <= limit),
+            None => true,
         }
     }
 
@@ -289,8 +383,9 @@ impl Driver {
         Ok(worker)
     }
 
-    /// Runs one task; returns the worker if it is still usable.
-    fn run_task(&self, mut worker: WorkerProcess, mut task: Task) -> Option<WorkerProcess> {
+    /// Sends `task` to the worker. If the worker turns out to be dead, the
+    /// task is reported (or queued again) and the worker is gone.
+    fn start(&self, mut current: Active, mut task: Task) -> Result<(Active, Sent), ()> {
         let may_retry = task.retried < self.config.retries;
         // Keep the input only when it may be needed again.
         let items = if may_retry {
@@ -301,72 +396,79 @@ impl Driver {
         let message = ToWorker::Run {
             job: task.job.to_owned(),
             count: task.count as u64,
-            items: Payload::new(items),
+            items: self.scratch.borrow_mut().fill(items),
             last: false,
         };
-        let pid = worker.pid();
         let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
-        match worker.call(message, deadline, &self.shared.terminated) {
-            Ok(FromWorker::Done { items }) => {
-                task.sink.deliver(task.info(), Ok(items));
-                match self.config.max_memory_per_child {
-                    Some(limit) if worker.resident_bytes().is_some_and(|rss| rss > limit) => {
-                        // Like billiard's max_memory_per_child: replace, don't wait for OOM.
-                        worker.shutdown();
-                        None
-                    }
-                    _ => Some(worker),
-                }
-            }
-            Ok(FromWorker::Failed(failure)) => {
-                let error = failure.into_error(task.job, task.first);
-                task.fail(error);
-                Some(worker)
-            }
-            Ok(other) => {
-                drop(worker);
-                task.fail(Error::Ipc(format!(
-                    "worker {pid} sent an unexpected reply: {other:?}"
-                )));
-                None
-            }
+        let sent = Sent {
+            task,
+            deadline,
+            may_retry,
+        };
+        let pid = current.worker.pid();
+        match current.worker.send(message) {
+            Ok(()) => Ok((current, sent)),
             Err(lost) => {
-                drop(worker);
-                let job = task.job.to_owned();
-                let terminated = self.shared.terminated.load(Ordering::Acquire);
-                if may_retry && !terminated && matches!(lost, Lost::Died(_)) {
-                    task.retried += 1;
-                    self.shared.retry(task);
-                    return None;
-                }
-                let error = match lost {
-                    _ if terminated => Error::Terminated { job },
-                    Lost::Died(cause) => Error::WorkerDied {
-                        job,
-                        pid,
-                        cause,
-                        first: task.first,
-                        count: task.count,
-                    },
-                    Lost::TimedOut => Error::TaskTimedOut {
-                        job,
-                        first: task.first,
-                        count: task.count,
-                        timeout: self.config.task_timeout.unwrap_or_default(),
-                    },
-                    Lost::Aborted => Error::Terminated { job },
-                };
-                task.fail(error);
-                None
+                drop(current);
+                self.lost(sent, pid, lost);
+                Err(())
             }
         }
     }
 
+    /// Hands a reply to the task's caller.
+    fn deliver(&self, task: Task, pid: u32, reply: FromWorker) {
+        match reply {
+            FromWorker::Done { items } => task.sink.deliver(task.info(), Ok(items)),
+            FromWorker::Failed(failure) => {
+                let error = failure.into_error(task.job, task.first);
+                task.fail(error);
+            }
+            other => task.fail(Error::Ipc(format!(
+                "worker {pid} sent an unexpected reply: {other:?}"
+            ))),
+        }
+    }
+
+    /// The worker running `sent` is gone: re-queue the task or report why.
+    fn lost(&self, sent: Sent, pid: u32, lost: Lost) {
+        let Sent {
+            mut task,
+            may_retry,
+            ..
+        } = sent;
+        let job = task.job.to_owned();
+        let terminated = self.shared.terminated.load(Ordering::Acquire);
+        if may_retry && !terminated && matches!(lost, Lost::Died(_)) {
+            task.retried += 1;
+            self.shared.retry(task);
+            return;
+        }
+        let error = match lost {
+            _ if terminated => Error::Terminated { job },
+            Lost::Died(cause) => Error::WorkerDied {
+                job,
+                pid,
+                cause,
+                first: task.first,
+                count: task.count,
+            },
+            Lost::TimedOut => Error::TaskTimedOut {
+                job,
+                first: task.first,
+                count: task.count,
+                timeout: self.config.task_timeout.unwrap_or_default(),
+            },
+            Lost::Aborted => Error::Terminated { job },
+        };
+        task.fail(error);
+    }
+
     /// Replaces a lost worker at once, so capacity is back before the next task.
-    fn respawn(&self) -> Option<WorkerProcess> {
+    fn respawn(&self) -> Option<Active> {
         if self.shared.terminated.load(Ordering::Acquire) {
             return None;
         }
-        self.spawn().ok()
+        self.spawn().ok().map(|worker| Active { worker, done: 0 })
     }
 }

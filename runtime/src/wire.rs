@@ -62,19 +62,62 @@ pub(crate) enum FromWorker {
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Payload {
     Inline(ByteBuf),
-    Shared(IpcSharedMemory),
+    /// The first `len` bytes of a shared region (regions are reused, so they
+    /// may be larger than the payload).
+    Shared {
+        memory: IpcSharedMemory,
+        len: u64,
+    },
 }
 
 /// From this size on, a payload goes through shared memory.
-const SHARED_FROM: usize = 256 << 10;
+pub(crate) const SHARED_FROM: usize = 1 << 20;
 
 impl Payload {
     pub(crate) fn new(bytes: Vec<u8>) -> Self {
         if bytes.len() >= SHARED_FROM {
-            Payload::Shared(IpcSharedMemory::from_bytes(&bytes))
+            Payload::Shared {
+                memory: IpcSharedMemory::from_bytes(&bytes),
+                len: bytes.len() as u64,
+            }
         } else {
             Payload::Inline(ByteBuf::from(bytes))
         }
+    }
+}
+
+/// One shared region, reused for payload after payload.
+///
+/// A fresh region costs a page fault and a page clear per 4 KiB, twice the
+/// cost of the copy itself; a reused one costs only the copy. The owner must
+/// not [`fill`](Scratch::fill) it again until the receiver is done with the
+/// previous payload: drivers refill only after the reply to it arrived.
+#[derive(Default)]
+pub(crate) struct Scratch(Option<IpcSharedMemory>);
+
+impl Scratch {
+    /// A payload holding `bytes`, in the reused region when they are large.
+    pub(crate) fn fill(&mut self, bytes: Vec<u8>) -> Payload {
+        if bytes.len() < SHARED_FROM {
+            return Payload::Inline(ByteBuf::from(bytes));
+        }
+        let region = match self.0.take() {
+            Some(region) if region.len() >= bytes.len() => region,
+            // Whole MiBs, so payloads of slightly varying size share a region.
+            _ => IpcSharedMemory::from_byte(0, bytes.len().next_multiple_of(1 << 20)),
+        };
+        let mut region = region;
+        // SAFETY: this process holds the only mapping that is in use: the
+        // receiver of the previous payload in this region has replied (see
+        // the type's documentation), and the receiver of this one has not
+        // been sent it yet.
+        unsafe { region.deref_mut()[..bytes.len()].copy_from_slice(&bytes) };
+        let payload = Payload::Shared {
+            memory: region.clone(),
+            len: bytes.len() as u64,
+        };
+        self.0 = Some(region);
+        payload
     }
 }
 
@@ -83,7 +126,12 @@ impl std::ops::Deref for Payload {
     fn deref(&self) -> &[u8] {
         match self {
             Payload::Inline(bytes) => bytes,
-            Payload::Shared(memory) => memory,
+            Payload::Shared { memory, len } => {
+                let len = usize::try_from(*len)
+                    .unwrap_or(usize::MAX)
+                    .min(memory.len());
+                &memory[..len]
+            }
         }
     }
 }
@@ -92,7 +140,7 @@ impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self {
             Payload::Inline(_) => "Inline",
-            Payload::Shared(_) => "Shared",
+            Payload::Shared { .. } => "Shared",
         };
         write!(f, "{kind}({} bytes)", self.len())
     }
@@ -143,5 +191,36 @@ impl Failure {
             },
             FailureKind::UnknownJob => Error::UnknownJob(job),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_reuses_one_region_for_large_payloads() {
+        let mut scratch = Scratch::default();
+        let small = scratch.fill(vec![1, 2, 3]);
+        assert!(matches!(small, Payload::Inline(_)));
+        assert_eq!(&*small, &[1, 2, 3]);
+
+        let first = scratch.fill(vec![7; SHARED_FROM + 5]);
+        assert!(matches!(first, Payload::Shared { .. }));
+        assert_eq!(first.len(), SHARED_FROM + 5);
+        assert!(first.iter().all(|&b| b == 7));
+        let region = scratch.0.as_ref().map(|r| r.as_ptr()).unwrap();
+        drop(first);
+
+        // Smaller, so it fits: same region, new contents, new length.
+        let second = scratch.fill(vec![9; SHARED_FROM + 1]);
+        assert_eq!(scratch.0.as_ref().map(|r| r.as_ptr()).unwrap(), region);
+        assert_eq!(second.len(), SHARED_FROM + 1);
+        assert!(second.iter().all(|&b| b == 9));
+
+        // Larger than the region: a new one.
+        let third = scratch.fill(vec![3; 3 * SHARED_FROM]);
+        assert_eq!(third.len(), 3 * SHARED_FROM);
+        assert!(third.iter().all(|&b| b == 3));
     }
 }
