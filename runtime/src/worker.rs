@@ -98,6 +98,7 @@ fn serve(socket: String, token: String) -> i32 {
         return EXIT_BOOTSTRAP_FAILED;
     }
     install_panic_hook();
+    keep_freed_memory();
 
     // A closed channel means the parent is gone or done with us: exit quietly.
     while let Ok(message) = tasks.recv() {
@@ -157,6 +158,25 @@ fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>
             failure,
         ),
         Err(failure) => (FromWorker::Failed(failure.clone()), Some(failure)),
+    }
+}
+
+/// Tells glibc's allocator to keep freed memory instead of returning it to
+/// the kernel after every task.
+///
+/// A worker allocates and frees the same large buffers (decoded items, the
+/// encoded reply) task after task. By default glibc serves blocks over
+/// 128 KiB with `mmap` and trims the heap top, so every task paid a page
+/// fault per 4 KiB again: measured, 4 400 faults per `map` of 10⁶ integers,
+/// nearly all in workers. Like a Python worker, a procpool worker now keeps
+/// its peak heap; `max_memory_per_child` bounds it.
+fn keep_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; it is called once,
+    // before the worker runs any job.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 
