@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::process::{Initializer, Lost, PidSlot, WorkerProcess};
+use crate::process::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
 use crate::transport::{Backend, Task};
 use crate::wire::{FromWorker, Scratch, ToWorker};
 
@@ -374,6 +374,9 @@ impl Driver {
             self.config.spawn_timeout,
             &self.shared.terminated,
             self.config.initializer.as_ref(),
+            // Drivers outlive their workers, and forking here lets every
+            // driver start its worker at the same time.
+            ForkFrom::ThisThread,
         )?;
         worker.register(Arc::clone(&self.shared.pids[self.slot]));
         if self.shared.terminated.load(Ordering::Acquire) {

@@ -37,6 +37,21 @@ pub(crate) enum Lost {
     TimedOut,
 }
 
+/// Which thread starts a child process.
+///
+/// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
+/// exits, not the process, so the forking thread must outlive the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForkFrom {
+    /// The calling thread, which outlives the child (a pool's driver
+    /// threads do: they stop their worker before they end). Drivers start
+    /// their workers in parallel this way.
+    ThisThread,
+    /// One thread that lives as long as the program, for callers that may
+    /// end first (a `Process` started from a short-lived thread).
+    LongLivedThread,
+}
+
 /// A job run once in every new worker before it takes tasks.
 #[derive(Debug, Clone)]
 pub(crate) struct Initializer {
@@ -82,6 +97,7 @@ impl WorkerProcess {
         timeout: Duration,
         abort: &AtomicBool,
         initializer: Option<&Initializer>,
+        fork_from: ForkFrom,
     ) -> Result<Self, Error> {
         if !worker::bootstrap_ran() {
             return Err(Error::Spawn(
@@ -102,7 +118,11 @@ impl WorkerProcess {
             .env(worker::WORKER_ENV, &socket)
             .env(worker::TOKEN_ENV, &token)
             .stdin(Stdio::null());
-        let child = spawn_from_long_lived_thread(command).map_err(|e| {
+        let child = match fork_from {
+            ForkFrom::ThisThread => command.spawn(),
+            ForkFrom::LongLivedThread => spawn_from_long_lived_thread(command),
+        }
+        .map_err(|e| {
             Error::Spawn(format!(
                 "cannot start /proc/self/exe as a worker process: {e}"
             ))
@@ -567,8 +587,14 @@ mod tests {
 
     #[test]
     fn garbage_from_the_parent_makes_the_worker_exit_cleanly() {
-        let mut worker =
-            WorkerProcess::spawn("garbage-test", Duration::from_secs(10), &NEVER, None).unwrap();
+        let mut worker = WorkerProcess::spawn(
+            "garbage-test",
+            Duration::from_secs(10),
+            &NEVER,
+            None,
+            ForkFrom::ThisThread,
+        )
+        .unwrap();
         let raw: IpcSender<String> = worker.tasks.clone().to_opaque().to();
         raw.send("not a ToWorker message".repeat(10)).unwrap();
         let never = AtomicBool::new(false);
@@ -580,9 +606,14 @@ mod tests {
 
     #[test]
     fn unknown_job_gets_an_error_reply() {
-        let mut worker =
-            WorkerProcess::spawn("unknown-job-test", Duration::from_secs(10), &NEVER, None)
-                .unwrap();
+        let mut worker = WorkerProcess::spawn(
+            "unknown-job-test",
+            Duration::from_secs(10),
+            &NEVER,
+            None,
+            ForkFrom::ThisThread,
+        )
+        .unwrap();
         let run = ToWorker::Run {
             job: "no::such::job".into(),
             count: 1,

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ExitCause;
 use crate::job::{IntoJob, JobArgs};
-use crate::process::{Lost, WorkerProcess};
+use crate::process::{ForkFrom, Lost, WorkerProcess};
 use crate::wire::{FromWorker, Payload, ToWorker};
 use crate::{Error, codec};
 
@@ -100,7 +100,13 @@ impl ProcessBuilder {
             direction: "serialize the argument".to_owned(),
             message,
         })?;
-        let mut worker = WorkerProcess::spawn(&name, self.spawn_timeout, &NEVER, None)?;
+        let mut worker = WorkerProcess::spawn(
+            &name,
+            self.spawn_timeout,
+            &NEVER,
+            None,
+            ForkFrom::LongLivedThread,
+        )?;
         let run = ToWorker::Run {
             job: job.name().to_owned(),
             count: 1,
