@@ -402,3 +402,30 @@ fn progress_bar_option_keeps_results() {
     assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
     assert_eq!(pool.imap(square, 0..10).filter(Result::is_ok).count(), 10);
 }
+
+#[test]
+fn awaiting_on_tokio_does_not_block_the_runtime_thread() {
+    let pool = pool(1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&ticks);
+    let value = runtime.block_on(async {
+        // Shares the one runtime thread with the await below.
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let value = pool.apply_async(slow_square, 400).unwrap().await;
+        ticker.abort();
+        value
+    });
+    assert_eq!(value.unwrap(), 160_000);
+    // 400 ms of waiting: a blocked thread would show (almost) no ticks.
+    let ticks = ticks.load(Ordering::SeqCst);
+    assert!(ticks >= 5, "the runtime thread was blocked: {ticks} ticks");
+}
