@@ -154,8 +154,8 @@ pub fn current_process() -> CurrentProcess {
 /// pointing into generated code.
 ///
 /// The worker-side entry point goes through the same kind of probe
-/// ([`Run`]): when a type is not transferable it resolves to a stub
-/// ([`NeverRun`]) instead of failing a second time inside the expansion.
+/// (`Run`): when a type is not transferable it resolves to a stub
+/// (`NeverRun`) instead of failing a second time inside the expansion.
 #[doc(hidden)]
 pub mod __private {
     use std::marker::PhantomData;
