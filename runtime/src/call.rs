@@ -444,9 +444,10 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// Runs `callback` with the value when the call succeeds (Python's `callback`).
     ///
     /// It runs in this process, on the pool's thread that received the last
-    /// result (keep it short: that thread feeds a worker), or at once on this
-    /// thread if the result is already there. `get` still returns the value
-    /// afterwards.
+    /// result, or at once on this thread if the result is already there.
+    /// `get` still returns the value afterwards. Keep it short, as in
+    /// Python: that pool thread feeds a worker meanwhile, and a callback that
+    /// waits for more work from the same pool can wait forever.
     pub fn on_success(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
         self.call.on_complete(Box::new(move |outcome| {
             if let Ok(value) = outcome {
