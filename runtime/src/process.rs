@@ -171,21 +171,10 @@ impl WorkerProcess {
                 }
             }
         };
-        let FromWorker::Hello {
-            pid,
-            tasks,
-            token: their_token,
-        } = hello
-        else {
-            return Err(pending.fail("the worker sent an unexpected first message".into()));
+        let (pid, tasks) = match accept_hello(hello, &token) {
+            Ok(accepted) => accepted,
+            Err(why) => return Err(pending.fail(why.into())),
         };
-        if their_token != token {
-            return Err(pending.fail(
-                "a process other than the worker connected to the bootstrap socket; \
-                 refusing it"
-                    .into(),
-            ));
-        }
         let child = pending.disarm();
         let mut worker = WorkerProcess {
             child,
@@ -432,6 +421,25 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// The worker's pid and task sender, if its first message is a `Hello`
+/// carrying the secret this parent gave it.
+fn accept_hello(
+    hello: FromWorker,
+    token: &str,
+) -> Result<(u32, IpcSender<ToWorker>), &'static str> {
+    match hello {
+        FromWorker::Hello {
+            pid,
+            tasks,
+            token: theirs,
+        } if theirs == token => Ok((pid, tasks)),
+        FromWorker::Hello { .. } => {
+            Err("a process other than the worker connected to the bootstrap socket; refusing it")
+        }
+        _ => Err("the worker sent an unexpected first message"),
+    }
+}
+
 /// A one-shot server whose directory and socket only this user can reach.
 ///
 /// ipc-channel creates both with the process umask (often 0755); tighten
@@ -576,6 +584,21 @@ mod tests {
         assert_eq!(dir_mode & 0o777, 0o700, "directory mode {dir_mode:o}");
         let socket_mode = std::fs::metadata(socket).unwrap().permissions().mode();
         assert_eq!(socket_mode & 0o777, 0o600, "socket mode {socket_mode:o}");
+    }
+
+    #[test]
+    fn only_the_right_token_is_accepted() {
+        let hello = |token: &str| FromWorker::Hello {
+            pid: 42,
+            tasks: ipc_channel::ipc::channel().unwrap().0,
+            token: token.to_owned(),
+        };
+        let secret = secret_token().unwrap();
+        assert_eq!(accept_hello(hello(&secret), &secret).unwrap().0, 42);
+        let impostor = accept_hello(hello("guessed"), &secret).unwrap_err();
+        assert!(impostor.contains("other than the worker"), "{impostor}");
+        assert!(accept_hello(hello(""), &secret).is_err());
+        assert!(accept_hello(FromWorker::Ready, &secret).is_err());
     }
 
     #[test]
