@@ -195,7 +195,61 @@ where
             waker.wake();
         }
     }
+}
 
+impl<R, M> Sink for Call<R, M>
+where
+    R: DeserializeOwned + Send + 'static,
+    M: Finish<R>,
+{
+    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
+        // Decode outside the lock: drivers decode their chunks in parallel.
+        let decoded = outcome.and_then(|bytes| {
+            let mut items = Vec::with_capacity(task.count);
+            decode_items::<R>(self.job, task, &bytes, |item| {
+                items.push(item?);
+                Ok(())
+            })?;
+            Ok(items)
+        });
+        let mut state = self.lock();
+        state.received += 1;
+        if state.finished {
+            return;
+        }
+        match decoded {
+            Ok(items) => {
+                self.progress.advance(items.len());
+                if state.chunks.len() <= task.chunk {
+                    state.chunks.resize_with(task.chunk + 1, || None);
+                }
+                state.chunks[task.chunk] = Some(items);
+                self.complete_if_done(state);
+            }
+            Err(error) => self.fail(state, error),
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.lock().finished
+    }
+}
+
+/// The object-safe face of a [`Call`], so `AsyncResult` names only its output type.
+trait Pending<T>: Send + Sync {
+    fn is_done(&self) -> bool;
+    fn succeeded(&self) -> Option<bool>;
+    fn wait_until(&self, deadline: Option<Instant>) -> bool;
+    fn take(&self) -> Result<T, Error>;
+    fn poll_done(&self, waker: &Waker) -> bool;
+    fn on_complete(&self, callback: Callback<T>);
+}
+
+impl<R, M> Pending<M::Output> for Call<R, M>
+where
+    R: DeserializeOwned + Send + 'static,
+    M: Finish<R>,
+{
     fn is_done(&self) -> bool {
         self.lock().outcome.is_some()
     }
@@ -274,79 +328,6 @@ where
             Some(Outcome::Failed(error)) => callback(Err(error)),
             _ => {}
         }
-    }
-}
-
-impl<R, M> Sink for Call<R, M>
-where
-    R: DeserializeOwned + Send + 'static,
-    M: Finish<R>,
-{
-    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
-        // Decode outside the lock: drivers decode their chunks in parallel.
-        let decoded = outcome.and_then(|bytes| {
-            let mut items = Vec::with_capacity(task.count);
-            decode_items::<R>(self.job, task, &bytes, |item| {
-                items.push(item?);
-                Ok(())
-            })?;
-            Ok(items)
-        });
-        let mut state = self.lock();
-        state.received += 1;
-        if state.finished {
-            return;
-        }
-        match decoded {
-            Ok(items) => {
-                self.progress.advance(items.len());
-                if state.chunks.len() <= task.chunk {
-                    state.chunks.resize_with(task.chunk + 1, || None);
-                }
-                state.chunks[task.chunk] = Some(items);
-                self.complete_if_done(state);
-            }
-            Err(error) => self.fail(state, error),
-        }
-    }
-
-    fn cancelled(&self) -> bool {
-        self.lock().finished
-    }
-}
-
-/// The object-safe face of a [`Call`], so `AsyncResult` names only its output type.
-trait Pending<T>: Send + Sync {
-    fn is_done(&self) -> bool;
-    fn succeeded(&self) -> Option<bool>;
-    fn wait_until(&self, deadline: Option<Instant>) -> bool;
-    fn take(&self) -> Result<T, Error>;
-    fn poll_done(&self, waker: &Waker) -> bool;
-    fn on_complete(&self, callback: Callback<T>);
-}
-
-impl<R, M> Pending<M::Output> for Call<R, M>
-where
-    R: DeserializeOwned + Send + 'static,
-    M: Finish<R>,
-{
-    fn is_done(&self) -> bool {
-        Call::is_done(self)
-    }
-    fn succeeded(&self) -> Option<bool> {
-        Call::succeeded(self)
-    }
-    fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        Call::wait_until(self, deadline)
-    }
-    fn take(&self) -> Result<M::Output, Error> {
-        Call::take(self)
-    }
-    fn poll_done(&self, waker: &Waker) -> bool {
-        Call::poll_done(self, waker)
-    }
-    fn on_complete(&self, callback: Callback<M::Output>) {
-        Call::on_complete(self, callback)
     }
 }
 

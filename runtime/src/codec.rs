@@ -66,10 +66,11 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     }
 }
 
-/// Encodes one value into a fresh buffer.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+/// Encodes one job item into a fresh buffer, with the same fast paths as
+/// a chunk (a `Process` argument or an initializer's is an item too).
+pub(crate) fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    encode_into(value, &mut out)?;
+    encode_item(value, &mut out)?;
     Ok(out)
 }
 
@@ -511,6 +512,7 @@ mod tests {
         encode_item(&data, &mut fast).unwrap();
         encode_into(&data, &mut generic).unwrap();
         assert_eq!(fast, generic);
+        assert_eq!(encode(&data).unwrap(), generic);
         let mut reader = Reader::new(&generic);
         assert_eq!(reader.item::<Vec<u8>>().unwrap(), data);
         reader.finish().unwrap();

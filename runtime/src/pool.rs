@@ -336,7 +336,7 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
     {
-        Imap::new(self, job.name(), items.into_iter(), 1, true)
+        self.chunksize(1).imap(job, items)
     }
 
     /// Like [`imap`](Pool::imap), but yields results as they complete,
@@ -348,7 +348,7 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
     {
-        Imap::new(self, job.name(), items.into_iter(), 1, false)
+        self.chunksize(1).imap_unordered(job, items)
     }
 
     /// Sets the chunk size for one call (Python's `chunksize=` argument):
