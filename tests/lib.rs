@@ -36,3 +36,194 @@ pub fn read_reported_pids(child: &mut Child) -> Vec<u32> {
     }
     panic!("the child exited without reporting its workers' pids");
 }
+
+/// A `redis-server` of the test's own on a free loopback port, killed and
+/// removed when dropped. Tests start one each, so they run in parallel
+/// without sharing state, and a test never depends on a server it did not
+/// start (CI installs `redis-server`; nothing is skipped without it).
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    scheme: &'static str,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    /// A plain server without a password.
+    pub fn start() -> RedisServer {
+        RedisServer::with_args(&[], false)
+    }
+
+    /// A server with extra `redis-server` arguments; with `tls`, the port
+    /// speaks TLS with a certificate from [`RedisServer::tls_dir`]'s CA.
+    pub fn with_args(extra: &[&str], tls: bool) -> RedisServer {
+        use std::os::unix::process::CommandExt;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "procpool-redis-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temp dir for redis-server");
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        command.args(["--protected-mode", "no", "--loglevel", "warning"]);
+        command.arg("--dir").arg(&dir);
+        if tls {
+            make_certificates(&dir);
+            command.args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port_text,
+                "--tls-auth-clients",
+                "no",
+            ]);
+            command.arg("--tls-cert-file").arg(dir.join("server.crt"));
+            command.arg("--tls-key-file").arg(dir.join("server.key"));
+            command.arg("--tls-ca-cert-file").arg(dir.join("ca.crt"));
+        } else {
+            command.args(["--port", &port_text]);
+        }
+        command.args(extra);
+        command.stdout(std::process::Stdio::null());
+        // SAFETY: prctl is async-signal-safe. The server dies with the test
+        // thread that started it, even if the test binary is killed.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}): the cluster tests need it on the PATH; \
+                 install it with `apt-get install redis-server`"
+            )
+        });
+        let server = RedisServer {
+            child,
+            port,
+            scheme: if tls { "rediss" } else { "redis" },
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    /// The URL of database 0 with `params` as its query (`queue=x&...`).
+    pub fn url(&self, params: &str) -> String {
+        self.url_with_password("", params)
+    }
+
+    /// Like [`RedisServer::url`], with a password.
+    pub fn url_with_password(&self, password: &str, params: &str) -> String {
+        let auth = if password.is_empty() {
+            String::new()
+        } else {
+            format!(":{password}@")
+        };
+        let mut url = format!("{}://{auth}127.0.0.1:{}/0", self.scheme, self.port);
+        if !params.is_empty() {
+            url = format!("{url}?{params}");
+        }
+        url
+    }
+
+    /// Where the TLS certificates are (`ca.crt` is the CA to trust).
+    pub fn tls_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl tool.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl ({e}); install it with `apt-get install openssl`")
+            });
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=procpool test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}

@@ -172,6 +172,51 @@ pub enum Error {
     #[error("job registry error: {0}")]
     Registry(String),
 
+    /// The cluster's Redis server could not be reached or refused a command
+    /// (see [`PoolBuilder::cluster`](crate::PoolBuilder::cluster)). The
+    /// message names the server and what to check.
+    #[error("cluster broker error: {0}")]
+    Cluster(String),
+
+    /// A cluster task was handed to workers again and again, and each one
+    /// was lost before it stored a result (it crashed, was killed, or lost
+    /// its connection for longer than the visibility timeout).
+    #[error(
+        "job `{job}` on items {first}..{end} was delivered to {deliveries} cluster workers and \
+         each was lost before storing a result (crash, kill or lost connection); the task is \
+         dropped. If the job crashes its process, fix the job; to allow more attempts, raise \
+         max_deliveries in the workers' URL",
+        end = first + count
+    )]
+    TaskLost {
+        /// Registered name of the job.
+        job: String,
+        /// Index of the first input item of the task.
+        first: usize,
+        /// Number of input items in the task.
+        count: usize,
+        /// How many times the task was delivered.
+        deliveries: u64,
+    },
+
+    /// A cluster task or result is larger than the limit set with
+    /// `max_payload` in the cluster URL, so it was not sent.
+    #[error(
+        "job `{job}`: {what} is {bytes} bytes, over the cluster's limit of {limit} bytes; \
+         send smaller chunks (pool.chunksize(n)) or smaller items, or raise max_payload in the \
+         cluster URL of the callers and workers"
+    )]
+    PayloadTooLarge {
+        /// Registered name of the job.
+        job: String,
+        /// What was too large, e.g. "the task for items 0..100".
+        what: String,
+        /// Its size.
+        bytes: u64,
+        /// The limit that applied.
+        limit: u64,
+    },
+
     /// Communication with a worker failed in an unexpected way.
     #[error("inter-process communication failed: {0}")]
     Ipc(String),

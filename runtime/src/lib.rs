@@ -41,6 +41,8 @@
 extern crate self as procpool;
 
 mod call;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod codec;
 mod error;
 mod imap;

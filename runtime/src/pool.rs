@@ -66,6 +66,8 @@ pub struct PoolBuilder {
     retries: usize,
     max_memory_per_child: Option<u64>,
     progress: bool,
+    #[cfg(feature = "cluster")]
+    cluster: Option<String>,
 }
 
 impl Default for PoolBuilder {
@@ -79,6 +81,8 @@ impl Default for PoolBuilder {
             retries: 0,
             max_memory_per_child: None,
             progress: false,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -164,6 +168,55 @@ impl PoolBuilder {
         self
     }
 
+    /// Sends this pool's tasks to cluster workers through Redis instead of
+    /// starting worker processes here. Needs the cargo feature `cluster`;
+    /// see [`crate::cluster`] for how it works and how to start workers.
+    ///
+    /// `url` is a Redis URL (`redis://[user:password@]host[:port][/db]`, or
+    /// `rediss://` for TLS) with optional query parameters, read by callers
+    /// and workers alike, so both sides can share one string:
+    ///
+    /// | parameter | default | meaning |
+    /// |---|---|---|
+    /// | `queue` | `default` | the queue's name: callers and workers of one queue share it |
+    /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers) |
+    /// | `max_deliveries` | 3 | how many times a task is handed out before it fails with [`Error::TaskLost`] (workers) |
+    /// | `max_payload` | 67108864 | largest task or result in bytes: [`Error::PayloadTooLarge`] |
+    /// | `ttl` | 86400 | seconds a caller's results and presence stay in Redis after it stops refreshing them |
+    /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail |
+    /// | `tls_ca`, `tls_cert`, `tls_key` | system roots | PEM files: the CA to trust, a client certificate and its key (`rediss://` only) |
+    ///
+    /// The options that shape local worker processes
+    /// ([`initializer`](PoolBuilder::initializer),
+    /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child),
+    /// [`max_memory_per_child`](PoolBuilder::max_memory_per_child),
+    /// [`task_timeout`](PoolBuilder::task_timeout),
+    /// [`retries`](PoolBuilder::retries),
+    /// [`spawn_timeout`](PoolBuilder::spawn_timeout)) do not apply:
+    /// combined with `cluster`, `build` fails with [`Error::Config`].
+    /// [`processes`](PoolBuilder::processes) becomes the number of workers
+    /// to size chunks for; by default, the workers seen in the last minute.
+    ///
+    /// ```no_run
+    /// use procpool::{pool_job, Pool};
+    ///
+    /// #[pool_job]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = Pool::builder().cluster("redis://127.0.0.1:6379/0?queue=squares").build()?;
+    /// assert_eq!(pool.map(square, 0..4)?, vec![0, 1, 4, 9]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, url: impl Into<String>) -> Self {
+        self.cluster = Some(url.into());
+        self
+    }
+
     /// Starts the workers. Returns once every worker is connected.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
@@ -189,6 +242,32 @@ impl PoolBuilder {
             ));
         }
         let initializer = self.initializer.transpose()?;
+        #[cfg(feature = "cluster")]
+        if let Some(url) = &self.cluster {
+            let local_only = [
+                ("initializer", initializer.is_some()),
+                ("max_tasks_per_child", self.max_tasks_per_child.is_some()),
+                ("max_memory_per_child", self.max_memory_per_child.is_some()),
+                ("task_timeout", self.task_timeout.is_some()),
+                ("retries", self.retries != 0),
+                (
+                    "spawn_timeout",
+                    self.spawn_timeout != Duration::from_secs(10),
+                ),
+            ];
+            if let Some((option, _)) = local_only.iter().find(|(_, set)| *set) {
+                return Err(Error::Config(format!(
+                    "{option} shapes local worker processes and does not apply to a cluster pool; \
+                     remove it (cluster workers redeliver lost tasks up to max_deliveries times, \
+                     see procpool::cluster)"
+                )));
+            }
+            let backend = crate::cluster::ClusterBackend::start(url, self.processes)?;
+            return Ok(Pool {
+                backend: Box::new(backend),
+                progress: self.progress,
+            });
+        }
         let backend = LocalBackend::start(LocalConfig {
             processes,
             spawn_timeout: self.spawn_timeout,

@@ -44,6 +44,8 @@ pub(crate) fn process_name() -> Option<&'static str> {
 #[ctor::ctor(unsafe)]
 fn procpool_bootstrap() {
     BOOTSTRAP_RAN.store(true, Ordering::Release);
+    #[cfg(feature = "cluster")]
+    crate::cluster::bootstrap();
     let Some(socket) = std::env::var_os(WORKER_ENV) else {
         return;
     };
@@ -135,22 +137,7 @@ fn serve(socket: String, token: String) -> i32 {
 
 /// Runs one task; the reply, and the first failure in it.
 fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>) {
-    let outcome = crate::job::registry()
-        .map_err(|err| Failure::new(FailureKind::UnknownJob, err.to_string()))
-        .and_then(|registry| {
-            registry
-                .get(job)
-                .copied()
-                .ok_or_else(|| Failure::new(FailureKind::UnknownJob, job))
-        })
-        .and_then(|entry| {
-            let count = usize::try_from(count)
-                .map_err(|_| Failure::new(FailureKind::DecodeArguments, "item count too large"))?;
-            let mut output = Vec::new();
-            let failed = (entry.invoke)(count, items, &mut output)?;
-            Ok((output, failed))
-        });
-    match outcome {
+    match run_chunk(job, count, items) {
         Ok((output, failure)) => (
             FromWorker::Done {
                 items: Payload::new(output),
@@ -159,6 +146,37 @@ fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>
         ),
         Err(failure) => (FromWorker::Failed(failure.clone()), Some(failure)),
     }
+}
+
+/// Runs `job` over a chunk of `count` encoded items, looked up in the
+/// registry only: whatever a message names, nothing else can run. `Ok` holds
+/// one encoded outcome per item and the first item's failure; `Err` means
+/// no item ran (unknown job, undecodable chunk).
+pub(crate) fn run_chunk(
+    job: &str,
+    count: u64,
+    items: &[u8],
+) -> Result<(Vec<u8>, Option<Failure>), Failure> {
+    let registry = crate::job::registry()
+        .map_err(|err| Failure::new(FailureKind::UnknownJob, err.to_string()))?;
+    let entry = registry
+        .get(job)
+        .copied()
+        .ok_or_else(|| Failure::new(FailureKind::UnknownJob, job))?;
+    let count = usize::try_from(count)
+        .map_err(|_| Failure::new(FailureKind::DecodeArguments, "item count too large"))?;
+    let mut output = Vec::new();
+    let failed = (entry.invoke)(count, items, &mut output)?;
+    Ok((output, failed))
+}
+
+/// Prepares this process to run jobs for a parent or a broker: panics are
+/// kept for replies instead of printed, freed memory is kept, and
+/// `current_process().name()` says `name`.
+pub(crate) fn become_worker(name: String) {
+    let _ = PROCESS_NAME.set(name);
+    install_panic_hook();
+    keep_freed_memory();
 }
 
 /// Tells glibc's allocator to keep freed memory instead of returning it to

@@ -1,0 +1,423 @@
+//! The caller's side of a cluster pool: tasks go into the queue's stream,
+//! and one collector thread reads this caller's results stream.
+//!
+//! Each task gets a sequence number. A result whose number is not pending
+//! any more (a task that ran twice because its first worker was presumed
+//! dead) is dropped, so the caller receives every result exactly once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use super::link::Link;
+use super::protocol::{self, Entry, GROUP, Keys, Refusal};
+use super::settings::Settings;
+use crate::Error;
+use crate::transport::{Backend, Task};
+use crate::wire::Payload;
+
+/// How long the collector blocks in one `XREAD`.
+const READ_BLOCK: Duration = Duration::from_millis(500);
+/// How many results the collector takes per read.
+const READ_BATCH: usize = 256;
+/// A worker seen this recently counts towards `processes()`.
+const WORKER_FRESH: Duration = Duration::from_secs(60);
+
+struct Pending {
+    /// The task, its items already sent.
+    task: Task,
+    /// Its entry in the tasks stream, to withdraw it on `terminate`.
+    entry: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<u64, Pending>,
+    next_seq: u64,
+    closed: bool,
+    terminated: bool,
+}
+
+struct Shared {
+    settings: Settings,
+    keys: Keys,
+    caller: String,
+    fingerprint: String,
+    listing: String,
+    /// The connection tasks are added through.
+    submitter: Mutex<Link>,
+    state: Mutex<State>,
+    /// Signalled whenever a pending task leaves the table.
+    settled: Condvar,
+    stop: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single map or flag updates: a panic cannot
+    // leave them half done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) struct ClusterBackend {
+    shared: Arc<Shared>,
+    collector: Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+}
+
+impl ClusterBackend {
+    /// Connects, announces this caller and starts collecting. `processes`
+    /// is only a hint for chunk sizes; by default the live workers are counted.
+    pub(crate) fn start(url: &str, processes: Option<usize>) -> Result<Self, Error> {
+        let settings = Settings::parse(url)?;
+        let (fingerprint, listing) = crate::job::fingerprint()?;
+        let caller = protocol::random_id()?;
+        let keys = Keys::new(&settings);
+        let mut link = Link::open(&settings, format!("procpool-caller-{caller}"))?;
+        ensure_group(&mut link, &keys)
+            .map_err(|err| link.error("cannot create the queue", &err))?;
+        let seen = link
+            .query::<u64>(
+                redis::cmd("ZCOUNT")
+                    .arg(keys.workers())
+                    .arg(protocol::now_ms().saturating_sub(WORKER_FRESH.as_millis() as u64))
+                    .arg("+inf"),
+            )
+            .map_err(|err| link.error("cannot count the workers", &err))?;
+        let collector_link = link.sibling(format!("procpool-caller-{caller}-results"));
+        let shared = Arc::new(Shared {
+            settings,
+            keys,
+            caller,
+            fingerprint,
+            listing,
+            submitter: Mutex::new(link),
+            state: Mutex::new(State::default()),
+            settled: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        // Workers skip the tasks of a caller whose presence key is gone, so
+        // it must exist before the first task.
+        {
+            let mut link = lock(&shared.submitter);
+            let result = link.run(|conn| shared.announce(conn));
+            result.map_err(|err| link.error("cannot register the caller", &err))?;
+        }
+        let collector = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("procpool-cluster-results".into())
+                .spawn(move || shared.collect(collector_link))
+                .map_err(|e| Error::Cluster(format!("cannot start the results thread: {e}")))?
+        };
+        Ok(ClusterBackend {
+            shared,
+            collector: Mutex::new(Some(collector)),
+            processes: processes.unwrap_or(seen as usize).max(1),
+        })
+    }
+}
+
+/// Creates the queue's stream and group if they do not exist yet.
+pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), redis::RedisError> {
+    let created = link.query::<()>(
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys.tasks())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM"),
+    );
+    match created {
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+impl Shared {
+    /// Marks this caller present (and its results stream kept) for one more TTL.
+    fn announce(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+        let ttl = self.settings.ttl.as_millis().max(1) as u64;
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.caller(&self.caller))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("SET")
+            .arg(self.keys.registry(&self.fingerprint))
+            .arg(&self.listing)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(self.keys.results(&self.caller))
+            .arg(ttl)
+            .ignore()
+            .query(conn)
+    }
+
+    /// The collector thread: reads results until the backend is dropped.
+    fn collect(&self, mut link: Link) {
+        let results = self.keys.results(&self.caller);
+        let mut last = "0-0".to_owned();
+        let mut announced = Instant::now();
+        let mut down_since: Option<Instant> = None;
+        while !self.stop.load(Ordering::Acquire) {
+            if announced.elapsed() >= self.settings.ttl / 3 {
+                if link.run(|conn| self.announce(conn)).is_ok() {
+                    announced = Instant::now();
+                }
+                self.withdraw_cancelled(&mut link);
+            }
+            let read = link.query::<redis::Value>(
+                redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(READ_BATCH)
+                    .arg("BLOCK")
+                    .arg(READ_BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&results)
+                    .arg(&last),
+            );
+            match read {
+                Ok(reply) => {
+                    down_since = None;
+                    let entries = protocol::read_reply(reply);
+                    if let Some(entry) = entries.last() {
+                        last.clone_from(&entry.id);
+                    }
+                    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                    for entry in entries {
+                        self.receive(entry);
+                    }
+                    if !ids.is_empty() {
+                        // Read already; deleting only keeps the stream short.
+                        let _ = link.query::<()>(redis::cmd("XDEL").arg(&results).arg(&ids));
+                    }
+                }
+                Err(err) => {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.settings.reconnect {
+                        // Results stay in Redis; only the calls waiting now
+                        // give up, with the reason.
+                        self.fail_all(&link.error(
+                            &format!(
+                                "lost the connection for {:?} (the URL's reconnect setting) \
+                                 while results were pending",
+                                self.settings.reconnect
+                            ),
+                            &err,
+                        ));
+                        down_since = None;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Hands one result to its call, unless it was delivered already.
+    fn receive(&self, mut entry: Entry) {
+        let Some(seq) = entry.number("seq") else {
+            return;
+        };
+        let Some(Pending { task, .. }) = self.settle(|state| state.pending.remove(&seq)) else {
+            return; // A duplicate from a re-run task, or a terminated call.
+        };
+        let outcome = match (entry.take("ok"), entry.take("err")) {
+            (Some(items), _) => Ok(Payload::Inline(ByteBuf::from(items))),
+            (None, Some(bytes)) => Err(match postcard::from_bytes::<Refusal>(&bytes) {
+                Ok(refusal) => refusal.into_error(task.job, task.first, task.count),
+                Err(e) => Error::Cluster(format!("cannot decode a worker's refusal: {e}")),
+            }),
+            (None, None) => Err(Error::Cluster(format!(
+                "result {} has neither `ok` nor `err`",
+                entry.id
+            ))),
+        };
+        task.sink.deliver(task.info(), outcome);
+    }
+
+    /// Applies `f` to the state and wakes `join` if nothing is pending any more.
+    fn settle<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = lock(&self.state);
+        let value = f(&mut state);
+        if state.pending.is_empty() {
+            self.settled.notify_all();
+        }
+        value
+    }
+
+    /// Removes the tasks of calls nobody waits for (a dropped `imap`) from
+    /// the queue, so workers do not run them.
+    fn withdraw_cancelled(&self, link: &mut Link) {
+        let entries: Vec<String> = self.settle(|state| {
+            let cancelled: Vec<u64> = state
+                .pending
+                .iter()
+                .filter(|(_, p)| p.task.sink.cancelled())
+                .map(|(seq, _)| *seq)
+                .collect();
+            cancelled
+                .iter()
+                .filter_map(|seq| state.pending.remove(seq))
+                .filter_map(|p| p.entry)
+                .collect()
+        });
+        if !entries.is_empty() {
+            let _ = link.query::<()>(redis::cmd("XDEL").arg(self.keys.tasks()).arg(&entries));
+        }
+    }
+
+    fn fail_all(&self, error: &Error) {
+        let lost: Vec<Pending> =
+            self.settle(|state| state.pending.drain().map(|(_, p)| p).collect());
+        for pending in lost {
+            pending.task.fail(error.clone());
+        }
+    }
+}
+
+impl Backend for ClusterBackend {
+    fn submit(&self, mut task: Task) -> Result<(), Error> {
+        let shared = &self.shared;
+        let limit = shared.settings.max_payload;
+        if task.items.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                job: task.job.to_owned(),
+                what: format!(
+                    "the task for items {}..{}",
+                    task.first,
+                    task.first + task.count
+                ),
+                bytes: task.items.len() as u64,
+                limit: limit as u64,
+            });
+        }
+        let items = std::mem::take(&mut task.items);
+        let (job, count) = (task.job, task.count);
+        // Registered before it is sent: its result may come back at once.
+        let seq = {
+            let mut state = lock(&shared.state);
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.pending.insert(seq, Pending { task, entry: None });
+            seq
+        };
+        let mut link = lock(&shared.submitter);
+        let added = link.run_retrying(
+            Some(shared.settings.reconnect),
+            &|| shared.stop.load(Ordering::Acquire),
+            |conn| {
+                redis::cmd("XADD")
+                    .arg(shared.keys.tasks())
+                    .arg("*")
+                    .arg("caller")
+                    .arg(&shared.caller)
+                    .arg("seq")
+                    .arg(seq)
+                    .arg("job")
+                    .arg(job)
+                    .arg("fp")
+                    .arg(&shared.fingerprint)
+                    .arg("count")
+                    .arg(count)
+                    .arg("items")
+                    .arg(&items)
+                    .query::<String>(conn)
+            },
+        );
+        match added {
+            Ok(id) => {
+                if let Some(pending) = lock(&shared.state).pending.get_mut(&seq) {
+                    pending.entry = Some(id);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                let error = link.error("cannot add a task to the queue", &err);
+                drop(link);
+                shared.settle(|state| state.pending.remove(&seq));
+                Err(error)
+            }
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.shared.state).closed = true;
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.shared.state).closed
+    }
+
+    fn join(&self) -> Result<(), Error> {
+        self.close();
+        let mut state = lock(&self.shared.state);
+        while !state.pending.is_empty() {
+            state = self
+                .shared
+                .settled
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        Ok(())
+    }
+
+    fn terminate(&self) {
+        let shared = &self.shared;
+        let lost: Vec<Pending> = shared.settle(|state| {
+            state.closed = true;
+            state.terminated = true;
+            state.pending.drain().map(|(_, p)| p).collect()
+        });
+        // Withdraw what no worker took yet, and say this caller is gone so
+        // that workers skip what they took. Best effort: if Redis cannot be
+        // reached, those tasks run and their results expire unread.
+        let entries: Vec<&String> = lost.iter().filter_map(|p| p.entry.as_ref()).collect();
+        let mut link = lock(&shared.submitter);
+        let _ = link.run(|conn| {
+            let mut pipe = redis::pipe();
+            if !entries.is_empty() {
+                pipe.cmd("XDEL")
+                    .arg(shared.keys.tasks())
+                    .arg(&entries)
+                    .ignore();
+            }
+            pipe.cmd("DEL")
+                .arg(shared.keys.caller(&shared.caller))
+                .arg(shared.keys.results(&shared.caller))
+                .ignore()
+                .query::<()>(conn)
+        });
+        drop(link);
+        for pending in lost {
+            let job = pending.task.job.to_owned();
+            pending.task.fail(Error::Terminated { job });
+        }
+    }
+
+    fn processes(&self) -> usize {
+        self.processes
+    }
+}
+
+impl Drop for ClusterBackend {
+    fn drop(&mut self) {
+        if !lock(&self.shared.state).terminated {
+            self.terminate();
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(collector) = lock(&self.collector).take() {
+            let _ = collector.join();
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! One connection to Redis that comes back by itself after it drops.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, FromRedisValue, RedisError};
+
+use super::settings::Settings;
+use crate::Error;
+
+/// Longest wait between two attempts to reach Redis again.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long one attempt to connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command may wait for its reply (blocking reads ask for less).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A named connection: `CLIENT LIST` shows which process and role holds it.
+pub(crate) struct Link {
+    client: Client,
+    conn: Option<Connection>,
+    name: String,
+    display: String,
+}
+
+impl Link {
+    /// Connects once and fails with a clear error when Redis cannot be
+    /// reached or refuses the credentials: start-up errors are reported,
+    /// not retried forever.
+    pub(crate) fn open(settings: &Settings, name: String) -> Result<Link, Error> {
+        let mut link = Link {
+            client: client(settings)?,
+            conn: None,
+            name,
+            display: settings.display.clone(),
+        };
+        if let Err(err) = link.connection() {
+            return Err(link.error("cannot connect", &err));
+        }
+        Ok(link)
+    }
+
+    /// Another connection to the same server, under another name.
+    pub(crate) fn sibling(&self, name: String) -> Link {
+        Link {
+            client: self.client.clone(),
+            conn: None,
+            name,
+            display: self.display.clone(),
+        }
+    }
+
+    fn connection(&mut self) -> Result<&mut Connection, RedisError> {
+        if self.conn.is_none() {
+            let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&self.name)
+                .query::<()>(&mut conn)?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| RedisError::from(std::io::Error::other("no connection")))
+    }
+
+    /// Runs `f` once. A failed connection is dropped, so the next call
+    /// connects again.
+    pub(crate) fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, RedisError> {
+        let outcome = self.connection().and_then(f);
+        if let Err(err) = &outcome
+            && is_connection_error(err)
+        {
+            self.conn = None;
+        }
+        outcome
+    }
+
+    /// Runs one command once.
+    pub(crate) fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        self.run(|conn| cmd.query(conn))
+    }
+
+    /// Runs `f` until it succeeds, reconnecting with backoff while the
+    /// connection is down, for at most `patience` (forever with `None`) or
+    /// until `give_up` says so. Errors that are not about the connection
+    /// (a refused command) return at once.
+    pub(crate) fn run_retrying<T>(
+        &mut self,
+        patience: Option<Duration>,
+        give_up: &dyn Fn() -> bool,
+        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, RedisError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut reported = false;
+        loop {
+            match self.run(&mut f) {
+                Ok(value) => {
+                    if reported {
+                        eprintln!(
+                            "procpool: {}: connected to {} again",
+                            self.name, self.display
+                        );
+                    }
+                    return Ok(value);
+                }
+                Err(err) if is_connection_error(&err) => {
+                    let out_of_time = patience.is_some_and(|limit| started.elapsed() >= limit);
+                    if out_of_time || give_up() {
+                        return Err(err);
+                    }
+                    if !reported && started.elapsed() >= Duration::from_secs(2) {
+                        eprintln!(
+                            "procpool: {}: lost the connection to {} ({err}); retrying",
+                            self.name, self.display
+                        );
+                        reported = true;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// A caller-facing error for a failed Redis operation.
+    pub(crate) fn error(&self, what: &str, err: &RedisError) -> Error {
+        let hint = if err.kind() == redis::ErrorKind::AuthenticationFailed
+            || err.to_string().contains("NOAUTH")
+            || err.to_string().contains("WRONGPASS")
+        {
+            "; check the user and password in the URL (redis://user:password@host or redis://:password@host)"
+        } else if is_connection_error(err) {
+            "; check that redis-server runs there and is reachable from this host"
+        } else {
+            ""
+        };
+        Error::Cluster(format!("{what} ({}): {err}{hint}", self.display))
+    }
+}
+
+/// Whether `err` means the connection is unusable (and a new one may work).
+pub(crate) fn is_connection_error(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.is_unrecoverable_error()
+}
+
+fn client(settings: &Settings) -> Result<Client, Error> {
+    let bad =
+        |err: RedisError| Error::Config(format!("invalid cluster URL {}: {err}", settings.display));
+    if settings.redis_url.starts_with("rediss://") {
+        install_crypto_provider();
+    }
+    if settings.tls_ca.is_none() && settings.tls_cert.is_none() {
+        return Client::open(settings.redis_url.as_str()).map_err(bad);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read the TLS file {} named in the cluster URL: {e}",
+                path.display()
+            ))
+        })
+    };
+    let root_cert = settings.tls_ca.as_deref().map(read).transpose()?;
+    let client_tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    Client::build_with_tls(
+        settings.redis_url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(bad)
+}
+
+/// rustls needs a process-wide crypto provider; ring is the one procpool
+/// builds with. Another part of the program may have installed its own,
+/// which then serves us too.
+fn install_crypto_provider() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

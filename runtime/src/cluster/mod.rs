@@ -1,0 +1,149 @@
+//! Pools whose workers run on any number of hosts, through Redis.
+//!
+//! A caller builds its pool with
+//! [`Pool::builder().cluster(url)`](crate::PoolBuilder::cluster) and uses it
+//! like a local one: `map`, `starmap`, `apply`, `imap`, `imap_unordered`,
+//! the `_async` forms and [`AsyncResult`](crate::AsyncResult) behave the
+//! same. Tasks go to a Redis stream; workers on any host take them through
+//! a consumer group and store each result, which comes back to the caller.
+//! Workers are programs that call [`serve`] (one worker) or
+//! [`run_workers`] / [`Workers`] (several processes on one host), built from
+//! the same code as the callers, so they have the same `#[pool_job]`
+//! functions.
+//!
+//! ```no_run
+//! use procpool::{pool_job, Pool};
+//!
+//! #[pool_job]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     let url = "redis://127.0.0.1:6379/0?queue=squares";
+//!     if std::env::args().nth(1).as_deref() == Some("worker") {
+//!         // On each worker host: 4 processes, until Ctrl-C.
+//!         return procpool::cluster::run_workers(url, 4);
+//!     }
+//!     let pool = Pool::builder().cluster(url).build()?;
+//!     assert_eq!(pool.map(square, 0..10)?, vec![0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Delivery
+//!
+//! - A worker acknowledges a task in the same Redis transaction that stores
+//!   its result, so no task is acknowledged without its result.
+//! - A task whose worker died (crash, `kill -9`, lost host) is claimed by
+//!   another worker once it has been idle for the visibility timeout
+//!   (`XAUTOCLAIM`), up to `max_deliveries` times in all; then the call fails
+//!   with [`Error::TaskLost`](crate::Error::TaskLost). A live worker renews
+//!   its claim while the job runs, however long that takes.
+//! - Tasks therefore run **at least once**: a job whose worker died after a
+//!   side effect repeats it. Make cluster jobs idempotent.
+//! - The caller receives each result **exactly once**: results carry the
+//!   task's number, and a second result for a task is dropped.
+//! - Nothing is lost when a connection drops: tasks and results wait in
+//!   Redis, workers reconnect forever and callers resume reading where they
+//!   stopped. A caller that cannot reach Redis for `reconnect` seconds fails
+//!   its pending calls with [`Error::Cluster`](crate::Error::Cluster).
+//! - Workers compare the caller's registry fingerprint (every job's name
+//!   and argument and result types, as written) with their own and refuse a
+//!   task from a different build with [`Error::Registry`](crate::Error::Registry),
+//!   which names the jobs that differ. A changed `struct` that keeps its name
+//!   is not detected: deploy callers and workers from the same build, or
+//!   give each build its own queue.
+//!
+//! # Security
+//!
+//! Anyone who can write to the Redis database can submit tasks: protect it
+//! with a password or ACL user (`redis://user:password@host`) and TLS
+//! (`rediss://`). A worker runs only `#[pool_job]` functions registered in
+//! its own binary, refuses tasks and results over `max_payload`, and every
+//! per-caller key expires `ttl` seconds after its caller stops refreshing it.
+//! The URL, password included, reaches the worker processes that
+//! [`Workers`] starts through their environment, which only the same user
+//! can read.
+
+mod backend;
+mod link;
+mod protocol;
+mod serve;
+mod settings;
+mod supervise;
+
+pub(crate) use backend::ClusterBackend;
+pub use supervise::Workers;
+
+use crate::Error;
+
+/// Turns the current process into one cluster worker: it serves every
+/// `#[pool_job]` linked into this binary from the queue named by `url` (see
+/// [`PoolBuilder::cluster`](crate::PoolBuilder::cluster)) until it gets
+/// SIGINT or SIGTERM, then finishes its current task and returns `Ok(())`.
+/// A second signal stops it at once (its task goes to another worker).
+///
+/// Fails at once if the URL is invalid, Redis cannot be reached or refuses
+/// the credentials, or the job registry is inconsistent. Once serving, it
+/// rides out lost connections and Redis restarts by reconnecting.
+///
+/// The process handles its jobs one at a time; start several (see
+/// [`run_workers`]) to use several cores. It also takes over the panic
+/// hook, so that a job's panic goes to its caller rather than to stderr.
+///
+/// ```no_run
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::cluster::serve("redis://:password@10.0.0.5:6379/0?queue=images")
+/// }
+/// ```
+pub fn serve(url: &str) -> Result<(), Error> {
+    serve::serve(url)
+}
+
+/// Runs `processes` cluster workers on this host (see [`Workers`]) until
+/// this process gets SIGINT (Ctrl-C) or SIGTERM, then lets each finish its
+/// current task and returns.
+///
+/// ```no_run
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::cluster::run_workers("redis://10.0.0.5:6379/0", procpool::cpu_count())
+/// }
+/// ```
+pub fn run_workers(url: &str, processes: usize) -> Result<(), Error> {
+    let workers = Workers::start(url, processes)?;
+    serve::install_stop_handlers();
+    while !serve::stopping() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    workers.stop()
+}
+
+/// Called by procpool's start-up hook: a process started by [`Workers`]
+/// serves the queue and exits, without reaching `main`.
+pub(crate) fn bootstrap() {
+    let Some(url) = std::env::var_os(supervise::CLUSTER_ENV) else {
+        return;
+    };
+    // SAFETY: start-up hooks run while the process has one thread.
+    unsafe { std::env::remove_var(supervise::CLUSTER_ENV) };
+    // Stop with the supervisor, even if it is killed with SIGKILL.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        std::process::exit(1);
+    }
+    let code = match url.into_string() {
+        Ok(url) => match serve(&url) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("procpool cluster worker {}: {err}", std::process::id());
+                1
+            }
+        },
+        Err(_) => {
+            eprintln!("procpool: {} is not valid UTF-8", supervise::CLUSTER_ENV);
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,201 @@
+//! The cluster URL: Redis' own URL plus procpool's query parameters.
+//!
+//! Callers and workers take the same string, so one URL configures both
+//! sides of a queue and they cannot disagree on its name.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Error;
+
+/// Everything a cluster caller or worker reads from its URL.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// The URL handed to the redis crate: procpool's parameters removed.
+    pub(crate) redis_url: String,
+    /// The URL with the password masked, for messages.
+    pub(crate) display: String,
+    pub(crate) queue: String,
+    /// How long a task may go without a sign of life from its worker before
+    /// another worker claims it. Read by workers.
+    pub(crate) visibility: Duration,
+    /// How long results, a caller's presence and its registry listing stay
+    /// in Redis once nobody refreshes them.
+    pub(crate) ttl: Duration,
+    /// The largest task or result, in bytes.
+    pub(crate) max_payload: usize,
+    /// How many times a task may be handed to a worker. Read by workers.
+    pub(crate) max_deliveries: u64,
+    /// How long a caller keeps trying to reach Redis before its pending
+    /// calls fail.
+    pub(crate) reconnect: Duration,
+    pub(crate) tls_ca: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+/// procpool's query parameters, with what each means, for error messages.
+const PARAMETERS: &str = "queue, visibility, ttl, max_payload, max_deliveries, reconnect, \
+                          tls_ca, tls_cert, tls_key";
+
+impl Settings {
+    pub(crate) fn parse(url: &str) -> Result<Settings, Error> {
+        let invalid = |why: String| Error::Config(format!("invalid cluster URL: {why}"));
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            invalid(format!(
+                "{e}; expected redis://[:password@]host[:port][/db][?queue=name] or rediss://..."
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "redis" | "rediss") {
+            return Err(invalid(format!(
+                "the scheme is `{}`; use redis:// or, for TLS, rediss://",
+                parsed.scheme()
+            )));
+        }
+        let mut settings = Settings {
+            redis_url: String::new(),
+            display: String::new(),
+            queue: "default".to_owned(),
+            visibility: Duration::from_secs(30),
+            ttl: Duration::from_secs(24 * 3600),
+            max_payload: 64 << 20,
+            max_deliveries: 3,
+            reconnect: Duration::from_secs(60),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        };
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        for (key, value) in pairs {
+            let seconds = || parse_seconds(&key, &value).map_err(invalid);
+            match key.as_str() {
+                "queue" => settings.queue = queue_name(&value).map_err(invalid)?,
+                "visibility" => settings.visibility = seconds()?,
+                "ttl" => settings.ttl = seconds()?,
+                "reconnect" => settings.reconnect = seconds()?,
+                "max_payload" => {
+                    settings.max_payload = parse_number(&key, &value).map_err(invalid)?;
+                }
+                "max_deliveries" => {
+                    settings.max_deliveries = parse_number(&key, &value).map_err(invalid)?;
+                }
+                "tls_ca" => settings.tls_ca = Some(PathBuf::from(value)),
+                "tls_cert" => settings.tls_cert = Some(PathBuf::from(value)),
+                "tls_key" => settings.tls_key = Some(PathBuf::from(value)),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown parameter `{other}`; procpool understands {PARAMETERS}"
+                    )));
+                }
+            }
+        }
+        if settings.max_deliveries == 0 || settings.max_payload == 0 {
+            return Err(invalid(
+                "max_deliveries and max_payload must be at least 1".into(),
+            ));
+        }
+        if settings.tls_cert.is_some() != settings.tls_key.is_some() {
+            return Err(invalid(
+                "tls_cert and tls_key go together (a client certificate and its key)".into(),
+            ));
+        }
+        let uses_files = settings.tls_ca.is_some() || settings.tls_cert.is_some();
+        if uses_files && parsed.scheme() != "rediss" {
+            return Err(invalid(
+                "tls_ca, tls_cert and tls_key need a rediss:// URL".into(),
+            ));
+        }
+        parsed.set_query(None);
+        settings.redis_url = parsed.to_string();
+        if parsed.password().is_some() {
+            let _ = parsed.set_password(Some("***"));
+        }
+        settings.display = parsed.to_string();
+        Ok(settings)
+    }
+}
+
+fn queue_name(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "queue `{value}`: use 1 to 64 letters, digits, `_`, `-` or `.`"
+        ))
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{key}={value} is not a whole number"))
+}
+
+/// Seconds, fractions allowed (`visibility=0.5`), more than zero.
+fn parse_seconds(key: &str, value: &str) -> Result<Duration, String> {
+    let seconds: f64 = value
+        .parse()
+        .map_err(|_| format!("{key}={value} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds < 1e9) {
+        return Err(format!("{key}={value}: give a number of seconds above 0"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procpool_parameters_are_read_and_removed() {
+        let s = Settings::parse(
+            "redis://:secret@example.org:6380/2?queue=images&visibility=0.5&ttl=60&max_payload=1000&max_deliveries=5&reconnect=3",
+        )
+        .unwrap();
+        assert_eq!(s.redis_url, "redis://:secret@example.org:6380/2");
+        assert_eq!(s.display, "redis://:***@example.org:6380/2");
+        assert_eq!(s.queue, "images");
+        assert_eq!(s.visibility, Duration::from_millis(500));
+        assert_eq!(s.ttl, Duration::from_secs(60));
+        assert_eq!(s.max_payload, 1000);
+        assert_eq!(s.max_deliveries, 5);
+        assert_eq!(s.reconnect, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::parse("redis://127.0.0.1").unwrap();
+        assert_eq!(s.queue, "default");
+        assert_eq!(s.visibility, Duration::from_secs(30));
+        assert_eq!(s.max_payload, 64 << 20);
+        assert_eq!(s.max_deliveries, 3);
+        assert_eq!(s.display, "redis://127.0.0.1");
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        for (url, needle) in [
+            ("http://host", "use redis://"),
+            ("not a url", "expected redis://"),
+            ("redis://h?queue=a%20b", "queue `a b`"),
+            ("redis://h?visiblity=2", "unknown parameter `visiblity`"),
+            ("redis://h?visibility=0", "above 0"),
+            ("redis://h?max_payload=lots", "not a whole number"),
+            ("redis://h?max_deliveries=0", "at least 1"),
+            ("redis://h?tls_ca=/ca.pem", "rediss://"),
+            ("rediss://h?tls_cert=/c.pem", "go together"),
+        ] {
+            let err = Settings::parse(url).unwrap_err().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+            assert!(err.starts_with("invalid pool configuration: invalid cluster URL"));
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Several cluster workers on one host: child processes of the current
+//! executable, each serving the queue, restarted when they die.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::link::Link;
+use super::settings::Settings;
+use crate::Error;
+use crate::error::ExitCause;
+
+/// The environment variable that makes a start of the executable serve a cluster queue.
+pub(crate) const CLUSTER_ENV: &str = "__PROCPOOL_CLUSTER_WORKER";
+/// A child that dies sooner than this after its start is restarted only after this long.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// How long a stopping worker may take to finish its task before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Worker processes serving a cluster queue from this host.
+///
+/// Each is the current executable started again; it never runs your
+/// `main`, as with a local [`Pool`](crate::Pool). A worker that dies (a
+/// crash, `kill -9`) is replaced within a second; the task it held goes to
+/// another worker after the visibility timeout. Dropping the handle, or
+/// [`stop`](Workers::stop), asks every worker to finish its current task
+/// and exit.
+///
+/// ```no_run
+/// # fn main() -> Result<(), procpool::Error> {
+/// let workers = procpool::cluster::Workers::start("redis://127.0.0.1:6379/0", 4)?;
+/// println!("serving with pids {:?}", workers.pids());
+/// workers.stop()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Workers {
+    shared: Arc<Shared>,
+    supervisor: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    url: String,
+    children: Mutex<Vec<Option<Child>>>,
+    stop: AtomicBool,
+    restarts: AtomicUsize,
+}
+
+impl Workers {
+    /// Starts `processes` workers serving the queue named by `url` (see
+    /// [`PoolBuilder::cluster`](crate::PoolBuilder::cluster) for the URL).
+    /// Returns once they are started; fails at once if the URL is invalid
+    /// or Redis cannot be reached from this host.
+    pub fn start(url: &str, processes: usize) -> Result<Workers, Error> {
+        if processes == 0 {
+            return Err(Error::Config(
+                "cluster workers: processes must be at least 1".into(),
+            ));
+        }
+        if !crate::worker::bootstrap_ran() {
+            return Err(Error::Spawn(
+                "procpool's start-up hook did not run in this executable, so its workers \
+                 could not tell they are workers"
+                    .into(),
+            ));
+        }
+        crate::job::registry()?;
+        // Reported here, once, rather than by every child in a restart loop.
+        let settings = Settings::parse(url)?;
+        Link::open(&settings, "procpool-workers-check".into())?;
+        let shared = Arc::new(Shared {
+            url: url.to_owned(),
+            children: Mutex::new((0..processes).map(|_| None).collect()),
+            stop: AtomicBool::new(false),
+            restarts: AtomicUsize::new(0),
+        });
+        let (started_tx, started) = mpsc::channel();
+        // Children die with the thread that forked them (PR_SET_PDEATHSIG),
+        // so one thread forks, watches and reaps them all, for as long as
+        // the handle lives.
+        let supervisor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("procpool-cluster-supervisor".into())
+                .spawn(move || shared.supervise(started_tx))
+                .map_err(|e| Error::Spawn(format!("cannot start a supervisor thread: {e}")))?
+        };
+        let workers = Workers {
+            shared,
+            supervisor: Some(supervisor),
+        };
+        match started.recv() {
+            Ok(Ok(())) => Ok(workers),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::Spawn("the supervisor thread ended".into())),
+        }
+    }
+
+    /// The process ids of the running workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared.lock().iter().flatten().map(Child::id).collect()
+    }
+
+    /// How many workers were started again after they died.
+    pub fn restarts(&self) -> usize {
+        self.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Asks every worker to finish its current task and exit (SIGTERM),
+    /// waits for them, and kills those still running after 30 seconds.
+    pub fn stop(mut self) -> Result<(), Error> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Child>>> {
+        self.children.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawn(&self) -> Result<Child, Error> {
+        let mut command = Command::new("/proc/self/exe");
+        if let Some(arg0) = std::env::args_os().next() {
+            command.arg0(arg0);
+        }
+        command
+            .env(CLUSTER_ENV, &self.url)
+            .env_remove(crate::worker::WORKER_ENV)
+            .stdin(Stdio::null())
+            // Ctrl-C in a terminal signals the whole foreground group; the
+            // supervisor alone should get it and stop each worker once.
+            .process_group(0);
+        command.spawn().map_err(|e| {
+            Error::Spawn(format!(
+                "cannot start /proc/self/exe as a cluster worker: {e}"
+            ))
+        })
+    }
+
+    fn supervise(&self, started: mpsc::Sender<Result<(), Error>>) {
+        let slots = self.lock().len();
+        let mut born = vec![Instant::now(); slots];
+        for slot in 0..slots {
+            match self.spawn() {
+                Ok(child) => self.lock()[slot] = Some(child),
+                Err(err) => {
+                    let _ = started.send(Err(err));
+                    self.stop.store(true, Ordering::Release);
+                    break;
+                }
+            }
+        }
+        let _ = started.send(Ok(()));
+        drop(started);
+        while !self.stop.load(Ordering::Acquire) {
+            for (slot, born) in born.iter_mut().enumerate() {
+                let mut children = self.lock();
+                let exited = match children[slot].as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => Some(ExitCause::from_status(status)),
+                    Some(Ok(None)) => None,
+                    // Unreadable status, or an empty slot left by a failed start.
+                    Some(Err(_)) | None => Some(ExitCause::Unknown),
+                };
+                let Some(cause) = exited else { continue };
+                if born.elapsed() < RESTART_DELAY {
+                    continue; // Dying at once: do not restart in a tight loop.
+                }
+                if let Some(old) = children[slot].take() {
+                    eprintln!(
+                        "procpool: cluster worker {} {cause}; starting another",
+                        old.id()
+                    );
+                }
+                match self.spawn() {
+                    Ok(child) => {
+                        children[slot] = Some(child);
+                        self.restarts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => eprintln!("procpool: {err}"),
+                }
+                *born = Instant::now();
+            }
+            thread::sleep(POLL);
+        }
+        self.stop_children();
+    }
+
+    fn stop_children(&self) {
+        let mut children: Vec<Child> = self.lock().drain(..).flatten().collect();
+        for child in &children {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while !children.is_empty() {
+            children.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+            if Instant::now() >= deadline {
+                for child in &mut children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                break;
+            }
+            thread::sleep(POLL);
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The cluster backend: the Pool API over Redis, with workers started from
+//! this test binary. Every test starts its own redis-server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use procpool::cluster::Workers;
+use procpool::{Error, Pool, pool_job};
+use procpool_tests::{RedisServer, eventually};
+
+#[pool_job]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[pool_job]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Squares `x` after `millis` ms; reports the worker's pid.
+#[pool_job]
+fn slow_square(x: u64, millis: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(millis));
+    (x * x, std::process::id())
+}
+
+/// Like `slow_square`, and leaves `started-<x>-<pid>` and
+/// `finished-<x>-<pid>` files in `dir`, so a test sees which worker ran what.
+#[pool_job]
+fn traced_square(x: u64, millis: u64, dir: String) -> u64 {
+    let pid = std::process::id();
+    let dir = Path::new(&dir);
+    let _ = std::fs::write(dir.join(format!("started-{x}-{pid}")), "");
+    std::thread::sleep(Duration::from_millis(millis));
+    let _ = std::fs::write(dir.join(format!("finished-{x}-{pid}")), "");
+    x * x
+}
+
+#[pool_job]
+fn fails_on_three(x: u32) -> u32 {
+    assert_ne!(x, 3, "three is not allowed");
+    x
+}
+
+#[pool_job]
+fn length(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+#[pool_job]
+fn zeros(n: usize) -> Vec<u8> {
+    vec![0; n]
+}
+
+#[pool_job]
+fn worker_name() -> String {
+    procpool::current_process().name().to_owned()
+}
+
+fn redis_conn(server: &RedisServer, password: &str) -> redis::Connection {
+    redis::Client::open(server.url_with_password(password, ""))
+        .and_then(|client| client.get_connection())
+        .expect("a test connection to redis-server")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("procpool-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Files in `dir` named `<kind>-<item>-<pid>`: item → pids, in order of name.
+fn traces(dir: &Path, kind: &str) -> BTreeMap<u64, Vec<u32>> {
+    let mut map: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        let mut parts = name.split('-');
+        if parts.next() == Some(kind) {
+            let item = parts.next().unwrap().parse().unwrap();
+            let pid = parts.next().unwrap().parse().unwrap();
+            map.entry(item).or_default().push(pid);
+        }
+    }
+    map
+}
+
+fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a pid this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
+}
+
+#[test]
+fn map_runs_on_two_worker_processes_with_the_whole_pool_api() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=two");
+    let workers = Workers::start(&url, 2).unwrap();
+    let worker_pids: HashSet<u32> = workers.pids().into_iter().collect();
+    assert_eq!(worker_pids.len(), 2);
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+
+    assert_eq!(
+        pool.map(square, 0..100).unwrap(),
+        (0..100).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    // Slow one-item tasks: both workers take some.
+    let out = pool
+        .chunksize(1)
+        .starmap(slow_square, (0..30).map(|x| (x, 40)))
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..30).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    let pids: HashSet<u32> = out.iter().map(|(_, pid)| *pid).collect();
+    assert_eq!(pids, worker_pids, "both workers, and only they, ran tasks");
+    assert!(!pids.contains(&std::process::id()));
+
+    assert_eq!(pool.apply(add, (20, 22)).unwrap(), 42);
+    assert_eq!(pool.starmap(add, vec![(1, 2), (3, 4)]).unwrap(), vec![3, 7]);
+    let lazy: Vec<u64> = pool
+        .imap(square, 0u64..)
+        .take(50)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lazy, (0..50).map(|x| x * x).collect::<Vec<u64>>());
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..40u64)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    unordered.sort_unstable();
+    assert_eq!(unordered, (0..40).map(|x| x * x).collect::<Vec<u64>>());
+    let pending = pool.map_async(square, 0..10).unwrap();
+    let mut single = pool.apply_async(square, 12).unwrap();
+    assert_eq!(single.get_timeout(Duration::from_secs(20)).unwrap(), 144);
+    assert_eq!(pending.get().unwrap()[9], 81);
+    assert!(
+        pool.apply(worker_name, ())
+            .unwrap()
+            .starts_with("ClusterWorker-")
+    );
+
+    // A panic is the same error as in a local pool, with the item's index.
+    match pool.map(fails_on_three, 0..6) {
+        Err(Error::Panicked { index, message, .. }) => {
+            assert_eq!(index, 3);
+            assert!(message.contains("three is not allowed"), "{message}");
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+    workers.stop().unwrap();
+}
+
+#[test]
+fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=kill&visibility=1");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("kill");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let items: Vec<(u64, u64, String)> = (0..12).map(|x| (x, 300, dir_text.clone())).collect();
+    let mut call = pool.chunksize(1).map_async(traced_square, items).unwrap();
+
+    // Kill a worker while it is inside a task.
+    let mut victim = None;
+    eventually("a worker to start a task", || {
+        victim = traces(&dir, "started").values().flatten().next().copied();
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    kill(victim, libc::SIGKILL);
+
+    let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
+    // The task the victim held was run again by another worker.
+    let started = traces(&dir, "started");
+    let finished = traces(&dir, "finished");
+    let redone: Vec<u64> = started
+        .iter()
+        .filter(|(item, pids)| pids.contains(&victim) && !finished[item].contains(&victim))
+        .map(|(item, _)| *item)
+        .collect();
+    assert_eq!(
+        redone.len(),
+        1,
+        "started {started:?}, finished {finished:?}"
+    );
+    assert!(finished[&redone[0]].iter().all(|pid| *pid != victim));
+    // The supervisor replaced the dead worker.
+    eventually("a replacement worker", || {
+        workers.restarts() == 1 && workers.pids().len() == 2
+    });
+    assert!(!workers.pids().contains(&victim));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_task_that_ran_twice_is_received_once() {
+    // A worker frozen past the visibility timeout loses its task to another
+    // worker; when it wakes it stores a second result, which is dropped.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=twice&visibility=1");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("twice");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    // Without deduplication the second result would count as another
+    // chunk's, and the call would end early with an item missing.
+    let items: Vec<(u64, u64, String)> = (0..10).map(|x| (x, 400, dir_text.clone())).collect();
+    let mut call = pool.chunksize(1).map_async(traced_square, items).unwrap();
+    let mut frozen = None;
+    eventually("a worker to start a task", || {
+        frozen = traces(&dir, "started").values().flatten().next().copied();
+        frozen.is_some()
+    });
+    let frozen = frozen.unwrap();
+    kill(frozen, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(2));
+    kill(frozen, libc::SIGCONT);
+
+    let received = call.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(received, (0..10).map(|x| x * x).collect::<Vec<u64>>());
+    // Some item was finished by two workers, yet received once.
+    eventually("the frozen worker to finish its copy", || {
+        traces(&dir, "finished")
+            .values()
+            .any(|pids| pids.len() == 2)
+    });
+    drop(workers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_with_another_registry_refuses_the_task() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=mismatch");
+    let mut other = Command::new(env!("CARGO_BIN_EXE_procpool-other-worker"))
+        .arg(&url)
+        .spawn()
+        .unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let outcome = pool
+        .apply_async(square, 3)
+        .unwrap()
+        .get_timeout(Duration::from_secs(30));
+    let _ = other.kill();
+    let _ = other.wait();
+    match outcome {
+        Err(Error::Registry(message)) => {
+            assert!(message.contains("refused the task"), "{message}");
+            assert!(message.contains("only the caller has `"), "{message}");
+            assert!(
+                message.contains("`cluster::square: fn(u64) -> u64`"),
+                "{message}"
+            );
+            assert!(
+                message.contains("only the worker has `cluster::square: fn(u32) -> u32`"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a registry error, got {other:?}"),
+    }
+}
+
+/// The ids of the connections whose name starts with `prefix`.
+fn client_ids(server: &RedisServer, prefix: &str) -> Vec<String> {
+    let mut conn = redis_conn(server, "");
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    list.lines()
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(name).map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            field("name=").starts_with(prefix).then(|| field("id="))
+        })
+        .collect()
+}
+
+/// Kills every connection whose name starts with `prefix`; returns how many.
+fn kill_clients(server: &RedisServer, prefix: &str) -> usize {
+    let mut conn = redis_conn(server, "");
+    let ids = client_ids(server, prefix);
+    for id in &ids {
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query(&mut conn);
+    }
+    ids.len()
+}
+
+#[test]
+fn a_call_completes_after_the_callers_connections_are_killed() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=drop");
+    let _workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..10).map(|x| (x, 150)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !call.ready(),
+        "the call must still be pending when its connection drops"
+    );
+    assert!(kill_clients(&redis, "procpool-caller-") >= 2);
+    let out = call.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..10).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    // The pool goes on working over new connections.
+    assert_eq!(pool.map(square, 0..5).unwrap(), vec![0, 1, 4, 9, 16]);
+}
+
+#[test]
+fn a_call_completes_after_every_connection_is_killed() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=dropall");
+    let _workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..10).map(|x| (x, 150)))
+        .unwrap();
+    // Two connections per worker: tasks, and the heartbeat.
+    eventually("both workers to connect", || {
+        client_ids(&redis, "procpool-worker-").len() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(kill_clients(&redis, "procpool-worker-") >= 4);
+    assert!(kill_clients(&redis, "procpool-caller-") >= 2);
+    let out = call.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(out.len(), 10);
+}
+
+#[test]
+fn passwords_are_required_and_checked() {
+    let redis = RedisServer::with_args(&["--requirepass", "s3cret"], false);
+    let wrong = redis.url_with_password("wrong", "queue=auth");
+    let err = Pool::builder().cluster(&wrong).build().unwrap_err();
+    assert!(matches!(err, Error::Cluster(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("password"), "{text}");
+    assert!(
+        !text.contains("wrong"),
+        "the password must not appear in errors: {text}"
+    );
+    let none = redis.url("queue=auth");
+    assert!(matches!(
+        Pool::builder().cluster(&none).build(),
+        Err(Error::Cluster(_))
+    ));
+    assert!(matches!(Workers::start(&wrong, 1), Err(Error::Cluster(_))));
+
+    let right = redis.url_with_password("s3cret", "queue=auth");
+    let _workers = Workers::start(&right, 1).unwrap();
+    let pool = Pool::builder().cluster(&right).build().unwrap();
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+}
+
+#[test]
+fn tls_urls_work_end_to_end() {
+    let redis = RedisServer::with_args(&[], true);
+    let ca = redis.tls_dir().join("ca.crt");
+    let url = redis.url(&format!("queue=tls&tls_ca={}", ca.display()));
+    assert!(url.starts_with("rediss://"));
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = redis.url("queue=tls");
+    let err = Pool::builder().cluster(&untrusted).build().unwrap_err();
+    assert!(matches!(err, Error::Cluster(_)), "{err:?}");
+}
+
+#[test]
+fn payload_limits_are_enforced_on_both_sides() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=limits&max_payload=1000");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    // Too large to send: refused by the caller, at once.
+    match pool.apply(length, vec![7; 5000]) {
+        Err(Error::PayloadTooLarge { bytes, limit, .. }) => {
+            assert!(bytes > 5000);
+            assert_eq!(limit, 1000);
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert_eq!(pool.apply(length, vec![7; 100]).unwrap(), 100);
+    // Too large a result: refused by the worker.
+    match pool.apply(zeros, 5000) {
+        Err(Error::PayloadTooLarge { what, .. }) => assert!(what.contains("result"), "{what}"),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    // A caller with a larger limit than its workers: the worker refuses.
+    let generous = redis.url("queue=limits&max_payload=100000");
+    let pool = Pool::builder().cluster(&generous).build().unwrap();
+    match pool.apply(length, vec![7; 5000]) {
+        Err(Error::PayloadTooLarge { what, limit, .. }) => {
+            assert!(what.contains("task"), "{what}");
+            assert_eq!(limit, 1000);
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+}
+
+fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
+    redis::cmd("KEYS").arg(pattern).query(conn).unwrap()
+}
+
+#[test]
+fn caller_keys_expire_and_are_removed_with_the_pool() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=ttl&ttl=120");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let call = pool.apply_async(slow_square, (3, 500)).unwrap();
+    let mut conn = redis_conn(&redis, "");
+    eventually("the result to be stored", || {
+        !keys(&mut conn, "procpool:ttl:results:*").is_empty() || call.ready()
+    });
+    for pattern in ["procpool:ttl:caller:*", "procpool:ttl:registry:*"] {
+        for key in keys(&mut conn, pattern) {
+            let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
+            assert!((1..=120).contains(&ttl), "{key} has TTL {ttl}");
+        }
+    }
+    assert_eq!(call.get().unwrap().0, 9);
+    drop(pool);
+    assert!(keys(&mut conn, "procpool:ttl:caller:*").is_empty());
+    assert!(keys(&mut conn, "procpool:ttl:results:*").is_empty());
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("procpool:ttl:tasks")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 0);
+}
+
+#[test]
+fn tasks_of_a_terminated_caller_are_withdrawn_or_skipped() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=gone");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("gone");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let items: Vec<(u64, u64, String)> = (0..5).map(|x| (x, 10, dir_text.clone())).collect();
+    // No worker yet: the tasks wait in the queue.
+    let call = pool.chunksize(1).map_async(traced_square, items).unwrap();
+    let mut conn = redis_conn(&redis, "");
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("procpool:gone:tasks")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 5);
+    pool.terminate();
+    assert!(matches!(call.get(), Err(Error::Terminated { .. })));
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("procpool:gone:tasks")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 0);
+    // A worker started now runs nothing of it.
+    let workers = Workers::start(&url, 1).unwrap();
+    let other = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(other.apply(square, 5).unwrap(), 25);
+    assert!(traces(&dir, "started").is_empty());
+    drop(workers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
+    // Its presence key expired (as when the caller is killed): the tasks it
+    // left are dropped, not run.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=vanished");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("vanished");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let call = pool
+        .chunksize(1)
+        .map_async(traced_square, (0..4).map(|x| (x, 10, dir_text.clone())))
+        .unwrap();
+    let mut conn = redis_conn(&redis, "");
+    for key in keys(&mut conn, "procpool:vanished:caller:*") {
+        let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
+    }
+    let workers = Workers::start(&url, 1).unwrap();
+    eventually("the worker to drain the queue", || {
+        redis::cmd("XLEN")
+            .arg("procpool:vanished:tasks")
+            .query::<u64>(&mut conn)
+            .unwrap()
+            == 0
+    });
+    assert!(traces(&dir, "started").is_empty());
+    assert!(!call.ready());
+    drop(workers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unsupported_options_and_bad_servers_are_clear_errors() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=opts");
+    for builder in [
+        Pool::builder().cluster(&url).max_tasks_per_child(3),
+        Pool::builder()
+            .cluster(&url)
+            .task_timeout(Duration::from_secs(1)),
+        Pool::builder().cluster(&url).retries(2),
+        Pool::builder().cluster(&url).initializer(square, 1),
+    ] {
+        match builder.build() {
+            Err(Error::Config(message)) => assert!(message.contains("cluster"), "{message}"),
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        Pool::builder()
+            .cluster("redis://127.0.0.1:6379/0?queue=a b")
+            .build(),
+        Err(Error::Config(_))
+    ));
+    // Nothing listens on this port: an error within seconds, not a hang.
+    let closed = {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let err = Pool::builder()
+        .cluster(format!("redis://127.0.0.1:{closed}/0"))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Cluster(_)), "{err:?}");
+    assert!(err.to_string().contains("redis-server"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
