@@ -173,6 +173,7 @@ pub(crate) fn run_chunk(
 /// Prepares this process to run jobs for a parent or a broker: panics are
 /// kept for replies instead of printed, freed memory is kept, and
 /// `current_process().name()` says `name`.
+#[cfg(feature = "cluster")]
 pub(crate) fn become_worker(name: String) {
     let _ = PROCESS_NAME.set(name);
     install_panic_hook();

@@ -38,7 +38,7 @@
 //! - A task whose worker died (crash, `kill -9`, lost host) is claimed by
 //!   another worker once it has been idle for the visibility timeout
 //!   (`XAUTOCLAIM`), up to `max_deliveries` times in all; then the call fails
-//!   with [`Error::TaskLost`](crate::Error::TaskLost). A live worker renews
+//!   with [`Error::TaskLost`]. A live worker renews
 //!   its claim while the job runs, however long that takes.
 //! - Tasks therefore run **at least once**: a job whose worker died after a
 //!   side effect repeats it. Make cluster jobs idempotent.
@@ -47,10 +47,10 @@
 //! - Nothing is lost when a connection drops: tasks and results wait in
 //!   Redis, workers reconnect forever and callers resume reading where they
 //!   stopped. A caller that cannot reach Redis for `reconnect` seconds fails
-//!   its pending calls with [`Error::Cluster`](crate::Error::Cluster).
+//!   its pending calls with [`Error::Cluster`].
 //! - Workers compare the caller's registry fingerprint (every job's name
 //!   and argument and result types, as written) with their own and refuse a
-//!   task from a different build with [`Error::Registry`](crate::Error::Registry),
+//!   task from a different build with [`Error::Registry`],
 //!   which names the jobs that differ. A changed `struct` that keeps its name
 //!   is not detected: deploy callers and workers from the same build, or
 //!   give each build its own queue.
