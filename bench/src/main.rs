@@ -158,6 +158,7 @@ fn main() {
         let (goal, met) = workload.verdict(&row);
         println!(" {goal} | {met} |");
     }
+    systems::cluster::finish();
     eprintln!("raw runs written to {out_path}");
 }
 

@@ -15,6 +15,9 @@ use crate::{Measured, since, three};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum System {
     Procpool,
+    /// procpool with `.cluster(url)`: 2 cluster workers on this host,
+    /// through a redis-server the benchmark starts on loopback.
+    Cluster,
     Python,
     Procspawn,
     Rayon,
@@ -23,8 +26,9 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 6] = [
+    pub const ALL: [System; 7] = [
         System::Procpool,
+        System::Cluster,
         System::Python,
         System::Procspawn,
         System::Rayon,
@@ -35,6 +39,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Procpool => "procpool",
+            System::Cluster => "procpool_redis",
             System::Python => "python_fork",
             System::Procspawn => "procspawn",
             System::Rayon => "rayon",
@@ -227,7 +232,19 @@ fn na(why: &str) -> Result<Measured, String> {
 
 pub fn run(system: System, workload: Workload) -> Result<Measured, String> {
     match system {
-        System::Procpool => Ok(procpool_run(workload)),
+        System::Procpool => Ok(procpool_run(workload, &|| {
+            Pool::with_processes(2).expect("pool")
+        })),
+        System::Cluster => {
+            let url = cluster::url()?;
+            Ok(procpool_run(workload, &|| {
+                Pool::builder()
+                    .cluster(&url)
+                    .processes(2)
+                    .build()
+                    .expect("cluster pool")
+            }))
+        }
         System::Procspawn => procspawn_run(workload),
         System::Rayon => rayon_run(workload),
         System::Sequential => sequential_run(workload),
@@ -241,19 +258,21 @@ pub fn run(system: System, workload: Workload) -> Result<Measured, String> {
 
 // ---- procpool -------------------------------------------------------------
 
-fn procpool_run(workload: Workload) -> Measured {
+/// The procpool workloads, on pools made by `new_pool` (2 workers, local or
+/// in a cluster).
+fn procpool_run(workload: Workload, new_pool: &dyn Fn() -> Pool) -> Measured {
     let n = spin_iterations();
     match workload {
         Workload::Startup => three(|| {
             let start = Instant::now();
-            let pool = Pool::with_processes(2).expect("pool");
+            let pool = new_pool();
             pool.map(square, 0..10).expect("map");
             pool.close();
             pool.join().expect("join");
             since(start) * 1e3
         }),
         Workload::ApplyRtt => three(|| {
-            let pool = Pool::with_processes(2).expect("pool");
+            let pool = new_pool();
             for _ in 0..50 {
                 pool.apply(ident, 1).expect("apply");
             }
@@ -264,7 +283,7 @@ fn procpool_run(workload: Workload) -> Measured {
             since(start) * 1e6 / 2000.0
         }),
         Workload::MapTrivial => three(|| {
-            let pool = Pool::with_processes(2).expect("pool");
+            let pool = new_pool();
             pool.map(square, 0..100).expect("map");
             let start = Instant::now();
             let r = pool.map(square, 0..1_000_000u64).expect("map");
@@ -273,7 +292,7 @@ fn procpool_run(workload: Workload) -> Measured {
             dt
         }),
         Workload::CpuBound => three(|| {
-            let pool = Pool::with_processes(2).expect("pool");
+            let pool = new_pool();
             pool.map(square, 0..10).expect("map");
             let start = Instant::now();
             pool.chunksize(1).map(spin, vec![n; 200]).expect("map");
@@ -282,7 +301,7 @@ fn procpool_run(workload: Workload) -> Measured {
         Workload::Bytes => {
             let data = blobs();
             three(|| {
-                let pool = Pool::with_processes(2).expect("pool");
+                let pool = new_pool();
                 pool.map(ident, 0..10).expect("map");
                 let input = data.clone();
                 let start = Instant::now();
@@ -293,7 +312,7 @@ fn procpool_run(workload: Workload) -> Measured {
             })
         }
         Workload::ImapUnordered => three(|| {
-            let pool = Pool::with_processes(2).expect("pool");
+            let pool = new_pool();
             pool.map(square, 0..10).expect("map");
             let start = Instant::now();
             let sum: u64 = pool
@@ -305,6 +324,77 @@ fn procpool_run(workload: Workload) -> Measured {
             assert_eq!(sum, (0..100_000u64).map(|x| x * x).sum::<u64>());
             dt
         }),
+    }
+}
+
+// ---- procpool over Redis --------------------------------------------------
+
+pub mod cluster {
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use procpool::cluster::Workers;
+
+    struct Cluster {
+        url: String,
+        workers: Option<Workers>,
+        server: Child,
+    }
+
+    static CLUSTER: Mutex<Option<Result<Cluster, String>>> = Mutex::new(None);
+
+    /// The URL of a queue served by 2 cluster workers on this host, through
+    /// a redis-server started for this run (no persistence, loopback only).
+    pub fn url() -> Result<String, String> {
+        let mut cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+        cluster
+            .get_or_insert_with(start)
+            .as_ref()
+            .map(|c| c.url.clone())
+            .map_err(Clone::clone)
+    }
+
+    fn start() -> Result<Cluster, String> {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let server = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("redis-server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let url = format!("redis://127.0.0.1:{port}/0?queue=bench");
+        let mut cluster = Cluster {
+            url,
+            workers: None,
+            server,
+        };
+        cluster.workers = Some(Workers::start(&cluster.url, 2).map_err(|e| e.to_string())?);
+        Ok(cluster)
+    }
+
+    /// Stops the workers and the server, if they were started.
+    pub fn finish() {
+        let taken = CLUSTER.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            drop(self.workers.take());
+            let _ = self.server.kill();
+            let _ = self.server.wait();
+        }
     }
 }
 
