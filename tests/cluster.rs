@@ -549,3 +549,153 @@ fn unsupported_options_and_bad_servers_are_clear_errors() {
     assert!(err.to_string().contains("redis-server"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=forged");
+    let workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut conn = redis_conn(&redis, "");
+    // The caller's registry fingerprint, from the key it announces.
+    let registry = keys(&mut conn, "procpool:forged:registry:*");
+    let fingerprint = registry[0].rsplit(':').next().unwrap().to_owned();
+    let _: () = redis::cmd("SET")
+        .arg("procpool:forged:caller:abcd")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let forge = |conn: &mut redis::Connection, fields: &[(&str, &[u8])]| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("procpool:forged:tasks").arg("*");
+        for (key, value) in fields {
+            cmd.arg(*key).arg(*value);
+        }
+        let _: String = cmd.query(conn).unwrap();
+    };
+    let fp = fingerprint.as_bytes();
+    // Malformed; a caller id that would name another key; an unknown job.
+    forge(&mut conn, &[("garbage", b"yes")]);
+    forge(
+        &mut conn,
+        &[
+            ("caller", b"../x"),
+            ("seq", b"1"),
+            ("job", b"cluster::square"),
+            ("fp", fp),
+            ("count", b"1"),
+            ("items", &[3]),
+        ],
+    );
+    forge(
+        &mut conn,
+        &[
+            ("caller", b"abcd"),
+            ("seq", b"7"),
+            ("job", b"no::such::job"),
+            ("fp", fp),
+            ("count", b"1"),
+            ("items", &[3]),
+        ],
+    );
+    let results = "procpool:forged:results:abcd";
+    eventually("the refusal of the unknown job", || {
+        redis::cmd("XLEN")
+            .arg(results)
+            .query::<u64>(&mut conn)
+            .unwrap()
+            == 1
+    });
+    let reply: redis::Value = redis::cmd("XRANGE")
+        .arg(results)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let text = format!("{reply:?}");
+    assert!(text.contains("seq") && text.contains("err"), "{text}");
+    let bytes: Vec<u8> = match reply {
+        redis::Value::Array(entries) => match &entries[0] {
+            redis::Value::Array(entry) => match &entry[1] {
+                redis::Value::Array(fields) => match &fields[3] {
+                    redis::Value::BulkString(bytes) => bytes.clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        bytes.windows(13).any(|w| w == b"no::such::job"),
+        "the refusal names the job"
+    );
+    assert!(
+        keys(&mut conn, "procpool:forged:results:*")
+            .iter()
+            .all(|key| !key.contains(".."))
+    );
+    // The worker survived all three and still serves.
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("procpool:forged:tasks")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 0);
+    assert_eq!(workers.restarts(), 0);
+}
+
+#[test]
+fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=leave");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.map(square, 0..10).unwrap()[3], 9);
+    let mut conn = redis_conn(&redis, "");
+    eventually("both workers to announce themselves", || {
+        redis::cmd("ZCARD")
+            .arg("procpool:leave:workers")
+            .query::<u64>(&mut conn)
+            .unwrap()
+            == 2
+    });
+    // The pool sizes its chunks for the workers it saw.
+    assert_eq!(
+        Pool::builder().cluster(&url).build().unwrap().processes(),
+        2
+    );
+    workers.stop().unwrap();
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("procpool:leave:tasks")
+        .arg("workers")
+        .query(&mut conn)
+        .unwrap();
+    assert!(consumers.is_empty(), "{consumers:?}");
+    let left: u64 = redis::cmd("ZCARD")
+        .arg("procpool:leave:workers")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_live_worker_keeps_a_task_longer_than_the_visibility_timeout() {
+    // The heartbeat renews the claim: nobody else runs the task meanwhile.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=long&visibility=0.6");
+    let _workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("long");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    assert_eq!(pool.apply(traced_square, (7, 3000, dir_text)).unwrap(), 49);
+    let started = traces(&dir, "started");
+    assert_eq!(
+        started[&7].len(),
+        1,
+        "the task ran more than once: {started:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,9 @@ use super::protocol::{self, Entry, GROUP, Keys, Refusal};
 use super::settings::Settings;
 use crate::Error;
 
+/// A worker not seen for an hour is dropped from the queue's `workers` set.
+const STALE_WORKER_MS: u64 = 3_600_000;
+
 /// Set by SIGINT or SIGTERM: finish the current task, then return.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -70,9 +73,11 @@ pub(crate) fn serve(url: &str) -> Result<(), Error> {
         listing,
         link,
         beat,
+        claim_from: "0-0".to_owned(),
     };
     let outcome = worker.run();
     worker.beat.stop();
+    worker.leave();
     outcome
 }
 
@@ -85,9 +90,38 @@ struct Worker {
     listing: String,
     link: Link,
     beat: Heartbeat,
+    /// Where the next `XAUTOCLAIM` scan of the pending list starts: each
+    /// scan reads at most 10 entries, so it must go on where it stopped.
+    claim_from: String,
 }
 
 impl Worker {
+    /// Leaves the consumer group, so that the group lists only live
+    /// workers, unless a task is still pending under this worker's name
+    /// (deleting the consumer would drop it from the pending list, and no
+    /// one would run it again).
+    fn leave(&mut self) {
+        let tasks = self.keys.tasks();
+        let mine = self.link.query::<Value>(
+            redis::cmd("XPENDING")
+                .arg(&tasks)
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&self.name),
+        );
+        if mine.is_ok_and(|reply| protocol::into_items(reply).is_empty()) {
+            let _ = self.link.query::<()>(
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&tasks)
+                    .arg(GROUP)
+                    .arg(&self.name),
+            );
+        }
+    }
+
     fn run(&mut self) -> Result<(), Error> {
         let tasks = self.keys.tasks();
         let block = (self.settings.visibility / 2).min(Duration::from_secs(1));
@@ -100,6 +134,8 @@ impl Worker {
                         self.handle(entry, deliveries);
                         continue;
                     }
+                    // More of the pending list to scan.
+                    None if self.claim_from != "0-0" => continue,
                     None => next_claim = Instant::now() + self.settings.visibility / 2,
                 }
             }
@@ -153,7 +189,7 @@ impl Worker {
                 .arg(GROUP)
                 .arg(&self.name)
                 .arg(idle)
-                .arg("0-0")
+                .arg(&self.claim_from)
                 .arg("COUNT")
                 .arg(1)
                 .query::<Value>(conn)
@@ -165,7 +201,12 @@ impl Worker {
                 return Ok(None);
             }
         };
-        let Some(list) = protocol::into_items(reply).into_iter().nth(1) else {
+        let mut parts = protocol::into_items(reply).into_iter();
+        self.claim_from = parts
+            .next()
+            .and_then(protocol::text)
+            .unwrap_or_else(|| "0-0".to_owned());
+        let Some(list) = parts.next() else {
             return Ok(None);
         };
         let Some(entry) = protocol::entry_list(list).into_iter().next() else {
@@ -384,10 +425,17 @@ impl Heartbeat {
                     drop(guard);
                     let _ = link.run(|conn| {
                         let mut pipe = redis::pipe();
+                        let now = protocol::now_ms();
                         pipe.cmd("ZADD")
                             .arg(keys.workers())
-                            .arg(protocol::now_ms())
+                            .arg(now)
                             .arg(&name)
+                            .ignore()
+                            // Workers that were killed never remove themselves.
+                            .cmd("ZREMRANGEBYSCORE")
+                            .arg(keys.workers())
+                            .arg("-inf")
+                            .arg(now.saturating_sub(STALE_WORKER_MS))
                             .ignore();
                         if let Some(id) = &watching {
                             pipe.cmd("XCLAIM")
