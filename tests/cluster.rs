@@ -39,6 +39,13 @@ fn traced_square(x: u64, millis: u64, dir: String) -> u64 {
     x * x
 }
 
+/// Fails on item 0; otherwise `traced_square` with 200 ms of work.
+#[pool_job]
+fn traced_fails_first(x: u64, dir: String) -> u64 {
+    assert_ne!(x, 0, "the first item fails");
+    traced_square(x, 200, dir)
+}
+
 #[pool_job]
 fn fails_on_three(x: u32) -> u32 {
     assert_ne!(x, 3, "three is not allowed");
@@ -424,7 +431,7 @@ fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
 #[test]
 fn caller_keys_expire_and_are_removed_with_the_pool() {
     let redis = RedisServer::start();
-    let url = redis.url("queue=ttl&ttl=120");
+    let url = redis.url("queue=ttl&ttl=120&reconnect=5");
     let _workers = Workers::start(&url, 1).unwrap();
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let call = pool.apply_async(slow_square, (3, 500)).unwrap();
@@ -432,10 +439,15 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
     eventually("the result to be stored", || {
         !keys(&mut conn, "procpool:ttl:results:*").is_empty() || call.ready()
     });
-    for pattern in ["procpool:ttl:caller:*", "procpool:ttl:registry:*"] {
+    // Presence outlives `reconnect` by 30 s; results and the job list live `ttl`.
+    for (pattern, most) in [
+        ("procpool:ttl:caller:*", 35),
+        ("procpool:ttl:registry:*", 120),
+        ("procpool:ttl:results:*", 120),
+    ] {
         for key in keys(&mut conn, pattern) {
             let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
-            assert!((1..=120).contains(&ttl), "{key} has TTL {ttl}");
+            assert!((1..=most).contains(&ttl), "{key} has TTL {ttl}");
         }
     }
     assert_eq!(call.get().unwrap().0, 9);
@@ -696,6 +708,40 @@ fn a_live_worker_keeps_a_task_longer_than_the_visibility_timeout() {
         started[&7].len(),
         1,
         "the task ran more than once: {started:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_tasks_of_a_failed_call_are_taken_off_the_queue() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=withdraw");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("withdraw");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let call = pool
+        .chunksize(1)
+        .map_async(traced_fails_first, (0..30).map(|x| (x, dir_text.clone())))
+        .unwrap();
+    match call.get() {
+        Err(Error::Panicked { index: 0, .. }) => {}
+        other => panic!("expected the first item's panic, got {other:?}"),
+    }
+    let mut conn = redis_conn(&redis, "");
+    eventually("the call's other tasks to leave the queue", || {
+        redis::cmd("XLEN")
+            .arg("procpool:withdraw:tasks")
+            .query::<u64>(&mut conn)
+            .unwrap()
+            == 0
+    });
+    // 29 tasks of 200 ms on one worker would take 5.8 s; most never ran.
+    std::thread::sleep(Duration::from_millis(500));
+    let ran = traces(&dir, "started").len();
+    assert!(
+        ran < 29,
+        "{ran} of 29 tasks ran after their call had failed"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -182,8 +182,8 @@ impl PoolBuilder {
     /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers) |
     /// | `max_deliveries` | 3 | how many times a task is handed out before it fails with [`Error::TaskLost`] (workers) |
     /// | `max_payload` | 67108864 | largest task or result in bytes: [`Error::PayloadTooLarge`] |
-    /// | `ttl` | 86400 | seconds a caller's results and presence stay in Redis after it stops refreshing them |
-    /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail |
+    /// | `ttl` | 86400 | seconds a caller's results and job list stay in Redis once it stops refreshing them |
+    /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail; `reconnect` + 30 s after a caller vanished, workers drop its queued tasks |
     /// | `tls_ca`, `tls_cert`, `tls_key` | system roots | PEM files: the CA to trust, a client certificate and its key (`rediss://` only) |
     ///
     /// The options that shape local worker processes
@@ -300,7 +300,8 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// The number of worker processes.
+    /// The number of worker processes; for a cluster pool, the number of
+    /// workers its chunks are sized for (see `PoolBuilder::cluster`).
     pub fn processes(&self) -> usize {
         self.backend.processes()
     }

@@ -24,6 +24,8 @@ use crate::wire::Payload;
 const READ_BLOCK: Duration = Duration::from_millis(500);
 /// How many results the collector takes per read.
 const READ_BATCH: usize = 256;
+/// How often the tasks of calls that ended early are taken off the queue.
+const WITHDRAW_EVERY: Duration = Duration::from_secs(1);
 /// A worker seen this recently counts towards `processes()`.
 const WORKER_FRESH: Duration = Duration::from_secs(60);
 
@@ -146,7 +148,7 @@ impl Shared {
             .arg(self.keys.caller(&self.caller))
             .arg(1)
             .arg("PX")
-            .arg(ttl)
+            .arg(self.settings.presence().as_millis() as u64)
             .ignore()
             .cmd("SET")
             .arg(self.keys.registry(&self.fingerprint))
@@ -166,13 +168,17 @@ impl Shared {
         let results = self.keys.results(&self.caller);
         let mut last = "0-0".to_owned();
         let mut announced = Instant::now();
+        let mut withdrawn = Instant::now();
         let mut down_since: Option<Instant> = None;
+        // Each key is refreshed three times within its lifetime.
+        let refresh = self.settings.ttl.min(self.settings.presence()) / 3;
         while !self.stop.load(Ordering::Acquire) {
-            if announced.elapsed() >= self.settings.ttl / 3 {
-                if link.run(|conn| self.announce(conn)).is_ok() {
-                    announced = Instant::now();
-                }
+            if announced.elapsed() >= refresh && link.run(|conn| self.announce(conn)).is_ok() {
+                announced = Instant::now();
+            }
+            if withdrawn.elapsed() >= WITHDRAW_EVERY {
                 self.withdraw_cancelled(&mut link);
+                withdrawn = Instant::now();
             }
             let read = link.query::<redis::Value>(
                 redis::cmd("XREAD")

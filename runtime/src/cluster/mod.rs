@@ -61,7 +61,9 @@
 //! with a password or ACL user (`redis://user:password@host`) and TLS
 //! (`rediss://`). A worker runs only `#[pool_job]` functions registered in
 //! its own binary, refuses tasks and results over `max_payload`, and every
-//! per-caller key expires `ttl` seconds after its caller stops refreshing it.
+//! per-caller key expires once its caller stops refreshing it (results after
+//! `ttl`, the caller's presence after `reconnect` + 30 seconds; then workers
+//! drop its queued tasks).
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user
 //! can read.

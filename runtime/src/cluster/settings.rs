@@ -19,8 +19,8 @@ pub(crate) struct Settings {
     /// How long a task may go without a sign of life from its worker before
     /// another worker claims it. Read by workers.
     pub(crate) visibility: Duration,
-    /// How long results, a caller's presence and its registry listing stay
-    /// in Redis once nobody refreshes them.
+    /// How long a caller's results and registry listing stay in Redis once
+    /// nobody refreshes them (its presence: see [`Settings::presence`]).
     pub(crate) ttl: Duration,
     /// The largest task or result, in bytes.
     pub(crate) max_payload: usize,
@@ -39,6 +39,14 @@ const PARAMETERS: &str = "queue, visibility, ttl, max_payload, max_deliveries, r
                           tls_ca, tls_cert, tls_key";
 
 impl Settings {
+    /// How long a caller's presence key outlives its last refresh. Longer
+    /// than `reconnect`: a caller cut off from Redis for less than that
+    /// still waits for its results, so workers must not drop its tasks yet.
+    /// A caller that vanished has its queued tasks dropped this long after.
+    pub(crate) fn presence(&self) -> Duration {
+        self.reconnect + Duration::from_secs(30)
+    }
+
     pub(crate) fn parse(url: &str) -> Result<Settings, Error> {
         let invalid = |why: String| Error::Config(format!("invalid cluster URL: {why}"));
         let mut parsed = url::Url::parse(url).map_err(|e| {
