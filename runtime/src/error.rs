@@ -173,7 +173,7 @@ pub enum Error {
     Registry(String),
 
     /// The cluster's Redis server could not be reached or refused a command
-    /// (see [`PoolBuilder::cluster`](crate::PoolBuilder::cluster)). The
+    /// (see `PoolBuilder::cluster`, cargo feature `cluster`). The
     /// message names the server and what to check.
     #[error("cluster broker error: {0}")]
     Cluster(String),
