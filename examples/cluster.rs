@@ -24,7 +24,10 @@ fn count_primes(lo: u64, hi: u64) -> (u64, String) {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 const USAGE: &str = "usage: cluster worker <redis-url> [processes]   (serve tasks)\n       \

@@ -73,11 +73,26 @@ fn redis_conn(server: &RedisServer, password: &str) -> redis::Connection {
         .expect("a test connection to redis-server")
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh directory for a test's traces, removed when dropped (also when the test fails).
+struct ScratchDir(PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(name: &str) -> ScratchDir {
     let dir = std::env::temp_dir().join(format!("procpool-cluster-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    ScratchDir(dir)
 }
 
 /// Files in `dir` named `<kind>-<item>-<pid>`: item → pids, in order of name.
@@ -205,7 +220,6 @@ fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
         workers.restarts() == 1 && workers.pids().len() == 2
     });
     assert!(!workers.pids().contains(&victim));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -241,7 +255,6 @@ fn a_task_that_ran_twice_is_received_once() {
             .any(|pids| pids.len() == 2)
     });
     drop(workers);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -490,7 +503,6 @@ fn tasks_of_a_terminated_caller_are_withdrawn_or_skipped() {
     assert_eq!(other.apply(square, 5).unwrap(), 25);
     assert!(traces(&dir, "started").is_empty());
     drop(workers);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -521,7 +533,6 @@ fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
     assert!(traces(&dir, "started").is_empty());
     assert!(!call.ready());
     drop(workers);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -709,7 +720,6 @@ fn a_live_worker_keeps_a_task_longer_than_the_visibility_timeout() {
         1,
         "the task ran more than once: {started:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -743,5 +753,4 @@ fn the_tasks_of_a_failed_call_are_taken_off_the_queue() {
         ran < 29,
         "{ran} of 29 tasks ran after their call had failed"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
