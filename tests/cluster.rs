@@ -179,27 +179,49 @@ fn map_runs_on_two_worker_processes_with_the_whole_pool_api() {
     workers.stop().unwrap();
 }
 
-#[test]
-fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
+/// A `traced_square` map of `n` items of `millis` ms each, on 2 cluster
+/// workers with a 1 s visibility timeout, caught while a worker is inside a task.
+struct TracedMap {
+    _redis: RedisServer,
+    workers: Workers,
+    _pool: Pool,
+    dir: ScratchDir,
+    call: procpool::AsyncResult<Vec<u64>>,
+    /// The pid of a worker that is running a task.
+    busy: u32,
+}
+
+fn traced_map(queue: &str, n: u64, millis: u64) -> TracedMap {
     let redis = RedisServer::start();
-    let url = redis.url("queue=kill&visibility=1");
+    let url = redis.url(&format!("queue={queue}&visibility=1"));
     let workers = Workers::start(&url, 2).unwrap();
     let pool = Pool::builder().cluster(&url).build().unwrap();
-    let dir = scratch_dir("kill");
+    let dir = scratch_dir(queue);
     let dir_text = dir.to_str().unwrap().to_owned();
-    let items: Vec<(u64, u64, String)> = (0..12).map(|x| (x, 300, dir_text.clone())).collect();
-    let mut call = pool.chunksize(1).map_async(traced_square, items).unwrap();
-
-    // Kill a worker while it is inside a task.
-    let mut victim = None;
+    let items: Vec<(u64, u64, String)> = (0..n).map(|x| (x, millis, dir_text.clone())).collect();
+    let call = pool.chunksize(1).map_async(traced_square, items).unwrap();
+    let mut busy = None;
     eventually("a worker to start a task", || {
-        victim = traces(&dir, "started").values().flatten().next().copied();
-        victim.is_some()
+        busy = traces(&dir, "started").values().flatten().next().copied();
+        busy.is_some()
     });
-    let victim = victim.unwrap();
+    TracedMap {
+        _redis: redis,
+        workers,
+        _pool: pool,
+        dir,
+        call,
+        busy: busy.unwrap(),
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
+    let mut run = traced_map("kill", 12, 300);
+    let (victim, dir, workers) = (run.busy, &run.dir, &run.workers);
     kill(victim, libc::SIGKILL);
 
-    let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+    let out = run.call.get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
     // The task the victim held was run again by another worker.
     let started = traces(&dir, "started");
@@ -226,27 +248,15 @@ fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
 fn a_task_that_ran_twice_is_received_once() {
     // A worker frozen past the visibility timeout loses its task to another
     // worker; when it wakes it stores a second result, which is dropped.
-    let redis = RedisServer::start();
-    let url = redis.url("queue=twice&visibility=1");
-    let workers = Workers::start(&url, 2).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
-    let dir = scratch_dir("twice");
-    let dir_text = dir.to_str().unwrap().to_owned();
     // Without deduplication the second result would count as another
     // chunk's, and the call would end early with an item missing.
-    let items: Vec<(u64, u64, String)> = (0..10).map(|x| (x, 400, dir_text.clone())).collect();
-    let mut call = pool.chunksize(1).map_async(traced_square, items).unwrap();
-    let mut frozen = None;
-    eventually("a worker to start a task", || {
-        frozen = traces(&dir, "started").values().flatten().next().copied();
-        frozen.is_some()
-    });
-    let frozen = frozen.unwrap();
+    let mut run = traced_map("twice", 10, 400);
+    let (frozen, dir) = (run.busy, &run.dir);
     kill(frozen, libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(2));
     kill(frozen, libc::SIGCONT);
 
-    let received = call.get_timeout(Duration::from_secs(60)).unwrap();
+    let received = run.call.get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(received, (0..10).map(|x| x * x).collect::<Vec<u64>>());
     // Some item was finished by two workers, yet received once.
     eventually("the frozen worker to finish its copy", || {
@@ -254,7 +264,6 @@ fn a_task_that_ran_twice_is_received_once() {
             .values()
             .any(|pids| pids.len() == 2)
     });
-    drop(workers);
 }
 
 #[test]

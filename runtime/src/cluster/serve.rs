@@ -337,8 +337,8 @@ impl Worker {
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
         let tasks = self.keys.tasks();
         let stored = self.link.run_retrying(None, &stopping, |conn| {
-            redis::pipe()
-                .atomic()
+            let mut pipe = redis::pipe();
+            pipe.atomic()
                 .cmd("XADD")
                 .arg(&results)
                 .arg("*")
@@ -350,17 +350,8 @@ impl Worker {
                 .cmd("PEXPIRE")
                 .arg(&results)
                 .arg(ttl)
-                .ignore()
-                .cmd("XACK")
-                .arg(&tasks)
-                .arg(GROUP)
-                .arg(id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&tasks)
-                .arg(id)
-                .ignore()
-                .query::<()>(conn)
+                .ignore();
+            retire(&mut pipe, &tasks, id).query::<()>(conn)
         });
         if let Err(err) = stored {
             eprintln!(
@@ -375,19 +366,23 @@ impl Worker {
     fn acknowledge(&mut self, id: &str) {
         let tasks = self.keys.tasks();
         let _ = self.link.run_retrying(None, &stopping, |conn| {
-            redis::pipe()
-                .cmd("XACK")
-                .arg(&tasks)
-                .arg(GROUP)
-                .arg(id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&tasks)
-                .arg(id)
-                .ignore()
-                .query::<()>(conn)
+            retire(&mut redis::pipe(), &tasks, id).query::<()>(conn)
         });
     }
+}
+
+/// Adds to `pipe` what takes task `id` off the queue: acknowledged in the
+/// group, deleted from the stream.
+fn retire<'p>(pipe: &'p mut redis::Pipeline, tasks: &str, id: &str) -> &'p mut redis::Pipeline {
+    pipe.cmd("XACK")
+        .arg(tasks)
+        .arg(GROUP)
+        .arg(id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(tasks)
+        .arg(id)
+        .ignore()
 }
 
 /// A thread that shows this worker is alive: it keeps the worker in the
