@@ -363,10 +363,9 @@ fn a_call_completes_after_every_connection_is_killed() {
         .chunksize(1)
         .map_async(slow_square, (0..10).map(|x| (x, 150)))
         .unwrap();
-    // Two connections per worker: tasks, and the heartbeat.
-    eventually("both workers to connect", || {
-        client_ids(&redis, "procpool-worker-").len() >= 4
-    });
+    // Workers::start returned once the workers were connected: two
+    // connections each, for tasks and for the heartbeat.
+    assert_eq!(client_ids(&redis, "procpool-worker-").len(), 4);
     std::thread::sleep(Duration::from_millis(300));
     assert!(kill_clients(&redis, "procpool-worker-") >= 4);
     assert!(kill_clients(&redis, "procpool-caller-") >= 2);
@@ -686,13 +685,12 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
     let pool = Pool::builder().cluster(&url).build().unwrap();
     assert_eq!(pool.map(square, 0..10).unwrap()[3], 9);
     let mut conn = redis_conn(&redis, "");
-    eventually("both workers to announce themselves", || {
-        redis::cmd("ZCARD")
-            .arg("procpool:leave:workers")
-            .query::<u64>(&mut conn)
-            .unwrap()
-            == 2
-    });
+    // Workers::start returned once both announced themselves.
+    let announced: u64 = redis::cmd("ZCARD")
+        .arg("procpool:leave:workers")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(announced, 2);
     // The pool sizes its chunks for the workers it saw.
     assert_eq!(
         Pool::builder().cluster(&url).build().unwrap().processes(),

@@ -45,15 +45,21 @@ pub(crate) fn install_stop_handlers() {
     }
 }
 
-pub(crate) fn serve(url: &str) -> Result<(), Error> {
-    let settings = Settings::parse(url)?;
-    let (fingerprint, listing) = crate::job::fingerprint()?;
+/// How the consumer name of the worker with process id `pid` on this host
+/// starts: `<host>-<pid>-`, then a random suffix (pids are reused).
+pub(crate) fn name_prefix(pid: u32) -> String {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "host".to_owned());
+    format!("{host}-{pid}-")
+}
+
+pub(crate) fn serve(url: &str) -> Result<(), Error> {
+    let settings = Settings::parse(url)?;
+    let (fingerprint, listing) = crate::job::fingerprint()?;
     let suffix = protocol::random_id()?;
-    let name = format!("{host}-{}-{}", std::process::id(), &suffix[..8]);
+    let name = format!("{}{}", name_prefix(std::process::id()), &suffix[..8]);
     let keys = Keys::new(&settings);
     let mut link = Link::open(&settings, format!("procpool-worker-{name}"))?;
     ensure_group(&mut link, &keys).map_err(|err| link.error("cannot create the queue", &err))?;

@@ -12,6 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::link::Link;
+use super::protocol::Keys;
 use super::settings::Settings;
 use crate::Error;
 use crate::error::ExitCause;
@@ -23,6 +24,8 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// How long a stopping worker may take to finish its task before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
+/// How long new workers may take to connect before `Workers::start` fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Worker processes serving a cluster queue from this host.
 ///
@@ -58,8 +61,10 @@ struct Shared {
 impl Workers {
     /// Starts `processes` workers serving the queue named by `url` (see
     /// [`PoolBuilder::cluster`](crate::PoolBuilder::cluster) for the URL).
-    /// Returns once they are started; fails at once if the URL is invalid
-    /// or Redis cannot be reached from this host.
+    /// Returns once every worker is connected and serving. Fails at once if
+    /// the URL is invalid or Redis cannot be reached from this host, and
+    /// with [`Error::Spawn`] if a worker exits or does not connect within
+    /// 10 seconds (the others are stopped).
     pub fn start(url: &str, processes: usize) -> Result<Workers, Error> {
         if processes == 0 {
             return Err(Error::Config(
@@ -76,7 +81,8 @@ impl Workers {
         crate::job::registry()?;
         // Reported here, once, rather than by every child in a restart loop.
         let settings = Settings::parse(url)?;
-        Link::open(&settings, "procpool-workers-check".into())?;
+        let link = Link::open(&settings, "procpool-workers-supervisor".into())?;
+        let keys = Keys::new(&settings);
         let shared = Arc::new(Shared {
             url: url.to_owned(),
             children: Mutex::new((0..processes).map(|_| None).collect()),
@@ -91,7 +97,7 @@ impl Workers {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name("procpool-cluster-supervisor".into())
-                .spawn(move || shared.supervise(started_tx))
+                .spawn(move || shared.supervise(started_tx, link, &keys))
                 .map_err(|e| Error::Spawn(format!("cannot start a supervisor thread: {e}")))?
         };
         let workers = Workers {
@@ -160,20 +166,27 @@ impl Shared {
         })
     }
 
-    fn supervise(&self, started: mpsc::Sender<Result<(), Error>>) {
+    fn supervise(&self, started: mpsc::Sender<Result<(), Error>>, mut link: Link, keys: &Keys) {
         let slots = self.lock().len();
         let mut born = vec![Instant::now(); slots];
+        let mut ready = Ok(());
         for slot in 0..slots {
             match self.spawn() {
                 Ok(child) => self.lock()[slot] = Some(child),
                 Err(err) => {
-                    let _ = started.send(Err(err));
-                    self.stop.store(true, Ordering::Release);
+                    ready = Err(err);
                     break;
                 }
             }
         }
-        let _ = started.send(Ok(()));
+        if ready.is_ok() {
+            ready = self.wait_ready(&mut link, keys);
+        }
+        drop(link);
+        if ready.is_err() {
+            self.stop.store(true, Ordering::Release);
+        }
+        let _ = started.send(ready);
         drop(started);
         while !self.stop.load(Ordering::Acquire) {
             for (slot, born) in born.iter_mut().enumerate() {
@@ -206,6 +219,39 @@ impl Shared {
             thread::sleep(POLL);
         }
         self.stop_children();
+    }
+
+    /// Waits until every child has announced itself in the queue's worker
+    /// set, which it does once connected and ready to take tasks.
+    fn wait_ready(&self, link: &mut Link, keys: &Keys) -> Result<(), Error> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut waiting = Vec::new();
+            for child in self.lock().iter_mut().flatten() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::Spawn(format!(
+                        "cluster worker {} {} before it started serving (its stderr says why)",
+                        child.id(),
+                        ExitCause::from_status(status)
+                    )));
+                }
+                waiting.push(super::serve::name_prefix(child.id()));
+            }
+            let members: Vec<String> = link
+                .query(redis::cmd("ZRANGE").arg(keys.workers()).arg(0).arg(-1))
+                .unwrap_or_default();
+            waiting.retain(|prefix| !members.iter().any(|m| m.starts_with(prefix.as_str())));
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Spawn(format!(
+                    "{} cluster workers did not connect within {READY_TIMEOUT:?}",
+                    waiting.len()
+                )));
+            }
+            thread::sleep(POLL);
+        }
     }
 
     fn stop_children(&self) {
