@@ -52,6 +52,15 @@ fn fails_on_three(x: u32) -> u32 {
     x
 }
 
+/// Takes its whole worker process down, every time.
+#[pool_job]
+fn crash(x: u32) -> u32 {
+    if x < 1000 {
+        std::process::abort();
+    }
+    x
+}
+
 #[pool_job]
 fn length(bytes: Vec<u8>) -> usize {
     bytes.len()
@@ -760,4 +769,33 @@ fn the_tasks_of_a_failed_call_are_taken_off_the_queue() {
         ran < 29,
         "{ran} of 29 tasks ran after their call had failed"
     );
+}
+
+#[test]
+fn a_task_that_kills_every_worker_fails_after_max_deliveries() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=poison&visibility=0.5&max_deliveries=2");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    match pool
+        .apply_async(crash, 7)
+        .unwrap()
+        .get_timeout(Duration::from_secs(60))
+    {
+        Err(Error::TaskLost {
+            job,
+            first,
+            count,
+            deliveries,
+        }) => {
+            assert_eq!(
+                (job.as_str(), first, count, deliveries),
+                ("cluster::crash", 0, 1, 2)
+            );
+        }
+        other => panic!("expected TaskLost, got {other:?}"),
+    }
+    // The two crashed workers were replaced, and the queue still serves.
+    assert!(workers.restarts() >= 2);
+    assert_eq!(pool.apply(crash, 1234).unwrap(), 1234);
 }

@@ -22,8 +22,11 @@ use crate::wire::Payload;
 
 /// How long the collector blocks in one `XREAD`.
 const READ_BLOCK: Duration = Duration::from_millis(500);
-/// How many results the collector takes per read.
+/// How many results the collector takes per read, at most.
 const READ_BATCH: usize = 256;
+/// How many bytes of results one read may bring, at most (with results of
+/// `max_payload` bytes each).
+const READ_BYTES: usize = 256 << 20;
 /// How often the tasks of calls that ended early are taken off the queue.
 const WITHDRAW_EVERY: Duration = Duration::from_secs(1);
 /// A worker seen this recently counts towards `processes()`.
@@ -170,6 +173,8 @@ impl Shared {
         let mut announced = Instant::now();
         let mut withdrawn = Instant::now();
         let mut down_since: Option<Instant> = None;
+        // At most 256 MiB of results in one reply.
+        let batch = (READ_BYTES / self.settings.max_payload).clamp(1, READ_BATCH);
         // Each key is refreshed three times within its lifetime.
         let refresh = self.settings.ttl.min(self.settings.presence()) / 3;
         while !self.stop.load(Ordering::Acquire) {
@@ -183,7 +188,7 @@ impl Shared {
             let read = link.query::<redis::Value>(
                 redis::cmd("XREAD")
                     .arg("COUNT")
-                    .arg(READ_BATCH)
+                    .arg(batch)
                     .arg("BLOCK")
                     .arg(READ_BLOCK.as_millis() as u64)
                     .arg("STREAMS")
@@ -380,6 +385,9 @@ impl Backend for ClusterBackend {
 
     fn terminate(&self) {
         let shared = &self.shared;
+        // A submit retrying against an unreachable Redis gives up, and
+        // releases the connection this needs.
+        shared.stop.store(true, Ordering::Release);
         let lost: Vec<Pending> = shared.settle(|state| {
             state.closed = true;
             state.terminated = true;
