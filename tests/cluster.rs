@@ -233,8 +233,8 @@ fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
     let out = run.call.get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
     // The task the victim held was run again by another worker.
-    let started = traces(&dir, "started");
-    let finished = traces(&dir, "finished");
+    let started = traces(dir, "started");
+    let finished = traces(dir, "finished");
     let redone: Vec<u64> = started
         .iter()
         .filter(|(item, pids)| pids.contains(&victim) && !finished[item].contains(&victim))
@@ -269,9 +269,7 @@ fn a_task_that_ran_twice_is_received_once() {
     assert_eq!(received, (0..10).map(|x| x * x).collect::<Vec<u64>>());
     // Some item was finished by two workers, yet received once.
     eventually("the frozen worker to finish its copy", || {
-        traces(&dir, "finished")
-            .values()
-            .any(|pids| pids.len() == 2)
+        traces(dir, "finished").values().any(|pids| pids.len() == 2)
     });
 }
 
