@@ -1,5 +1,5 @@
 //! Long runs leak nothing: file descriptors, threads, child processes,
-//! zombies, temporary directories.
+//! zombies, temporary directories; with local and cluster pools.
 //!
 //! One test in its own binary, so no other pool in the process disturbs the counts.
 
@@ -83,5 +83,30 @@ fn nothing_grows_over_many_calls_and_pools() {
         }
     }
     assert_eq!(usage(&temp), idle, "300 pools created, used and dropped");
+
+    // Cluster pools and workers: connections and threads go with them.
+    let redis = procpool_tests::RedisServer::start();
+    let url = redis.url("queue=hygiene");
+    let workers = procpool::cluster::Workers::start(&url, 2).unwrap();
+    drop(Pool::builder().cluster(&url).build().unwrap());
+    let cluster_idle = usage(&temp);
+    for cycle in 0..100u64 {
+        let pool = Pool::builder().cluster(&url).build().unwrap();
+        assert_eq!(pool.map(double, [cycle, 1]).unwrap(), vec![2 * cycle, 2]);
+        if cycle % 2 == 0 {
+            pool.close();
+            pool.join().unwrap();
+        }
+    }
+    assert_eq!(usage(&temp), cluster_idle, "100 cluster pools");
+    workers.stop().unwrap();
+    for _ in 0..5 {
+        procpool::cluster::Workers::start(&url, 2)
+            .unwrap()
+            .stop()
+            .unwrap();
+    }
+    drop(redis);
+    assert_eq!(usage(&temp), idle, "cluster workers started and stopped");
     std::fs::remove_dir(&temp).unwrap();
 }
