@@ -13,6 +13,7 @@
 //! which workers did the work.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 
 use procpool::{Pool, pool_job};
 
@@ -33,21 +34,29 @@ fn is_prime(n: u64) -> bool {
 const USAGE: &str = "usage: cluster worker <redis-url> [processes]   (serve tasks)\n       \
                      cluster <redis-url>                        (run the program)";
 
-fn main() -> Result<(), procpool::Error> {
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+    let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["worker", url] => serve(url, procpool::cpu_count()),
         ["worker", url, processes] => match processes.parse() {
             Ok(processes) => serve(url, processes),
-            Err(_) => usage(),
+            Err(_) => return usage(),
         },
         [url] if !url.starts_with('-') => run(url),
-        _ => usage(),
+        _ => return usage(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn serve(url: &str, processes: usize) -> Result<(), procpool::Error> {
-    println!("serving {url} with {processes} worker processes; Ctrl-C stops");
+    // Not the URL itself: it may hold a password.
+    println!("serving with {processes} worker processes; Ctrl-C stops");
     procpool::cluster::run_workers(url, processes)?;
     println!("workers stopped");
     Ok(())
@@ -70,7 +79,7 @@ fn run(url: &str) -> Result<(), procpool::Error> {
     Ok(())
 }
 
-fn usage() -> Result<(), procpool::Error> {
+fn usage() -> ExitCode {
     eprintln!("{USAGE}");
-    std::process::exit(2);
+    ExitCode::from(2)
 }

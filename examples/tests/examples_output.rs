@@ -347,7 +347,7 @@ fn cluster() {
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
-            format!("serving {url} with 2 worker processes; Ctrl-C stops").as_str(),
+            "serving with 2 worker processes; Ctrl-C stops",
             "workers stopped"
         ]
     );
