@@ -797,3 +797,23 @@ fn a_task_that_kills_every_worker_fails_after_max_deliveries() {
     assert!(workers.restarts() >= 2);
     assert_eq!(pool.apply(crash, 1234).unwrap(), 1234);
 }
+
+#[test]
+fn a_redis_restart_that_lost_the_tasks_fails_pending_calls_instead_of_hanging() {
+    let mut redis = RedisServer::start();
+    let url = redis.url("queue=restart");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    // No worker yet: the tasks wait in Redis, which then loses them.
+    let mut call = pool.chunksize(1).map_async(square, 0..4).unwrap();
+    redis.restart();
+    match call.get_timeout(Duration::from_secs(30)) {
+        Err(Error::Cluster(message)) => {
+            assert!(message.contains("no longer in Redis"), "{message}");
+            assert!(message.contains("persistence"), "{message}");
+        }
+        other => panic!("expected a cluster error, got {other:?}"),
+    }
+    // The same pool works against the new server.
+    let _workers = Workers::start(&url, 1).unwrap();
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+}

@@ -46,6 +46,8 @@ pub struct RedisServer {
     port: u16,
     scheme: &'static str,
     dir: std::path::PathBuf,
+    /// Every `redis-server` argument, to start it again.
+    args: Vec<std::ffi::OsString>,
 }
 
 impl RedisServer {
@@ -57,7 +59,6 @@ impl RedisServer {
     /// A server with extra `redis-server` arguments; with `tls`, the port
     /// speaks TLS with a certificate from [`RedisServer::tls_dir`]'s CA.
     pub fn with_args(extra: &[&str], tls: bool) -> RedisServer {
-        use std::os::unix::process::CommandExt;
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "procpool-redis-{}-{}",
@@ -67,57 +68,72 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("a temp dir for redis-server");
         let port = free_port();
         let port_text = port.to_string();
-        let mut command = std::process::Command::new("redis-server");
-        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-        command.args(["--protected-mode", "no", "--loglevel", "warning"]);
-        command.arg("--dir").arg(&dir);
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
+        for a in ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"] {
+            arg(&a);
+        }
+        for a in ["--protected-mode", "no", "--loglevel", "warning", "--dir"] {
+            arg(&a);
+        }
+        arg(&dir);
         if tls {
             make_certificates(&dir);
-            command.args([
+            for a in [
                 "--port",
                 "0",
                 "--tls-port",
                 &port_text,
                 "--tls-auth-clients",
                 "no",
-            ]);
-            command.arg("--tls-cert-file").arg(dir.join("server.crt"));
-            command.arg("--tls-key-file").arg(dir.join("server.key"));
-            command.arg("--tls-ca-cert-file").arg(dir.join("ca.crt"));
+            ] {
+                arg(&a);
+            }
+            for (flag, file) in [
+                ("--tls-cert-file", "server.crt"),
+                ("--tls-key-file", "server.key"),
+                ("--tls-ca-cert-file", "ca.crt"),
+            ] {
+                arg(&flag);
+                arg(&dir.join(file));
+            }
         } else {
-            command.args(["--port", &port_text]);
+            arg(&"--port");
+            arg(&port_text);
         }
-        command.args(extra);
-        command.stdout(std::process::Stdio::null());
-        // SAFETY: prctl is async-signal-safe. The server dies with the test
-        // thread that started it, even if the test binary is killed.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        for a in extra {
+            arg(a);
         }
-        let child = command.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start redis-server ({e}): the cluster tests need it on the PATH; \
-                 install it with `apt-get install redis-server`"
-            )
-        });
         let server = RedisServer {
-            child,
+            child: spawn_redis(&args),
             port,
             scheme: if tls { "rediss" } else { "redis" },
             dir,
+            args,
         };
+        server.wait_until_listening();
+        server
+    }
+
+    /// Kills the server and starts a new one on the same port: without
+    /// persistence, every key is gone.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_redis(&self.args);
+        self.wait_until_listening();
+    }
+
+    fn wait_until_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not start on port {port}"
+                "redis-server did not start on port {}",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        server
     }
 
     /// The URL of database 0 with `params` as its query (`queue=x&...`).
@@ -155,6 +171,26 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn_redis(args: &[std::ffi::OsString]) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("redis-server");
+    command.args(args).stdout(std::process::Stdio::null());
+    // SAFETY: prctl is async-signal-safe. The server dies with the test
+    // thread that started it, even if the test binary is killed.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start redis-server ({e}): the cluster tests need it on the PATH; \
+             install it with `apt-get install redis-server`"
+        )
+    })
 }
 
 fn free_port() -> u16 {

@@ -47,6 +47,15 @@ struct State {
     terminated: bool,
 }
 
+/// Where the collector is in this caller's results stream.
+struct Reader {
+    results: String,
+    /// The id of the last result read.
+    last: String,
+    /// How many results one read takes at most.
+    batch: usize,
+}
+
 struct Shared {
     settings: Settings,
     keys: Keys,
@@ -143,15 +152,20 @@ pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), redis::Re
 }
 
 impl Shared {
-    /// Marks this caller present (and its results stream kept) for one more TTL.
-    fn announce(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
-        let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        redis::pipe()
-            .cmd("SET")
+    /// Adds to `pipe` the command that marks this caller present for
+    /// another [`Settings::presence`].
+    fn mark_present<'p>(&self, pipe: &'p mut redis::Pipeline) -> &'p mut redis::Pipeline {
+        pipe.cmd("SET")
             .arg(self.keys.caller(&self.caller))
             .arg(1)
             .arg("PX")
             .arg(self.settings.presence().as_millis() as u64)
+    }
+
+    /// Marks this caller present, and keeps its results and job list for one more TTL.
+    fn announce(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+        let ttl = self.settings.ttl.as_millis().max(1) as u64;
+        self.mark_present(&mut redis::pipe())
             .ignore()
             .cmd("SET")
             .arg(self.keys.registry(&self.fingerprint))
@@ -168,13 +182,15 @@ impl Shared {
 
     /// The collector thread: reads results until the backend is dropped.
     fn collect(&self, mut link: Link) {
-        let results = self.keys.results(&self.caller);
-        let mut last = "0-0".to_owned();
+        let mut reader = Reader {
+            results: self.keys.results(&self.caller),
+            last: "0-0".to_owned(),
+            // At most 256 MiB of results in one reply.
+            batch: (READ_BYTES / self.settings.max_payload).clamp(1, READ_BATCH),
+        };
         let mut announced = Instant::now();
         let mut withdrawn = Instant::now();
         let mut down_since: Option<Instant> = None;
-        // At most 256 MiB of results in one reply.
-        let batch = (READ_BYTES / self.settings.max_payload).clamp(1, READ_BATCH);
         // Each key is refreshed three times within its lifetime.
         let refresh = self.settings.ttl.min(self.settings.presence()) / 3;
         while !self.stop.load(Ordering::Acquire) {
@@ -185,30 +201,14 @@ impl Shared {
                 self.withdraw_cancelled(&mut link);
                 withdrawn = Instant::now();
             }
-            let read = link.query::<redis::Value>(
-                redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(batch)
-                    .arg("BLOCK")
-                    .arg(READ_BLOCK.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&results)
-                    .arg(&last),
-            );
-            match read {
-                Ok(reply) => {
-                    down_since = None;
-                    let entries = protocol::read_reply(reply);
-                    if let Some(entry) = entries.last() {
-                        last.clone_from(&entry.id);
-                    }
-                    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-                    for entry in entries {
-                        self.receive(entry);
-                    }
-                    if !ids.is_empty() {
-                        // Read already; deleting only keeps the stream short.
-                        let _ = link.query::<()>(redis::cmd("XDEL").arg(&results).arg(&ids));
+            match self.read(&mut link, &mut reader, Some(READ_BLOCK)) {
+                Ok(_) => {
+                    if down_since.take().is_some() {
+                        // Back after an outage: say we are here, then look
+                        // for tasks that Redis lost meanwhile.
+                        let _ = link.run(|conn| self.announce(conn));
+                        announced = Instant::now();
+                        self.reconcile(&mut link, &mut reader);
                     }
                 }
                 Err(err) => {
@@ -229,6 +229,96 @@ impl Shared {
                     thread::sleep(Duration::from_millis(50));
                 }
             }
+        }
+    }
+
+    /// Reads the next results (waiting up to `block` for one), hands them
+    /// to their calls and deletes them; returns how many were read.
+    fn read(
+        &self,
+        link: &mut Link,
+        reader: &mut Reader,
+        block: Option<Duration>,
+    ) -> Result<usize, redis::RedisError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(reader.batch);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&reader.results).arg(&reader.last);
+        let entries = protocol::read_reply(link.query::<redis::Value>(&cmd)?);
+        if let Some(entry) = entries.last() {
+            reader.last.clone_from(&entry.id);
+        }
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        for entry in entries {
+            self.receive(entry);
+        }
+        if !ids.is_empty() {
+            // Read already; deleting only keeps the stream short.
+            let _ = link.query::<()>(redis::cmd("XDEL").arg(&reader.results).arg(&ids));
+        }
+        Ok(ids.len())
+    }
+
+    /// After an outage: fails the pending tasks that Redis no longer holds.
+    ///
+    /// A worker deletes a task in the same transaction that stores its
+    /// result. So a pending task whose entry is gone has its result waiting
+    /// in the results stream, unless Redis lost data (a restart without
+    /// persistence, a flush, a failover) or a worker dropped it because
+    /// this caller's presence had expired. The entries are looked up first,
+    /// then every waiting result is read; what is still pending then is lost.
+    fn reconcile(&self, link: &mut Link, reader: &mut Reader) {
+        let sent: Vec<(u64, String)> = lock(&self.state)
+            .pending
+            .iter()
+            .filter_map(|(seq, pending)| Some((*seq, pending.entry.clone()?)))
+            .collect();
+        if sent.is_empty() {
+            return;
+        }
+        let tasks = self.keys.tasks();
+        let mut pipe = redis::pipe();
+        for (_, id) in &sent {
+            pipe.cmd("XRANGE").arg(&tasks).arg(id).arg(id);
+        }
+        let Ok(found) = link.run(|conn| pipe.query::<Vec<redis::Value>>(conn)) else {
+            return; // Down again: the next reconnect looks again.
+        };
+        let gone: Vec<u64> = sent
+            .iter()
+            .zip(found)
+            .filter_map(|((seq, _), entry)| protocol::entry_list(entry).is_empty().then_some(*seq))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        loop {
+            match self.read(link, reader, None) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let lost: Vec<Pending> = self.settle(|state| {
+            gone.iter()
+                .filter_map(|seq| state.pending.remove(seq))
+                .collect()
+        });
+        for Pending { task, .. } in lost {
+            let error = Error::Cluster(format!(
+                "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
+                 came back: Redis lost data while this caller was cut off from it (a restart \
+                 without persistence, a flush, a failover), or the caller was away longer than \
+                 `reconnect` + 30 s and workers dropped its tasks. Enable Redis persistence \
+                 (appendonly yes) and run the call again",
+                task.job,
+                task.first,
+                task.first + task.count,
+                self.settings.display
+            ));
+            task.fail(error);
         }
     }
 
@@ -328,7 +418,11 @@ impl Backend for ClusterBackend {
             Some(shared.settings.reconnect),
             &|| shared.stop.load(Ordering::Acquire),
             |conn| {
-                redis::cmd("XADD")
+                // Presence first, in the same round trip: a worker never
+                // sees this task without it, even right after Redis restarted.
+                let (_, id): ((), String) = shared
+                    .mark_present(&mut redis::pipe())
+                    .cmd("XADD")
                     .arg(shared.keys.tasks())
                     .arg("*")
                     .arg("caller")
@@ -343,7 +437,8 @@ impl Backend for ClusterBackend {
                     .arg(count)
                     .arg("items")
                     .arg(&items)
-                    .query::<String>(conn)
+                    .query(conn)?;
+                Ok(id)
             },
         );
         match added {
