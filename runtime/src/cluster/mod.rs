@@ -47,7 +47,9 @@
 //! - Nothing is lost when a connection drops: tasks and results wait in
 //!   Redis, workers reconnect forever and callers resume reading where they
 //!   stopped. A caller that cannot reach Redis for `reconnect` seconds fails
-//!   its pending calls with [`Error::Cluster`].
+//!   its pending calls with [`Error::Cluster`], and so does a caller that
+//!   finds, once reconnected, that Redis lost the tasks of a pending call (a
+//!   restart without persistence): calls never wait for tasks that are gone.
 //! - Workers compare the caller's registry fingerprint (every job's name
 //!   and argument and result types, as written) with their own and refuse a
 //!   task from a different build with [`Error::Registry`],
