@@ -802,9 +802,14 @@ fn a_task_that_kills_every_worker_fails_after_max_deliveries() {
 fn a_redis_restart_that_lost_the_tasks_fails_pending_calls_instead_of_hanging() {
     let mut redis = RedisServer::start();
     let url = redis.url("queue=restart");
+    let workers = Workers::start(&url, 1).unwrap();
     let pool = Pool::builder().cluster(&url).build().unwrap();
-    // No worker yet: the tasks wait in Redis, which then loses them.
-    let mut call = pool.chunksize(1).map_async(square, 0..4).unwrap();
+    // One task runs, three wait in Redis; then Redis loses them all.
+    let mut call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..4).map(|x| (x, 500)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
     redis.restart();
     match call.get_timeout(Duration::from_secs(30)) {
         Err(Error::Cluster(message)) => {
@@ -813,7 +818,7 @@ fn a_redis_restart_that_lost_the_tasks_fails_pending_calls_instead_of_hanging() 
         }
         other => panic!("expected a cluster error, got {other:?}"),
     }
-    // The same pool works against the new server.
-    let _workers = Workers::start(&url, 1).unwrap();
+    // The same pool and the same workers go on with the new server.
     assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    assert_eq!(workers.restarts(), 0);
 }
