@@ -467,15 +467,15 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
     eventually("the result to be stored", || {
         !keys(&mut conn, "procpool:ttl:results:*").is_empty() || call.ready()
     });
-    // Presence outlives `reconnect` by 30 s; results and the job list live `ttl`.
-    for (pattern, most) in [
-        ("procpool:ttl:caller:*", 35),
-        ("procpool:ttl:registry:*", 120),
-        ("procpool:ttl:results:*", 120),
+    // Presence, results and the job list all live `ttl` past their last refresh.
+    for pattern in [
+        "procpool:ttl:caller:*",
+        "procpool:ttl:registry:*",
+        "procpool:ttl:results:*",
     ] {
         for key in keys(&mut conn, pattern) {
             let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
-            assert!((1..=most).contains(&ttl), "{key} has TTL {ttl}");
+            assert!((1..=120).contains(&ttl), "{key} has TTL {ttl}");
         }
     }
     assert_eq!(call.get().unwrap().0, 9);
@@ -523,13 +523,13 @@ fn tasks_of_a_terminated_caller_are_withdrawn_or_skipped() {
 #[test]
 fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
     // Its presence key expired (as when the caller is killed): the tasks it
-    // left are dropped, not run.
+    // left are dropped, not run. Here the caller lives on, so it learns why.
     let redis = RedisServer::start();
     let url = redis.url("queue=vanished");
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let dir = scratch_dir("vanished");
     let dir_text = dir.to_str().unwrap().to_owned();
-    let call = pool
+    let mut call = pool
         .chunksize(1)
         .map_async(traced_square, (0..4).map(|x| (x, 10, dir_text.clone())))
         .unwrap();
@@ -537,17 +537,17 @@ fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
     for key in keys(&mut conn, "procpool:vanished:caller:*") {
         let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
     }
-    let workers = Workers::start(&url, 1).unwrap();
-    eventually("the worker to drain the queue", || {
-        redis::cmd("XLEN")
-            .arg("procpool:vanished:tasks")
-            .query::<u64>(&mut conn)
-            .unwrap()
-            == 0
-    });
+    let _workers = Workers::start(&url, 1).unwrap();
+    match call.get_timeout(Duration::from_secs(30)) {
+        Err(Error::Cluster(message)) => assert!(message.contains("presence"), "{message}"),
+        other => panic!("expected a cluster error, got {other:?}"),
+    }
     assert!(traces(&dir, "started").is_empty());
-    assert!(!call.ready());
-    drop(workers);
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("procpool:vanished:tasks")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 0);
 }
 
 #[test]
@@ -722,7 +722,7 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
 fn a_live_worker_keeps_a_task_longer_than_the_visibility_timeout() {
     // The heartbeat renews the claim: nobody else runs the task meanwhile.
     let redis = RedisServer::start();
-    let url = redis.url("queue=long&visibility=0.6");
+    let url = redis.url("queue=long&visibility=1");
     let _workers = Workers::start(&url, 2).unwrap();
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let dir = scratch_dir("long");
@@ -821,4 +821,107 @@ fn a_redis_restart_that_lost_the_tasks_fails_pending_calls_instead_of_hanging() 
     // The same pool and the same workers go on with the new server.
     assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
     assert_eq!(workers.restarts(), 0);
+}
+
+#[test]
+fn imap_goes_on_after_an_item_too_large_to_send() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=imaplimit&max_payload=1000");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let items = (0..10usize).map(|i| vec![1u8; if i == 3 { 5000 } else { i }]);
+    let out: Vec<Result<usize, Error>> = pool.imap(length, items).collect();
+    assert_eq!(out.len(), 10);
+    for (i, item) in out.iter().enumerate() {
+        match (i, item) {
+            (3, Err(Error::PayloadTooLarge { .. })) => {}
+            (i, Ok(len)) if i != 3 => assert_eq!(*len, i),
+            (i, other) => panic!("item {i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_pool() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=callback");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool
+        .apply_async(slow_square, (3, 300))
+        .unwrap()
+        .on_success(|_| panic!("a callback that panics"));
+    assert_eq!(call.get_timeout(Duration::from_secs(20)).unwrap().0, 9);
+    // The thread that delivers results survived it.
+    let mut next = pool.apply_async(square, 5).unwrap();
+    assert_eq!(next.get_timeout(Duration::from_secs(20)).unwrap(), 25);
+}
+
+#[test]
+fn tasks_flushed_from_redis_fail_their_call_without_a_lost_connection() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=flush");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool.chunksize(1).map_async(square, 0..4).unwrap();
+    let mut conn = redis_conn(&redis, "");
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    // The caller checks its pending tasks every 10 seconds.
+    match call.get_timeout(Duration::from_secs(40)) {
+        Err(Error::Cluster(message)) => {
+            assert!(message.contains("no longer in Redis"), "{message}")
+        }
+        other => panic!("expected a cluster error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_redis_restart_while_results_are_being_handled_is_noticed() {
+    // The restart drops the connection while the results thread runs a
+    // callback, so a command other than the blocking read meets it first.
+    let mut redis = RedisServer::start();
+    let url = redis.url("queue=busyrestart");
+    let workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (in_callback, entered) = std::sync::mpsc::channel();
+    let first = pool.apply_async(square, 2).unwrap().on_success(move |_| {
+        let _ = in_callback.send(());
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    entered.recv_timeout(Duration::from_secs(20)).unwrap();
+    let mut second = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..4).map(|x| (x, 2000)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    redis.restart();
+    match second.get_timeout(Duration::from_secs(40)) {
+        Err(Error::Cluster(message)) => {
+            assert!(message.contains("no longer in Redis"), "{message}")
+        }
+        other => panic!("expected a cluster error, got {other:?}"),
+    }
+    assert_eq!(first.get().unwrap(), 4);
+    drop(workers);
+}
+
+#[test]
+fn an_acl_user_without_client_setname_may_connect() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis, "");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("limited")
+        .arg("on")
+        .arg(">pw")
+        .arg("~procpool:*")
+        .arg("+@all")
+        .arg("-client")
+        .query(&mut conn)
+        .unwrap();
+    let url = redis
+        .url("queue=acl")
+        .replace("redis://", "redis://limited:pw@");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.map(square, 0..3).unwrap(), vec![0, 1, 4]);
 }

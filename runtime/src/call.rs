@@ -184,7 +184,12 @@ where
         let callbacks = std::mem::take(&mut state.callbacks);
         drop(state);
         for callback in callbacks {
-            callback(result.as_ref());
+            // A panicking callback must not keep the outcome from its
+            // waiters, nor take down the thread that delivers results (in a
+            // cluster pool, the only one). The panic hook has reported it.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                callback(result.as_ref());
+            }));
         }
         let mut state = self.lock();
         state.outcome = Some(Outcome::from_result(result));
@@ -428,7 +433,9 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// result, or at once on this thread if the result is already there.
     /// `get` still returns the value afterwards. Keep it short, as in
     /// Python: that pool thread feeds a worker meanwhile, and a callback that
-    /// waits for more work from the same pool can wait forever.
+    /// waits for more work from the same pool can wait forever. A panic in a
+    /// callback run by the pool's thread is reported by the panic hook and
+    /// otherwise ignored: waiters still get the outcome.
     pub fn on_success(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
         self.call.on_complete(Box::new(move |outcome| {
             if let Ok(value) = outcome {

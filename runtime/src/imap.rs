@@ -204,8 +204,12 @@ where
             retried: 0,
         };
         if let Err(error) = self.pool.submit_task(task) {
-            // The pool is closed: this chunk fails, and no more input is read.
-            self.input = None;
+            // This chunk fails. A closed pool takes no more input; after any
+            // other refusal (a chunk too large for a cluster, a broker
+            // error) the next chunks are still tried.
+            if matches!(error, Error::Closed | Error::Terminated { .. }) {
+                self.input = None;
+            }
             self.stream
                 .store(chunk, (0..count).map(|_| Err(error.clone())).collect());
         }

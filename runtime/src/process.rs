@@ -117,6 +117,7 @@ impl WorkerProcess {
         command
             .env(worker::WORKER_ENV, &socket)
             .env(worker::TOKEN_ENV, &token)
+            .env(worker::PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null());
         let child = match fork_from {
             ForkFrom::ThisThread => command.spawn(),

@@ -24,6 +24,26 @@ pub(crate) const WORKER_ENV: &str = "__PROCPOOL_WORKER_SOCKET";
 /// The secret a worker shows its parent, so no other process can pose as it.
 pub(crate) const TOKEN_ENV: &str = "__PROCPOOL_WORKER_TOKEN";
 
+/// The pid of the process that started a worker or cluster worker.
+pub(crate) const PARENT_ENV: &str = "__PROCPOOL_PARENT_PID";
+
+/// Has the kernel send `signal` to this process when its parent dies, and
+/// tells whether the parent is still alive, that is, still the process
+/// whose pid the parent passed in [`PARENT_ENV`] (read by the caller).
+///
+/// The parent may be killed with SIGKILL, which runs no clean-up; the check
+/// after the request closes the race where it died before. It compares
+/// with the parent's own pid rather than with 1, because the parent may
+/// itself be pid 1 (a container's entry point).
+pub(crate) fn tie_to_parent(signal: nix::sys::signal::Signal, parent: Option<String>) -> bool {
+    let _ = nix::sys::prctl::set_pdeathsig(signal);
+    let ppid = nix::unistd::getppid().as_raw();
+    match parent.and_then(|pid| pid.parse::<i32>().ok()) {
+        Some(parent) => ppid == parent,
+        None => ppid != 1,
+    }
+}
+
 /// Exit code of a worker that could not connect back to its parent.
 const EXIT_BOOTSTRAP_FAILED: i32 = 86;
 
@@ -53,12 +73,14 @@ fn procpool_bootstrap() {
     // thread, so nothing can read the environment concurrently. Removing the
     // marker lets jobs start pools and processes of their own.
     let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    let parent = std::env::var(PARENT_ENV).ok();
     unsafe {
         std::env::remove_var(WORKER_ENV);
         std::env::remove_var(TOKEN_ENV);
+        std::env::remove_var(PARENT_ENV);
     }
     let code = match socket.into_string() {
-        Ok(socket) => serve(socket, token),
+        Ok(socket) => serve(socket, token, parent),
         Err(_) => {
             eprintln!("procpool worker: {WORKER_ENV} is not valid UTF-8; exiting");
             EXIT_BOOTSTRAP_FAILED
@@ -69,12 +91,8 @@ fn procpool_bootstrap() {
 }
 
 /// Connects to the parent and serves tasks until told to stop or the parent goes away.
-fn serve(socket: String, token: String) -> i32 {
-    // The parent may be killed with SIGKILL, which runs no clean-up: have the
-    // kernel kill us too. The check after it closes the race where the
-    // parent died before the call.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+fn serve(socket: String, token: String, parent: Option<String>) -> i32 {
+    if !tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
         return EXIT_BOOTSTRAP_FAILED;
     }
     let replies = match IpcSender::<FromWorker>::connect(socket) {

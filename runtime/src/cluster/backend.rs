@@ -27,6 +27,8 @@ const READ_BATCH: usize = 256;
 /// How many bytes of results one read may bring, at most (with results of
 /// `max_payload` bytes each).
 const READ_BYTES: usize = 256 << 20;
+/// How often the caller checks that Redis still holds its pending tasks.
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 /// How often the tasks of calls that ended early are taken off the queue.
 const WITHDRAW_EVERY: Duration = Duration::from_secs(1);
 /// A worker seen this recently counts towards `processes()`.
@@ -135,16 +137,18 @@ impl ClusterBackend {
     }
 }
 
-/// Creates the queue's stream and group if they do not exist yet.
+/// Creates the queue's stream and group if they do not exist yet, waiting
+/// up to half a minute for a Redis that is not ready (loading its data).
 pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), redis::RedisError> {
-    let created = link.query::<()>(
+    let created = link.run_retrying(Some(Duration::from_secs(30)), &|| false, |conn| {
         redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(keys.tasks())
             .arg(GROUP)
             .arg("0")
-            .arg("MKSTREAM"),
-    );
+            .arg("MKSTREAM")
+            .query::<()>(conn)
+    });
     match created {
         Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
@@ -153,13 +157,13 @@ pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), redis::Re
 
 impl Shared {
     /// Adds to `pipe` the command that marks this caller present for
-    /// another [`Settings::presence`].
+    /// another `ttl`.
     fn mark_present<'p>(&self, pipe: &'p mut redis::Pipeline) -> &'p mut redis::Pipeline {
         pipe.cmd("SET")
             .arg(self.keys.caller(&self.caller))
             .arg(1)
             .arg("PX")
-            .arg(self.settings.presence().as_millis() as u64)
+            .arg(self.settings.ttl.as_millis() as u64)
     }
 
     /// Marks this caller present, and keeps its results and job list for one more TTL.
@@ -190,9 +194,12 @@ impl Shared {
         };
         let mut announced = Instant::now();
         let mut withdrawn = Instant::now();
+        let mut reconciled = Instant::now();
+        let mut reconcile_owed = false;
+        let mut generation = None;
         let mut down_since: Option<Instant> = None;
         // Each key is refreshed three times within its lifetime.
-        let refresh = self.settings.ttl.min(self.settings.presence()) / 3;
+        let refresh = self.settings.ttl / 3;
         while !self.stop.load(Ordering::Acquire) {
             if announced.elapsed() >= refresh && link.run(|conn| self.announce(conn)).is_ok() {
                 announced = Instant::now();
@@ -203,12 +210,24 @@ impl Shared {
             }
             match self.read(&mut link, &mut reader, Some(READ_BLOCK)) {
                 Ok(_) => {
-                    if down_since.take().is_some() {
-                        // Back after an outage: say we are here, then look
-                        // for tasks that Redis lost meanwhile.
+                    down_since = None;
+                    // A new connection, whichever command made it: Redis may
+                    // have restarted meanwhile. Say we are here, and look for
+                    // lost tasks. Look now and then anyway: a flush or an
+                    // eviction loses tasks without dropping connections.
+                    if generation
+                        .replace(link.generation())
+                        .is_some_and(|g| g != link.generation())
+                    {
+                        reconcile_owed = true;
                         let _ = link.run(|conn| self.announce(conn));
                         announced = Instant::now();
-                        self.reconcile(&mut link, &mut reader);
+                    }
+                    if (reconcile_owed || reconciled.elapsed() >= RECONCILE_EVERY)
+                        && self.reconcile(&mut link, &mut reader)
+                    {
+                        reconcile_owed = false;
+                        reconciled = Instant::now();
                     }
                 }
                 Err(err) => {
@@ -269,14 +288,15 @@ impl Shared {
     /// persistence, a flush, a failover) or a worker dropped it because
     /// this caller's presence had expired. The entries are looked up first,
     /// then every waiting result is read; what is still pending then is lost.
-    fn reconcile(&self, link: &mut Link, reader: &mut Reader) {
+    /// Returns whether the check was completed.
+    fn reconcile(&self, link: &mut Link, reader: &mut Reader) -> bool {
         let sent: Vec<(u64, String)> = lock(&self.state)
             .pending
             .iter()
             .filter_map(|(seq, pending)| Some((*seq, pending.entry.clone()?)))
             .collect();
         if sent.is_empty() {
-            return;
+            return true;
         }
         let tasks = self.keys.tasks();
         let mut pipe = redis::pipe();
@@ -284,7 +304,7 @@ impl Shared {
             pipe.cmd("XRANGE").arg(&tasks).arg(id).arg(id);
         }
         let Ok(found) = link.run(|conn| pipe.query::<Vec<redis::Value>>(conn)) else {
-            return; // Down again: the next reconnect looks again.
+            return false;
         };
         let gone: Vec<u64> = sent
             .iter()
@@ -292,13 +312,13 @@ impl Shared {
             .filter_map(|((seq, _), entry)| protocol::entry_list(entry).is_empty().then_some(*seq))
             .collect();
         if gone.is_empty() {
-            return;
+            return true;
         }
         loop {
             match self.read(link, reader, None) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
         let lost: Vec<Pending> = self.settle(|state| {
@@ -309,10 +329,9 @@ impl Shared {
         for Pending { task, .. } in lost {
             let error = Error::Cluster(format!(
                 "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
-                 came back: Redis lost data while this caller was cut off from it (a restart \
-                 without persistence, a flush, a failover), or the caller was away longer than \
-                 `reconnect` + 30 s and workers dropped its tasks. Enable Redis persistence \
-                 (appendonly yes) and run the call again",
+                 came back: Redis lost data (a restart without persistence, a flush, an eviction, \
+                 a failover). Enable Redis persistence (appendonly yes), keep procpool's keys \
+                 from eviction, and run the call again",
                 task.job,
                 task.first,
                 task.first + task.count,
@@ -320,6 +339,7 @@ impl Shared {
             ));
             task.fail(error);
         }
+        true
     }
 
     /// Hands one result to its call, unless it was delivered already.
@@ -414,6 +434,12 @@ impl Backend for ClusterBackend {
             seq
         };
         let mut link = lock(&shared.submitter);
+        if shared.stop.load(Ordering::Acquire) {
+            // Terminated since the task was registered: it already failed.
+            drop(link);
+            shared.settle(|state| state.pending.remove(&seq));
+            return Err(Error::Closed);
+        }
         let added = link.run_retrying(
             Some(shared.settings.reconnect),
             &|| shared.stop.load(Ordering::Acquire),
@@ -443,8 +469,17 @@ impl Backend for ClusterBackend {
         );
         match added {
             Ok(id) => {
-                if let Some(pending) = lock(&shared.state).pending.get_mut(&seq) {
-                    pending.entry = Some(id);
+                let recorded = match lock(&shared.state).pending.get_mut(&seq) {
+                    Some(pending) => {
+                        pending.entry = Some(id.clone());
+                        true
+                    }
+                    None => false,
+                };
+                if !recorded {
+                    // Terminated (or its result came back) meanwhile: do not
+                    // leave a task nobody waits for.
+                    let _ = link.query::<()>(redis::cmd("XDEL").arg(shared.keys.tasks()).arg(&id));
                 }
                 Ok(())
             }

@@ -21,6 +21,9 @@ pub(crate) struct Link {
     conn: Option<Connection>,
     name: String,
     display: String,
+    /// How many connections this link has made: a change means the
+    /// connection dropped in between, whichever command noticed it.
+    generation: u64,
 }
 
 impl Link {
@@ -33,6 +36,7 @@ impl Link {
             conn: None,
             name,
             display: settings.display.clone(),
+            generation: 0,
         };
         if let Err(err) = link.connection() {
             return Err(link.error("cannot connect", &err));
@@ -47,7 +51,13 @@ impl Link {
             conn: None,
             name,
             display: self.display.clone(),
+            generation: 0,
         }
+    }
+
+    /// How many connections this link has made so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn connection(&mut self) -> Result<&mut Connection, RedisError> {
@@ -55,10 +65,18 @@ impl Link {
             let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
             conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
             conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
-            redis::cmd("CLIENT")
+            // The name only helps operators read `CLIENT LIST`: an ACL user
+            // without `client|setname` may still use procpool.
+            let named = redis::cmd("CLIENT")
                 .arg("SETNAME")
                 .arg(&self.name)
-                .query::<()>(&mut conn)?;
+                .query::<()>(&mut conn);
+            if let Err(err) = named
+                && is_connection_error(&err)
+            {
+                return Err(err);
+            }
+            self.generation += 1;
             self.conn = Some(conn);
         }
         self.conn
@@ -87,9 +105,9 @@ impl Link {
     }
 
     /// Runs `f` until it succeeds, reconnecting with backoff while the
-    /// connection is down, for at most `patience` (forever with `None`) or
-    /// until `give_up` says so. Errors that are not about the connection
-    /// (a refused command) return at once.
+    /// connection is down or Redis is not ready (loading its data, a
+    /// failover), for at most `patience` (forever with `None`) or until
+    /// `give_up` says so. Other errors (a refused command) return at once.
     pub(crate) fn run_retrying<T>(
         &mut self,
         patience: Option<Duration>,
@@ -110,7 +128,7 @@ impl Link {
                     }
                     return Ok(value);
                 }
-                Err(err) if is_connection_error(&err) => {
+                Err(err) if is_transient(&err) => {
                     let out_of_time = patience.is_some_and(|limit| started.elapsed() >= limit);
                     if out_of_time || give_up() {
                         return Err(err);
@@ -144,6 +162,16 @@ impl Link {
         };
         Error::Cluster(format!("{what} ({}): {err}{hint}", self.display))
     }
+}
+
+/// Whether `err` may go away by itself: the connection dropped, or Redis
+/// is loading its data, failing over or otherwise asks to try again later.
+pub(crate) fn is_transient(err: &RedisError) -> bool {
+    is_connection_error(err)
+        || matches!(
+            err.retry_method(),
+            redis::RetryMethod::WaitAndRetry | redis::RetryMethod::RefreshSlotsAndRetry
+        )
 }
 
 /// Whether `err` means the connection is unusable (and a new one may work).

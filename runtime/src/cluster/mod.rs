@@ -102,7 +102,7 @@ use crate::Error;
 /// }
 /// ```
 pub fn serve(url: &str) -> Result<(), Error> {
-    serve::serve(url)
+    serve::serve(url, None)
 }
 
 /// Runs `processes` cluster workers on this host (see [`Workers`]) until
@@ -129,15 +129,24 @@ pub(crate) fn bootstrap() {
     let Some(url) = std::env::var_os(supervise::CLUSTER_ENV) else {
         return;
     };
+    let parent = std::env::var(crate::worker::PARENT_ENV).ok();
+    let suffix = std::env::var(supervise::SUFFIX_ENV).ok();
     // SAFETY: start-up hooks run while the process has one thread.
-    unsafe { std::env::remove_var(supervise::CLUSTER_ENV) };
+    unsafe {
+        std::env::remove_var(supervise::CLUSTER_ENV);
+        std::env::remove_var(supervise::SUFFIX_ENV);
+        std::env::remove_var(crate::worker::PARENT_ENV);
+    }
     // Stop with the supervisor, even if it is killed with SIGKILL.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
-    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+    if !crate::worker::tie_to_parent(nix::sys::signal::Signal::SIGTERM, parent) {
+        eprintln!(
+            "procpool cluster worker {}: the process that started it is gone; exiting",
+            std::process::id()
+        );
         std::process::exit(1);
     }
     let code = match url.into_string() {
-        Ok(url) => match serve(&url) {
+        Ok(url) => match serve::serve(&url, suffix) {
             Ok(()) => 0,
             Err(err) => {
                 eprintln!("procpool cluster worker {}: {err}", std::process::id());

@@ -64,6 +64,8 @@ pub(crate) enum Refusal {
     },
     /// The task was delivered this many times, each worker lost.
     Lost { deliveries: u64 },
+    /// The caller's presence key was gone: the task did not run.
+    Abandoned,
 }
 
 impl Refusal {
@@ -84,6 +86,13 @@ impl Refusal {
                 count,
                 deliveries,
             },
+            Refusal::Abandoned => Error::Cluster(format!(
+                "job `{job}`: a worker dropped the task for items {first}..{end} without running \
+                 it, because this caller's presence key had expired: the caller did not refresh \
+                 it for `ttl` seconds (it was stalled, cut off from Redis, or Redis lost the key). \
+                 Run the call again",
+                end = first + count
+            )),
         }
     }
 }

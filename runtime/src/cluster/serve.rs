@@ -55,11 +55,16 @@ pub(crate) fn name_prefix(pid: u32) -> String {
     format!("{host}-{pid}-")
 }
 
-pub(crate) fn serve(url: &str) -> Result<(), Error> {
+/// Serves the queue as the consumer `<host>-<pid>-<suffix>`; a random
+/// suffix when none is given (a supervisor gives one, to know the name).
+pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     let settings = Settings::parse(url)?;
     let (fingerprint, listing) = crate::job::fingerprint()?;
-    let suffix = protocol::random_id()?;
-    let name = format!("{}{}", name_prefix(std::process::id()), &suffix[..8]);
+    let suffix = match suffix {
+        Some(suffix) => suffix,
+        None => protocol::random_id()?[..8].to_owned(),
+    };
+    let name = format!("{}{suffix}", name_prefix(std::process::id()));
     let keys = Keys::new(&settings);
     let mut link = Link::open(&settings, format!("procpool-worker-{name}"))?;
     ensure_group(&mut link, &keys).map_err(|err| link.error("cannot create the queue", &err))?;
@@ -246,6 +251,11 @@ impl Worker {
 
     /// Runs (or refuses) one task and stores the outcome.
     fn handle(&mut self, mut entry: Entry, deliveries: u64) {
+        if entry.fields.is_empty() {
+            // Withdrawn by its caller after it was delivered.
+            self.acknowledge(&entry.id);
+            return;
+        }
         let (Some(caller), Some(seq), Some(job), Some(count)) = (
             entry.text("caller").map(str::to_owned),
             entry.number("seq"),
@@ -268,18 +278,18 @@ impl Worker {
             self.acknowledge(&entry.id);
             return;
         }
-        let present = self
+        // A caller that ended or was terminated reads no result: its tasks
+        // do not run. One that is only late learns why from the refusal.
+        let absent = self
             .link
-            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(&caller)));
-        if present == Ok(false) {
-            // Its caller ended or was terminated: nobody will read the result.
-            self.acknowledge(&entry.id);
-            return;
-        }
+            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(&caller)))
+            == Ok(false);
         let items = entry.take("items").unwrap_or_default();
         let theirs = entry.text("fp").unwrap_or("").to_owned();
         let limit = self.settings.max_payload as u64;
-        let outcome = if deliveries > self.settings.max_deliveries {
+        let outcome = if absent {
+            Err(Refusal::Abandoned)
+        } else if deliveries > self.settings.max_deliveries {
             Err(Refusal::Lost {
                 deliveries: deliveries - 1,
             })

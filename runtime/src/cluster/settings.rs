@@ -19,8 +19,10 @@ pub(crate) struct Settings {
     /// How long a task may go without a sign of life from its worker before
     /// another worker claims it. Read by workers.
     pub(crate) visibility: Duration,
-    /// How long a caller's results and registry listing stay in Redis once
-    /// nobody refreshes them (its presence: see [`Settings::presence`]).
+    /// How long a caller's keys (presence, results, job list) outlive its
+    /// last refresh; then workers also drop its queued tasks. Longer than
+    /// `reconnect`: a caller cut off from Redis for less than that still
+    /// waits for its results.
     pub(crate) ttl: Duration,
     /// The largest task or result, in bytes.
     pub(crate) max_payload: usize,
@@ -34,19 +36,15 @@ pub(crate) struct Settings {
     pub(crate) tls_key: Option<PathBuf>,
 }
 
+/// The shortest visibility timeout: a live worker renews its claim every
+/// third of it, which must stay well above a round trip to Redis.
+const MIN_VISIBILITY: Duration = Duration::from_millis(300);
+
 /// procpool's query parameters, with what each means, for error messages.
 const PARAMETERS: &str = "queue, visibility, ttl, max_payload, max_deliveries, reconnect, \
                           tls_ca, tls_cert, tls_key";
 
 impl Settings {
-    /// How long a caller's presence key outlives its last refresh. Longer
-    /// than `reconnect`: a caller cut off from Redis for less than that
-    /// still waits for its results, so workers must not drop its tasks yet.
-    /// A caller that vanished has its queued tasks dropped this long after.
-    pub(crate) fn presence(&self) -> Duration {
-        self.reconnect + Duration::from_secs(30)
-    }
-
     pub(crate) fn parse(url: &str) -> Result<Settings, Error> {
         let invalid = |why: String| Error::Config(format!("invalid cluster URL: {why}"));
         let mut parsed = url::Url::parse(url).map_err(|e| {
@@ -65,7 +63,7 @@ impl Settings {
             display: String::new(),
             queue: "default".to_owned(),
             visibility: Duration::from_secs(30),
-            ttl: Duration::from_secs(24 * 3600),
+            ttl: Duration::from_secs(120),
             max_payload: 64 << 20,
             max_deliveries: 3,
             reconnect: Duration::from_secs(60),
@@ -99,6 +97,19 @@ impl Settings {
                     )));
                 }
             }
+        }
+        if settings.ttl <= settings.reconnect {
+            return Err(invalid(format!(
+                "ttl ({:?}) must be longer than reconnect ({:?}): a caller that reconnects \
+                 within `reconnect` still needs its keys",
+                settings.ttl, settings.reconnect
+            )));
+        }
+        if settings.visibility < MIN_VISIBILITY {
+            return Err(invalid(format!(
+                "visibility must be at least {MIN_VISIBILITY:?}: below that, tasks are taken \
+                 from live workers"
+            )));
         }
         if settings.max_deliveries == 0 || settings.max_payload == 0 {
             return Err(invalid(
@@ -185,6 +196,8 @@ mod tests {
         assert_eq!(s.visibility, Duration::from_secs(30));
         assert_eq!(s.max_payload, 64 << 20);
         assert_eq!(s.max_deliveries, 3);
+        assert_eq!(s.ttl, Duration::from_secs(120));
+        assert!(s.ttl > s.reconnect);
         assert_eq!(s.display, "redis://127.0.0.1");
     }
 
@@ -198,6 +211,8 @@ mod tests {
             ("redis://h?visibility=0", "above 0"),
             ("redis://h?max_payload=lots", "not a whole number"),
             ("redis://h?max_deliveries=0", "at least 1"),
+            ("redis://h?visibility=0.01", "at least 300ms"),
+            ("redis://h?ttl=10", "longer than reconnect"),
             ("redis://h?tls_ca=/ca.pem", "rediss://"),
             ("rediss://h?tls_cert=/c.pem", "go together"),
         ] {

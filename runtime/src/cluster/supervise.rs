@@ -19,6 +19,9 @@ use crate::error::ExitCause;
 
 /// The environment variable that makes a start of the executable serve a cluster queue.
 pub(crate) const CLUSTER_ENV: &str = "__PROCPOOL_CLUSTER_WORKER";
+/// The end of the consumer name a supervised worker takes, so the
+/// supervisor knows the whole name and can wait for it.
+pub(crate) const SUFFIX_ENV: &str = "__PROCPOOL_CLUSTER_SUFFIX";
 /// A child that dies sooner than this after its start is restarted only after this long.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// How long a stopping worker may take to finish its task before it is killed.
@@ -147,32 +150,42 @@ impl Shared {
         self.children.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn spawn(&self) -> Result<Child, Error> {
+    /// Starts a worker process; returns it with the consumer name it will use.
+    fn spawn(&self) -> Result<(Child, String), Error> {
+        let suffix = super::protocol::random_id()?[..8].to_owned();
         let mut command = Command::new("/proc/self/exe");
         if let Some(arg0) = std::env::args_os().next() {
             command.arg0(arg0);
         }
         command
             .env(CLUSTER_ENV, &self.url)
+            .env(SUFFIX_ENV, &suffix)
+            .env(crate::worker::PARENT_ENV, std::process::id().to_string())
             .env_remove(crate::worker::WORKER_ENV)
             .stdin(Stdio::null())
             // Ctrl-C in a terminal signals the whole foreground group; the
             // supervisor alone should get it and stop each worker once.
             .process_group(0);
-        command.spawn().map_err(|e| {
+        let child = command.spawn().map_err(|e| {
             Error::Spawn(format!(
                 "cannot start /proc/self/exe as a cluster worker: {e}"
             ))
-        })
+        })?;
+        let name = format!("{}{suffix}", super::serve::name_prefix(child.id()));
+        Ok((child, name))
     }
 
     fn supervise(&self, started: mpsc::Sender<Result<(), Error>>, mut link: Link, keys: &Keys) {
         let slots = self.lock().len();
         let mut born = vec![Instant::now(); slots];
         let mut ready = Ok(());
+        let mut names = Vec::with_capacity(slots);
         for slot in 0..slots {
             match self.spawn() {
-                Ok(child) => self.lock()[slot] = Some(child),
+                Ok((child, name)) => {
+                    self.lock()[slot] = Some(child);
+                    names.push(name);
+                }
                 Err(err) => {
                     ready = Err(err);
                     break;
@@ -180,7 +193,7 @@ impl Shared {
             }
         }
         if ready.is_ok() {
-            ready = self.wait_ready(&mut link, keys);
+            ready = self.wait_ready(&mut link, keys, names);
         }
         drop(link);
         if ready.is_err() {
@@ -208,7 +221,7 @@ impl Shared {
                     );
                 }
                 match self.spawn() {
-                    Ok(child) => {
+                    Ok((child, _)) => {
                         children[slot] = Some(child);
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                     }
@@ -221,12 +234,17 @@ impl Shared {
         self.stop_children();
     }
 
-    /// Waits until every child has announced itself in the queue's worker
-    /// set, which it does once connected and ready to take tasks.
-    fn wait_ready(&self, link: &mut Link, keys: &Keys) -> Result<(), Error> {
+    /// Waits until every new child has announced itself, under the consumer
+    /// name it was given, in the queue's worker set, which it does once
+    /// connected and ready to take tasks.
+    fn wait_ready(
+        &self,
+        link: &mut Link,
+        keys: &Keys,
+        mut waiting: Vec<String>,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let mut waiting = Vec::new();
             for child in self.lock().iter_mut().flatten() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(Error::Spawn(format!(
@@ -235,12 +253,11 @@ impl Shared {
                         ExitCause::from_status(status)
                     )));
                 }
-                waiting.push(super::serve::name_prefix(child.id()));
             }
             let members: Vec<String> = link
                 .query(redis::cmd("ZRANGE").arg(keys.workers()).arg(0).arg(-1))
                 .unwrap_or_default();
-            waiting.retain(|prefix| !members.iter().any(|m| m.starts_with(prefix.as_str())));
+            waiting.retain(|name| !members.contains(name));
             if waiting.is_empty() {
                 return Ok(());
             }
