@@ -179,11 +179,11 @@ impl PoolBuilder {
     /// | parameter | default | meaning |
     /// |---|---|---|
     /// | `queue` | `default` | the queue's name: callers and workers of one queue share it |
-    /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers) |
+    /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers; at least 0.3) |
     /// | `max_deliveries` | 3 | how many times a task is handed out before it fails with [`Error::TaskLost`] (workers) |
     /// | `max_payload` | 67108864 | largest task or result in bytes: [`Error::PayloadTooLarge`] |
-    /// | `ttl` | 86400 | seconds a caller's results and job list stay in Redis once it stops refreshing them |
-    /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail; `reconnect` + 30 s after a caller vanished, workers drop its queued tasks |
+    /// | `ttl` | 120 | seconds a caller's keys (presence, results, job list) outlive its last refresh; that long after a caller vanished, workers drop its queued tasks; more than `reconnect` |
+    /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail |
     /// | `tls_ca`, `tls_cert`, `tls_key` | system roots | PEM files: the CA to trust, a client certificate and its key (`rediss://` only) |
     ///
     /// The options that shape local worker processes

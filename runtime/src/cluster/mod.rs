@@ -48,8 +48,9 @@
 //!   Redis, workers reconnect forever and callers resume reading where they
 //!   stopped. A caller that cannot reach Redis for `reconnect` seconds fails
 //!   its pending calls with [`Error::Cluster`], and so does a caller that
-//!   finds, once reconnected, that Redis lost the tasks of a pending call (a
-//!   restart without persistence): calls never wait for tasks that are gone.
+//!   finds that Redis lost the tasks of a pending call (a restart without
+//!   persistence, a flush, an eviction; checked after every reconnect and
+//!   every 10 seconds): calls never wait for tasks that are gone.
 //! - Workers compare the caller's registry fingerprint (every job's name
 //!   and argument and result types, as written) with their own and refuse a
 //!   task from a different build with [`Error::Registry`],
@@ -63,9 +64,8 @@
 //! with a password or ACL user (`redis://user:password@host`) and TLS
 //! (`rediss://`). A worker runs only `#[pool_job]` functions registered in
 //! its own binary, refuses tasks and results over `max_payload`, and every
-//! per-caller key expires once its caller stops refreshing it (results after
-//! `ttl`, the caller's presence after `reconnect` + 30 seconds; then workers
-//! drop its queued tasks).
+//! per-caller key (presence, results, job list) expires `ttl` seconds after
+//! its caller last refreshed it; then workers drop that caller's queued tasks.
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user
 //! can read.
