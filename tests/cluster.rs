@@ -277,17 +277,25 @@ fn a_task_that_ran_twice_is_received_once() {
 fn a_worker_with_another_registry_refuses_the_task() {
     let redis = RedisServer::start();
     let url = redis.url("queue=mismatch");
-    let mut other = Command::new(env!("CARGO_BIN_EXE_procpool-other-worker"))
-        .arg(&url)
-        .spawn()
-        .unwrap();
+    // Killed when the test ends, whether it passes or not.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _other = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_procpool-other-worker"))
+            .arg(&url)
+            .spawn()
+            .unwrap(),
+    );
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let outcome = pool
         .apply_async(square, 3)
         .unwrap()
         .get_timeout(Duration::from_secs(30));
-    let _ = other.kill();
-    let _ = other.wait();
     match outcome {
         Err(Error::Registry(message)) => {
             assert!(message.contains("refused the task"), "{message}");

@@ -42,11 +42,13 @@ pub fn read_reported_pids(child: &mut Child) -> Vec<u32> {
 /// without sharing state, and a test never depends on a server it did not
 /// start (CI installs `redis-server`; nothing is skipped without it).
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    /// `--port`, or `--tls-port` for a TLS server.
+    port_flag: &'static str,
     scheme: &'static str,
     dir: std::path::PathBuf,
-    /// Every `redis-server` argument, to start it again.
+    /// Every `redis-server` argument but the port, to start it again.
     args: Vec<std::ffi::OsString>,
 }
 
@@ -66,27 +68,21 @@ impl RedisServer {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("a temp dir for redis-server");
-        let port = free_port();
-        let port_text = port.to_string();
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
         for a in ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"] {
             arg(&a);
         }
-        for a in ["--protected-mode", "no", "--loglevel", "warning", "--dir"] {
+        // `notice` logs the line that says the server is listening.
+        for a in ["--protected-mode", "no", "--loglevel", "notice", "--dir"] {
             arg(&a);
         }
         arg(&dir);
+        arg(&"--logfile");
+        arg(&dir.join("redis.log"));
         if tls {
             make_certificates(&dir);
-            for a in [
-                "--port",
-                "0",
-                "--tls-port",
-                &port_text,
-                "--tls-auth-clients",
-                "no",
-            ] {
+            for a in ["--port", "0", "--tls-auth-clients", "no"] {
                 arg(&a);
             }
             for (flag, file) in [
@@ -97,42 +93,75 @@ impl RedisServer {
                 arg(&flag);
                 arg(&dir.join(file));
             }
-        } else {
-            arg(&"--port");
-            arg(&port_text);
         }
         for a in extra {
             arg(a);
         }
-        let server = RedisServer {
-            child: spawn_redis(&args),
-            port,
-            scheme: if tls { "rediss" } else { "redis" },
-            dir,
-            args,
-        };
-        server.wait_until_listening();
-        server
+        let port_flag = if tls { "--tls-port" } else { "--port" };
+        // A free port may be taken by another test's server before this one
+        // binds it; that start fails, and another port is tried.
+        for _ in 0..20 {
+            let port = free_port();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                port_flag,
+                scheme: if tls { "rediss" } else { "redis" },
+                dir: dir.clone(),
+                args: args.clone(),
+            };
+            if server.launch() {
+                return server;
+            }
+        }
+        panic!(
+            "redis-server did not start on any of 20 free ports; see {}",
+            dir.display()
+        );
+    }
+
+    /// Starts the server on its port; false if it exited (the port was taken).
+    fn launch(&mut self) -> bool {
+        let log = self.dir.join("redis.log");
+        let _ = std::fs::remove_file(&log);
+        let mut command_args = self.args.clone();
+        command_args.push(self.port_flag.into());
+        command_args.push(self.port.to_string().into());
+        let mut child = spawn_redis(&command_args);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Ready to accept connections") {
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not start within 10 s; its log:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Kills the server and starts a new one on the same port: without
     /// persistence, every key is gone.
     pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = spawn_redis(&self.args);
-        self.wait_until_listening();
+        self.stop();
+        assert!(
+            self.launch(),
+            "redis-server could not start again on port {}",
+            self.port
+        );
     }
 
-    fn wait_until_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(10));
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -167,8 +196,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -176,7 +204,10 @@ impl Drop for RedisServer {
 fn spawn_redis(args: &[std::ffi::OsString]) -> Child {
     use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new("redis-server");
-    command.args(args).stdout(std::process::Stdio::null());
+    command
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     // SAFETY: prctl is async-signal-safe. The server dies with the test
     // thread that started it, even if the test binary is killed.
     unsafe {
