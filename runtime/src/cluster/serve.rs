@@ -478,7 +478,10 @@ impl Heartbeat {
         })
     }
 
-    /// The task now running, whose claim must be kept fresh.
+    /// The task now running, whose claim must be kept fresh. No need to
+    /// claim it at once: delivering a task (or claiming it from a lost
+    /// worker) resets its idle time, and the next beat comes within a third
+    /// of the visibility timeout.
     fn watch(&self, id: Option<String>) {
         let (state, _) = &*self.shared;
         state
