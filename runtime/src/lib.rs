@@ -34,6 +34,11 @@
 //! A job that panics fails the call with [`Error::Panicked`]; a worker that
 //! crashes or is killed fails it with [`Error::WorkerDied`] and is replaced.
 //! Nothing hangs.
+//!
+//! With the cargo feature `cluster`, the same `Pool` sends its tasks
+//! through Redis to workers on any number of hosts:
+//! `Pool::builder().cluster("redis://host/0").build()`, and workers that
+//! call `procpool::cluster::run_workers(url, n)` (see the `cluster` module).
 
 #![deny(missing_docs)]
 
