@@ -429,3 +429,17 @@ fn awaiting_on_tokio_does_not_block_the_runtime_thread() {
     let ticks = ticks.load(Ordering::SeqCst);
     assert!(ticks >= 5, "the runtime thread was blocked: {ticks} ticks");
 }
+
+#[test]
+fn a_panicking_callback_still_lets_the_call_finish_and_the_pool_work() {
+    let pool = pool(1);
+    let mut call = pool
+        .apply_async(slow_square, 300)
+        .unwrap()
+        .on_success(|_| panic!("a callback that panics"));
+    // The outcome is published although the callback panicked on the
+    // pool's thread, and that thread goes on feeding its worker.
+    assert_eq!(call.get_timeout(Duration::from_secs(20)).unwrap(), 90_000);
+    let mut next = pool.apply_async(square, 5).unwrap();
+    assert_eq!(next.get_timeout(Duration::from_secs(20)).unwrap(), 25);
+}
