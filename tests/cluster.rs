@@ -191,13 +191,14 @@ fn map_runs_on_two_worker_processes_with_the_whole_pool_api() {
 /// A `traced_square` map of `n` items of `millis` ms each, on 2 cluster
 /// workers with a 1 s visibility timeout, caught while a worker is inside a task.
 struct TracedMap {
-    _redis: RedisServer,
-    workers: Workers,
-    _pool: Pool,
-    dir: ScratchDir,
     call: procpool::AsyncResult<Vec<u64>>,
     /// The pid of a worker that is running a task.
     busy: u32,
+    dir: ScratchDir,
+    // Dropped in this order: the server goes last, after its clients.
+    _pool: Pool,
+    workers: Workers,
+    _redis: RedisServer,
 }
 
 fn traced_map(queue: &str, n: u64, millis: u64) -> TracedMap {
@@ -215,12 +216,12 @@ fn traced_map(queue: &str, n: u64, millis: u64) -> TracedMap {
         busy.is_some()
     });
     TracedMap {
-        _redis: redis,
-        workers,
-        _pool: pool,
-        dir,
         call,
         busy: busy.unwrap(),
+        dir,
+        _pool: pool,
+        workers,
+        _redis: redis,
     }
 }
 
@@ -932,4 +933,84 @@ fn an_acl_user_without_client_setname_may_connect() {
     let _workers = Workers::start(&url, 1).unwrap();
     let pool = Pool::builder().cluster(&url).build().unwrap();
     assert_eq!(pool.map(square, 0..3).unwrap(), vec![0, 1, 4]);
+}
+
+#[test]
+fn tls_client_certificates_are_presented() {
+    // The server asks every client for a certificate signed by its CA.
+    let redis = RedisServer::with_args(&["--tls-auth-clients", "yes"], true);
+    let dir = redis.tls_dir();
+    let ca = format!("tls_ca={}", dir.join("ca.crt").display());
+    let without = redis.url(&format!("queue=mtls&{ca}"));
+    assert!(matches!(
+        Pool::builder().cluster(&without).build(),
+        Err(Error::Cluster(_))
+    ));
+    let with = redis.url(&format!(
+        "queue=mtls&{ca}&tls_cert={}&tls_key={}",
+        dir.join("client.crt").display(),
+        dir.join("client.key").display()
+    ));
+    let _workers = Workers::start(&with, 1).unwrap();
+    let pool = Pool::builder().cluster(&with).build().unwrap();
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+}
+
+/// Run as a child process by `a_killed_caller_leaves_tasks_that_workers_drop`.
+#[test]
+#[ignore = "helper: started by another test, then killed"]
+fn helper_caller_that_gets_killed() {
+    let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
+    let dir = std::env::var("PROCPOOL_TEST_DIR").unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let _call = pool
+        .chunksize(1)
+        .map_async(traced_square, (0..4).map(|x| (x, 10, dir.clone())))
+        .unwrap();
+    println!("SUBMITTED");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_killed_caller_leaves_tasks_that_workers_drop() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=killed&reconnect=1&ttl=2");
+    let dir = scratch_dir("killed");
+    let mut caller = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_caller_that_gets_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PROCPOOL_TEST_URL", &url)
+        .env("PROCPOOL_TEST_DIR", dir.to_str().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(caller.stdout.take().unwrap()));
+    assert!(lines.any(|line| line.unwrap().contains("SUBMITTED")));
+    kill(caller.id(), libc::SIGKILL);
+    caller.wait().unwrap();
+
+    let mut conn = redis_conn(&redis, "");
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("procpool:killed:tasks")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 4);
+    // Its keys expire `ttl` (2 s) after its last refresh: only the queue is left.
+    eventually("the killed caller's keys to expire", || {
+        keys(&mut conn, "procpool:killed:*") == ["procpool:killed:tasks"]
+    });
+    // Workers started now drop its tasks without running them.
+    let _workers = Workers::start(&url, 1).unwrap();
+    eventually("the worker to drain the queue", || {
+        redis::cmd("XLEN")
+            .arg("procpool:killed:tasks")
+            .query::<u64>(&mut conn)
+            .unwrap()
+            == 0
+    });
+    assert!(traces(&dir, "started").is_empty());
 }

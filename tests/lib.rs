@@ -231,7 +231,9 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A CA and a server certificate for 127.0.0.1, made with the openssl tool.
+/// A CA (`ca.crt`), a server certificate for 127.0.0.1 (`server.crt`,
+/// `server.key`) and a client certificate (`client.crt`, `client.key`),
+/// made with the openssl tool.
 fn make_certificates(dir: &std::path::Path) {
     let run = |args: &[&str]| {
         let status = std::process::Command::new("openssl")
@@ -245,52 +247,55 @@ fn make_certificates(dir: &std::path::Path) {
         assert!(status.success(), "openssl {args:?} failed");
     };
     std::fs::write(
-        dir.join("ext.cnf"),
+        dir.join("server.cnf"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
     )
     .unwrap();
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let key = ["-newkey", "rsa:2048", "-nodes", "-days", "2"];
     run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=procpool test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
+        &["req", "-x509"],
+        &key[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=procpool test CA",
+        ],
+    ]
+    .concat());
+    for (name, subject) in [
+        ("server", "/CN=localhost"),
+        ("client", "/CN=procpool test client"),
+    ] {
+        let (key_file, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.cnf"),
+        );
+        run(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key_file, "-out", &csr, "-subj",
+            subject,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
 }

@@ -85,6 +85,7 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
         link,
         beat,
         claim_from: "0-0".to_owned(),
+        generation: 0,
     };
     let outcome = worker.run();
     worker.beat.stop();
@@ -104,6 +105,9 @@ struct Worker {
     /// Where the next `XAUTOCLAIM` scan of the pending list starts: each
     /// scan reads at most 10 entries, so it must go on where it stopped.
     claim_from: String,
+    /// The link's connection count when this worker last found nothing of
+    /// its own pending.
+    generation: u64,
 }
 
 impl Worker {
@@ -150,6 +154,11 @@ impl Worker {
                     None => next_claim = Instant::now() + self.settings.visibility / 2,
                 }
             }
+            // After a new connection, first the tasks already delivered to
+            // this worker: a reply lost with the old connection left them
+            // pending under its name ("0"), not new (">").
+            let generation = self.link.generation();
+            let own = generation != self.generation;
             let read = self.link.run_retrying(None, &stopping, |conn| {
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
@@ -161,13 +170,22 @@ impl Worker {
                     .arg(block.as_millis().max(1) as u64)
                     .arg("STREAMS")
                     .arg(&tasks)
-                    .arg(">")
+                    .arg(if own { "0" } else { ">" })
                     .query::<Value>(conn)
             });
             match read {
                 Ok(reply) => {
-                    for entry in protocol::read_reply(reply) {
-                        self.handle(entry, 1);
+                    let entries = protocol::read_reply(reply);
+                    if own && entries.is_empty() {
+                        self.generation = generation;
+                    }
+                    for entry in entries {
+                        let deliveries = if own {
+                            self.deliveries(&entry.id, 1)
+                        } else {
+                            1
+                        };
+                        self.handle(entry, deliveries);
                     }
                 }
                 Err(err) => self.recover(err)?,
@@ -176,15 +194,36 @@ impl Worker {
         Ok(())
     }
 
+    /// How many times task `id` was delivered, or `unknown` if Redis cannot say.
+    fn deliveries(&mut self, id: &str, unknown: u64) -> u64 {
+        self.link
+            .query::<Value>(
+                redis::cmd("XPENDING")
+                    .arg(self.keys.tasks())
+                    .arg(GROUP)
+                    .arg(id)
+                    .arg(id)
+                    .arg(1),
+            )
+            .ok()
+            .and_then(|reply| protocol::into_items(reply).into_iter().next())
+            .and_then(|row| protocol::into_items(row).into_iter().nth(3))
+            .and_then(|count| match count {
+                Value::Int(n) => u64::try_from(n).ok(),
+                _ => None,
+            })
+            .unwrap_or(unknown)
+    }
+
     /// After a failed command: the queue was deleted (recreate it), the
     /// worker is stopping (fine), or something a worker cannot fix.
     fn recover(&mut self, err: redis::RedisError) -> Result<(), Error> {
+        if stopping() {
+            return Ok(());
+        }
         if err.code() == Some("NOGROUP") {
             return ensure_group(&mut self.link, &self.keys)
                 .map_err(|err| self.link.error("cannot create the queue", &err));
-        }
-        if stopping() {
-            return Ok(());
         }
         Err(self.link.error("cannot read tasks", &err))
     }
@@ -228,24 +267,8 @@ impl Worker {
             self.acknowledge(&entry.id);
             return Ok(None);
         }
-        let deliveries = self
-            .link
-            .query::<Value>(
-                redis::cmd("XPENDING")
-                    .arg(&tasks)
-                    .arg(GROUP)
-                    .arg(&entry.id)
-                    .arg(&entry.id)
-                    .arg(1),
-            )
-            .ok()
-            .and_then(|reply| protocol::into_items(reply).into_iter().next())
-            .and_then(|row| protocol::into_items(row).into_iter().nth(3))
-            .and_then(|count| match count {
-                Value::Int(n) => u64::try_from(n).ok(),
-                _ => None,
-            })
-            .unwrap_or(2);
+        // Claimed, so delivered at least twice.
+        let deliveries = self.deliveries(&entry.id, 2);
         Ok(Some((entry, deliveries)))
     }
 
