@@ -461,6 +461,14 @@ fn payload_limits_are_enforced_on_both_sides() {
     }
 }
 
+/// How many tasks wait in `queue`'s stream.
+fn queued(conn: &mut redis::Connection, queue: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(format!("procpool:{queue}:tasks"))
+        .query(conn)
+        .unwrap()
+}
+
 fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
     redis::cmd("KEYS").arg(pattern).query(conn).unwrap()
 }
@@ -491,11 +499,7 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
     drop(pool);
     assert!(keys(&mut conn, "procpool:ttl:caller:*").is_empty());
     assert!(keys(&mut conn, "procpool:ttl:results:*").is_empty());
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("procpool:ttl:tasks")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(queued, 0);
+    assert_eq!(queued(&mut conn, "ttl"), 0);
 }
 
 #[test]
@@ -509,18 +513,10 @@ fn tasks_of_a_terminated_caller_are_withdrawn_or_skipped() {
     // No worker yet: the tasks wait in the queue.
     let call = pool.chunksize(1).map_async(traced_square, items).unwrap();
     let mut conn = redis_conn(&redis, "");
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("procpool:gone:tasks")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(queued, 5);
+    assert_eq!(queued(&mut conn, "gone"), 5);
     pool.terminate();
     assert!(matches!(call.get(), Err(Error::Terminated { .. })));
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("procpool:gone:tasks")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(queued, 0);
+    assert_eq!(queued(&mut conn, "gone"), 0);
     // A worker started now runs nothing of it.
     let workers = Workers::start(&url, 1).unwrap();
     let other = Pool::builder().cluster(&url).build().unwrap();
@@ -552,11 +548,7 @@ fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
         other => panic!("expected a cluster error, got {other:?}"),
     }
     assert!(traces(&dir, "started").is_empty());
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("procpool:vanished:tasks")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(queued, 0);
+    assert_eq!(queued(&mut conn, "vanished"), 0);
 }
 
 #[test]
@@ -685,11 +677,7 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
     );
     // The worker survived all three and still serves.
     assert_eq!(pool.apply(square, 4).unwrap(), 16);
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("procpool:forged:tasks")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(queued, 0);
+    assert_eq!(queued(&mut conn, "forged"), 0);
     assert_eq!(workers.restarts(), 0);
 }
 
@@ -763,11 +751,7 @@ fn the_tasks_of_a_failed_call_are_taken_off_the_queue() {
     }
     let mut conn = redis_conn(&redis, "");
     eventually("the call's other tasks to leave the queue", || {
-        redis::cmd("XLEN")
-            .arg("procpool:withdraw:tasks")
-            .query::<u64>(&mut conn)
-            .unwrap()
-            == 0
+        queued(&mut conn, "withdraw") == 0
     });
     // 29 tasks of 200 ms on one worker would take 5.8 s; most never ran.
     std::thread::sleep(Duration::from_millis(500));
@@ -994,11 +978,7 @@ fn a_killed_caller_leaves_tasks_that_workers_drop() {
     caller.wait().unwrap();
 
     let mut conn = redis_conn(&redis, "");
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("procpool:killed:tasks")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(queued, 4);
+    assert_eq!(queued(&mut conn, "killed"), 4);
     // Its keys expire `ttl` (2 s) after its last refresh: only the queue is left.
     eventually("the killed caller's keys to expire", || {
         keys(&mut conn, "procpool:killed:*") == ["procpool:killed:tasks"]
@@ -1006,11 +986,7 @@ fn a_killed_caller_leaves_tasks_that_workers_drop() {
     // Workers started now drop its tasks without running them.
     let _workers = Workers::start(&url, 1).unwrap();
     eventually("the worker to drain the queue", || {
-        redis::cmd("XLEN")
-            .arg("procpool:killed:tasks")
-            .query::<u64>(&mut conn)
-            .unwrap()
-            == 0
+        queued(&mut conn, "killed") == 0
     });
     assert!(traces(&dir, "started").is_empty());
 }
