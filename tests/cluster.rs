@@ -76,6 +76,17 @@ fn worker_name() -> String {
     procpool::current_process().name().to_owned()
 }
 
+/// A redis-server of the test's own, the URL of `params`' queue on it,
+/// `workers` cluster workers serving it and a pool sending to it. Bind all
+/// four: they are dropped in reverse order, the server last.
+fn cluster(params: &str, workers: usize) -> (RedisServer, String, Workers, Pool) {
+    let redis = RedisServer::start();
+    let url = redis.url(params);
+    let workers = Workers::start(&url, workers).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    (redis, url, workers, pool)
+}
+
 fn redis_conn(server: &RedisServer, password: &str) -> redis::Connection {
     redis::Client::open(server.url_with_password(password, ""))
         .and_then(|client| client.get_connection())
@@ -346,10 +357,7 @@ fn kill_clients(server: &RedisServer, prefix: &str) -> usize {
 
 #[test]
 fn a_call_completes_after_the_callers_connections_are_killed() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=drop");
-    let _workers = Workers::start(&url, 2).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (redis, _url, _workers, pool) = cluster("queue=drop", 2);
     let mut call = pool
         .chunksize(1)
         .map_async(slow_square, (0..10).map(|x| (x, 150)))
@@ -371,10 +379,7 @@ fn a_call_completes_after_the_callers_connections_are_killed() {
 
 #[test]
 fn a_call_completes_after_every_connection_is_killed() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=dropall");
-    let _workers = Workers::start(&url, 2).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (redis, _url, _workers, pool) = cluster("queue=dropall", 2);
     let mut call = pool
         .chunksize(1)
         .map_async(slow_square, (0..10).map(|x| (x, 150)))
@@ -431,10 +436,7 @@ fn tls_urls_work_end_to_end() {
 
 #[test]
 fn payload_limits_are_enforced_on_both_sides() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=limits&max_payload=1000");
-    let _workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (redis, _url, _workers, pool) = cluster("queue=limits&max_payload=1000", 1);
     // Too large to send: refused by the caller, at once.
     match pool.apply(length, vec![7; 5000]) {
         Err(Error::PayloadTooLarge { bytes, limit, .. }) => {
@@ -475,10 +477,7 @@ fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
 
 #[test]
 fn caller_keys_expire_and_are_removed_with_the_pool() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=ttl&ttl=120&reconnect=5");
-    let _workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (redis, _url, _workers, pool) = cluster("queue=ttl&ttl=120&reconnect=5", 1);
     let call = pool.apply_async(slow_square, (3, 500)).unwrap();
     let mut conn = redis_conn(&redis, "");
     eventually("the result to be stored", || {
@@ -591,10 +590,7 @@ fn unsupported_options_and_bad_servers_are_clear_errors() {
 
 #[test]
 fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=forged");
-    let workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (redis, _url, workers, pool) = cluster("queue=forged", 1);
     let mut conn = redis_conn(&redis, "");
     // The caller's registry fingerprint, from the key it announces.
     let registry = keys(&mut conn, "procpool:forged:registry:*");
@@ -683,10 +679,7 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
 
 #[test]
 fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=leave");
-    let workers = Workers::start(&url, 2).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (redis, url, workers, pool) = cluster("queue=leave", 2);
     assert_eq!(pool.map(square, 0..10).unwrap()[3], 9);
     let mut conn = redis_conn(&redis, "");
     // Workers::start returned once both announced themselves.
@@ -718,10 +711,7 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
 #[test]
 fn a_live_worker_keeps_a_task_longer_than_the_visibility_timeout() {
     // The heartbeat renews the claim: nobody else runs the task meanwhile.
-    let redis = RedisServer::start();
-    let url = redis.url("queue=long&visibility=1");
-    let _workers = Workers::start(&url, 2).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (_redis, _url, _workers, pool) = cluster("queue=long&visibility=1", 2);
     let dir = scratch_dir("long");
     let dir_text = dir.to_str().unwrap().to_owned();
     assert_eq!(pool.apply(traced_square, (7, 3000, dir_text)).unwrap(), 49);
@@ -735,10 +725,7 @@ fn a_live_worker_keeps_a_task_longer_than_the_visibility_timeout() {
 
 #[test]
 fn the_tasks_of_a_failed_call_are_taken_off_the_queue() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=withdraw");
-    let _workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (redis, _url, _workers, pool) = cluster("queue=withdraw", 1);
     let dir = scratch_dir("withdraw");
     let dir_text = dir.to_str().unwrap().to_owned();
     let call = pool
@@ -764,10 +751,7 @@ fn the_tasks_of_a_failed_call_are_taken_off_the_queue() {
 
 #[test]
 fn a_task_that_kills_every_worker_fails_after_max_deliveries() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=poison&visibility=0.5&max_deliveries=2");
-    let workers = Workers::start(&url, 2).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (_redis, _url, workers, pool) = cluster("queue=poison&visibility=0.5&max_deliveries=2", 2);
     match pool
         .apply_async(crash, 7)
         .unwrap()
@@ -793,10 +777,7 @@ fn a_task_that_kills_every_worker_fails_after_max_deliveries() {
 
 #[test]
 fn a_redis_restart_that_lost_the_tasks_fails_pending_calls_instead_of_hanging() {
-    let mut redis = RedisServer::start();
-    let url = redis.url("queue=restart");
-    let workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (mut redis, _url, workers, pool) = cluster("queue=restart", 1);
     // One task runs, three wait in Redis; then Redis loses them all.
     let mut call = pool
         .chunksize(1)
@@ -818,10 +799,7 @@ fn a_redis_restart_that_lost_the_tasks_fails_pending_calls_instead_of_hanging() 
 
 #[test]
 fn imap_goes_on_after_an_item_too_large_to_send() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=imaplimit&max_payload=1000");
-    let _workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (_redis, _url, _workers, pool) = cluster("queue=imaplimit&max_payload=1000", 1);
     let items = (0..10usize).map(|i| vec![1u8; if i == 3 { 5000 } else { i }]);
     let out: Vec<Result<usize, Error>> = pool.imap(length, items).collect();
     assert_eq!(out.len(), 10);
@@ -836,10 +814,7 @@ fn imap_goes_on_after_an_item_too_large_to_send() {
 
 #[test]
 fn a_panicking_callback_does_not_stop_the_pool() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=callback");
-    let _workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (_redis, _url, _workers, pool) = cluster("queue=callback", 1);
     let mut call = pool
         .apply_async(slow_square, (3, 300))
         .unwrap()
@@ -871,10 +846,7 @@ fn tasks_flushed_from_redis_fail_their_call_without_a_lost_connection() {
 fn a_redis_restart_while_results_are_being_handled_is_noticed() {
     // The restart drops the connection while the results thread runs a
     // callback, so a command other than the blocking read meets it first.
-    let mut redis = RedisServer::start();
-    let url = redis.url("queue=busyrestart");
-    let workers = Workers::start(&url, 1).unwrap();
-    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let (mut redis, _url, workers, pool) = cluster("queue=busyrestart", 1);
     let (in_callback, entered) = std::sync::mpsc::channel();
     let first = pool.apply_async(square, 2).unwrap().on_success(move |_| {
         let _ = in_callback.send(());
