@@ -87,6 +87,18 @@ fn cluster(params: &str, workers: usize) -> (RedisServer, String, Workers, Pool)
     (redis, url, workers, pool)
 }
 
+/// Fails unless `outcome` is an `Error::Cluster` whose message has every one of `needles`.
+fn expect_cluster_error<T: std::fmt::Debug>(outcome: Result<T, Error>, needles: &[&str]) {
+    match outcome {
+        Err(Error::Cluster(message)) => {
+            for needle in needles {
+                assert!(message.contains(needle), "no `{needle}` in: {message}");
+            }
+        }
+        other => panic!("expected a cluster error, got {other:?}"),
+    }
+}
+
 fn redis_conn(server: &RedisServer, password: &str) -> redis::Connection {
     redis::Client::open(server.url_with_password(password, ""))
         .and_then(|client| client.get_connection())
@@ -542,10 +554,7 @@ fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
         let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
     }
     let _workers = Workers::start(&url, 1).unwrap();
-    match call.get_timeout(Duration::from_secs(30)) {
-        Err(Error::Cluster(message)) => assert!(message.contains("presence"), "{message}"),
-        other => panic!("expected a cluster error, got {other:?}"),
-    }
+    expect_cluster_error(call.get_timeout(Duration::from_secs(30)), &["presence"]);
     assert!(traces(&dir, "started").is_empty());
     assert_eq!(queued(&mut conn, "vanished"), 0);
 }
@@ -785,13 +794,10 @@ fn a_redis_restart_that_lost_the_tasks_fails_pending_calls_instead_of_hanging() 
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     redis.restart();
-    match call.get_timeout(Duration::from_secs(30)) {
-        Err(Error::Cluster(message)) => {
-            assert!(message.contains("no longer in Redis"), "{message}");
-            assert!(message.contains("persistence"), "{message}");
-        }
-        other => panic!("expected a cluster error, got {other:?}"),
-    }
+    expect_cluster_error(
+        call.get_timeout(Duration::from_secs(30)),
+        &["no longer in Redis", "persistence"],
+    );
     // The same pool and the same workers go on with the new server.
     assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
     assert_eq!(workers.restarts(), 0);
@@ -834,12 +840,10 @@ fn tasks_flushed_from_redis_fail_their_call_without_a_lost_connection() {
     let mut conn = redis_conn(&redis, "");
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
     // The caller checks its pending tasks every 10 seconds.
-    match call.get_timeout(Duration::from_secs(40)) {
-        Err(Error::Cluster(message)) => {
-            assert!(message.contains("no longer in Redis"), "{message}")
-        }
-        other => panic!("expected a cluster error, got {other:?}"),
-    }
+    expect_cluster_error(
+        call.get_timeout(Duration::from_secs(40)),
+        &["no longer in Redis"],
+    );
 }
 
 #[test]
@@ -859,12 +863,10 @@ fn a_redis_restart_while_results_are_being_handled_is_noticed() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     redis.restart();
-    match second.get_timeout(Duration::from_secs(40)) {
-        Err(Error::Cluster(message)) => {
-            assert!(message.contains("no longer in Redis"), "{message}")
-        }
-        other => panic!("expected a cluster error, got {other:?}"),
-    }
+    expect_cluster_error(
+        second.get_timeout(Duration::from_secs(40)),
+        &["no longer in Redis"],
+    );
     assert_eq!(first.get().unwrap(), 4);
     drop(workers);
 }
@@ -961,4 +963,17 @@ fn a_killed_caller_leaves_tasks_that_workers_drop() {
         queued(&mut conn, "killed") == 0
     });
     assert!(traces(&dir, "started").is_empty());
+}
+
+#[test]
+fn a_caller_cut_off_longer_than_reconnect_fails_its_pending_calls() {
+    let mut redis = RedisServer::start();
+    let url = redis.url("queue=cutoff&reconnect=1&ttl=5");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool.chunksize(1).map_async(square, 0..4).unwrap();
+    redis.stop();
+    expect_cluster_error(
+        call.get_timeout(Duration::from_secs(30)),
+        &["lost the connection", "reconnect"],
+    );
 }

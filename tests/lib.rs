@@ -158,7 +158,8 @@ impl RedisServer {
         );
     }
 
-    fn stop(&mut self) {
+    /// Kills the server: clients find nothing listening any more.
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

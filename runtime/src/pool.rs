@@ -54,6 +54,9 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// How long a new worker may take to start and connect, unless set.
+const DEFAULT_SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Configures a [`Pool`] before starting it. Created by [`Pool::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
@@ -74,7 +77,7 @@ impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
             processes: None,
-            spawn_timeout: Duration::from_secs(10),
+            spawn_timeout: DEFAULT_SPAWN_TIMEOUT,
             initializer: None,
             max_tasks_per_child: None,
             task_timeout: None,
@@ -250,10 +253,7 @@ impl PoolBuilder {
                 ("max_memory_per_child", self.max_memory_per_child.is_some()),
                 ("task_timeout", self.task_timeout.is_some()),
                 ("retries", self.retries != 0),
-                (
-                    "spawn_timeout",
-                    self.spawn_timeout != Duration::from_secs(10),
-                ),
+                ("spawn_timeout", self.spawn_timeout != DEFAULT_SPAWN_TIMEOUT),
             ];
             if let Some((option, _)) = local_only.iter().find(|(_, set)| *set) {
                 return Err(Error::Config(format!(

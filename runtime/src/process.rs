@@ -469,11 +469,15 @@ fn new_private_server() -> Result<(IpcOneShotServer<FromWorker>, String), Error>
 /// It reaches the child through its environment, which only this user can
 /// read (`/proc/<pid>/environ` is mode 0400).
 fn secret_token() -> Result<String, Error> {
+    random_hex()
+        .map_err(|e| Error::Spawn(format!("cannot read /dev/urandom for a worker token: {e}")))
+}
+
+/// 128 bits from the kernel's random source, as 32 hex digits.
+pub(crate) fn random_hex() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .map_err(|e| Error::Spawn(format!("cannot read /dev/urandom for a worker token: {e}")))?;
+    std::fs::File::open("/dev/urandom").and_then(|mut random| random.read_exact(&mut bytes))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -46,7 +46,6 @@ struct State {
     pending: HashMap<u64, Pending>,
     next_seq: u64,
     closed: bool,
-    terminated: bool,
 }
 
 /// Where the collector is in this caller's results stream.
@@ -69,6 +68,8 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled whenever a pending task leaves the table.
     settled: Condvar,
+    /// Set by `terminate` (and so by drop): the collector ends, and a
+    /// submit that has not sent its task yet gives up.
     stop: AtomicBool,
 }
 
@@ -520,7 +521,6 @@ impl Backend for ClusterBackend {
         shared.stop.store(true, Ordering::Release);
         let lost: Vec<Pending> = shared.settle(|state| {
             state.closed = true;
-            state.terminated = true;
             state.pending.drain().map(|(_, p)| p).collect()
         });
         // Withdraw what no worker took yet, and say this caller is gone so
@@ -556,10 +556,9 @@ impl Backend for ClusterBackend {
 
 impl Drop for ClusterBackend {
     fn drop(&mut self) {
-        if !lock(&self.shared.state).terminated {
+        if !self.shared.stop.load(Ordering::Acquire) {
             self.terminate();
         }
-        self.shared.stop.store(true, Ordering::Release);
         if let Some(collector) = lock(&self.collector).take() {
             let _ = collector.join();
         }

@@ -184,12 +184,8 @@ pub(crate) fn text(value: Value) -> Option<String> {
 
 /// 128 random bits in hex, for caller and worker names.
 pub(crate) fn random_id() -> Result<String, Error> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .map_err(|e| Error::Cluster(format!("cannot read /dev/urandom for an id: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::process::random_hex()
+        .map_err(|e| Error::Cluster(format!("cannot read /dev/urandom for an id: {e}")))
 }
 
 /// Milliseconds since the Unix epoch, for the workers' last-seen scores.

@@ -262,11 +262,6 @@ impl Worker {
         let Some(entry) = protocol::entry_list(list).into_iter().next() else {
             return Ok(None);
         };
-        if entry.fields.is_empty() {
-            // Withdrawn by its caller after it was delivered.
-            self.acknowledge(&entry.id);
-            return Ok(None);
-        }
         // Claimed, so delivered at least twice.
         let deliveries = self.deliveries(&entry.id, 2);
         Ok(Some((entry, deliveries)))
