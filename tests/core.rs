@@ -493,7 +493,11 @@ fn unserializable_argument_is_reported_and_pool_survives() {
     match &err {
         Error::Serialization { job, message, .. } => {
             assert_eq!(job, "core::takes_unserializable");
-            assert_eq!(message, "Unserializable holds a file handle");
+            // The impl's own words, and the type they are about.
+            assert_eq!(
+                message,
+                "cannot serialize a `core::Unserializable`: Unserializable holds a file handle"
+            );
         }
         other => panic!("expected Serialization, got {other:?}"),
     }

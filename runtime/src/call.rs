@@ -59,28 +59,56 @@ impl<T> Outcome<T> {
     }
 }
 
-/// Decodes a task's reply (one `Result<R, Failure>` per item) and hands
-/// each item's outcome, as the caller sees it, to `each`. Stops at the first
-/// `Err` that `each` returns, or when the reply cannot be decoded.
+/// Decodes a task's reply (one outcome per item) and hands each item's
+/// outcome, as the caller sees it, to `each`. Stops at the first `Err` that
+/// `each` returns, or when the reply cannot be decoded.
 pub(crate) fn decode_items<R: DeserializeOwned + 'static>(
     job: &str,
     task: TaskInfo,
     bytes: &[u8],
     mut each: impl FnMut(Result<R, Error>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut reader = codec::Reader::new(bytes);
+    let mut reader = codec::ReplyReader::new(bytes).map_err(|p| undecodable(job, task.first, p))?;
     for offset in 0..task.count {
         let index = task.first + offset;
-        let item = reader
-            .outcome::<R>()
-            .map_err(|message| Error::Serialization {
-                job: job.to_owned(),
-                direction: format!("decode the result of item {index}"),
-                message,
-            })?;
+        let item = reader.next::<R>().map_err(|p| undecodable(job, index, p))?;
         each(item.map_err(|failure| failure.into_error(job, index)))?;
     }
-    Ok(())
+    reader
+        .finish()
+        .map_err(|p| undecodable(job, task.first + task.count, p))
+}
+
+/// Decodes every value of a task's reply into `out`, or fails with the
+/// first item's error. Replies without failures take the bulk path.
+pub(crate) fn decode_values<R: DeserializeOwned + 'static>(
+    job: &str,
+    task: TaskInfo,
+    bytes: &[u8],
+    out: &mut Vec<R>,
+) -> Result<(), Error> {
+    let mut reader = codec::ReplyReader::new(bytes).map_err(|p| undecodable(job, task.first, p))?;
+    let start = out.len();
+    if !reader
+        .values_into(task.count, out)
+        .map_err(|p| undecodable(job, task.first + out.len() - start, p))?
+    {
+        return decode_items(job, task, bytes, |item| {
+            out.push(item?);
+            Ok(())
+        });
+    }
+    reader
+        .finish()
+        .map_err(|p| undecodable(job, task.first + task.count, p))
+}
+
+fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
+    Error::Serialization {
+        job: job.to_owned(),
+        direction: format!("decode the result of item {index}"),
+        message: problem.into(),
+    }
 }
 
 struct State<R, T> {
@@ -211,10 +239,7 @@ where
         // Decode outside the lock: drivers decode their chunks in parallel.
         let decoded = outcome.and_then(|bytes| {
             let mut items = Vec::with_capacity(task.count);
-            decode_items::<R>(self.job, task, &bytes, |item| {
-                items.push(item?);
-                Ok(())
-            })?;
+            decode_values::<R>(self.job, task, &bytes, &mut items)?;
             Ok(items)
         });
         let mut state = self.lock();

@@ -11,10 +11,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::decode_items;
+use crate::codec::ChunkWriter;
 use crate::progress::Progress;
 use crate::transport::{Sink, Task, TaskInfo};
 use crate::wire::Payload;
-use crate::{Error, Pool, codec};
+use crate::{Error, Pool};
 
 struct State<R> {
     /// Finished chunks by number, until the iterator takes them.
@@ -157,26 +158,24 @@ where
                 return;
             };
             let first = self.next_item;
-            let mut bytes = Vec::new();
-            let mut count = 0;
+            let mut items = ChunkWriter::default();
             let mut bad_item = None;
-            while count < self.chunksize {
+            while items.len() < self.chunksize {
                 let Some(item) = input.next() else {
                     self.input = None;
                     break;
                 };
-                if let Err(message) = codec::encode_item(&item, &mut bytes) {
+                if let Err(problem) = items.push(&item) {
                     bad_item = Some(Error::Serialization {
                         job: self.job.to_owned(),
-                        direction: format!("serialize argument {}", first + count),
-                        message,
+                        direction: format!("serialize argument {}", first + items.len()),
+                        message: problem.into(),
                     });
                     break;
                 }
-                count += 1;
             }
-            if count > 0 {
-                self.submit(first, count, bytes);
+            if items.len() > 0 {
+                self.submit(first, items.len(), items.finish());
             }
             if let Some(error) = bad_item {
                 // The unencodable item keeps its place as an error of its own.

@@ -6,14 +6,15 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::Error;
 use crate::call::{All, AsyncResult, Call, Finish, One};
+use crate::codec::{self, ChunkWriter};
 use crate::imap::Imap;
 use crate::job::{IntoJob, JobArgs};
 use crate::local::{LocalBackend, LocalConfig};
 use crate::process::Initializer;
 use crate::progress::Progress;
 use crate::transport::{Backend, Task};
-use crate::{Error, codec};
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
 ///
@@ -120,7 +121,7 @@ impl PoolBuilder {
         let encoded = codec::encode(&arg).map_err(|message| Error::Serialization {
             job: job.name().to_owned(),
             direction: "serialize the initializer's argument".to_owned(),
-            message,
+            message: message.into(),
         });
         self.initializer = Some(encoded.map(|arg| Initializer {
             job: job.name(),
@@ -515,46 +516,47 @@ impl Pool {
         // A bar for a single `apply` would only flicker.
         let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
         let call = Call::<R, M>::new(job, progress);
-        let mut chunk = ChunkBuilder::default();
+        let mut chunk = ChunkBuilder::<T>::default();
         for (index, item) in items.into_iter().enumerate() {
-            if let Err(message) = codec::encode_item(&item, &mut chunk.bytes) {
+            if let Err(problem) = chunk.items.push(&item) {
                 let error = Error::Serialization {
                     job: job.to_owned(),
                     direction: format!("serialize argument {index}"),
-                    message,
+                    message: problem.into(),
                 };
                 call.abandon(error.clone());
                 return Err(error);
             }
-            chunk.count += 1;
-            if chunk.count == chunksize {
+            if chunk.items.len() == chunksize {
                 self.send_chunk(job, &call, &mut chunk)?;
             }
         }
-        if chunk.count > 0 {
+        if chunk.items.len() > 0 {
             self.send_chunk(job, &call, &mut chunk)?;
         }
         call.seal();
         Ok(call)
     }
 
-    fn send_chunk<R, M>(
+    fn send_chunk<T, R, M>(
         &self,
         job: &'static str,
         call: &Arc<Call<R, M>>,
-        chunk: &mut ChunkBuilder,
+        chunk: &mut ChunkBuilder<T>,
     ) -> Result<(), Error>
     where
+        T: Serialize + 'static,
         R: DeserializeOwned + Send + 'static,
         M: Finish<R>,
     {
-        let count = std::mem::take(&mut chunk.count);
+        let items = std::mem::take(&mut chunk.items);
+        let count = items.len();
         let task = Task {
             job,
             chunk: chunk.number,
             first: chunk.first,
             count,
-            items: std::mem::take(&mut chunk.bytes),
+            items: items.finish(),
             sink: Arc::clone(call) as Arc<dyn crate::transport::Sink>,
             retried: 0,
         };
@@ -656,12 +658,20 @@ impl<'pool> Chunked<'pool> {
     }
 }
 
-#[derive(Default)]
-struct ChunkBuilder {
+struct ChunkBuilder<T> {
     number: usize,
     first: usize,
-    count: usize,
-    bytes: Vec<u8>,
+    items: ChunkWriter<T>,
+}
+
+impl<T: Serialize + 'static> Default for ChunkBuilder<T> {
+    fn default() -> Self {
+        ChunkBuilder {
+            number: 0,
+            first: 0,
+            items: ChunkWriter::default(),
+        }
+    }
 }
 
 /// About 16 chunks per worker: `ceil(n / (16 × processes))`, but never

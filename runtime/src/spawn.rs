@@ -98,7 +98,7 @@ impl ProcessBuilder {
         let items = codec::encode(&arg).map_err(|message| Error::Serialization {
             job: job.name().to_owned(),
             direction: "serialize the argument".to_owned(),
-            message,
+            message: message.into(),
         })?;
         let mut worker = WorkerProcess::spawn(
             &name,
@@ -202,12 +202,12 @@ impl<R: DeserializeOwned + 'static> Process<R> {
             Err(Lost::Aborted | Lost::TimedOut) => return Err(self.died(ExitCause::Unknown)),
         };
         let outcome = match reply {
-            FromWorker::Done { items } => codec::Reader::new(&items)
-                .outcome::<R>()
-                .map_err(|message| Error::Serialization {
+            FromWorker::Done { items } => codec::ReplyReader::new(&items)
+                .and_then(|mut reply| reply.next::<R>())
+                .map_err(|problem| Error::Serialization {
                     job: self.job.to_owned(),
                     direction: "decode the result".to_owned(),
-                    message,
+                    message: problem.into(),
                 })
                 .and_then(|result| result.map_err(|f| f.into_error(self.job, 0))),
             FromWorker::Failed(failure) => Err(failure.into_error(self.job, 0)),

@@ -245,8 +245,11 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs `f` over a chunk. Called by the code `#[pool_job]` generates.
 ///
 /// All items are decoded before any runs, so a chunk with an undecodable
-/// item has no side effects. Each item's outcome is encoded separately: a
-/// panic or an unserializable result fails that item only.
+/// item has no side effects. Each item's outcome is recorded separately: a
+/// panic or an unserializable result fails that item only. A panic in the
+/// items' `Deserialize` or the result's `Serialize` is caught by the codec
+/// and reported like a panic in the job: it never unwinds into the worker
+/// loop, which would abort the worker.
 #[doc(hidden)]
 pub fn invoke<T, R>(
     count: usize,
@@ -258,34 +261,34 @@ where
     T: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
+    let bad_input = |problem: codec::Problem, at: String| {
+        let kind = if problem.panicked {
+            FailureKind::Panicked
+        } else {
+            FailureKind::DecodeArguments
+        };
+        Failure::new(kind, format!("{at}: {}", problem.message))
+    };
+    let mut reader =
+        codec::ChunkReader::new(input).map_err(|p| bad_input(p, "the chunk".into()))?;
     let mut items = Vec::with_capacity(count.min(input.len()));
-    let mut reader = codec::Reader::new(input);
-    for index in 0..count {
-        let item = reader.item::<T>().map_err(|message| {
-            Failure::new(
-                FailureKind::DecodeArguments,
-                format!("item {index} of the chunk: {message}"),
-            )
-        })?;
-        items.push(item);
-    }
+    reader
+        .read_into::<T>(count, &mut items)
+        .map_err(|p| bad_input(p, format!("item {} of the chunk", items.len())))?;
     reader
         .finish()
-        .map_err(|message| Failure::new(FailureKind::DecodeArguments, message))?;
-    // Results take at least a byte each; reserving avoids regrowing a large buffer.
-    output.reserve(2 * count);
-    let mut first_failure = None;
+        .map_err(|p| bad_input(p, "the chunk".into()))?;
+    let mut reply = codec::ReplyWriter::<R>::default();
     for item in items {
-        let outcome = match catch_unwind(AssertUnwindSafe(|| f(item))) {
-            Ok(value) => codec::encode_outcome::<R>(Ok(&value), output)
-                .map_err(|message| Failure::new(FailureKind::EncodeResult, message)),
-            Err(payload) => Err(Failure::new(FailureKind::Panicked, panic_text(&*payload))),
-        };
-        if let Err(failure) = outcome {
-            codec::encode_outcome::<R>(Err(&failure), output)
-                .map_err(|message| Failure::new(FailureKind::EncodeResult, message))?;
-            first_failure.get_or_insert(failure);
+        match catch_unwind(AssertUnwindSafe(|| f(item))) {
+            // An unencodable value fails its item; the writer recorded why.
+            Ok(value) => drop(reply.value(&value)),
+            Err(payload) => {
+                reply.failure(Failure::new(FailureKind::Panicked, panic_text(&*payload)))
+            }
         }
     }
+    let first_failure = reply.first_failure().cloned();
+    *output = reply.finish();
     Ok(first_failure)
 }

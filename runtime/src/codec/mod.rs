@@ -1,0 +1,614 @@
+//! How values become bytes and back: exactly, or with an error that says why.
+//!
+//! - [`format`]: the tagged, self-describing layout of one value
+//!   ([`ser`] writes it, [`de`] reads it). Every serde feature round-trips:
+//!   `skip_serializing_if`, `flatten`, untagged and internally tagged
+//!   enums, `serde_json::Value`, `i128`, `Option<Option<T>>`, NaN bits.
+//! - [`plain`]: chunks of plain items (numbers, strings, bytes, tuples of
+//!   those) with their shape written once and no tag per value.
+//! - this file: chunks of items ([`ChunkWriter`], [`ChunkReader`]) and a
+//!   worker's reply ([`ReplyWriter`], [`ReplyReader`]): the values that
+//!   succeeded, in order, then the failures by item index, so a chunk with
+//!   no failure carries no per-item result tag.
+//!
+//! A panic in a user's `Serialize` or `Deserialize` impl is caught here and
+//! reported as a [`Problem`] (it must not unwind into a worker's loop or
+//! a pool thread), and nesting is limited to [`format::MAX_DEPTH`] levels.
+
+mod de;
+mod error;
+mod format;
+mod plain;
+mod ser;
+
+use std::any::{Any, TypeId, type_name};
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use self::error::CodecError;
+use self::plain::{Kind, PlainDecoder, PlainEncoder, PlainError};
+use crate::wire::Failure;
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// Names the type and says what went wrong, with the user's own
+    /// message when their impl gave one.
+    pub(crate) message: String,
+    /// The user's `Serialize`/`Deserialize` impl panicked.
+    pub(crate) panicked: bool,
+}
+
+impl Problem {
+    fn encode<T: ?Sized>(error: impl Into<String>) -> Self {
+        Problem {
+            message: format!(
+                "cannot serialize a `{}`: {}",
+                type_name::<T>(),
+                error.into()
+            ),
+            panicked: false,
+        }
+    }
+
+    fn decode<T: ?Sized>(error: impl Into<String>) -> Self {
+        Problem {
+            message: format!("cannot decode a `{}`: {}", type_name::<T>(), error.into()),
+            panicked: false,
+        }
+    }
+
+    fn corrupt(message: impl Into<String>) -> Self {
+        Problem {
+            message: message.into(),
+            panicked: false,
+        }
+    }
+
+    fn panic<T: ?Sized>(direction: &str, payload: &(dyn Any + Send)) -> Self {
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+        Problem {
+            message: format!(
+                "the {direction} impl of `{}` panicked: {text}",
+                type_name::<T>()
+            ),
+            panicked: true,
+        }
+    }
+}
+
+impl From<Problem> for String {
+    fn from(problem: Problem) -> String {
+        problem.message
+    }
+}
+
+/// First byte of a chunk: items in the tagged format follow.
+const TAGGED: u8 = 0;
+/// First byte of a chunk: a shape (varint length, bytes), then plain items.
+const SHAPED: u8 = 1;
+
+/// The shape of a type written as raw little-endian bytes without going
+/// through serde (the same bytes serde's calls would produce).
+fn raw_kind<T: 'static>() -> Option<Kind> {
+    let id = TypeId::of::<T>();
+    [
+        (TypeId::of::<u64>(), Kind::U64),
+        (TypeId::of::<usize>(), Kind::U64),
+        (TypeId::of::<i64>(), Kind::I64),
+        (TypeId::of::<isize>(), Kind::I64),
+        (TypeId::of::<u32>(), Kind::U32),
+        (TypeId::of::<i32>(), Kind::I32),
+        (TypeId::of::<f64>(), Kind::F64),
+        (TypeId::of::<f32>(), Kind::F32),
+    ]
+    .into_iter()
+    .find_map(|(other, kind)| (other == id).then_some(kind))
+}
+
+/// Appends `item` as raw bytes if its type has a [`raw_kind`].
+#[inline]
+fn put_raw<T: 'static>(item: &T, out: &mut Vec<u8>) -> bool {
+    let any = item as &dyn Any;
+    macro_rules! try_types {
+        ($($ty:ty => $conv:expr;)*) => {$(
+            if let Some(&v) = any.downcast_ref::<$ty>() {
+                let conv: fn($ty) -> _ = $conv;
+                out.extend_from_slice(&conv(v).to_le_bytes());
+                return true;
+            }
+        )*};
+    }
+    try_types! {
+        u64 => |v| v; usize => |v| v as u64; i64 => |v| v; isize => |v| v as i64;
+        u32 => |v| v; i32 => |v| v; f64 => f64::to_bits; f32 => f32::to_bits;
+    }
+    false
+}
+
+/// Reads `count` raw items of type `T` straight into `out`, if `T` has a
+/// [`raw_kind`]; `None` otherwise.
+// A `Vec`, not a slice: it is downcast to the concrete `Vec<u64>` (etc.) it is.
+#[allow(clippy::ptr_arg)]
+fn take_raw<T: 'static>(
+    bytes: &[u8],
+    count: usize,
+    out: &mut Vec<T>,
+) -> Option<Result<usize, Problem>> {
+    let any = out as &mut dyn Any;
+    macro_rules! try_types {
+        ($($ty:ty: $width:literal => $conv:expr;)*) => {$(
+            if let Some(out) = any.downcast_mut::<Vec<$ty>>() {
+                let len = count * $width;
+                let Some(data) = bytes.get(..len) else {
+                    return Some(Err(Problem::corrupt("the data ends in the middle of a chunk")));
+                };
+                let conv: fn([u8; $width]) -> $ty = $conv;
+                out.extend(data.chunks_exact($width).map(|c| {
+                    let mut word = [0u8; $width];
+                    word.copy_from_slice(c);
+                    conv(word)
+                }));
+                return Some(Ok(len));
+            }
+        )*};
+    }
+    try_types! {
+        u64: 8 => u64::from_le_bytes;
+        usize: 8 => |w| u64::from_le_bytes(w) as usize;
+        i64: 8 => i64::from_le_bytes;
+        isize: 8 => |w| i64::from_le_bytes(w) as isize;
+        u32: 4 => u32::from_le_bytes;
+        i32: 4 => i32::from_le_bytes;
+        f64: 8 => |w| f64::from_bits(u64::from_le_bytes(w));
+        f32: 4 => |w| f32::from_bits(u32::from_le_bytes(w));
+    }
+    None
+}
+
+enum Mode {
+    /// Nothing written yet: the first item decides.
+    Empty,
+    Shaped {
+        shape: Vec<u8>,
+        items_start: usize,
+    },
+    Tagged,
+}
+
+/// Writes the items of one chunk.
+pub(crate) struct ChunkWriter<T> {
+    out: Vec<u8>,
+    mode: Mode,
+    count: usize,
+    item: PhantomData<fn(&T)>,
+}
+
+impl<T: Serialize + 'static> Default for ChunkWriter<T> {
+    fn default() -> Self {
+        ChunkWriter {
+            out: Vec::new(),
+            mode: Mode::Empty,
+            count: 0,
+            item: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + 'static> ChunkWriter<T> {
+    /// Items written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Appends one item; on error the chunk is as it was.
+    pub(crate) fn push(&mut self, item: &T) -> Result<(), Problem> {
+        if let Mode::Shaped { .. } = self.mode
+            && put_raw(item, &mut self.out)
+        {
+            self.count += 1;
+            return Ok(());
+        }
+        let start = self.out.len();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            // A byte vector is a byte string, not a sequence of numbers.
+            match (item as &dyn Any).downcast_ref::<Vec<u8>>() {
+                Some(bytes) => self.push_value(serde_bytes::Bytes::new(bytes)),
+                None => self.push_value(item),
+            }
+        }));
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(payload) => Err(Problem::panic::<T>("Serialize", &*payload)),
+        };
+        match outcome {
+            Ok(()) => {
+                self.count += 1;
+                Ok(())
+            }
+            Err(problem) => {
+                if self.count == 0 {
+                    self.out.clear();
+                    self.mode = Mode::Empty;
+                } else {
+                    self.out.truncate(start);
+                }
+                Err(problem)
+            }
+        }
+    }
+
+    fn push_value<S: Serialize + ?Sized>(&mut self, value: &S) -> Result<(), Problem> {
+        loop {
+            match &mut self.mode {
+                Mode::Empty => {
+                    let mut shape = Vec::new();
+                    let probe = if let Some(kind) = raw_kind::<T>() {
+                        shape.push(kind as u8);
+                        Ok(())
+                    } else {
+                        value.serialize(&mut PlainEncoder {
+                            out: &mut Vec::new(),
+                            shape: &mut shape,
+                            at: None,
+                            dry: true,
+                        })
+                    };
+                    match probe {
+                        Ok(()) => {
+                            self.out.push(SHAPED);
+                            format::push_varint(&mut self.out, shape.len() as u64);
+                            self.out.extend_from_slice(&shape);
+                            self.mode = Mode::Shaped {
+                                shape,
+                                items_start: self.out.len(),
+                            };
+                        }
+                        Err(PlainError::NotPlain) => {
+                            self.out.push(TAGGED);
+                            self.mode = Mode::Tagged;
+                        }
+                        Err(PlainError::User(error)) => return Err(Problem::encode::<T>(error)),
+                    }
+                }
+                Mode::Shaped { shape, items_start } => {
+                    let start = self.out.len();
+                    let mut encoder = PlainEncoder {
+                        out: &mut self.out,
+                        shape,
+                        at: Some(0),
+                        dry: false,
+                    };
+                    let written = value.serialize(&mut encoder);
+                    let complete = encoder.complete();
+                    match written {
+                        Ok(()) if complete => return Ok(()),
+                        Ok(()) | Err(PlainError::NotPlain) => {
+                            // This item has another shape: the chunk goes tagged.
+                            self.out.truncate(start);
+                            let mut tagged = Vec::with_capacity(self.out.len() * 2 + 16);
+                            tagged.push(TAGGED);
+                            plain::transcode(
+                                shape,
+                                &self.out[*items_start..],
+                                self.count,
+                                &mut tagged,
+                            )
+                            .map_err(|e| Problem::encode::<T>(e))?;
+                            self.out = tagged;
+                            self.mode = Mode::Tagged;
+                        }
+                        Err(PlainError::User(error)) => return Err(Problem::encode::<T>(error)),
+                    }
+                }
+                Mode::Tagged => {
+                    return ser::encode_into(value, &mut self.out).map_err(Problem::encode::<T>);
+                }
+            }
+        }
+    }
+
+    /// The encoded chunk.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        if let Mode::Empty = self.mode {
+            self.out.push(TAGGED);
+        }
+        self.out
+    }
+}
+
+/// Reads the items of a chunk written by [`ChunkWriter`].
+pub(crate) struct ChunkReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    shape: Option<&'a [u8]>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Result<Self, Problem> {
+        let mut reader = ChunkReader {
+            bytes,
+            pos: 1,
+            shape: None,
+        };
+        match bytes.first() {
+            Some(&TAGGED) => {}
+            Some(&SHAPED) => {
+                let mut de = de::Decoder::new(&bytes[1..]);
+                let len = de
+                    .varint()
+                    .ok()
+                    .and_then(|len| usize::try_from(len).ok())
+                    .ok_or_else(|| Problem::corrupt("a chunk's shape is cut short"))?;
+                let start = bytes.len() - de.rest().len();
+                let shape = bytes
+                    .get(start..start.saturating_add(len))
+                    .ok_or_else(|| Problem::corrupt("a chunk's shape is cut short"))?;
+                reader.shape = Some(shape);
+                reader.pos = start + len;
+            }
+            _ => {
+                return Err(Problem::corrupt(
+                    "a chunk has an unknown header: the data is corrupt",
+                ));
+            }
+        }
+        Ok(reader)
+    }
+
+    /// The next item.
+    pub(crate) fn next<T: DeserializeOwned + 'static>(&mut self) -> Result<T, Problem> {
+        if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+            let bytes: serde_bytes::ByteBuf = self.next_value::<T, _>()?;
+            return cast(bytes.into_vec())
+                .ok_or_else(|| Problem::corrupt("internal error: byte fast path"));
+        }
+        self.next_value::<T, T>()
+    }
+
+    /// The next value, decoded as `V` (reported as a `T`).
+    fn next_value<T: 'static, V: DeserializeOwned + 'static>(&mut self) -> Result<V, Problem> {
+        let rest = &self.bytes[self.pos.min(self.bytes.len())..];
+        let decoded = catch_unwind(AssertUnwindSafe(|| match self.shape {
+            Some(shape) => {
+                let mut de = PlainDecoder {
+                    input: rest,
+                    pos: 0,
+                    shape,
+                    at: 0,
+                };
+                let value = V::deserialize(&mut de)?;
+                if de.at != shape.len() {
+                    return Err(CodecError::new(
+                        "the Deserialize impl read less than the Serialize impl wrote",
+                    ));
+                }
+                Ok((value, de.pos))
+            }
+            None => {
+                let mut de = de::Decoder::new(rest);
+                let value = V::deserialize(&mut de)?;
+                Ok((value, rest.len() - de.rest().len()))
+            }
+        }));
+        match decoded {
+            Ok(Ok((value, used))) => {
+                self.pos += used;
+                Ok(value)
+            }
+            Ok(Err(error)) => Err(Problem::decode::<T>(error)),
+            Err(payload) => Err(Problem::panic::<T>("Deserialize", &*payload)),
+        }
+    }
+
+    /// Appends the next `count` items to `out`.
+    pub(crate) fn read_into<T: DeserializeOwned + 'static>(
+        &mut self,
+        count: usize,
+        out: &mut Vec<T>,
+    ) -> Result<(), Problem> {
+        out.reserve(count);
+        if let (Some(shape), Some(kind)) = (self.shape, raw_kind::<T>())
+            && shape == [kind as u8]
+            && let Some(read) = take_raw(&self.bytes[self.pos.min(self.bytes.len())..], count, out)
+        {
+            self.pos += read?;
+            return Ok(());
+        }
+        for _ in 0..count {
+            out.push(self.next()?);
+        }
+        Ok(())
+    }
+
+    /// Fails if anything is left after the last item.
+    pub(crate) fn finish(self) -> Result<(), Problem> {
+        match self.bytes.len().saturating_sub(self.pos) {
+            0 => Ok(()),
+            left => Err(Problem::corrupt(format!(
+                "{left} unexpected bytes after the last item"
+            ))),
+        }
+    }
+}
+
+/// `value` as a `T`, when `U` is `T` (checked by the caller through `TypeId`).
+fn cast<T: 'static, U: 'static>(value: U) -> Option<T> {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<T>>()
+        .and_then(Option::take)
+}
+
+/// Encodes `value` as a chunk of one item (a `Process` argument, an
+/// initializer's).
+pub(crate) fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, Problem> {
+    let mut chunk = ChunkWriter::default();
+    chunk.push(value)?;
+    Ok(chunk.finish())
+}
+
+/// A worker's reply to a chunk: each item's result or failure.
+pub(crate) struct ReplyWriter<R> {
+    values: ChunkWriter<R>,
+    failures: Vec<(usize, Failure)>,
+    index: usize,
+}
+
+impl<R: Serialize + 'static> Default for ReplyWriter<R> {
+    fn default() -> Self {
+        ReplyWriter {
+            values: ChunkWriter::default(),
+            failures: Vec::new(),
+            index: 0,
+        }
+    }
+}
+
+impl<R: Serialize + 'static> ReplyWriter<R> {
+    /// The next item's value; if it cannot be encoded, the item fails with
+    /// the returned problem instead (already recorded).
+    pub(crate) fn value(&mut self, value: &R) -> Result<(), Problem> {
+        let pushed = self.values.push(value);
+        match &pushed {
+            Ok(()) => self.index += 1,
+            Err(problem) => {
+                let kind = if problem.panicked {
+                    crate::wire::FailureKind::Panicked
+                } else {
+                    crate::wire::FailureKind::EncodeResult
+                };
+                self.failure(Failure::new(kind, problem.message.clone()));
+            }
+        }
+        pushed
+    }
+
+    /// The next item failed.
+    pub(crate) fn failure(&mut self, failure: Failure) {
+        self.failures.push((self.index, failure));
+        self.index += 1;
+    }
+
+    /// The first failure, if any item failed.
+    pub(crate) fn first_failure(&self) -> Option<&Failure> {
+        self.failures.first().map(|(_, failure)| failure)
+    }
+
+    /// Values chunk, then the failures, then the values chunk's length
+    /// (8 bytes), so the reader finds both without a copy.
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let mut out = self.values.finish();
+        let values_len = out.len() as u64;
+        format::push_varint(&mut out, self.failures.len() as u64);
+        for (index, failure) in &self.failures {
+            format::push_varint(&mut out, *index as u64);
+            // A Failure holds a kind and a String: encoding cannot fail.
+            if ser::encode_into(failure, &mut out).is_err() {
+                out.push(format::UNIT);
+            }
+        }
+        out.extend_from_slice(&values_len.to_le_bytes());
+        out
+    }
+}
+
+/// Reads a reply written by [`ReplyWriter`].
+pub(crate) struct ReplyReader<'a> {
+    values: ChunkReader<'a>,
+    /// Failures by item index, in order.
+    failures: std::vec::IntoIter<(usize, Failure)>,
+    next_failure: Option<(usize, Failure)>,
+    index: usize,
+}
+
+impl<'a> ReplyReader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Result<Self, Problem> {
+        let cut = || Problem::corrupt("a worker's reply is cut short: the data is corrupt");
+        let split = bytes.len().checked_sub(8).ok_or_else(cut)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[split..]);
+        let values_len = usize::try_from(u64::from_le_bytes(word))
+            .ok()
+            .filter(|&len| len <= split)
+            .ok_or_else(cut)?;
+        let mut de = de::Decoder::new(&bytes[values_len..split]);
+        let count = de.varint().map_err(|_| cut())?;
+        let mut failures = Vec::new();
+        for _ in 0..count {
+            let index = de.varint().map_err(|_| cut())?;
+            let failure = <Failure as serde::Deserialize>::deserialize(&mut de).map_err(|e| {
+                Problem::corrupt(format!("a worker's reply holds a bad failure: {e}"))
+            })?;
+            failures.push((usize::try_from(index).map_err(|_| cut())?, failure));
+        }
+        if !de.rest().is_empty() {
+            return Err(cut());
+        }
+        let mut failures = failures.into_iter();
+        Ok(ReplyReader {
+            values: ChunkReader::new(&bytes[..values_len])?,
+            next_failure: failures.next(),
+            failures,
+            index: 0,
+        })
+    }
+
+    /// The next item's outcome.
+    pub(crate) fn next<R: DeserializeOwned + 'static>(
+        &mut self,
+    ) -> Result<Result<R, Failure>, Problem> {
+        let index = self.index;
+        self.index += 1;
+        if self
+            .next_failure
+            .as_ref()
+            .is_some_and(|(at, _)| *at == index)
+            && let Some((_, failure)) =
+                std::mem::replace(&mut self.next_failure, self.failures.next())
+        {
+            return Ok(Err(failure));
+        }
+        self.values.next().map(Ok)
+    }
+
+    /// Whether no item of this reply failed.
+    pub(crate) fn all_succeeded(&self) -> bool {
+        self.next_failure.is_none()
+    }
+
+    /// Appends the next `count` values to `out` when none of them failed
+    /// (the bulk path); `false` if some did (read them one by one).
+    pub(crate) fn values_into<R: DeserializeOwned + 'static>(
+        &mut self,
+        count: usize,
+        out: &mut Vec<R>,
+    ) -> Result<bool, Problem> {
+        if !self.all_succeeded() {
+            return Ok(false);
+        }
+        self.values.read_into(count, out)?;
+        self.index += count;
+        Ok(true)
+    }
+
+    /// Fails if anything is left after the last item.
+    pub(crate) fn finish(self) -> Result<(), Problem> {
+        if self.next_failure.is_some() {
+            return Err(Problem::corrupt(
+                "a worker's reply names a failure past its last item",
+            ));
+        }
+        self.values.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

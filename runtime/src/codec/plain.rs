@@ -1,0 +1,547 @@
+//! Plain items in bulk: chunks whose items all have one fixed shape
+//! (integers, floats, bools, chars, strings, byte strings, `()`, and
+//! tuples and newtypes of those) are written without a tag per value.
+//!
+//! The chunk's header holds the shape once (see [`Kind`]); each item is then
+//! only its raw values: a `u64` is 8 little-endian bytes, a string its
+//! varint length and bytes. The first item's serializer calls record the
+//! shape; every later item must make the same calls, or the chunk falls
+//! back to the tagged format (see [`transcode`]). Structs are never plain:
+//! their fields must travel by name (a skipped field would otherwise shift
+//! the next one into its place).
+
+use serde::de::{self, Visitor};
+use serde::ser::{self, Serialize};
+
+use super::error::CodecError;
+use super::format::{self as tag, push_varint, zigzag};
+
+/// One step of a shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Unit = 0,
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
+    I32,
+    I64,
+    U128,
+    I128,
+    F32,
+    F64,
+    Char,
+    Str,
+    Bytes,
+    /// Followed in the shape by its length (a varint) and its elements.
+    Tuple,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        use Kind::*;
+        [
+            Unit, Bool, U8, U16, U32, U64, I8, I16, I32, I64, U128, I128, F32, F64, Char, Str,
+            Bytes, Tuple,
+        ]
+        .get(usize::from(byte))
+        .copied()
+    }
+
+    /// Bytes of a fixed-width value.
+    fn width(self) -> usize {
+        match self {
+            Kind::Unit | Kind::Tuple | Kind::Str | Kind::Bytes => 0,
+            Kind::Bool | Kind::U8 | Kind::I8 => 1,
+            Kind::U16 | Kind::I16 => 2,
+            Kind::U32 | Kind::I32 | Kind::F32 | Kind::Char => 4,
+            Kind::U64 | Kind::I64 | Kind::F64 => 8,
+            Kind::U128 | Kind::I128 => 16,
+        }
+    }
+}
+
+/// Longest shape kept plain; longer ones (big arrays) go tagged.
+const MAX_SHAPE: usize = 64;
+
+/// Why an item could not be written plain.
+#[derive(Debug)]
+pub(crate) enum PlainError {
+    /// The type is not plain (or not in this shape): write it tagged.
+    NotPlain,
+    /// The value's own `Serialize` failed: report it.
+    User(CodecError),
+}
+
+impl std::fmt::Display for PlainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlainError::NotPlain => f.write_str("not a plain value"),
+            PlainError::User(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PlainError {}
+
+impl ser::Error for PlainError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        PlainError::User(CodecError(msg.to_string()))
+    }
+}
+
+/// Writes one item plain, recording the shape (first item) or checking it.
+pub(crate) struct PlainEncoder<'a> {
+    pub(crate) out: &'a mut Vec<u8>,
+    pub(crate) shape: &'a mut Vec<u8>,
+    /// Position in `shape`; `None` while recording.
+    pub(crate) at: Option<usize>,
+    /// Record the shape only, writing nothing (the first item is probed
+    /// before the chunk's header, which holds the shape, is written).
+    pub(crate) dry: bool,
+}
+
+type PResult<T = ()> = Result<T, PlainError>;
+
+impl PlainEncoder<'_> {
+    fn step(&mut self, kind: Kind) -> PResult {
+        self.shape_byte(kind as u8)
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if !self.dry {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    fn put_len(&mut self, len: usize) {
+        if !self.dry {
+            push_varint(self.out, len as u64);
+        }
+    }
+
+    fn shape_byte(&mut self, byte: u8) -> PResult {
+        match &mut self.at {
+            None if self.shape.len() < MAX_SHAPE => {
+                self.shape.push(byte);
+                Ok(())
+            }
+            None => Err(PlainError::NotPlain),
+            Some(at) if self.shape.get(*at) == Some(&byte) => {
+                *at += 1;
+                Ok(())
+            }
+            Some(_) => Err(PlainError::NotPlain),
+        }
+    }
+
+    /// Whether the item just written used the whole shape.
+    pub(crate) fn complete(&self) -> bool {
+        self.at.is_none_or(|at| at == self.shape.len())
+    }
+}
+
+macro_rules! fixed {
+    ($($method:ident($ty:ty) => $kind:ident;)*) => {$(
+        #[inline]
+        fn $method(self, v: $ty) -> PResult {
+            self.step(Kind::$kind)?;
+            self.put(&v.to_le_bytes());
+            Ok(())
+        }
+    )*};
+}
+
+macro_rules! not_plain {
+    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {$(
+        fn $method(self, $(_: $arg),*) -> PResult<$ret> {
+            Err(PlainError::NotPlain)
+        }
+    )*};
+}
+
+impl<'a, 'b> ser::Serializer for &'a mut PlainEncoder<'b> {
+    type Ok = ();
+    type Error = PlainError;
+    type SerializeSeq = ser::Impossible<(), PlainError>;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = ser::Impossible<(), PlainError>;
+    type SerializeMap = ser::Impossible<(), PlainError>;
+    type SerializeStruct = ser::Impossible<(), PlainError>;
+    type SerializeStructVariant = ser::Impossible<(), PlainError>;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fixed! {
+        serialize_u8(u8) => U8; serialize_u16(u16) => U16; serialize_u32(u32) => U32;
+        serialize_u64(u64) => U64; serialize_i8(i8) => I8; serialize_i16(i16) => I16;
+        serialize_i32(i32) => I32; serialize_i64(i64) => I64; serialize_u128(u128) => U128;
+        serialize_i128(i128) => I128;
+    }
+
+    fn serialize_bool(self, v: bool) -> PResult {
+        self.step(Kind::Bool)?;
+        self.put(&[u8::from(v)]);
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> PResult {
+        self.step(Kind::F32)?;
+        self.put(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> PResult {
+        self.step(Kind::F64)?;
+        self.put(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> PResult {
+        self.step(Kind::Char)?;
+        self.put(&u32::from(v).to_le_bytes());
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> PResult {
+        self.step(Kind::Str)?;
+        self.put_len(v.len());
+        self.put(v.as_bytes());
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> PResult {
+        self.step(Kind::Bytes)?;
+        self.put_len(v.len());
+        self.put(v);
+        Ok(())
+    }
+    fn serialize_unit(self) -> PResult {
+        self.step(Kind::Unit)
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> PResult {
+        self.step(Kind::Unit)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> PResult {
+        value.serialize(self)
+    }
+    fn serialize_tuple(self, len: usize) -> PResult<Self> {
+        self.step(Kind::Tuple)?;
+        let mut len_bytes = Vec::with_capacity(5);
+        push_varint(&mut len_bytes, len as u64);
+        for byte in len_bytes {
+            self.shape_byte(byte)?;
+        }
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> PResult<Self> {
+        self.serialize_tuple(len)
+    }
+
+    fn serialize_none(self) -> PResult {
+        Err(PlainError::NotPlain)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> PResult {
+        Err(PlainError::NotPlain)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> PResult {
+        Err(PlainError::NotPlain)
+    }
+    not_plain! {
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
+        serialize_seq(Option<usize>) -> ser::Impossible<(), PlainError>;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> ser::Impossible<(), PlainError>;
+        serialize_map(Option<usize>) -> ser::Impossible<(), PlainError>;
+        serialize_struct(&'static str, usize) -> ser::Impossible<(), PlainError>;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> ser::Impossible<(), PlainError>;
+    }
+}
+
+impl ser::SerializeTuple for &mut PlainEncoder<'_> {
+    type Ok = ();
+    type Error = PlainError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> PResult {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> PResult {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for &mut PlainEncoder<'_> {
+    type Ok = ();
+    type Error = PlainError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> PResult {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> PResult {
+        Ok(())
+    }
+}
+
+/// Reads raw values in the order a shape gives.
+pub(crate) struct PlainDecoder<'de, 's> {
+    pub(crate) input: &'de [u8],
+    pub(crate) pos: usize,
+    pub(crate) shape: &'s [u8],
+    pub(crate) at: usize,
+}
+
+type DResult<T> = Result<T, CodecError>;
+
+fn bad_shape() -> CodecError {
+    CodecError::new("the chunk's shape does not match its data: the data is corrupt")
+}
+
+impl<'de> PlainDecoder<'de, '_> {
+    fn kind(&mut self) -> DResult<Kind> {
+        let byte = *self.shape.get(self.at).ok_or_else(bad_shape)?;
+        self.at += 1;
+        Kind::from_byte(byte).ok_or_else(bad_shape)
+    }
+
+    fn shape_varint(&mut self) -> DResult<usize> {
+        let mut value = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *self.shape.get(self.at).ok_or_else(bad_shape)?;
+            self.at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(bad_shape())
+    }
+
+    #[inline]
+    fn take(&mut self, len: usize) -> DResult<&'de [u8]> {
+        let end = self.pos.checked_add(len).ok_or_else(bad_shape)?;
+        let bytes = self
+            .input
+            .get(self.pos..end)
+            .ok_or_else(|| CodecError::new("the data ends in the middle of a value"))?;
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> DResult<[u8; N]> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn varint(&mut self) -> DResult<usize> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.take(1)?[0];
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return usize::try_from(value).map_err(|_| bad_shape());
+            }
+        }
+        Err(bad_shape())
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut PlainDecoder<'de, '_> {
+    type Error = CodecError;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> DResult<V::Value> {
+        match self.kind()? {
+            Kind::Unit => visitor.visit_unit(),
+            Kind::Bool => match self.take(1)?[0] {
+                0 => visitor.visit_bool(false),
+                1 => visitor.visit_bool(true),
+                _ => Err(CodecError::new("a bool is neither 0 nor 1")),
+            },
+            Kind::U8 => visitor.visit_u8(self.take(1)?[0]),
+            Kind::U16 => visitor.visit_u16(u16::from_le_bytes(self.array()?)),
+            Kind::U32 => visitor.visit_u32(u32::from_le_bytes(self.array()?)),
+            Kind::U64 => visitor.visit_u64(u64::from_le_bytes(self.array()?)),
+            Kind::I8 => visitor.visit_i8(i8::from_le_bytes(self.array()?)),
+            Kind::I16 => visitor.visit_i16(i16::from_le_bytes(self.array()?)),
+            Kind::I32 => visitor.visit_i32(i32::from_le_bytes(self.array()?)),
+            Kind::I64 => visitor.visit_i64(i64::from_le_bytes(self.array()?)),
+            Kind::U128 => visitor.visit_u128(u128::from_le_bytes(self.array()?)),
+            Kind::I128 => visitor.visit_i128(i128::from_le_bytes(self.array()?)),
+            Kind::F32 => visitor.visit_f32(f32::from_bits(u32::from_le_bytes(self.array()?))),
+            Kind::F64 => visitor.visit_f64(f64::from_bits(u64::from_le_bytes(self.array()?))),
+            Kind::Char => char::from_u32(u32::from_le_bytes(self.array()?))
+                .ok_or_else(|| CodecError::new("a char is not a Unicode scalar value"))
+                .and_then(|c| visitor.visit_char(c)),
+            Kind::Str => {
+                let len = self.varint()?;
+                let bytes = self.take(len)?;
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| CodecError::new("a string is not valid UTF-8"))?;
+                visitor.visit_borrowed_str(text)
+            }
+            Kind::Bytes => {
+                let len = self.varint()?;
+                visitor.visit_borrowed_bytes(self.take(len)?)
+            }
+            Kind::Tuple => {
+                let len = self.shape_varint()?;
+                let mut access = Elements {
+                    de: self,
+                    left: len,
+                };
+                let value = visitor.visit_seq(&mut access)?;
+                if access.left > 0 {
+                    return Err(CodecError::new(
+                        "a Deserialize impl stopped before the last element of a tuple",
+                    ));
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> DResult<V::Value> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct seq tuple tuple_struct map struct
+        enum identifier ignored_any
+    }
+}
+
+struct Elements<'a, 'de, 's> {
+    de: &'a mut PlainDecoder<'de, 's>,
+    left: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Elements<'_, 'de, '_> {
+    type Error = CodecError;
+    fn next_element_seed<T: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> DResult<Option<T::Value>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+/// Rewrites `count` plain items in the tagged format, value for value (used
+/// when a later item of a chunk does not fit the shape of the first).
+pub(crate) fn transcode(
+    shape: &[u8],
+    items: &[u8],
+    count: usize,
+    out: &mut Vec<u8>,
+) -> DResult<()> {
+    let mut de = PlainDecoder {
+        input: items,
+        pos: 0,
+        shape,
+        at: 0,
+    };
+    for _ in 0..count {
+        de.at = 0;
+        transcode_one(&mut de, out)?;
+    }
+    Ok(())
+}
+
+fn transcode_one(de: &mut PlainDecoder<'_, '_>, out: &mut Vec<u8>) -> DResult<()> {
+    let kind = de.kind()?;
+    let raw = de.take(kind.width())?;
+    let le = |n: usize| {
+        let mut word = [0u8; 16];
+        word[..n].copy_from_slice(&raw[..n]);
+        u128::from_le_bytes(word)
+    };
+    match kind {
+        Kind::Unit => out.push(tag::UNIT),
+        Kind::Bool => out.push(if raw[0] == 0 { tag::FALSE } else { tag::TRUE }),
+        Kind::U8 => out.extend_from_slice(&[tag::U8, raw[0]]),
+        Kind::U16 | Kind::U32 | Kind::U64 => {
+            out.push(tag::U64);
+            push_varint(out, le(kind.width()) as u64);
+        }
+        Kind::I8 => {
+            out.push(tag::I64);
+            push_varint(out, zigzag(i64::from(raw[0] as i8)));
+        }
+        Kind::I16 => {
+            out.push(tag::I64);
+            push_varint(out, zigzag(i64::from(le(2) as u16 as i16)));
+        }
+        Kind::I32 => {
+            out.push(tag::I64);
+            push_varint(out, zigzag(i64::from(le(4) as u32 as i32)));
+        }
+        Kind::I64 => {
+            out.push(tag::I64);
+            push_varint(out, zigzag(le(8) as u64 as i64));
+        }
+        Kind::U128 | Kind::I128 => {
+            out.push(if kind == Kind::U128 {
+                tag::U128
+            } else {
+                tag::I128
+            });
+            out.extend_from_slice(raw);
+        }
+        Kind::F32 => {
+            out.push(tag::F32);
+            out.extend_from_slice(raw);
+        }
+        Kind::F64 => {
+            out.push(tag::F64);
+            out.extend_from_slice(raw);
+        }
+        Kind::Char => {
+            out.push(tag::CHAR);
+            push_varint(out, le(4) as u64);
+        }
+        Kind::Str | Kind::Bytes => {
+            let len = de.varint()?;
+            out.push(if kind == Kind::Str {
+                tag::STR
+            } else {
+                tag::BYTES
+            });
+            push_varint(out, len as u64);
+            out.extend_from_slice(de.take(len)?);
+        }
+        Kind::Tuple => {
+            let len = de.shape_varint()?;
+            out.push(tag::SEQ);
+            push_varint(out, len as u64);
+            for _ in 0..len {
+                transcode_one(de, out)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! The encoder: any `Serialize` value into the tagged format of [`super::format`].
+
+use serde::ser::{self, Serialize};
+
+use super::error::{CodecError, too_deep};
+use super::format::{self as tag, MAX_DEPTH, push_varint, zigzag};
+
+type Result<T = ()> = std::result::Result<T, CodecError>;
+
+/// Appends the encoding of `value` to `out`; on error `out` may hold a
+/// partial value, which the caller cuts off.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result {
+    value.serialize(&mut Encoder { out, depth: 0 })
+}
+
+pub(crate) struct Encoder<'a> {
+    out: &'a mut Vec<u8>,
+    depth: usize,
+}
+
+impl<'b> Encoder<'b> {
+    #[inline]
+    fn tag(&mut self, tag: u8) {
+        self.out.push(tag);
+    }
+
+    #[inline]
+    fn bytes(&mut self, tag: u8, bytes: &[u8]) {
+        self.out.push(tag);
+        push_varint(self.out, bytes.len() as u64);
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn name(&mut self, name: &str) {
+        push_varint(self.out, name.len() as u64);
+        self.out.extend_from_slice(name.as_bytes());
+    }
+
+    fn enter(&mut self) -> Result {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        Ok(())
+    }
+
+    /// Starts a compound value: its tag, and its count when known.
+    fn compound(&mut self, tag: u8, len: Option<usize>) -> Result<Compound<'_, 'b>> {
+        self.enter()?;
+        let header = self.out.len();
+        self.tag(tag);
+        if let Some(len) = len {
+            push_varint(self.out, len as u64);
+        }
+        Ok(Compound {
+            header,
+            declared: len,
+            written: 0,
+            all_u8: true,
+            enc: self,
+        })
+    }
+
+    fn variant(&mut self, tag: u8, index: u32, name: &str) -> Result {
+        self.enter()?;
+        self.tag(tag);
+        push_varint(self.out, u64::from(index));
+        self.name(name);
+        Ok(())
+    }
+}
+
+/// A sequence, tuple, map or struct being written.
+pub(crate) struct Compound<'a, 'b> {
+    enc: &'a mut Encoder<'b>,
+    /// Where the tag is, to pack a sequence of bytes afterwards.
+    header: usize,
+    declared: Option<usize>,
+    written: usize,
+    all_u8: bool,
+}
+
+impl Compound<'_, '_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        let at = self.enc.out.len();
+        value.serialize(&mut *self.enc)?;
+        self.all_u8 &= self.enc.out.len() == at + 2 && self.enc.out[at] == tag::U8;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result {
+        self.enc.name(name);
+        value.serialize(&mut *self.enc)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Checks the count, packs a sequence of `u8` into raw bytes (each was
+    /// written as tag + byte), and closes an open-ended one.
+    fn end(self, what: &str) -> Result {
+        self.enc.depth -= 1;
+        match self.declared {
+            Some(declared) if declared != self.written => Err(CodecError(format!(
+                "a Serialize impl announced {declared} {what} and wrote {}",
+                self.written
+            ))),
+            Some(_) => {
+                let out = &mut *self.enc.out;
+                if self.all_u8 && self.written > 0 && out[self.header] == tag::SEQ {
+                    out[self.header] = tag::SEQ_U8;
+                    let start = out.len() - 2 * self.written;
+                    for i in 0..self.written {
+                        out[start + i] = out[start + 2 * i + 1];
+                    }
+                    out.truncate(start + self.written);
+                }
+                Ok(())
+            }
+            None => {
+                self.enc.tag(tag::END);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
+    type Ok = ();
+    type Error = CodecError;
+    type SerializeSeq = Compound<'a, 'b>;
+    type SerializeTuple = Compound<'a, 'b>;
+    type SerializeTupleStruct = Compound<'a, 'b>;
+    type SerializeTupleVariant = Compound<'a, 'b>;
+    type SerializeMap = Compound<'a, 'b>;
+    type SerializeStruct = Compound<'a, 'b>;
+    type SerializeStructVariant = Compound<'a, 'b>;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn serialize_bool(self, v: bool) -> Result {
+        self.tag(if v { tag::TRUE } else { tag::FALSE });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result {
+        self.serialize_i64(i64::from(v))
+    }
+    fn serialize_i16(self, v: i16) -> Result {
+        self.serialize_i64(i64::from(v))
+    }
+    fn serialize_i32(self, v: i32) -> Result {
+        self.serialize_i64(i64::from(v))
+    }
+    #[inline]
+    fn serialize_i64(self, v: i64) -> Result {
+        self.tag(tag::I64);
+        push_varint(self.out, zigzag(v));
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Result {
+        self.tag(tag::I128);
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u8(self, v: u8) -> Result {
+        self.out.extend_from_slice(&[tag::U8, v]);
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Result {
+        self.serialize_u64(u64::from(v))
+    }
+    fn serialize_u32(self, v: u32) -> Result {
+        self.serialize_u64(u64::from(v))
+    }
+    #[inline]
+    fn serialize_u64(self, v: u64) -> Result {
+        self.tag(tag::U64);
+        push_varint(self.out, v);
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> Result {
+        self.tag(tag::U128);
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result {
+        self.tag(tag::F32);
+        self.out.extend_from_slice(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result {
+        self.tag(tag::F64);
+        self.out.extend_from_slice(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result {
+        self.tag(tag::CHAR);
+        push_varint(self.out, u64::from(v));
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result {
+        self.bytes(tag::STR, v.as_bytes());
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result {
+        self.bytes(tag::BYTES, v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result {
+        self.tag(tag::NONE);
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result {
+        self.enter()?;
+        self.tag(tag::SOME);
+        value.serialize(&mut *self)?;
+        self.depth -= 1;
+        Ok(())
+    }
+    fn serialize_unit(self) -> Result {
+        self.tag(tag::UNIT);
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(self, _: &'static str, index: u32, variant: &'static str) -> Result {
+        self.variant(tag::UNIT_VARIANT, index, variant)?;
+        self.depth -= 1;
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result {
+        // Transparent, as in JSON: a newtype's Deserialize accepts its content.
+        self.enter()?;
+        value.serialize(&mut *self)?;
+        self.depth -= 1;
+        Ok(())
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result {
+        self.variant(tag::NEWTYPE_VARIANT, index, variant)?;
+        value.serialize(&mut *self)?;
+        self.depth -= 1;
+        Ok(())
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Compound<'a, 'b>> {
+        let tag = if len.is_some() {
+            tag::SEQ
+        } else {
+            tag::SEQ_OPEN
+        };
+        self.compound(tag, len)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Compound<'a, 'b>> {
+        self.compound(tag::SEQ, Some(len))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Compound<'a, 'b>> {
+        self.compound(tag::SEQ, Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Compound<'a, 'b>> {
+        self.variant(tag::TUPLE_VARIANT, index, variant)?;
+        push_varint(self.out, len as u64);
+        Ok(Compound {
+            header: usize::MAX,
+            declared: Some(len),
+            written: 0,
+            all_u8: false,
+            enc: self,
+        })
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a, 'b>> {
+        let tag = if len.is_some() {
+            tag::MAP
+        } else {
+            tag::MAP_OPEN
+        };
+        self.compound(tag, len)
+    }
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Compound<'a, 'b>> {
+        self.compound(tag::STRUCT, Some(len))
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Compound<'a, 'b>> {
+        self.variant(tag::STRUCT_VARIANT, index, variant)?;
+        push_varint(self.out, len as u64);
+        Ok(Compound {
+            header: usize::MAX,
+            declared: Some(len),
+            written: 0,
+            all_u8: false,
+            enc: self,
+        })
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        self.element(value)
+    }
+    fn end(self) -> Result {
+        Compound::end(self, "elements")
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        self.element(value)
+    }
+    fn end(self) -> Result {
+        Compound::end(self, "elements")
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        self.element(value)
+    }
+    fn end(self) -> Result {
+        Compound::end(self, "fields")
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        self.element(value)
+    }
+    fn end(self) -> Result {
+        Compound::end(self, "fields")
+    }
+}
+
+impl ser::SerializeMap for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result {
+        key.serialize(&mut *self.enc)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        value.serialize(&mut *self.enc)?;
+        self.written += 1;
+        Ok(())
+    }
+    fn end(self) -> Result {
+        Compound::end(self, "entries")
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result {
+        self.field(key, value)
+    }
+    fn end(self) -> Result {
+        Compound::end(self, "fields")
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = CodecError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result {
+        self.field(key, value)
+    }
+    fn end(self) -> Result {
+        Compound::end(self, "fields")
+    }
+}

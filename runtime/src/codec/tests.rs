@@ -1,0 +1,170 @@
+use super::*;
+use serde::{Deserialize, Serialize};
+
+fn round_trip<T>(values: &[T]) -> Vec<T>
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    let mut writer = ChunkWriter::default();
+    for value in values {
+        writer.push(value).unwrap();
+    }
+    let bytes = writer.finish();
+    let mut reader = ChunkReader::new(&bytes).unwrap();
+    let mut out = Vec::new();
+    reader.read_into(values.len(), &mut out).unwrap();
+    reader.finish().unwrap();
+    out
+}
+
+#[test]
+fn plain_items_carry_no_tags() {
+    let bytes = encode(&(7u64, -1i32, true)).unwrap();
+    // Header, shape (tuple of 3: u64, i32, bool), then 8 + 4 + 1 raw bytes.
+    assert_eq!(bytes[0], SHAPED);
+    assert_eq!(bytes.len(), 1 + 1 + 5 + 13);
+    let mut writer = ChunkWriter::default();
+    for i in 0..1000u64 {
+        writer.push(&i).unwrap();
+    }
+    assert_eq!(writer.finish().len(), 1 + 2 + 8 * 1000);
+    assert_eq!(round_trip(&[1u64, u64::MAX]), vec![1, u64::MAX]);
+    assert_eq!(round_trip(&[-1i64, i64::MIN]), vec![-1, i64::MIN]);
+    assert_eq!(round_trip(&[usize::MAX]), vec![usize::MAX]);
+}
+
+#[test]
+fn structs_are_never_plain() {
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Point {
+        x: u8,
+        y: u8,
+    }
+    let bytes = encode(&Point { x: 1, y: 2 }).unwrap();
+    assert_eq!(bytes[0], TAGGED);
+    assert_eq!(
+        round_trip(&[Point { x: 1, y: 2 }]),
+        vec![Point { x: 1, y: 2 }]
+    );
+}
+
+#[test]
+fn byte_sequences_are_packed() {
+    let data: Vec<u8> = (0..=255).collect();
+    // As a byte string (the Vec<u8> item path) and nested (packed sequence).
+    let bytes = encode(&data).unwrap();
+    assert!(bytes.len() < 256 + 8, "{}", bytes.len());
+    let nested = encode(&Some(data.clone())).unwrap();
+    assert!(nested.len() < 256 + 8, "{}", nested.len());
+    assert_eq!(round_trip(&[Some(data.clone())]), vec![Some(data)]);
+}
+
+#[test]
+fn a_lying_length_is_an_error_not_a_shift() {
+    struct Liar;
+    impl Serialize for Liar {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(Some(3))?;
+            seq.serialize_element(&1u32)?;
+            seq.end()
+        }
+    }
+    let mut out = Vec::new();
+    let error = ser::encode_into(&Liar, &mut out).unwrap_err();
+    assert!(error.0.contains("announced 3"), "{error}");
+}
+
+#[test]
+fn garbage_is_an_error() {
+    for garbage in [
+        &[][..],
+        &[9],
+        &[TAGGED, 0xff],
+        &[SHAPED, 200, 1],
+        &[TAGGED, format::STR, 100],
+    ] {
+        let result = ChunkReader::new(garbage).and_then(|mut r| r.next::<String>());
+        assert!(result.is_err(), "{garbage:?}");
+    }
+    assert!(ReplyReader::new(&[1, 2, 3]).is_err());
+    assert!(ReplyReader::new(&u64::MAX.to_le_bytes()).is_err());
+}
+
+#[test]
+fn replies_keep_failures_in_place() {
+    let mut reply = ReplyWriter::<u64>::default();
+    reply.value(&1).unwrap();
+    reply.failure(Failure::new(crate::wire::FailureKind::Panicked, "boom"));
+    reply.value(&3).unwrap();
+    let bytes = reply.finish();
+    let mut reader = ReplyReader::new(&bytes).unwrap();
+    assert!(!reader.all_succeeded());
+    assert_eq!(reader.next::<u64>().unwrap(), Ok(1));
+    assert_eq!(reader.next::<u64>().unwrap().unwrap_err().message, "boom");
+    assert_eq!(reader.next::<u64>().unwrap(), Ok(3));
+    reader.finish().unwrap();
+
+    let mut reply = ReplyWriter::<u64>::default();
+    for i in 0..100 {
+        reply.value(&i).unwrap();
+    }
+    let bytes = reply.finish();
+    let mut reader = ReplyReader::new(&bytes).unwrap();
+    let mut out: Vec<u64> = Vec::new();
+    assert!(reader.values_into(100, &mut out).unwrap());
+    assert_eq!(out, (0..100).collect::<Vec<_>>());
+    reader.finish().unwrap();
+}
+
+#[derive(Serialize, Deserialize)]
+enum Nest {
+    Leaf,
+    Node(Box<Nest>),
+}
+
+fn nest(levels: usize) -> Nest {
+    let mut value = Nest::Leaf;
+    for _ in 0..levels {
+        value = Nest::Node(Box::new(value));
+    }
+    value
+}
+
+#[test]
+fn deepest_value_decodes_on_a_small_stack() {
+    let bytes = encode(&nest(format::MAX_DEPTH - 1)).unwrap();
+    let too_deep = encode(&nest(format::MAX_DEPTH + 1)).unwrap_err();
+    assert!(
+        too_deep.message.contains("deeper than"),
+        "{}",
+        too_deep.message
+    );
+    // Half of the smallest thread stack procpool decodes on (2 MiB),
+    // whatever the build's optimisation level.
+    let decoded = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let value = ChunkReader::new(&bytes).and_then(|mut r| r.next::<Nest>());
+            let ok = value.is_ok();
+            // Dropping recursively is the test's business, not the codec's.
+            std::mem::forget(value);
+            ok
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(decoded);
+}
+
+#[test]
+fn a_deep_value_forged_past_the_encoder_is_refused_by_the_decoder() {
+    // SOME SOME SOME ... : each level one byte, far past the limit.
+    let mut bytes = vec![TAGGED];
+    bytes.extend(std::iter::repeat_n(format::SOME, 100_000));
+    bytes.push(format::UNIT);
+    let error = ChunkReader::new(&bytes)
+        .and_then(|mut r| r.next::<serde::de::IgnoredAny>())
+        .unwrap_err();
+    assert!(error.message.contains("deeper than"), "{}", error.message);
+}
