@@ -503,3 +503,39 @@ fn unserializable_argument_is_reported_and_pool_survives() {
     }
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
 }
+
+#[pool_job]
+fn record_run(path: String, i: u64) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    writeln!(file, "{i}").unwrap();
+    i
+}
+
+#[test]
+fn a_blocking_map_encodes_its_input_only_a_few_tasks_ahead() {
+    // One worker: at most 2 × 1 + 1 tasks unanswered while submitting.
+    let pool = pool(1);
+    let path = std::env::temp_dir().join(format!("procpool-window-{}", std::process::id()));
+    let path_text = path.to_string_lossy().into_owned();
+    let runs = || {
+        std::fs::read_to_string(&path)
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
+    };
+    let most_ahead = std::cell::Cell::new(0);
+    let items = (0..60u64).map(|i| {
+        let pulled = i as usize + 1;
+        most_ahead.set(most_ahead.get().max(pulled.saturating_sub(runs())));
+        (path_text.clone(), i)
+    });
+    let out = pool.chunksize(1).starmap(record_run, items).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out, (0..60).collect::<Vec<_>>());
+    // Pulled but not yet run: the window (3) and the item being pulled.
+    assert!(most_ahead.get() <= 4, "{} items ahead", most_ahead.get());
+}

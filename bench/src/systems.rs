@@ -57,16 +57,20 @@ pub enum Workload {
     CpuBound,
     Bytes,
     ImapUnordered,
+    /// Peak memory the caller gains during a map of 10^7 `u64`, over the
+    /// result's size.
+    MapPeakMemory,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Startup,
         Workload::ApplyRtt,
         Workload::MapTrivial,
         Workload::CpuBound,
         Workload::Bytes,
         Workload::ImapUnordered,
+        Workload::MapPeakMemory,
     ];
 
     /// The name `python_pool.py` reports.
@@ -78,6 +82,7 @@ impl Workload {
             Workload::CpuBound => "cpu_bound_s",
             Workload::Bytes => "bytes_50x10MiB_MBps",
             Workload::ImapUnordered => "imap_unordered_1e5_s",
+            Workload::MapPeakMemory => "map_1e7_peak_x_result",
         }
     }
 
@@ -86,6 +91,7 @@ impl Workload {
             Workload::Startup => "ms",
             Workload::ApplyRtt => "us",
             Workload::Bytes => "MiB/s",
+            Workload::MapPeakMemory => "x",
             _ => "s",
         }
     }
@@ -116,6 +122,7 @@ impl Workload {
             _ => None,
         };
         match self {
+            Workload::MapPeakMemory => check("<= 1.1".into(), ours.map(|ratio| ratio <= 1.1)),
             Workload::Startup => check(
                 "<= 0.2 x python".into(),
                 both(lower_than(python, 0.2), beats_procspawn),
@@ -131,8 +138,8 @@ impl Workload {
                 ),
             ),
             Workload::MapTrivial => check(
-                "<= 0.1 x python".into(),
-                both(lower_than(python, 0.1), beats_procspawn),
+                "<= 0.05 x python".into(),
+                both(lower_than(python, 0.05), beats_procspawn),
             ),
             Workload::CpuBound => check(
                 "<= 1.05 x rayon".into(),
@@ -226,6 +233,31 @@ fn blobs() -> Vec<Vec<u8>> {
     (0..50u8).map(|i| vec![i; BLOB]).collect()
 }
 
+/// Resets this process's peak resident size to its current one (Linux
+/// `clear_refs` 5) and returns it, in bytes.
+fn reset_peak_rss() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kib("VmRSS:") * 1024
+}
+
+/// This process's peak resident size since the last reset, in bytes.
+fn peak_rss() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn na(why: &str) -> Result<Measured, String> {
     Err(why.to_owned())
 }
@@ -281,6 +313,15 @@ fn procpool_run(workload: Workload, new_pool: &dyn Fn() -> Pool) -> Measured {
                 pool.apply(ident, 1).expect("apply");
             }
             since(start) * 1e6 / 2000.0
+        }),
+        Workload::MapPeakMemory => three(|| {
+            let pool = new_pool();
+            pool.map(ident, 0..100).expect("map");
+            let before = reset_peak_rss();
+            let r = pool.map(ident, 0..10_000_000u64).expect("map");
+            let grown = peak_rss().saturating_sub(before);
+            assert_eq!(r[9_999_999], 9_999_999);
+            grown as f64 / (r.len() * 8) as f64
         }),
         Workload::MapTrivial => three(|| {
             let pool = new_pool();
@@ -492,6 +533,7 @@ fn procspawn_run(workload: Workload) -> Result<Measured, String> {
             })
         }
         Workload::ImapUnordered => return na("no lazy iteration"),
+        Workload::MapPeakMemory => return na("no map"),
     })
 }
 
@@ -548,7 +590,7 @@ fn rayon_run(workload: Workload) -> Result<Measured, String> {
                 since(start)
             })
         }
-        Workload::Bytes => return na("nothing crosses a process"),
+        Workload::Bytes | Workload::MapPeakMemory => return na("nothing crosses a process"),
         Workload::ImapUnordered => {
             let pool = pool(2);
             three(|| {

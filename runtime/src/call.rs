@@ -1,5 +1,6 @@
 //! One call's results as they come back, and the handle the caller waits on.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -103,6 +104,20 @@ pub(crate) fn decode_values<R: DeserializeOwned + 'static>(
         .map_err(|p| undecodable(job, task.first + task.count, p))
 }
 
+/// The error of the first item that failed in a reply (or of the reply
+/// itself, if it cannot be read), without decoding the values.
+fn failed_item<R: DeserializeOwned + 'static>(
+    job: &str,
+    task: TaskInfo,
+    bytes: &[u8],
+) -> Option<Error> {
+    match codec::ReplyReader::new(bytes) {
+        Err(problem) => Some(undecodable(job, task.first, problem)),
+        Ok(reader) if reader.all_succeeded() => None,
+        Ok(_) => decode_items::<R>(job, task, bytes, |item| item.map(drop)).err(),
+    }
+}
+
 fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
     Error::Serialization {
         job: job.to_owned(),
@@ -112,8 +127,15 @@ fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
 }
 
 struct State<R, T> {
-    /// Decoded items of each chunk, by chunk number.
-    chunks: Vec<Option<Vec<R>>>,
+    /// The items of every chunk before `next_chunk`, in input order: the
+    /// caller's result vector, decoded into straight from the replies.
+    items: Vec<R>,
+    /// The chunk whose items go after `items`.
+    next_chunk: usize,
+    /// Replies that arrived before their turn, still encoded. A large one
+    /// stays in its shared-memory region, unmapped once decoded, so a map's
+    /// peak memory is its result plus a few replies, not twice the result.
+    early: BTreeMap<usize, (TaskInfo, Payload)>,
     submitted: usize,
     received: usize,
     sealed: bool,
@@ -139,12 +161,20 @@ where
     R: DeserializeOwned + Send + 'static,
     M: Finish<R>,
 {
-    pub(crate) fn new(job: &'static str, progress: Progress) -> Arc<Self> {
+    /// A call of about `expected` items.
+    pub(crate) fn new(job: &'static str, progress: Progress, expected: usize) -> Arc<Self> {
+        let mut items = Vec::new();
+        // Room for the whole result, so it never moves while it grows; the
+        // pages are touched only as items arrive. A huge estimate that
+        // cannot be allocated just means growing as usual.
+        let _ = items.try_reserve_exact(expected);
         Arc::new(Call {
             job,
             progress,
             state: Mutex::new(State {
-                chunks: Vec::new(),
+                items,
+                next_chunk: 0,
+                early: BTreeMap::new(),
                 submitted: 0,
                 received: 0,
                 sealed: false,
@@ -167,6 +197,20 @@ where
         self.lock().submitted += 1;
     }
 
+    /// Blocks while `limit` or more of this call's tasks await their
+    /// outcome. Returns `false` once the call has finished (failed early):
+    /// nothing more needs submitting.
+    pub(crate) fn wait_in_flight_below(&self, limit: usize) -> bool {
+        let mut state = self.lock();
+        while !state.finished && state.submitted - state.received >= limit {
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        !state.finished
+    }
+
     /// No more tasks will be added.
     pub(crate) fn seal(&self) {
         let mut state = self.lock();
@@ -182,7 +226,8 @@ where
 
     fn fail(&self, mut state: MutexGuard<'_, State<R, M::Output>>, error: Error) {
         if !state.finished {
-            state.chunks.clear();
+            state.items = Vec::new();
+            state.early.clear();
             self.complete(state, Err(error));
         }
     }
@@ -191,11 +236,14 @@ where
         if state.finished || !state.sealed || state.received < state.submitted {
             return;
         }
-        let chunks = std::mem::take(&mut state.chunks);
-        let mut items = Vec::with_capacity(chunks.iter().flatten().map(Vec::len).sum());
-        for chunk in chunks.into_iter().flatten() {
-            items.extend(chunk);
+        // Chunks after a gap in the numbering (a task that was never
+        // submitted) still count, in order.
+        for (_, (task, payload)) in std::mem::take(&mut state.early) {
+            if let Err(error) = decode_values::<R>(self.job, task, &payload, &mut state.items) {
+                return self.fail(state, error);
+            }
         }
+        let items = std::mem::take(&mut state.items);
         self.complete(state, M::finish(items));
     }
 
@@ -236,28 +284,37 @@ where
     M: Finish<R>,
 {
     fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
-        // Decode outside the lock: drivers decode their chunks in parallel.
-        let decoded = outcome.and_then(|bytes| {
-            let mut items = Vec::with_capacity(task.count);
-            decode_values::<R>(self.job, task, &bytes, &mut items)?;
-            Ok(items)
-        });
         let mut state = self.lock();
         state.received += 1;
+        // A blocking map waits for room to submit more (see `wait_in_flight_below`).
+        self.ready.notify_all();
         if state.finished {
             return;
         }
-        match decoded {
-            Ok(items) => {
-                self.progress.advance(items.len());
-                if state.chunks.len() <= task.chunk {
-                    state.chunks.resize_with(task.chunk + 1, || None);
-                }
-                state.chunks[task.chunk] = Some(items);
-                self.complete_if_done(state);
-            }
-            Err(error) => self.fail(state, error),
+        let payload = match outcome {
+            Ok(payload) => payload,
+            Err(error) => return self.fail(state, error),
+        };
+        // A failed item fails the call now, whatever its chunk's turn.
+        if let Some(error) = failed_item::<R>(self.job, task, &payload) {
+            return self.fail(state, error);
         }
+        self.progress.advance(task.count);
+        if task.chunk != state.next_chunk {
+            state.early.insert(task.chunk, (task, payload));
+            return self.complete_if_done(state);
+        }
+        let mut next = Some((task, payload));
+        while let Some((task, payload)) = next {
+            if let Err(error) = decode_values::<R>(self.job, task, &payload, &mut state.items) {
+                return self.fail(state, error);
+            }
+            drop(payload);
+            state.next_chunk += 1;
+            let turn = state.next_chunk;
+            next = state.early.remove(&turn);
+        }
+        self.complete_if_done(state);
     }
 
     fn cancelled(&self) -> bool {

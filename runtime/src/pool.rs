@@ -322,7 +322,30 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
     {
-        self.map_async(job, items)?.get()
+        self.map_chunked(job, items, None)
+    }
+
+    /// A blocking map: input is encoded only a few chunks ahead of the
+    /// workers, so the caller never holds the whole input encoded beside
+    /// the result.
+    fn map_chunked<J, A, R, I>(
+        &self,
+        job: J,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>, Error>
+    where
+        J: IntoJob<Args = A, Output = R>,
+        A: JobArgs,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A::Item>,
+    {
+        // Two tasks per worker keep every worker busy (drivers send the
+        // next task before decoding a reply); one more covers the reply
+        // being decoded.
+        let window = 2 * self.processes() + 1;
+        self.map_async_chunked(job, items, chunksize, Some(window))?
+            .get()
     }
 
     /// Like [`map`](Pool::map), for jobs whose items are argument tuples.
@@ -335,7 +358,7 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.starmap_async(job, items)?.get()
+        self.map(job, items.into_iter().map(JobArgs::into_item))
     }
 
     /// Runs `job` once on `item` in a worker and returns its result.
@@ -360,14 +383,17 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
     {
-        self.map_async_chunked(job, items, None)
+        self.map_async_chunked(job, items, None, None)
     }
 
+    /// `window`: at most that many tasks unanswered while submitting (the
+    /// caller waits for room); `None` submits everything at once.
     fn map_async_chunked<J, A, R, I>(
         &self,
         job: J,
         items: I,
         chunksize: Option<usize>,
+        window: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>, Error>
     where
         J: IntoJob<Args = A, Output = R>,
@@ -378,11 +404,11 @@ impl Pool {
         let items = items.into_iter();
         let (low, high) = items.size_hint();
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All>(job.name(), low, items, chunksize)?
+            self.submit::<_, _, All>(job.name(), low, items, chunksize, window)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
             let items: Vec<A::Item> = items.collect();
-            self.submit::<_, _, All>(job.name(), items.len(), items, None)?
+            self.submit::<_, _, All>(job.name(), items.len(), items, None, window)?
         };
         Ok(AsyncResult::new(call))
     }
@@ -471,7 +497,7 @@ impl Pool {
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
     {
-        let call = self.submit::<_, _, One>(job.name(), 1, std::iter::once(item), Some(1))?;
+        let call = self.submit::<_, _, One>(job.name(), 1, std::iter::once(item), Some(1), None)?;
         Ok(AsyncResult::new(call))
     }
 
@@ -501,6 +527,7 @@ impl Pool {
         expected: usize,
         items: impl IntoIterator<Item = T>,
         chunksize: Option<usize>,
+        window: Option<usize>,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
         T: Serialize + 'static,
@@ -515,7 +542,7 @@ impl Pool {
             .max(1);
         // A bar for a single `apply` would only flicker.
         let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
-        let call = Call::<R, M>::new(job, progress);
+        let call = Call::<R, M>::new(job, progress, expected);
         let mut chunk = ChunkBuilder::<T>::default();
         for (index, item) in items.into_iter().enumerate() {
             if let Err(problem) = chunk.items.push(&item) {
@@ -528,6 +555,13 @@ impl Pool {
                 return Err(error);
             }
             if chunk.items.len() == chunksize {
+                if let Some(window) = window
+                    && !call.wait_in_flight_below(window)
+                {
+                    // The call failed already: its error is what `get` returns.
+                    chunk.items = ChunkWriter::default();
+                    break;
+                }
                 self.send_chunk(job, &call, &mut chunk)?;
             }
         }
@@ -596,7 +630,7 @@ impl<'pool> Chunked<'pool> {
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A::Item>,
     {
-        self.map_async(job, items)?.get()
+        self.pool.map_chunked(job, items, Some(self.checked()?))
     }
 
     /// [`Pool::map_async`] with this chunk size.
@@ -608,7 +642,7 @@ impl<'pool> Chunked<'pool> {
         I: IntoIterator<Item = A::Item>,
     {
         self.pool
-            .map_async_chunked(job, items, Some(self.checked()?))
+            .map_async_chunked(job, items, Some(self.checked()?), None)
     }
 
     /// [`Pool::starmap`] with this chunk size.
