@@ -35,6 +35,27 @@
 //! crashes or is killed fails it with [`Error::WorkerDied`] and is replaced.
 //! Nothing hangs.
 //!
+//! # What crosses the process boundary
+//!
+//! Any `Serialize + DeserializeOwned + Send + 'static` type, exactly: the
+//! value arrives as sent, or the call fails with an error; never a
+//! different value. Values travel in a self-describing format of
+//! procpool's own, so all of serde works: `skip_serializing_if`, `default`,
+//! `rename`, `flatten`, internally, adjacently tagged and untagged enums,
+//! `serde_json::Value`, `i128`, maps with non-string keys,
+//! `Option<Option<T>>`, floats bit for bit (NaN payloads, `-0.0`). Plain
+//! items (numbers, `bool`, `char`, `String`, `Vec<u8>`, tuples of those)
+//! travel in bulk, without a tag per value.
+//!
+//! - A `Serialize`/`Deserialize` impl that returns an error fails the call
+//!   with [`Error::Serialization`], which names the type and keeps the
+//!   impl's own message.
+//! - One that panics in a worker fails it with [`Error::Panicked`]; the
+//!   worker survives, and `retries` does not re-run it.
+//! - Values nested deeper than 512 levels are refused with
+//!   [`Error::Serialization`] before they are sent or decoded, so decoding
+//!   never overflows a thread's stack.
+//!
 //! With the cargo feature `cluster`, the same `Pool` sends its tasks
 //! through Redis to workers on any number of hosts:
 //! `Pool::builder().cluster("redis://host/0").build()`, and workers that
