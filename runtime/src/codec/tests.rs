@@ -168,3 +168,55 @@ fn a_deep_value_forged_past_the_encoder_is_refused_by_the_decoder() {
         .unwrap_err();
     assert!(error.message.contains("deeper than"), "{}", error.message);
 }
+
+/// Garbage never panics the decoder nor makes it allocate wildly: every
+/// byte string is a value or an error.
+#[test]
+fn random_bytes_are_values_or_errors() {
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Record {
+        id: u64,
+        name: Option<String>,
+        tags: Vec<(u8, char)>,
+        nested: Option<Box<Record>>,
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Valid chunks, cut and flipped, and pure noise.
+    let seed = encode(&("text".to_string(), vec![Some(1u64), None], (1.5f64, 'x'))).unwrap();
+    for round in 0..20_000 {
+        let mut bytes = if round % 2 == 0 {
+            seed.clone()
+        } else {
+            (0..(next() % 64)).map(|_| next() as u8).collect()
+        };
+        if !bytes.is_empty() {
+            let at = (next() as usize) % bytes.len();
+            bytes[at] ^= next() as u8;
+            bytes.truncate(1 + (next() as usize) % bytes.len());
+        }
+        // The codec catches panics of Deserialize impls; none may come
+        // from the codec itself.
+        let no_panic = |result: Result<(), Problem>| {
+            if let Err(problem) = result {
+                assert!(!problem.panicked, "{bytes:?}: {}", problem.message);
+            }
+        };
+        let read = |f: &dyn Fn(&mut ChunkReader<'_>) -> Result<(), Problem>| {
+            ChunkReader::new(&bytes).and_then(|mut reader| f(&mut reader))
+        };
+        no_panic(read(&|r| r.next::<Record>().map(drop)));
+        no_panic(read(&|r| {
+            r.next::<(String, Vec<Option<u64>>, (f64, char))>()
+                .map(drop)
+        }));
+        no_panic(read(&|r| r.next::<serde::de::IgnoredAny>().map(drop)));
+        no_panic(ReplyReader::new(&bytes).and_then(|mut r| r.next::<u64>().map(drop)));
+    }
+}
