@@ -77,12 +77,25 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
         _ => tuple.clone(),
     };
 
-    let checks = distinct(args.iter().chain(std::iter::once(output))).map(|ty| {
+    // A `Result` return type is checked as its two halves, so that an error
+    // type that cannot cross (`Box<dyn Error>`) is reported on itself, with
+    // advice for error types, rather than on the whole `Result`.
+    let (values, error) = match result_halves(output) {
+        Some((ok, err)) => (ok, Some(err)),
+        None => (output, None),
+    };
+    let checks = distinct(args.iter().chain(std::iter::once(values))).map(|ty| {
         // Spanned on the user's type: that is where a missing `Serialize`
         // is reported, with the message of `__private`'s marker traits.
         quote_spanned! {ty.span()=>
             let __verdict = (&&&&&#krate::__private::Probe::<#ty>::new()).verdict();
             #krate::__private::require::<#ty, _>(__verdict);
+        }
+    });
+    let error_check = error.map(|ty| {
+        quote_spanned! {ty.span()=>
+            let __verdict = (&&&&&#krate::__private::Probe::<#ty>::new()).verdict();
+            #krate::__private::require_error::<#ty, _>(__verdict);
         }
     });
 
@@ -103,6 +116,7 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                     ViaTransferable as _,
                 };
                 #(#checks)*
+                #error_check
             }
 
             #[#krate::__private::linkme::distributed_slice(#krate::__private::JOBS)]
@@ -123,6 +137,65 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
 
             #krate::Job::__new(#hidden as #fn_type, &__PROCPOOL_ENTRY)
         };
+    }
+}
+
+/// What a function the attribute rejects becomes: its name as a constant
+/// whose type holds the first error's `compile_error!` (as an array length:
+/// in type position it would expand to `()`), plus the other errors.
+///
+/// The compiler gives that constant an erroneous type, and it reports
+/// nothing more about expressions of such a type: `square(3)` and
+/// `pool.map(square, ..)` type-check silently, so the attribute's messages
+/// are the only ones. Writing the function back instead would add a second,
+/// contradicting error at every pool call ("not a #[pool_job] function").
+///
+/// The function itself goes inside the constant's initializer, where its
+/// body is still checked, unless it cannot stand alone there (a method with
+/// `self`, a C-variadic definition).
+pub(crate) fn rejected(function: &syn::ItemFn, error: syn::Error) -> TokenStream {
+    let mut errors = error.into_iter();
+    let first = errors.next().map(|e| e.to_compile_error());
+    let rest = errors.map(|e| e.to_compile_error());
+    let ident = &function.sig.ident;
+    let vis = &function.vis;
+    let attrs = function.attrs.iter().filter(|a| belongs_on_const(a));
+    let standalone = function.sig.variadic.is_none()
+        && !matches!(function.sig.inputs.first(), Some(syn::FnArg::Receiver(_)));
+    let body = standalone.then(|| {
+        let mut inner = function.clone();
+        inner.vis = syn::Visibility::Inherited;
+        inner
+            .attrs
+            .retain(|attr| !attr.path().is_ident("deprecated"));
+        quote!(#[allow(dead_code, non_snake_case)] #inner)
+    });
+    quote! {
+        #(#rest)*
+        #(#attrs)*
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: [(); #first] = { #body };
+    }
+}
+
+/// `Result<T, E>` (also spelled with a path, e.g. `std::result::Result`)
+/// as `(T, E)`.
+fn result_halves(ty: &Type) -> Option<(&Type, &Type)> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(ok), Some(err), None) => Some((ok, err)),
+        _ => None,
     }
 }
 
@@ -302,6 +375,24 @@ mod tests {
             two.contains("Probe :: < ((i64 , i64 ,) , i64) > :: new ())"),
             "{two}"
         );
+    }
+
+    #[test]
+    fn result_error_type_is_checked_on_its_own() {
+        let out = expand(
+            quote!(),
+            quote!(
+                fn parse(text: String) -> std::result::Result<u32, Box<dyn Error>> {
+                    todo!()
+                }
+            ),
+        );
+        assert!(out.contains("require :: < u32 , _ >"), "{out}");
+        assert!(
+            out.contains("require_error :: < Box < dyn Error > , _ >"),
+            "{out}"
+        );
+        assert!(!out.contains("require :: < std :: result"), "{out}");
     }
 
     #[test]

@@ -301,6 +301,35 @@ pub mod __private {
         let _ = verdict;
     }
 
+    /// Missing for every verdict but [`Transferable`]: the error type of a
+    /// job's `Result` cannot cross.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a job's error type: a job's `Result` crosses the process boundary whole, so its error type must implement serde's `Serialize` and `Deserialize` and be `Send`",
+        label = "this error type cannot be sent back from a worker process",
+        note = "return the error as text: `Result<T, String>`, with `.map_err(|e| e.to_string())` (or `format!(\"{{e:#}}\")` to keep its causes), or use an error type of your own that derives `Serialize` and `Deserialize`",
+        note = "a panic inside the job also reaches the caller, as `Error::Panicked` with its message"
+    )]
+    pub trait CrossesAsError<Verdict> {}
+
+    /// Never a probe's verdict. Its impl of [`CrossesAsError`] keeps the
+    /// verdict of `require_error` inferred from its argument, so a wrong one
+    /// is reported with that trait's message, not as mismatched types.
+    pub enum Unreachable {}
+
+    #[diagnostic::do_not_recommend]
+    impl<T> CrossesAsError<Transferable> for T {}
+    #[diagnostic::do_not_recommend]
+    impl<T> CrossesAsError<Unreachable> for T {}
+
+    /// Fails to compile, with advice for error types, unless `verdict` is
+    /// [`Transferable`].
+    pub fn require_error<T, V>(verdict: V)
+    where
+        T: CrossesAsError<V>,
+    {
+        let _ = verdict;
+    }
+
     /// What [`JobEntry::invoke`] returns.
     pub type InvokeOutput = <crate::job::InvokeFn as Returns>::Output;
 
