@@ -34,10 +34,11 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
     renamed.sig.ident = hidden.clone();
     renamed.vis = syn::Visibility::Inherited;
     // Deprecation is for the name users call; on the hidden function it
-    // would warn about the constant's own initializer.
+    // would warn about the constant's own initializer. Docs are the
+    // constant's: on both, rustdoc would run each doctest twice.
     renamed
         .attrs
-        .retain(|attr| !attr.path().is_ident("deprecated"));
+        .retain(|attr| !attr.path().is_ident("deprecated") && !attr.path().is_ident("doc"));
 
     let const_attrs: Vec<&Attribute> = function
         .attrs
@@ -99,7 +100,23 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
         }
     });
 
+    let how_to_call = how_to_call(job);
+    // What rustdoc shows (`cfg(doc)` is set only while documenting this
+    // crate): the function as written, listed under Functions with its own
+    // signature and a note on running it in a pool. Doctests are collected
+    // without `cfg(doc)`, from the constant's docs, so each runs once.
+    let mut documented = function.clone();
+    documented.attrs.retain(belongs_on_const);
+    documented.attrs.push(syn::parse_quote!(#[doc = ""]));
+    documented
+        .attrs
+        .push(syn::parse_quote!(#[doc = #how_to_call]));
+
     quote! {
+        #[cfg(doc)]
+        #documented
+
+        #[cfg(not(doc))]
         #(#const_attrs)*
         #[allow(non_upper_case_globals)]
         #vis const #ident: #krate::Job<#fn_type, #tuple, #output> = {
@@ -138,6 +155,23 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
             #krate::Job::__new(#hidden as #fn_type, &__PROCPOOL_ENTRY)
         };
     }
+}
+
+/// The line appended to a job's documentation: how to run it in a pool.
+/// Plain text: a link would have to name the procpool crate, which a user
+/// may have renamed.
+fn how_to_call(job: &Job) -> String {
+    let ident = &job.function.sig.ident;
+    let (method, items) = match job.args.len() {
+        1 => ("map", "items"),
+        0 => ("apply", "()"),
+        _ => ("starmap", "tuples"),
+    };
+    format!(
+        "*A pool job (`#[pool_job]`)*: call it as an ordinary function, or run it in \
+         worker processes with `pool.{method}({ident}, {items})` or another `Pool` \
+         method; `{ident}.name()` is the name it is registered under."
+    )
 }
 
 /// What a function the attribute rejects becomes: its name as a constant
@@ -261,9 +295,17 @@ mod tests {
             out.contains("fn __procpool_job_square (x : u64) -> u64"),
             "{out}"
         );
-        // The doc comment is on both items, #[inline] only on the function.
+        // The doc comment is on the constant and on the function rustdoc
+        // shows (`cfg(doc)`), never on the hidden function, whose doctests
+        // would run a second time. #[inline] is on the functions only.
         assert_eq!(out.matches("Squares.").count(), 2, "{out}");
+        let hidden = &out[out.find("fn __procpool_job_square").unwrap() - 40..];
+        assert!(!hidden[..60].contains("Squares."), "{out}");
         assert_eq!(out.matches("inline").count(), 1, "{out}");
+        assert!(
+            out.contains("# [cfg (doc)] # [doc = \" Squares.\"] # [doc = \"\"] # [doc = \"*A pool job (`#[pool_job]`)*: call it as an ordinary function, or run it in worker processes with `pool.map(square, items)`"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -328,10 +370,16 @@ mod tests {
                 }
             ),
         );
+        // Besides it, only the function rustdoc shows, under `cfg(doc)`.
         let tokens: TokenStream = out.parse().unwrap();
         let items: Vec<syn::Item> = syn::parse2::<syn::File>(tokens).unwrap().items;
-        assert_eq!(items.len(), 1, "{out}");
-        assert!(matches!(items[0], syn::Item::Const(_)), "{out}");
+        assert_eq!(items.len(), 2, "{out}");
+        let syn::Item::Fn(documented) = &items[0] else {
+            panic!("{out}")
+        };
+        assert!(documented.attrs[0].path().is_ident("cfg"), "{out}");
+        assert_eq!(documented.sig.ident, "square");
+        assert!(matches!(items[1], syn::Item::Const(_)), "{out}");
     }
 
     #[test]
@@ -405,11 +453,15 @@ mod tests {
                 fn f(x: u8) {}
             ),
         );
-        assert_eq!(out.matches("deprecated").count(), 1, "{out}");
-        assert_eq!(out.matches("unused_variables").count(), 2, "{out}");
+        // On the constant and on the function rustdoc shows, not on the
+        // hidden function.
+        assert_eq!(out.matches("deprecated").count(), 2, "{out}");
+        assert_eq!(out.matches("unused_variables").count(), 3, "{out}");
+        let hidden = out.find("fn __procpool_job_f").unwrap();
         assert!(
-            out.find("deprecated").unwrap() < out.find("const f").unwrap(),
+            out.rfind("deprecated").unwrap() < out.find("const f").unwrap(),
             "{out}"
         );
+        assert!(out.find("const f").unwrap() < hidden, "{out}");
     }
 }
