@@ -7,14 +7,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::decode_items;
+use crate::job::Encode;
 use crate::progress::Progress;
 use crate::transport::{Sink, Task, TaskInfo};
 use crate::wire::Payload;
-use crate::{Error, Pool, codec};
+use crate::{Error, Pool};
 
 struct State<R> {
     /// Finished chunks by number, until the iterator takes them.
@@ -76,10 +76,11 @@ impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
 /// ahead of what has been consumed. Dropping the iterator early skips the
 /// chunks that were queued but not started.
 #[must_use = "iterators are lazy: nothing runs until the Imap is iterated"]
-pub struct Imap<'pool, R, I> {
+pub struct Imap<'pool, R, I: Iterator> {
     pool: &'pool Pool,
     job: &'static str,
     input: Option<I>,
+    encode: Encode<I::Item>,
     stream: Arc<Stream<R>>,
     chunksize: usize,
     max_in_flight: usize,
@@ -92,7 +93,7 @@ pub struct Imap<'pool, R, I> {
     ready: VecDeque<Result<R, Error>>,
 }
 
-impl<R, I> std::fmt::Debug for Imap<'_, R, I> {
+impl<R, I: Iterator> std::fmt::Debug for Imap<'_, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Imap")
             .field("job", &self.job)
@@ -107,7 +108,6 @@ impl<'pool, R, I> Imap<'pool, R, I>
 where
     R: DeserializeOwned + Send + 'static,
     I: Iterator,
-    I::Item: Serialize + 'static,
 {
     pub(crate) fn new(
         pool: &'pool Pool,
@@ -115,11 +115,13 @@ where
         input: I,
         chunksize: usize,
         ordered: bool,
+        encode: Encode<I::Item>,
     ) -> Self {
         Imap {
             pool,
             job,
             input: Some(input),
+            encode,
             stream: Arc::new(Stream {
                 job,
                 progress: Progress::new(pool.shows_progress(), job, None),
@@ -144,7 +146,8 @@ where
 
     /// An iterator that yields `error` once, reading no input.
     pub(crate) fn failed(pool: &'pool Pool, job: &'static str, input: I, error: Error) -> Self {
-        let mut imap = Imap::new(pool, job, input, 1, true);
+        // Nothing is encoded: the input is never read.
+        let mut imap = Imap::new(pool, job, input, 1, true, |_, _| Ok(()));
         imap.input = None;
         imap.ready.push_back(Err(error));
         imap
@@ -165,7 +168,7 @@ where
                     self.input = None;
                     break;
                 };
-                if let Err(message) = codec::encode_item(&item, &mut bytes) {
+                if let Err(message) = (self.encode)(&item, &mut bytes) {
                     bad_item = Some(Error::Serialization {
                         job: self.job.to_owned(),
                         direction: format!("serialize argument {}", first + count),
@@ -244,7 +247,6 @@ impl<R, I> Iterator for Imap<'_, R, I>
 where
     R: DeserializeOwned + Send + 'static,
     I: Iterator,
-    I::Item: Serialize + 'static,
 {
     type Item = Result<R, Error>;
 
@@ -264,7 +266,7 @@ where
     }
 }
 
-impl<R, I> Drop for Imap<'_, R, I> {
+impl<R, I: Iterator> Drop for Imap<'_, R, I> {
     fn drop(&mut self) {
         self.stream.progress.finish();
         self.stream

@@ -104,13 +104,18 @@ pub(crate) fn fingerprint() -> Result<(String, String), Error> {
 pub trait JobArgs: 'static {
     /// The value one call of the job consumes.
     type Item: Serialize + DeserializeOwned + Send + 'static;
-    /// Turns the argument tuple into the call's item (`starmap` uses this).
+    /// Turns the argument tuple into the call's item.
     fn into_item(self) -> Self::Item;
+    /// The call's item inside the argument tuple (`starmap` sends this).
+    fn as_item(&self) -> &Self::Item;
 }
 
 impl JobArgs for () {
     type Item = ();
     fn into_item(self) {}
+    fn as_item(&self) -> &() {
+        self
+    }
 }
 
 impl<A> JobArgs for (A,)
@@ -120,6 +125,9 @@ where
     type Item = A;
     fn into_item(self) -> A {
         self.0
+    }
+    fn as_item(&self) -> &A {
+        &self.0
     }
 }
 
@@ -131,6 +139,9 @@ macro_rules! tuple_args {
         {
             type Item = Self;
             fn into_item(self) -> Self {
+                self
+            }
+            fn as_item(&self) -> &Self {
                 self
             }
         }
@@ -152,6 +163,57 @@ tuple_args!(A B C D E F G H I J K L M);
 tuple_args!(A B C D E F G H I J K L M N);
 tuple_args!(A B C D E F G H I J K L M N O);
 tuple_args!(A B C D E F G H I J K L M N O P);
+
+/// What the calls over many items ([`Pool::map`](crate::Pool::map),
+/// `imap`, `imap_unordered`, `map_async`, `starmap`) accept as an item for a
+/// job whose item type is `T`: a `T`, or a reference to one.
+///
+/// Items are only serialized, and a `&T` serializes as the `T` it points
+/// to, so `pool.map(square, &numbers)` sends the same bytes as
+/// `pool.map(square, numbers)` and leaves `numbers` with the caller.
+/// Sealed: implemented for `T` and `&T` only.
+#[diagnostic::on_unimplemented(
+    message = "this job takes items of type `{T}`, not `{Self}`",
+    label = "expected items of type `{T}` or `&{T}`",
+    note = "`map`, `imap`, `imap_unordered` and `map_async` take the job's argument (or a reference to it) for each call; `starmap` takes a tuple of the job's arguments"
+)]
+pub trait ItemFor<T>: sealed::Item<T> {
+    /// The item, borrowed.
+    fn as_item(&self) -> &T;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T> ItemFor<T> for T {
+    fn as_item(&self) -> &T {
+        self
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<T> ItemFor<T> for &T {
+    fn as_item(&self) -> &T {
+        self
+    }
+}
+
+/// Appends one item's encoding to a chunk; an `Err` holds the reason.
+pub(crate) type Encode<X> = fn(&X, &mut Vec<u8>) -> Result<(), String>;
+
+/// [`Encode`] for an item of a `map`-like call: a `T` or a `&T`.
+pub(crate) fn encode_item<X: ItemFor<T>, T: Serialize + 'static>(
+    item: &X,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    crate::codec::encode_item(item.as_item(), out)
+}
+
+/// [`Encode`] for an item of `starmap`: an argument tuple or a reference to one.
+pub(crate) fn encode_args<X: ItemFor<A>, A: JobArgs>(
+    item: &X,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    crate::codec::encode_item(item.as_item().as_item(), out)
+}
 
 /// A function registered with [`#[pool_job]`](crate::pool_job).
 ///
@@ -220,6 +282,10 @@ pub trait IntoJob: sealed::Sealed {
 mod sealed {
     pub trait Sealed {}
     impl<F, A, R> Sealed for super::Job<F, A, R> {}
+
+    pub trait Item<T> {}
+    impl<T> Item<T> for T {}
+    impl<T> Item<T> for &T {}
 }
 
 impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {

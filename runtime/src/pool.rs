@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::imap::Imap;
-use crate::job::{IntoJob, JobArgs};
+use crate::job::{Encode, IntoJob, ItemFor, JobArgs, encode_args, encode_item};
 use crate::local::{LocalBackend, LocalConfig};
 use crate::process::Initializer;
 use crate::progress::Progress;
@@ -308,7 +307,9 @@ impl Pool {
 
     /// Runs `job` on every item and returns the results in input order.
     ///
-    /// Takes any `IntoIterator`; items travel to the workers in chunks:
+    /// Takes any `IntoIterator` of the job's argument type or of references
+    /// to it ([`ItemFor`](crate::ItemFor)): `pool.map(square, &numbers)`
+    /// leaves `numbers` to the caller. Items travel to the workers in chunks:
     /// about 16 per worker for large calls, Python's `ceil(n / (4 ×
     /// processes))` for small ones (see [`Pool::chunksize`] to choose).
     /// The first error
@@ -319,7 +320,8 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.map_async(job, items)?.get()
     }
@@ -332,7 +334,8 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: ItemFor<A>,
     {
         self.starmap_async(job, items)?.get()
     }
@@ -357,7 +360,8 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.map_async_chunked(job, items, None)
     }
@@ -372,16 +376,37 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
+    {
+        self.map_encoded(
+            job.name(),
+            items,
+            chunksize,
+            encode_item::<I::Item, A::Item>,
+        )
+    }
+
+    /// `map_async` over any item type, with the function that encodes one.
+    fn map_encoded<X, R, I>(
+        &self,
+        job: &'static str,
+        items: I,
+        chunksize: Option<usize>,
+        encode: Encode<X>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = X>,
     {
         let items = items.into_iter();
         let (low, high) = items.size_hint();
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All>(job.name(), low, items, chunksize)?
+            self.submit::<_, _, All>(job, low, items, chunksize, encode)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
-            let items: Vec<A::Item> = items.collect();
-            self.submit::<_, _, All>(job.name(), items.len(), items, None)?
+            let items: Vec<X> = items.collect();
+            self.submit::<_, _, All>(job, items.len(), items, None, encode)?
         };
         Ok(AsyncResult::new(call))
     }
@@ -414,7 +439,8 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.chunksize(1).imap(job, items)
     }
@@ -426,7 +452,8 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.chunksize(1).imap_unordered(job, items)
     }
@@ -458,9 +485,10 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: ItemFor<A>,
     {
-        self.map_async(job, items.into_iter().map(JobArgs::into_item))
+        self.map_encoded(job.name(), items, None, encode_args::<I::Item, A>)
     }
 
     /// Like [`apply`](Pool::apply), but returns at once with an [`AsyncResult`].
@@ -470,7 +498,13 @@ impl Pool {
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
     {
-        let call = self.submit::<_, _, One>(job.name(), 1, std::iter::once(item), Some(1))?;
+        let call = self.submit::<_, _, One>(
+            job.name(),
+            1,
+            std::iter::once(item),
+            Some(1),
+            encode_item::<A::Item, A::Item>,
+        )?;
         Ok(AsyncResult::new(call))
     }
 
@@ -494,15 +528,15 @@ impl Pool {
 
     /// Encodes `items` into chunks and queues them as they fill, so workers
     /// start while later items are still being encoded.
-    fn submit<T, R, M>(
+    fn submit<X, R, M>(
         &self,
         job: &'static str,
         expected: usize,
-        items: impl IntoIterator<Item = T>,
+        items: impl IntoIterator<Item = X>,
         chunksize: Option<usize>,
+        encode: Encode<X>,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
-        T: Serialize + 'static,
         R: DeserializeOwned + Send + 'static,
         M: Finish<R>,
     {
@@ -517,7 +551,7 @@ impl Pool {
         let call = Call::<R, M>::new(job, progress);
         let mut chunk = ChunkBuilder::default();
         for (index, item) in items.into_iter().enumerate() {
-            if let Err(message) = codec::encode_item(&item, &mut chunk.bytes) {
+            if let Err(message) = encode(&item, &mut chunk.bytes) {
                 let error = Error::Serialization {
                     job: job.to_owned(),
                     direction: format!("serialize argument {index}"),
@@ -592,7 +626,8 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.map_async(job, items)?.get()
     }
@@ -603,7 +638,8 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.pool
             .map_async_chunked(job, items, Some(self.checked()?))
@@ -615,9 +651,17 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: ItemFor<A>,
     {
-        self.map(job, items.into_iter().map(JobArgs::into_item))
+        self.pool
+            .map_encoded(
+                job.name(),
+                items,
+                Some(self.checked()?),
+                encode_args::<I::Item, A>,
+            )?
+            .get()
     }
 
     /// [`Pool::imap`] with this chunk size.
@@ -626,7 +670,8 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.lazy(job, items, true)
     }
@@ -637,7 +682,8 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.lazy(job, items, false)
     }
@@ -647,10 +693,18 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         match self.checked() {
-            Ok(size) => Imap::new(self.pool, job.name(), items.into_iter(), size, ordered),
+            Ok(size) => Imap::new(
+                self.pool,
+                job.name(),
+                items.into_iter(),
+                size,
+                ordered,
+                encode_item::<I::Item, A::Item>,
+            ),
             Err(error) => Imap::failed(self.pool, job.name(), items.into_iter(), error),
         }
     }
