@@ -226,6 +226,7 @@ impl<R: DeserializeOwned + 'static> Process<R> {
             cause,
             first: 0,
             count: 1,
+            attempts: 1,
         }
     }
 }
