@@ -102,6 +102,19 @@ pub enum Error {
     #[error("the pool is closed and accepts no new work; create a new Pool to submit more")]
     Closed,
 
+    /// The call was cancelled with
+    /// [`AsyncResult::cancel`](crate::AsyncResult::cancel) before its result
+    /// arrived: its tasks that had not started were skipped, and the results
+    /// of those already running were discarded.
+    #[error(
+        "the call of job `{job}` was cancelled before it finished: its queued tasks were \
+         skipped and the results of running ones discarded"
+    )]
+    Cancelled {
+        /// Registered name of the job.
+        job: String,
+    },
+
     /// The pool was terminated (or dropped) while this call was still running.
     #[error("the pool was terminated while job `{job}` was pending; its result is lost")]
     Terminated {
