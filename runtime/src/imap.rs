@@ -5,7 +5,9 @@
 //! consumed, with a bounded number of chunks in flight.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use serde::de::DeserializeOwned;
 
@@ -22,6 +24,8 @@ struct State<R> {
     /// Chunk numbers in the order they finished.
     completion: VecDeque<usize>,
     cancelled: bool,
+    /// The task polling an [`ImapStream`], woken when a chunk arrives.
+    waker: Option<Waker>,
 }
 
 /// Receives the chunks of one `imap` call.
@@ -41,8 +45,12 @@ impl<R> Stream<R> {
         let mut state = self.lock();
         state.finished.insert(chunk, items);
         state.completion.push_back(chunk);
+        let waker = state.waker.take();
         drop(state);
         self.arrived.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -129,6 +137,7 @@ where
                     finished: HashMap::new(),
                     completion: VecDeque::new(),
                     cancelled: false,
+                    waker: None,
                 }),
                 arrived: Condvar::new(),
             }),
@@ -218,28 +227,76 @@ where
         }
     }
 
+    /// Takes the next chunk to yield if it has arrived.
+    fn try_take_chunk(&mut self, state: &mut State<R>) -> Option<Vec<Result<R, Error>>> {
+        let chunk = if self.ordered {
+            Some(self.next_to_yield).filter(|c| state.finished.contains_key(c))
+        } else {
+            state.completion.front().copied()
+        }?;
+        state.completion.retain(|&c| c != chunk);
+        if self.ordered {
+            self.next_to_yield += 1;
+        }
+        self.in_flight -= 1;
+        Some(state.finished.remove(&chunk).unwrap_or_default())
+    }
+
     /// Blocks until the next chunk to yield has arrived and takes it.
     fn take_chunk(&mut self) -> Vec<Result<R, Error>> {
-        let mut state = self.stream.lock();
+        let stream = Arc::clone(&self.stream);
+        let mut state = stream.lock();
         loop {
-            let chunk = if self.ordered {
-                Some(self.next_to_yield).filter(|c| state.finished.contains_key(c))
-            } else {
-                state.completion.front().copied()
-            };
-            if let Some(chunk) = chunk {
-                state.completion.retain(|&c| c != chunk);
-                if self.ordered {
-                    self.next_to_yield += 1;
-                }
-                return state.finished.remove(&chunk).unwrap_or_default();
+            if let Some(items) = self.try_take_chunk(&mut state) {
+                return items;
             }
-            state = self
-                .stream
+            state = stream
                 .arrived
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// The same results as a [`Stream`](futures_core::Stream), for async
+    /// code: waiting for a result does not block the thread, the pool wakes
+    /// the polling task when one arrives (as for
+    /// [`AsyncResult`](crate::AsyncResult)), under any executor.
+    ///
+    /// Input is still read on the polling thread, as results are taken: an
+    /// input iterator that blocks (a channel, a file) blocks that thread.
+    /// Dropping the stream skips the chunks not yet started, as dropping
+    /// the iterator does.
+    ///
+    /// ```
+    /// use std::future::poll_fn;
+    /// use std::pin::Pin;
+    ///
+    /// use futures_core::Stream;
+    /// use procpool::{pool_job, Pool};
+    ///
+    /// #[pool_job]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = Pool::with_processes(2)?;
+    /// let mut squares = pool.imap(square, 0..4).into_stream();
+    /// // Under an executor, `StreamExt::next(&mut squares).await` does the same.
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let mut all = Vec::new();
+    /// runtime.block_on(async {
+    ///     while let Some(item) = poll_fn(|cx| Pin::new(&mut squares).poll_next(cx)).await {
+    ///         all.push(item?);
+    ///     }
+    ///     Ok::<_, procpool::Error>(())
+    /// })?;
+    /// assert_eq!(all, vec![0, 1, 4, 9]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn into_stream(self) -> ImapStream<'pool, R, I> {
+        ImapStream { imap: self }
     }
 }
 
@@ -260,7 +317,6 @@ where
                 return None;
             }
             let items = self.take_chunk();
-            self.in_flight -= 1;
             self.ready.extend(items);
         }
     }
@@ -274,5 +330,59 @@ impl<R, I: Iterator> Drop for Imap<'_, R, I> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .cancelled = true;
+    }
+}
+
+/// The results of [`Pool::imap`] or [`Pool::imap_unordered`] as a
+/// [`Stream`](futures_core::Stream). Created by [`Imap::into_stream`].
+#[must_use = "streams are lazy: nothing runs until the stream is polled"]
+pub struct ImapStream<'pool, R, I: Iterator> {
+    imap: Imap<'pool, R, I>,
+}
+
+impl<R, I: Iterator> std::fmt::Debug for ImapStream<'_, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapStream")
+            .field("imap", &self.imap)
+            .finish()
+    }
+}
+
+// Nothing in the stream is ever pinned in place (the input iterator is only
+// called through `&mut`), so it may move freely whatever `I` is.
+impl<R, I: Iterator> Unpin for ImapStream<'_, R, I> {}
+
+impl<R, I> futures_core::Stream for ImapStream<'_, R, I>
+where
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator,
+{
+    type Item = Result<R, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let imap = &mut self.get_mut().imap;
+        loop {
+            if let Some(item) = imap.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            imap.top_up();
+            if imap.in_flight == 0 {
+                return Poll::Ready(None);
+            }
+            let stream = Arc::clone(&imap.stream);
+            let mut state = stream.lock();
+            match imap.try_take_chunk(&mut state) {
+                Some(items) => imap.ready.extend(items),
+                None => {
+                    // Registered under the lock that `store` takes, so a
+                    // chunk arriving now wakes this waker.
+                    match &mut state.waker {
+                        Some(existing) if existing.will_wake(cx.waker()) => {}
+                        slot => *slot = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 }

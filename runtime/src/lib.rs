@@ -63,7 +63,7 @@ mod worker;
 
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause};
-pub use imap::Imap;
+pub use imap::{Imap, ImapStream};
 pub use job::{IntoJob, ItemFor, Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};
 pub use spawn::{Process, ProcessBuilder};
