@@ -281,3 +281,19 @@ fn async_result() {
     let expected = "error: job `async_result::fail` panicked on item 0: something went wrong";
     assert!(lines[3].starts_with(expected), "{:?}", lines[3]);
 }
+
+#[test]
+fn worker_state() {
+    let run = run("worker_state");
+    let lines = &run.lines;
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    // sum of (x % 1000) * 0.5 for x in 0..100
+    assert_eq!(lines[0], "sum of predictions: 2475");
+    // One or two workers ran the tasks; each built its model exactly once.
+    assert!(
+        lines[1] == "100 tasks, model loads per worker: [1, 1]"
+            || lines[1] == "100 tasks, model loads per worker: [1]",
+        "{:?}",
+        lines[1]
+    );
+}
