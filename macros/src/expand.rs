@@ -152,7 +152,19 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                 },
             };
 
-            #krate::Job::__new(#hidden as #fn_type, &__PROCPOOL_ENTRY)
+            #krate::Job::__new(
+                #hidden as #fn_type,
+                &__PROCPOOL_ENTRY,
+                // The pool encodes items through this, so its methods need
+                // no serde bound of their own: a type that cannot cross is
+                // reported once, by `__procpool_check_types`, and resolves
+                // to a stub here.
+                |__item, __out| {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{EncodeItem as _, NeverEncode as _};
+                    (&&#krate::__private::Probe::<#item>::new()).encode(__item, __out)
+                },
+            )
         };
     }
 }

@@ -68,6 +68,8 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 
 /// Encodes one job item into a fresh buffer, with the same fast paths as
 /// a chunk (a `Process` argument or an initializer's is an item too).
+// The pool encodes through each job's type-erased encoder (job::Encode).
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     encode_item(value, &mut out)?;

@@ -154,9 +154,14 @@ where
     }
 
     /// An iterator that yields `error` once, reading no input.
-    pub(crate) fn failed(pool: &'pool Pool, job: &'static str, input: I, error: Error) -> Self {
-        // Nothing is encoded: the input is never read.
-        let mut imap = Imap::new(pool, job, input, 1, true, |_, _| Ok(()));
+    pub(crate) fn failed(
+        pool: &'pool Pool,
+        job: &'static str,
+        input: I,
+        error: Error,
+        encode: Encode<I::Item>,
+    ) -> Self {
+        let mut imap = Imap::new(pool, job, input, 1, true, encode);
         imap.input = None;
         imap.ready.push_back(Err(error));
         imap
@@ -177,7 +182,7 @@ where
                     self.input = None;
                     break;
                 };
-                if let Err(message) = (self.encode)(&item, &mut bytes) {
+                if let Err(message) = self.encode.encode(&item, &mut bytes) {
                     bad_item = Some(Error::Serialization {
                         job: self.job.to_owned(),
                         direction: format!("serialize argument {}", first + count),

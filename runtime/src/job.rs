@@ -1,5 +1,6 @@
 //! Typed job handles and the link-time job registry.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -7,7 +8,6 @@ use std::ops::Deref;
 use std::sync::OnceLock;
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::Error;
 
@@ -101,9 +101,13 @@ pub(crate) fn fingerprint() -> Result<(String, String), Error> {
 /// [`Item`](JobArgs::Item) is what `map` and `apply` take for one call: the
 /// bare argument for a one-argument job, the whole tuple otherwise.
 /// Implemented for tuples of up to 16 elements.
+///
+/// It asks nothing of the argument types: whether they can cross the process
+/// boundary is checked once, by `#[pool_job]` on the job's signature, so a
+/// call of a job with a type that cannot adds no error of its own.
 pub trait JobArgs: 'static {
     /// The value one call of the job consumes.
-    type Item: Serialize + DeserializeOwned + Send + 'static;
+    type Item: 'static;
     /// Turns the argument tuple into the call's item.
     fn into_item(self) -> Self::Item;
     /// The call's item inside the argument tuple (`starmap` sends this).
@@ -118,10 +122,7 @@ impl JobArgs for () {
     }
 }
 
-impl<A> JobArgs for (A,)
-where
-    A: Serialize + DeserializeOwned + Send + 'static,
-{
+impl<A: 'static> JobArgs for (A,) {
     type Item = A;
     fn into_item(self) -> A {
         self.0
@@ -133,10 +134,7 @@ where
 
 macro_rules! tuple_args {
     ($($name:ident)+) => {
-        impl<$($name),+> JobArgs for ($($name,)+)
-        where
-            $($name: Serialize + DeserializeOwned + Send + 'static,)+
-        {
+        impl<$($name: 'static),+> JobArgs for ($($name,)+) {
             type Item = Self;
             fn into_item(self) -> Self {
                 self
@@ -196,23 +194,87 @@ impl<T> ItemFor<T> for &T {
     }
 }
 
-/// Appends one item's encoding to a chunk; an `Err` holds the reason.
-pub(crate) type Encode<X> = fn(&X, &mut Vec<u8>) -> Result<(), String>;
+/// A job's item encoder, type-erased so that no serde bound reaches the
+/// pool's methods: `#[pool_job]` writes it where the item type is known and
+/// checked. It is only ever given the job's own item type.
+#[doc(hidden)]
+pub type AnyEncoder = fn(&(dyn Any + 'static), &mut Vec<u8>) -> Result<(), String>;
 
-/// [`Encode`] for an item of a `map`-like call: a `T` or a `&T`.
-pub(crate) fn encode_item<X: ItemFor<T>, T: Serialize + 'static>(
-    item: &X,
+/// The encoder for item type `T`, which `#[pool_job]`'s expansion picks
+/// (through `__private::EncodeItem`) when `T` is serializable.
+pub(crate) fn encode_any<T: Serialize + 'static>(
+    item: &(dyn Any + 'static),
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    crate::codec::encode_item(item.as_item(), out)
+    match item.downcast_ref::<T>() {
+        Some(item) => crate::codec::encode_item(item, out),
+        None => Err(format!(
+            "internal error: a job's encoder for {} was given another type",
+            std::any::type_name::<T>()
+        )),
+    }
 }
 
-/// [`Encode`] for an item of `starmap`: an argument tuple or a reference to one.
-pub(crate) fn encode_args<X: ItemFor<A>, A: JobArgs>(
-    item: &X,
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
-    crate::codec::encode_item(item.as_item().as_item(), out)
+/// Appends one item of a call, of type `X`, to a chunk: borrows the job's
+/// item out of it (`X` may be a reference, or an argument tuple for
+/// `starmap`), then runs the job's encoder. An `Err` holds the reason.
+pub(crate) struct Encode<X> {
+    item: fn(&X) -> &(dyn Any + 'static),
+    encode: AnyEncoder,
+}
+
+impl<X> Clone for Encode<X> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<X> Copy for Encode<X> {}
+
+impl<X> Encode<X> {
+    /// For `map`-like calls: each item is the job's item or a reference to one.
+    pub(crate) fn items<J>(job: &J) -> Self
+    where
+        J: IntoJob,
+        X: ItemFor<<J::Args as JobArgs>::Item>,
+    {
+        fn item<X: ItemFor<T>, T: 'static>(x: &X) -> &(dyn Any + 'static) {
+            x.as_item()
+        }
+        Encode {
+            item: item::<X, <J::Args as JobArgs>::Item>,
+            encode: job.__encoder(),
+        }
+    }
+
+    /// For `starmap`: each item is an argument tuple or a reference to one.
+    pub(crate) fn arg_tuples<J>(job: &J) -> Self
+    where
+        J: IntoJob,
+        X: ItemFor<J::Args>,
+    {
+        fn item<X: ItemFor<A>, A: JobArgs>(x: &X) -> &(dyn Any + 'static) {
+            x.as_item().as_item()
+        }
+        Encode {
+            item: item::<X, J::Args>,
+            encode: job.__encoder(),
+        }
+    }
+
+    pub(crate) fn encode(&self, item: &X, out: &mut Vec<u8>) -> Result<(), String> {
+        (self.encode)((self.item)(item), out)
+    }
+}
+
+/// One item of `job` on its own (`apply`, an initializer, a `Process`).
+pub(crate) fn encode_one<J: IntoJob>(
+    job: &J,
+    item: &<J::Args as JobArgs>::Item,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    Encode::items(job).encode(item, &mut out)?;
+    Ok(out)
 }
 
 /// A function registered with [`#[pool_job]`](crate::pool_job).
@@ -238,15 +300,17 @@ pub(crate) fn encode_args<X: ItemFor<A>, A: JobArgs>(
 pub struct Job<F, A, R> {
     function: F,
     entry: &'static JobEntry,
+    encoder: AnyEncoder,
     types: PhantomData<fn(A) -> R>,
 }
 
 impl<F, A, R> Job<F, A, R> {
     #[doc(hidden)]
-    pub const fn __new(function: F, entry: &'static JobEntry) -> Self {
+    pub const fn __new(function: F, entry: &'static JobEntry, encoder: AnyEncoder) -> Self {
         Job {
             function,
             entry,
+            encoder,
             types: PhantomData,
         }
     }
@@ -277,6 +341,9 @@ pub trait IntoJob: sealed::Sealed {
     type Output;
     /// The name the job is registered under.
     fn name(&self) -> &'static str;
+    /// Encodes one of the job's items; written by `#[pool_job]`.
+    #[doc(hidden)]
+    fn __encoder(&self) -> AnyEncoder;
 }
 
 mod sealed {
@@ -293,6 +360,9 @@ impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {
     type Output = R;
     fn name(&self) -> &'static str {
         self.entry.name
+    }
+    fn __encoder(&self) -> AnyEncoder {
+        self.encoder
     }
 }
 

@@ -472,6 +472,37 @@ pub mod __private {
         }
     }
 
+    /// The item encoder of a job whose item type `T` is serializable.
+    pub trait EncodeItem<T> {
+        /// Encodes `item`, which is a `T`.
+        fn encode(
+            &self,
+            item: &(dyn std::any::Any + 'static),
+            out: &mut Vec<u8>,
+        ) -> Result<(), String>;
+    }
+
+    impl<T: Serialize + 'static> EncodeItem<T> for &Probe<T> {
+        fn encode(
+            &self,
+            item: &(dyn std::any::Any + 'static),
+            out: &mut Vec<u8>,
+        ) -> Result<(), String> {
+            crate::job::encode_any::<T>(item, out)
+        }
+    }
+
+    /// The encoder chosen when `T` is not serializable. Such a job has
+    /// already failed to compile with a clear message, so this never runs.
+    pub trait NeverEncode<T> {
+        /// Never called: the crate does not compile.
+        fn encode(&self, _: &(dyn std::any::Any + 'static), _: &mut Vec<u8>) -> Result<(), String> {
+            Err("a #[pool_job] with a type that cannot be serialized does not compile".into())
+        }
+    }
+
+    impl<T> NeverEncode<T> for Probe<T> {}
+
     /// The entry point chosen when a type is not transferable. Such a job has
     /// already failed to compile with a clear message, so this never runs.
     pub trait NeverRun<T, R> {

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::Error;
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::imap::Imap;
-use crate::job::{Encode, IntoJob, ItemFor, JobArgs, encode_args, encode_item};
+use crate::job::{Encode, IntoJob, ItemFor, JobArgs, encode_one};
 use crate::local::{LocalBackend, LocalConfig};
 use crate::process::Initializer;
 use crate::progress::Progress;
 use crate::transport::{Backend, Task};
-use crate::{Error, codec};
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
 ///
@@ -116,7 +116,7 @@ impl PoolBuilder {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
-        let encoded = codec::encode(&arg).map_err(|message| Error::Serialization {
+        let encoded = encode_one(&job, &arg).map_err(|message| Error::Serialization {
             job: job.name().to_owned(),
             direction: "serialize the initializer's argument".to_owned(),
             message,
@@ -379,12 +379,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
-        self.map_encoded(
-            job.name(),
-            items,
-            chunksize,
-            encode_item::<I::Item, A::Item>,
-        )
+        self.map_encoded(job.name(), items, chunksize, Encode::items(&job))
     }
 
     /// `map_async` over any item type, with the function that encodes one.
@@ -488,7 +483,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: ItemFor<A>,
     {
-        self.map_encoded(job.name(), items, None, encode_args::<I::Item, A>)
+        self.map_encoded(job.name(), items, None, Encode::arg_tuples(&job))
     }
 
     /// Like [`apply`](Pool::apply), but returns at once with an [`AsyncResult`].
@@ -503,7 +498,7 @@ impl Pool {
             1,
             std::iter::once(item),
             Some(1),
-            encode_item::<A::Item, A::Item>,
+            Encode::items(&job),
         )?;
         Ok(AsyncResult::new(call))
     }
@@ -551,7 +546,7 @@ impl Pool {
         let call = Call::<R, M>::new(job, progress);
         let mut chunk = ChunkBuilder::default();
         for (index, item) in items.into_iter().enumerate() {
-            if let Err(message) = encode(&item, &mut chunk.bytes) {
+            if let Err(message) = encode.encode(&item, &mut chunk.bytes) {
                 let error = Error::Serialization {
                     job: job.to_owned(),
                     direction: format!("serialize argument {index}"),
@@ -659,7 +654,7 @@ impl<'pool> Chunked<'pool> {
                 job.name(),
                 items,
                 Some(self.checked()?),
-                encode_args::<I::Item, A>,
+                Encode::arg_tuples(&job),
             )?
             .get()
     }
@@ -703,9 +698,15 @@ impl<'pool> Chunked<'pool> {
                 items.into_iter(),
                 size,
                 ordered,
-                encode_item::<I::Item, A::Item>,
+                Encode::items(&job),
             ),
-            Err(error) => Imap::failed(self.pool, job.name(), items.into_iter(), error),
+            Err(error) => Imap::failed(
+                self.pool,
+                job.name(),
+                items.into_iter(),
+                error,
+                Encode::items(&job),
+            ),
         }
     }
 }

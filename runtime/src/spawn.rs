@@ -95,7 +95,7 @@ impl ProcessBuilder {
                 PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
             )
         });
-        let items = codec::encode(&arg).map_err(|message| Error::Serialization {
+        let items = crate::job::encode_one(&job, &arg).map_err(|message| Error::Serialization {
             job: job.name().to_owned(),
             direction: "serialize the argument".to_owned(),
             message,
