@@ -4,9 +4,9 @@
 //!
 //! ```sh
 //! redis-server --port 6379 &
-//! cargo run --release --example cluster -- worker redis://127.0.0.1:6379/0      # one per CPU; Ctrl-C stops
-//! cargo run --release --example cluster -- worker redis://127.0.0.1:6379/0 2    # or 2 processes
-//! cargo run --release --example cluster -- redis://127.0.0.1:6379/0             # the program
+//! cargo run --release --features cluster --example cluster -- worker redis://127.0.0.1:6379/0      # one per CPU; Ctrl-C stops
+//! cargo run --release --features cluster --example cluster -- worker redis://127.0.0.1:6379/0 2    # or 2 processes
+//! cargo run --release --features cluster --example cluster -- redis://127.0.0.1:6379/0             # the program
 //! ```
 //!
 //! The program counts the primes below 2 000 000 in 40 ranges and says

@@ -383,7 +383,10 @@ fn closed_pool_refuses_work() {
     let pool = pool(1);
     pool.close();
     assert!(matches!(pool.map(square, 0..3), Err(Error::Closed)));
-    assert!(matches!(pool.map(square, Vec::new()), Err(Error::Closed)));
+    assert!(matches!(
+        pool.map(square, Vec::<u64>::new()),
+        Err(Error::Closed)
+    ));
     assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
     pool.join().unwrap();
     assert!(matches!(
@@ -538,4 +541,54 @@ fn a_blocking_map_encodes_its_input_only_a_few_tasks_ahead() {
     assert_eq!(out, (0..60).collect::<Vec<_>>());
     // Pulled but not yet run: the window (3) and the item being pulled.
     assert!(most_ahead.get() <= 4, "{} items ahead", most_ahead.get());
+}
+
+/// Items are only serialized: references to them send the same values, in
+/// every call over many items, and the caller keeps its data.
+#[test]
+fn calls_over_many_items_take_references() {
+    let pool = pool(2);
+    let orders: Vec<Order> = (0..7)
+        .map(|id| Order {
+            id,
+            items: vec!["x".to_owned(); id as usize],
+            discount: (id % 2 == 0).then_some(0.5),
+        })
+        .collect();
+    let expected: Vec<Invoice> = orders
+        .iter()
+        .map(|order| Invoice {
+            id: order.id,
+            lines: order.items.len(),
+        })
+        .collect();
+    assert_eq!(pool.map(invoice, &orders).unwrap(), expected);
+    assert_eq!(pool.chunksize(3).map(invoice, &orders).unwrap(), expected);
+    assert_eq!(
+        pool.map_async(invoice, orders.iter())
+            .unwrap()
+            .get()
+            .unwrap(),
+        expected
+    );
+    let lazy: Vec<Invoice> = pool
+        .imap(invoice, &orders)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lazy, expected);
+    let mut unordered: Vec<u32> = pool
+        .imap_unordered(invoice, &orders)
+        .map(|result| result.unwrap().id)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, (0..7).collect::<Vec<_>>());
+    let pairs: Vec<(i64, i64)> = (0..5).map(|i| (i, 10 * i)).collect();
+    assert_eq!(pool.starmap(add, &pairs).unwrap(), vec![0, 11, 22, 33, 44]);
+    // Still the caller's, unchanged.
+    assert_eq!(orders.len(), 7);
+    assert_eq!(orders[6].items.len(), 6);
+    // A reference whose value cannot be serialized fails as the value does.
+    let bad = [Unserializable];
+    let err = pool.map(takes_unserializable, &bad).unwrap_err();
+    assert!(matches!(err, Error::Serialization { .. }), "{err:?}");
 }

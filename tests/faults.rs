@@ -132,16 +132,28 @@ fn retries_rerun_a_task_whose_worker_died() {
     assert_eq!(pool.apply(die_n_times, (once.clone(), 1)).unwrap(), 1);
     let always = marker("retry-always");
     let err = pool.apply(die_n_times, (always.clone(), 100)).unwrap_err();
-    assert!(matches!(err, Error::WorkerDied { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::WorkerDied { attempts: 3, .. }),
+        "{err:?}"
+    );
     // One first run plus two retries.
     assert_eq!(std::fs::read_to_string(&always).unwrap().lines().count(), 3);
+    // The message says what was tried, and does not suggest retries again.
+    let text = err.to_string();
+    assert!(
+        text.contains("the last of 3 attempts (1 run and 2 retries"),
+        "{text}"
+    );
+    assert!(!text.contains("retries(n)"), "{text}");
 
     let no_retry = Pool::with_processes(1).unwrap();
     let fresh = marker("retry-none");
-    assert!(matches!(
-        no_retry.apply(die_n_times, (fresh.clone(), 1)),
-        Err(Error::WorkerDied { .. })
-    ));
+    let err = no_retry.apply(die_n_times, (fresh.clone(), 1)).unwrap_err();
+    assert!(
+        matches!(err, Error::WorkerDied { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("retries(n)"), "{err}");
     for path in [once, always, fresh] {
         let _ = std::fs::remove_file(path);
     }

@@ -34,10 +34,11 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
     renamed.sig.ident = hidden.clone();
     renamed.vis = syn::Visibility::Inherited;
     // Deprecation is for the name users call; on the hidden function it
-    // would warn about the constant's own initializer.
+    // would warn about the constant's own initializer. Docs are the
+    // constant's: on both, rustdoc would run each doctest twice.
     renamed
         .attrs
-        .retain(|attr| !attr.path().is_ident("deprecated"));
+        .retain(|attr| !attr.path().is_ident("deprecated") && !attr.path().is_ident("doc"));
 
     let const_attrs: Vec<&Attribute> = function
         .attrs
@@ -77,7 +78,14 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
         _ => tuple.clone(),
     };
 
-    let checks = distinct(args.iter().chain(std::iter::once(output))).map(|ty| {
+    // A `Result` return type is checked as its two halves, so that an error
+    // type that cannot cross (`Box<dyn Error>`) is reported on itself, with
+    // advice for error types, rather than on the whole `Result`.
+    let (values, error) = match result_halves(output) {
+        Some((ok, err)) => (ok, Some(err)),
+        None => (output, None),
+    };
+    let checks = distinct(args.iter().chain(std::iter::once(values))).map(|ty| {
         // Spanned on the user's type: that is where a missing `Serialize`
         // is reported, with the message of `__private`'s marker traits.
         quote_spanned! {ty.span()=>
@@ -85,8 +93,30 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
             #krate::__private::require::<#ty, _>(__verdict);
         }
     });
+    let error_check = error.map(|ty| {
+        quote_spanned! {ty.span()=>
+            let __verdict = (&&&&&#krate::__private::Probe::<#ty>::new()).verdict();
+            #krate::__private::require_error::<#ty, _>(__verdict);
+        }
+    });
+
+    let how_to_call = how_to_call(job);
+    // What rustdoc shows (`cfg(doc)` is set only while documenting this
+    // crate): the function as written, listed under Functions with its own
+    // signature and a note on running it in a pool. Doctests are collected
+    // without `cfg(doc)`, from the constant's docs, so each runs once.
+    let mut documented = function.clone();
+    documented.attrs.retain(belongs_on_const);
+    documented.attrs.push(syn::parse_quote!(#[doc = ""]));
+    documented
+        .attrs
+        .push(syn::parse_quote!(#[doc = #how_to_call]));
 
     quote! {
+        #[cfg(doc)]
+        #documented
+
+        #[cfg(not(doc))]
         #(#const_attrs)*
         #[allow(non_upper_case_globals)]
         #vis const #ident: #krate::Job<#fn_type, #tuple, #output> = {
@@ -103,6 +133,7 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                     ViaTransferable as _,
                 };
                 #(#checks)*
+                #error_check
             }
 
             #[#krate::__private::linkme::distributed_slice(#krate::__private::JOBS)]
@@ -121,8 +152,102 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                 },
             };
 
-            #krate::Job::__new(#hidden as #fn_type, &__PROCPOOL_ENTRY)
+            // SAFETY: the encoder is made for `#item`, the item type of
+            // the job's argument tuple.
+            unsafe {
+                #krate::Job::__new(
+                    #hidden as #fn_type,
+                    &__PROCPOOL_ENTRY,
+                    // The pool encodes items through this, so its methods need
+                    // no serde bound of their own: a type that cannot cross is
+                    // reported once, by `__procpool_check_types`, and resolves
+                    // to a stub here.
+                    |__item, __chunk| {
+                        #[allow(unused_imports)]
+                        use #krate::__private::{EncodeItem as _, NeverEncode as _};
+                        // SAFETY: `Job` calls it with a `#item` and a chunk
+                        // writer for `#item` only (see `AnyEncoder`).
+                        unsafe { (&&#krate::__private::Probe::<#item>::new()).encode(__item, __chunk) }
+                    },
+                )
+            }
         };
+    }
+}
+
+/// The line appended to a job's documentation: how to run it in a pool.
+/// Plain text: a link would have to name the procpool crate, which a user
+/// may have renamed.
+fn how_to_call(job: &Job) -> String {
+    let ident = &job.function.sig.ident;
+    let (method, items) = match job.args.len() {
+        1 => ("map", "items"),
+        0 => ("apply", "()"),
+        _ => ("starmap", "tuples"),
+    };
+    format!(
+        "*A pool job (`#[pool_job]`)*: call it as an ordinary function, or run it in \
+         worker processes with `pool.{method}({ident}, {items})` or another `Pool` \
+         method; `{ident}.name()` is the name it is registered under."
+    )
+}
+
+/// What a function the attribute rejects becomes: its name as a constant
+/// whose type holds the first error's `compile_error!` (as an array length:
+/// in type position it would expand to `()`), plus the other errors.
+///
+/// The compiler gives that constant an erroneous type, and it reports
+/// nothing more about expressions of such a type: `square(3)` and
+/// `pool.map(square, ..)` type-check silently, so the attribute's messages
+/// are the only ones. Writing the function back instead would add a second,
+/// contradicting error at every pool call ("not a #[pool_job] function").
+///
+/// The function itself goes inside the constant's initializer, where its
+/// body is still checked, unless it cannot stand alone there (a method with
+/// `self`, a C-variadic definition).
+pub(crate) fn rejected(function: &syn::ItemFn, error: syn::Error) -> TokenStream {
+    let mut errors = error.into_iter();
+    let first = errors.next().map(|e| e.to_compile_error());
+    let rest = errors.map(|e| e.to_compile_error());
+    let ident = &function.sig.ident;
+    let vis = &function.vis;
+    let attrs = function.attrs.iter().filter(|a| belongs_on_const(a));
+    let standalone = function.sig.variadic.is_none()
+        && !matches!(function.sig.inputs.first(), Some(syn::FnArg::Receiver(_)));
+    let body = standalone.then(|| {
+        let mut inner = function.clone();
+        inner.vis = syn::Visibility::Inherited;
+        inner
+            .attrs
+            .retain(|attr| !attr.path().is_ident("deprecated"));
+        quote!(#[allow(dead_code, non_snake_case)] #inner)
+    });
+    quote! {
+        #(#rest)*
+        #(#attrs)*
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: [(); #first] = { #body };
+    }
+}
+
+/// `Result<T, E>` (also spelled with a path, e.g. `std::result::Result`)
+/// as `(T, E)`.
+fn result_halves(ty: &Type) -> Option<(&Type, &Type)> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(ok), Some(err), None) => Some((ok, err)),
+        _ => None,
     }
 }
 
@@ -188,9 +313,17 @@ mod tests {
             out.contains("fn __procpool_job_square (x : u64) -> u64"),
             "{out}"
         );
-        // The doc comment is on both items, #[inline] only on the function.
+        // The doc comment is on the constant and on the function rustdoc
+        // shows (`cfg(doc)`), never on the hidden function, whose doctests
+        // would run a second time. #[inline] is on the functions only.
         assert_eq!(out.matches("Squares.").count(), 2, "{out}");
+        let hidden = &out[out.find("fn __procpool_job_square").unwrap() - 40..];
+        assert!(!hidden[..60].contains("Squares."), "{out}");
         assert_eq!(out.matches("inline").count(), 1, "{out}");
+        assert!(
+            out.contains("# [cfg (doc)] # [doc = \" Squares.\"] # [doc = \"\"] # [doc = \"*A pool job (`#[pool_job]`)*: call it as an ordinary function, or run it in worker processes with `pool.map(square, items)`"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -255,10 +388,16 @@ mod tests {
                 }
             ),
         );
+        // Besides it, only the function rustdoc shows, under `cfg(doc)`.
         let tokens: TokenStream = out.parse().unwrap();
         let items: Vec<syn::Item> = syn::parse2::<syn::File>(tokens).unwrap().items;
-        assert_eq!(items.len(), 1, "{out}");
-        assert!(matches!(items[0], syn::Item::Const(_)), "{out}");
+        assert_eq!(items.len(), 2, "{out}");
+        let syn::Item::Fn(documented) = &items[0] else {
+            panic!("{out}")
+        };
+        assert!(documented.attrs[0].path().is_ident("cfg"), "{out}");
+        assert_eq!(documented.sig.ident, "square");
+        assert!(matches!(items[1], syn::Item::Const(_)), "{out}");
     }
 
     #[test]
@@ -305,6 +444,24 @@ mod tests {
     }
 
     #[test]
+    fn result_error_type_is_checked_on_its_own() {
+        let out = expand(
+            quote!(),
+            quote!(
+                fn parse(text: String) -> std::result::Result<u32, Box<dyn Error>> {
+                    todo!()
+                }
+            ),
+        );
+        assert!(out.contains("require :: < u32 , _ >"), "{out}");
+        assert!(
+            out.contains("require_error :: < Box < dyn Error > , _ >"),
+            "{out}"
+        );
+        assert!(!out.contains("require :: < std :: result"), "{out}");
+    }
+
+    #[test]
     fn deprecated_stays_on_the_constant_only() {
         let out = expand(
             quote!(),
@@ -314,11 +471,15 @@ mod tests {
                 fn f(x: u8) {}
             ),
         );
-        assert_eq!(out.matches("deprecated").count(), 1, "{out}");
-        assert_eq!(out.matches("unused_variables").count(), 2, "{out}");
+        // On the constant and on the function rustdoc shows, not on the
+        // hidden function.
+        assert_eq!(out.matches("deprecated").count(), 2, "{out}");
+        assert_eq!(out.matches("unused_variables").count(), 3, "{out}");
+        let hidden = out.find("fn __procpool_job_f").unwrap();
         assert!(
-            out.find("deprecated").unwrap() < out.find("const f").unwrap(),
+            out.rfind("deprecated").unwrap() < out.find("const f").unwrap(),
             "{out}"
         );
+        assert!(out.find("const f").unwrap() < hidden, "{out}");
     }
 }

@@ -21,9 +21,10 @@ fn pool_job_impl(
     args: proc_macro2::TokenStream,
     input: proc_macro2::TokenStream,
 ) -> proc_macro2::TokenStream {
-    // On an error, the item is written back unchanged next to the message,
-    // so code that uses it (a struct, a direct call of the function) does not
-    // fail a second time with "cannot find ...".
+    // On an error about the item's kind (a struct, a const...), the item is
+    // written back unchanged next to the message, so code that uses it does
+    // not fail a second time with "cannot find ...". A function the
+    // attribute rejects becomes `expand::rejected`'s constant instead.
     let with_item = |error: syn::Error, input: proc_macro2::TokenStream| {
         let mut tokens = error.to_compile_error();
         tokens.extend(input);
@@ -33,22 +34,15 @@ fn pool_job_impl(
         Ok(function) => function,
         Err(error) => return with_item(error, input),
     };
-    // A C-variadic definition does not compile on stable Rust: writing it
-    // back would add an error about the language instead of about the job.
-    let keep = function.sig.variadic.is_none();
     let options = parse::options(args);
-    let job = validate::job(function);
+    let job = validate::job(function.clone());
     match (options, job) {
         (Ok(options), Ok(job)) => expand::job(&options, &job),
         (options, job) => {
             let mut errors = options.err().into_iter().chain(job.err());
             let mut error = errors.next().expect("one of the two failed");
             error.extend(errors);
-            if keep {
-                with_item(error, input)
-            } else {
-                error.to_compile_error()
-            }
+            expand::rejected(&function, error)
         }
     }
 }
@@ -83,6 +77,28 @@ mod tests {
         )
         .to_string();
         assert_eq!(out.matches("compile_error").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn rejected_function_becomes_a_constant_of_an_erroneous_type() {
+        // The compiler reports nothing more about uses of such a constant,
+        // so `pool.map(f, ..)` and `f(..)` add no second error.
+        let out = super::pool_job_impl(
+            quote!(),
+            quote!(
+                pub fn largest<T: PartialOrd>(items: Vec<T>) -> Option<T> {
+                    None
+                }
+            ),
+        )
+        .to_string();
+        assert!(
+            out.starts_with("# [allow (non_upper_case_globals)] pub const largest : [() ; :: core :: compile_error !"),
+            "{out}"
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        // The body is still type-checked, inside the initializer.
+        assert!(out.contains("fn largest < T : PartialOrd >"), "{out}");
     }
 
     #[test]

@@ -330,6 +330,10 @@ trait Pending<T>: Send + Sync {
     fn take(&self) -> Result<T, Error>;
     fn poll_done(&self, waker: &Waker) -> bool;
     fn on_complete(&self, callback: Callback<T>);
+    /// Fails the call with `Error::Cancelled` unless it has finished, so its
+    /// queued tasks are skipped. When `unless_callbacks`, a call with
+    /// callbacks is left to run: someone still wants its outcome.
+    fn cancel(&self, unless_callbacks: bool);
 }
 
 impl<R, M> Pending<M::Output> for Call<R, M>
@@ -416,6 +420,17 @@ where
             _ => {}
         }
     }
+
+    fn cancel(&self, unless_callbacks: bool) {
+        let state = self.lock();
+        if unless_callbacks && !state.callbacks.is_empty() {
+            return;
+        }
+        // `fail` does nothing once the call has finished; otherwise the
+        // backends see `cancelled()` and skip the call's queued tasks.
+        let job = self.job.to_owned();
+        self.fail(state, Error::Cancelled { job });
+    }
 }
 
 /// The result of a call that runs in the background, like Python's `AsyncResult`.
@@ -429,6 +444,17 @@ where
 /// Python's `callback` / `error_callback` are
 /// [`on_success`](AsyncResult::on_success) and
 /// [`on_error`](AsyncResult::on_error).
+///
+/// **Cancellation.** Dropping an `AsyncResult` before its result arrived
+/// cancels the call, and so does [`cancel`](AsyncResult::cancel): its tasks
+/// that have not started are skipped, so they no longer hold up later
+/// calls. A task already running in a worker finishes, and its result is
+/// discarded. A future that owns the handle cancels it when dropped, so
+/// `tokio::time::timeout(d, pool.map_async(job, items)?)` leaves no work
+/// behind. A handle with a callback ([`on_success`](AsyncResult::on_success),
+/// [`on_error`](AsyncResult::on_error)) is not cancelled by a drop: its
+/// callback still runs when the call ends (Python's fire-and-forget
+/// `apply_async(f, callback=cb)`).
 ///
 /// ```
 /// use procpool::{pool_job, Pool};
@@ -509,6 +535,15 @@ impl<T: Send + 'static> AsyncResult<T> {
         }
     }
 
+    /// Cancels the call: its tasks that have not started are skipped, those
+    /// running finish and their results are discarded. Then the call has
+    /// failed with [`Error::Cancelled`] (its `on_error` callbacks run with
+    /// it), unless its result had already arrived, which stays. Dropping
+    /// the handle does the same.
+    pub fn cancel(&self) {
+        self.call.cancel(false);
+    }
+
     /// Runs `callback` with the value when the call succeeds (Python's `callback`).
     ///
     /// It runs in this process, on the pool's thread that received the last
@@ -536,6 +571,12 @@ impl<T: Send + 'static> AsyncResult<T> {
             }
         }));
         self
+    }
+}
+
+impl<T> Drop for AsyncResult<T> {
+    fn drop(&mut self) {
+        self.call.cancel(true);
     }
 }
 

@@ -75,10 +75,9 @@ pub enum Error {
     /// `exit`, was killed (by `kill -9`, the OOM killer, ...). The pool has
     /// already started a replacement.
     #[error(
-        "worker process {pid} {cause} while running job `{job}` on items {first}..{end}; \
-         the pool replaced the worker. If the job crashes the process (abort, segfault, \
-         exit, out of memory), fix the job, or let the pool re-run it with Pool::builder().retries(n)",
-        end = first + count
+        "worker process {pid} {cause} while running job `{job}` on items {first}..{end}{advice}",
+        end = first + count,
+        advice = died_advice(*attempts)
     )]
     WorkerDied {
         /// Registered name of the job that was running.
@@ -91,6 +90,10 @@ pub enum Error {
         first: usize,
         /// Number of input items in that task.
         count: usize,
+        /// How many times the task was started: 1, or up to 1 + `retries`
+        /// with [`PoolBuilder::retries`](crate::PoolBuilder::retries); the
+        /// pid and cause are those of the last attempt.
+        attempts: usize,
     },
 
     /// The pool no longer accepts work: [`Pool::close`](crate::Pool::close),
@@ -98,6 +101,19 @@ pub enum Error {
     /// was called. Build a new pool to submit more.
     #[error("the pool is closed and accepts no new work; create a new Pool to submit more")]
     Closed,
+
+    /// The call was cancelled with
+    /// [`AsyncResult::cancel`](crate::AsyncResult::cancel) before its result
+    /// arrived: its tasks that had not started were skipped, and the results
+    /// of those already running were discarded.
+    #[error(
+        "the call of job `{job}` was cancelled before it finished: its queued tasks were \
+         skipped and the results of running ones discarded"
+    )]
+    Cancelled {
+        /// Registered name of the job.
+        job: String,
+    },
 
     /// The pool was terminated (or dropped) while this call was still running.
     #[error("the pool was terminated while job `{job}` was pending; its result is lost")]
@@ -220,4 +236,22 @@ pub enum Error {
     /// Communication with a worker failed in an unexpected way.
     #[error("inter-process communication failed: {0}")]
     Ipc(String),
+}
+
+/// The end of a [`Error::WorkerDied`] message: what to do, given how many
+/// times the task was tried.
+fn died_advice(attempts: usize) -> String {
+    if attempts > 1 {
+        format!(
+            ", the last of {attempts} attempts (1 run and {} retries, each on a fresh worker): \
+             the job crashes its process every time (abort, segfault, exit, out of memory); \
+             fix the job",
+            attempts - 1
+        )
+    } else {
+        "; the pool replaced the worker. If the job crashes the process (abort, segfault, \
+         exit, out of memory), fix the job, or let the pool re-run it with \
+         Pool::builder().retries(n)"
+            .to_owned()
+    }
 }

@@ -5,13 +5,15 @@
 //! consumed, with a bounded number of chunks in flight.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::decode_items;
 use crate::codec::ChunkWriter;
+use crate::job::Encode;
 use crate::progress::Progress;
 use crate::transport::{Sink, Task, TaskInfo};
 use crate::wire::Payload;
@@ -23,6 +25,8 @@ struct State<R> {
     /// Chunk numbers in the order they finished.
     completion: VecDeque<usize>,
     cancelled: bool,
+    /// The task polling an [`ImapStream`], woken when a chunk arrives.
+    waker: Option<Waker>,
 }
 
 /// Receives the chunks of one `imap` call.
@@ -42,8 +46,12 @@ impl<R> Stream<R> {
         let mut state = self.lock();
         state.finished.insert(chunk, items);
         state.completion.push_back(chunk);
+        let waker = state.waker.take();
         drop(state);
         self.arrived.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -77,10 +85,11 @@ impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
 /// ahead of what has been consumed. Dropping the iterator early skips the
 /// chunks that were queued but not started.
 #[must_use = "iterators are lazy: nothing runs until the Imap is iterated"]
-pub struct Imap<'pool, R, I> {
+pub struct Imap<'pool, R, I: Iterator> {
     pool: &'pool Pool,
     job: &'static str,
     input: Option<I>,
+    encode: Encode<I::Item>,
     stream: Arc<Stream<R>>,
     chunksize: usize,
     max_in_flight: usize,
@@ -93,7 +102,7 @@ pub struct Imap<'pool, R, I> {
     ready: VecDeque<Result<R, Error>>,
 }
 
-impl<R, I> std::fmt::Debug for Imap<'_, R, I> {
+impl<R, I: Iterator> std::fmt::Debug for Imap<'_, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Imap")
             .field("job", &self.job)
@@ -108,7 +117,6 @@ impl<'pool, R, I> Imap<'pool, R, I>
 where
     R: DeserializeOwned + Send + 'static,
     I: Iterator,
-    I::Item: Serialize + 'static,
 {
     pub(crate) fn new(
         pool: &'pool Pool,
@@ -116,11 +124,13 @@ where
         input: I,
         chunksize: usize,
         ordered: bool,
+        encode: Encode<I::Item>,
     ) -> Self {
         Imap {
             pool,
             job,
             input: Some(input),
+            encode,
             stream: Arc::new(Stream {
                 job,
                 progress: Progress::new(pool.shows_progress(), job, None),
@@ -128,6 +138,7 @@ where
                     finished: HashMap::new(),
                     completion: VecDeque::new(),
                     cancelled: false,
+                    waker: None,
                 }),
                 arrived: Condvar::new(),
             }),
@@ -144,8 +155,14 @@ where
     }
 
     /// An iterator that yields `error` once, reading no input.
-    pub(crate) fn failed(pool: &'pool Pool, job: &'static str, input: I, error: Error) -> Self {
-        let mut imap = Imap::new(pool, job, input, 1, true);
+    pub(crate) fn failed(
+        pool: &'pool Pool,
+        job: &'static str,
+        input: I,
+        error: Error,
+        encode: Encode<I::Item>,
+    ) -> Self {
+        let mut imap = Imap::new(pool, job, input, 1, true, encode);
         imap.input = None;
         imap.ready.push_back(Err(error));
         imap
@@ -158,18 +175,18 @@ where
                 return;
             };
             let first = self.next_item;
-            let mut items = ChunkWriter::default();
+            let mut items = ChunkWriter::<()>::default();
             let mut bad_item = None;
             while items.len() < self.chunksize {
                 let Some(item) = input.next() else {
                     self.input = None;
                     break;
                 };
-                if let Err(problem) = items.push(&item) {
+                if let Err(message) = self.encode.push(&mut items, &item) {
                     bad_item = Some(Error::Serialization {
                         job: self.job.to_owned(),
                         direction: format!("serialize argument {}", first + items.len()),
-                        message: problem.into(),
+                        message,
                     });
                     break;
                 }
@@ -214,28 +231,76 @@ where
         }
     }
 
+    /// Takes the next chunk to yield if it has arrived.
+    fn try_take_chunk(&mut self, state: &mut State<R>) -> Option<Vec<Result<R, Error>>> {
+        let chunk = if self.ordered {
+            Some(self.next_to_yield).filter(|c| state.finished.contains_key(c))
+        } else {
+            state.completion.front().copied()
+        }?;
+        state.completion.retain(|&c| c != chunk);
+        if self.ordered {
+            self.next_to_yield += 1;
+        }
+        self.in_flight -= 1;
+        Some(state.finished.remove(&chunk).unwrap_or_default())
+    }
+
     /// Blocks until the next chunk to yield has arrived and takes it.
     fn take_chunk(&mut self) -> Vec<Result<R, Error>> {
-        let mut state = self.stream.lock();
+        let stream = Arc::clone(&self.stream);
+        let mut state = stream.lock();
         loop {
-            let chunk = if self.ordered {
-                Some(self.next_to_yield).filter(|c| state.finished.contains_key(c))
-            } else {
-                state.completion.front().copied()
-            };
-            if let Some(chunk) = chunk {
-                state.completion.retain(|&c| c != chunk);
-                if self.ordered {
-                    self.next_to_yield += 1;
-                }
-                return state.finished.remove(&chunk).unwrap_or_default();
+            if let Some(items) = self.try_take_chunk(&mut state) {
+                return items;
             }
-            state = self
-                .stream
+            state = stream
                 .arrived
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// The same results as a [`Stream`](futures_core::Stream), for async
+    /// code: waiting for a result does not block the thread, the pool wakes
+    /// the polling task when one arrives (as for
+    /// [`AsyncResult`](crate::AsyncResult)), under any executor.
+    ///
+    /// Input is still read on the polling thread, as results are taken: an
+    /// input iterator that blocks (a channel, a file) blocks that thread.
+    /// Dropping the stream skips the chunks not yet started, as dropping
+    /// the iterator does.
+    ///
+    /// ```
+    /// use std::future::poll_fn;
+    /// use std::pin::Pin;
+    ///
+    /// use futures_core::Stream;
+    /// use procpool::{pool_job, Pool};
+    ///
+    /// #[pool_job]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = Pool::with_processes(2)?;
+    /// let mut squares = pool.imap(square, 0..4).into_stream();
+    /// // Under an executor, `StreamExt::next(&mut squares).await` does the same.
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let mut all = Vec::new();
+    /// runtime.block_on(async {
+    ///     while let Some(item) = poll_fn(|cx| Pin::new(&mut squares).poll_next(cx)).await {
+    ///         all.push(item?);
+    ///     }
+    ///     Ok::<_, procpool::Error>(())
+    /// })?;
+    /// assert_eq!(all, vec![0, 1, 4, 9]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn into_stream(self) -> ImapStream<'pool, R, I> {
+        ImapStream { imap: self }
     }
 }
 
@@ -243,7 +308,6 @@ impl<R, I> Iterator for Imap<'_, R, I>
 where
     R: DeserializeOwned + Send + 'static,
     I: Iterator,
-    I::Item: Serialize + 'static,
 {
     type Item = Result<R, Error>;
 
@@ -257,13 +321,12 @@ where
                 return None;
             }
             let items = self.take_chunk();
-            self.in_flight -= 1;
             self.ready.extend(items);
         }
     }
 }
 
-impl<R, I> Drop for Imap<'_, R, I> {
+impl<R, I: Iterator> Drop for Imap<'_, R, I> {
     fn drop(&mut self) {
         self.stream.progress.finish();
         self.stream
@@ -271,5 +334,59 @@ impl<R, I> Drop for Imap<'_, R, I> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .cancelled = true;
+    }
+}
+
+/// The results of [`Pool::imap`] or [`Pool::imap_unordered`] as a
+/// [`Stream`](futures_core::Stream). Created by [`Imap::into_stream`].
+#[must_use = "streams are lazy: nothing runs until the stream is polled"]
+pub struct ImapStream<'pool, R, I: Iterator> {
+    imap: Imap<'pool, R, I>,
+}
+
+impl<R, I: Iterator> std::fmt::Debug for ImapStream<'_, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapStream")
+            .field("imap", &self.imap)
+            .finish()
+    }
+}
+
+// Nothing in the stream is ever pinned in place (the input iterator is only
+// called through `&mut`), so it may move freely whatever `I` is.
+impl<R, I: Iterator> Unpin for ImapStream<'_, R, I> {}
+
+impl<R, I> futures_core::Stream for ImapStream<'_, R, I>
+where
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator,
+{
+    type Item = Result<R, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let imap = &mut self.get_mut().imap;
+        loop {
+            if let Some(item) = imap.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            imap.top_up();
+            if imap.in_flight == 0 {
+                return Poll::Ready(None);
+            }
+            let stream = Arc::clone(&imap.stream);
+            let mut state = stream.lock();
+            match imap.try_take_chunk(&mut state) {
+                Some(items) => imap.ready.extend(items),
+                None => {
+                    // Registered under the lock that `store` takes, so a
+                    // chunk arriving now wakes this waker.
+                    match &mut state.waker {
+                        Some(existing) if existing.will_wake(cx.waker()) => {}
+                        slot => *slot = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 }

@@ -7,9 +7,9 @@ use std::ops::Deref;
 use std::sync::OnceLock;
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::codec::ChunkWriter;
 
 /// One registered job. Written by `#[pool_job]`, read by workers.
 #[doc(hidden)]
@@ -101,36 +101,45 @@ pub(crate) fn fingerprint() -> Result<(String, String), Error> {
 /// [`Item`](JobArgs::Item) is what `map` and `apply` take for one call: the
 /// bare argument for a one-argument job, the whole tuple otherwise.
 /// Implemented for tuples of up to 16 elements.
+///
+/// It asks nothing of the argument types: whether they can cross the process
+/// boundary is checked once, by `#[pool_job]` on the job's signature, so a
+/// call of a job with a type that cannot adds no error of its own.
 pub trait JobArgs: 'static {
     /// The value one call of the job consumes.
-    type Item: Serialize + DeserializeOwned + Send + 'static;
-    /// Turns the argument tuple into the call's item (`starmap` uses this).
+    type Item: 'static;
+    /// Turns the argument tuple into the call's item.
     fn into_item(self) -> Self::Item;
+    /// The call's item inside the argument tuple (`starmap` sends this).
+    fn as_item(&self) -> &Self::Item;
 }
 
 impl JobArgs for () {
     type Item = ();
     fn into_item(self) {}
+    fn as_item(&self) -> &() {
+        self
+    }
 }
 
-impl<A> JobArgs for (A,)
-where
-    A: Serialize + DeserializeOwned + Send + 'static,
-{
+impl<A: 'static> JobArgs for (A,) {
     type Item = A;
     fn into_item(self) -> A {
         self.0
+    }
+    fn as_item(&self) -> &A {
+        &self.0
     }
 }
 
 macro_rules! tuple_args {
     ($($name:ident)+) => {
-        impl<$($name),+> JobArgs for ($($name,)+)
-        where
-            $($name: Serialize + DeserializeOwned + Send + 'static,)+
-        {
+        impl<$($name: 'static),+> JobArgs for ($($name,)+) {
             type Item = Self;
             fn into_item(self) -> Self {
+                self
+            }
+            fn as_item(&self) -> &Self {
                 self
             }
         }
@@ -152,6 +161,140 @@ tuple_args!(A B C D E F G H I J K L M);
 tuple_args!(A B C D E F G H I J K L M N);
 tuple_args!(A B C D E F G H I J K L M N O);
 tuple_args!(A B C D E F G H I J K L M N O P);
+
+/// What the calls over many items ([`Pool::map`](crate::Pool::map),
+/// `imap`, `imap_unordered`, `map_async`, `starmap`) accept as an item for a
+/// job whose item type is `T`: a `T`, or a reference to one.
+///
+/// Items are only serialized, and a `&T` serializes as the `T` it points
+/// to, so `pool.map(square, &numbers)` sends the same bytes as
+/// `pool.map(square, numbers)` and leaves `numbers` with the caller.
+/// Sealed: implemented for `T` and `&T` only.
+#[diagnostic::on_unimplemented(
+    message = "this job takes items of type `{T}`, not `{Self}`",
+    label = "expected items of type `{T}` or `&{T}`",
+    note = "`map`, `imap`, `imap_unordered` and `map_async` take the job's argument (or a reference to it) for each call; `starmap` takes a tuple of the job's arguments"
+)]
+pub trait ItemFor<T>: sealed::Item<T> {
+    /// The item, borrowed.
+    fn as_item(&self) -> &T;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T> ItemFor<T> for T {
+    fn as_item(&self) -> &T {
+        self
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<T> ItemFor<T> for &T {
+    fn as_item(&self) -> &T {
+        self
+    }
+}
+
+/// A job's item encoder, type-erased so that no serde bound reaches the
+/// pool's methods: `#[pool_job]` writes it where the item type is known and
+/// checked.
+///
+/// # Safety
+///
+/// Call it only with `item` pointing to a valid value of the job's item
+/// type `T` and `chunk` to a live `ChunkWriter<T>` of the same `T`, the
+/// type the encoder was made for ([`Encode`] pairs them from one job).
+/// It is one indirect call per item: no `dyn Any` downcast, which costs a
+/// virtual call per item on the hot path of a large `map`.
+#[doc(hidden)]
+pub type AnyEncoder = unsafe fn(item: *const (), chunk: *mut ()) -> Result<(), String>;
+
+/// The encoder for item type `T`, which `#[pool_job]`'s expansion picks
+/// (through `__private::EncodeItem`) when `T` is serializable.
+///
+/// # Safety
+///
+/// As [`AnyEncoder`]: `item` points to a `T`, `chunk` to a `ChunkWriter<T>`.
+pub(crate) unsafe fn encode_any<T: Serialize + 'static>(
+    item: *const (),
+    chunk: *mut (),
+) -> Result<(), String> {
+    // SAFETY: the caller's contract (see `AnyEncoder`).
+    let (item, chunk) = unsafe { (&*item.cast::<T>(), &mut *chunk.cast::<ChunkWriter<T>>()) };
+    chunk.push(item).map_err(String::from)
+}
+
+/// Appends the items of a call, of type `X`, to a chunk: borrows the job's
+/// item out of each (`X` may be a reference, or an argument tuple for
+/// `starmap`), then runs the job's encoder.
+///
+/// The chunk is a [`ChunkWriter`] whose item type is erased to `()`: its
+/// layout does not depend on its type parameter (`repr(C)`, the parameter
+/// only in a `PhantomData`), and the job's encoder treats it as the writer
+/// for the job's item type.
+pub(crate) struct Encode<X> {
+    item: fn(&X) -> *const (),
+    encode: AnyEncoder,
+}
+
+impl<X> Clone for Encode<X> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<X> Copy for Encode<X> {}
+
+impl<X> Encode<X> {
+    /// For `map`-like calls: each item is the job's item or a reference to one.
+    pub(crate) fn items<J>(job: &J) -> Self
+    where
+        J: IntoJob,
+        X: ItemFor<<J::Args as JobArgs>::Item>,
+    {
+        fn item<X: ItemFor<T>, T>(x: &X) -> *const () {
+            (x.as_item() as *const T).cast()
+        }
+        Encode {
+            item: item::<X, <J::Args as JobArgs>::Item>,
+            encode: job.__encoder(),
+        }
+    }
+
+    /// For `starmap`: each item is an argument tuple or a reference to one.
+    pub(crate) fn arg_tuples<J>(job: &J) -> Self
+    where
+        J: IntoJob,
+        X: ItemFor<J::Args>,
+    {
+        fn item<X: ItemFor<A>, A: JobArgs>(x: &X) -> *const () {
+            (x.as_item().as_item() as *const A::Item).cast()
+        }
+        Encode {
+            item: item::<X, J::Args>,
+            encode: job.__encoder(),
+        }
+    }
+
+    /// Appends `item` to `chunk`; on error the chunk is as it was.
+    #[inline]
+    pub(crate) fn push(&self, chunk: &mut ChunkWriter<()>, item: &X) -> Result<(), String> {
+        // SAFETY: `item` points to the job's item type `T` (both function
+        // pointers come from one job, in `items` / `arg_tuples`), and a
+        // `ChunkWriter<()>` is laid out as a `ChunkWriter<T>` (see the type).
+        unsafe { (self.encode)((self.item)(item), (chunk as *mut ChunkWriter<()>).cast()) }
+    }
+}
+
+/// One item of `job` on its own, as a chunk (`apply`, an initializer, a
+/// `Process`).
+pub(crate) fn encode_one<J: IntoJob>(
+    job: &J,
+    item: &<J::Args as JobArgs>::Item,
+) -> Result<Vec<u8>, String> {
+    let mut chunk = ChunkWriter::default();
+    Encode::items(job).push(&mut chunk, item)?;
+    Ok(chunk.finish())
+}
 
 /// A function registered with [`#[pool_job]`](crate::pool_job).
 ///
@@ -176,15 +319,22 @@ tuple_args!(A B C D E F G H I J K L M N O P);
 pub struct Job<F, A, R> {
     function: F,
     entry: &'static JobEntry,
+    encoder: AnyEncoder,
     types: PhantomData<fn(A) -> R>,
 }
 
 impl<F, A, R> Job<F, A, R> {
     #[doc(hidden)]
-    pub const fn __new(function: F, entry: &'static JobEntry) -> Self {
+    /// Written by `#[pool_job]` only.
+    ///
+    /// # Safety
+    ///
+    /// `encoder` must encode the item type of `A` (see [`AnyEncoder`]).
+    pub const unsafe fn __new(function: F, entry: &'static JobEntry, encoder: AnyEncoder) -> Self {
         Job {
             function,
             entry,
+            encoder,
             types: PhantomData,
         }
     }
@@ -215,11 +365,18 @@ pub trait IntoJob: sealed::Sealed {
     type Output;
     /// The name the job is registered under.
     fn name(&self) -> &'static str;
+    /// Encodes one of the job's items; written by `#[pool_job]`.
+    #[doc(hidden)]
+    fn __encoder(&self) -> AnyEncoder;
 }
 
 mod sealed {
     pub trait Sealed {}
     impl<F, A, R> Sealed for super::Job<F, A, R> {}
+
+    pub trait Item<T> {}
+    impl<T> Item<T> for T {}
+    impl<T> Item<T> for &T {}
 }
 
 impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {
@@ -227,6 +384,9 @@ impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {
     type Output = R;
     fn name(&self) -> &'static str {
         self.entry.name
+    }
+    fn __encoder(&self) -> AnyEncoder {
+        self.encoder
     }
 }
 

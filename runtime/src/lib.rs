@@ -31,9 +31,113 @@
 //! }
 //! ```
 //!
-//! A job that panics fails the call with [`Error::Panicked`]; a worker that
-//! crashes or is killed fails it with [`Error::WorkerDied`] and is replaced.
-//! Nothing hangs.
+//! The calls mirror Python's: [`Pool::map`], [`Pool::starmap`],
+//! [`Pool::apply`], their `_async` forms returning an [`AsyncResult`]
+//! (also a `Future`; dropping it cancels the call's queued tasks),
+//! [`Pool::imap`] and [`Pool::imap_unordered`] (lazy iterators, or async
+//! streams with [`Imap::into_stream`]), and [`Process`] for a single job.
+//! `map`-like calls take items or references to them:
+//! `pool.map(square, &numbers)`.
+//!
+//! # What types cross
+//!
+//! A job's arguments and result are serialized with serde to cross the
+//! process boundary, so each must be owned (no references or lifetimes),
+//! implement `Serialize` and `Deserialize`, and be `Send`: numbers,
+//! `String`, `Vec`, maps, tuples, `Option`, `Result<T, E>` with such `T` and
+//! `E`, and your own types with `#[derive(Serialize, Deserialize)]`. A type
+//! that does not is a compile error on that type in the job's signature.
+//! A job's error type must cross too: return `Result<T, String>` (e.g.
+//! `.map_err(|e| e.to_string())`) rather than `Box<dyn Error>`. A value
+//! arrives as it was sent, or the call fails with
+//! [`Error::Serialization`]: never a different value.
+//!
+//! # When things fail
+//!
+//! | What happens | What the caller gets | Then |
+//! |---|---|---|
+//! | A job panics | [`Error::Panicked`] with the job, the item's index and the message | the worker survives; with `imap` the other items still arrive |
+//! | A worker dies mid-task (abort, segfault, `exit`, `kill -9`, OOM kill) | [`Error::WorkerDied`] with the pid and exit code or signal, in milliseconds | the pool starts a replacement; [`PoolBuilder::retries`] re-runs the task instead |
+//! | A task runs past [`PoolBuilder::task_timeout`] | [`Error::TaskTimedOut`] | the worker is killed and replaced |
+//! | A value cannot be serialized or decoded | [`Error::Serialization`] saying which and why | the pool is usable |
+//! | A worker cannot start or connect | [`Error::Spawn`] within [`PoolBuilder::spawn_timeout`] | |
+//! | The initializer panics | [`Error::InitializerFailed`] from [`PoolBuilder::build`] | no endless restarts |
+//! | A call after `close`, `join` or `terminate` | [`Error::Closed`] | |
+//! | `terminate` or drop while calls are pending | [`Error::Terminated`] for each, at once | every worker killed and reaped |
+//! | [`AsyncResult::cancel`] | [`Error::Cancelled`] | queued tasks skipped |
+//! | Two jobs under one name | [`Error::Registry`] from `build` | |
+//! | Your program is killed, even with SIGKILL | — | every worker exits at once |
+//!
+//! Nothing hangs: every wait has a bound or ends when a worker dies.
+//!
+//! # Options
+//!
+//! [`Pool::builder`] sets them; each is a method of [`PoolBuilder`]:
+//! `processes`, `initializer`, `max_tasks_per_child`, `task_timeout`,
+//! `retries`, `max_memory_per_child`, `spawn_timeout`, and with cargo
+//! features, `progress` and `cluster`.
+//!
+//! ```
+//! use std::sync::OnceLock;
+//! use std::time::Duration;
+//!
+//! use procpool::{pool_job, Error, Pool};
+//!
+//! /// Per-worker state, built once in each worker by the initializer.
+//! static TABLE: OnceLock<Vec<u64>> = OnceLock::new();
+//!
+//! #[pool_job]
+//! fn load_table(size: u64) {
+//!     TABLE.get_or_init(|| (0..size).map(|i| i * i).collect());
+//! }
+//!
+//! #[pool_job]
+//! fn lookup(i: usize) -> u64 {
+//!     TABLE.get().expect("loaded by the initializer")[i]
+//! }
+//!
+//! #[pool_job]
+//! fn sleep_ms(ms: u64) -> u64 {
+//!     std::thread::sleep(Duration::from_millis(ms));
+//!     ms
+//! }
+//!
+//! #[pool_job]
+//! fn crash(_: u8) -> u8 {
+//!     std::process::abort()
+//! }
+//!
+//! # fn main() -> Result<(), Error> {
+//! let pool = Pool::builder()
+//!     .processes(2)
+//!     .initializer(load_table, 100) // runs in every new worker
+//!     .task_timeout(Duration::from_secs(1)) // kills a task that runs longer
+//!     .retries(1) // re-runs a task whose worker died, once
+//!     .build()?;
+//! assert_eq!(pool.map(lookup, [3, 9])?, vec![9, 81]);
+//!
+//! match pool.apply(sleep_ms, 5_000) {
+//!     Err(Error::TaskTimedOut { job, timeout, .. }) => {
+//!         assert!(job.ends_with("sleep_ms"));
+//!         assert_eq!(timeout, Duration::from_secs(1));
+//!     }
+//!     other => panic!("expected a timeout, got {other:?}"),
+//! }
+//! match pool.apply(crash, 1) {
+//!     // Run once, retried once: 2 attempts, each on a fresh worker.
+//!     Err(Error::WorkerDied { attempts, cause, .. }) => {
+//!         assert_eq!(attempts, 2);
+//!         println!("the worker {cause}");
+//!     }
+//!     other => panic!("expected a dead worker, got {other:?}"),
+//! }
+//! // The pool replaced its workers and goes on.
+//! assert_eq!(pool.apply(lookup, 2)?, 4);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Scaling out
 //!
 //! # What crosses the process boundary
 //!
@@ -84,8 +188,8 @@ mod worker;
 
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause};
-pub use imap::Imap;
-pub use job::{IntoJob, Job, JobArgs};
+pub use imap::{Imap, ImapStream};
+pub use job::{IntoJob, ItemFor, Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};
 pub use spawn::{Process, ProcessBuilder};
 
@@ -322,6 +426,35 @@ pub mod __private {
         let _ = verdict;
     }
 
+    /// Missing for every verdict but [`Transferable`]: the error type of a
+    /// job's `Result` cannot cross.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a job's error type: a job's `Result` crosses the process boundary whole, so its error type must implement serde's `Serialize` and `Deserialize` and be `Send`",
+        label = "this error type cannot be sent back from a worker process",
+        note = "return the error as text: `Result<T, String>`, with `.map_err(|e| e.to_string())` (or `format!(\"{{e:#}}\")` to keep its causes), or use an error type of your own that derives `Serialize` and `Deserialize`",
+        note = "a panic inside the job also reaches the caller, as `Error::Panicked` with its message"
+    )]
+    pub trait CrossesAsError<Verdict> {}
+
+    /// Never a probe's verdict. Its impl of [`CrossesAsError`] keeps the
+    /// verdict of `require_error` inferred from its argument, so a wrong one
+    /// is reported with that trait's message, not as mismatched types.
+    pub enum Unreachable {}
+
+    #[diagnostic::do_not_recommend]
+    impl<T> CrossesAsError<Transferable> for T {}
+    #[diagnostic::do_not_recommend]
+    impl<T> CrossesAsError<Unreachable> for T {}
+
+    /// Fails to compile, with advice for error types, unless `verdict` is
+    /// [`Transferable`].
+    pub fn require_error<T, V>(verdict: V)
+    where
+        T: CrossesAsError<V>,
+    {
+        let _ = verdict;
+    }
+
     /// What [`JobEntry::invoke`] returns.
     pub type InvokeOutput = <crate::job::InvokeFn as Returns>::Output;
 
@@ -359,6 +492,39 @@ pub mod __private {
             crate::worker::invoke(count, input, output, f)
         }
     }
+
+    /// The item encoder of a job whose item type `T` is serializable.
+    pub trait EncodeItem<T> {
+        /// Appends `item` to `chunk`.
+        ///
+        /// # Safety
+        ///
+        /// `item` points to a `T` and `chunk` to the pool's chunk writer for
+        /// `T` (see `AnyEncoder`).
+        unsafe fn encode(&self, item: *const (), chunk: *mut ()) -> Result<(), String>;
+    }
+
+    impl<T: Serialize + 'static> EncodeItem<T> for &Probe<T> {
+        unsafe fn encode(&self, item: *const (), chunk: *mut ()) -> Result<(), String> {
+            // SAFETY: this method's own contract.
+            unsafe { crate::job::encode_any::<T>(item, chunk) }
+        }
+    }
+
+    /// The encoder chosen when `T` is not serializable. Such a job has
+    /// already failed to compile with a clear message, so this never runs.
+    pub trait NeverEncode<T> {
+        /// Never called: the crate does not compile.
+        ///
+        /// # Safety
+        ///
+        /// None needed: it touches neither pointer.
+        unsafe fn encode(&self, _: *const (), _: *mut ()) -> Result<(), String> {
+            Err("a #[pool_job] with a type that cannot be serialized does not compile".into())
+        }
+    }
+
+    impl<T> NeverEncode<T> for Probe<T> {}
 
     /// The entry point chosen when a type is not transferable. Such a job has
     /// already failed to compile with a clear message, so this never runs.

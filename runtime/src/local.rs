@@ -455,6 +455,7 @@ impl Driver {
                 cause,
                 first: task.first,
                 count: task.count,
+                attempts: task.retried + 1,
             },
             Lost::TimedOut => Error::TaskTimedOut {
                 job,

@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::call::{All, AsyncResult, Call, Finish, One};
-use crate::codec::{self, ChunkWriter};
+use crate::codec::ChunkWriter;
 use crate::imap::Imap;
-use crate::job::{IntoJob, JobArgs};
+use crate::job::{Encode, IntoJob, ItemFor, JobArgs, encode_one};
 use crate::local::{LocalBackend, LocalConfig};
 use crate::process::Initializer;
 use crate::progress::Progress;
@@ -118,10 +117,10 @@ impl PoolBuilder {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
-        let encoded = codec::encode(&arg).map_err(|message| Error::Serialization {
+        let encoded = encode_one(&job, &arg).map_err(|message| Error::Serialization {
             job: job.name().to_owned(),
             direction: "serialize the initializer's argument".to_owned(),
-            message: message.into(),
+            message,
         });
         self.initializer = Some(encoded.map(|arg| Initializer {
             job: job.name(),
@@ -309,7 +308,9 @@ impl Pool {
 
     /// Runs `job` on every item and returns the results in input order.
     ///
-    /// Takes any `IntoIterator`; items travel to the workers in chunks:
+    /// Takes any `IntoIterator` of the job's argument type or of references
+    /// to it ([`ItemFor`](crate::ItemFor)): `pool.map(square, &numbers)`
+    /// leaves `numbers` to the caller. Items travel to the workers in chunks:
     /// about 16 per worker for large calls, Python's `ceil(n / (4 ×
     /// processes))` for small ones (see [`Pool::chunksize`] to choose).
     /// The first error
@@ -320,31 +321,31 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
-        self.map_chunked(job, items, None)
+        self.map_blocking(job.name(), items, None, Encode::items(&job))
     }
 
     /// A blocking map: input is encoded only a few chunks ahead of the
     /// workers, so the caller never holds the whole input encoded beside
     /// the result.
-    fn map_chunked<J, A, R, I>(
+    fn map_blocking<X, R, I>(
         &self,
-        job: J,
+        job: &'static str,
         items: I,
         chunksize: Option<usize>,
+        encode: Encode<X>,
     ) -> Result<Vec<R>, Error>
     where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator<Item = X>,
     {
         // Two tasks per worker keep every worker busy (drivers send the
         // next task before decoding a reply); one more covers the reply
         // being decoded.
         let window = 2 * self.processes() + 1;
-        self.map_async_chunked(job, items, chunksize, Some(window))?
+        self.map_encoded(job, items, chunksize, encode, Some(window))?
             .get()
     }
 
@@ -356,9 +357,10 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: ItemFor<A>,
     {
-        self.map(job, items.into_iter().map(JobArgs::into_item))
+        self.map_blocking(job.name(), items, None, Encode::arg_tuples(&job))
     }
 
     /// Runs `job` once on `item` in a worker and returns its result.
@@ -381,34 +383,35 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
-        self.map_async_chunked(job, items, None, None)
+        self.map_encoded(job.name(), items, None, Encode::items(&job), None)
     }
 
+    /// `map_async` over any item type, with the function that encodes one.
     /// `window`: at most that many tasks unanswered while submitting (the
     /// caller waits for room); `None` submits everything at once.
-    fn map_async_chunked<J, A, R, I>(
+    fn map_encoded<X, R, I>(
         &self,
-        job: J,
+        job: &'static str,
         items: I,
         chunksize: Option<usize>,
+        encode: Encode<X>,
         window: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>, Error>
     where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator<Item = X>,
     {
         let items = items.into_iter();
         let (low, high) = items.size_hint();
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All>(job.name(), low, items, chunksize, window)?
+            self.submit::<_, _, All>(job, low, items, chunksize, encode, window)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
-            let items: Vec<A::Item> = items.collect();
-            self.submit::<_, _, All>(job.name(), items.len(), items, None, window)?
+            let items: Vec<X> = items.collect();
+            self.submit::<_, _, All>(job, items.len(), items, None, encode, window)?
         };
         Ok(AsyncResult::new(call))
     }
@@ -441,7 +444,8 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.chunksize(1).imap(job, items)
     }
@@ -453,7 +457,8 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.chunksize(1).imap_unordered(job, items)
     }
@@ -485,9 +490,10 @@ impl Pool {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: ItemFor<A>,
     {
-        self.map_async(job, items.into_iter().map(JobArgs::into_item))
+        self.map_encoded(job.name(), items, None, Encode::arg_tuples(&job), None)
     }
 
     /// Like [`apply`](Pool::apply), but returns at once with an [`AsyncResult`].
@@ -497,7 +503,14 @@ impl Pool {
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
     {
-        let call = self.submit::<_, _, One>(job.name(), 1, std::iter::once(item), Some(1), None)?;
+        let call = self.submit::<_, _, One>(
+            job.name(),
+            1,
+            std::iter::once(item),
+            Some(1),
+            Encode::items(&job),
+            None,
+        )?;
         Ok(AsyncResult::new(call))
     }
 
@@ -521,16 +534,16 @@ impl Pool {
 
     /// Encodes `items` into chunks and queues them as they fill, so workers
     /// start while later items are still being encoded.
-    fn submit<T, R, M>(
+    fn submit<X, R, M>(
         &self,
         job: &'static str,
         expected: usize,
-        items: impl IntoIterator<Item = T>,
+        items: impl IntoIterator<Item = X>,
         chunksize: Option<usize>,
+        encode: Encode<X>,
         window: Option<usize>,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
-        T: Serialize + 'static,
         R: DeserializeOwned + Send + 'static,
         M: Finish<R>,
     {
@@ -549,13 +562,13 @@ impl Pool {
         // A bar for a single `apply` would only flicker.
         let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
         let call = Call::<R, M>::new(job, progress, expected);
-        let mut chunk = ChunkBuilder::<T>::default();
+        let mut chunk = ChunkBuilder::default();
         for (index, item) in items.into_iter().enumerate() {
-            if let Err(problem) = chunk.items.push(&item) {
+            if let Err(message) = encode.push(&mut chunk.items, &item) {
                 let error = Error::Serialization {
                     job: job.to_owned(),
                     direction: format!("serialize argument {index}"),
-                    message: problem.into(),
+                    message,
                 };
                 call.abandon(error.clone());
                 return Err(error);
@@ -578,14 +591,13 @@ impl Pool {
         Ok(call)
     }
 
-    fn send_chunk<T, R, M>(
+    fn send_chunk<R, M>(
         &self,
         job: &'static str,
         call: &Arc<Call<R, M>>,
-        chunk: &mut ChunkBuilder<T>,
+        chunk: &mut ChunkBuilder,
     ) -> Result<(), Error>
     where
-        T: Serialize + 'static,
         R: DeserializeOwned + Send + 'static,
         M: Finish<R>,
     {
@@ -634,9 +646,15 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
-        self.pool.map_chunked(job, items, Some(self.checked()?))
+        self.pool.map_blocking(
+            job.name(),
+            items,
+            Some(self.checked()?),
+            Encode::items(&job),
+        )
     }
 
     /// [`Pool::map_async`] with this chunk size.
@@ -645,10 +663,16 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
-        self.pool
-            .map_async_chunked(job, items, Some(self.checked()?), None)
+        self.pool.map_encoded(
+            job.name(),
+            items,
+            Some(self.checked()?),
+            Encode::items(&job),
+            None,
+        )
     }
 
     /// [`Pool::starmap`] with this chunk size.
@@ -657,9 +681,15 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: ItemFor<A>,
     {
-        self.map(job, items.into_iter().map(JobArgs::into_item))
+        self.pool.map_blocking(
+            job.name(),
+            items,
+            Some(self.checked()?),
+            Encode::arg_tuples(&job),
+        )
     }
 
     /// [`Pool::imap`] with this chunk size.
@@ -668,7 +698,8 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.lazy(job, items, true)
     }
@@ -679,7 +710,8 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         self.lazy(job, items, false)
     }
@@ -689,29 +721,35 @@ impl<'pool> Chunked<'pool> {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A::Item>,
+        I: IntoIterator,
+        I::Item: ItemFor<A::Item>,
     {
         match self.checked() {
-            Ok(size) => Imap::new(self.pool, job.name(), items.into_iter(), size, ordered),
-            Err(error) => Imap::failed(self.pool, job.name(), items.into_iter(), error),
+            Ok(size) => Imap::new(
+                self.pool,
+                job.name(),
+                items.into_iter(),
+                size,
+                ordered,
+                Encode::items(&job),
+            ),
+            Err(error) => Imap::failed(
+                self.pool,
+                job.name(),
+                items.into_iter(),
+                error,
+                Encode::items(&job),
+            ),
         }
     }
 }
 
-struct ChunkBuilder<T> {
+/// A chunk being filled; its writer's item type is erased (see `job::Encode`).
+#[derive(Default)]
+struct ChunkBuilder {
     number: usize,
     first: usize,
-    items: ChunkWriter<T>,
-}
-
-impl<T: Serialize + 'static> Default for ChunkBuilder<T> {
-    fn default() -> Self {
-        ChunkBuilder {
-            number: 0,
-            first: 0,
-            items: ChunkWriter::default(),
-        }
-    }
+    items: ChunkWriter<()>,
 }
 
 /// About 16 chunks per worker: `ceil(n / (16 × processes))`, but never

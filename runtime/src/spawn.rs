@@ -95,10 +95,10 @@ impl ProcessBuilder {
                 PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
             )
         });
-        let items = codec::encode(&arg).map_err(|message| Error::Serialization {
+        let items = crate::job::encode_one(&job, &arg).map_err(|message| Error::Serialization {
             job: job.name().to_owned(),
             direction: "serialize the argument".to_owned(),
-            message: message.into(),
+            message,
         })?;
         let mut worker = WorkerProcess::spawn(
             &name,
@@ -226,6 +226,7 @@ impl<R: DeserializeOwned + 'static> Process<R> {
             cause,
             first: 0,
             count: 1,
+            attempts: 1,
         }
     }
 }

@@ -191,6 +191,12 @@ enum Mode {
 }
 
 /// Writes the items of one chunk.
+///
+/// `repr(C)` with `T` only in a `PhantomData`: the layout is the same for
+/// every `T`, which lets the pool hold a `ChunkWriter<()>` that a job's
+/// type-erased encoder uses as the writer of its own item type
+/// (`job::Encode`).
+#[repr(C)]
 pub(crate) struct ChunkWriter<T> {
     out: Vec<u8>,
     mode: Mode,
@@ -198,7 +204,7 @@ pub(crate) struct ChunkWriter<T> {
     item: PhantomData<fn(&T)>,
 }
 
-impl<T: Serialize + 'static> Default for ChunkWriter<T> {
+impl<T> Default for ChunkWriter<T> {
     fn default() -> Self {
         ChunkWriter {
             out: Vec::new(),
@@ -209,7 +215,7 @@ impl<T: Serialize + 'static> Default for ChunkWriter<T> {
     }
 }
 
-impl<T: Serialize + 'static> ChunkWriter<T> {
+impl<T> ChunkWriter<T> {
     /// Items written so far.
     pub(crate) fn len(&self) -> usize {
         self.count
@@ -220,6 +226,16 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
         self.out.len()
     }
 
+    /// The encoded chunk.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        if let Mode::Empty = self.mode {
+            self.out.push(TAGGED);
+        }
+        self.out
+    }
+}
+
+impl<T: Serialize + 'static> ChunkWriter<T> {
     /// Appends one item; on error the chunk is as it was.
     #[inline]
     pub(crate) fn push(&mut self, item: &T) -> Result<(), Problem> {
@@ -332,14 +348,6 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
                 }
             }
         }
-    }
-
-    /// The encoded chunk.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        if let Mode::Empty = self.mode {
-            self.out.push(TAGGED);
-        }
-        self.out
     }
 }
 
@@ -466,8 +474,9 @@ fn cast<T: 'static, U: 'static>(value: U) -> Option<T> {
         .and_then(Option::take)
 }
 
-/// Encodes `value` as a chunk of one item (a `Process` argument, an
-/// initializer's).
+/// Encodes `value` as a chunk of one item. (The pool encodes through each
+/// job's type-erased encoder, `job::Encode`.)
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, Problem> {
     let mut chunk = ChunkWriter::default();
     chunk.push(value)?;

@@ -13,6 +13,12 @@ pub struct Point {
 }
 
 /// Manhattan length of a point.
+///
+/// ```
+/// use procpool_test_jobs::{Point, manhattan};
+///
+/// assert_eq!(manhattan(Point { x: 3, y: -4 }), 7);
+/// ```
 #[pool_job]
 pub fn manhattan(p: Point) -> i64 {
     p.x.abs() + p.y.abs()

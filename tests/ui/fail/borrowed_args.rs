@@ -1,4 +1,4 @@
-use procpool::pool_job;
+use procpool::{Pool, pool_job};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Config {
@@ -25,4 +25,12 @@ fn first_word(text: String) -> &'static str {
     if text.is_empty() { "" } else { "word" }
 }
 
-fn main() {}
+// The attribute's errors are the only ones: the calls below add none.
+fn main() -> Result<(), procpool::Error> {
+    let pool = Pool::with_processes(1)?;
+    let counts: Vec<usize> = pool.map(word_count, ["a b", "c"])?;
+    assert_eq!(counts, [2, 1]);
+    assert_eq!(pool.apply(total, &[1, 2][..])?, 3);
+    assert_eq!(word_count("a b c"), 3);
+    Ok(())
+}

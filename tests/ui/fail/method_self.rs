@@ -1,4 +1,4 @@
-use procpool::pool_job;
+use procpool::{Pool, pool_job};
 
 struct Rectangle {
     width: u32,
@@ -12,10 +12,14 @@ impl Rectangle {
     }
 }
 
-fn main() {
-    let _ = Rectangle {
+// The attribute's error is the only one: the pool call adds none.
+fn main() -> Result<(), procpool::Error> {
+    let pool = Pool::with_processes(1)?;
+    let rectangle = Rectangle {
         width: 2,
         height: 3,
-    }
-    .area();
+    };
+    let areas: Vec<u32> = pool.map(Rectangle::area, [rectangle])?;
+    assert_eq!(areas, [6]);
+    Ok(())
 }
