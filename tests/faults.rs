@@ -347,3 +347,65 @@ fn a_panic_does_not_cost_the_worker() {
     }
     assert_eq!(pool.apply(panic_or_pid, false).unwrap(), before);
 }
+
+/// Adds, after forking a child that returns from the job too, into the
+/// worker's loop, as a careless job would (a fork without exec).
+#[pool_job]
+fn fork_then_add(a: u64, b: u64) -> u64 {
+    // SAFETY: the child runs only this function's return path (the worker
+    // has one thread); the test is about what the worker does next.
+    unsafe { libc::fork() };
+    a + b
+}
+
+#[pool_job]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[test]
+fn a_job_whose_fork_returns_never_shifts_later_results() {
+    let pool = Pool::with_processes(1).unwrap();
+    assert_eq!(pool.apply(fork_then_add, (1, 2)).unwrap(), 3);
+    for i in 0..50 {
+        let mut call = pool.apply_async(add, (i, 1000)).unwrap();
+        assert_eq!(call.get_timeout(Duration::from_secs(10)).unwrap(), i + 1000);
+    }
+}
+
+/// A result whose `Deserialize` panics on 13: it decodes in the caller.
+#[derive(Debug, serde::Serialize)]
+struct Touchy(u32);
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u32::deserialize(deserializer)?;
+        assert_ne!(value, 13, "Touchy cannot stand 13");
+        Ok(Touchy(value))
+    }
+}
+
+#[pool_job]
+fn touchy(value: u32) -> Touchy {
+    Touchy(value)
+}
+
+#[test]
+fn a_panicking_result_decoder_fails_the_call_and_keeps_every_worker() {
+    let pool = Pool::with_processes(2).unwrap();
+    for _ in 0..4 {
+        let mut call = pool.apply_async(touchy, 13).unwrap();
+        match call.get_timeout(Duration::from_secs(10)) {
+            Err(Error::Serialization { message, .. }) => {
+                assert!(message.contains("Touchy cannot stand 13"), "{message}")
+            }
+            other => panic!("expected a Serialization error, got {other:?}"),
+        }
+    }
+    let mut call = pool.apply_async(touchy, 7).unwrap();
+    assert_eq!(call.get_timeout(Duration::from_secs(10)).unwrap().0, 7);
+    // Both workers still serve: two tasks that overlap run in two processes.
+    let mut call = pool.map_async(sleep_then_pid, vec![300, 300]).unwrap();
+    let pids = call.get_timeout(Duration::from_secs(10)).unwrap();
+    assert_ne!(pids[0], pids[1], "{pids:?}");
+}

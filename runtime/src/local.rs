@@ -4,8 +4,9 @@
 //! the worker dies it reports the lost task, reaps the process and starts a
 //! replacement.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
@@ -129,6 +130,7 @@ impl LocalBackend {
                 shared: Arc::clone(&shared),
                 config: config.clone(),
                 scratch: RefCell::default(),
+                last_id: Cell::new(0),
             };
             let started_tx = started_tx.clone();
             match thread::Builder::new()
@@ -236,6 +238,8 @@ struct Driver {
     /// Shared memory for large tasks, refilled only once the worker has
     /// replied to the task that used it before.
     scratch: RefCell<Scratch>,
+    /// The number of the last task this driver sent.
+    last_id: Cell<u64>,
 }
 
 /// A driver's live worker and how many tasks it has finished.
@@ -250,6 +254,19 @@ struct Sent {
     deadline: Option<Instant>,
     /// Whether the task may be re-run if the worker dies (`retries`).
     may_retry: bool,
+    /// The number the worker must echo in its reply.
+    id: u64,
+}
+
+/// Checks that `reply` answers task number `id`.
+fn matches_task(reply: &FromWorker, id: u64) -> Result<(), String> {
+    match reply {
+        FromWorker::Done { task, .. } | FromWorker::Failed { task, .. } if *task == id => Ok(()),
+        FromWorker::Done { task, .. } | FromWorker::Failed { task, .. } => Err(format!(
+            "it answered task {task} while task {id} was running"
+        )),
+        other => Err(format!("it sent {other:?} while task {id} was running")),
+    }
 }
 
 impl Driver {
@@ -316,9 +333,17 @@ impl Driver {
                     continue;
                 }
             };
+            if let Err(violation) = matches_task(&reply, sent.id) {
+                // Whatever answered is not in step with this driver: a job
+                // that forked, or one that wrote to the worker's socket.
+                // Nothing it says can be trusted, this reply included.
+                drop(current);
+                self.lost(sent, pid, Lost::Protocol(violation));
+                active = self.respawn();
+                continue;
+            }
             current.done += 1;
-            let usable = matches!(reply, FromWorker::Done { .. } | FromWorker::Failed(_));
-            if usable && self.keeps(&current) {
+            if self.keeps(&current) {
                 // Start the next queued task before delivering this reply.
                 if let Some(next) = self.shared.try_next_task()
                     && !next.sink.cancelled()
@@ -333,13 +358,11 @@ impl Driver {
                 } else {
                     active = Some(current);
                 }
-            } else if usable {
+            } else {
                 // Python's maxtasksperchild, or billiard's max_memory_per_child.
                 current.worker.shutdown();
-            } else {
-                drop(current);
             }
-            self.deliver(sent.task, pid, reply);
+            self.deliver(sent.task, reply);
             if active.is_none() && inflight.is_none() {
                 active = self.respawn();
             }
@@ -369,15 +392,25 @@ impl Driver {
     }
 
     fn spawn(&self) -> Result<WorkerProcess, Error> {
-        let mut worker = WorkerProcess::spawn(
-            &next_worker_name(),
-            self.config.spawn_timeout,
-            &self.shared.terminated,
-            self.config.initializer.as_ref(),
-            // Drivers outlive their workers, and forking here lets every
-            // driver start its worker at the same time.
-            ForkFrom::ThisThread,
-        )?;
+        // A start that panics (an OS call's assertion deep in a dependency)
+        // must not take this driver, and the tasks it serves, with it.
+        let mut worker = catch_unwind(AssertUnwindSafe(|| {
+            WorkerProcess::spawn(
+                &next_worker_name(),
+                self.config.spawn_timeout,
+                &self.shared.terminated,
+                self.config.initializer.as_ref(),
+                // Drivers outlive their workers, and forking here lets every
+                // driver start its worker at the same time.
+                ForkFrom::ThisThread,
+            )
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::Spawn(format!(
+                "starting a worker panicked: {}",
+                panic_message(&*panic)
+            )))
+        })?;
         worker.register(Arc::clone(&self.shared.pids[self.slot]));
         if self.shared.terminated.load(Ordering::Acquire) {
             // terminate() ran before the pid was visible to it.
@@ -396,7 +429,10 @@ impl Driver {
         } else {
             std::mem::take(&mut task.items)
         };
+        let id = self.last_id.get() + 1;
+        self.last_id.set(id);
         let message = ToWorker::Run {
+            task: id,
             job: task.job.to_owned(),
             count: task.count as u64,
             items: self.scratch.borrow_mut().fill(items),
@@ -407,6 +443,7 @@ impl Driver {
             task,
             deadline,
             may_retry,
+            id,
         };
         let pid = current.worker.pid();
         match current.worker.send(message) {
@@ -419,17 +456,36 @@ impl Driver {
         }
     }
 
-    /// Hands a reply to the task's caller.
-    fn deliver(&self, task: Task, pid: u32, reply: FromWorker) {
-        match reply {
-            FromWorker::Done { items } => task.sink.deliver(task.info(), Ok(items)),
-            FromWorker::Failed(failure) => {
+    /// Hands a reply (already matched to `task`) to the task's caller.
+    ///
+    /// Delivering decodes the results with the caller's `Deserialize`
+    /// impls, which may panic; this thread must survive that and the call
+    /// must still end, so the panic fails the task instead.
+    fn deliver(&self, task: Task, reply: FromWorker) {
+        let sink = Arc::clone(&task.sink);
+        let info = task.info();
+        let job = task.job;
+        let delivered = catch_unwind(AssertUnwindSafe(move || match reply {
+            FromWorker::Done { items, .. } => task.sink.deliver(task.info(), Ok(items)),
+            FromWorker::Failed { failure, .. } => {
                 let error = failure.into_error(task.job, task.first);
                 task.fail(error);
             }
-            other => task.fail(Error::Ipc(format!(
-                "worker {pid} sent an unexpected reply: {other:?}"
-            ))),
+            other => task.fail(Error::Ipc(format!("unexpected reply: {other:?}"))),
+        }));
+        if let Err(panic) = delivered {
+            let error = Error::Serialization {
+                job: job.to_owned(),
+                direction: format!(
+                    "decode the results of items {}..{}",
+                    info.first,
+                    info.first + info.count
+                ),
+                message: format!("decoding panicked: {}", panic_message(&*panic)),
+            };
+            // Failing needs no decoding; a sink that panics even then has
+            // nothing left to tell its caller.
+            let _ = catch_unwind(AssertUnwindSafe(|| sink.deliver(info, Err(error))));
         }
     }
 
@@ -442,7 +498,7 @@ impl Driver {
         } = sent;
         let job = task.job.to_owned();
         let terminated = self.shared.terminated.load(Ordering::Acquire);
-        if may_retry && !terminated && matches!(lost, Lost::Died(_)) {
+        if may_retry && !terminated && matches!(lost, Lost::Died(_) | Lost::Protocol(_)) {
             task.retried += 1;
             self.shared.retry(task);
             return;
@@ -463,6 +519,13 @@ impl Driver {
                 timeout: self.config.task_timeout.unwrap_or_default(),
             },
             Lost::Aborted => Error::Terminated { job },
+            Lost::Protocol(violation) => Error::Ipc(format!(
+                "worker {pid} broke the protocol while running job `{job}` on items {}..{}: \
+                 {violation}; it was killed and replaced. A job must not fork a process that \
+                 returns, nor touch the worker's own file descriptors",
+                task.first,
+                task.first + task.count
+            )),
         };
         task.fail(error);
     }
@@ -474,4 +537,13 @@ impl Driver {
         }
         self.spawn().ok().map(|worker| Active { worker, done: 0 })
     }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
 }

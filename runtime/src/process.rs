@@ -35,6 +35,8 @@ pub(crate) enum Lost {
     Aborted,
     /// No answer within the time limit; the worker has been killed and reaped.
     TimedOut,
+    /// The worker said something out of turn (described); it cannot be trusted further.
+    Protocol(String),
 }
 
 /// Which thread starts a child process.
@@ -202,11 +204,12 @@ impl WorkerProcess {
                 Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
                 Lost::TimedOut => format!("the worker did not start within {timeout:?}"),
                 Lost::Aborted => "the worker start was interrupted".to_owned(),
+                Lost::Protocol(violation) => format!("the worker broke the protocol: {violation}"),
             })
         })?;
         match reply {
             FromWorker::Ready => Ok(worker),
-            FromWorker::Failed(failure) => Err(Error::InitializerFailed {
+            FromWorker::Failed { failure, .. } => Err(Error::InitializerFailed {
                 job: initializer
                     .map(|init| init.job)
                     .unwrap_or_default()
@@ -643,13 +646,14 @@ mod tests {
         )
         .unwrap();
         let run = ToWorker::Run {
+            task: 1,
             job: "no::such::job".into(),
             count: 1,
             items: crate::wire::Payload::new(vec![1, 2, 3]),
             last: false,
         };
         match worker.call(run, Some(Instant::now() + Duration::from_secs(10)), &NEVER) {
-            Ok(FromWorker::Failed(failure)) => {
+            Ok(FromWorker::Failed { task: 1, failure }) => {
                 let error = failure.into_error("no::such::job", 0);
                 assert!(matches!(error, Error::UnknownJob(ref job) if job == "no::such::job"));
             }
@@ -657,6 +661,7 @@ mod tests {
         }
         // The worker is still serving.
         let run = ToWorker::Run {
+            task: 2,
             job: "still::unknown".into(),
             count: 0,
             items: crate::wire::Payload::new(Vec::new()),
@@ -664,7 +669,7 @@ mod tests {
         };
         assert!(matches!(
             worker.call(run, None, &NEVER),
-            Ok(FromWorker::Failed(_))
+            Ok(FromWorker::Failed { task: 2, .. })
         ));
     }
 }

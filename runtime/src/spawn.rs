@@ -108,6 +108,7 @@ impl ProcessBuilder {
             ForkFrom::LongLivedThread,
         )?;
         let run = ToWorker::Run {
+            task: 1,
             job: job.name().to_owned(),
             count: 1,
             items: Payload::new(items),
@@ -199,10 +200,12 @@ impl<R: DeserializeOwned + 'static> Process<R> {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(Error::Timeout(timeout.unwrap_or_default())),
             Err(Lost::Died(cause)) => return Err(self.died(cause)),
-            Err(Lost::Aborted | Lost::TimedOut) => return Err(self.died(ExitCause::Unknown)),
+            Err(Lost::Aborted | Lost::TimedOut | Lost::Protocol(_)) => {
+                return Err(self.died(ExitCause::Unknown));
+            }
         };
         let outcome = match reply {
-            FromWorker::Done { items } => codec::Reader::new(&items)
+            FromWorker::Done { task: 1, items } => codec::Reader::new(&items)
                 .outcome::<R>()
                 .map_err(|message| Error::Serialization {
                     job: self.job.to_owned(),
@@ -210,7 +213,7 @@ impl<R: DeserializeOwned + 'static> Process<R> {
                     message,
                 })
                 .and_then(|result| result.map_err(|f| f.into_error(self.job, 0))),
-            FromWorker::Failed(failure) => Err(failure.into_error(self.job, 0)),
+            FromWorker::Failed { task: 1, failure } => Err(failure.into_error(self.job, 0)),
             other => Err(Error::Ipc(format!(
                 "unexpected reply from the process: {other:?}"
             ))),

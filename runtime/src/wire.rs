@@ -24,6 +24,9 @@ pub(crate) enum ToWorker {
     /// reply: code 0 if every item succeeded, 1 otherwise (as a Python
     /// `Process` whose target raised).
     Run {
+        /// The driver's number for this task, echoed in the reply so a
+        /// stray reply is never taken for another task's.
+        task: u64,
         job: String,
         count: u64,
         items: Payload,
@@ -48,10 +51,11 @@ pub(crate) enum FromWorker {
     Abort,
     /// `Init` was processed.
     Ready,
-    /// One encoded `Result<R, Failure>` per item of the task.
-    Done { items: Payload },
-    /// The whole task failed before any item ran.
-    Failed(Failure),
+    /// One encoded `Result<R, Failure>` per item of task number `task`.
+    Done { task: u64, items: Payload },
+    /// Task number `task` failed as a whole before any item ran (or, with
+    /// `task` 0, the initializer failed).
+    Failed { task: u64, failure: Failure },
 }
 
 /// Encoded items, in the message or, when large, in shared memory.

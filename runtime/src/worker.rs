@@ -119,30 +119,39 @@ fn serve(socket: String, token: String, parent: Option<String>) -> i32 {
     }
     install_panic_hook();
     keep_freed_memory();
+    let own_pid = std::process::id();
 
     // A closed channel means the parent is gone or done with us: exit quietly.
     while let Ok(message) = tasks.recv() {
         let (reply, exit) = match message {
             ToWorker::Init { name, initializer } => {
                 let _ = PROCESS_NAME.set(name);
-                let failure = initializer.and_then(|(job, arg)| run_task(&job, 1, &arg).1);
+                let failure = initializer.and_then(|(job, arg)| run_task(0, &job, 1, &arg).1);
                 match failure {
                     None => (FromWorker::Ready, None),
                     // The parent gives up on this worker; exit once it knows why.
-                    Some(failure) => (FromWorker::Failed(failure), Some(1)),
+                    Some(failure) => (FromWorker::Failed { task: 0, failure }, Some(1)),
                 }
             }
             ToWorker::Run {
+                task,
                 job,
                 count,
                 items,
                 last,
             } => {
-                let (reply, failure) = run_task(&job, count, &items);
+                let (reply, failure) = run_task(task, &job, count, &items);
                 (reply, last.then_some(i32::from(failure.is_some())))
             }
             ToWorker::Exit => break,
         };
+        if std::process::id() != own_pid {
+            // A job forked and its child returned here: only the worker
+            // itself may answer, or the parent would read two replies.
+            // SAFETY: `_exit` ends this process at once; nothing of the
+            // worker's state is shared with it.
+            unsafe { libc::_exit(0) };
+        }
         if replies.send(reply).is_err() {
             break;
         }
@@ -153,16 +162,23 @@ fn serve(socket: String, token: String, parent: Option<String>) -> i32 {
     0
 }
 
-/// Runs one task; the reply, and the first failure in it.
-fn run_task(job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>) {
+/// Runs task number `task`; the reply, and the first failure in it.
+fn run_task(task: u64, job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>) {
     match run_chunk(job, count, items) {
         Ok((output, failure)) => (
             FromWorker::Done {
+                task,
                 items: Payload::new(output),
             },
             failure,
         ),
-        Err(failure) => (FromWorker::Failed(failure.clone()), Some(failure)),
+        Err(failure) => (
+            FromWorker::Failed {
+                task,
+                failure: failure.clone(),
+            },
+            Some(failure),
+        ),
     }
 }
 
