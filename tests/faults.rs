@@ -236,24 +236,29 @@ fn workers_do_not_inherit_stdin() {
 
 #[test]
 fn worker_marker_cannot_run_main_or_anything_else() {
-    // A forged marker pointing nowhere: the program must neither run its
-    // `main` (here: the test harness, which would print test names) nor
-    // anything else; it exits at once.
-    let output = Command::new(std::env::current_exe().unwrap())
-        .arg("--list")
-        .env("__PROCPOOL_WORKER_SOCKET", "/nonexistent/socket")
-        .env("__PROCPOOL_WORKER_TOKEN", "forged")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(86), "{output:?}");
-    assert!(
-        output.stdout.is_empty(),
-        "main ran: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot connect to the parent"), "{stderr}");
+    // A forged marker (an fd number that is not open, stdout, a path): the
+    // program must neither run its `main` (here: the test harness, which
+    // would print test names) nor anything else; it exits at once.
+    for forged in ["99", "1", "/nonexistent/socket"] {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .arg("--list")
+            .env("__PROCPOOL_WORKER_FD", forged)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(86), "{forged}: {output:?}");
+        assert!(
+            output.stdout.is_empty(),
+            "{forged}: main ran: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("not the channel to the parent")
+                || stderr.contains("not a file descriptor number"),
+            "{forged}: {stderr}"
+        );
+    }
 }
 
 #[pool_job]
@@ -408,4 +413,239 @@ fn a_panicking_result_decoder_fails_the_call_and_keeps_every_worker() {
     let mut call = pool.map_async(sleep_then_pid, vec![300, 300]).unwrap();
     let pids = call.get_timeout(Duration::from_secs(10)).unwrap();
     assert_ne!(pids[0], pids[1], "{pids:?}");
+}
+
+/// The sockets among this process's open file descriptors.
+fn open_sockets() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            target
+                .to_string_lossy()
+                .starts_with("socket:")
+                .then_some(())?;
+            entry.file_name().to_str()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Writes garbage into every socket the worker has, then waits long.
+#[pool_job]
+fn scribble(garbage: Vec<u8>) -> u32 {
+    for fd in open_sockets() {
+        // SAFETY: writes a buffer we own to a descriptor of this process.
+        unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
+    }
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+#[test]
+fn garbage_on_the_channel_fails_the_task_within_seconds() {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut garbage = vec![0xff; 4];
+    garbage.extend_from_slice(b"not a message of procpool's");
+    for garbage in [garbage, vec![0x02, 0x00, 0x01]] {
+        let started = Instant::now();
+        let mut call = pool.apply_async(scribble, garbage).unwrap();
+        let err = call.get_timeout(Duration::from_secs(20)).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(err, Error::Ipc(_) | Error::TaskTimedOut { .. }),
+            "{err:?}"
+        );
+        assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);
+    }
+}
+
+/// Forks a grandchild that keeps the worker's descriptors for 10 s, then
+/// kills its own worker.
+#[pool_job]
+fn orphan_then_die() -> u32 {
+    // SAFETY: the child only sleeps and leaves with `_exit`.
+    unsafe {
+        if libc::fork() == 0 {
+            libc::sleep(10);
+            libc::_exit(0);
+        }
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    0
+}
+
+#[test]
+fn a_worker_killed_while_a_grandchild_holds_its_socket_is_seen_at_once() {
+    let pool = Pool::with_processes(1).unwrap();
+    let started = Instant::now();
+    let err = pool.apply(orphan_then_die, ()).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    match err {
+        Error::WorkerDied { cause, .. } => assert_eq!(cause, ExitCause::Signal(9)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(pool.apply(add, (1, 1)).unwrap(), 2);
+}
+
+/// How many sockets the worker holds, and how many a shell it starts holds.
+#[pool_job]
+fn sockets_held() -> (usize, usize) {
+    let shell = Command::new("sh")
+        .args(["-c", "ls -l /proc/$$/fd"])
+        .output()
+        .unwrap();
+    let in_shell = String::from_utf8_lossy(&shell.stdout)
+        .matches("socket:")
+        .count();
+    (open_sockets().len(), in_shell)
+}
+
+#[test]
+fn a_worker_holds_only_its_own_channel_and_passes_on_none() {
+    let pool = Pool::with_processes(3).unwrap();
+    let held = pool.map(sockets_held, vec![(); 30]).unwrap();
+    assert!(held.iter().all(|&h| h == (1, 0)), "{held:?}");
+    // Nor does a program this process starts while the pool runs.
+    let shell = Command::new("sh")
+        .args(["-c", "ls -l /proc/$$/fd"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&shell.stdout);
+    assert!(!listing.contains("socket:"), "{listing}");
+    drop(pool);
+}
+
+#[test]
+fn a_worker_killed_while_idle_costs_the_next_task_nothing() {
+    let pool = Pool::with_processes(1).unwrap();
+    let pid = pool.apply(crash, "none".to_string()).unwrap();
+    // SAFETY: plain kill(2) on our own worker.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    eventually("the worker to die", || !running(pid));
+    let next = pool.apply(crash, "none".to_string()).unwrap();
+    assert_ne!(next, pid);
+}
+
+/// An initializer that kills its own worker while `path` holds a count
+/// above zero, counting down.
+#[pool_job]
+fn die_while_armed(path: String) {
+    let left: u32 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if left > 0 {
+        std::fs::write(&path, (left - 1).to_string()).unwrap();
+        // SAFETY: plain kill(2); the worker dies while starting.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn replacements_killed_while_starting_do_not_use_up_retries() {
+    let armed = marker("armed");
+    let pool = Pool::builder()
+        .processes(1)
+        .retries(1)
+        .initializer(die_while_armed, armed.clone())
+        .build()
+        .unwrap();
+    // The next two starts die: the replacement started after the task's
+    // worker dies, and the one started for the retry.
+    std::fs::write(&armed, "2").unwrap();
+    let dies_once = marker("dies-once");
+    assert_eq!(pool.apply(die_n_times, (dies_once.clone(), 1)).unwrap(), 1);
+    assert_eq!(std::fs::read_to_string(&armed).unwrap(), "0");
+    for path in [armed, dies_once] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Not a test on its own: starts a pool in whatever environment it was
+/// given and reports `OK <sum>` or `ERR <error>` on stdout.
+#[test]
+#[ignore = "helper process for the environment tests"]
+fn helper_pool_in_its_environment() {
+    let outcome = Pool::with_processes(4).and_then(|pool| {
+        let big = pool.apply(echo_bytes, vec![7; 3 << 20])?;
+        let small = pool.map(add, (0..100).map(|i| (i, 1)))?;
+        Ok(big.len() as u64 + small.iter().sum::<u64>())
+    });
+    match outcome {
+        Ok(sum) => println!("OK {sum}"),
+        Err(err) => println!("ERR {err}"),
+    }
+}
+
+/// Runs the helper through `sh -c "<prefix> exec helper"` with `TMPDIR`
+/// set to `tmpdir`; its stdout and stderr.
+fn run_helper(prefix: &str, tmpdir: &std::path::Path) -> (String, String) {
+    let exe = std::env::current_exe().unwrap();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{prefix} exec \"$0\" --exact helper_pool_in_its_environment --ignored --nocapture"
+        ))
+        .arg(exe)
+        .env("TMPDIR", tmpdir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tmpdir_missing_read_only_a_file_or_long_does_not_matter() {
+    let base = std::env::temp_dir().join(format!("procpool-env-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    let read_only = base.join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(
+        &read_only,
+        std::os::unix::fs::PermissionsExt::from_mode(0o500),
+    )
+    .unwrap();
+    let file = base.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let long = base.join("l".repeat(120));
+    std::fs::create_dir(&long).unwrap();
+    let expected = format!("OK {}", (3 << 20) + (1..=100).sum::<u64>());
+    for tmpdir in [base.join("missing"), read_only.clone(), file, long.clone()] {
+        let (stdout, stderr) = run_helper("", &tmpdir);
+        assert!(stdout.contains(&expected), "{tmpdir:?}: {stdout}\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{tmpdir:?}: {stderr}");
+    }
+    // Nothing was left anywhere under the base directory.
+    assert_eq!(std::fs::read_dir(&long).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&base).unwrap().count(), 3);
+    std::fs::set_permissions(
+        &read_only,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn too_few_file_descriptors_is_a_clear_error() {
+    let (stdout, stderr) = run_helper("ulimit -n 12 &&", &std::env::temp_dir());
+    assert!(stdout.contains("ERR "), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ulimit -n"), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

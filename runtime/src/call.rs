@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 
 use crate::progress::Progress;
 use crate::transport::{Sink, TaskInfo};
-use crate::wire::Payload;
 use crate::{Error, codec};
 
 /// How a finished call turns its items into the value the caller gets.
@@ -207,11 +206,11 @@ where
     R: DeserializeOwned + Send + 'static,
     M: Finish<R>,
 {
-    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
+    fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
         // Decode outside the lock: drivers decode their chunks in parallel.
         let decoded = outcome.and_then(|bytes| {
             let mut items = Vec::with_capacity(task.count);
-            decode_items::<R>(self.job, task, &bytes, |item| {
+            decode_items::<R>(self.job, task, bytes, |item| {
                 items.push(item?);
                 Ok(())
             })?;

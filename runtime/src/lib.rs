@@ -45,28 +45,29 @@
 // Lets `#[pool_job]`'s `::procpool::...` paths resolve inside this crate's own tests.
 extern crate self as procpool;
 
+mod bootstrap;
 mod call;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod codec;
 mod error;
+mod exec;
 mod imap;
 mod job;
 mod local;
 mod pool;
 mod process;
 mod progress;
-mod spawn;
+mod sys;
 mod transport;
 mod wire;
-mod worker;
 
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause};
 pub use imap::Imap;
 pub use job::{IntoJob, Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};
-pub use spawn::{Process, ProcessBuilder};
+pub use process::{Process, ProcessBuilder};
 
 /// Registers a function as a job that a [`Pool`] can run in worker processes.
 ///
@@ -131,7 +132,7 @@ impl CurrentProcess {
 /// ```
 pub fn current_process() -> CurrentProcess {
     CurrentProcess {
-        name: worker::process_name().unwrap_or("MainProcess"),
+        name: exec::process_name().unwrap_or("MainProcess"),
         pid: std::process::id(),
     }
 }
@@ -335,7 +336,7 @@ pub mod __private {
             output: &mut Vec<u8>,
             f: F,
         ) -> InvokeOutput {
-            crate::worker::invoke(count, input, output, f)
+            crate::exec::invoke(count, input, output, f)
         }
     }
 

@@ -13,7 +13,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::process::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
+
+pub(crate) mod channel;
+pub(crate) mod launch;
+pub(crate) mod serve;
+use crate::local::launch::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
 use crate::transport::{Backend, Task};
 use crate::wire::{FromWorker, Scratch, ToWorker};
 
@@ -269,12 +273,31 @@ fn matches_task(reply: &FromWorker, id: u64) -> Result<(), String> {
     }
 }
 
+/// Where a driver stands. Each state holds exactly what it needs, so a
+/// task in flight without a worker cannot be expressed.
+enum State {
+    /// No worker (none started yet, or the last one was lost and its
+    /// replacement failed to start): one is started for the next task.
+    NoWorker,
+    /// A live worker waiting for a task.
+    Idle(Active),
+    /// A worker running a task.
+    Busy(Active, Sent),
+    /// The queue is closed and drained, or the pool was terminated.
+    Stopped,
+}
+
+/// How many times a driver tries to start a worker for one task before the
+/// task fails with the start's error. Starts that fail are not attempts of
+/// the task: it never reached a worker.
+const STARTS_PER_TASK: usize = 3;
+
 impl Driver {
     fn run(self, started: mpsc::Sender<Result<(), Error>>) {
-        let mut active = match self.spawn() {
+        let mut state = match self.spawn() {
             Ok(worker) => {
                 let _ = started.send(Ok(()));
-                Some(Active { worker, done: 0 })
+                State::Idle(Active { worker, done: 0 })
             }
             Err(err) => {
                 let _ = started.send(Err(err));
@@ -282,98 +305,102 @@ impl Driver {
             }
         };
         drop(started);
-
-        // One task runs in the worker while the driver delivers (decodes)
-        // the previous reply: the worker never waits for the parent.
-        let mut inflight: Option<Sent> = None;
         loop {
-            let sent = match inflight.take() {
-                Some(sent) => sent,
-                None => {
-                    let Some(task) = self.shared.next_task() else {
-                        break;
-                    };
-                    if task.sink.cancelled() {
-                        continue;
+            state = match state {
+                State::NoWorker => match self.shared.next_task() {
+                    None => State::Stopped,
+                    Some(task) if task.sink.cancelled() => State::NoWorker,
+                    Some(task) => self.start_with_new_worker(task),
+                },
+                State::Idle(current) => match self.shared.next_task() {
+                    None => {
+                        self.stop(current);
+                        State::Stopped
                     }
-                    let current = match active.take() {
-                        Some(current) => current,
-                        None => match self.spawn() {
-                            Ok(worker) => Active { worker, done: 0 },
-                            Err(err) => {
-                                task.fail(err);
-                                continue;
-                            }
-                        },
-                    };
-                    match self.start(current, task) {
-                        Ok((current, sent)) => {
-                            active = Some(current);
-                            sent
-                        }
-                        Err(()) => continue,
+                    Some(task) if task.sink.cancelled() => State::Idle(current),
+                    // A worker that died while idle (killed, out of memory)
+                    // is replaced before the task is sent: the task did
+                    // not run, so it must not fail or cost a retry.
+                    Some(task) if !current.worker.is_alive() => {
+                        drop(current);
+                        self.start_with_new_worker(task)
                     }
-                }
+                    Some(task) => self.start(current, task),
+                },
+                State::Busy(current, sent) => self.finish(current, sent),
+                State::Stopped => break,
             };
-            let Some(mut current) = active.take() else {
-                // Unreachable: a task is only in flight on a live worker.
-                sent.task.fail(Error::Ipc(
-                    "internal error: no worker for a sent task".into(),
-                ));
-                continue;
-            };
-            let pid = current.worker.pid();
-            let reply = current.worker.recv(sent.deadline, &self.shared.terminated);
-            let reply = match reply {
-                Ok(reply) => reply,
-                Err(lost) => {
-                    drop(current);
-                    self.lost(sent, pid, lost);
-                    active = self.respawn();
-                    continue;
-                }
-            };
-            if let Err(violation) = matches_task(&reply, sent.id) {
-                // Whatever answered is not in step with this driver: a job
-                // that forked, or one that wrote to the worker's socket.
-                // Nothing it says can be trusted, this reply included.
+        }
+    }
+
+    /// Waits for the reply to `sent` and delivers it, after sending the next
+    /// queued task: one task runs in the worker while the driver delivers
+    /// (decodes) the previous reply, so the worker never waits for the parent.
+    fn finish(&self, mut current: Active, sent: Sent) -> State {
+        let pid = current.worker.pid();
+        let reply = match current.worker.recv(sent.deadline, &self.shared.terminated) {
+            Ok(reply) => reply,
+            Err(lost) => {
                 drop(current);
-                self.lost(sent, pid, Lost::Protocol(violation));
-                active = self.respawn();
-                continue;
+                self.lost(sent, pid, lost);
+                return self.respawn();
             }
-            current.done += 1;
-            if self.keeps(&current) {
-                // Start the next queued task before delivering this reply.
-                if let Some(next) = self.shared.try_next_task()
-                    && !next.sink.cancelled()
-                {
-                    match self.start(current, next) {
-                        Ok((next_active, next_sent)) => {
-                            active = Some(next_active);
-                            inflight = Some(next_sent);
-                        }
-                        Err(()) => active = None,
-                    }
-                } else {
-                    active = Some(current);
+        };
+        if let Err(violation) = matches_task(&reply, sent.id) {
+            // Whatever answered is not in step with this driver: a job
+            // that forked, or one that wrote to the worker's socket.
+            // Nothing it says can be trusted, this reply included.
+            drop(current);
+            self.lost(sent, pid, Lost::Protocol(violation));
+            return self.respawn();
+        }
+        current.done += 1;
+        let next = if self.keeps(&current) {
+            match self.shared.try_next_task() {
+                Some(next) if !next.sink.cancelled() => self.start(current, next),
+                _ => State::Idle(current),
+            }
+        } else {
+            // Python's maxtasksperchild, or billiard's max_memory_per_child.
+            current.worker.shutdown();
+            State::NoWorker
+        };
+        self.deliver(sent.task, reply);
+        match next {
+            State::NoWorker => self.respawn(),
+            other => other,
+        }
+    }
+
+    /// Starts a worker for `task` and sends it. A start that fails is tried
+    /// again (up to [`STARTS_PER_TASK`]), then fails the task.
+    fn start_with_new_worker(&self, task: Task) -> State {
+        let mut failure = None;
+        for _ in 0..STARTS_PER_TASK {
+            if self.shared.terminated.load(Ordering::Acquire) {
+                break;
+            }
+            match self.spawn() {
+                Ok(worker) => return self.start(Active { worker, done: 0 }, task),
+                // A failing initializer fails the same way every time.
+                Err(err @ Error::InitializerFailed { .. }) => {
+                    failure = Some(err);
+                    break;
                 }
-            } else {
-                // Python's maxtasksperchild, or billiard's max_memory_per_child.
-                current.worker.shutdown();
-            }
-            self.deliver(sent.task, reply);
-            if active.is_none() && inflight.is_none() {
-                active = self.respawn();
+                Err(err) => failure = Some(err),
             }
         }
+        let job = task.job.to_owned();
+        task.fail(failure.unwrap_or(Error::Terminated { job }));
+        State::NoWorker
+    }
 
-        if let Some(current) = active {
-            if self.shared.terminated.load(Ordering::Acquire) {
-                drop(current);
-            } else {
-                current.worker.shutdown();
-            }
+    /// Stops a worker whose driver is done.
+    fn stop(&self, current: Active) {
+        if self.shared.terminated.load(Ordering::Acquire) {
+            drop(current);
+        } else {
+            current.worker.shutdown();
         }
     }
 
@@ -419,9 +446,10 @@ impl Driver {
         Ok(worker)
     }
 
-    /// Sends `task` to the worker. If the worker turns out to be dead, the
-    /// task is reported (or queued again) and the worker is gone.
-    fn start(&self, mut current: Active, mut task: Task) -> Result<(Active, Sent), ()> {
+    /// Sends `task` to the worker: `Busy` on success. A worker found dead
+    /// before it got the task is replaced and the task queued again as it
+    /// was (it never ran).
+    fn start(&self, mut current: Active, mut task: Task) -> State {
         let may_retry = task.retried < self.config.retries;
         // Keep the input only when it may be needed again.
         let items = if may_retry {
@@ -429,13 +457,26 @@ impl Driver {
         } else {
             std::mem::take(&mut task.items)
         };
+        let len = items.len();
+        // SAFETY: this driver's scratch was last filled for a task whose
+        // worker has replied since, or has been killed and reaped.
+        let items = match unsafe { self.scratch.borrow_mut().fill(items) } {
+            Ok(items) => items,
+            Err(err) => {
+                task.fail(Error::Ipc(format!(
+                    "cannot put a task's {len} bytes in shared memory: {}",
+                    crate::sys::describe_io(&err)
+                )));
+                return State::Idle(current);
+            }
+        };
         let id = self.last_id.get() + 1;
         self.last_id.set(id);
         let message = ToWorker::Run {
             task: id,
             job: task.job.to_owned(),
             count: task.count as u64,
-            items: self.scratch.borrow_mut().fill(items),
+            items,
             last: false,
         };
         let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
@@ -446,12 +487,21 @@ impl Driver {
             id,
         };
         let pid = current.worker.pid();
-        match current.worker.send(message) {
-            Ok(()) => Ok((current, sent)),
+        match current
+            .worker
+            .send(message, deadline, &self.shared.terminated)
+        {
+            Ok(()) => State::Busy(current, sent),
+            Err(Lost::Died(_)) if !self.shared.terminated.load(Ordering::Acquire) => {
+                // The message never reached a live worker.
+                drop(current);
+                self.shared.retry(sent.task);
+                self.respawn()
+            }
             Err(lost) => {
                 drop(current);
                 self.lost(sent, pid, lost);
-                Err(())
+                self.respawn()
             }
         }
     }
@@ -466,7 +516,7 @@ impl Driver {
         let info = task.info();
         let job = task.job;
         let delivered = catch_unwind(AssertUnwindSafe(move || match reply {
-            FromWorker::Done { items, .. } => task.sink.deliver(task.info(), Ok(items)),
+            FromWorker::Done { items, .. } => task.sink.deliver(task.info(), Ok(&items)),
             FromWorker::Failed { failure, .. } => {
                 let error = failure.into_error(task.job, task.first);
                 task.fail(error);
@@ -531,11 +581,14 @@ impl Driver {
     }
 
     /// Replaces a lost worker at once, so capacity is back before the next task.
-    fn respawn(&self) -> Option<Active> {
+    fn respawn(&self) -> State {
         if self.shared.terminated.load(Ordering::Acquire) {
-            return None;
+            return State::NoWorker;
         }
-        self.spawn().ok().map(|worker| Active { worker, done: 0 })
+        match self.spawn() {
+            Ok(worker) => State::Idle(Active { worker, done: 0 }),
+            Err(_) => State::NoWorker,
+        }
     }
 }
 

@@ -1,0 +1,114 @@
+//! The local worker's loop: greet the parent on the inherited channel,
+//! then run each task it sends until it says `Exit` or goes away.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use crate::bootstrap::EXIT_BOOTSTRAP_FAILED;
+use crate::exec;
+use crate::local::channel::{Channel, ChannelError};
+use crate::sys;
+use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
+
+/// Serves the parent over the channel inherited as `fd`; the exit code.
+pub(crate) fn run(fd: RawFd, parent: Option<String>) -> i32 {
+    if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    // Only a socket we were given may become the channel: a number that
+    // names nothing, or something else, ends the worker.
+    // SAFETY: fstat on a raw number only reads; a closed number fails.
+    let valid = rustix::fs::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+        .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode).is_socket());
+    if fd < 3 || !valid {
+        eprintln!("procpool worker: fd {fd} is not the channel to the parent; exiting");
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    // SAFETY: the parent made `fd` this process's own end of its channel
+    // (the only open socket by that number, checked above) and nothing
+    // else in this process uses it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The job's own child processes must not inherit the channel.
+    if sys::set_cloexec(std::os::fd::AsFd::as_fd(&socket), true).is_err() {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    let mut channel = Channel::new(socket);
+    let hello = FromWorker::Hello {
+        pid: std::process::id(),
+    };
+    if channel.send(&hello).is_err() {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    let own_pid = std::process::id();
+
+    loop {
+        // A closed channel means the parent is gone or done with us, and
+        // anything that is not our message means it is not our parent
+        // speaking: either way, exit quietly.
+        let message = match channel.recv::<ToWorker>() {
+            Ok(message) => message,
+            Err(ChannelError::Io(_)) => return EXIT_BOOTSTRAP_FAILED,
+            Err(_) => return 0,
+        };
+        let (reply, exit) = match message {
+            ToWorker::Init { name, initializer } => {
+                exec::become_worker(name);
+                let failure = initializer.and_then(|(job, arg)| run_task(0, &job, 1, &arg).1);
+                match failure {
+                    None => (FromWorker::Ready, None),
+                    // The parent gives up on this worker; exit once it knows why.
+                    Some(failure) => (FromWorker::Failed { task: 0, failure }, Some(1)),
+                }
+            }
+            ToWorker::Run {
+                task,
+                job,
+                count,
+                items,
+                last,
+            } => {
+                let (reply, failure) = run_task(task, &job, count, &items);
+                (reply, last.then_some(i32::from(failure.is_some())))
+            }
+            ToWorker::Exit => return 0,
+        };
+        if std::process::id() != own_pid {
+            // A job forked and its child returned here: only the worker
+            // itself may answer, or the parent would read two replies.
+            // SAFETY: `_exit` ends this process at once; nothing of the
+            // worker's state is shared with it.
+            unsafe { libc::_exit(0) };
+        }
+        if channel.send(&reply).is_err() {
+            return 0;
+        }
+        if let Some(code) = exit {
+            return code;
+        }
+    }
+}
+
+/// Runs task number `task`; the reply, and the first failure in it.
+fn run_task(task: u64, job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>) {
+    let failed = |failure: Failure| {
+        (
+            FromWorker::Failed {
+                task,
+                failure: failure.clone(),
+            },
+            Some(failure),
+        )
+    };
+    match exec::run_chunk(job, count, items) {
+        Ok((output, failure)) => match Payload::new(output) {
+            Ok(items) => (FromWorker::Done { task, items }, failure),
+            Err(err) => failed(Failure::new(
+                FailureKind::EncodeResult,
+                format!(
+                    "cannot share the chunk's results with the parent: {}",
+                    sys::describe_io(&err)
+                ),
+            )),
+        },
+        Err(failure) => failed(failure),
+    }
+}
