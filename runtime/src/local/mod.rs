@@ -600,3 +600,62 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "Box<dyn Any>".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::BorrowedFd;
+    use std::time::Duration;
+
+    use crate::wire::{FromWorker, Payload};
+    use crate::{Error, Pool, pool_job};
+
+    /// Sends, on its worker's channel, a well-formed reply to task 0 (no
+    /// task has that number) claiming the result 999, then returns `x`.
+    #[pool_job]
+    fn forge_a_stale_reply(x: u64) -> u64 {
+        let mut items = Vec::new();
+        crate::codec::encode_outcome::<u64>(Ok(&999), &mut items).unwrap();
+        let forged = FromWorker::Done {
+            task: 0,
+            items: Payload::new(items).unwrap(),
+        };
+        let bytes = postcard::to_stdvec(&forged).unwrap();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+            let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+            if is_socket {
+                // SAFETY: the descriptor is open (listed just now) and stays
+                // open for this call.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                let _ = rustix::net::send(fd, &bytes, rustix::net::SendFlags::empty());
+            }
+        }
+        x
+    }
+
+    #[pool_job]
+    fn plus_one(x: u64) -> u64 {
+        x + 1
+    }
+
+    #[test]
+    fn a_reply_to_another_task_is_never_delivered() {
+        let pool = Pool::with_processes(1).unwrap();
+        let mut call = pool.apply_async(forge_a_stale_reply, 5).unwrap();
+        match call.get_timeout(Duration::from_secs(10)) {
+            Err(Error::Ipc(message)) => {
+                assert!(message.contains("broke the protocol"), "{message}")
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        for x in 0..20 {
+            assert_eq!(pool.apply(plus_one, x).unwrap(), x + 1);
+        }
+        // With a retry, the task runs again on a new worker, which forges
+        // again: the forged value is still never delivered.
+        let pool = Pool::builder().processes(1).retries(1).build().unwrap();
+        let err = pool.apply(forge_a_stale_reply, 5).unwrap_err();
+        assert!(matches!(err, Error::Ipc(_)), "{err:?}");
+    }
+}
