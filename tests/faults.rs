@@ -586,7 +586,19 @@ fn helper_pool_in_its_environment() {
     });
     match outcome {
         Ok(sum) => println!("OK {sum}"),
-        Err(err) => println!("ERR {err}"),
+        Err(err) => {
+            // The OS error, found through the standard `source` chain.
+            let mut os_error = None;
+            let mut cause = std::error::Error::source(&err);
+            while let Some(inner) = cause {
+                if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+                    os_error = io.raw_os_error();
+                }
+                cause = inner.source();
+            }
+            println!("ERR {err}");
+            println!("OS ERROR {os_error:?}");
+        }
     }
 }
 
@@ -647,5 +659,9 @@ fn too_few_file_descriptors_is_a_clear_error() {
     let (stdout, stderr) = run_helper("ulimit -n 12 &&", &std::env::temp_dir());
     assert!(stdout.contains("ERR "), "{stdout}\n{stderr}");
     assert!(stdout.contains("ulimit -n"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("OS ERROR Some(24)"),
+        "EMFILE as the source: {stdout}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

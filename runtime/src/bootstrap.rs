@@ -6,10 +6,8 @@
 //! that sets them; the loops are [`crate::local::serve`] and, with the
 //! `cluster` feature, `crate::cluster::bootstrap`.
 
+use crate::local::serve::{self, EXIT_BOOTSTRAP_FAILED};
 use crate::sys::{self, PARENT_ENV, WORKER_ENV};
-
-/// Exit code of a worker that could not connect back to its parent.
-pub(crate) const EXIT_BOOTSTRAP_FAILED: i32 = 86;
 
 #[ctor::ctor(unsafe)]
 fn procpool_bootstrap() {
@@ -28,7 +26,7 @@ fn procpool_bootstrap() {
         std::env::remove_var(PARENT_ENV);
     }
     let code = match fd.to_str().and_then(|fd| fd.parse().ok()) {
-        Some(fd) => crate::local::serve::run(fd, parent),
+        Some(fd) => serve::run(fd, parent),
         None => {
             eprintln!("procpool worker: {WORKER_ENV} is not a file descriptor number; exiting");
             EXIT_BOOTSTRAP_FAILED

@@ -239,6 +239,15 @@ where
     }
 }
 
+/// The error for a second take of a successful result.
+fn taken() -> Error {
+    Error::Misuse(
+        "this call's value was already returned by an earlier get_timeout; a value is \
+         returned once (keep it, or clone it)"
+            .into(),
+    )
+}
+
 /// The object-safe face of a [`Call`], so `AsyncResult` names only its output type.
 trait Pending<T>: Send + Sync {
     fn is_done(&self) -> bool;
@@ -291,12 +300,14 @@ where
     fn take(&self) -> Result<M::Output, Error> {
         let mut state = self.lock();
         match state.outcome.as_mut() {
-            None => Err(Error::Ipc("the result is not ready".into())),
+            None => Err(Error::Misuse(
+                "the result was taken before it was ready".into(),
+            )),
             Some(Outcome::Failed(error)) => Err(error.clone()),
-            Some(Outcome::Taken) => Err(Error::Ipc("this result was already taken".into())),
+            Some(Outcome::Taken) => Err(taken()),
             Some(value) => match std::mem::replace(value, Outcome::Taken) {
                 Outcome::Value(value) => Ok(value),
-                _ => Err(Error::Ipc("this result was already taken".into())),
+                _ => Err(taken()),
             },
         }
     }

@@ -52,6 +52,8 @@ pub mod cluster;
 mod codec;
 mod error;
 mod exec;
+#[cfg(test)]
+mod fake;
 mod imap;
 mod job;
 mod local;
@@ -63,7 +65,7 @@ mod transport;
 mod wire;
 
 pub use call::AsyncResult;
-pub use error::{Error, ExitCause};
+pub use error::{Error, ExitCause, IoCause};
 pub use imap::Imap;
 pub use job::{IntoJob, Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};

@@ -285,6 +285,15 @@ impl PoolBuilder {
 }
 
 impl Pool {
+    /// A pool over any backend: the in-process fake of the unit tests.
+    #[cfg(test)]
+    pub(crate) fn from_backend(backend: Box<dyn Backend>) -> Pool {
+        Pool {
+            backend,
+            progress: false,
+        }
+    }
+
     /// Starts one worker per available CPU ([`std::thread::available_parallelism`]).
     pub fn new() -> Result<Pool, Error> {
         Pool::builder().build()

@@ -107,12 +107,8 @@ impl ProcessBuilder {
             None,
             ForkFrom::LongLivedThread,
         )?;
-        let items = Payload::new(items).map_err(|err| {
-            Error::Spawn(format!(
-                "cannot put the argument in shared memory: {}",
-                crate::sys::describe_io(&err)
-            ))
-        })?;
+        let items = Payload::new(items)
+            .map_err(|err| Error::system("cannot put the argument in shared memory", err))?;
         let run = ToWorker::Run {
             task: 1,
             job: job.name().to_owned(),

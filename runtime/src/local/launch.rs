@@ -128,7 +128,10 @@ impl WorkerProcess {
         }
         let deadline = Instant::now() + timeout;
         let io = |what: &str, err: std::io::Error| {
-            Error::Spawn(format!("cannot {what}: {}", sys::describe_io(&err)))
+            Error::system(
+                format!("could not start a worker process: cannot {what}"),
+                err,
+            )
         };
         let (channel, theirs) = channel::pair().map_err(|e| io("create a worker's channel", e))?;
         let theirs = sys::above_stdio(theirs).map_err(|e| io("create a worker's channel", e))?;

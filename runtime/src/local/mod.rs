@@ -463,10 +463,10 @@ impl Driver {
         let items = match unsafe { self.scratch.borrow_mut().fill(items) } {
             Ok(items) => items,
             Err(err) => {
-                task.fail(Error::Ipc(format!(
-                    "cannot put a task's {len} bytes in shared memory: {}",
-                    crate::sys::describe_io(&err)
-                )));
+                task.fail(Error::system(
+                    format!("cannot put a task's {len} bytes in shared memory"),
+                    err,
+                ));
                 return State::Idle(current);
             }
         };

@@ -3,11 +3,13 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use crate::bootstrap::EXIT_BOOTSTRAP_FAILED;
 use crate::exec;
 use crate::local::channel::{Channel, ChannelError};
 use crate::sys;
 use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
+
+/// Exit code of a worker that could not connect back to its parent.
+pub(crate) const EXIT_BOOTSTRAP_FAILED: i32 = 86;
 
 /// Serves the parent over the channel inherited as `fd`; the exit code.
 pub(crate) fn run(fd: RawFd, parent: Option<String>) -> i32 {
