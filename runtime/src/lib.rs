@@ -40,7 +40,36 @@
 //! `Pool::builder().cluster("redis://host/0").build()`, and workers that
 //! call `procpool::cluster::run_workers(url, n)` (see the `cluster` module).
 
+// Module map, for contributors. Edges go one way (a module imports only
+// those listed after its arrow; none imports one that imports it back):
+//
+//   pool      the public Pool: cuts calls into tasks -> call, imap, local, cluster
+//   call      one call's results and AsyncResult     -> transport, codec
+//   imap      the Imap iterator                      -> call, transport
+//   transport the Backend/Sink seam between the pool and where tasks run
+//   local/    the local backend                      -> transport, wire, exec, sys
+//     mod       drivers (one state machine per worker) and the task queue
+//     launch    start a worker, handshake, wait on its channel and pidfd, reap
+//     channel   the socket pair: one datagram per message, memfd payloads
+//     serve     the worker's loop (runs in the worker process)
+//   cluster/  the Redis backend and its workers      -> transport, wire, exec, sys
+//   process   the public Process (one job, one process) -> local, wire, codec
+//   bootstrap the constructor that diverts a worker before main -> local, cluster
+//   exec      running a chunk inside a worker (both loops) -> codec, job, wire
+//   wire      messages between parent and worker, Payload, Failure -> sys
+//   codec     the encoding of items and outcomes      -> wire (Failure)
+//   job       the registry #[pool_job] fills, Job handles -> wire
+//   sys       OS calls: exec command and its variables, tokens, fd flags,
+//             memfd regions, error texts (imports nothing of the crate)
+//   error     Error, ExitCause, IoCause               -> sys (error texts)
+
 #![deny(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "procpool supports Linux only: it relies on pidfds, memfds, SOCK_SEQPACKET socket \
+     pairs, /proc/self/exe and the parent-death signal (see the Platform section of the README)"
+);
 
 // Lets `#[pool_job]`'s `::procpool::...` paths resolve inside this crate's own tests.
 extern crate self as procpool;
@@ -56,6 +85,8 @@ mod exec;
 mod fake;
 mod imap;
 mod job;
+#[cfg(test)]
+mod layout_tests;
 mod local;
 mod pool;
 mod process;

@@ -350,6 +350,7 @@ impl Driver {
             // Whatever answered is not in step with this driver: a job
             // that forked, or one that wrote to the worker's socket.
             // Nothing it says can be trusted, this reply included.
+            log::warn!("procpool: worker {pid} broke the protocol ({violation}); replacing it");
             drop(current);
             self.lost(sent, pid, Lost::Protocol(violation));
             return self.respawn();
@@ -524,6 +525,10 @@ impl Driver {
             other => task.fail(Error::Ipc(format!("unexpected reply: {other:?}"))),
         }));
         if let Err(panic) = delivered {
+            log::error!(
+                "procpool: delivering the results of job `{job}` panicked: {}",
+                panic_message(&*panic)
+            );
             let error = Error::Serialization {
                 job: job.to_owned(),
                 direction: format!(
@@ -587,7 +592,11 @@ impl Driver {
         }
         match self.spawn() {
             Ok(worker) => State::Idle(Active { worker, done: 0 }),
-            Err(_) => State::NoWorker,
+            Err(err) => {
+                // Not fatal: the next task tries again and reports the error.
+                log::warn!("procpool: could not replace a lost worker (will retry): {err}");
+                State::NoWorker
+            }
         }
     }
 }
