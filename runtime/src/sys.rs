@@ -33,6 +33,12 @@ pub(crate) fn bootstrap_ran() -> bool {
     BOOTSTRAP_RAN.load(Ordering::Acquire)
 }
 
+/// Why no worker can start when [`bootstrap_ran`] is false.
+pub(crate) const BOOTSTRAP_MISSING: &str = "procpool's start-up hook did not run in this \
+    executable, so a worker could not tell it is a worker; this happens when the linker \
+    dropped procpool's constructor (link procpool normally, without `-C link-dead-code=no` \
+    tricks, and do not strip .init_array)";
+
 /// The command that starts this executable again as a worker: the running
 /// binary (`/proc/self/exe`, even if its file was replaced), with the same
 /// `argv[0]`, `PARENT_ENV` set and stdin closed off. No local worker

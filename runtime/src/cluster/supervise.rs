@@ -75,11 +75,7 @@ impl Workers {
             ));
         }
         if !crate::sys::bootstrap_ran() {
-            return Err(Error::Spawn(
-                "procpool's start-up hook did not run in this executable, so its workers \
-                 could not tell they are workers"
-                    .into(),
-            ));
+            return Err(Error::Spawn(crate::sys::BOOTSTRAP_MISSING.into()));
         }
         crate::job::registry()?;
         // Reported here, once, rather than by every child in a restart loop.

@@ -118,23 +118,28 @@ impl WorkerProcess {
         fork_from: ForkFrom,
     ) -> Result<Self, Error> {
         if !sys::bootstrap_ran() {
-            return Err(Error::Spawn(
-                "procpool's start-up hook did not run in this executable, so a worker could \
-                 not tell it is a worker; this happens when the linker dropped procpool's \
-                 constructor (link procpool normally, without `-C link-dead-code=no` tricks, \
-                 and do not strip .init_array)"
-                    .into(),
-            ));
+            return Err(Error::Spawn(sys::BOOTSTRAP_MISSING.into()));
         }
         let deadline = Instant::now() + timeout;
+        let mut worker = Self::launch(fork_from)?;
+        worker.handshake(deadline, timeout, abort)?;
+        worker.init(name, initializer, deadline, timeout, abort)?;
+        Ok(worker)
+    }
+
+    /// Starts the child with its end of a new channel as its only inherited
+    /// descriptor, and opens a pidfd on it. From here on, dropping the
+    /// handle kills and reaps the child.
+    fn launch(fork_from: ForkFrom) -> Result<Self, Error> {
         let io = |what: &str, err: std::io::Error| {
             Error::system(
                 format!("could not start a worker process: cannot {what}"),
                 err,
             )
         };
-        let (channel, theirs) = channel::pair().map_err(|e| io("create a worker's channel", e))?;
-        let theirs = sys::above_stdio(theirs).map_err(|e| io("create a worker's channel", e))?;
+        let (channel, theirs) = channel::pair()
+            .and_then(|(channel, theirs)| Ok((channel, sys::above_stdio(theirs)?)))
+            .map_err(|e| io("create a worker's channel", e))?;
         let raw = theirs.as_raw_fd();
         let mut command = sys::exe_command();
         command.env(WORKER_ENV, raw.to_string());
@@ -148,60 +153,73 @@ impl WorkerProcess {
                 sys::set_cloexec(fd, false)
             });
         }
-        let child = match fork_from {
+        let mut child = match fork_from {
             ForkFrom::ThisThread => command.spawn(),
             ForkFrom::LongLivedThread => spawn_from_long_lived_thread(command),
         }
         .map_err(|e| io("start /proc/self/exe as a worker process", e))?;
         drop(theirs);
         let pid = child.id();
-        let pidfd = match rustix::process::Pid::from_raw(pid as i32)
+        // The child is not reaped before this handle does it, so its pid
+        // cannot have been reused: the pidfd is the child's.
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
             .ok_or(rustix::io::Errno::SRCH)
-            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()))
-        {
-            Ok(pidfd) => pidfd,
+            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()));
+        match pidfd {
+            Ok(pidfd) => Ok(WorkerProcess {
+                child,
+                pid,
+                channel,
+                pidfd,
+                reaped: None,
+                slot: None,
+            }),
             Err(err) => {
-                let mut child = child;
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(io("watch the worker process (pidfd_open)", err.into()));
-            }
-        };
-        // From here on, dropping `worker` kills and reaps the child.
-        let mut worker = WorkerProcess {
-            child,
-            pid,
-            channel,
-            pidfd,
-            reaped: None,
-            slot: None,
-        };
-        match worker.recv(Some(deadline), abort) {
-            Ok(FromWorker::Hello { pid: theirs }) if theirs == pid => {}
-            Ok(other) => {
-                worker.kill_and_reap();
-                return Err(Error::Spawn(format!(
-                    "the worker's first message was not a greeting from itself: {other:?}"
-                )));
-            }
-            Err(Lost::Died(cause)) => {
-                return Err(Error::Spawn(format!(
-                    "the worker process {cause} before connecting back (its stderr, above, \
-                     may say why)"
-                )));
-            }
-            Err(Lost::TimedOut) => {
-                return Err(Error::Spawn(format!(
-                    "the worker did not connect back within {timeout:?}"
-                )));
-            }
-            Err(Lost::Aborted) => return Err(Error::Spawn("the pool was terminated".into())),
-            Err(Lost::Protocol(why)) => {
-                return Err(Error::Spawn(format!(
-                    "the worker's greeting was garbled: {why}"
-                )));
+                Err(io("watch the worker process (pidfd_open)", err.into()))
             }
         }
+    }
+
+    /// Waits, until `deadline`, for the worker's greeting from its own pid.
+    fn handshake(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        abort: &AtomicBool,
+    ) -> Result<(), Error> {
+        let spawn = |message: String| Err(Error::Spawn(message));
+        match self.recv(Some(deadline), abort) {
+            Ok(FromWorker::Hello { pid }) if pid == self.pid => Ok(()),
+            Ok(other) => {
+                self.kill_and_reap();
+                spawn(format!(
+                    "the worker's first message was not a greeting from itself: {other:?}"
+                ))
+            }
+            Err(Lost::Died(cause)) => spawn(format!(
+                "the worker process {cause} before connecting back (its stderr, above, may \
+                 say why)"
+            )),
+            Err(Lost::TimedOut) => spawn(format!(
+                "the worker did not connect back within {timeout:?}"
+            )),
+            Err(Lost::Aborted) => spawn("the pool was terminated".into()),
+            Err(Lost::Protocol(why)) => spawn(format!("the worker's greeting was garbled: {why}")),
+        }
+    }
+
+    /// Names the worker and runs the initializer in it.
+    fn init(
+        &mut self,
+        name: &str,
+        initializer: Option<&Initializer>,
+        deadline: Instant,
+        timeout: Duration,
+        abort: &AtomicBool,
+    ) -> Result<(), Error> {
+        let pid = self.pid;
         let init = ToWorker::Init {
             name: name.to_owned(),
             initializer: initializer
@@ -214,7 +232,7 @@ impl WorkerProcess {
         } else {
             Some(deadline)
         };
-        let reply = worker.call(init, init_deadline, abort).map_err(|lost| {
+        let reply = self.call(init, init_deadline, abort).map_err(|lost| {
             Error::Spawn(match lost {
                 Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
                 Lost::TimedOut => format!("the worker did not start within {timeout:?}"),
@@ -222,16 +240,12 @@ impl WorkerProcess {
                 Lost::Protocol(why) => format!("the worker broke the protocol: {why}"),
             })
         })?;
+        let job = initializer.map(|init| init.job).unwrap_or_default();
         match reply {
-            FromWorker::Ready => Ok(worker),
+            FromWorker::Ready => Ok(()),
             FromWorker::Failed { failure, .. } => Err(Error::InitializerFailed {
-                job: initializer
-                    .map(|init| init.job)
-                    .unwrap_or_default()
-                    .to_owned(),
-                message: failure
-                    .into_error(initializer.map(|init| init.job).unwrap_or_default(), 0)
-                    .to_string(),
+                job: job.to_owned(),
+                message: failure.into_error(job, 0).to_string(),
             }),
             other => Err(Error::Spawn(format!(
                 "the worker sent an unexpected reply: {other:?}"
