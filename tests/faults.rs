@@ -665,3 +665,65 @@ fn too_few_file_descriptors_is_a_clear_error() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Not a test on its own: with a pool running, lowers this process's fd
+/// limit to what is open, so a payload that needs shared memory cannot get
+/// it; reports the call's outcome, then the next one's with the limit back.
+#[test]
+#[ignore = "helper process for out_of_fds_for_a_large_payload_fails_that_call_only"]
+fn helper_large_payload_without_fds() {
+    let pool = Pool::with_processes(1).unwrap();
+    assert_eq!(pool.apply(add, (1, 1)).unwrap(), 2);
+    // The lowest free descriptor number: a limit there refuses any new one.
+    // SAFETY: dup and close of a descriptor this function owns.
+    let lowest_free = unsafe {
+        let fd = libc::dup(0);
+        libc::close(fd);
+        fd as u64
+    };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on this (helper) process.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    let tight = libc::rlimit {
+        rlim_cur: lowest_free,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &tight) };
+    let outcome = pool.apply(byte_len, vec![1; 1 << 20]);
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    match outcome {
+        Ok(len) => println!("FIRST OK {len}"),
+        Err(err) => println!("FIRST ERR {err}"),
+    }
+    match pool.apply(byte_len, vec![1; 1 << 20]) {
+        Ok(len) => println!("THEN OK {len}"),
+        Err(err) => println!("THEN ERR {err}"),
+    }
+}
+
+#[test]
+fn out_of_fds_for_a_large_payload_fails_that_call_only() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_large_payload_without_fds",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.contains("FIRST ERR") && stdout.contains("ulimit -n"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("THEN OK 1048576"), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
