@@ -2,7 +2,13 @@
 //!
 //! A driver owns its worker: it sends a task, waits for the reply, and when
 //! the worker dies it reports the lost task, reaps the process and starts a
-//! replacement.
+//! replacement. Each driver is a [`State`] machine; `launch` starts and
+//! watches a worker, `channel` carries the messages, `serve` is the loop
+//! that runs in the worker process.
+
+pub(crate) mod channel;
+pub(crate) mod launch;
+pub(crate) mod serve;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -13,10 +19,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::Error;
-
-pub(crate) mod channel;
-pub(crate) mod launch;
-pub(crate) mod serve;
 use crate::local::launch::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
 use crate::transport::{Backend, Task};
 use crate::wire::{FromWorker, Scratch, ToWorker};
@@ -288,8 +290,9 @@ enum State {
 }
 
 /// How many times a driver tries to start a worker for one task before the
-/// task fails with the start's error. Starts that fail are not attempts of
-/// the task: it never reached a worker.
+/// task fails with the start's error (fewer once `spawn_timeout` has passed
+/// since the first try). Starts that fail are not attempts of the task: it
+/// never reached a worker.
 const STARTS_PER_TASK: usize = 3;
 
 impl Driver {
@@ -377,8 +380,13 @@ impl Driver {
     /// again (up to [`STARTS_PER_TASK`]), then fails the task.
     fn start_with_new_worker(&self, task: Task) -> State {
         let mut failure = None;
+        let first_try = Instant::now();
         for _ in 0..STARTS_PER_TASK {
-            if self.shared.terminated.load(Ordering::Acquire) {
+            // A start that timed out would time out again: only quick
+            // failures (a worker killed while starting) are worth retrying.
+            if self.shared.terminated.load(Ordering::Acquire)
+                || (failure.is_some() && first_try.elapsed() >= self.config.spawn_timeout)
+            {
                 break;
             }
             match self.spawn() {
