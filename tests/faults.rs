@@ -727,3 +727,57 @@ fn out_of_fds_for_a_large_payload_fails_that_call_only() {
     assert!(stdout.contains("THEN OK 1048576"), "{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Inodes of this process's sockets that another process could connect to:
+/// bound to a path or listening (`/proc/net/unix`, flag `__SO_ACCEPTCON`).
+fn connectable_sockets() -> Vec<String> {
+    let ours: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (flags, inode) = (fields.get(3)?, fields.get(6)?);
+            let listening = u32::from_str_radix(flags, 16).ok()? & 0x0001_0000 != 0;
+            let bound = fields.len() > 7;
+            (ours.iter().any(|o| o == inode) && (listening || bound)).then(|| line.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn starting_workers_opens_nothing_another_process_could_connect_to() {
+    // Watch this process's sockets while pools start: no bootstrap socket
+    // (a path in TMPDIR that any process could connect to and hold) ever exists.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.extend(connectable_sockets());
+            }
+            seen
+        })
+    };
+    for _ in 0..10 {
+        let pool = Pool::with_processes(3).unwrap();
+        assert_eq!(pool.apply(add, (1, 2)).unwrap(), 3);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert!(seen.is_empty(), "connectable sockets: {seen:?}");
+}
