@@ -451,7 +451,7 @@ fn garbage_on_the_channel_fails_the_task_within_seconds() {
         .unwrap();
     let mut garbage = vec![0xff; 4];
     garbage.extend_from_slice(b"not a message of procpool's");
-    for garbage in [garbage, vec![0x02, 0x00, 0x01]] {
+    for garbage in [garbage, vec![0x02, 0x00, 0x01], Vec::new()] {
         let started = Instant::now();
         let mut call = pool.apply_async(scribble, garbage).unwrap();
         let err = call.get_timeout(Duration::from_secs(20)).unwrap_err();

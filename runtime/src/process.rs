@@ -16,6 +16,9 @@ use crate::{Error, codec};
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
 static PROCESS_NUMBER: AtomicU64 = AtomicU64::new(0);
 
+/// How long a process may take to exit after sending its result.
+const EXIT_AFTER_REPLY: Duration = Duration::from_secs(10);
+
 /// Nothing aborts a `Process` start but its own timeout.
 static NEVER: AtomicBool = AtomicBool::new(false);
 
@@ -220,7 +223,9 @@ impl<R: DeserializeOwned + 'static> Process<R> {
                 "unexpected reply from the process: {other:?}"
             ))),
         };
-        self.worker.wait_exit();
+        // The process exits right after its reply; one whose exit hangs
+        // (an atexit handler, say) is not waited for without end.
+        self.worker.wait_exit(EXIT_AFTER_REPLY);
         outcome
     }
 

@@ -162,9 +162,21 @@ impl Channel {
             }
         }
         if received.bytes == 0 && fds.is_empty() {
-            // A stream of zero-length datagrams is not ours either, but an
-            // empty read without data is how a closed peer shows.
-            return Err(ChannelError::Closed);
+            // An empty read is how a closed peer shows, but also what an
+            // empty datagram reads as: only a hung-up socket is closed.
+            let mut fds = [PollFd::new(&self.socket, PollFlags::RDHUP)];
+            let hung_up = poll_any(&mut fds, Some(std::time::Duration::ZERO))
+                .map(|_| {
+                    fds[0]
+                        .revents()
+                        .intersects(PollFlags::HUP | PollFlags::RDHUP)
+                })
+                .unwrap_or(true);
+            return Err(if hung_up {
+                ChannelError::Closed
+            } else {
+                ChannelError::Violation("an empty message".into())
+            });
         }
         if received.flags.contains(ReturnFlags::TRUNC) {
             return Err(ChannelError::Violation(format!(

@@ -442,12 +442,15 @@ impl WorkerProcess {
         }
     }
 
-    /// Waits for the process to end by itself (no grace limit) and reaps it.
-    pub(crate) fn wait_exit(&mut self) -> ExitCause {
+    /// Waits up to `limit` for the process to end by itself, kills it if it
+    /// has not, and reaps it.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> ExitCause {
         if let Some(cause) = self.reaped {
             return cause;
         }
-        let _ = channel::wait(&self.pidfd, PollFlags::IN, None);
+        if !channel::wait(&self.pidfd, PollFlags::IN, Some(limit)).unwrap_or(false) {
+            let _ = self.child.kill();
+        }
         self.reap()
     }
 
