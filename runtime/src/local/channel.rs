@@ -254,3 +254,116 @@ pub(crate) fn poll_any(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FromWorker;
+
+    fn raw_send(to: &Channel, bytes: &[u8], fd: Option<BorrowedFd<'_>>) {
+        let fds;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if let Some(fd) = fd {
+            fds = [fd];
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+        }
+        sendmsg(
+            to.fd(),
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn both_ends() -> (Channel, Channel) {
+        let (ours, theirs) = pair().unwrap();
+        (ours, Channel::new(theirs))
+    }
+
+    #[test]
+    fn messages_and_shared_payloads_arrive_whole() {
+        let (mut parent, worker) = both_ends();
+        let large: Vec<u8> = (0..3 * INLINE_MAX).map(|i| i as u8).collect();
+        for bytes in [vec![1, 2, 3], large] {
+            let reply = FromWorker::Done {
+                task: 7,
+                items: Payload::new(bytes.clone()).unwrap(),
+            };
+            worker.send(&reply).unwrap();
+            match parent.recv::<FromWorker>().unwrap() {
+                FromWorker::Done { task: 7, items } => assert_eq!(&*items, &bytes[..]),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            parent.try_recv::<FromWorker>(),
+            Err(ChannelError::WouldBlock)
+        ));
+        drop(worker);
+        assert!(matches!(
+            parent.recv::<FromWorker>(),
+            Err(ChannelError::Closed)
+        ));
+    }
+
+    #[test]
+    fn what_is_not_a_message_of_ours_is_refused() {
+        let (mut parent, worker) = both_ends();
+        let violation = |parent: &mut Channel| match parent.try_recv::<FromWorker>() {
+            Err(ChannelError::Violation(why)) => why,
+            other => panic!("expected a violation, got {other:?}"),
+        };
+        // Over the frame limit: cut by the kernel, refused here.
+        raw_send(&worker, &vec![1; FRAME_MAX + 1], None);
+        assert!(violation(&mut parent).contains("limit"));
+        // Undecodable, and empty.
+        raw_send(&worker, &[0xff, 0xff], None);
+        assert!(violation(&mut parent).contains("undecodable"));
+        raw_send(&worker, &[], None);
+        assert!(violation(&mut parent).contains("empty"));
+        // A descriptor on a message that carries no shared payload.
+        let ready = postcard::to_stdvec(&FromWorker::Ready).unwrap();
+        raw_send(&worker, &ready, Some(worker.fd()));
+        assert!(violation(&mut parent).contains("no use"));
+        // A shared payload whose memory is not a sealed memfd: the socket.
+        let shared = FromWorker::Done {
+            task: 1,
+            items: Payload::Shared {
+                region: None,
+                len: 10,
+            },
+        };
+        let shared = postcard::to_stdvec(&shared).unwrap();
+        raw_send(&worker, &shared, Some(worker.fd()));
+        assert!(violation(&mut parent).contains("memfd"));
+        // ... or none at all.
+        raw_send(&worker, &shared, None);
+        assert!(violation(&mut parent).contains("without its memory"));
+        // A memfd that could shrink under the reader (SIGBUS).
+        let unsealed =
+            rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        raw_send(&worker, &shared, Some(unsealed.as_fd()));
+        assert!(violation(&mut parent).contains("not sealed"));
+        // A region shorter than the payload it claims to hold.
+        let region = Region::create(16).unwrap();
+        let long = FromWorker::Done {
+            task: 1,
+            items: Payload::Shared {
+                region: None,
+                len: 1 << 20,
+            },
+        };
+        raw_send(
+            &worker,
+            &postcard::to_stdvec(&long).unwrap(),
+            Some(region.fd()),
+        );
+        assert!(violation(&mut parent).contains("in a region of"));
+        // The channel still works after each refusal.
+        worker.send(&FromWorker::Ready).unwrap();
+        assert!(matches!(parent.recv::<FromWorker>(), Ok(FromWorker::Ready)));
+    }
+}
