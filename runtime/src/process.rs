@@ -103,6 +103,8 @@ impl ProcessBuilder {
             direction: "serialize the argument".to_owned(),
             message,
         })?;
+        let items = Payload::new(items)
+            .map_err(|err| Error::system("cannot put the argument in shared memory", err))?;
         let mut worker = WorkerProcess::spawn(
             &name,
             self.spawn_timeout,
@@ -110,8 +112,6 @@ impl ProcessBuilder {
             None,
             ForkFrom::LongLivedThread,
         )?;
-        let items = Payload::new(items)
-            .map_err(|err| Error::system("cannot put the argument in shared memory", err))?;
         let run = ToWorker::Run {
             task: 1,
             job: job.name().to_owned(),
