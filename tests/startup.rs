@@ -1,7 +1,8 @@
 //! Workers that fail before connecting back: a clean `Error::Spawn`, never a hang.
 //!
-//! `IpcOneShotServer::accept` has no timeout; these tests prove the pool does
-//! not rely on it. They run in their own binary because they steer the
+//! A worker that never greets its parent must not hold up `build()`: these
+//! tests prove the handshake is bounded by `spawn_timeout` and by the
+//! worker's exit. They run in their own binary because they steer the
 //! workers' start-up through an inherited environment variable.
 
 use std::sync::Mutex;

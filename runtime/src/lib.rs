@@ -1,8 +1,8 @@
 //! Python's `multiprocessing.Pool` for Rust.
 //!
 //! Mark a function with [`#[pool_job]`](pool_job) and a [`Pool`] runs it in
-//! worker processes: the current executable started again, connected over
-//! [`ipc-channel`](https://docs.rs/ipc-channel). Arguments and results cross
+//! worker processes: the current executable started again, each connected
+//! to the caller by a private socket pair. Arguments and results cross
 //! the process boundary with serde; you write no serialization code and no
 //! set-up line. It works in binaries, examples and tests alike.
 //!
