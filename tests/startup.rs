@@ -16,7 +16,7 @@ const HOOK: &str = "PROCPOOL_TEST_STARTUP";
 /// first in `.init_array`), so it can break a worker's start-up.
 #[ctor::ctor(unsafe)]
 fn break_worker_startup() {
-    if std::env::var_os("__PROCPOOL_WORKER_FD").is_none() {
+    if std::env::var_os("__PROCPOOL_WORKER").is_none() {
         return;
     }
     match std::env::var(HOOK).as_deref() {

@@ -7,14 +7,14 @@
 //! `cluster` feature, `crate::cluster::bootstrap`.
 
 use crate::local::serve::{self, EXIT_BOOTSTRAP_FAILED};
-use crate::sys::{self, PARENT_ENV, WORKER_ENV};
+use crate::sys::{self, PARENT_ENV, WORKER_ENV, WORKER_ON_STDIN};
 
 #[ctor::ctor(unsafe)]
 fn procpool_bootstrap() {
     sys::mark_bootstrap_ran();
     #[cfg(feature = "cluster")]
     crate::cluster::bootstrap();
-    let Some(fd) = std::env::var_os(WORKER_ENV) else {
+    let Some(marker) = std::env::var_os(WORKER_ENV) else {
         return;
     };
     let parent = std::env::var(PARENT_ENV).ok();
@@ -25,12 +25,11 @@ fn procpool_bootstrap() {
         std::env::remove_var(WORKER_ENV);
         std::env::remove_var(PARENT_ENV);
     }
-    let code = match fd.to_str().and_then(|fd| fd.parse().ok()) {
-        Some(fd) => serve::run(fd, parent),
-        None => {
-            eprintln!("procpool worker: {WORKER_ENV} is not a file descriptor number; exiting");
-            EXIT_BOOTSTRAP_FAILED
-        }
+    let code = if marker == WORKER_ON_STDIN {
+        serve::run(parent)
+    } else {
+        eprintln!("procpool worker: {WORKER_ENV} is not the channel to the parent; exiting");
+        EXIT_BOOTSTRAP_FAILED
     };
     // Never fall through into `main`: that is how fork bombs start.
     std::process::exit(code);

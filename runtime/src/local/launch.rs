@@ -1,15 +1,14 @@
 //! Handles to worker processes: start one, talk to it, watch it die, reap it.
 //!
 //! A worker is this executable started again with its end of a fresh
-//! socket pair as its only inherited descriptor (its number in
-//! [`WORKER_ENV`]). Every wait watches two things: the channel, and a pidfd
+//! socket pair as its standard input, its only inherited descriptor of
+//! procpool's ([`WORKER_ENV`] tells it so). Every wait watches two things: the channel, and a pidfd
 //! of the worker, so its death is seen at once even when a process it
 //! forked still holds its socket. Every child is reaped by the handle that
 //! owns it (on drop at the latest), so no zombie outlives its handle.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::thread;
@@ -25,7 +24,7 @@ use serde_bytes::ByteBuf;
 use crate::Error;
 use crate::error::ExitCause;
 use crate::local::channel::{self, Channel, ChannelError, poll_any};
-use crate::sys::{self, WORKER_ENV};
+use crate::sys::{self, WORKER_ENV, WORKER_ON_STDIN};
 use crate::wire::{FromWorker, ToWorker};
 
 /// The longest single `poll`: how often a wait looks at its abort flag.
@@ -140,25 +139,21 @@ impl WorkerProcess {
         let (channel, theirs) = channel::pair()
             .and_then(|(channel, theirs)| Ok((channel, sys::above_stdio(theirs)?)))
             .map_err(|e| io("create a worker's channel", e))?;
-        let raw = theirs.as_raw_fd();
         let mut command = sys::exe_command();
-        command.env(WORKER_ENV, raw.to_string());
-        // SAFETY: runs in the child between fork and exec, and only makes
-        // one system call (async-signal-safe). The child's copy of its own
-        // end becomes inheritable; every other descriptor of procpool's
-        // stays close-on-exec, so this worker holds no other's socket.
-        unsafe {
-            command.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(raw);
-                sys::set_cloexec(fd, false)
-            });
-        }
+        // The child's end becomes the child's stdin (the worker moves it
+        // away and puts /dev/null there before any job runs). Every other
+        // descriptor of procpool's stays close-on-exec, so this worker holds
+        // no other's socket, and no other program gets this one.
+        command
+            .env(WORKER_ENV, WORKER_ON_STDIN)
+            .stdin(Stdio::from(theirs));
+        // `command` owns this process's copy of the child's end: both ways
+        // drop it once the child exists, so only the child holds that end.
         let mut child = match fork_from {
-            ForkFrom::ThisThread => command.spawn(),
+            ForkFrom::ThisThread => spawn_and_drop(command),
             ForkFrom::LongLivedThread => spawn_from_long_lived_thread(command),
         }
         .map_err(|e| io("start /proc/self/exe as a worker process", e))?;
-        drop(theirs);
         let pid = child.id();
         // The child is not reaped before this handle does it, so its pid
         // cannot have been reused: the pidfd is the child's.
@@ -502,6 +497,11 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// Starts `command`, then drops it (and the descriptors it was to pass on).
+fn spawn_and_drop(mut command: Command) -> std::io::Result<Child> {
+    command.spawn()
+}
+
 /// Starts `command` from one thread that lives as long as the program.
 ///
 /// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
@@ -515,8 +515,8 @@ fn spawn_from_long_lived_thread(command: Command) -> std::io::Result<Child> {
         thread::Builder::new()
             .name("procpool-spawner".into())
             .spawn(move || {
-                for (mut command, reply) in incoming {
-                    let _ = reply.send(command.spawn());
+                for (command, reply) in incoming {
+                    let _ = reply.send(spawn_and_drop(command));
                 }
             })
             .ok()

@@ -1,7 +1,7 @@
-//! The local worker's loop: greet the parent on the inherited channel,
+//! The local worker's loop: take the channel from stdin, greet the parent,
 //! then run each task it sends until it says `Exit` or goes away.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::exec;
 use crate::local::channel::{Channel, ChannelError};
@@ -11,28 +11,49 @@ use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
 /// Exit code of a worker that could not connect back to its parent.
 pub(crate) const EXIT_BOOTSTRAP_FAILED: i32 = 86;
 
-/// Serves the parent over the channel inherited as `fd`; the exit code.
-pub(crate) fn run(fd: RawFd, parent: Option<String>) -> i32 {
+/// Serves the parent over the channel it passed as stdin; the exit code.
+pub(crate) fn run(parent: Option<String>) -> i32 {
     if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
         return EXIT_BOOTSTRAP_FAILED;
     }
-    // Only a socket we were given may become the channel: a number that
-    // names nothing, or something else, ends the worker.
-    // SAFETY: fstat on a raw number only reads; a closed number fails.
-    let valid = rustix::fs::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+    match take_channel_from_stdin() {
+        Ok(socket) => serve(socket),
+        Err(why) => {
+            eprintln!("procpool worker: {why}; exiting");
+            EXIT_BOOTSTRAP_FAILED
+        }
+    }
+}
+
+/// Moves the channel off stdin (to a close-on-exec descriptor, so programs
+/// a job starts do not inherit it) and puts `/dev/null` there, so a job
+/// reading stdin reads nothing, as in every worker.
+fn take_channel_from_stdin() -> Result<OwnedFd, String> {
+    let stdin = std::io::stdin();
+    let stdin = stdin.as_fd();
+    // Only a socket may become the channel: a forged marker on a program
+    // started with a terminal or a file as stdin ends here.
+    let is_socket = rustix::fs::fstat(stdin)
         .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode).is_socket());
-    if fd < 3 || !valid {
-        eprintln!("procpool worker: fd {fd} is not the channel to the parent; exiting");
-        return EXIT_BOOTSTRAP_FAILED;
+    if !is_socket {
+        return Err("stdin is not the channel to the parent".into());
     }
-    // SAFETY: the parent made `fd` this process's own end of its channel
-    // (the only open socket by that number, checked above) and nothing
-    // else in this process uses it.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // The job's own child processes must not inherit the channel.
-    if sys::set_cloexec(std::os::fd::AsFd::as_fd(&socket), true).is_err() {
-        return EXIT_BOOTSTRAP_FAILED;
-    }
+    let socket = rustix::io::fcntl_dupfd_cloexec(stdin, 3)
+        .map_err(|err| format!("cannot take the channel from stdin: {err}"))?;
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|err| format!("cannot open /dev/null: {err}"))?;
+    // dup2 leaves the new stdin inheritable, as a stdin should be.
+    rustix::stdio::dup2_stdin(&null)
+        .map_err(|err| format!("cannot put /dev/null on stdin: {err}"))?;
+    Ok(socket)
+}
+
+/// Greets the parent, then runs its tasks; the exit code.
+fn serve(socket: OwnedFd) -> i32 {
     let mut channel = Channel::new(socket);
     let hello = FromWorker::Hello {
         pid: std::process::id(),
