@@ -52,8 +52,8 @@ fn usage(temp: &std::path::Path) -> Usage {
 
 #[test]
 fn nothing_grows_over_many_calls_and_pools() {
-    // ipc-channel makes a directory per bootstrap socket under TMPDIR; give
-    // this process a TMPDIR of its own to count them.
+    // procpool must leave nothing under TMPDIR (it uses none today); give
+    // this process a TMPDIR of its own to count what appears there.
     let temp = std::env::temp_dir().join(format!("pph-{}", std::process::id()));
     std::fs::create_dir_all(&temp).unwrap();
     // SAFETY: set before any pool or thread of this test binary starts.

@@ -1,7 +1,8 @@
 //! Workers that fail before connecting back: a clean `Error::Spawn`, never a hang.
 //!
-//! `IpcOneShotServer::accept` has no timeout; these tests prove the pool does
-//! not rely on it. They run in their own binary because they steer the
+//! A worker that never greets its parent must not hold up `build()`: these
+//! tests prove the handshake is bounded by `spawn_timeout` and by the
+//! worker's exit. They run in their own binary because they steer the
 //! workers' start-up through an inherited environment variable.
 
 use std::sync::Mutex;
@@ -15,7 +16,7 @@ const HOOK: &str = "PROCPOOL_TEST_STARTUP";
 /// first in `.init_array`), so it can break a worker's start-up.
 #[ctor::ctor(unsafe)]
 fn break_worker_startup() {
-    if std::env::var_os("__PROCPOOL_WORKER_SOCKET").is_none() {
+    if std::env::var_os("__PROCPOOL_WORKER").is_none() {
         return;
     }
     match std::env::var(HOOK).as_deref() {

@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 
 use crate::progress::Progress;
 use crate::transport::{Sink, TaskInfo};
-use crate::wire::Payload;
 use crate::{Error, codec};
 
 /// How a finished call turns its items into the value the caller gets.
@@ -132,10 +131,10 @@ struct State<R, T> {
     items: Vec<R>,
     /// The chunk whose items go after `items`.
     next_chunk: usize,
-    /// Replies that arrived before their turn, still encoded. A large one
-    /// stays in its shared-memory region, unmapped once decoded, so a map's
-    /// peak memory is its result plus a few replies, not twice the result.
-    early: BTreeMap<usize, (TaskInfo, Payload)>,
+    /// Replies that arrived before their turn, still encoded (no larger
+    /// than their items), so a map's peak memory is its result plus a few
+    /// replies, not twice the result.
+    early: BTreeMap<usize, (TaskInfo, Vec<u8>)>,
     submitted: usize,
     received: usize,
     sealed: bool,
@@ -283,7 +282,7 @@ where
     R: DeserializeOwned + Send + 'static,
     M: Finish<R>,
 {
-    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
+    fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
         let mut state = self.lock();
         state.received += 1;
         // A blocking map waits for room to submit more (see `wait_in_flight_below`).
@@ -291,28 +290,32 @@ where
         if state.finished {
             return;
         }
-        let payload = match outcome {
-            Ok(payload) => payload,
+        let bytes = match outcome {
+            Ok(bytes) => bytes,
             Err(error) => return self.fail(state, error),
         };
         // A failed item fails the call now, whatever its chunk's turn.
-        if let Some(error) = failed_item::<R>(self.job, task, &payload) {
+        if let Some(error) = failed_item::<R>(self.job, task, bytes) {
             return self.fail(state, error);
         }
         self.progress.advance(task.count);
         if task.chunk != state.next_chunk {
-            state.early.insert(task.chunk, (task, payload));
+            state.early.insert(task.chunk, (task, bytes.to_vec()));
             return self.complete_if_done(state);
         }
-        let mut next = Some((task, payload));
-        while let Some((task, payload)) = next {
-            if let Err(error) = decode_values::<R>(self.job, task, &payload, &mut state.items) {
+        if let Err(error) = decode_values::<R>(self.job, task, bytes, &mut state.items) {
+            return self.fail(state, error);
+        }
+        state.next_chunk += 1;
+        loop {
+            let turn = state.next_chunk;
+            let Some((task, early)) = state.early.remove(&turn) else {
+                break;
+            };
+            if let Err(error) = decode_values::<R>(self.job, task, &early, &mut state.items) {
                 return self.fail(state, error);
             }
-            drop(payload);
             state.next_chunk += 1;
-            let turn = state.next_chunk;
-            next = state.early.remove(&turn);
         }
         self.complete_if_done(state);
     }
@@ -320,6 +323,15 @@ where
     fn cancelled(&self) -> bool {
         self.lock().finished
     }
+}
+
+/// The error for a second take of a successful result.
+fn taken() -> Error {
+    Error::Misuse(
+        "this call's value was already returned by an earlier get_timeout; a value is \
+         returned once (keep it, or clone it)"
+            .into(),
+    )
 }
 
 /// The object-safe face of a [`Call`], so `AsyncResult` names only its output type.
@@ -378,12 +390,14 @@ where
     fn take(&self) -> Result<M::Output, Error> {
         let mut state = self.lock();
         match state.outcome.as_mut() {
-            None => Err(Error::Ipc("the result is not ready".into())),
+            None => Err(Error::Misuse(
+                "the result was taken before it was ready".into(),
+            )),
             Some(Outcome::Failed(error)) => Err(error.clone()),
-            Some(Outcome::Taken) => Err(Error::Ipc("this result was already taken".into())),
+            Some(Outcome::Taken) => Err(taken()),
             Some(value) => match std::mem::replace(value, Outcome::Taken) {
                 Outcome::Value(value) => Ok(value),
-                _ => Err(Error::Ipc("this result was already taken".into())),
+                _ => Err(taken()),
             },
         }
     }

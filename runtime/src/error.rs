@@ -1,6 +1,7 @@
 //! The one error type every fallible procpool call returns.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// How a worker process ended.
 ///
@@ -233,9 +234,29 @@ pub enum Error {
         limit: u64,
     },
 
-    /// Communication with a worker failed in an unexpected way.
+    /// Communication with a worker failed in an unexpected way, or a
+    /// worker broke the protocol (a job wrote to the worker's channel or
+    /// forked a process that answered); the worker was replaced.
     #[error("inter-process communication failed: {0}")]
     Ipc(String),
+
+    /// The operating system refused something procpool needed (file
+    /// descriptors, memory, processes). [`source`](std::error::Error::source)
+    /// is the [`std::io::Error`]; the text says what to change.
+    #[error("{context}: {cause}")]
+    System {
+        /// What procpool was doing, e.g. "could not start a worker process".
+        context: String,
+        /// The operating system's error.
+        #[source]
+        cause: IoCause,
+    },
+
+    /// The API was used in a way that cannot work, e.g. taking a call's
+    /// result a second time after [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout)
+    /// returned it.
+    #[error("procpool used incorrectly: {0}")]
+    Misuse(String),
 }
 
 /// The end of a [`Error::WorkerDied`] message: what to do, given how many
@@ -255,3 +276,47 @@ fn died_advice(attempts: usize) -> String {
             .to_owned()
     }
 }
+
+impl Error {
+    /// An [`Error::System`] for `err`, met while doing `context`.
+    pub(crate) fn system(context: impl Into<String>, err: std::io::Error) -> Self {
+        Error::System {
+            context: context.into(),
+            cause: IoCause(Arc::new(err)),
+        }
+    }
+}
+
+/// An operating-system error kept by [`Error::System`]: shared, so that
+/// `Error` stays `Clone`; its text adds what to do where there is
+/// something to do (`ulimit -n` for "too many open files").
+#[derive(Debug, Clone)]
+pub struct IoCause(Arc<std::io::Error>);
+
+impl IoCause {
+    /// The underlying error.
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl fmt::Display for IoCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::sys::describe_io(&self.0))
+    }
+}
+
+impl std::error::Error for IoCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Two causes are equal when they are the same kind of OS error.
+impl PartialEq for IoCause {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for IoCause {}

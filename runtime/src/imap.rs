@@ -16,7 +16,6 @@ use crate::codec::ChunkWriter;
 use crate::job::Encode;
 use crate::progress::Progress;
 use crate::transport::{Sink, Task, TaskInfo};
-use crate::wire::Payload;
 use crate::{Error, Pool};
 
 struct State<R> {
@@ -56,11 +55,11 @@ impl<R> Stream<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
-    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>) {
+    fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
         // A lost task fails each of its items, so the output stays aligned with the input.
         let mut items = Vec::with_capacity(task.count);
         let decoded = outcome.and_then(|bytes| {
-            decode_items::<R>(self.job, task, &bytes, |item| {
+            decode_items::<R>(self.job, task, bytes, |item| {
                 items.push(item);
                 Ok(())
             })

@@ -1,8 +1,8 @@
 //! Python's `multiprocessing.Pool` for Rust.
 //!
 //! Mark a function with [`#[pool_job]`](pool_job) and a [`Pool`] runs it in
-//! worker processes: the current executable started again, connected over
-//! [`ipc-channel`](https://docs.rs/ipc-channel). Arguments and results cross
+//! worker processes: the current executable started again, each connected
+//! to the caller by a private socket pair. Arguments and results cross
 //! the process boundary with serde; you write no serialization code and no
 //! set-up line. It works in binaries, examples and tests alike.
 //!
@@ -165,33 +165,67 @@
 //! `Pool::builder().cluster("redis://host/0").build()`, and workers that
 //! call `procpool::cluster::run_workers(url, n)` (see the `cluster` module).
 
+// Module map, for contributors. Edges go one way (a module imports only
+// those listed after its arrow; none imports one that imports it back):
+//
+//   pool      the public Pool: cuts calls into tasks -> call, imap, local, cluster
+//   call      one call's results and AsyncResult     -> transport, codec
+//   imap      the Imap iterator                      -> call, transport
+//   transport the Backend/Sink seam between the pool and where tasks run
+//   local/    the local backend                      -> transport, wire, exec, sys
+//     mod       drivers (one state machine per worker) and the task queue
+//     launch    start a worker, handshake, wait on its channel and pidfd, reap
+//     channel   the socket pair: one datagram per message, memfd payloads
+//     serve     the worker's loop (runs in the worker process)
+//   cluster/  the Redis backend and its workers      -> transport, wire, exec, sys
+//   process   the public Process (one job, one process) -> local, wire, codec
+//   bootstrap the constructor that diverts a worker before main -> local, cluster
+//   exec      running a chunk inside a worker (both loops) -> codec, job, wire
+//   wire      messages between parent and worker, Payload, Failure -> sys
+//   codec     the encoding of items and outcomes      -> wire (Failure)
+//   job       the registry #[pool_job] fills, Job handles -> wire
+//   sys       OS calls: exec command and its variables, tokens, fd flags,
+//             memfd regions, error texts (imports nothing of the crate)
+//   error     Error, ExitCause, IoCause               -> sys (error texts)
+
 #![deny(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "procpool supports Linux only: it relies on pidfds, memfds, SOCK_SEQPACKET socket \
+     pairs, /proc/self/exe and the parent-death signal (see the Platform section of the README)"
+);
 
 // Lets `#[pool_job]`'s `::procpool::...` paths resolve inside this crate's own tests.
 extern crate self as procpool;
 
+mod bootstrap;
 mod call;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod codec;
 mod error;
+mod exec;
+#[cfg(test)]
+mod fake;
 mod imap;
 mod job;
+#[cfg(test)]
+mod layout_tests;
 mod local;
 mod pool;
 mod process;
 mod progress;
-mod spawn;
+mod sys;
 mod transport;
 mod wire;
-mod worker;
 
 pub use call::AsyncResult;
-pub use error::{Error, ExitCause};
+pub use error::{Error, ExitCause, IoCause};
 pub use imap::{Imap, ImapStream};
 pub use job::{IntoJob, ItemFor, Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};
-pub use spawn::{Process, ProcessBuilder};
+pub use process::{Process, ProcessBuilder};
 
 /// Registers a function as a job that a [`Pool`] can run in worker processes.
 ///
@@ -256,7 +290,7 @@ impl CurrentProcess {
 /// ```
 pub fn current_process() -> CurrentProcess {
     CurrentProcess {
-        name: worker::process_name().unwrap_or("MainProcess"),
+        name: exec::process_name().unwrap_or("MainProcess"),
         pid: std::process::id(),
     }
 }
@@ -489,7 +523,7 @@ pub mod __private {
             output: &mut Vec<u8>,
             f: F,
         ) -> InvokeOutput {
-            crate::worker::invoke(count, input, output, f)
+            crate::exec::invoke(count, input, output, f)
         }
     }
 

@@ -10,8 +10,8 @@ use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::codec::ChunkWriter;
 use crate::imap::Imap;
 use crate::job::{Encode, IntoJob, ItemFor, JobArgs, encode_one};
+use crate::local::launch::Initializer;
 use crate::local::{LocalBackend, LocalConfig};
-use crate::process::Initializer;
 use crate::progress::Progress;
 use crate::transport::{Backend, Task};
 
@@ -285,6 +285,15 @@ impl PoolBuilder {
 }
 
 impl Pool {
+    /// A pool over any backend: the in-process fake of the unit tests.
+    #[cfg(test)]
+    pub(crate) fn from_backend(backend: Box<dyn Backend>) -> Pool {
+        Pool {
+            backend,
+            progress: false,
+        }
+    }
+
     /// Starts one worker per available CPU ([`std::thread::available_parallelism`]).
     pub fn new() -> Result<Pool, Error> {
         Pool::builder().build()

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use crate::Error;
-use crate::wire::Payload;
 
 /// One chunk of one call: `count` items of `job`, encoded back to back.
 pub(crate) struct Task {
@@ -27,9 +26,10 @@ pub(crate) struct Task {
 
 /// Where a task's outcome goes.
 pub(crate) trait Sink: Send + Sync {
-    /// `Ok` carries one encoded `Result<R, Failure>` per item; `Err` means the
-    /// whole task was lost (worker died, pool terminated, ...).
-    fn deliver(&self, task: TaskInfo, outcome: Result<Payload, Error>);
+    /// `Ok` carries one encoded `Result<R, Failure>` per item, wherever the
+    /// backend keeps them (a message, shared memory); `Err` means the whole
+    /// task was lost (worker died, pool terminated, ...).
+    fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>);
 
     /// True once nobody wants the outcome any more: queued tasks are skipped.
     fn cancelled(&self) -> bool;

@@ -1,19 +1,37 @@
-//! The messages parent and worker exchange over ipc-channel.
+//! The messages parent and worker exchange over a worker's channel
+//! ([`crate::local::channel`]).
 //!
 //! A task carries a chunk of items already encoded back to back (see
 //! [`crate::codec`]); the reply carries one encoded `Result<R, Failure>` per
 //! item, so one bad item does not cost the rest of its chunk.
 
-use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::Error;
+use crate::sys::Region;
+
+/// Payloads up to this size travel inside their message; larger ones in
+/// shared memory.
+///
+/// Small enough that the few messages ever queued on one socket (a task,
+/// the next task, `Exit`) fit its default send buffer (208 KiB).
+pub(crate) const INLINE_MAX: usize = 32 * 1024;
+
+/// A message that may carry one [`Payload`], sent whole in one datagram.
+pub(crate) trait Message: Serialize + serde::de::DeserializeOwned {
+    /// The message's payload, if it has one.
+    fn payload(&self) -> Option<&Payload>;
+    /// The same, to attach shared memory received beside the message.
+    fn payload_mut(&mut self) -> Option<&mut Payload>;
+}
 
 /// Parent → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// First message after the handshake.
+    /// First message after the worker's `Hello`.
     Init {
         /// What `current_process().name()` says inside the worker.
         name: String,
@@ -24,6 +42,9 @@ pub(crate) enum ToWorker {
     /// reply: code 0 if every item succeeded, 1 otherwise (as a Python
     /// `Process` whose target raised).
     Run {
+        /// The driver's number for this task, echoed in the reply so a
+        /// stray reply is never taken for another task's.
+        task: u64,
         job: String,
         count: u64,
         items: Payload,
@@ -36,88 +57,152 @@ pub(crate) enum ToWorker {
 /// Worker → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
-    /// First message on the bootstrap socket: where to send tasks.
-    Hello {
-        pid: u32,
-        tasks: IpcSender<ToWorker>,
-        /// The secret from the worker's environment; see `process::secret_token`.
-        token: String,
-    },
-    /// The parent's own message to unblock a bootstrap `accept` whose child
-    /// died before connecting (`IpcOneShotServer::accept` has no timeout).
-    Abort,
+    /// First message: the worker is connected. Its pid must be the child's.
+    Hello { pid: u32 },
     /// `Init` was processed.
     Ready,
-    /// One encoded `Result<R, Failure>` per item of the task.
-    Done { items: Payload },
-    /// The whole task failed before any item ran.
-    Failed(Failure),
+    /// One encoded `Result<R, Failure>` per item of task number `task`.
+    Done { task: u64, items: Payload },
+    /// Task number `task` failed as a whole before any item ran (or, with
+    /// `task` 0, the initializer failed).
+    Failed { task: u64, failure: Failure },
+}
+
+impl Message for ToWorker {
+    fn payload(&self) -> Option<&Payload> {
+        match self {
+            ToWorker::Run { items, .. } => Some(items),
+            _ => None,
+        }
+    }
+    fn payload_mut(&mut self) -> Option<&mut Payload> {
+        match self {
+            ToWorker::Run { items, .. } => Some(items),
+            _ => None,
+        }
+    }
+}
+
+impl Message for FromWorker {
+    fn payload(&self) -> Option<&Payload> {
+        match self {
+            FromWorker::Done { items, .. } => Some(items),
+            _ => None,
+        }
+    }
+    fn payload_mut(&mut self) -> Option<&mut Payload> {
+        match self {
+            FromWorker::Done { items, .. } => Some(items),
+            _ => None,
+        }
+    }
 }
 
 /// Encoded items, in the message or, when large, in shared memory.
 ///
-/// A socket moves a large message in ~200 KiB fragments, copied by the
-/// kernel twice and reassembled by ipc-channel; a memfd mapping is filled
-/// once and read in place by the other process.
-#[derive(Serialize, Deserialize)]
+/// A socket datagram is small (its limit is the send buffer); a memfd
+/// mapping is filled once and read in place by the other process.
 pub(crate) enum Payload {
     Inline(ByteBuf),
     /// The first `len` bytes of a shared region (regions are reused, so they
-    /// may be larger than the payload).
+    /// may be larger than the payload). The region travels beside the
+    /// message; the channel attaches it on arrival, or refuses the message.
     Shared {
-        memory: IpcSharedMemory,
+        region: Option<Arc<Region>>,
         len: u64,
     },
 }
 
-/// From this size on, a payload goes through shared memory.
-pub(crate) const SHARED_FROM: usize = 1 << 20;
+/// How a payload looks inside a message: the bytes, or the size of the
+/// region that comes with it.
+#[derive(Serialize, Deserialize)]
+enum PayloadOnWire {
+    Inline(ByteBuf),
+    Shared(u64),
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Inline(bytes) => serializer.serialize_newtype_variant(
+                "PayloadOnWire",
+                0,
+                "Inline",
+                serde_bytes::Bytes::new(bytes),
+            ),
+            Payload::Shared { len, .. } => {
+                serializer.serialize_newtype_variant("PayloadOnWire", 1, "Shared", len)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match PayloadOnWire::deserialize(deserializer)? {
+            PayloadOnWire::Inline(bytes) => Payload::Inline(bytes),
+            PayloadOnWire::Shared(len) => Payload::Shared { region: None, len },
+        })
+    }
+}
 
 impl Payload {
-    pub(crate) fn new(bytes: Vec<u8>) -> Self {
-        if bytes.len() >= SHARED_FROM {
-            Payload::Shared {
-                memory: IpcSharedMemory::from_bytes(&bytes),
-                len: bytes.len() as u64,
-            }
-        } else {
-            Payload::Inline(ByteBuf::from(bytes))
+    /// A payload holding `bytes`, in a new region when they are large.
+    pub(crate) fn new(bytes: Vec<u8>) -> std::io::Result<Self> {
+        if bytes.len() <= INLINE_MAX {
+            return Ok(Payload::Inline(ByteBuf::from(bytes)));
         }
+        let mut region = Region::create(bytes.len())?;
+        // SAFETY: the region is new: nobody else has seen it.
+        unsafe { region.bytes_mut()[..bytes.len()].copy_from_slice(&bytes) };
+        Ok(Payload::Shared {
+            region: Some(Arc::new(region)),
+            len: bytes.len() as u64,
+        })
     }
 }
 
 /// One shared region, reused for payload after payload.
 ///
 /// A fresh region costs a page fault and a page clear per 4 KiB, twice the
-/// cost of the copy itself; a reused one costs only the copy. The owner must
-/// not [`fill`](Scratch::fill) it again until the receiver is done with the
-/// previous payload: drivers refill only after the reply to it arrived.
+/// cost of the copy itself; a reused one costs only the copy.
 #[derive(Default)]
-pub(crate) struct Scratch(Option<IpcSharedMemory>);
+pub(crate) struct Scratch(Option<Arc<Region>>);
 
 impl Scratch {
     /// A payload holding `bytes`, in the reused region when they are large.
-    pub(crate) fn fill(&mut self, bytes: Vec<u8>) -> Payload {
-        if bytes.len() < SHARED_FROM {
-            return Payload::Inline(ByteBuf::from(bytes));
+    ///
+    /// # Safety
+    /// The receiver of the previous payload filled from this scratch must
+    /// be done with it (it replied, or it is dead): the region is
+    /// rewritten in place. Drivers refill only after the reply to it.
+    pub(crate) unsafe fn fill(&mut self, bytes: Vec<u8>) -> std::io::Result<Payload> {
+        if bytes.len() <= INLINE_MAX {
+            return Ok(Payload::Inline(ByteBuf::from(bytes)));
         }
-        let region = match self.0.take() {
-            Some(region) if region.len() >= bytes.len() => region,
+        // A region still referenced by a payload in this process is never
+        // rewritten: only one that nothing here reads any more is reused.
+        let reusable = self
+            .0
+            .take()
+            .filter(|region| region.len() >= bytes.len() && Arc::strong_count(region) == 1);
+        let mut region = match reusable {
+            Some(region) => region,
             // Whole MiBs, so payloads of slightly varying size share a region.
-            _ => IpcSharedMemory::from_byte(0, bytes.len().next_multiple_of(1 << 20)),
+            None => Arc::new(Region::create(bytes.len().next_multiple_of(1 << 20))?),
         };
-        let mut region = region;
-        // SAFETY: this process holds the only mapping that is in use: the
-        // receiver of the previous payload in this region has replied (see
-        // the type's documentation), and the receiver of this one has not
-        // been sent it yet.
-        unsafe { region.deref_mut()[..bytes.len()].copy_from_slice(&bytes) };
+        let Some(writable) = Arc::get_mut(&mut region) else {
+            return Payload::new(bytes);
+        };
+        // SAFETY: no payload in this process refers to the region (checked
+        // above), and the caller vouches for the previous receiver.
+        unsafe { writable.bytes_mut()[..bytes.len()].copy_from_slice(&bytes) };
         let payload = Payload::Shared {
-            memory: region.clone(),
+            region: Some(Arc::clone(&region)),
             len: bytes.len() as u64,
         };
         self.0 = Some(region);
-        payload
+        Ok(payload)
     }
 }
 
@@ -126,11 +211,12 @@ impl std::ops::Deref for Payload {
     fn deref(&self) -> &[u8] {
         match self {
             Payload::Inline(bytes) => bytes,
-            Payload::Shared { memory, len } => {
-                let len = usize::try_from(*len)
-                    .unwrap_or(usize::MAX)
-                    .min(memory.len());
-                &memory[..len]
+            Payload::Shared { region, len } => {
+                // A received shared payload always has its region (the
+                // channel refuses it otherwise) and `len` within it.
+                let bytes = region.as_deref().map_or(&[][..], Region::bytes);
+                let len = usize::try_from(*len).unwrap_or(usize::MAX).min(bytes.len());
+                &bytes[..len]
             }
         }
     }
@@ -198,29 +284,50 @@ impl Failure {
 mod tests {
     use super::*;
 
+    fn fill(scratch: &mut Scratch, bytes: Vec<u8>) -> Payload {
+        // SAFETY: no other process sees these payloads.
+        unsafe { scratch.fill(bytes) }.unwrap()
+    }
+
+    fn region_of(payload: &Payload) -> *const u8 {
+        match payload {
+            Payload::Shared {
+                region: Some(region),
+                ..
+            } => region.bytes().as_ptr(),
+            other => panic!("not shared: {other:?}"),
+        }
+    }
+
     #[test]
     fn scratch_reuses_one_region_for_large_payloads() {
         let mut scratch = Scratch::default();
-        let small = scratch.fill(vec![1, 2, 3]);
+        let small = fill(&mut scratch, vec![1, 2, 3]);
         assert!(matches!(small, Payload::Inline(_)));
         assert_eq!(&*small, &[1, 2, 3]);
 
-        let first = scratch.fill(vec![7; SHARED_FROM + 5]);
-        assert!(matches!(first, Payload::Shared { .. }));
-        assert_eq!(first.len(), SHARED_FROM + 5);
+        let first = fill(&mut scratch, vec![7; INLINE_MAX + 5]);
+        assert_eq!(first.len(), INLINE_MAX + 5);
         assert!(first.iter().all(|&b| b == 7));
-        let region = scratch.0.as_ref().map(|r| r.as_ptr()).unwrap();
-        drop(first);
+        let region = region_of(&first);
+
+        // Still referenced by `first`: a new region, `first` unchanged.
+        let second = fill(&mut scratch, vec![8; INLINE_MAX + 1]);
+        assert_ne!(region_of(&second), region);
+        assert!(first.iter().all(|&b| b == 7));
+        let region = region_of(&second);
+        drop((first, second));
 
         // Smaller, so it fits: same region, new contents, new length.
-        let second = scratch.fill(vec![9; SHARED_FROM + 1]);
-        assert_eq!(scratch.0.as_ref().map(|r| r.as_ptr()).unwrap(), region);
-        assert_eq!(second.len(), SHARED_FROM + 1);
-        assert!(second.iter().all(|&b| b == 9));
+        let third = fill(&mut scratch, vec![9; INLINE_MAX + 1]);
+        assert_eq!(region_of(&third), region);
+        assert_eq!(third.len(), INLINE_MAX + 1);
+        assert!(third.iter().all(|&b| b == 9));
+        drop(third);
 
         // Larger than the region: a new one.
-        let third = scratch.fill(vec![3; 3 * SHARED_FROM]);
-        assert_eq!(third.len(), 3 * SHARED_FROM);
-        assert!(third.iter().all(|&b| b == 3));
+        let fourth = fill(&mut scratch, vec![3; 3 << 20]);
+        assert_eq!(fourth.len(), 3 << 20);
+        assert!(fourth.iter().all(|&b| b == 3));
     }
 }

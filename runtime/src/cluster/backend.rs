@@ -11,14 +11,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
-
 use super::link::Link;
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
 use super::settings::Settings;
 use crate::Error;
 use crate::transport::{Backend, Task};
-use crate::wire::Payload;
 
 /// How long the collector blocks in one `XREAD`.
 const READ_BLOCK: Duration = Duration::from_millis(500);
@@ -352,7 +349,7 @@ impl Shared {
             return; // A duplicate from a re-run task, or a terminated call.
         };
         let outcome = match (entry.take("ok"), entry.take("err")) {
-            (Some(items), _) => Ok(Payload::Inline(ByteBuf::from(items))),
+            (Some(items), _) => Ok(items),
             (None, Some(bytes)) => Err(match postcard::from_bytes::<Refusal>(&bytes) {
                 Ok(refusal) => refusal.into_error(task.job, task.first, task.count),
                 Err(e) => Error::Cluster(format!("cannot decode a worker's refusal: {e}")),
@@ -362,7 +359,8 @@ impl Shared {
                 entry.id
             ))),
         };
-        task.sink.deliver(task.info(), outcome);
+        task.sink
+            .deliver(task.info(), outcome.as_deref().map_err(Error::clone));
     }
 
     /// Applies `f` to the state and wakes `join` if nothing is pending any more.

@@ -129,16 +129,16 @@ pub(crate) fn bootstrap() {
     let Some(url) = std::env::var_os(supervise::CLUSTER_ENV) else {
         return;
     };
-    let parent = std::env::var(crate::worker::PARENT_ENV).ok();
+    let parent = std::env::var(crate::sys::PARENT_ENV).ok();
     let suffix = std::env::var(supervise::SUFFIX_ENV).ok();
     // SAFETY: start-up hooks run while the process has one thread.
     unsafe {
         std::env::remove_var(supervise::CLUSTER_ENV);
         std::env::remove_var(supervise::SUFFIX_ENV);
-        std::env::remove_var(crate::worker::PARENT_ENV);
+        std::env::remove_var(crate::sys::PARENT_ENV);
     }
     // Stop with the supervisor, even if it is killed with SIGKILL.
-    if !crate::worker::tie_to_parent(nix::sys::signal::Signal::SIGTERM, parent) {
+    if !crate::sys::tie_to_parent(nix::sys::signal::Signal::SIGTERM, parent) {
         eprintln!(
             "procpool cluster worker {}: the process that started it is gone; exiting",
             std::process::id()

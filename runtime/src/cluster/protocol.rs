@@ -184,7 +184,7 @@ pub(crate) fn text(value: Value) -> Option<String> {
 
 /// 128 random bits in hex, for caller and worker names.
 pub(crate) fn random_id() -> Result<String, Error> {
-    crate::process::random_hex()
+    crate::sys::random_hex()
         .map_err(|e| Error::Cluster(format!("cannot read /dev/urandom for an id: {e}")))
 }
 

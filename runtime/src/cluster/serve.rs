@@ -69,7 +69,7 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     let mut link = Link::open(&settings, format!("procpool-worker-{name}"))?;
     ensure_group(&mut link, &keys).map_err(|err| link.error("cannot create the queue", &err))?;
     install_stop_handlers();
-    crate::worker::become_worker(format!("ClusterWorker-{name}"));
+    crate::exec::become_worker(format!("ClusterWorker-{name}"));
     let beat = Heartbeat::start(
         link.sibling(format!("procpool-worker-{name}-beat")),
         &keys,
@@ -321,7 +321,7 @@ impl Worker {
             })
         } else {
             self.beat.watch(Some(entry.id.clone()));
-            let ran = crate::worker::run_chunk(&job, count, &items);
+            let ran = crate::exec::run_chunk(&job, count, &items);
             self.beat.watch(None);
             match ran {
                 Ok((output, _)) if output.len() as u64 > limit => Err(Refusal::TooLarge {

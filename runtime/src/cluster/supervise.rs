@@ -2,7 +2,7 @@
 //! executable, each serving the queue, restarted when they die.
 
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
@@ -74,12 +74,8 @@ impl Workers {
                 "cluster workers: processes must be at least 1".into(),
             ));
         }
-        if !crate::worker::bootstrap_ran() {
-            return Err(Error::Spawn(
-                "procpool's start-up hook did not run in this executable, so its workers \
-                 could not tell they are workers"
-                    .into(),
-            ));
+        if !crate::sys::bootstrap_ran() {
+            return Err(Error::Spawn(crate::sys::BOOTSTRAP_MISSING.into()));
         }
         crate::job::registry()?;
         // Reported here, once, rather than by every child in a restart loop.
@@ -153,16 +149,10 @@ impl Shared {
     /// Starts a worker process; returns it with the consumer name it will use.
     fn spawn(&self) -> Result<(Child, String), Error> {
         let suffix = super::protocol::random_id()?[..8].to_owned();
-        let mut command = Command::new("/proc/self/exe");
-        if let Some(arg0) = std::env::args_os().next() {
-            command.arg0(arg0);
-        }
+        let mut command = crate::sys::exe_command();
         command
             .env(CLUSTER_ENV, &self.url)
             .env(SUFFIX_ENV, &suffix)
-            .env(crate::worker::PARENT_ENV, std::process::id().to_string())
-            .env_remove(crate::worker::WORKER_ENV)
-            .stdin(Stdio::null())
             // Ctrl-C in a terminal signals the whole foreground group; the
             // supervisor alone should get it and stop each worker once.
             .process_group(0);

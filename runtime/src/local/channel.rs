@@ -1,0 +1,369 @@
+//! A worker's channel: one `SOCK_SEQPACKET` socket pair per worker, one
+//! datagram per message, large payloads in sealed shared memory.
+//!
+//! This replaces ipc-channel for the local pool because every part of it
+//! that could hang, panic or leak sits on this path: its one-shot server
+//! (a socket in `TMPDIR`, accepted without close-on-exec, held open by any
+//! process that connects), its fragment reassembly (a blocking `recvmsg`
+//! no timeout reaches) and its assertions on `mmap` and reconnects. Here:
+//! - the pair is made with close-on-exec and the child's end is inherited
+//!   by that child only (see `local::launch`), so nothing else can connect
+//!   and no other process holds a worker's socket;
+//! - a message is a single datagram of at most [`FRAME_MAX`] bytes, read
+//!   without blocking once `poll` says it is there: no read waits for a
+//!   second part, and garbage is a decode error, never a wait;
+//! - a payload over [`INLINE_MAX`](crate::wire::INLINE_MAX) travels as a
+//!   memfd sealed against shrinking ([`crate::sys::Region`]), so the other
+//!   side can map it without risking `SIGBUS`; every system call's failure
+//!   is an error value.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg,
+    sendmsg, socketpair,
+};
+
+use crate::sys::Region;
+use crate::wire::{INLINE_MAX, Message, Payload};
+
+/// The largest datagram either side accepts: an inline payload and its message.
+const FRAME_MAX: usize = INLINE_MAX + 4096;
+
+/// What went wrong on a channel.
+#[derive(Debug)]
+pub(crate) enum ChannelError {
+    /// The other end is closed.
+    Closed,
+    /// Nothing can be sent or read now (non-blocking calls only).
+    WouldBlock,
+    /// The other side sent something that is not a message of ours (described).
+    Violation(String),
+    /// A system call failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelError::Closed => f.write_str("the channel is closed"),
+            ChannelError::WouldBlock => f.write_str("the channel is not ready"),
+            ChannelError::Violation(what) => write!(f, "{what}"),
+            ChannelError::Io(err) => write!(f, "{}", crate::sys::describe_io(err)),
+        }
+    }
+}
+
+impl From<Errno> for ChannelError {
+    fn from(errno: Errno) -> Self {
+        match errno {
+            Errno::AGAIN => ChannelError::WouldBlock,
+            Errno::PIPE | Errno::CONNRESET => ChannelError::Closed,
+            other => ChannelError::Io(other.into()),
+        }
+    }
+}
+
+/// One end of a worker's socket pair.
+pub(crate) struct Channel {
+    socket: OwnedFd,
+    /// Receive buffer, reused for every message.
+    buffer: Vec<u8>,
+}
+
+/// A new socket pair: the end this process keeps, and the raw end for the child.
+/// Both are close-on-exec; only the child that is meant to have its end clears
+/// the flag, in its own copy (`local::launch`).
+pub(crate) fn pair() -> std::io::Result<(Channel, OwnedFd)> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok((Channel::new(ours), theirs))
+}
+
+impl Channel {
+    /// Wraps a connected `SOCK_SEQPACKET` socket.
+    pub(crate) fn new(socket: OwnedFd) -> Self {
+        Channel {
+            socket,
+            buffer: vec![0; FRAME_MAX],
+        }
+    }
+
+    /// The socket, for `poll`.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Sends one message without blocking: [`ChannelError::WouldBlock`]
+    /// when the other side's queue is full.
+    pub(crate) fn try_send<M: Message>(&self, message: &M) -> Result<(), ChannelError> {
+        let bytes = postcard::to_stdvec(message)
+            .map_err(|err| ChannelError::Io(std::io::Error::other(err)))?;
+        if bytes.len() > FRAME_MAX {
+            return Err(ChannelError::Io(std::io::Error::other(format!(
+                "a message of {} bytes is over the channel's limit of {FRAME_MAX}",
+                bytes.len()
+            ))));
+        }
+        let region = match message.payload() {
+            Some(Payload::Shared { region, .. }) => region.as_ref().map(|r| r.fd()),
+            _ => None,
+        };
+        let fds;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if let Some(fd) = region {
+            fds = [fd];
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+        }
+        // MSG_NOSIGNAL: a closed peer is an error here, not a SIGPIPE that
+        // would kill a caller that did not ignore it.
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        sendmsg(&self.socket, &[IoSlice::new(&bytes)], &mut control, flags)?;
+        Ok(())
+    }
+
+    /// Sends one message, waiting as long as the other side's queue is full.
+    /// Used by workers, whose parent always reads.
+    pub(crate) fn send<M: Message>(&self, message: &M) -> Result<(), ChannelError> {
+        loop {
+            match self.try_send(message) {
+                Err(ChannelError::WouldBlock) => {
+                    wait(&self.socket, PollFlags::OUT, None).map_err(ChannelError::Io)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads one message if one is there, without blocking.
+    pub(crate) fn try_recv<M: Message>(&mut self) -> Result<M, ChannelError> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = recvmsg(
+            &self.socket,
+            &mut [IoSliceMut::new(&mut self.buffer)],
+            &mut control,
+            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        )?;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        if received.bytes == 0 && fds.is_empty() {
+            // An empty read is how a closed peer shows, but also what an
+            // empty datagram reads as: only a hung-up socket is closed.
+            let mut fds = [PollFd::new(&self.socket, PollFlags::RDHUP)];
+            let hung_up = poll_any(&mut fds, Some(std::time::Duration::ZERO))
+                .map(|_| {
+                    fds[0]
+                        .revents()
+                        .intersects(PollFlags::HUP | PollFlags::RDHUP)
+                })
+                .unwrap_or(true);
+            return Err(if hung_up {
+                ChannelError::Closed
+            } else {
+                ChannelError::Violation("an empty message".into())
+            });
+        }
+        if received.flags.contains(ReturnFlags::TRUNC) {
+            return Err(ChannelError::Violation(format!(
+                "a message over the {FRAME_MAX}-byte limit arrived"
+            )));
+        }
+        if received.flags.contains(ReturnFlags::CTRUNC) || fds.len() > 1 {
+            return Err(ChannelError::Violation(
+                "a message carried more than one file descriptor".into(),
+            ));
+        }
+        let mut message: M = postcard::from_bytes(&self.buffer[..received.bytes])
+            .map_err(|err| ChannelError::Violation(format!("an undecodable message ({err})")))?;
+        match (message.payload_mut(), fds.pop()) {
+            (Some(Payload::Shared { region, len }), Some(fd)) => {
+                *region = Some(
+                    Region::open(fd, *len)
+                        .map_err(ChannelError::Violation)?
+                        .into(),
+                );
+            }
+            (Some(Payload::Shared { .. }), None) => {
+                return Err(ChannelError::Violation(
+                    "a shared payload arrived without its memory".into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(ChannelError::Violation(
+                    "a message carried a file descriptor it had no use for".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(message)
+    }
+
+    /// Waits for a message and reads it. Used by workers, which have
+    /// nothing else to do.
+    pub(crate) fn recv<M: Message>(&mut self) -> Result<M, ChannelError> {
+        loop {
+            match self.try_recv() {
+                Err(ChannelError::WouldBlock) => {
+                    wait(&self.socket, PollFlags::IN, None).map_err(ChannelError::Io)?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is ready for `events` (or hung up), at most `timeout`
+/// (`None`: no limit). True when it is ready.
+pub(crate) fn wait(
+    fd: &impl AsFd,
+    events: PollFlags,
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<bool> {
+    let mut fds = [PollFd::new(fd, events)];
+    Ok(poll_any(&mut fds, timeout)? > 0)
+}
+
+/// `poll` over `fds`, retried after signals; the number of ready entries.
+pub(crate) fn poll_any(
+    fds: &mut [PollFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<usize> {
+    let timeout = timeout.map(|t| Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    loop {
+        match poll(fds, timeout.as_ref()) {
+            Err(Errno::INTR) => continue,
+            other => return other.map_err(Into::into),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FromWorker;
+
+    fn raw_send(to: &Channel, bytes: &[u8], fd: Option<BorrowedFd<'_>>) {
+        let fds;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if let Some(fd) = fd {
+            fds = [fd];
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+        }
+        sendmsg(
+            to.fd(),
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn both_ends() -> (Channel, Channel) {
+        let (ours, theirs) = pair().unwrap();
+        (ours, Channel::new(theirs))
+    }
+
+    #[test]
+    fn messages_and_shared_payloads_arrive_whole() {
+        let (mut parent, worker) = both_ends();
+        let large: Vec<u8> = (0..3 * INLINE_MAX).map(|i| i as u8).collect();
+        for bytes in [vec![1, 2, 3], large] {
+            let reply = FromWorker::Done {
+                task: 7,
+                items: Payload::new(bytes.clone()).unwrap(),
+            };
+            worker.send(&reply).unwrap();
+            match parent.recv::<FromWorker>().unwrap() {
+                FromWorker::Done { task: 7, items } => assert_eq!(&*items, &bytes[..]),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            parent.try_recv::<FromWorker>(),
+            Err(ChannelError::WouldBlock)
+        ));
+        drop(worker);
+        assert!(matches!(
+            parent.recv::<FromWorker>(),
+            Err(ChannelError::Closed)
+        ));
+    }
+
+    #[test]
+    fn what_is_not_a_message_of_ours_is_refused() {
+        let (mut parent, worker) = both_ends();
+        let violation = |parent: &mut Channel| match parent.try_recv::<FromWorker>() {
+            Err(ChannelError::Violation(why)) => why,
+            other => panic!("expected a violation, got {other:?}"),
+        };
+        // Over the frame limit: cut by the kernel, refused here.
+        raw_send(&worker, &vec![1; FRAME_MAX + 1], None);
+        assert!(violation(&mut parent).contains("limit"));
+        // Undecodable, and empty.
+        raw_send(&worker, &[0xff, 0xff], None);
+        assert!(violation(&mut parent).contains("undecodable"));
+        raw_send(&worker, &[], None);
+        assert!(violation(&mut parent).contains("empty"));
+        // A descriptor on a message that carries no shared payload.
+        let ready = postcard::to_stdvec(&FromWorker::Ready).unwrap();
+        raw_send(&worker, &ready, Some(worker.fd()));
+        assert!(violation(&mut parent).contains("no use"));
+        // A shared payload whose memory is not a sealed memfd: the socket.
+        let shared = FromWorker::Done {
+            task: 1,
+            items: Payload::Shared {
+                region: None,
+                len: 10,
+            },
+        };
+        let shared = postcard::to_stdvec(&shared).unwrap();
+        raw_send(&worker, &shared, Some(worker.fd()));
+        assert!(violation(&mut parent).contains("memfd"));
+        // ... or none at all.
+        raw_send(&worker, &shared, None);
+        assert!(violation(&mut parent).contains("without its memory"));
+        // A memfd that could shrink under the reader (SIGBUS).
+        let unsealed =
+            rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        raw_send(&worker, &shared, Some(unsealed.as_fd()));
+        assert!(violation(&mut parent).contains("not sealed"));
+        // A region shorter than the payload it claims to hold.
+        let region = Region::create(16).unwrap();
+        let long = FromWorker::Done {
+            task: 1,
+            items: Payload::Shared {
+                region: None,
+                len: 1 << 20,
+            },
+        };
+        raw_send(
+            &worker,
+            &postcard::to_stdvec(&long).unwrap(),
+            Some(region.fd()),
+        );
+        assert!(violation(&mut parent).contains("in a region of"));
+        // The channel still works after each refusal.
+        worker.send(&FromWorker::Ready).unwrap();
+        assert!(matches!(parent.recv::<FromWorker>(), Ok(FromWorker::Ready)));
+    }
+}

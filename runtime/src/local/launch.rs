@@ -1,0 +1,615 @@
+//! Handles to worker processes: start one, talk to it, watch it die, reap it.
+//!
+//! A worker is this executable started again with its end of a fresh
+//! socket pair as its standard input, its only inherited descriptor of
+//! procpool's ([`WORKER_ENV`] tells it so). Every wait watches two things: the channel, and a pidfd
+//! of the worker, so its death is seen at once even when a process it
+//! forked still holds its socket. Every child is reaped by the handle that
+//! owns it (on drop at the latest), so no zombie outlives its handle.
+
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::PidfdFlags;
+use serde_bytes::ByteBuf;
+
+use crate::Error;
+use crate::error::ExitCause;
+use crate::local::channel::{self, Channel, ChannelError, poll_any};
+use crate::sys::{self, WORKER_ENV, WORKER_ON_STDIN};
+use crate::wire::{FromWorker, ToWorker};
+
+/// The longest single `poll`: how often a wait looks at its abort flag.
+const STEP: Duration = Duration::from_millis(100);
+/// How long a worker may take to exit after it was asked to before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a conversation with a worker ended early.
+#[derive(Debug)]
+pub(crate) enum Lost {
+    /// The worker process is gone (or unreachable) and has been reaped.
+    Died(ExitCause),
+    /// The caller asked to stop waiting.
+    Aborted,
+    /// No answer within the time limit; the worker has been killed and reaped.
+    TimedOut,
+    /// The worker said something out of turn (described); it has been
+    /// killed and reaped, as nothing it says can be trusted any more.
+    Protocol(String),
+}
+
+/// Which thread starts a child process.
+///
+/// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
+/// exits, not the process, so the forking thread must outlive the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForkFrom {
+    /// The calling thread, which outlives the child (a pool's driver
+    /// threads do: they stop their worker before they end). Drivers start
+    /// their workers in parallel this way.
+    ThisThread,
+    /// One thread that lives as long as the program, for callers that may
+    /// end first (a `Process` started from a short-lived thread).
+    LongLivedThread,
+}
+
+/// A job run once in every new worker before it takes tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct Initializer {
+    pub(crate) job: &'static str,
+    /// The encoded argument.
+    pub(crate) arg: Vec<u8>,
+}
+
+/// Where another thread can find a worker's pid to kill it.
+///
+/// The owning [`WorkerProcess`] holds the lock while it reaps and clears the
+/// pid before releasing it, so [`PidSlot::kill`] never signals a pid that
+/// was reaped and possibly reused.
+#[derive(Debug, Default)]
+pub(crate) struct PidSlot(Mutex<Option<u32>>);
+
+impl PidSlot {
+    /// Sends SIGKILL to the registered worker, if any.
+    pub(crate) fn kill(&self) {
+        let pid = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A running worker process and its channel.
+pub(crate) struct WorkerProcess {
+    child: Child,
+    pid: u32,
+    channel: Channel,
+    /// Readable once the process has exited (whoever holds its socket).
+    pidfd: OwnedFd,
+    reaped: Option<ExitCause>,
+    slot: Option<Arc<PidSlot>>,
+}
+
+/// What a wait saw first.
+enum Event {
+    Readable,
+    Exited,
+    Nothing,
+}
+
+impl WorkerProcess {
+    /// Starts the current executable as a worker named `name` and waits until
+    /// it is connected and initialised. Fails (never hangs) if the child dies
+    /// first, does not say hello within `timeout`, or `abort` becomes true.
+    pub(crate) fn spawn(
+        name: &str,
+        timeout: Duration,
+        abort: &AtomicBool,
+        initializer: Option<&Initializer>,
+        fork_from: ForkFrom,
+    ) -> Result<Self, Error> {
+        if !sys::bootstrap_ran() {
+            return Err(Error::Spawn(sys::BOOTSTRAP_MISSING.into()));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut worker = Self::launch(fork_from)?;
+        worker.handshake(deadline, timeout, abort)?;
+        worker.init(name, initializer, deadline, timeout, abort)?;
+        Ok(worker)
+    }
+
+    /// Starts the child with its end of a new channel as its only inherited
+    /// descriptor, and opens a pidfd on it. From here on, dropping the
+    /// handle kills and reaps the child.
+    fn launch(fork_from: ForkFrom) -> Result<Self, Error> {
+        let io = |what: &str, err: std::io::Error| {
+            Error::system(
+                format!("could not start a worker process: cannot {what}"),
+                err,
+            )
+        };
+        let (channel, theirs) = channel::pair()
+            .and_then(|(channel, theirs)| Ok((channel, sys::above_stdio(theirs)?)))
+            .map_err(|e| io("create a worker's channel", e))?;
+        let mut command = sys::exe_command();
+        // The child's end becomes the child's stdin (the worker moves it
+        // away and puts /dev/null there before any job runs). Every other
+        // descriptor of procpool's stays close-on-exec, so this worker holds
+        // no other's socket, and no other program gets this one.
+        command
+            .env(WORKER_ENV, WORKER_ON_STDIN)
+            .stdin(Stdio::from(theirs));
+        // `command` owns this process's copy of the child's end: both ways
+        // drop it once the child exists, so only the child holds that end.
+        let mut child = match fork_from {
+            ForkFrom::ThisThread => spawn_and_drop(command),
+            ForkFrom::LongLivedThread => spawn_from_long_lived_thread(command),
+        }
+        .map_err(|e| io("start /proc/self/exe as a worker process", e))?;
+        let pid = child.id();
+        // The child is not reaped before this handle does it, so its pid
+        // cannot have been reused: the pidfd is the child's.
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()));
+        match pidfd {
+            Ok(pidfd) => Ok(WorkerProcess {
+                child,
+                pid,
+                channel,
+                pidfd,
+                reaped: None,
+                slot: None,
+            }),
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(io("watch the worker process (pidfd_open)", err.into()))
+            }
+        }
+    }
+
+    /// Waits, until `deadline`, for the worker's greeting from its own pid.
+    fn handshake(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        abort: &AtomicBool,
+    ) -> Result<(), Error> {
+        let spawn = |message: String| Err(Error::Spawn(message));
+        match self.recv(Some(deadline), abort) {
+            Ok(FromWorker::Hello { pid }) if pid == self.pid => Ok(()),
+            Ok(other) => {
+                self.kill_and_reap();
+                spawn(format!(
+                    "the worker's first message was not a greeting from itself: {other:?}"
+                ))
+            }
+            Err(Lost::Died(cause)) => spawn(format!(
+                "the worker process {cause} before connecting back (its stderr, above, may \
+                 say why)"
+            )),
+            Err(Lost::TimedOut) => spawn(format!(
+                "the worker did not connect back within {timeout:?}"
+            )),
+            Err(Lost::Aborted) => spawn("the pool was terminated".into()),
+            Err(Lost::Protocol(why)) => spawn(format!("the worker's greeting was garbled: {why}")),
+        }
+    }
+
+    /// Names the worker and runs the initializer in it.
+    fn init(
+        &mut self,
+        name: &str,
+        initializer: Option<&Initializer>,
+        deadline: Instant,
+        timeout: Duration,
+        abort: &AtomicBool,
+    ) -> Result<(), Error> {
+        let pid = self.pid;
+        let init = ToWorker::Init {
+            name: name.to_owned(),
+            initializer: initializer
+                .map(|init| (init.job.to_owned(), ByteBuf::from(init.arg.clone()))),
+        };
+        // An initializer may legitimately take long (loading a model, say):
+        // only the connection is bounded by the start-up timeout then.
+        let init_deadline = if initializer.is_some() {
+            None
+        } else {
+            Some(deadline)
+        };
+        let reply = self.call(init, init_deadline, abort).map_err(|lost| {
+            Error::Spawn(match lost {
+                Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
+                Lost::TimedOut => format!("the worker did not start within {timeout:?}"),
+                Lost::Aborted => "the worker start was interrupted".to_owned(),
+                Lost::Protocol(why) => format!("the worker broke the protocol: {why}"),
+            })
+        })?;
+        let job = initializer.map(|init| init.job).unwrap_or_default();
+        match reply {
+            FromWorker::Ready => Ok(()),
+            FromWorker::Failed { failure, .. } => Err(Error::InitializerFailed {
+                job: job.to_owned(),
+                message: failure.into_error(job, 0).to_string(),
+            }),
+            other => Err(Error::Spawn(format!(
+                "the worker sent an unexpected reply: {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Publishes this worker's pid in `slot` until it is reaped.
+    pub(crate) fn register(&mut self, slot: Arc<PidSlot>) {
+        *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.pid);
+        self.slot = Some(slot);
+    }
+
+    /// Sends one message and waits for the reply. `deadline` bounds the wait
+    /// (the worker is killed when it passes); `abort` is checked while waiting.
+    pub(crate) fn call(
+        &mut self,
+        message: ToWorker,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<FromWorker, Lost> {
+        self.send(message, deadline, abort)?;
+        self.recv(deadline, abort)
+    }
+
+    /// Sends one message. Waits while the worker's queue is full (it is not
+    /// reading), as long as it lives, until `deadline`, unless `abort`.
+    pub(crate) fn send(
+        &mut self,
+        message: ToWorker,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<(), Lost> {
+        loop {
+            match self.channel.try_send(&message) {
+                Ok(()) => return Ok(()),
+                Err(ChannelError::WouldBlock) => {}
+                Err(ChannelError::Closed) => return Err(Lost::Died(self.reap())),
+                Err(err) => {
+                    self.kill_and_reap();
+                    return Err(Lost::Protocol(format!("sending to it failed: {err}")));
+                }
+            }
+            match self.wait(PollFlags::OUT, deadline, abort)? {
+                Event::Readable | Event::Nothing => {}
+                Event::Exited => return Err(Lost::Died(self.reap())),
+            }
+        }
+    }
+
+    /// Waits for the next reply; when `deadline` passes the worker is
+    /// killed and the wait fails with [`Lost::TimedOut`].
+    pub(crate) fn recv(
+        &mut self,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<FromWorker, Lost> {
+        match self.recv_until(deadline, abort)? {
+            Some(reply) => Ok(reply),
+            None => {
+                self.kill_and_reap();
+                Err(Lost::TimedOut)
+            }
+        }
+    }
+
+    /// Waits for the next reply until `deadline`; `Ok(None)` when it passed
+    /// (the worker is left running).
+    pub(crate) fn recv_until(
+        &mut self,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<Option<FromWorker>, Lost> {
+        loop {
+            match self.channel.try_recv::<FromWorker>() {
+                Ok(reply) => return Ok(Some(reply)),
+                Err(ChannelError::WouldBlock) => {}
+                Err(ChannelError::Closed) => return Err(Lost::Died(self.reap())),
+                Err(err) => {
+                    // A reply we cannot read means the worker is not
+                    // speaking our protocol: do not trust it further.
+                    self.kill_and_reap();
+                    return Err(Lost::Protocol(err.to_string()));
+                }
+            }
+            match self.wait(PollFlags::IN, deadline, abort) {
+                Ok(Event::Readable) => {}
+                Ok(Event::Exited) => {
+                    // A reply sent just before exiting is already queued.
+                    match self.channel.try_recv::<FromWorker>() {
+                        Ok(reply) => return Ok(Some(reply)),
+                        Err(ChannelError::WouldBlock | ChannelError::Closed) => {
+                            return Err(Lost::Died(self.reap()));
+                        }
+                        Err(err) => {
+                            self.kill_and_reap();
+                            return Err(Lost::Protocol(err.to_string()));
+                        }
+                    }
+                }
+                Ok(Event::Nothing) => return Ok(None),
+                Err(lost) => return Err(lost),
+            }
+        }
+    }
+
+    /// Waits until the channel is ready for `events`, the worker exits, or
+    /// `deadline` passes (`Event::Nothing`); fails with [`Lost::Aborted`]
+    /// (the worker killed) when `abort` is set.
+    fn wait(
+        &mut self,
+        events: PollFlags,
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<Event, Lost> {
+        loop {
+            if abort.load(Ordering::Acquire) {
+                self.kill_and_reap();
+                return Err(Lost::Aborted);
+            }
+            let step = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Event::Nothing);
+                    }
+                    left.min(STEP)
+                }
+                None => STEP,
+            };
+            let mut fds = [
+                PollFd::from_borrowed_fd(self.channel.fd(), events),
+                PollFd::new(&self.pidfd, PollFlags::IN),
+            ];
+            let ready = poll_any(&mut fds, Some(step));
+            let (socket, exited) = (fds[0].revents(), fds[1].revents());
+            match ready {
+                Ok(0) => continue,
+                Ok(_) if !socket.is_empty() => return Ok(Event::Readable),
+                Ok(_) if !exited.is_empty() => return Ok(Event::Exited),
+                Ok(_) => continue,
+                Err(err) => {
+                    self.kill_and_reap();
+                    return Err(Lost::Protocol(format!(
+                        "waiting for it failed: {}",
+                        sys::describe_io(&err)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// How the process ended, if it has, without reaping it (so its pid stays
+    /// reserved and signals cannot reach a stranger).
+    pub(crate) fn peek_exit(&self) -> Option<ExitCause> {
+        if let Some(cause) = self.reaped {
+            return Some(cause);
+        }
+        let pid = Pid::from_raw(i32::try_from(self.pid).ok()?);
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(ExitCause::Code(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => Some(ExitCause::Signal(signal as i32)),
+            Ok(_) => None,
+            Err(_) => Some(ExitCause::Unknown),
+        }
+    }
+
+    /// Whether the process is still running (not exited, whether reaped or not).
+    pub(crate) fn is_alive(&self) -> bool {
+        self.reaped.is_none()
+            && channel::wait(&self.pidfd, PollFlags::IN, Some(Duration::ZERO))
+                .is_ok_and(|exited| !exited)
+    }
+
+    /// Resident memory of the process (`VmRSS` in `/proc/<pid>/status`).
+    pub(crate) fn resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Sends `signal` unless the process has already been reaped.
+    pub(crate) fn signal(&self, signal: Signal) {
+        if self.reaped.is_none()
+            && let Ok(pid) = i32::try_from(self.pid)
+        {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Waits up to `limit` for the process to end by itself, kills it if it
+    /// has not, and reaps it.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> ExitCause {
+        if let Some(cause) = self.reaped {
+            return cause;
+        }
+        if !channel::wait(&self.pidfd, PollFlags::IN, Some(limit)).unwrap_or(false) {
+            let _ = self.child.kill();
+        }
+        self.reap()
+    }
+
+    /// Asks the worker to exit and reaps it; kills it if it does not comply quickly.
+    pub(crate) fn shutdown(mut self) {
+        if self.channel.try_send(&ToWorker::Exit).is_ok() {
+            self.reap();
+        } else {
+            self.kill_and_reap();
+        }
+    }
+
+    pub(crate) fn kill_and_reap(&mut self) -> ExitCause {
+        if self.reaped.is_none() {
+            let _ = self.child.kill();
+        }
+        self.reap()
+    }
+
+    /// Waits up to [`EXIT_GRACE`] for the child to end, kills it if it
+    /// lingers, and reaps it.
+    fn reap(&mut self) -> ExitCause {
+        if let Some(cause) = self.reaped {
+            return cause;
+        }
+        let slot = self.slot.take();
+        let mut registered = slot
+            .as_ref()
+            .map(|slot| slot.0.lock().unwrap_or_else(PoisonError::into_inner));
+        if !channel::wait(&self.pidfd, PollFlags::IN, Some(EXIT_GRACE)).unwrap_or(false) {
+            let _ = self.child.kill();
+        }
+        let cause = self
+            .child
+            .wait()
+            .map(ExitCause::from_status)
+            .unwrap_or(ExitCause::Unknown);
+        self.reaped = Some(cause);
+        if let Some(pid) = registered.as_deref_mut() {
+            *pid = None;
+        }
+        cause
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// Starts `command`, then drops it (and the descriptors it was to pass on).
+fn spawn_and_drop(mut command: Command) -> std::io::Result<Child> {
+    command.spawn()
+}
+
+/// Starts `command` from one thread that lives as long as the program.
+///
+/// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
+/// exits, not the process. Forking from the caller's thread would kill a
+/// worker or `Process` as soon as a short-lived thread that started it ends.
+fn spawn_from_long_lived_thread(command: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Request>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("procpool-spawner".into())
+            .spawn(move || {
+                for (command, reply) in incoming {
+                    let _ = reply.send(spawn_and_drop(command));
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(requests))
+    });
+    let Some(spawner) = spawner else {
+        return Err(std::io::Error::other(
+            "cannot start procpool's spawner thread",
+        ));
+    };
+    let (reply, response) = mpsc::channel();
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send((command, reply));
+    if sent.is_err() {
+        return Err(std::io::Error::other("procpool's spawner thread is gone"));
+    }
+    response
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("procpool's spawner thread is gone")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Payload;
+
+    static NEVER: AtomicBool = AtomicBool::new(false);
+
+    fn worker(name: &str) -> WorkerProcess {
+        WorkerProcess::spawn(
+            name,
+            Duration::from_secs(10),
+            &NEVER,
+            None,
+            ForkFrom::ThisThread,
+        )
+        .unwrap()
+    }
+
+    fn run(task: u64, job: &str) -> ToWorker {
+        ToWorker::Run {
+            task,
+            job: job.into(),
+            count: 1,
+            items: Payload::new(vec![1, 2, 3]).unwrap(),
+            last: false,
+        }
+    }
+
+    #[test]
+    fn garbage_from_the_parent_makes_the_worker_exit_cleanly() {
+        let mut worker = worker("garbage-test");
+        let garbage = b"not a ToWorker message".repeat(10);
+        rustix::net::send(
+            worker.channel.fd(),
+            &garbage,
+            rustix::net::SendFlags::empty(),
+        )
+        .unwrap();
+        match worker.recv(Some(Instant::now() + Duration::from_secs(10)), &NEVER) {
+            Err(Lost::Died(cause)) => assert_eq!(cause, ExitCause::Code(0)),
+            other => panic!("expected a clean exit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_job_gets_an_error_reply() {
+        let mut worker = worker("unknown-job-test");
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        match worker.call(run(1, "no::such::job"), deadline, &NEVER) {
+            Ok(FromWorker::Failed { task: 1, failure }) => {
+                let error = failure.into_error("no::such::job", 0);
+                assert!(matches!(error, Error::UnknownJob(ref job) if job == "no::such::job"));
+            }
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+        // The worker is still serving.
+        assert!(matches!(
+            worker.call(run(2, "still::unknown"), deadline, &NEVER),
+            Ok(FromWorker::Failed { task: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_worker_holds_its_own_channel_and_nothing_else_of_ours() {
+        let worker = worker("fds-test");
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", worker.pid()))
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count();
+        assert_eq!(fds, 1);
+    }
+}

@@ -1,0 +1,137 @@
+//! The local worker's loop: take the channel from stdin, greet the parent,
+//! then run each task it sends until it says `Exit` or goes away.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::exec;
+use crate::local::channel::{Channel, ChannelError};
+use crate::sys;
+use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
+
+/// Exit code of a worker that could not connect back to its parent.
+pub(crate) const EXIT_BOOTSTRAP_FAILED: i32 = 86;
+
+/// Serves the parent over the channel it passed as stdin; the exit code.
+pub(crate) fn run(parent: Option<String>) -> i32 {
+    if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    match take_channel_from_stdin() {
+        Ok(socket) => serve(socket),
+        Err(why) => {
+            eprintln!("procpool worker: {why}; exiting");
+            EXIT_BOOTSTRAP_FAILED
+        }
+    }
+}
+
+/// Moves the channel off stdin (to a close-on-exec descriptor, so programs
+/// a job starts do not inherit it) and puts `/dev/null` there, so a job
+/// reading stdin reads nothing, as in every worker.
+fn take_channel_from_stdin() -> Result<OwnedFd, String> {
+    let stdin = std::io::stdin();
+    let stdin = stdin.as_fd();
+    // Only a socket may become the channel: a forged marker on a program
+    // started with a terminal or a file as stdin ends here.
+    let is_socket = rustix::fs::fstat(stdin)
+        .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode).is_socket());
+    if !is_socket {
+        return Err("stdin is not the channel to the parent".into());
+    }
+    let socket = rustix::io::fcntl_dupfd_cloexec(stdin, 3)
+        .map_err(|err| format!("cannot take the channel from stdin: {err}"))?;
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|err| format!("cannot open /dev/null: {err}"))?;
+    // dup2 leaves the new stdin inheritable, as a stdin should be.
+    rustix::stdio::dup2_stdin(&null)
+        .map_err(|err| format!("cannot put /dev/null on stdin: {err}"))?;
+    Ok(socket)
+}
+
+/// Greets the parent, then runs its tasks; the exit code.
+fn serve(socket: OwnedFd) -> i32 {
+    let mut channel = Channel::new(socket);
+    let hello = FromWorker::Hello {
+        pid: std::process::id(),
+    };
+    if channel.send(&hello).is_err() {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    let own_pid = std::process::id();
+
+    loop {
+        // A closed channel means the parent is gone or done with us, and
+        // anything that is not our message means it is not our parent
+        // speaking: either way, exit quietly.
+        let message = match channel.recv::<ToWorker>() {
+            Ok(message) => message,
+            Err(ChannelError::Io(_)) => return EXIT_BOOTSTRAP_FAILED,
+            Err(_) => return 0,
+        };
+        let (reply, exit) = match message {
+            ToWorker::Init { name, initializer } => {
+                exec::become_worker(name);
+                let failure = initializer.and_then(|(job, arg)| run_task(0, &job, 1, &arg).1);
+                match failure {
+                    None => (FromWorker::Ready, None),
+                    // The parent gives up on this worker; exit once it knows why.
+                    Some(failure) => (FromWorker::Failed { task: 0, failure }, Some(1)),
+                }
+            }
+            ToWorker::Run {
+                task,
+                job,
+                count,
+                items,
+                last,
+            } => {
+                let (reply, failure) = run_task(task, &job, count, &items);
+                (reply, last.then_some(i32::from(failure.is_some())))
+            }
+            ToWorker::Exit => return 0,
+        };
+        if std::process::id() != own_pid {
+            // A job forked and its child returned here: only the worker
+            // itself may answer, or the parent would read two replies.
+            // SAFETY: `_exit` ends this process at once; nothing of the
+            // worker's state is shared with it.
+            unsafe { libc::_exit(0) };
+        }
+        if channel.send(&reply).is_err() {
+            return 0;
+        }
+        if let Some(code) = exit {
+            return code;
+        }
+    }
+}
+
+/// Runs task number `task`; the reply, and the first failure in it.
+fn run_task(task: u64, job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>) {
+    let failed = |failure: Failure| {
+        (
+            FromWorker::Failed {
+                task,
+                failure: failure.clone(),
+            },
+            Some(failure),
+        )
+    };
+    match exec::run_chunk(job, count, items) {
+        Ok((output, failure)) => match Payload::new(output) {
+            Ok(items) => (FromWorker::Done { task, items }, failure),
+            Err(err) => failed(Failure::new(
+                FailureKind::EncodeResult,
+                format!(
+                    "cannot share the chunk's results with the parent: {}",
+                    sys::describe_io(&err)
+                ),
+            )),
+        },
+        Err(failure) => failed(failure),
+    }
+}
