@@ -779,14 +779,13 @@ fn default_chunksize(items: usize, processes: usize) -> usize {
 
 /// Where a chunk whose size the pool chose is cut, whatever its count.
 ///
-/// Below ipc-channel's largest unfragmented message (about 207 KiB), a
-/// chunk and its reply each cross in one `sendmsg`, and the few chunks in
-/// flight stay small beside a large map's result. Measured with a map of
-/// 10⁶ trivial `u64` items on 2 workers: chunks of 31 250 items (250 KiB)
-/// took 16 to 19 ms (median of 30), chunks cut at 128 KiB 6.4 to 7.8 ms;
-/// the caller's peak memory over a map of 10⁷ `u64` fell from 1.11 to 1.14
-/// times the result to 1.00 to 1.02 (bench row `map_1e7_peak_x_result`).
-pub(crate) const MAX_AUTO_CHUNK_BYTES: usize = 128 << 10;
+/// It keeps the few chunks in flight small beside a large map's result:
+/// the caller's peak memory over a map of 10⁷ `u64` is 1.02 times the
+/// result with this cut, 1.11 to 1.14 times with chunks of 16 per worker
+/// (312 500 items). Smaller cuts cost speed: each reply over 32 KiB comes
+/// back in a fresh memfd, and a map of 10⁶ `u64` took 17 ms (median of 30)
+/// cut at 128 KiB against 9 to 12 ms at 512 KiB or more.
+pub(crate) const MAX_AUTO_CHUNK_BYTES: usize = 512 << 10;
 
 #[cfg(test)]
 mod tests {

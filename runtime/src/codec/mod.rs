@@ -237,7 +237,10 @@ impl<T> ChunkWriter<T> {
 
 impl<T: Serialize + 'static> ChunkWriter<T> {
     /// Appends one item; on error the chunk is as it was.
-    #[inline]
+    // Always inlined: for a raw item it is a store and a count (measured: a
+    // call per item here was 30 % of a worker's CPU in a map of trivial
+    // items); everything else is out of line in `push_through_serde`.
+    #[inline(always)]
     pub(crate) fn push(&mut self, item: &T) -> Result<(), Problem> {
         // Inlined into the caller's loop: a raw item is one store.
         if let Mode::Shaped { .. } = self.mode
@@ -503,21 +506,24 @@ impl<R: Serialize + 'static> Default for ReplyWriter<R> {
 impl<R: Serialize + 'static> ReplyWriter<R> {
     /// The next item's value; if it cannot be encoded, the item fails with
     /// the returned problem instead (already recorded).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn value(&mut self, value: &R) -> Result<(), Problem> {
         let pushed = self.values.push(value);
         match &pushed {
             Ok(()) => self.index += 1,
-            Err(problem) => {
-                let kind = if problem.panicked {
-                    crate::wire::FailureKind::Panicked
-                } else {
-                    crate::wire::FailureKind::EncodeResult
-                };
-                self.failure(Failure::new(kind, problem.message.clone()));
-            }
+            Err(problem) => self.unencodable(problem),
         }
         pushed
+    }
+
+    #[cold]
+    fn unencodable(&mut self, problem: &Problem) {
+        let kind = if problem.panicked {
+            crate::wire::FailureKind::Panicked
+        } else {
+            crate::wire::FailureKind::EncodeResult
+        };
+        self.failure(Failure::new(kind, problem.message.clone()));
     }
 
     /// The next item failed.
