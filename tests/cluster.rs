@@ -977,3 +977,231 @@ fn a_caller_cut_off_longer_than_reconnect_fails_its_pending_calls() {
         &["lost the connection", "reconnect"],
     );
 }
+
+/// A key for authenticated queues (at least 16 characters).
+const KEY: &str = "procpool-test-key-0123456789";
+
+/// A stream entry's fields, as name and value pairs.
+type Fields = Vec<(String, Vec<u8>)>;
+
+/// The entries of stream `key`: id, then field and value pairs.
+fn stream_entries(conn: &mut redis::Connection, key: &str) -> Vec<(String, Fields)> {
+    let raw: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    raw.into_iter()
+        .map(|(id, flat)| {
+            let fields = flat
+                .chunks(2)
+                .map(|pair| (String::from_utf8(pair[0].clone()).unwrap(), pair[1].clone()))
+                .collect();
+            (id, fields)
+        })
+        .collect()
+}
+
+/// Adds an entry with `fields` to stream `key`.
+fn xadd(conn: &mut redis::Connection, key: &str, fields: &[(String, Vec<u8>)]) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*");
+    for (name, value) in fields {
+        cmd.arg(name).arg(value);
+    }
+    let _: String = cmd.query(conn).unwrap();
+}
+
+/// `fields` with `name` set to `value` (or removed, with `None`).
+fn with_field(
+    fields: &[(String, Vec<u8>)],
+    name: &str,
+    value: Option<&[u8]>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> =
+        fields.iter().filter(|(n, _)| n != name).cloned().collect();
+    if let Some(value) = value {
+        out.push((name.to_owned(), value.to_vec()));
+    }
+    out
+}
+
+fn stat(conn: &mut redis::Connection, queue: &str, counter: &str) -> u64 {
+    redis::cmd("HGET")
+        .arg(format!("procpool:{queue}:stats"))
+        .arg(counter)
+        .query::<Option<u64>>(conn)
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// The one stream of `queue` that holds tasks.
+fn task_stream(conn: &mut redis::Connection, queue: &str) -> String {
+    let streams = keys(conn, &format!("procpool:{queue}:tasks*"));
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    streams[0].clone()
+}
+
+#[test]
+fn with_a_key_tasks_without_a_valid_tag_never_run() {
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=keyed&key={KEY}"));
+    let dir = scratch_dir("keyed");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let mut conn = redis_conn(&redis, "");
+    // Two genuine tasks, copied from the stream before any worker runs.
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let call = pool
+        .chunksize(1)
+        .map_async(traced_square, (1..3).map(|x| (x, 10, dir_text.clone())))
+        .unwrap();
+    let stream = task_stream(&mut conn, "keyed");
+    let genuine = stream_entries(&mut conn, &stream);
+    assert_eq!(genuine.len(), 2);
+    let field = |fields: &[(String, Vec<u8>)], name: &str| {
+        fields.iter().find(|(n, _)| n == name).unwrap().1.clone()
+    };
+    let (first, second) = (&genuine[0].1, &genuine[1].1);
+    assert_eq!(field(first, "tag").len(), 32, "HMAC-SHA256 tags");
+    let caller = String::from_utf8(field(first, "caller")).unwrap();
+    pool.terminate();
+    assert!(matches!(call.get(), Err(Error::Terminated { .. })));
+    // The caller counts as present, so only the tags decide.
+    let _: () = redis::cmd("SET")
+        .arg(format!("procpool:keyed:caller:{caller}"))
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let forged = [
+        with_field(first, "tag", None),
+        with_field(first, "tag", Some(&[0u8; 32])),
+        with_field(first, "items", Some(&field(second, "items"))),
+        with_field(first, "seq", Some(b"9")),
+        with_field(first, "count", Some(b"2")),
+        with_field(first, "job", Some(b"cluster::traced_fails_first")),
+    ];
+    for fields in &forged {
+        xadd(&mut conn, &stream, fields);
+    }
+    let workers = Workers::start(&url, 1).unwrap();
+    eventually("the worker to drop the forged tasks", || {
+        stat(&mut conn, "keyed", "forged_tasks") == forged.len() as u64
+    });
+    assert_eq!(queued_in(&mut conn, &stream), 0, "acknowledged and deleted");
+    assert!(traces(&dir, "started").is_empty(), "none of them ran");
+    // The same task with its own tag runs (here, replayed as it was).
+    xadd(&mut conn, &stream, first);
+    eventually("the genuine task to run", || {
+        traces(&dir, "started").contains_key(&1)
+    });
+    assert_eq!(
+        stat(&mut conn, "keyed", "forged_tasks"),
+        forged.len() as u64
+    );
+    assert_eq!(workers.restarts(), 0);
+}
+
+fn queued_in(conn: &mut redis::Connection, stream: &str) -> u64 {
+    redis::cmd("XLEN").arg(stream).query(conn).unwrap()
+}
+
+#[test]
+fn with_a_key_a_forged_result_is_never_delivered() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis, "");
+    // A genuine result of square(5), made by a worker of an unkeyed queue
+    // for a made-up caller.
+    let open = redis.url("queue=open");
+    {
+        let warm = Pool::builder().cluster(&open).build().unwrap();
+        let call = warm.apply_async(square, 5).unwrap();
+        let stream = task_stream(&mut conn, "open");
+        let task = stream_entries(&mut conn, &stream).remove(0).1;
+        drop(call);
+        drop(warm);
+        let fake = with_field(&task, "caller", Some(b"ffff"));
+        let _: () = redis::cmd("SET")
+            .arg("procpool:open:caller:ffff")
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        xadd(&mut conn, &stream, &fake);
+    }
+    let _open_workers = Workers::start(&open, 1).unwrap();
+    eventually("the made-up caller's result", || {
+        queued_in(&mut conn, "procpool:open:results:ffff") == 1
+    });
+    let result = stream_entries(&mut conn, "procpool:open:results:ffff")
+        .remove(0)
+        .1;
+    let value = result.iter().find(|(n, _)| n == "ok").unwrap().1.clone();
+
+    for (queue, key) in [("unkeyed", None), ("keyed", Some(KEY))] {
+        let params = match key {
+            Some(key) => format!("queue={queue}&key={key}"),
+            None => format!("queue={queue}"),
+        };
+        let url = redis.url(&params);
+        let pool = Pool::builder().cluster(&url).build().unwrap();
+        // No worker yet: the call waits, and a forged result comes first.
+        let mut call = pool.apply_async(square, 3).unwrap();
+        let caller = keys(&mut conn, &format!("procpool:{queue}:caller:*"))[0]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let forged = vec![
+            ("seq".to_owned(), b"0".to_vec()),
+            ("ok".to_owned(), value.clone()),
+            ("tag".to_owned(), vec![7u8; 32]),
+        ];
+        xadd(
+            &mut conn,
+            &format!("procpool:{queue}:results:{caller}"),
+            &forged,
+        );
+        if key.is_none() {
+            // Without a key, anyone who can write to Redis makes the value.
+            assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 25);
+            continue;
+        }
+        eventually("the caller to drop the forged result", || {
+            stat(&mut conn, queue, "forged_results") == 1
+        });
+        assert!(!call.ready(), "not delivered, not even as an error");
+        let _workers = Workers::start(&url, 1).unwrap();
+        assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 9);
+    }
+}
+
+#[test]
+fn a_worker_with_another_key_never_runs_the_callers_tasks() {
+    let redis = RedisServer::start();
+    let dir = scratch_dir("otherkey");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let url = redis.url(&format!("queue=otherkey&key={KEY}"));
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let wrong = Workers::start(
+        &redis.url("queue=otherkey&key=another-key-of-enough-length"),
+        1,
+    )
+    .unwrap();
+    let unkeyed = Workers::start(&redis.url("queue=otherkey"), 1).unwrap();
+    let mut call = pool.apply_async(traced_square, (4, 10, dir_text)).unwrap();
+    assert!(
+        call.get_timeout(Duration::from_secs(3)).is_err(),
+        "still waiting"
+    );
+    assert!(traces(&dir, "started").is_empty());
+    let _right = Workers::start(&url, 1).unwrap();
+    assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 16);
+    assert_eq!(traces(&dir, "started").len(), 1);
+    let mut conn = redis_conn(&redis, "");
+    assert_eq!(
+        stat(&mut conn, "otherkey", "forged_tasks"),
+        0,
+        "never even read"
+    );
+    drop((wrong, unkeyed));
+}

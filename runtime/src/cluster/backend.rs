@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
+use super::auth::{ResultFields, TaskFields};
 use super::link::Link;
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
 use super::settings::Settings;
@@ -272,7 +273,9 @@ impl Shared {
         }
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         for entry in entries {
-            self.receive(entry);
+            if self.authentic(link, &entry) {
+                self.receive(entry);
+            }
         }
         if !ids.is_empty() {
             // Read already; deleting only keeps the stream short.
@@ -341,6 +344,54 @@ impl Shared {
             task.fail(error);
         }
         true
+    }
+
+    /// Whether a result carries a valid tag for a task pending under its
+    /// number. One that does not is dropped (never delivered, also not as an
+    /// error), counted in the queue's `stats` and logged; the call goes on
+    /// waiting for its real result.
+    fn authentic(&self, link: &mut Link, entry: &Entry) -> bool {
+        let auth = &self.settings.auth;
+        if !auth.keyed() {
+            return true;
+        }
+        let Some(seq) = entry.number("seq") else {
+            return true; // Dropped by `receive` anyway.
+        };
+        let job = match lock(&self.state).pending.get(&seq) {
+            Some(pending) => pending.task.job,
+            None => return true, // Not pending: dropped by `receive` anyway.
+        };
+        let (kind, value) = match (entry.field("ok"), entry.field("err")) {
+            (Some(value), _) => ("ok", value),
+            (None, Some(value)) => ("err", value),
+            (None, None) => ("", &[][..]),
+        };
+        let fields = ResultFields {
+            queue: &self.settings.queue,
+            caller: &self.caller,
+            seq,
+            job,
+            kind,
+            value,
+        };
+        if auth.result_valid(&fields, entry.field("tag")) {
+            return true;
+        }
+        log::warn!(
+            "procpool cluster caller {}: dropped result {} for task {seq} (job `{job}`): its tag \
+             does not match this queue's key; someone without the key wrote to {}",
+            self.caller,
+            entry.id,
+            self.keys.results(&self.caller)
+        );
+        let _ = link.query::<()>(
+            redis::cmd("HINCRBY")
+                .arg(self.keys.stats())
+                .arg("forged_results")
+                .arg(1),
+        );
+        false
     }
 
     /// Hands one result to its call, unless it was delivered already.
@@ -441,14 +492,23 @@ impl Backend for ClusterBackend {
             shared.settle(|state| state.pending.remove(&seq));
             return Err(Error::Closed);
         }
+        let tag = shared.settings.auth.task_tag(&TaskFields {
+            queue: &shared.settings.queue,
+            caller: &shared.caller,
+            seq,
+            job,
+            count: count as u64,
+            items: &items,
+        });
         let added = link.run_retrying(
             Some(shared.settings.reconnect),
             &|| shared.stop.load(Ordering::Acquire),
             |conn| {
                 // Presence first, in the same round trip: a worker never
                 // sees this task without it, even right after Redis restarted.
-                let (_, id): ((), String) = shared
-                    .mark_present(&mut redis::pipe())
+                let mut pipe = redis::pipe();
+                let add = shared
+                    .mark_present(&mut pipe)
                     .cmd("XADD")
                     .arg(shared.keys.tasks())
                     .arg("*")
@@ -463,8 +523,11 @@ impl Backend for ClusterBackend {
                     .arg("count")
                     .arg(count)
                     .arg("items")
-                    .arg(&items)
-                    .query(conn)?;
+                    .arg(&items);
+                if let Some(tag) = &tag {
+                    add.arg("tag").arg(tag);
+                }
+                let (_, id): ((), String) = pipe.query(conn)?;
                 Ok(id)
             },
         );

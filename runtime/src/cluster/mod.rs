@@ -70,6 +70,7 @@
 //! [`Workers`] starts through their environment, which only the same user
 //! can read.
 
+mod auth;
 mod backend;
 mod link;
 mod protocol;

@@ -4,11 +4,15 @@
 //!
 //! | key | type | written by | holds |
 //! |---|---|---|---|
-//! | `tasks` | stream, group `workers` | callers | one entry per task: `caller`, `seq`, `job`, `fp`, `count`, `items` |
-//! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err` |
+//! | `tasks` (`tasks:<key id>` with a key) | stream, group `workers` | callers | one entry per task: `caller`, `seq`, `job`, `fp`, `count`, `items`, and with a key `tag` |
+//! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
 //! | `caller:<caller>` | string, with a TTL | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
 //! | `registry:<fp>` | string, with a TTL | callers | the caller's job list, so a refusing worker can say what differs |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
+//! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `forged_results` (dropped by callers) |
+//!
+//! With a key, the tasks stream's name is derived from it, so that workers
+//! with another key (or none) never read the caller's tasks.
 
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -24,16 +28,24 @@ pub(crate) const GROUP: &str = "workers";
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
+    tasks: String,
 }
 
 impl Keys {
     pub(crate) fn new(settings: &Settings) -> Keys {
-        Keys {
-            prefix: format!("procpool:{}:", settings.queue),
-        }
+        let prefix = format!("procpool:{}:", settings.queue);
+        let tasks = if settings.auth.keyed() {
+            format!("{prefix}tasks:{}", settings.auth.derive_id("tasks"))
+        } else {
+            format!("{prefix}tasks")
+        };
+        Keys { prefix, tasks }
     }
     pub(crate) fn tasks(&self) -> String {
-        format!("{}tasks", self.prefix)
+        self.tasks.clone()
+    }
+    pub(crate) fn stats(&self) -> String {
+        format!("{}stats", self.prefix)
     }
     pub(crate) fn results(&self, caller: &str) -> String {
         format!("{}results:{caller}", self.prefix)

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use redis::Value;
 
+use super::auth::{ResultFields, TaskFields};
 use super::backend::ensure_group;
 use super::link::Link;
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
@@ -287,6 +288,29 @@ impl Worker {
             self.acknowledge(&entry.id);
             return;
         };
+        let items = entry.take("items").unwrap_or_default();
+        let task = TaskFields {
+            queue: &self.settings.queue,
+            caller: &caller,
+            seq,
+            job: &job,
+            count,
+            items: &items,
+        };
+        if !self.settings.auth.task_valid(&task, entry.field("tag")) {
+            log::warn!(
+                "procpool cluster worker {}: dropped task {} (job `{job}`) without running it: \
+                 its tag does not match this queue's key, so someone without the key added it",
+                self.name,
+                entry.id
+            );
+            let stats = self.keys.stats();
+            let _ = self
+                .link
+                .query::<()>(redis::cmd("HINCRBY").arg(stats).arg("forged_tasks").arg(1));
+            self.acknowledge(&entry.id);
+            return;
+        }
         // The caller id becomes part of a key name: only ids procpool makes.
         if caller.is_empty() || !caller.bytes().all(|b| b.is_ascii_hexdigit()) {
             eprintln!(
@@ -302,7 +326,6 @@ impl Worker {
             .link
             .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(&caller)))
             == Ok(false);
-        let items = entry.take("items").unwrap_or_default();
         let theirs = entry.text("fp").unwrap_or("").to_owned();
         let limit = self.settings.max_payload as u64;
         let outcome = if absent {
@@ -333,7 +356,7 @@ impl Worker {
                 Err(failure) => Err(Refusal::Failed(failure)),
             }
         };
-        self.store(&entry.id, &caller, seq, outcome);
+        self.store(&entry.id, &caller, seq, &job, outcome);
     }
 
     fn mismatch(&mut self, theirs: &str) -> String {
@@ -356,7 +379,14 @@ impl Worker {
     /// a task is never acknowledged without its result. Retries while Redis
     /// is unreachable; if the worker is told to stop meanwhile, the task
     /// stays pending and another worker runs it again.
-    fn store(&mut self, id: &str, caller: &str, seq: u64, outcome: Result<Vec<u8>, Refusal>) {
+    fn store(
+        &mut self,
+        id: &str,
+        caller: &str,
+        seq: u64,
+        job: &str,
+        outcome: Result<Vec<u8>, Refusal>,
+    ) {
         let (field, value) = match outcome {
             Ok(items) => ("ok", items),
             Err(refusal) => match postcard::to_stdvec(&refusal) {
@@ -367,24 +397,32 @@ impl Worker {
                 }
             },
         };
+        let tag = self.settings.auth.result_tag(&ResultFields {
+            queue: &self.settings.queue,
+            caller,
+            seq,
+            job,
+            kind: field,
+            value: &value,
+        });
         let results = self.keys.results(caller);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
         let tasks = self.keys.tasks();
         let stored = self.link.run_retrying(None, &stopping, |conn| {
             let mut pipe = redis::pipe();
-            pipe.atomic()
+            let add = pipe
+                .atomic()
                 .cmd("XADD")
                 .arg(&results)
                 .arg("*")
                 .arg("seq")
                 .arg(seq)
                 .arg(field)
-                .arg(&value)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&results)
-                .arg(ttl)
-                .ignore();
+                .arg(&value);
+            if let Some(tag) = &tag {
+                add.arg("tag").arg(tag);
+            }
+            add.ignore().cmd("PEXPIRE").arg(&results).arg(ttl).ignore();
             retire(&mut pipe, &tasks, id).query::<()>(conn)
         });
         if let Err(err) = stored {

@@ -6,7 +6,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::auth::{Auth, MIN_KEY_LEN};
 use crate::Error;
+
+/// The environment variable that gives the queue's key, so that it stays
+/// out of command lines (`ps` shows those to every user of the host).
+pub(crate) const KEY_ENV: &str = "PROCPOOL_KEY";
 
 /// Everything a cluster caller or worker reads from its URL.
 #[derive(Debug, Clone)]
@@ -34,6 +39,8 @@ pub(crate) struct Settings {
     pub(crate) tls_ca: Option<PathBuf>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    /// Signs and checks tasks and results with the queue's key, if any.
+    pub(crate) auth: Auth,
 }
 
 /// The shortest visibility timeout: a live worker renews its claim every
@@ -42,10 +49,23 @@ const MIN_VISIBILITY: Duration = Duration::from_millis(300);
 
 /// procpool's query parameters, with what each means, for error messages.
 const PARAMETERS: &str = "queue, visibility, ttl, max_payload, max_deliveries, reconnect, \
-                          tls_ca, tls_cert, tls_key";
+                          tls_ca, tls_cert, tls_key, key";
 
 impl Settings {
+    /// Reads `url`, with the key from `PROCPOOL_KEY` if the URL has none.
     pub(crate) fn parse(url: &str) -> Result<Settings, Error> {
+        let from_env = std::env::var_os(KEY_ENV)
+            .map(|value| {
+                value.into_string().map_err(|_| {
+                    Error::Config(format!("{KEY_ENV} is not valid UTF-8; use a text key"))
+                })
+            })
+            .transpose()?;
+        Settings::parse_with_key(url, from_env)
+    }
+
+    /// Reads `url`; `env_key` is the key from the environment, if set.
+    pub(crate) fn parse_with_key(url: &str, env_key: Option<String>) -> Result<Settings, Error> {
         let invalid = |why: String| Error::Config(format!("invalid cluster URL: {why}"));
         let mut parsed = url::Url::parse(url).map_err(|e| {
             invalid(format!(
@@ -70,7 +90,9 @@ impl Settings {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            auth: Auth::new(None),
         };
+        let mut url_key = None;
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -91,6 +113,7 @@ impl Settings {
                 "tls_ca" => settings.tls_ca = Some(PathBuf::from(value)),
                 "tls_cert" => settings.tls_cert = Some(PathBuf::from(value)),
                 "tls_key" => settings.tls_key = Some(PathBuf::from(value)),
+                "key" => url_key = Some(value),
                 other => {
                     return Err(invalid(format!(
                         "unknown parameter `{other}`; procpool understands {PARAMETERS}"
@@ -127,6 +150,24 @@ impl Settings {
                 "tls_ca, tls_cert and tls_key need a rediss:// URL".into(),
             ));
         }
+        let key = match (url_key, env_key) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(format!(
+                    "the URL's key and {KEY_ENV} differ; give the key once (or the same in both)"
+                )));
+            }
+            (a, b) => a.or(b),
+        };
+        if let Some(key) = &key
+            && key.len() < MIN_KEY_LEN
+        {
+            return Err(invalid(format!(
+                "the key is {} bytes long; use at least {MIN_KEY_LEN} random characters \
+                 (e.g. `openssl rand -hex 32`)",
+                key.len()
+            )));
+        }
+        settings.auth = Auth::new(key.as_deref().map(str::as_bytes));
         parsed.set_query(None);
         settings.redis_url = parsed.to_string();
         if parsed.password().is_some() {
@@ -215,10 +256,38 @@ mod tests {
             ("redis://h?ttl=10", "longer than reconnect"),
             ("redis://h?tls_ca=/ca.pem", "rediss://"),
             ("rediss://h?tls_cert=/c.pem", "go together"),
+            ("redis://h?key=short", "at least 16"),
         ] {
             let err = Settings::parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");
             assert!(err.starts_with("invalid pool configuration: invalid cluster URL"));
         }
+    }
+
+    #[test]
+    fn the_key_comes_from_the_url_or_the_environment_and_never_shows() {
+        let long = "0123456789abcdef0123";
+        let from_url = Settings::parse_with_key(&format!("redis://h?key={long}"), None).unwrap();
+        let from_env = Settings::parse_with_key("redis://h", Some(long.into())).unwrap();
+        let both = Settings::parse_with_key(&format!("redis://h?key={long}"), Some(long.into()));
+        assert!(from_url.auth.keyed() && from_env.auth.keyed() && both.is_ok());
+        assert_eq!(
+            from_url.auth.derive_id("x"),
+            from_env.auth.derive_id("x"),
+            "the same key either way"
+        );
+        assert!(!from_url.display.contains(long) && !from_url.redis_url.contains(long));
+        assert!(!format!("{from_url:?}").contains(long));
+        let differ = Settings::parse_with_key(
+            &format!("redis://h?key={long}"),
+            Some("another key of enough length".into()),
+        );
+        assert!(differ.unwrap_err().to_string().contains("differ"));
+        assert!(
+            !Settings::parse_with_key("redis://h", None)
+                .unwrap()
+                .auth
+                .keyed()
+        );
     }
 }
