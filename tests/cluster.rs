@@ -71,6 +71,13 @@ fn zeros(n: usize) -> Vec<u8> {
     vec![0; n]
 }
 
+/// Also in tests/bin/other_worker.rs, with the same types.
+#[pool_job]
+fn tagged_add(a: i64, b: i64) -> (i64, u32) {
+    std::thread::sleep(Duration::from_millis(20));
+    (a + b, std::process::id())
+}
+
 #[pool_job]
 fn worker_name() -> String {
     procpool::current_process().name().to_owned()
@@ -297,44 +304,117 @@ fn a_task_that_ran_twice_is_received_once() {
     });
 }
 
-#[test]
-fn a_worker_with_another_registry_refuses_the_task() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=mismatch");
-    // Killed when the test ends, whether it passes or not.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A process killed when the test ends, whether it passes or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let _other = KillOnDrop(
+}
+
+/// A worker of the other build (tests/bin/other_worker.rs) serving `url`.
+fn other_build_worker(url: &str) -> KillOnDrop {
+    KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_procpool-other-worker"))
-            .arg(&url)
+            .arg(url)
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+/// Waits until `n` workers have announced themselves on `queue`.
+fn wait_for_workers(conn: &mut redis::Connection, queue: &str, n: u64) {
+    eventually("the workers to announce themselves", || {
+        redis::cmd("ZCARD")
+            .arg(format!("procpool:{queue}:workers"))
+            .query::<u64>(conn)
+            .unwrap()
+            == n
+    });
+}
+
+#[test]
+fn a_rolling_deploy_fails_no_call() {
+    // Two workers of the old build, where `cluster::square` takes a u32, and
+    // two of the new one; `cluster::tagged_add` is the same in both.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=deploy");
+    let old = [other_build_worker(&url), other_build_worker(&url)];
+    let old_pids: HashSet<u32> = old.iter().map(|w| w.0.id()).collect();
+    let new = Workers::start(&url, 2).unwrap();
+    let new_pids: HashSet<u32> = new.pids().into_iter().collect();
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "deploy", 4);
     let pool = Pool::builder().cluster(&url).build().unwrap();
-    let outcome = pool
-        .apply_async(square, 3)
-        .unwrap()
-        .get_timeout(Duration::from_secs(30));
-    match outcome {
+    let squares: Vec<_> = (0..5)
+        .map(|_| pool.chunksize(1).map_async(square, 0..8u64).unwrap())
+        .collect();
+    let adds: Vec<_> = (0..5)
+        .map(|_| {
+            pool.chunksize(1)
+                .map_async(tagged_add, (0..8).map(|i| (i, 1)))
+                .unwrap()
+        })
+        .collect();
+    for mut call in squares {
+        let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(out, (0..8u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+    let mut ran_on = HashSet::new();
+    for mut call in adds {
+        let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            (1..9).collect::<Vec<i64>>()
+        );
+        ran_on.extend(out.into_iter().map(|(_, pid)| pid));
+    }
+    assert!(
+        ran_on.iter().any(|pid| old_pids.contains(pid)),
+        "old build ran none"
+    );
+    assert!(
+        ran_on.iter().any(|pid| new_pids.contains(pid)),
+        "new build ran none"
+    );
+    assert_eq!(queued(&mut conn, "deploy"), 0);
+}
+
+#[test]
+fn a_job_no_live_worker_can_run_fails_with_a_registry_error_naming_it() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=mismatch&unserved=2");
+    let _old = other_build_worker(&url);
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "mismatch", 1);
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let started = Instant::now();
+    let mut call = pool.chunksize(1).map_async(square, 0..3u64).unwrap();
+    // The job both builds have still runs meanwhile.
+    assert_eq!(pool.apply(tagged_add, (1, 2)).unwrap().0, 3);
+    match call.get_timeout(Duration::from_secs(60)) {
         Err(Error::Registry(message)) => {
-            assert!(message.contains("refused the task"), "{message}");
-            assert!(message.contains("only the caller has `"), "{message}");
-            assert!(
-                message.contains("`cluster::square: fn(u64) -> u64`"),
-                "{message}"
-            );
-            assert!(
-                message.contains("only the worker has `cluster::square: fn(u32) -> u32`"),
-                "{message}"
-            );
+            for needle in [
+                "`cluster::square: fn(u64) -> u64`",
+                "1 workers are alive",
+                "live workers have `cluster::square: fn(u32) -> u32`",
+                "unserved",
+            ] {
+                assert!(message.contains(needle), "no {needle} in: {message}");
+            }
         }
         other => panic!("expected a registry error, got {other:?}"),
     }
+    // `unserved` (2 s) after the check that first found no worker for it.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its tasks were taken off the queue.
+    assert_eq!(queued(&mut conn, "mismatch"), 0);
 }
 
 /// The ids of the connections whose name starts with `prefix`.
@@ -475,12 +555,26 @@ fn payload_limits_are_enforced_on_both_sides() {
     }
 }
 
-/// How many tasks wait in `queue`'s stream.
+/// How many tasks wait in `queue`'s streams.
 fn queued(conn: &mut redis::Connection, queue: &str) -> u64 {
-    redis::cmd("XLEN")
-        .arg(format!("procpool:{queue}:tasks"))
+    keys(conn, &format!("procpool:{queue}:tasks:*"))
+        .iter()
+        .map(|stream| queued_in(conn, stream))
+        .sum()
+}
+
+/// The tasks stream of job `name` (with its types, as in the registry) on `queue`.
+fn stream_of(conn: &mut redis::Connection, queue: &str, job: &str) -> String {
+    let jobs: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("procpool:{queue}:jobs"))
         .query(conn)
-        .unwrap()
+        .unwrap();
+    let id = jobs
+        .iter()
+        .find(|(_, text)| *text == job)
+        .unwrap_or_else(|| panic!("no `{job}` among {jobs:?}"))
+        .0;
+    format!("procpool:{queue}:tasks:{id}")
 }
 
 fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
@@ -496,11 +590,7 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
         !keys(&mut conn, "procpool:ttl:results:*").is_empty() || call.ready()
     });
     // Presence, results and the job list all live `ttl` past their last refresh.
-    for pattern in [
-        "procpool:ttl:caller:*",
-        "procpool:ttl:registry:*",
-        "procpool:ttl:results:*",
-    ] {
+    for pattern in ["procpool:ttl:caller:*", "procpool:ttl:results:*"] {
         for key in keys(&mut conn, pattern) {
             let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
             assert!((1..=120).contains(&ttl), "{key} has TTL {ttl}");
@@ -601,9 +691,7 @@ fn unsupported_options_and_bad_servers_are_clear_errors() {
 fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
     let (redis, _url, workers, pool) = cluster("queue=forged", 1);
     let mut conn = redis_conn(&redis, "");
-    // The caller's registry fingerprint, from the key it announces.
-    let registry = keys(&mut conn, "procpool:forged:registry:*");
-    let fingerprint = registry[0].rsplit(':').next().unwrap().to_owned();
+    let stream = stream_of(&mut conn, "forged", "cluster::square: fn(u64) -> u64");
     let _: () = redis::cmd("SET")
         .arg("procpool:forged:caller:abcd")
         .arg(1)
@@ -611,13 +699,12 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
         .unwrap();
     let forge = |conn: &mut redis::Connection, fields: &[(&str, &[u8])]| {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg("procpool:forged:tasks").arg("*");
+        cmd.arg(&stream).arg("*");
         for (key, value) in fields {
             cmd.arg(*key).arg(*value);
         }
         let _: String = cmd.query(conn).unwrap();
     };
-    let fp = fingerprint.as_bytes();
     // Malformed; a caller id that would name another key; an unknown job.
     forge(&mut conn, &[("garbage", b"yes")]);
     forge(
@@ -626,7 +713,6 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
             ("caller", b"../x"),
             ("seq", b"1"),
             ("job", b"cluster::square"),
-            ("fp", fp),
             ("count", b"1"),
             ("items", &[3]),
         ],
@@ -637,7 +723,6 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
             ("caller", b"abcd"),
             ("seq", b"7"),
             ("job", b"no::such::job"),
-            ("fp", fp),
             ("count", b"1"),
             ("items", &[3]),
         ],
@@ -705,7 +790,11 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
     workers.stop().unwrap();
     let consumers: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg("procpool:leave:tasks")
+        .arg(stream_of(
+            &mut conn,
+            "leave",
+            "cluster::square: fn(u64) -> u64",
+        ))
         .arg("workers")
         .query(&mut conn)
         .unwrap();
@@ -955,7 +1044,9 @@ fn a_killed_caller_leaves_tasks_that_workers_drop() {
     assert_eq!(queued(&mut conn, "killed"), 4);
     // Its keys expire `ttl` (2 s) after its last refresh: only the queue is left.
     eventually("the killed caller's keys to expire", || {
-        keys(&mut conn, "procpool:killed:*") == ["procpool:killed:tasks"]
+        keys(&mut conn, "procpool:killed:*")
+            .iter()
+            .all(|key| key.starts_with("procpool:killed:tasks:"))
     });
     // Workers started now drop its tasks without running them.
     let _workers = Workers::start(&url, 1).unwrap();

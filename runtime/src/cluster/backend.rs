@@ -5,7 +5,7 @@
 //! any more (a task that ran twice because its first worker was presumed
 //! dead) is dropped, so the caller receives every result exactly once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -34,12 +34,15 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 const WITHDRAW_EVERY: Duration = Duration::from_secs(1);
 /// A worker seen this recently counts towards `processes()`.
 const WORKER_FRESH: Duration = Duration::from_secs(60);
+/// How often the caller checks that some live worker can run each job it
+/// has tasks queued for.
+const SERVED_EVERY: Duration = Duration::from_secs(2);
 
 struct Pending {
     /// The task, its items already sent.
     task: Task,
-    /// Its entry in the tasks stream, to withdraw it on `terminate`.
-    entry: Option<String>,
+    /// Its stream and entry id, to withdraw it on `terminate`.
+    entry: Option<(String, String)>,
 }
 
 #[derive(Default)]
@@ -62,8 +65,8 @@ struct Shared {
     settings: Settings,
     keys: Keys,
     caller: String,
-    fingerprint: String,
-    listing: String,
+    /// Job name → its id on this queue, and its signature (see [`Keys::job_id`]).
+    job_ids: Mutex<HashMap<&'static str, (String, &'static str)>>,
     /// The connection tasks are added through.
     submitter: Mutex<Link>,
     state: Mutex<State>,
@@ -91,12 +94,10 @@ impl ClusterBackend {
     /// is only a hint for chunk sizes; by default the live workers are counted.
     pub(crate) fn start(url: &str, processes: Option<usize>) -> Result<Self, Error> {
         let settings = Settings::parse(url)?;
-        let (fingerprint, listing) = crate::job::fingerprint()?;
+        crate::job::registry()?;
         let caller = protocol::random_id()?;
         let keys = Keys::new(&settings);
         let mut link = Link::open(&settings, format!("procpool-caller-{caller}"))?;
-        ensure_group(&mut link, &keys)
-            .map_err(|err| link.error("cannot create the queue", &err))?;
         let seen = link
             .query::<u64>(
                 redis::cmd("ZCOUNT")
@@ -110,8 +111,7 @@ impl ClusterBackend {
             settings,
             keys,
             caller,
-            fingerprint,
-            listing,
+            job_ids: Mutex::new(HashMap::new()),
             submitter: Mutex::new(link),
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
@@ -139,13 +139,15 @@ impl ClusterBackend {
     }
 }
 
-/// Creates the queue's stream and group if they do not exist yet, waiting
-/// up to half a minute for a Redis that is not ready (loading its data).
-pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), redis::RedisError> {
+/// Creates the tasks stream `stream` and its group if they do not exist
+/// yet, waiting up to half a minute for a Redis that is not ready (loading
+/// its data). The group starts at the stream's beginning, so tasks added
+/// before any worker came are delivered.
+pub(crate) fn ensure_group(link: &mut Link, stream: &str) -> Result<(), redis::RedisError> {
     let created = link.run_retrying(Some(Duration::from_secs(30)), &|| false, |conn| {
         redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(keys.tasks())
+            .arg(stream)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -168,16 +170,10 @@ impl Shared {
             .arg(self.settings.ttl.as_millis() as u64)
     }
 
-    /// Marks this caller present, and keeps its results and job list for one more TTL.
+    /// Marks this caller present, and keeps its results for one more TTL.
     fn announce(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
         self.mark_present(&mut redis::pipe())
-            .ignore()
-            .cmd("SET")
-            .arg(self.keys.registry(&self.fingerprint))
-            .arg(&self.listing)
-            .arg("PX")
-            .arg(ttl)
             .ignore()
             .cmd("PEXPIRE")
             .arg(self.keys.results(&self.caller))
@@ -198,6 +194,8 @@ impl Shared {
         let mut withdrawn = Instant::now();
         let mut reconciled = Instant::now();
         let mut reconcile_owed = false;
+        let mut served = Instant::now();
+        let mut unserved = HashMap::new();
         let mut generation = None;
         let mut down_since: Option<Instant> = None;
         // Each key is refreshed three times within its lifetime.
@@ -209,6 +207,10 @@ impl Shared {
             if withdrawn.elapsed() >= WITHDRAW_EVERY {
                 self.withdraw_cancelled(&mut link);
                 withdrawn = Instant::now();
+            }
+            if served.elapsed() >= SERVED_EVERY {
+                self.check_served(&mut link, &mut unserved);
+                served = Instant::now();
             }
             match self.read(&mut link, &mut reader, Some(READ_BLOCK)) {
                 Ok(_) => {
@@ -294,7 +296,7 @@ impl Shared {
     /// then every waiting result is read; what is still pending then is lost.
     /// Returns whether the check was completed.
     fn reconcile(&self, link: &mut Link, reader: &mut Reader) -> bool {
-        let sent: Vec<(u64, String)> = lock(&self.state)
+        let sent: Vec<(u64, (String, String))> = lock(&self.state)
             .pending
             .iter()
             .filter_map(|(seq, pending)| Some((*seq, pending.entry.clone()?)))
@@ -302,10 +304,9 @@ impl Shared {
         if sent.is_empty() {
             return true;
         }
-        let tasks = self.keys.tasks();
         let mut pipe = redis::pipe();
-        for (_, id) in &sent {
-            pipe.cmd("XRANGE").arg(&tasks).arg(id).arg(id);
+        for (_, (stream, id)) in &sent {
+            pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
         }
         let Ok(found) = link.run(|conn| pipe.query::<Vec<redis::Value>>(conn)) else {
             return false;
@@ -429,7 +430,7 @@ impl Shared {
     /// Removes the tasks of calls nobody waits for (a dropped `imap`) from
     /// the queue, so workers do not run them.
     fn withdraw_cancelled(&self, link: &mut Link) {
-        let entries: Vec<String> = self.settle(|state| {
+        let entries: Vec<(String, String)> = self.settle(|state| {
             let cancelled: Vec<u64> = state
                 .pending
                 .iter()
@@ -443,7 +444,141 @@ impl Shared {
                 .collect()
         });
         if !entries.is_empty() {
-            let _ = link.query::<()>(redis::cmd("XDEL").arg(self.keys.tasks()).arg(&entries));
+            let _ = link.run(|conn| withdraw(&mut redis::pipe(), &entries).query::<()>(conn));
+        }
+    }
+
+    /// This queue's id and the signature of `job`, registered in this program.
+    fn job_id(&self, job: &'static str) -> Result<(String, &'static str), Error> {
+        let mut ids = lock(&self.job_ids);
+        if let Some(found) = ids.get(job) {
+            return Ok(found.clone());
+        }
+        let signature = crate::job::registry()?
+            .get(job)
+            .map(|entry| entry.signature)
+            .ok_or_else(|| Error::Registry(format!("job `{job}` is not registered")))?;
+        let found = (self.keys.job_id(job, signature), signature);
+        ids.insert(job, found.clone());
+        Ok(found)
+    }
+
+    /// Fails the queued tasks of every job that no live worker could run
+    /// for `unserved` seconds while other workers were alive: the call
+    /// would otherwise wait forever. With no worker alive at all, calls
+    /// wait for one (workers may be starting).
+    fn check_served(&self, link: &mut Link, unserved: &mut HashMap<&'static str, Instant>) {
+        let jobs: HashSet<&'static str> = lock(&self.state)
+            .pending
+            .values()
+            .filter(|p| p.entry.is_some())
+            .map(|p| p.task.job)
+            .collect();
+        unserved.retain(|job, _| jobs.contains(job));
+        if jobs.is_empty() {
+            return;
+        }
+        let jobs: Vec<(&'static str, String, &'static str)> = jobs
+            .into_iter()
+            .filter_map(|job| {
+                let (id, signature) = self.job_id(job).ok()?;
+                Some((job, id, signature))
+            })
+            .collect();
+        let fresh = protocol::now_ms().saturating_sub(self.alive_window().as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZCOUNT")
+            .arg(self.keys.workers())
+            .arg(fresh)
+            .arg("+inf");
+        for (_, id, _) in &jobs {
+            pipe.cmd("ZCOUNT")
+                .arg(self.keys.serves(id))
+                .arg(fresh)
+                .arg("+inf");
+        }
+        let Ok(counts) = link.run(|conn| pipe.query::<Vec<u64>>(conn)) else {
+            return;
+        };
+        let alive = counts.first().copied().unwrap_or(0);
+        for ((job, id, signature), serving) in jobs.into_iter().zip(counts.into_iter().skip(1)) {
+            if serving > 0 || alive == 0 {
+                unserved.remove(job);
+                continue;
+            }
+            let since = *unserved.entry(job).or_insert_with(Instant::now);
+            if since.elapsed() < self.settings.unserved {
+                continue;
+            }
+            unserved.remove(job);
+            let others = self.other_signatures(link, job, &id, fresh);
+            let error = Error::Registry(format!(
+                "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                 {alive} workers are alive, but none has this job with these argument and \
+                 result types{others}, or they use another `key`, for {secs:?} (the URL's \
+                 `unserved` setting). Deploy workers built with this version of the job, or \
+                 give each build its own queue (?queue=name)",
+                queue = self.settings.queue,
+                display = self.settings.display,
+                secs = self.settings.unserved,
+            ));
+            let failed: Vec<Pending> = self.settle(|state| {
+                let seqs: Vec<u64> = state
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.task.job == job && p.entry.is_some())
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                seqs.iter()
+                    .filter_map(|seq| state.pending.remove(seq))
+                    .collect()
+            });
+            let entries: Vec<(String, String)> =
+                failed.iter().filter_map(|p| p.entry.clone()).collect();
+            let _ = link.run(|conn| withdraw(&mut redis::pipe(), &entries).query::<()>(conn));
+            for pending in failed {
+                pending.task.fail(error.clone());
+            }
+        }
+    }
+
+    /// How long a worker may go without a heartbeat and still count as
+    /// alive: three missed beats, and a second for a busy Redis.
+    fn alive_window(&self) -> Duration {
+        self.settings.visibility + Duration::from_secs(1)
+    }
+
+    /// The other versions of `job` that live workers have, for the error
+    /// message: `` (live workers have `job: fn(u32) -> u32`)``, or nothing.
+    fn other_signatures(&self, link: &mut Link, job: &str, id: &str, fresh: u64) -> String {
+        let Ok(known) =
+            link.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(self.keys.jobs()))
+        else {
+            return String::new();
+        };
+        let mut versions = Vec::new();
+        for (other, text) in known {
+            let same_name = text.split_once(": ").is_some_and(|(name, _)| name == job);
+            if other == id || !same_name {
+                continue;
+            }
+            let live = link
+                .query::<u64>(
+                    redis::cmd("ZCOUNT")
+                        .arg(self.keys.serves(&other))
+                        .arg(fresh)
+                        .arg("+inf"),
+                )
+                .unwrap_or(0);
+            if live > 0 {
+                versions.push(format!("`{text}`"));
+            }
+        }
+        if versions.is_empty() {
+            String::new()
+        } else {
+            versions.sort();
+            format!(" (live workers have {})", versions.join(", "))
         }
     }
 
@@ -472,8 +607,9 @@ impl Backend for ClusterBackend {
                 limit: limit as u64,
             });
         }
-        let items = std::mem::take(&mut task.items);
         let (job, count) = (task.job, task.count);
+        let stream = shared.keys.tasks(&shared.job_id(job)?.0);
+        let items = std::mem::take(&mut task.items);
         // Registered before it is sent: its result may come back at once.
         let seq = {
             let mut state = lock(&shared.state);
@@ -510,7 +646,7 @@ impl Backend for ClusterBackend {
                 let add = shared
                     .mark_present(&mut pipe)
                     .cmd("XADD")
-                    .arg(shared.keys.tasks())
+                    .arg(&stream)
                     .arg("*")
                     .arg("caller")
                     .arg(&shared.caller)
@@ -518,8 +654,6 @@ impl Backend for ClusterBackend {
                     .arg(seq)
                     .arg("job")
                     .arg(job)
-                    .arg("fp")
-                    .arg(&shared.fingerprint)
                     .arg("count")
                     .arg(count)
                     .arg("items")
@@ -535,7 +669,7 @@ impl Backend for ClusterBackend {
             Ok(id) => {
                 let recorded = match lock(&shared.state).pending.get_mut(&seq) {
                     Some(pending) => {
-                        pending.entry = Some(id.clone());
+                        pending.entry = Some((stream.clone(), id.clone()));
                         true
                     }
                     None => false,
@@ -543,7 +677,7 @@ impl Backend for ClusterBackend {
                 if !recorded {
                     // Terminated (or its result came back) meanwhile: do not
                     // leave a task nobody waits for.
-                    let _ = link.query::<()>(redis::cmd("XDEL").arg(shared.keys.tasks()).arg(&id));
+                    let _ = link.query::<()>(redis::cmd("XDEL").arg(&stream).arg(&id));
                 }
                 Ok(())
             }
@@ -589,17 +723,11 @@ impl Backend for ClusterBackend {
         // Withdraw what no worker took yet, and say this caller is gone so
         // that workers skip what they took. Best effort: if Redis cannot be
         // reached, those tasks run and their results expire unread.
-        let entries: Vec<&String> = lost.iter().filter_map(|p| p.entry.as_ref()).collect();
+        let entries: Vec<(String, String)> = lost.iter().filter_map(|p| p.entry.clone()).collect();
         let mut link = lock(&shared.submitter);
         let _ = link.run(|conn| {
-            let mut pipe = redis::pipe();
-            if !entries.is_empty() {
-                pipe.cmd("XDEL")
-                    .arg(shared.keys.tasks())
-                    .arg(&entries)
-                    .ignore();
-            }
-            pipe.cmd("DEL")
+            withdraw(&mut redis::pipe(), &entries)
+                .cmd("DEL")
                 .arg(shared.keys.caller(&shared.caller))
                 .arg(shared.keys.results(&shared.caller))
                 .ignore()
@@ -626,4 +754,19 @@ impl Drop for ClusterBackend {
             let _ = collector.join();
         }
     }
+}
+
+/// Adds to `pipe` what deletes the task entries `entries` (stream, id).
+fn withdraw<'p>(
+    pipe: &'p mut redis::Pipeline,
+    entries: &[(String, String)],
+) -> &'p mut redis::Pipeline {
+    let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (stream, id) in entries {
+        by_stream.entry(stream).or_default().push(id);
+    }
+    for (stream, ids) in by_stream {
+        pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+    }
+    pipe
 }

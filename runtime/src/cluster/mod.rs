@@ -51,20 +51,26 @@
 //!   finds that Redis lost the tasks of a pending call (a restart without
 //!   persistence, a flush, an eviction; checked after every reconnect and
 //!   every 10 seconds): calls never wait for tasks that are gone.
-//! - Workers compare the caller's registry fingerprint (every job's name
-//!   and argument and result types, as written) with their own and refuse a
-//!   task from a different build with [`Error::Registry`],
-//!   which names the jobs that differ. A changed `struct` that keeps its name
-//!   is not detected: deploy callers and workers from the same build, or
-//!   give each build its own queue.
+//! - Compatibility is decided per job: tasks go to one stream per job,
+//!   named after the job's name, its argument and result types as written,
+//!   and the queue's key. A worker reads only the streams of the jobs it
+//!   has, so during a rolling deploy each task waits for a worker that can
+//!   run it, and jobs that did not change run on old and new workers alike.
+//!   If workers are alive but none can run a job for `unserved` seconds
+//!   (30 by default), its calls fail with [`Error::Registry`], which names
+//!   the job and the versions live workers have. A changed `struct` that
+//!   keeps its name is not detected: give such a build its own queue.
 //!
 //! # Security
 //!
-//! Anyone who can write to the Redis database can submit tasks: protect it
-//! with a password or ACL user (`redis://user:password@host`) and TLS
-//! (`rediss://`). A worker runs only `#[pool_job]` functions registered in
+//! Anyone who can write to the Redis database can submit tasks and forge
+//! results, unless the queue has a `key` (URL parameter, or the environment
+//! variable `PROCPOOL_KEY`): then every task and result carries an
+//! HMAC-SHA256 tag, and workers drop tasks, callers results, without a
+//! valid one. Protect the database too, with a password or ACL user
+//! (`redis://user:password@host`) and TLS (`rediss://`). A worker runs only `#[pool_job]` functions registered in
 //! its own binary, refuses tasks and results over `max_payload`, and every
-//! per-caller key (presence, results, job list) expires `ttl` seconds after
+//! per-caller key (presence, results) expires `ttl` seconds after
 //! its caller last refreshed it; then workers drop that caller's queued tasks.
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user

@@ -4,19 +4,24 @@
 //!
 //! | key | type | written by | holds |
 //! |---|---|---|---|
-//! | `tasks` (`tasks:<key id>` with a key) | stream, group `workers` | callers | one entry per task: `caller`, `seq`, `job`, `fp`, `count`, `items`, and with a key `tag` |
+//! | `tasks:<job id>` | stream, group `workers` | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `items`, and with a key `tag` |
+//! | `serves:<job id>` | sorted set | workers | the live workers that can run that job, scored by the time each was last seen |
+//! | `jobs` | hash | workers | job id → `name: signature`, for messages and inspection |
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
 //! | `caller:<caller>` | string, with a TTL | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
-//! | `registry:<fp>` | string, with a TTL | callers | the caller's job list, so a refusing worker can say what differs |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
 //! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `forged_results` (dropped by callers) |
 //!
-//! With a key, the tasks stream's name is derived from it, so that workers
-//! with another key (or none) never read the caller's tasks.
+//! A job's id is derived from its name, its argument and result types as
+//! written, and the queue's key (see [`Keys::job_id`]): a worker reads the
+//! streams of the jobs it has, exactly as the caller has them, so a worker
+//! of another build (or with another key) never takes a task it cannot run,
+//! and a rolling deploy only affects the jobs that changed.
 
 use redis::Value;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Auth;
 use super::settings::Settings;
 use crate::Error;
 use crate::wire::Failure;
@@ -28,21 +33,32 @@ pub(crate) const GROUP: &str = "workers";
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
-    tasks: String,
+    auth: Auth,
 }
 
 impl Keys {
     pub(crate) fn new(settings: &Settings) -> Keys {
-        let prefix = format!("procpool:{}:", settings.queue);
-        let tasks = if settings.auth.keyed() {
-            format!("{prefix}tasks:{}", settings.auth.derive_id("tasks"))
-        } else {
-            format!("{prefix}tasks")
-        };
-        Keys { prefix, tasks }
+        Keys {
+            prefix: format!("procpool:{}:", settings.queue),
+            auth: settings.auth.clone(),
+        }
     }
-    pub(crate) fn tasks(&self) -> String {
-        self.tasks.clone()
+    /// The id of job `name` with `signature` (its argument and result
+    /// types) on this queue: equal for a caller and a worker exactly when
+    /// both have the same job and the same key.
+    pub(crate) fn job_id(&self, name: &str, signature: &str) -> String {
+        self.auth.derive_id(&format!("{name}: {signature}"))
+    }
+    /// The stream of the tasks of the job with id `job_id`.
+    pub(crate) fn tasks(&self, job_id: &str) -> String {
+        format!("{}tasks:{job_id}", self.prefix)
+    }
+    /// The live workers that can run the job with id `job_id`.
+    pub(crate) fn serves(&self, job_id: &str) -> String {
+        format!("{}serves:{job_id}", self.prefix)
+    }
+    pub(crate) fn jobs(&self) -> String {
+        format!("{}jobs", self.prefix)
     }
     pub(crate) fn stats(&self) -> String {
         format!("{}stats", self.prefix)
@@ -52,9 +68,6 @@ impl Keys {
     }
     pub(crate) fn caller(&self, caller: &str) -> String {
         format!("{}caller:{caller}", self.prefix)
-    }
-    pub(crate) fn registry(&self, fingerprint: &str) -> String {
-        format!("{}registry:{fingerprint}", self.prefix)
     }
     pub(crate) fn workers(&self) -> String {
         format!("{}workers", self.prefix)
@@ -66,8 +79,6 @@ impl Keys {
 pub(crate) enum Refusal {
     /// No item ran: unknown job, undecodable chunk.
     Failed(Failure),
-    /// The worker's registry differs from the caller's: what differs.
-    Mismatch(String),
     /// The task or its result is over the worker's `max_payload`.
     TooLarge {
         what: String,
@@ -85,7 +96,6 @@ impl Refusal {
     pub(crate) fn into_error(self, job: &str, first: usize, count: usize) -> Error {
         match self {
             Refusal::Failed(failure) => failure.into_error(job, first),
-            Refusal::Mismatch(message) => Error::Registry(message),
             Refusal::TooLarge { what, bytes, limit } => Error::PayloadTooLarge {
                 job: job.to_owned(),
                 what,
@@ -112,6 +122,8 @@ impl Refusal {
 /// One stream entry: its id and its fields.
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// The stream it was read from (empty when the reply does not say).
+    pub(crate) stream: String,
     pub(crate) id: String,
     pub(crate) fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -148,8 +160,13 @@ pub(crate) fn read_reply(value: Value) -> Vec<Entry> {
     let mut entries = Vec::new();
     for stream in into_items(value) {
         // [key, [entry, ...]]
-        if let Some(list) = into_items(stream).into_iter().nth(1) {
-            entries.extend(entry_list(list));
+        let mut parts = into_items(stream).into_iter();
+        let key = parts.next().and_then(text).unwrap_or_default();
+        if let Some(list) = parts.next() {
+            entries.extend(entry_list(list).into_iter().map(|mut entry| {
+                entry.stream.clone_from(&key);
+                entry
+            }));
         }
     }
     entries
@@ -167,7 +184,11 @@ pub(crate) fn entry_list(value: Value) -> Vec<Entry> {
             while let (Some(key), Some(value)) = (flat.next(), flat.next()) {
                 fields.push((bytes(key), bytes(value)));
             }
-            Some(Entry { id, fields })
+            Some(Entry {
+                stream: String::new(),
+                id,
+                fields,
+            })
         })
         .collect()
 }
@@ -208,32 +229,6 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// What a refusing worker tells the caller about two registries.
-pub(crate) fn registry_difference(caller: Option<&str>, worker: &str) -> String {
-    let Some(caller) = caller else {
-        return "the caller's job list has expired from Redis, so the difference is unknown"
-            .to_owned();
-    };
-    let caller_jobs: Vec<&str> = caller.lines().collect();
-    let worker_jobs: Vec<&str> = worker.lines().collect();
-    let only = |a: &[&str], b: &[&str]| -> Vec<String> {
-        a.iter()
-            .filter(|line| !b.contains(line))
-            .map(|line| format!("`{line}`"))
-            .collect()
-    };
-    let mut parts = Vec::new();
-    let in_caller = only(&caller_jobs, &worker_jobs);
-    let in_worker = only(&worker_jobs, &caller_jobs);
-    if !in_caller.is_empty() {
-        parts.push(format!("only the caller has {}", in_caller.join(", ")));
-    }
-    if !in_worker.is_empty() {
-        parts.push(format!("only the worker has {}", in_worker.join(", ")));
-    }
-    parts.join("; ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,22 +253,11 @@ mod tests {
         let mut entries = read_reply(reply);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, "1-0");
+        assert_eq!(entries[0].stream, "procpool:q:results:c");
         assert_eq!(entries[0].number("seq"), Some(7));
         assert_eq!(entries[0].take("ok"), Some(vec![1]));
         assert_eq!(entries[0].field("ok"), Some(&[][..]));
         assert!(entries[1].fields.is_empty());
         assert!(read_reply(Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn registry_difference_names_both_sides() {
-        let text = registry_difference(
-            Some("a: fn(u64) -> u64\nb: fn()"),
-            "a: fn(u32) -> u32\nb: fn()",
-        );
-        assert_eq!(
-            text,
-            "only the caller has `a: fn(u64) -> u64`; only the worker has `a: fn(u32) -> u32`"
-        );
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use redis::Value;
+use redis::streams::StreamPendingCountReply;
 
 use super::auth::{ResultFields, TaskFields};
 use super::backend::ensure_group;
@@ -16,6 +17,7 @@ use super::link::Link;
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
 use super::settings::Settings;
 use crate::Error;
+use crate::wire::{Failure, FailureKind};
 
 /// A worker not seen for an hour is dropped from the queue's `workers` set.
 const STALE_WORKER_MS: u64 = 3_600_000;
@@ -56,19 +58,64 @@ pub(crate) fn name_prefix(pid: u32) -> String {
     format!("{host}-{pid}-")
 }
 
+/// One job this worker can run, and where its tasks are.
+struct Served {
+    name: &'static str,
+    /// Its argument and result types, as written.
+    signature: &'static str,
+    /// Its id on this queue (see [`Keys::job_id`]).
+    id: String,
+    /// Its tasks stream.
+    stream: String,
+    /// Where the next `XAUTOCLAIM` scan of its pending list starts: each
+    /// scan reads at most one entry, so it must go on where it stopped.
+    claim_from: String,
+}
+
 /// Serves the queue as the consumer `<host>-<pid>-<suffix>`; a random
 /// suffix when none is given (a supervisor gives one, to know the name).
 pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     let settings = Settings::parse(url)?;
-    let (fingerprint, listing) = crate::job::fingerprint()?;
+    let registry = crate::job::registry()?;
     let suffix = match suffix {
         Some(suffix) => suffix,
         None => protocol::random_id()?[..8].to_owned(),
     };
     let name = format!("{}{suffix}", name_prefix(std::process::id()));
     let keys = Keys::new(&settings);
+    let mut jobs: Vec<Served> = registry
+        .values()
+        .map(|entry| {
+            let id = keys.job_id(entry.name, entry.signature);
+            Served {
+                name: entry.name,
+                signature: entry.signature,
+                stream: keys.tasks(&id),
+                id,
+                claim_from: "0-0".to_owned(),
+            }
+        })
+        .collect();
+    if jobs.is_empty() {
+        return Err(Error::Config(
+            "this program registers no #[pool_job] function, so a cluster worker has nothing \
+             to serve"
+                .into(),
+        ));
+    }
+    jobs.sort_by_key(|job| job.name);
     let mut link = Link::open(&settings, format!("procpool-worker-{name}"))?;
-    ensure_group(&mut link, &keys).map_err(|err| link.error("cannot create the queue", &err))?;
+    ensure_groups(&mut link, &jobs)?;
+    // What each job id stands for, for callers' messages and inspection.
+    let mut describe = redis::cmd("HSET");
+    describe.arg(keys.jobs());
+    for job in &jobs {
+        describe
+            .arg(&job.id)
+            .arg(format!("{}: {}", job.name, job.signature));
+    }
+    link.query::<()>(&describe)
+        .map_err(|err| link.error("cannot describe this worker's jobs", &err))?;
     install_stop_handlers();
     crate::worker::become_worker(format!("ClusterWorker-{name}"));
     let beat = Heartbeat::start(
@@ -76,16 +123,16 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
         &keys,
         &name,
         settings.visibility,
+        jobs.iter().map(|job| job.id.clone()).collect(),
     )?;
     let mut worker = Worker {
         settings,
         keys,
         name,
-        fingerprint,
-        listing,
+        jobs,
         link,
         beat,
-        claim_from: "0-0".to_owned(),
+        claim_job: 0,
         generation: 0,
     };
     let outcome = worker.run();
@@ -94,52 +141,68 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     outcome
 }
 
+/// Creates the tasks stream and group of every job in `jobs` that lacks them.
+fn ensure_groups(link: &mut Link, jobs: &[Served]) -> Result<(), Error> {
+    for job in jobs {
+        ensure_group(link, &job.stream)
+            .map_err(|err| link.error("cannot create the queue", &err))?;
+    }
+    Ok(())
+}
+
 struct Worker {
     settings: Settings,
     keys: Keys,
-    /// This worker's consumer name in the group.
+    /// This worker's consumer name in the groups.
     name: String,
-    fingerprint: String,
-    listing: String,
+    /// The jobs it runs, sorted by name.
+    jobs: Vec<Served>,
     link: Link,
     beat: Heartbeat,
-    /// Where the next `XAUTOCLAIM` scan of the pending list starts: each
-    /// scan reads at most 10 entries, so it must go on where it stopped.
-    claim_from: String,
+    /// The job whose pending list the current scan for lost tasks is at.
+    claim_job: usize,
     /// The link's connection count when this worker last found nothing of
     /// its own pending.
     generation: u64,
 }
 
 impl Worker {
-    /// Leaves the consumer group, so that the group lists only live
-    /// workers, unless a task is still pending under this worker's name
-    /// (deleting the consumer would drop it from the pending list, and no
-    /// one would run it again).
+    /// Leaves the consumer groups, so that they list only live workers,
+    /// unless a task is still pending under this worker's name (deleting
+    /// the consumer would drop it from the pending list, and no one would
+    /// run it again).
     fn leave(&mut self) {
-        let tasks = self.keys.tasks();
-        let mine = self.link.query::<Value>(
-            redis::cmd("XPENDING")
-                .arg(&tasks)
+        let mut pipe = redis::pipe();
+        for job in &self.jobs {
+            pipe.cmd("XPENDING")
+                .arg(&job.stream)
                 .arg(GROUP)
                 .arg("-")
                 .arg("+")
                 .arg(1)
-                .arg(&self.name),
-        );
-        if mine.is_ok_and(|reply| protocol::into_items(reply).is_empty()) {
-            let _ = self.link.query::<()>(
-                redis::cmd("XGROUP")
+                .arg(&self.name);
+        }
+        let mine = self.link.run(|conn| pipe.query::<Vec<Value>>(conn));
+        let idle = mine.is_ok_and(|replies| {
+            replies
+                .into_iter()
+                .all(|reply| protocol::into_items(reply).is_empty())
+        });
+        if idle {
+            let mut pipe = redis::pipe();
+            for job in &self.jobs {
+                pipe.cmd("XGROUP")
                     .arg("DELCONSUMER")
-                    .arg(&tasks)
+                    .arg(&job.stream)
                     .arg(GROUP)
-                    .arg(&self.name),
-            );
+                    .arg(&self.name)
+                    .ignore();
+            }
+            let _ = self.link.run(|conn| pipe.query::<()>(conn));
         }
     }
 
     fn run(&mut self) -> Result<(), Error> {
-        let tasks = self.keys.tasks();
         let block = (self.settings.visibility / 2).min(Duration::from_secs(1));
         let mut next_claim = Instant::now();
         while !stopping() {
@@ -147,12 +210,15 @@ impl Worker {
                 match self.claim_stale()? {
                     // Look again at once: a dead worker may have left several.
                     Some((entry, deliveries)) => {
-                        self.handle(entry, deliveries);
+                        self.handle(entry, deliveries, &[]);
                         continue;
                     }
-                    // More of the pending list to scan.
-                    None if self.claim_from != "0-0" => continue,
-                    None => next_claim = Instant::now() + self.settings.visibility / 2,
+                    // More pending lists to scan.
+                    None if self.claim_job < self.jobs.len() => continue,
+                    None => {
+                        self.claim_job = 0;
+                        next_claim = Instant::now() + self.settings.visibility / 2;
+                    }
                 }
             }
             // After a new connection, first the tasks already delivered to
@@ -160,33 +226,45 @@ impl Worker {
             // pending under its name ("0"), not new (">").
             let generation = self.link.generation();
             let own = generation != self.generation;
-            let read = self.link.run_retrying(None, &stopping, |conn| {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&self.name)
-                    .arg("COUNT")
-                    .arg(1)
-                    .arg("BLOCK")
-                    .arg(block.as_millis().max(1) as u64)
-                    .arg("STREAMS")
-                    .arg(&tasks)
-                    .arg(if own { "0" } else { ">" })
-                    .query::<Value>(conn)
-            });
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.name)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(block.as_millis().max(1) as u64)
+                .arg("STREAMS");
+            for job in &self.jobs {
+                read.arg(&job.stream);
+            }
+            for _ in &self.jobs {
+                read.arg(if own { "0" } else { ">" });
+            }
+            let read = self
+                .link
+                .run_retrying(None, &stopping, |conn| read.query::<Value>(conn));
             match read {
                 Ok(reply) => {
                     let entries = protocol::read_reply(reply);
                     if own && entries.is_empty() {
                         self.generation = generation;
                     }
+                    // One read may bring one task of each job: they run in
+                    // turn, and the heartbeat keeps the claim on those
+                    // waiting, so no other worker takes them meanwhile.
+                    let mut waiting: Vec<(String, String)> = entries
+                        .iter()
+                        .map(|entry| (entry.stream.clone(), entry.id.clone()))
+                        .collect();
                     for entry in entries {
+                        waiting.retain(|(_, id)| *id != entry.id);
                         let deliveries = if own {
-                            self.deliveries(&entry.id, 1)
+                            self.deliveries(&entry.stream, &entry.id, 1)
                         } else {
                             1
                         };
-                        self.handle(entry, deliveries);
+                        self.handle(entry, deliveries, &waiting);
                     }
                 }
                 Err(err) => self.recover(err)?,
@@ -195,24 +273,21 @@ impl Worker {
         Ok(())
     }
 
-    /// How many times task `id` was delivered, or `unknown` if Redis cannot say.
-    fn deliveries(&mut self, id: &str, unknown: u64) -> u64 {
+    /// How many times task `id` of `stream` was delivered, or `unknown` if
+    /// Redis cannot say.
+    fn deliveries(&mut self, stream: &str, id: &str, unknown: u64) -> u64 {
         self.link
-            .query::<Value>(
+            .query::<StreamPendingCountReply>(
                 redis::cmd("XPENDING")
-                    .arg(self.keys.tasks())
+                    .arg(stream)
                     .arg(GROUP)
                     .arg(id)
                     .arg(id)
                     .arg(1),
             )
             .ok()
-            .and_then(|reply| protocol::into_items(reply).into_iter().next())
-            .and_then(|row| protocol::into_items(row).into_iter().nth(3))
-            .and_then(|count| match count {
-                Value::Int(n) => u64::try_from(n).ok(),
-                _ => None,
-            })
+            .and_then(|reply| reply.ids.first().map(|pending| pending.times_delivered))
+            .and_then(|count| u64::try_from(count).ok())
             .unwrap_or(unknown)
     }
 
@@ -223,24 +298,27 @@ impl Worker {
             return Ok(());
         }
         if err.code() == Some("NOGROUP") {
-            return ensure_group(&mut self.link, &self.keys)
-                .map_err(|err| self.link.error("cannot create the queue", &err));
+            return ensure_groups(&mut self.link, &self.jobs);
         }
         Err(self.link.error("cannot read tasks", &err))
     }
 
-    /// Claims one task that a lost worker left idle past the visibility
-    /// timeout, with how many times it has been delivered.
+    /// Claims one task of the job at `claim_job` that a lost worker left
+    /// idle past the visibility timeout, with how many times it has been
+    /// delivered; moves on to the next job once its pending list is scanned.
     fn claim_stale(&mut self) -> Result<Option<(Entry, u64)>, Error> {
-        let tasks = self.keys.tasks();
+        let Some(job) = self.jobs.get(self.claim_job) else {
+            return Ok(None);
+        };
+        let (stream, from) = (job.stream.clone(), job.claim_from.clone());
         let idle = self.settings.visibility.as_millis() as u64;
         let claimed = self.link.run_retrying(None, &stopping, |conn| {
             redis::cmd("XAUTOCLAIM")
-                .arg(&tasks)
+                .arg(&stream)
                 .arg(GROUP)
                 .arg(&self.name)
                 .arg(idle)
-                .arg(&self.claim_from)
+                .arg(&from)
                 .arg("COUNT")
                 .arg(1)
                 .query::<Value>(conn)
@@ -253,26 +331,38 @@ impl Worker {
             }
         };
         let mut parts = protocol::into_items(reply).into_iter();
-        self.claim_from = parts
+        let next = parts
             .next()
             .and_then(protocol::text)
             .unwrap_or_else(|| "0-0".to_owned());
+        if next == "0-0" {
+            self.claim_job += 1;
+        }
+        if let Some(job) = self.jobs.iter_mut().find(|job| job.stream == stream) {
+            job.claim_from = next;
+        }
         let Some(list) = parts.next() else {
             return Ok(None);
         };
-        let Some(entry) = protocol::entry_list(list).into_iter().next() else {
+        let Some(mut entry) = protocol::entry_list(list).into_iter().next() else {
             return Ok(None);
         };
+        entry.stream = stream.clone();
         // Claimed, so delivered at least twice.
-        let deliveries = self.deliveries(&entry.id, 2);
+        let deliveries = self.deliveries(&stream, &entry.id, 2);
         Ok(Some((entry, deliveries)))
     }
 
     /// Runs (or refuses) one task and stores the outcome.
-    fn handle(&mut self, mut entry: Entry, deliveries: u64) {
+    /// `waiting` are the tasks this worker holds to run next.
+    fn handle(&mut self, mut entry: Entry, deliveries: u64, waiting: &[(String, String)]) {
+        let Some(served) = self.jobs.iter().find(|job| job.stream == entry.stream) else {
+            return; // Not read from one of this worker's streams.
+        };
+        let served_name = served.name;
         if entry.fields.is_empty() {
             // Withdrawn by its caller after it was delivered.
-            self.acknowledge(&entry.id);
+            self.acknowledge(&entry.stream, &entry.id);
             return;
         }
         let (Some(caller), Some(seq), Some(job), Some(count)) = (
@@ -285,7 +375,7 @@ impl Worker {
                 "procpool cluster worker {}: dropping malformed task {}",
                 self.name, entry.id
             );
-            self.acknowledge(&entry.id);
+            self.acknowledge(&entry.stream, &entry.id);
             return;
         };
         let items = entry.take("items").unwrap_or_default();
@@ -308,7 +398,7 @@ impl Worker {
             let _ = self
                 .link
                 .query::<()>(redis::cmd("HINCRBY").arg(stats).arg("forged_tasks").arg(1));
-            self.acknowledge(&entry.id);
+            self.acknowledge(&entry.stream, &entry.id);
             return;
         }
         // The caller id becomes part of a key name: only ids procpool makes.
@@ -317,7 +407,7 @@ impl Worker {
                 "procpool cluster worker {}: dropping task {} with an invalid caller id",
                 self.name, entry.id
             );
-            self.acknowledge(&entry.id);
+            self.acknowledge(&entry.stream, &entry.id);
             return;
         }
         // A caller that ended or was terminated reads no result: its tasks
@@ -326,7 +416,6 @@ impl Worker {
             .link
             .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(&caller)))
             == Ok(false);
-        let theirs = entry.text("fp").unwrap_or("").to_owned();
         let limit = self.settings.max_payload as u64;
         let outcome = if absent {
             Err(Refusal::Abandoned)
@@ -334,8 +423,12 @@ impl Worker {
             Err(Refusal::Lost {
                 deliveries: deliveries - 1,
             })
-        } else if theirs != self.fingerprint {
-            Err(Refusal::Mismatch(self.mismatch(&theirs)))
+        } else if job != served_name {
+            // Only a forger puts a job into another job's stream.
+            Err(Refusal::Failed(Failure::new(
+                FailureKind::UnknownJob,
+                format!("{job} (the task was in the stream of `{served_name}`)"),
+            )))
         } else if items.len() as u64 > limit {
             Err(Refusal::TooLarge {
                 what: format!("the task for {count} items"),
@@ -343,9 +436,11 @@ impl Worker {
                 limit,
             })
         } else {
-            self.beat.watch(Some(entry.id.clone()));
+            let mut held = waiting.to_vec();
+            held.push((entry.stream.clone(), entry.id.clone()));
+            self.beat.watch(held);
             let ran = crate::worker::run_chunk(&job, count, &items);
-            self.beat.watch(None);
+            self.beat.watch(waiting.to_vec());
             match ran {
                 Ok((output, _)) if output.len() as u64 > limit => Err(Refusal::TooLarge {
                     what: format!("the result of {count} items"),
@@ -356,23 +451,7 @@ impl Worker {
                 Err(failure) => Err(Refusal::Failed(failure)),
             }
         };
-        self.store(&entry.id, &caller, seq, &job, outcome);
-    }
-
-    fn mismatch(&mut self, theirs: &str) -> String {
-        let listing = self
-            .link
-            .query::<Option<String>>(redis::cmd("GET").arg(self.keys.registry(theirs)))
-            .ok()
-            .flatten();
-        let difference = protocol::registry_difference(listing.as_deref(), &self.listing);
-        format!(
-            "cluster worker {} refused the task: its jobs differ from the caller's \
-             (registry fingerprint {} in the worker, {theirs} in the caller: {difference}). \
-             Run workers built from the same program as the caller, or give each build its \
-             own queue (?queue=name in the cluster URL)",
-            self.name, self.fingerprint
-        )
+        self.store(&entry.stream, &entry.id, &caller, seq, &job, outcome);
     }
 
     /// Stores the outcome and acknowledges the task in one transaction, so
@@ -381,6 +460,7 @@ impl Worker {
     /// stays pending and another worker runs it again.
     fn store(
         &mut self,
+        stream: &str,
         id: &str,
         caller: &str,
         seq: u64,
@@ -407,7 +487,6 @@ impl Worker {
         });
         let results = self.keys.results(caller);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        let tasks = self.keys.tasks();
         let stored = self.link.run_retrying(None, &stopping, |conn| {
             let mut pipe = redis::pipe();
             let add = pipe
@@ -423,7 +502,7 @@ impl Worker {
                 add.arg("tag").arg(tag);
             }
             add.ignore().cmd("PEXPIRE").arg(&results).arg(ttl).ignore();
-            retire(&mut pipe, &tasks, id).query::<()>(conn)
+            retire(&mut pipe, stream, id).query::<()>(conn)
         });
         if let Err(err) = stored {
             eprintln!(
@@ -435,10 +514,9 @@ impl Worker {
     }
 
     /// Removes a task that will not run from the group and the stream.
-    fn acknowledge(&mut self, id: &str) {
-        let tasks = self.keys.tasks();
+    fn acknowledge(&mut self, stream: &str, id: &str) {
         let _ = self.link.run_retrying(None, &stopping, |conn| {
-            retire(&mut redis::pipe(), &tasks, id).query::<()>(conn)
+            retire(&mut redis::pipe(), stream, id).query::<()>(conn)
         });
     }
 }
@@ -468,7 +546,9 @@ struct Heartbeat {
 
 #[derive(Default)]
 struct Beat {
-    watching: Option<String>,
+    /// The tasks (stream, id) this worker holds: the one running and those
+    /// read with it.
+    watching: Vec<(String, String)>,
     stop: bool,
 }
 
@@ -478,6 +558,7 @@ impl Heartbeat {
         keys: &Keys,
         name: &str,
         visibility: Duration,
+        job_ids: Vec<String>,
     ) -> Result<Heartbeat, Error> {
         let shared = Arc::new((Mutex::new(Beat::default()), Condvar::new()));
         let (keys, name, beat) = (keys.clone(), name.to_owned(), Arc::clone(&shared));
@@ -493,20 +574,25 @@ impl Heartbeat {
                     let _ = link.run(|conn| {
                         let mut pipe = redis::pipe();
                         let now = protocol::now_ms();
-                        pipe.cmd("ZADD")
-                            .arg(keys.workers())
-                            .arg(now)
-                            .arg(&name)
-                            .ignore()
-                            // Workers that were killed never remove themselves.
-                            .cmd("ZREMRANGEBYSCORE")
-                            .arg(keys.workers())
-                            .arg("-inf")
-                            .arg(now.saturating_sub(STALE_WORKER_MS))
-                            .ignore();
-                        if let Some(id) = &watching {
+                        let stale = now.saturating_sub(STALE_WORKER_MS);
+                        let sets = std::iter::once(keys.workers())
+                            .chain(job_ids.iter().map(|id| keys.serves(id)));
+                        for set in sets {
+                            pipe.cmd("ZADD")
+                                .arg(&set)
+                                .arg(now)
+                                .arg(&name)
+                                .ignore()
+                                // Workers that were killed never remove themselves.
+                                .cmd("ZREMRANGEBYSCORE")
+                                .arg(&set)
+                                .arg("-inf")
+                                .arg(stale)
+                                .ignore();
+                        }
+                        for (stream, id) in &watching {
                             pipe.cmd("XCLAIM")
-                                .arg(keys.tasks())
+                                .arg(stream)
                                 .arg(GROUP)
                                 .arg(&name)
                                 .arg(0)
@@ -525,7 +611,13 @@ impl Heartbeat {
                     }
                 }
                 drop(guard);
-                let _ = link.query::<()>(redis::cmd("ZREM").arg(keys.workers()).arg(&name));
+                let mut pipe = redis::pipe();
+                let sets =
+                    std::iter::once(keys.workers()).chain(job_ids.iter().map(|id| keys.serves(id)));
+                for set in sets {
+                    pipe.cmd("ZREM").arg(set).arg(&name).ignore();
+                }
+                let _ = link.run(|conn| pipe.query::<()>(conn));
             })
             .map_err(|e| Error::Cluster(format!("cannot start the heartbeat thread: {e}")))?;
         Ok(Heartbeat {
@@ -538,12 +630,12 @@ impl Heartbeat {
     /// claim it at once: delivering a task (or claiming it from a lost
     /// worker) resets its idle time, and the next beat comes within a third
     /// of the visibility timeout.
-    fn watch(&self, id: Option<String>) {
+    fn watch(&self, held: Vec<(String, String)>) {
         let (state, _) = &*self.shared;
         state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .watching = id;
+            .watching = held;
     }
 
     fn stop(&mut self) {

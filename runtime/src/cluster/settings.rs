@@ -24,7 +24,7 @@ pub(crate) struct Settings {
     /// How long a task may go without a sign of life from its worker before
     /// another worker claims it. Read by workers.
     pub(crate) visibility: Duration,
-    /// How long a caller's keys (presence, results, job list) outlive its
+    /// How long a caller's keys (presence, results) outlive its
     /// last refresh; then workers also drop its queued tasks. Longer than
     /// `reconnect`: a caller cut off from Redis for less than that still
     /// waits for its results.
@@ -39,6 +39,9 @@ pub(crate) struct Settings {
     pub(crate) tls_ca: Option<PathBuf>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    /// How long a call waits while workers are alive but none can run its
+    /// job, before it fails with `Error::Registry`. Read by callers.
+    pub(crate) unserved: Duration,
     /// Signs and checks tasks and results with the queue's key, if any.
     pub(crate) auth: Auth,
 }
@@ -49,7 +52,7 @@ const MIN_VISIBILITY: Duration = Duration::from_millis(300);
 
 /// procpool's query parameters, with what each means, for error messages.
 const PARAMETERS: &str = "queue, visibility, ttl, max_payload, max_deliveries, reconnect, \
-                          tls_ca, tls_cert, tls_key, key";
+                          tls_ca, tls_cert, tls_key, key, unserved";
 
 impl Settings {
     /// Reads `url`, with the key from `PROCPOOL_KEY` if the URL has none.
@@ -90,6 +93,7 @@ impl Settings {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            unserved: Duration::from_secs(30),
             auth: Auth::new(None),
         };
         let mut url_key = None;
@@ -104,6 +108,7 @@ impl Settings {
                 "visibility" => settings.visibility = seconds()?,
                 "ttl" => settings.ttl = seconds()?,
                 "reconnect" => settings.reconnect = seconds()?,
+                "unserved" => settings.unserved = seconds()?,
                 "max_payload" => {
                     settings.max_payload = parse_number(&key, &value).map_err(invalid)?;
                 }
