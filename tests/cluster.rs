@@ -1003,26 +1003,33 @@ fn tls_client_certificates_are_presented() {
     assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
 }
 
-/// Run as a child process by `a_killed_caller_leaves_tasks_that_workers_drop`.
+/// Run as a child process by the tests of a killed caller: submits
+/// `PROCPOOL_TEST_ITEMS` (4 by default) one-item tasks of `traced_square`
+/// of `PROCPOOL_TEST_MILLIS` ms each (10), then waits to be killed.
 #[test]
 #[ignore = "helper: started by another test, then killed"]
 fn helper_caller_that_gets_killed() {
     let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
     let dir = std::env::var("PROCPOOL_TEST_DIR").unwrap();
+    let number = |name: &str, default: u64| {
+        std::env::var(name).map_or(default, |value| value.parse().unwrap())
+    };
+    let (items, millis) = (
+        number("PROCPOOL_TEST_ITEMS", 4),
+        number("PROCPOOL_TEST_MILLIS", 10),
+    );
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let _call = pool
         .chunksize(1)
-        .map_async(traced_square, (0..4).map(|x| (x, 10, dir.clone())))
+        .map_async(traced_square, (0..items).map(|x| (x, millis, dir.clone())))
         .unwrap();
     println!("SUBMITTED");
-    std::thread::sleep(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(120));
 }
 
-#[test]
-fn a_killed_caller_leaves_tasks_that_workers_drop() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=killed&reconnect=1&ttl=2");
-    let dir = scratch_dir("killed");
+/// Starts `helper_caller_that_gets_killed` on `url` with `env`, and returns
+/// it once its tasks are queued.
+fn start_doomed_caller(url: &str, dir: &Path, env: &[(&str, &str)]) -> KillOnDrop {
     let mut caller = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -1030,30 +1037,76 @@ fn a_killed_caller_leaves_tasks_that_workers_drop() {
             "--ignored",
             "--nocapture",
         ])
-        .env("PROCPOOL_TEST_URL", &url)
+        .env("PROCPOOL_TEST_URL", url)
         .env("PROCPOOL_TEST_DIR", dir.to_str().unwrap())
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(caller.stdout.take().unwrap()));
+    let stdout = caller.stdout.take().unwrap();
+    let caller = KillOnDrop(caller);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     assert!(lines.any(|line| line.unwrap().contains("SUBMITTED")));
-    kill(caller.id(), libc::SIGKILL);
-    caller.wait().unwrap();
+    caller
+}
 
+#[test]
+fn a_killed_caller_leaves_nothing_in_redis_even_with_no_worker() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=killed&reconnect=1&ttl=3&presence=1");
+    let dir = scratch_dir("killed");
+    let mut caller = start_doomed_caller(&url, &dir, &[]);
+    kill(caller.0.id(), libc::SIGKILL);
+    caller.0.wait().unwrap();
     let mut conn = redis_conn(&redis, "");
     assert_eq!(queued(&mut conn, "killed"), 4);
-    // Its keys expire `ttl` (2 s) after its last refresh: only the queue is left.
-    eventually("the killed caller's keys to expire", || {
-        keys(&mut conn, "procpool:killed:*")
-            .iter()
-            .all(|key| key.starts_with("procpool:killed:tasks:"))
+    assert!(!keys(&mut conn, "procpool:killed:caller:*").is_empty());
+    // Its presence goes after 1 s, its tasks and results `ttl` (3 s) after
+    // its last refresh: no worker needed.
+    eventually("every key of the killed caller to expire", || {
+        keys(&mut conn, "procpool:killed:*").is_empty()
     });
-    // Workers started now drop its tasks without running them.
     let _workers = Workers::start(&url, 1).unwrap();
-    eventually("the worker to drain the queue", || {
-        queued(&mut conn, "killed") == 0
-    });
+    std::thread::sleep(Duration::from_millis(500));
     assert!(traces(&dir, "started").is_empty());
+}
+
+#[test]
+fn workers_stop_starting_a_killed_callers_tasks_within_15_seconds() {
+    // Default settings: 1000 tasks of 50 ms on 2 workers take 25 s.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=killedmidmap");
+    let dir = scratch_dir("killedmidmap");
+    let _workers = Workers::start(&url, 2).unwrap();
+    let mut caller = start_doomed_caller(
+        &url,
+        &dir,
+        &[
+            ("PROCPOOL_TEST_ITEMS", "1000"),
+            ("PROCPOOL_TEST_MILLIS", "50"),
+        ],
+    );
+    eventually("the workers to start its tasks", || {
+        traces(&dir, "started").len() >= 4
+    });
+    kill(caller.0.id(), libc::SIGKILL);
+    let killed = Instant::now();
+    caller.0.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(killed.elapsed()));
+    let at_15s = traces(&dir, "started").len();
+    std::thread::sleep(Duration::from_secs(3));
+    let at_18s = traces(&dir, "started").len();
+    assert_eq!(
+        at_15s, at_18s,
+        "tasks still started 15 s after the caller died"
+    );
+    assert!(at_15s < 1000, "the map finished before the test could tell");
+    // The rest were dropped unrun.
+    let mut conn = redis_conn(&redis, "");
+    eventually("the workers to drop the rest", || {
+        queued(&mut conn, "killedmidmap") == 0
+    });
+    eprintln!("killed caller: {at_15s} of 1000 tasks started");
 }
 
 #[test]

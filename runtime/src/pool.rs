@@ -185,7 +185,8 @@ impl PoolBuilder {
     /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers; at least 0.3) |
     /// | `max_deliveries` | 3 | how many times a task is handed out before it fails with [`Error::TaskLost`] (workers) |
     /// | `max_payload` | 67108864 | largest task or result in bytes: [`Error::PayloadTooLarge`] |
-    /// | `ttl` | 120 | seconds a caller's keys (presence, results) outlive its last refresh; that long after a caller vanished, workers drop its queued tasks; more than `reconnect` |
+    /// | `presence` | 10 | seconds a caller's presence outlives its last refresh: then workers start none of its tasks; at most `ttl` |
+    /// | `ttl` | 120 | seconds a caller's results and task streams outlive its last refresh; more than `reconnect` |
     /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail |
     /// | `tls_ca`, `tls_cert`, `tls_key` | system roots | PEM files: the CA to trust, a client certificate and its key (`rediss://` only) |
     /// | `unserved` | 30 | seconds a call waits while workers are alive but none can run its job, before [`Error::Registry`] |

@@ -86,6 +86,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct ClusterBackend {
     shared: Arc<Shared>,
     collector: Mutex<Option<JoinHandle<()>>>,
+    presence: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
 }
 
@@ -107,6 +108,7 @@ impl ClusterBackend {
             )
             .map_err(|err| link.error("cannot count the workers", &err))?;
         let collector_link = link.sibling(format!("procpool-caller-{caller}-results"));
+        let presence_link = link.sibling(format!("procpool-caller-{caller}-presence"));
         let shared = Arc::new(Shared {
             settings,
             keys,
@@ -131,9 +133,28 @@ impl ClusterBackend {
                 .spawn(move || shared.collect(collector_link))
                 .map_err(|e| Error::Cluster(format!("cannot start the results thread: {e}")))?
         };
+        // A thread of its own, so that a slow callback on the collector
+        // thread never lets the presence key expire.
+        let presence = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("procpool-cluster-presence".into())
+                .spawn(move || shared.keep_present(presence_link))
+        };
+        let presence = match presence {
+            Ok(handle) => handle,
+            Err(e) => {
+                shared.stop.store(true, Ordering::Release);
+                let _ = collector.join();
+                return Err(Error::Cluster(format!(
+                    "cannot start the presence thread: {e}"
+                )));
+            }
+        };
         Ok(ClusterBackend {
             shared,
             collector: Mutex::new(Some(collector)),
+            presence: Mutex::new(Some(presence)),
             processes: processes.unwrap_or(seen as usize).max(1),
         })
     }
@@ -161,25 +182,50 @@ pub(crate) fn ensure_group(link: &mut Link, stream: &str) -> Result<(), redis::R
 
 impl Shared {
     /// Adds to `pipe` the command that marks this caller present for
-    /// another `ttl`.
+    /// another `presence`.
     fn mark_present<'p>(&self, pipe: &'p mut redis::Pipeline) -> &'p mut redis::Pipeline {
         pipe.cmd("SET")
             .arg(self.keys.caller(&self.caller))
             .arg(1)
             .arg("PX")
-            .arg(self.settings.ttl.as_millis() as u64)
+            .arg(self.settings.presence.as_millis().max(1) as u64)
     }
 
-    /// Marks this caller present, and keeps its results for one more TTL.
+    /// Marks this caller present, and keeps its results and the streams
+    /// holding its tasks for one more `ttl`.
     fn announce(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        self.mark_present(&mut redis::pipe())
+        let streams: HashSet<String> = lock(&self.state)
+            .pending
+            .values()
+            .filter_map(|p| Some(p.entry.as_ref()?.0.clone()))
+            .collect();
+        let mut pipe = redis::pipe();
+        self.mark_present(&mut pipe)
             .ignore()
             .cmd("PEXPIRE")
             .arg(self.keys.results(&self.caller))
             .arg(ttl)
-            .ignore()
-            .query(conn)
+            .ignore();
+        for stream in streams {
+            pipe.cmd("PEXPIRE").arg(stream).arg(ttl).ignore();
+        }
+        pipe.query(conn)
+    }
+
+    /// The presence thread: announces this caller four times per
+    /// `presence` until the backend is dropped. Once it stops (the process
+    /// died), workers start none of its tasks after `presence`, and every
+    /// key it kept alive expires `ttl` later.
+    fn keep_present(&self, mut link: Link) {
+        let period = self.settings.presence / 4;
+        while !self.stop.load(Ordering::Acquire) {
+            let _ = link.run(|conn| self.announce(conn));
+            let announced = Instant::now();
+            while announced.elapsed() < period && !self.stop.load(Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(20).min(period));
+            }
+        }
     }
 
     /// The collector thread: reads results until the backend is dropped.
@@ -190,7 +236,6 @@ impl Shared {
             // At most 256 MiB of results in one reply.
             batch: (READ_BYTES / self.settings.max_payload).clamp(1, READ_BATCH),
         };
-        let mut announced = Instant::now();
         let mut withdrawn = Instant::now();
         let mut reconciled = Instant::now();
         let mut reconcile_owed = false;
@@ -198,12 +243,7 @@ impl Shared {
         let mut unserved = HashMap::new();
         let mut generation = None;
         let mut down_since: Option<Instant> = None;
-        // Each key is refreshed three times within its lifetime.
-        let refresh = self.settings.ttl / 3;
         while !self.stop.load(Ordering::Acquire) {
-            if announced.elapsed() >= refresh && link.run(|conn| self.announce(conn)).is_ok() {
-                announced = Instant::now();
-            }
             if withdrawn.elapsed() >= WITHDRAW_EVERY {
                 self.withdraw_cancelled(&mut link);
                 withdrawn = Instant::now();
@@ -216,16 +256,14 @@ impl Shared {
                 Ok(_) => {
                     down_since = None;
                     // A new connection, whichever command made it: Redis may
-                    // have restarted meanwhile. Say we are here, and look for
-                    // lost tasks. Look now and then anyway: a flush or an
-                    // eviction loses tasks without dropping connections.
+                    // have restarted meanwhile, so look for lost tasks. Look
+                    // now and then anyway: a flush or an eviction loses
+                    // tasks without dropping connections.
                     if generation
                         .replace(link.generation())
                         .is_some_and(|g| g != link.generation())
                     {
                         reconcile_owed = true;
-                        let _ = link.run(|conn| self.announce(conn));
-                        announced = Instant::now();
                     }
                     if (reconcile_owed || reconciled.elapsed() >= RECONCILE_EVERY)
                         && self.reconcile(&mut link, &mut reader)
@@ -645,6 +683,7 @@ impl Backend for ClusterBackend {
                 let mut pipe = redis::pipe();
                 let add = shared
                     .mark_present(&mut pipe)
+                    .ignore()
                     .cmd("XADD")
                     .arg(&stream)
                     .arg("*")
@@ -661,7 +700,13 @@ impl Backend for ClusterBackend {
                 if let Some(tag) = &tag {
                     add.arg("tag").arg(tag);
                 }
-                let (_, id): ((), String) = pipe.query(conn)?;
+                // The stream lives on while a caller has tasks in it; once
+                // every such caller is gone, it expires, also with no worker.
+                add.cmd("PEXPIRE")
+                    .arg(&stream)
+                    .arg(shared.settings.ttl.as_millis().max(1) as u64)
+                    .ignore();
+                let (id,): (String,) = pipe.query(conn)?;
                 Ok(id)
             },
         );
@@ -750,8 +795,11 @@ impl Drop for ClusterBackend {
         if !self.shared.stop.load(Ordering::Acquire) {
             self.terminate();
         }
-        if let Some(collector) = lock(&self.collector).take() {
-            let _ = collector.join();
+        for thread in [lock(&self.collector).take(), lock(&self.presence).take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
     }
 }

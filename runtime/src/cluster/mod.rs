@@ -68,10 +68,12 @@
 //! variable `PROCPOOL_KEY`): then every task and result carries an
 //! HMAC-SHA256 tag, and workers drop tasks, callers results, without a
 //! valid one. Protect the database too, with a password or ACL user
-//! (`redis://user:password@host`) and TLS (`rediss://`). A worker runs only `#[pool_job]` functions registered in
-//! its own binary, refuses tasks and results over `max_payload`, and every
-//! per-caller key (presence, results) expires `ttl` seconds after
-//! its caller last refreshed it; then workers drop that caller's queued tasks.
+//! (`redis://user:password@host`) and TLS (`rediss://`). A worker runs
+//! only `#[pool_job]` functions registered in its own binary and refuses
+//! tasks and results over `max_payload`. A caller's presence key expires
+//! `presence` seconds (10) after its last refresh, and workers then drop
+//! its queued tasks unrun; its results and the task streams it used expire
+//! `ttl` seconds after, even if no worker runs.
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user
 //! can read.

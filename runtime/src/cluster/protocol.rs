@@ -4,11 +4,11 @@
 //!
 //! | key | type | written by | holds |
 //! |---|---|---|---|
-//! | `tasks:<job id>` | stream, group `workers` | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `items`, and with a key `tag` |
+//! | `tasks:<job id>` | stream, group `workers`, with a TTL | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `items`, and with a key `tag` |
 //! | `serves:<job id>` | sorted set | workers | the live workers that can run that job, scored by the time each was last seen |
 //! | `jobs` | hash | workers | job id → `name: signature`, for messages and inspection |
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
-//! | `caller:<caller>` | string, with a TTL | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
+//! | `caller:<caller>` | string, with a TTL of `presence` | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
 //! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `forged_results` (dropped by callers) |
 //!
@@ -111,7 +111,7 @@ impl Refusal {
             Refusal::Abandoned => Error::Cluster(format!(
                 "job `{job}`: a worker dropped the task for items {first}..{end} without running \
                  it, because this caller's presence key had expired: the caller did not refresh \
-                 it for `ttl` seconds (it was stalled, cut off from Redis, or Redis lost the key). \
+                 it for `presence` seconds (it was stalled, cut off from Redis, or Redis lost the key). \
                  Run the call again",
                 end = first + count
             )),

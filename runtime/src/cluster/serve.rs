@@ -297,7 +297,9 @@ impl Worker {
         if stopping() {
             return Ok(());
         }
-        if err.code() == Some("NOGROUP") {
+        // A stream expired (all its callers gone) or was deleted: while
+        // blocked on it (UNBLOCKED) or at the next read (NOGROUP).
+        if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) {
             return ensure_groups(&mut self.link, &self.jobs);
         }
         Err(self.link.error("cannot read tasks", &err))

@@ -24,11 +24,14 @@ pub(crate) struct Settings {
     /// How long a task may go without a sign of life from its worker before
     /// another worker claims it. Read by workers.
     pub(crate) visibility: Duration,
-    /// How long a caller's keys (presence, results) outlive its
-    /// last refresh; then workers also drop its queued tasks. Longer than
-    /// `reconnect`: a caller cut off from Redis for less than that still
-    /// waits for its results.
+    /// How long a caller's results and the task streams it uses outlive its
+    /// last refresh. Longer than `reconnect`: a caller cut off from Redis
+    /// for less than that still finds its results.
     pub(crate) ttl: Duration,
+    /// How long a caller's presence key outlives its last refresh (four
+    /// refreshes per period): workers start none of a caller's tasks once
+    /// it is gone. 10 s by default, at most `ttl`.
+    pub(crate) presence: Duration,
     /// The largest task or result, in bytes.
     pub(crate) max_payload: usize,
     /// How many times a task may be handed to a worker. Read by workers.
@@ -50,8 +53,12 @@ pub(crate) struct Settings {
 /// third of it, which must stay well above a round trip to Redis.
 const MIN_VISIBILITY: Duration = Duration::from_millis(300);
 
+/// The shortest presence period: a caller refreshes its presence every
+/// quarter of it, which must stay well above a round trip to Redis.
+const MIN_PRESENCE: Duration = Duration::from_millis(500);
+
 /// procpool's query parameters, with what each means, for error messages.
-const PARAMETERS: &str = "queue, visibility, ttl, max_payload, max_deliveries, reconnect, \
+const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, max_deliveries, reconnect, \
                           tls_ca, tls_cert, tls_key, key, unserved";
 
 impl Settings {
@@ -87,6 +94,7 @@ impl Settings {
             queue: "default".to_owned(),
             visibility: Duration::from_secs(30),
             ttl: Duration::from_secs(120),
+            presence: Duration::from_secs(10),
             max_payload: 64 << 20,
             max_deliveries: 3,
             reconnect: Duration::from_secs(60),
@@ -97,6 +105,7 @@ impl Settings {
             auth: Auth::new(None),
         };
         let mut url_key = None;
+        let mut presence = None;
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -107,6 +116,7 @@ impl Settings {
                 "queue" => settings.queue = queue_name(&value).map_err(invalid)?,
                 "visibility" => settings.visibility = seconds()?,
                 "ttl" => settings.ttl = seconds()?,
+                "presence" => presence = Some(seconds()?),
                 "reconnect" => settings.reconnect = seconds()?,
                 "unserved" => settings.unserved = seconds()?,
                 "max_payload" => {
@@ -131,6 +141,13 @@ impl Settings {
                 "ttl ({:?}) must be longer than reconnect ({:?}): a caller that reconnects \
                  within `reconnect` still needs its keys",
                 settings.ttl, settings.reconnect
+            )));
+        }
+        settings.presence = presence.unwrap_or(settings.presence.min(settings.ttl));
+        if settings.presence < MIN_PRESENCE || settings.presence > settings.ttl {
+            return Err(invalid(format!(
+                "presence ({:?}) must be at least {MIN_PRESENCE:?} and at most ttl ({:?})",
+                settings.presence, settings.ttl
             )));
         }
         if settings.visibility < MIN_VISIBILITY {
@@ -244,6 +261,10 @@ mod tests {
         assert_eq!(s.max_deliveries, 3);
         assert_eq!(s.ttl, Duration::from_secs(120));
         assert!(s.ttl > s.reconnect);
+        // Workers stop starting a dead caller's tasks within 15 s, and a
+        // call no worker can run fails within a minute.
+        assert_eq!(s.presence, Duration::from_secs(10));
+        assert!(s.unserved <= Duration::from_secs(58));
         assert_eq!(s.display, "redis://127.0.0.1");
     }
 
@@ -262,6 +283,8 @@ mod tests {
             ("redis://h?tls_ca=/ca.pem", "rediss://"),
             ("rediss://h?tls_cert=/c.pem", "go together"),
             ("redis://h?key=short", "at least 16"),
+            ("redis://h?presence=0.1", "presence"),
+            ("redis://h?presence=200", "at most ttl"),
         ] {
             let err = Settings::parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");
