@@ -1349,3 +1349,107 @@ fn a_worker_with_another_key_never_runs_the_callers_tasks() {
     );
     drop((wrong, unkeyed));
 }
+
+/// `n` items of 1 MiB each.
+fn mebibytes(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 1 << 20]).collect()
+}
+
+#[test]
+fn a_caller_built_before_its_workers_sizes_chunks_for_them_within_max_payload() {
+    let redis = RedisServer::start();
+    // 4 MB per task: the default chunk of 5 items of 1 MiB would not fit.
+    let url = redis.url("queue=early&max_payload=4000000");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.processes(), 1, "no worker yet");
+    let _workers = Workers::start(&url, 2).unwrap();
+    eventually("the pool to see both workers", || pool.processes() == 2);
+    let lengths = pool.map(length, mebibytes(40)).unwrap();
+    assert_eq!(lengths, vec![1 << 20; 40]);
+    // An explicit chunk size is cut to fit too.
+    let lengths = pool.chunksize(10).map(length, mebibytes(12)).unwrap();
+    assert_eq!(lengths, vec![1 << 20; 12]);
+    // A single item over the limit is still an error.
+    assert!(matches!(
+        pool.apply(length, vec![0; 5_000_000]),
+        Err(Error::PayloadTooLarge { .. })
+    ));
+}
+
+fn used_memory_peak(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory_peak:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_large_map_keeps_a_bounded_window_of_tasks_in_redis() {
+    // PROCPOOL_TEST_MIB=300 reproduces the map; 96 MiB by default.
+    let mib: usize = std::env::var("PROCPOOL_TEST_MIB").map_or(96, |v| v.parse().unwrap());
+    let (redis, _url, _workers, pool) = cluster("queue=window", 2);
+    let mut conn = redis_conn(&redis, "");
+    let before = used_memory_peak(&mut conn);
+    let started = Instant::now();
+    let lengths = pool.map(length, mebibytes(mib)).unwrap();
+    assert_eq!(lengths, vec![1 << 20; mib]);
+    let peak = used_memory_peak(&mut conn);
+    eprintln!(
+        "map of {mib} MiB in {:?}: Redis used_memory_peak {:.1} MiB (before: {:.1} MiB)",
+        started.elapsed(),
+        peak as f64 / 1048576.0,
+        before as f64 / 1048576.0
+    );
+    // The default window is 32 MiB of tasks per caller.
+    assert!(peak < 64 << 20, "peak {peak} bytes");
+}
+
+/// Run as a child process by `an_evicting_redis_is_reported`: builds a
+/// cluster pool, which reports on stderr what it finds.
+#[test]
+#[ignore = "helper: started by another test"]
+fn helper_caller_that_builds_a_pool() {
+    let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
+    Pool::builder().cluster(&url).build().unwrap();
+}
+
+#[test]
+fn an_evicting_redis_is_reported() {
+    for (args, warned) in [
+        (
+            &["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"][..],
+            true,
+        ),
+        (
+            &["--maxmemory", "100mb", "--maxmemory-policy", "volatile-ttl"][..],
+            true,
+        ),
+        (
+            &["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"][..],
+            false,
+        ),
+        (&[][..], false),
+    ] {
+        let redis = RedisServer::with_args(args, false);
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "helper_caller_that_builds_a_pool",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("PROCPOOL_TEST_URL", redis.url("queue=evict"))
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.contains("may evict procpool's keys") && stderr.contains("noeviction"),
+            warned,
+            "{args:?}: {stderr}"
+        );
+    }
+}

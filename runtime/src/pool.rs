@@ -185,6 +185,7 @@ impl PoolBuilder {
     /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers; at least 0.3) |
     /// | `max_deliveries` | 3 | how many times a task is handed out before it fails with [`Error::TaskLost`] (workers) |
     /// | `max_payload` | 67108864 | largest task or result in bytes: [`Error::PayloadTooLarge`] |
+    /// | `window` | 33554432 | bytes of a caller's tasks that may wait in Redis at once; the rest waits in the caller |
     /// | `presence` | 10 | seconds a caller's presence outlives its last refresh: then workers start none of its tasks; at most `ttl` |
     /// | `ttl` | 120 | seconds a caller's results and task streams outlive its last refresh; more than `reconnect` |
     /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail |
@@ -201,7 +202,7 @@ impl PoolBuilder {
     /// [`spawn_timeout`](PoolBuilder::spawn_timeout)) do not apply:
     /// combined with `cluster`, `build` fails with [`Error::Config`].
     /// [`processes`](PoolBuilder::processes) becomes the number of workers
-    /// to size chunks for; by default, the workers seen in the last minute.
+    /// to size chunks for; by default, the workers alive now.
     ///
     /// ```no_run
     /// use procpool::{pool_job, Pool};
@@ -519,7 +520,9 @@ impl Pool {
         let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
         let call = Call::<R, M>::new(job, progress);
         let mut chunk = ChunkBuilder::default();
+        let byte_limit = self.backend.max_chunk_bytes();
         for (index, item) in items.into_iter().enumerate() {
+            let before = chunk.bytes.len();
             if let Err(message) = codec::encode_item(&item, &mut chunk.bytes) {
                 let error = Error::Serialization {
                     job: job.to_owned(),
@@ -528,6 +531,13 @@ impl Pool {
                 };
                 call.abandon(error.clone());
                 return Err(error);
+            }
+            // A chunk that this item would take over the backend's limit
+            // goes without it (a single item over it is the backend's error).
+            if byte_limit.is_some_and(|limit| chunk.bytes.len() > limit) && chunk.count > 0 {
+                let item = chunk.bytes.split_off(before);
+                self.send_chunk(job, &call, &mut chunk)?;
+                chunk.bytes = item;
             }
             chunk.count += 1;
             if chunk.count == chunksize {

@@ -5,8 +5,8 @@
 //! any more (a task that ran twice because its first worker was presumed
 //! dead) is dropped, so the caller receives every result exactly once.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -32,24 +32,65 @@ const READ_BYTES: usize = 256 << 20;
 const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 /// How often the tasks of calls that ended early are taken off the queue.
 const WITHDRAW_EVERY: Duration = Duration::from_secs(1);
-/// A worker seen this recently counts towards `processes()`.
-const WORKER_FRESH: Duration = Duration::from_secs(60);
+/// Chunks are cut past this many bytes: Redis holds a task up to three
+/// times while it passes (the command being read, the stream entry, the
+/// reply to a worker), so large chunks make large memory peaks, while
+/// tasks of a few MiB already cost little per byte.
+const CHUNK_BYTES: usize = 4 << 20;
 /// How often the caller checks that some live worker can run each job it
 /// has tasks queued for.
 const SERVED_EVERY: Duration = Duration::from_secs(2);
 
 struct Pending {
-    /// The task, its items already sent.
+    /// The task, its items taken out to be sent.
     task: Task,
-    /// Its stream and entry id, to withdraw it on `terminate`.
+    /// Its stream and entry id once sent, to withdraw it on `terminate`.
     entry: Option<(String, String)>,
+    /// Its bytes, while they count towards the window (sent, or being sent).
+    in_flight: usize,
+}
+
+/// A task waiting in this process for room in the window.
+struct Queued {
+    seq: u64,
+    job: &'static str,
+    count: usize,
+    stream: String,
+    items: Vec<u8>,
+    tag: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
 struct State {
     pending: HashMap<u64, Pending>,
+    /// Tasks not sent yet because the window was full, in order.
+    backlog: VecDeque<Queued>,
+    /// Bytes of tasks sent to Redis whose results did not come back yet.
+    in_flight: usize,
     next_seq: u64,
     closed: bool,
+}
+
+impl State {
+    /// Removes a pending task, freeing its room in the window.
+    fn take(&mut self, seq: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&seq)?;
+        self.in_flight -= pending.in_flight;
+        Some(pending)
+    }
+
+    /// Removes every pending task, and forgets the tasks not sent yet.
+    fn take_all(&mut self) -> Vec<Pending> {
+        self.in_flight = 0;
+        self.backlog.clear();
+        self.pending.drain().map(|(_, p)| p).collect()
+    }
+
+    /// Whether a task of `bytes` may go to Redis now: the window always
+    /// takes one task, however large, so that no call waits forever.
+    fn admits(&self, bytes: usize, window: usize) -> bool {
+        self.in_flight == 0 || self.in_flight + bytes <= window
+    }
 }
 
 /// Where the collector is in this caller's results stream.
@@ -75,6 +116,8 @@ struct Shared {
     /// Set by `terminate` (and so by drop): the collector ends, and a
     /// submit that has not sent its task yet gives up.
     stop: AtomicBool,
+    /// The workers alive at the last count (see `count_workers`).
+    live_workers: AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,7 +130,9 @@ pub(crate) struct ClusterBackend {
     shared: Arc<Shared>,
     collector: Mutex<Option<JoinHandle<()>>>,
     presence: Mutex<Option<JoinHandle<()>>>,
-    processes: usize,
+    /// The number of workers chunks are sized for, if the builder said;
+    /// otherwise the live workers are counted.
+    processes: Option<usize>,
 }
 
 impl ClusterBackend {
@@ -103,10 +148,13 @@ impl ClusterBackend {
             .query::<u64>(
                 redis::cmd("ZCOUNT")
                     .arg(keys.workers())
-                    .arg(protocol::now_ms().saturating_sub(WORKER_FRESH.as_millis() as u64))
+                    .arg(fresh_since(&settings))
                     .arg("+inf"),
             )
             .map_err(|err| link.error("cannot count the workers", &err))?;
+        if let Some(warning) = link.eviction_risk() {
+            eprintln!("procpool: {warning}");
+        }
         let collector_link = link.sibling(format!("procpool-caller-{caller}-results"));
         let presence_link = link.sibling(format!("procpool-caller-{caller}-presence"));
         let shared = Arc::new(Shared {
@@ -118,6 +166,7 @@ impl ClusterBackend {
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
             stop: AtomicBool::new(false),
+            live_workers: AtomicUsize::new(seen as usize),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.
@@ -155,9 +204,17 @@ impl ClusterBackend {
             shared,
             collector: Mutex::new(Some(collector)),
             presence: Mutex::new(Some(presence)),
-            processes: processes.unwrap_or(seen as usize).max(1),
+            processes,
         })
     }
+}
+
+/// The time (ms since the epoch) from which a worker's last heartbeat
+/// shows it alive: three missed beats (a beat every third of the
+/// visibility timeout), and a second for a busy Redis.
+fn fresh_since(settings: &Settings) -> u64 {
+    let window = settings.visibility + Duration::from_secs(1);
+    protocol::now_ms().saturating_sub(window.as_millis() as u64)
 }
 
 /// Creates the tasks stream `stream` and its group if they do not exist
@@ -249,9 +306,11 @@ impl Shared {
                 withdrawn = Instant::now();
             }
             if served.elapsed() >= SERVED_EVERY {
+                self.count_workers(&mut link);
                 self.check_served(&mut link, &mut unserved);
                 served = Instant::now();
             }
+            self.feed(&mut link);
             match self.read(&mut link, &mut reader, Some(READ_BLOCK)) {
                 Ok(_) => {
                     down_since = None;
@@ -364,11 +423,8 @@ impl Shared {
                 Err(_) => return false,
             }
         }
-        let lost: Vec<Pending> = self.settle(|state| {
-            gone.iter()
-                .filter_map(|seq| state.pending.remove(seq))
-                .collect()
-        });
+        let lost: Vec<Pending> =
+            self.settle(|state| gone.iter().filter_map(|seq| state.take(*seq)).collect());
         for Pending { task, .. } in lost {
             let error = Error::Cluster(format!(
                 "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
@@ -438,7 +494,7 @@ impl Shared {
         let Some(seq) = entry.number("seq") else {
             return;
         };
-        let Some(Pending { task, .. }) = self.settle(|state| state.pending.remove(&seq)) else {
+        let Some(Pending { task, .. }) = self.settle(|state| state.take(seq)) else {
             return; // A duplicate from a re-run task, or a terminated call.
         };
         let outcome = match (entry.take("ok"), entry.take("err")) {
@@ -477,7 +533,7 @@ impl Shared {
                 .collect();
             cancelled
                 .iter()
-                .filter_map(|seq| state.pending.remove(seq))
+                .filter_map(|seq| state.take(*seq))
                 .filter_map(|p| p.entry)
                 .collect()
         });
@@ -523,7 +579,7 @@ impl Shared {
                 Some((job, id, signature))
             })
             .collect();
-        let fresh = protocol::now_ms().saturating_sub(self.alive_window().as_millis() as u64);
+        let fresh = fresh_since(&self.settings);
         let mut pipe = redis::pipe();
         pipe.cmd("ZCOUNT")
             .arg(self.keys.workers())
@@ -564,12 +620,10 @@ impl Shared {
                 let seqs: Vec<u64> = state
                     .pending
                     .iter()
-                    .filter(|(_, p)| p.task.job == job && p.entry.is_some())
+                    .filter(|(_, p)| p.task.job == job)
                     .map(|(seq, _)| *seq)
                     .collect();
-                seqs.iter()
-                    .filter_map(|seq| state.pending.remove(seq))
-                    .collect()
+                seqs.iter().filter_map(|seq| state.take(*seq)).collect()
             });
             let entries: Vec<(String, String)> =
                 failed.iter().filter_map(|p| p.entry.clone()).collect();
@@ -580,10 +634,110 @@ impl Shared {
         }
     }
 
-    /// How long a worker may go without a heartbeat and still count as
-    /// alive: three missed beats, and a second for a busy Redis.
-    fn alive_window(&self) -> Duration {
-        self.settings.visibility + Duration::from_secs(1)
+    /// Counts the live workers, which chunk sizes follow.
+    fn count_workers(&self, link: &mut Link) {
+        let counted = link.query::<u64>(
+            redis::cmd("ZCOUNT")
+                .arg(self.keys.workers())
+                .arg(fresh_since(&self.settings))
+                .arg("+inf"),
+        );
+        if let Ok(count) = counted {
+            self.live_workers.store(count as usize, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds one task to its stream; returns its entry id.
+    fn add(&self, conn: &mut redis::Connection, task: &Queued) -> redis::RedisResult<String> {
+        // Presence first, in the same round trip: a worker never sees this
+        // task without it, even right after Redis restarted.
+        let mut pipe = redis::pipe();
+        let add = self
+            .mark_present(&mut pipe)
+            .ignore()
+            .cmd("XADD")
+            .arg(&task.stream)
+            .arg("*")
+            .arg("caller")
+            .arg(&self.caller)
+            .arg("seq")
+            .arg(task.seq)
+            .arg("job")
+            .arg(task.job)
+            .arg("count")
+            .arg(task.count)
+            .arg("items")
+            .arg(&task.items);
+        if let Some(tag) = &task.tag {
+            add.arg("tag").arg(tag);
+        }
+        // The stream lives on while a caller has tasks in it; once every
+        // such caller is gone, it expires, also with no worker.
+        add.cmd("PEXPIRE")
+            .arg(&task.stream)
+            .arg(self.settings.ttl.as_millis().max(1) as u64)
+            .ignore();
+        let (id,): (String,) = pipe.query(conn)?;
+        Ok(id)
+    }
+
+    /// Records that task `seq` went out as `entry`, or withdraws it if its
+    /// call ended meanwhile (terminated, failed): no task nobody waits for.
+    fn sent(&self, link: &mut Link, seq: u64, stream: &str, id: String) {
+        let recorded = match lock(&self.state).pending.get_mut(&seq) {
+            Some(pending) => {
+                pending.entry = Some((stream.to_owned(), id.clone()));
+                true
+            }
+            None => false,
+        };
+        if !recorded {
+            let _ = link.query::<()>(redis::cmd("XDEL").arg(stream).arg(&id));
+        }
+    }
+
+    /// Sends the tasks waiting for room in the window, as room frees up.
+    fn feed(&self, link: &mut Link) {
+        loop {
+            let next = {
+                let mut state = lock(&self.state);
+                // Tasks of calls that ended meanwhile are dropped unsent.
+                while let Some(front) = state.backlog.front()
+                    && !state.pending.contains_key(&front.seq)
+                {
+                    state.backlog.pop_front();
+                }
+                let Some(front) = state.backlog.front() else {
+                    return;
+                };
+                let bytes = front.items.len();
+                if !state.admits(bytes, self.settings.window) {
+                    return;
+                }
+                let task = state.backlog.pop_front();
+                if let Some(task) = &task
+                    && let Some(pending) = state.pending.get_mut(&task.seq)
+                {
+                    pending.in_flight = bytes;
+                    state.in_flight += bytes;
+                }
+                task
+            };
+            let Some(task) = next else { return };
+            match link.run(|conn| self.add(conn, &task)) {
+                Ok(id) => self.sent(link, task.seq, &task.stream, id),
+                Err(_) => {
+                    // Tried again on the next round; a Redis down for
+                    // `reconnect` fails every pending call meanwhile.
+                    let mut state = lock(&self.state);
+                    if let Some(pending) = state.pending.get_mut(&task.seq) {
+                        state.in_flight -= std::mem::take(&mut pending.in_flight);
+                        state.backlog.push_front(task);
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// The other versions of `job` that live workers have, for the error
@@ -621,8 +775,7 @@ impl Shared {
     }
 
     fn fail_all(&self, error: &Error) {
-        let lost: Vec<Pending> =
-            self.settle(|state| state.pending.drain().map(|(_, p)| p).collect());
+        let lost: Vec<Pending> = self.settle(|state| state.take_all());
         for pending in lost {
             pending.task.fail(error.clone());
         }
@@ -648,88 +801,72 @@ impl Backend for ClusterBackend {
         let (job, count) = (task.job, task.count);
         let stream = shared.keys.tasks(&shared.job_id(job)?.0);
         let items = std::mem::take(&mut task.items);
+        let bytes = items.len();
         // Registered before it is sent: its result may come back at once.
-        let seq = {
+        let (seq, queued) = {
             let mut state = lock(&shared.state);
             if state.closed {
                 return Err(Error::Closed);
             }
             let seq = state.next_seq;
             state.next_seq += 1;
-            state.pending.insert(seq, Pending { task, entry: None });
-            seq
+            let tag = shared.settings.auth.task_tag(&TaskFields {
+                queue: &shared.settings.queue,
+                caller: &shared.caller,
+                seq,
+                job,
+                count: count as u64,
+                items: &items,
+            });
+            let queued = Queued {
+                seq,
+                job,
+                count,
+                stream,
+                items,
+                tag,
+            };
+            // Behind the tasks already waiting, or when the window is full,
+            // the task waits here: the collector sends it as results free
+            // room, so Redis holds at most a window of this caller's input.
+            let now = state.backlog.is_empty() && state.admits(bytes, shared.settings.window);
+            let in_flight = if now { bytes } else { 0 };
+            state.in_flight += in_flight;
+            state.pending.insert(
+                seq,
+                Pending {
+                    task,
+                    entry: None,
+                    in_flight,
+                },
+            );
+            if !now {
+                state.backlog.push_back(queued);
+                return Ok(());
+            }
+            (seq, queued)
         };
         let mut link = lock(&shared.submitter);
         if shared.stop.load(Ordering::Acquire) {
             // Terminated since the task was registered: it already failed.
             drop(link);
-            shared.settle(|state| state.pending.remove(&seq));
+            shared.settle(|state| state.take(seq));
             return Err(Error::Closed);
         }
-        let tag = shared.settings.auth.task_tag(&TaskFields {
-            queue: &shared.settings.queue,
-            caller: &shared.caller,
-            seq,
-            job,
-            count: count as u64,
-            items: &items,
-        });
         let added = link.run_retrying(
             Some(shared.settings.reconnect),
             &|| shared.stop.load(Ordering::Acquire),
-            |conn| {
-                // Presence first, in the same round trip: a worker never
-                // sees this task without it, even right after Redis restarted.
-                let mut pipe = redis::pipe();
-                let add = shared
-                    .mark_present(&mut pipe)
-                    .ignore()
-                    .cmd("XADD")
-                    .arg(&stream)
-                    .arg("*")
-                    .arg("caller")
-                    .arg(&shared.caller)
-                    .arg("seq")
-                    .arg(seq)
-                    .arg("job")
-                    .arg(job)
-                    .arg("count")
-                    .arg(count)
-                    .arg("items")
-                    .arg(&items);
-                if let Some(tag) = &tag {
-                    add.arg("tag").arg(tag);
-                }
-                // The stream lives on while a caller has tasks in it; once
-                // every such caller is gone, it expires, also with no worker.
-                add.cmd("PEXPIRE")
-                    .arg(&stream)
-                    .arg(shared.settings.ttl.as_millis().max(1) as u64)
-                    .ignore();
-                let (id,): (String,) = pipe.query(conn)?;
-                Ok(id)
-            },
+            |conn| shared.add(conn, &queued),
         );
         match added {
             Ok(id) => {
-                let recorded = match lock(&shared.state).pending.get_mut(&seq) {
-                    Some(pending) => {
-                        pending.entry = Some((stream.clone(), id.clone()));
-                        true
-                    }
-                    None => false,
-                };
-                if !recorded {
-                    // Terminated (or its result came back) meanwhile: do not
-                    // leave a task nobody waits for.
-                    let _ = link.query::<()>(redis::cmd("XDEL").arg(&stream).arg(&id));
-                }
+                shared.sent(&mut link, seq, &queued.stream, id);
                 Ok(())
             }
             Err(err) => {
                 let error = link.error("cannot add a task to the queue", &err);
                 drop(link);
-                shared.settle(|state| state.pending.remove(&seq));
+                shared.settle(|state| state.take(seq));
                 Err(error)
             }
         }
@@ -763,7 +900,7 @@ impl Backend for ClusterBackend {
         shared.stop.store(true, Ordering::Release);
         let lost: Vec<Pending> = shared.settle(|state| {
             state.closed = true;
-            state.pending.drain().map(|(_, p)| p).collect()
+            state.take_all()
         });
         // Withdraw what no worker took yet, and say this caller is gone so
         // that workers skip what they took. Best effort: if Redis cannot be
@@ -787,6 +924,12 @@ impl Backend for ClusterBackend {
 
     fn processes(&self) -> usize {
         self.processes
+            .unwrap_or_else(|| self.shared.live_workers.load(Ordering::Relaxed))
+            .max(1)
+    }
+
+    fn max_chunk_bytes(&self) -> Option<usize> {
+        Some(self.shared.settings.max_payload.min(CHUNK_BYTES))
     }
 }
 

@@ -148,6 +148,33 @@ impl Link {
         }
     }
 
+    /// What to tell the user if Redis may evict procpool's keys: a memory
+    /// limit with an eviction policy other than `noeviction`. Nothing when
+    /// Redis does not say (`CONFIG` denied by an ACL or a managed service).
+    pub(crate) fn eviction_risk(&mut self) -> Option<String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy");
+        let (limit, policy): (Vec<String>, Vec<String>) = self.run(|conn| pipe.query(conn)).ok()?;
+        let limit: u64 = limit.get(1)?.parse().ok()?;
+        let policy = policy.get(1)?;
+        if limit == 0 || policy == "noeviction" {
+            return None;
+        }
+        Some(format!(
+            "Redis at {} has maxmemory {limit} with maxmemory-policy {policy}: when full, it may \
+             evict procpool's keys (task streams, results, presence), and the calls they belong \
+             to then fail with Error::Cluster. Set `maxmemory-policy noeviction` (a full Redis \
+             then refuses new tasks with an error instead), or use a Redis of its own for \
+             procpool",
+            self.display
+        ))
+    }
+
     /// A caller-facing error for a failed Redis operation.
     pub(crate) fn error(&self, what: &str, err: &RedisError) -> Error {
         let hint = if err.kind() == redis::ErrorKind::AuthenticationFailed

@@ -106,6 +106,9 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     jobs.sort_by_key(|job| job.name);
     let mut link = Link::open(&settings, format!("procpool-worker-{name}"))?;
     ensure_groups(&mut link, &jobs)?;
+    if let Some(warning) = link.eviction_risk() {
+        eprintln!("procpool cluster worker {name}: {warning}");
+    }
     // What each job id stands for, for callers' messages and inspection.
     let mut describe = redis::cmd("HSET");
     describe.arg(keys.jobs());

@@ -32,6 +32,9 @@ pub(crate) struct Settings {
     /// refreshes per period): workers start none of a caller's tasks once
     /// it is gone. 10 s by default, at most `ttl`.
     pub(crate) presence: Duration,
+    /// How many bytes of a caller's tasks may wait in Redis at once; the
+    /// rest waits in the caller. Read by callers.
+    pub(crate) window: usize,
     /// The largest task or result, in bytes.
     pub(crate) max_payload: usize,
     /// How many times a task may be handed to a worker. Read by workers.
@@ -58,7 +61,7 @@ const MIN_VISIBILITY: Duration = Duration::from_millis(300);
 const MIN_PRESENCE: Duration = Duration::from_millis(500);
 
 /// procpool's query parameters, with what each means, for error messages.
-const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, max_deliveries, reconnect, \
+const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, window, max_deliveries, reconnect, \
                           tls_ca, tls_cert, tls_key, key, unserved";
 
 impl Settings {
@@ -96,6 +99,7 @@ impl Settings {
             ttl: Duration::from_secs(120),
             presence: Duration::from_secs(10),
             max_payload: 64 << 20,
+            window: 32 << 20,
             max_deliveries: 3,
             reconnect: Duration::from_secs(60),
             tls_ca: None,
@@ -122,6 +126,7 @@ impl Settings {
                 "max_payload" => {
                     settings.max_payload = parse_number(&key, &value).map_err(invalid)?;
                 }
+                "window" => settings.window = parse_number(&key, &value).map_err(invalid)?,
                 "max_deliveries" => {
                     settings.max_deliveries = parse_number(&key, &value).map_err(invalid)?;
                 }
@@ -156,9 +161,9 @@ impl Settings {
                  from live workers"
             )));
         }
-        if settings.max_deliveries == 0 || settings.max_payload == 0 {
+        if settings.max_deliveries == 0 || settings.max_payload == 0 || settings.window == 0 {
             return Err(invalid(
-                "max_deliveries and max_payload must be at least 1".into(),
+                "max_deliveries, max_payload and window must be at least 1".into(),
             ));
         }
         if settings.tls_cert.is_some() != settings.tls_key.is_some() {
