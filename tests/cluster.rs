@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use procpool::cluster::Workers;
 use procpool::{Error, Pool, pool_job};
-use procpool_tests::{RedisServer, eventually};
+use procpool_tests::{RedisServer, eventually, running};
 
 #[pool_job]
 fn square(x: u64) -> u64 {
@@ -655,9 +655,6 @@ fn unsupported_options_and_bad_servers_are_clear_errors() {
     let url = redis.url("queue=opts");
     for builder in [
         Pool::builder().cluster(&url).max_tasks_per_child(3),
-        Pool::builder()
-            .cluster(&url)
-            .task_timeout(Duration::from_secs(1)),
         Pool::builder().cluster(&url).retries(2),
         Pool::builder().cluster(&url).initializer(square, 1),
     ] {
@@ -1452,4 +1449,40 @@ fn an_evicting_redis_is_reported() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn task_timeout_fails_the_task_and_replaces_its_worker() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=timeout");
+    let workers = Workers::start(&url, 1).unwrap();
+    let first = workers.pids()[0];
+    let pool = Pool::builder()
+        .cluster(&url)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    // In time: as usual.
+    assert_eq!(pool.apply(slow_square, (3, 10)).unwrap().0, 9);
+    let started = Instant::now();
+    let mut call = pool.apply_async(slow_square, (4, 600_000)).unwrap();
+    match call.get_timeout(Duration::from_secs(30)) {
+        Err(Error::TaskTimedOut {
+            job,
+            first,
+            count,
+            timeout,
+        }) => {
+            assert_eq!((job.as_str(), first, count), ("cluster::slow_square", 0, 1));
+            assert_eq!(timeout, Duration::from_secs(1));
+        }
+        other => panic!("expected a task timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    eventually("the worker to be replaced", || workers.restarts() == 1);
+    assert!(!running(first), "the worker that ran it is gone");
+    assert!(!workers.pids().contains(&first));
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    let mut conn = redis_conn(&redis, "");
+    assert_eq!(queued(&mut conn, "timeout"), 0, "not run again");
 }

@@ -138,7 +138,9 @@ impl PoolBuilder {
 
     /// Kills a worker whose task runs longer than `timeout` and fails that
     /// task with [`Error::TaskTimedOut`]; the pool starts a replacement.
-    /// The limit applies to a whole chunk: use small chunks with it.
+    /// The limit applies to a whole chunk: use small chunks with it. With
+    /// a cluster pool, the worker that runs it enforces it, and exits to
+    /// be replaced.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -197,7 +199,6 @@ impl PoolBuilder {
     /// ([`initializer`](PoolBuilder::initializer),
     /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child),
     /// [`max_memory_per_child`](PoolBuilder::max_memory_per_child),
-    /// [`task_timeout`](PoolBuilder::task_timeout),
     /// [`retries`](PoolBuilder::retries),
     /// [`spawn_timeout`](PoolBuilder::spawn_timeout)) do not apply:
     /// combined with `cluster`, `build` fails with [`Error::Config`].
@@ -255,7 +256,6 @@ impl PoolBuilder {
                 ("initializer", initializer.is_some()),
                 ("max_tasks_per_child", self.max_tasks_per_child.is_some()),
                 ("max_memory_per_child", self.max_memory_per_child.is_some()),
-                ("task_timeout", self.task_timeout.is_some()),
                 ("retries", self.retries != 0),
                 ("spawn_timeout", self.spawn_timeout != DEFAULT_SPAWN_TIMEOUT),
             ];
@@ -266,7 +266,8 @@ impl PoolBuilder {
                      see procpool::cluster)"
                 )));
             }
-            let backend = crate::cluster::ClusterBackend::start(url, self.processes)?;
+            let backend =
+                crate::cluster::ClusterBackend::start(url, self.processes, self.task_timeout)?;
             return Ok(Pool {
                 backend: Box::new(backend),
                 progress: self.progress,

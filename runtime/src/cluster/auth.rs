@@ -38,6 +38,8 @@ pub(crate) struct TaskFields<'a> {
     pub(crate) seq: u64,
     pub(crate) job: &'a str,
     pub(crate) count: u64,
+    /// The caller's `task_timeout` in milliseconds, 0 for none.
+    pub(crate) timeout_ms: u64,
     pub(crate) items: &'a [u8],
 }
 
@@ -124,6 +126,7 @@ fn feed_task(mac: &mut HmacSha256, task: &TaskFields<'_>) {
             &task.seq.to_le_bytes(),
             task.job.as_bytes(),
             &task.count.to_le_bytes(),
+            &task.timeout_ms.to_le_bytes(),
             task.items,
         ],
     );
@@ -167,6 +170,7 @@ mod tests {
             seq: 7,
             job: "app::square",
             count: 2,
+            timeout_ms: 0,
             items,
         }
     }
@@ -181,6 +185,9 @@ mod tests {
         let mut other_seq = task(b"\x01\x02", "c1");
         other_seq.seq = 8;
         assert!(!auth.task_valid(&other_seq, Some(&tag)));
+        let mut other_timeout = task(b"\x01\x02", "c1");
+        other_timeout.timeout_ms = 1;
+        assert!(!auth.task_valid(&other_timeout, Some(&tag)));
         assert!(!auth.task_valid(&task(b"\x01\x02", "c1"), None));
         let other = Auth::new(Some(b"fedcba9876543210"));
         assert!(!other.task_valid(&task(b"\x01\x02", "c1"), Some(&tag)));

@@ -118,6 +118,9 @@ struct Shared {
     stop: AtomicBool,
     /// The workers alive at the last count (see `count_workers`).
     live_workers: AtomicUsize,
+    /// The builder's `task_timeout`, in milliseconds (0: none); workers
+    /// enforce it.
+    timeout_ms: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,7 +141,11 @@ pub(crate) struct ClusterBackend {
 impl ClusterBackend {
     /// Connects, announces this caller and starts collecting. `processes`
     /// is only a hint for chunk sizes; by default the live workers are counted.
-    pub(crate) fn start(url: &str, processes: Option<usize>) -> Result<Self, Error> {
+    pub(crate) fn start(
+        url: &str,
+        processes: Option<usize>,
+        task_timeout: Option<Duration>,
+    ) -> Result<Self, Error> {
         let settings = Settings::parse(url)?;
         crate::job::registry()?;
         let caller = protocol::random_id()?;
@@ -167,6 +174,7 @@ impl ClusterBackend {
             settled: Condvar::new(),
             stop: AtomicBool::new(false),
             live_workers: AtomicUsize::new(seen as usize),
+            timeout_ms: task_timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.
@@ -668,6 +676,9 @@ impl Shared {
             .arg(task.count)
             .arg("items")
             .arg(&task.items);
+        if self.timeout_ms > 0 {
+            add.arg("timeout").arg(self.timeout_ms);
+        }
         if let Some(tag) = &task.tag {
             add.arg("tag").arg(tag);
         }
@@ -816,6 +827,7 @@ impl Backend for ClusterBackend {
                 seq,
                 job,
                 count: count as u64,
+                timeout_ms: shared.timeout_ms,
                 items: &items,
             });
             let queued = Queued {

@@ -4,7 +4,7 @@
 //!
 //! | key | type | written by | holds |
 //! |---|---|---|---|
-//! | `tasks:<job id>` | stream, group `workers`, with a TTL | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `items`, and with a key `tag` |
+//! | `tasks:<job id>` | stream, group `workers`, with a TTL | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `items`, with a `task_timeout` `timeout` (ms), and with a key `tag` |
 //! | `serves:<job id>` | sorted set | workers | the live workers that can run that job, scored by the time each was last seen |
 //! | `jobs` | hash | workers | job id → `name: signature`, for messages and inspection |
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
@@ -17,6 +17,8 @@
 //! streams of the jobs it has, exactly as the caller has them, so a worker
 //! of another build (or with another key) never takes a task it cannot run,
 //! and a rolling deploy only affects the jobs that changed.
+
+use std::time::Duration;
 
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -89,6 +91,9 @@ pub(crate) enum Refusal {
     Lost { deliveries: u64 },
     /// The caller's presence key was gone: the task did not run.
     Abandoned,
+    /// The job ran past the caller's `task_timeout`; its worker process
+    /// exited, to be replaced.
+    TimedOut { timeout_ms: u64 },
 }
 
 impl Refusal {
@@ -107,6 +112,12 @@ impl Refusal {
                 first,
                 count,
                 deliveries,
+            },
+            Refusal::TimedOut { timeout_ms } => Error::TaskTimedOut {
+                job: job.to_owned(),
+                first,
+                count,
+                timeout: Duration::from_millis(timeout_ms),
             },
             Refusal::Abandoned => Error::Cluster(format!(
                 "job `{job}`: a worker dropped the task for items {first}..{end} without running \

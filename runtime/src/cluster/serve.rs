@@ -124,8 +124,8 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     let beat = Heartbeat::start(
         link.sibling(format!("procpool-worker-{name}-beat")),
         &keys,
+        &settings,
         &name,
-        settings.visibility,
         jobs.iter().map(|job| job.id.clone()).collect(),
     )?;
     let mut worker = Worker {
@@ -384,12 +384,14 @@ impl Worker {
             return;
         };
         let items = entry.take("items").unwrap_or_default();
+        let timeout_ms = entry.number("timeout").unwrap_or(0);
         let task = TaskFields {
             queue: &self.settings.queue,
             caller: &caller,
             seq,
             job: &job,
             count,
+            timeout_ms,
             items: &items,
         };
         if !self.settings.auth.task_valid(&task, entry.field("tag")) {
@@ -444,7 +446,22 @@ impl Worker {
             let mut held = waiting.to_vec();
             held.push((entry.stream.clone(), entry.id.clone()));
             self.beat.watch(held);
+            if timeout_ms > 0 {
+                self.beat.arm(Watchdog {
+                    at: Instant::now() + Duration::from_millis(timeout_ms),
+                    timeout_ms,
+                    task: Delivery {
+                        stream: entry.stream.clone(),
+                        id: entry.id.clone(),
+                        caller: caller.clone(),
+                        seq,
+                        job: job.clone(),
+                    },
+                    waiting: waiting.to_vec(),
+                });
+            }
             let ran = crate::worker::run_chunk(&job, count, &items);
+            self.beat.disarm();
             self.beat.watch(waiting.to_vec());
             match ran {
                 Ok((output, _)) if output.len() as u64 > limit => Err(Refusal::TooLarge {
@@ -456,64 +473,25 @@ impl Worker {
                 Err(failure) => Err(Refusal::Failed(failure)),
             }
         };
-        self.store(&entry.stream, &entry.id, &caller, seq, &job, outcome);
-    }
-
-    /// Stores the outcome and acknowledges the task in one transaction, so
-    /// a task is never acknowledged without its result. Retries while Redis
-    /// is unreachable; if the worker is told to stop meanwhile, the task
-    /// stays pending and another worker runs it again.
-    fn store(
-        &mut self,
-        stream: &str,
-        id: &str,
-        caller: &str,
-        seq: u64,
-        job: &str,
-        outcome: Result<Vec<u8>, Refusal>,
-    ) {
-        let (field, value) = match outcome {
-            Ok(items) => ("ok", items),
-            Err(refusal) => match postcard::to_stdvec(&refusal) {
-                Ok(bytes) => ("err", bytes),
-                Err(err) => {
-                    eprintln!("procpool cluster worker: cannot encode a refusal: {err}");
-                    return;
-                }
-            },
-        };
-        let tag = self.settings.auth.result_tag(&ResultFields {
-            queue: &self.settings.queue,
+        let task = Delivery {
+            stream: entry.stream,
+            id: entry.id,
             caller,
             seq,
             job,
-            kind: field,
-            value: &value,
-        });
-        let results = self.keys.results(caller);
-        let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        let stored = self.link.run_retrying(None, &stopping, |conn| {
-            let mut pipe = redis::pipe();
-            let add = pipe
-                .atomic()
-                .cmd("XADD")
-                .arg(&results)
-                .arg("*")
-                .arg("seq")
-                .arg(seq)
-                .arg(field)
-                .arg(&value);
-            if let Some(tag) = &tag {
-                add.arg("tag").arg(tag);
-            }
-            add.ignore().cmd("PEXPIRE").arg(&results).arg(ttl).ignore();
-            retire(&mut pipe, stream, id).query::<()>(conn)
-        });
-        if let Err(err) = stored {
+        };
+        if let Err(err) = store(
+            &mut self.link,
+            &self.settings,
+            &self.keys,
+            &task,
+            outcome,
+            &stopping,
+        ) {
             eprintln!(
-                "procpool cluster worker {}: cannot store the result of task {id}: {err}; \
+                "procpool cluster worker {}: cannot store the result of task {}: {err}; \
                  another worker will run it again",
-                self.name
+                self.name, task.id
             );
         }
     }
@@ -524,6 +502,65 @@ impl Worker {
             retire(&mut redis::pipe(), stream, id).query::<()>(conn)
         });
     }
+}
+
+/// Which task an outcome belongs to, and who waits for it.
+#[derive(Clone)]
+struct Delivery {
+    stream: String,
+    id: String,
+    caller: String,
+    seq: u64,
+    job: String,
+}
+
+/// Stores the outcome and acknowledges the task in one transaction, so a
+/// task is never acknowledged without its result. Retries while Redis is
+/// unreachable, until `give_up` says so; then the task stays pending, and
+/// another worker runs it again.
+fn store(
+    link: &mut Link,
+    settings: &Settings,
+    keys: &Keys,
+    task: &Delivery,
+    outcome: Result<Vec<u8>, Refusal>,
+    give_up: &dyn Fn() -> bool,
+) -> Result<(), String> {
+    let (field, value) = match outcome {
+        Ok(items) => ("ok", items),
+        Err(refusal) => match postcard::to_stdvec(&refusal) {
+            Ok(bytes) => ("err", bytes),
+            Err(err) => return Err(format!("cannot encode a refusal: {err}")),
+        },
+    };
+    let tag = settings.auth.result_tag(&ResultFields {
+        queue: &settings.queue,
+        caller: &task.caller,
+        seq: task.seq,
+        job: &task.job,
+        kind: field,
+        value: &value,
+    });
+    let results = keys.results(&task.caller);
+    let ttl = settings.ttl.as_millis().max(1) as u64;
+    link.run_retrying(None, give_up, |conn| {
+        let mut pipe = redis::pipe();
+        let add = pipe
+            .atomic()
+            .cmd("XADD")
+            .arg(&results)
+            .arg("*")
+            .arg("seq")
+            .arg(task.seq)
+            .arg(field)
+            .arg(&value);
+        if let Some(tag) = &tag {
+            add.arg("tag").arg(tag);
+        }
+        add.ignore().cmd("PEXPIRE").arg(&results).arg(ttl).ignore();
+        retire(&mut pipe, &task.stream, &task.id).query::<()>(conn)
+    })
+    .map_err(|err| err.to_string())
 }
 
 /// Adds to `pipe` what takes task `id` off the queue: acknowledged in the
@@ -554,17 +591,75 @@ struct Beat {
     /// The tasks (stream, id) this worker holds: the one running and those
     /// read with it.
     watching: Vec<(String, String)>,
+    /// The running task's deadline, if its caller set a `task_timeout`.
+    watchdog: Option<Watchdog>,
     stop: bool,
+}
+
+/// What the heartbeat does when a task runs past its caller's `task_timeout`.
+#[derive(Clone)]
+struct Watchdog {
+    at: Instant,
+    timeout_ms: u64,
+    task: Delivery,
+    /// Tasks read with it, not started yet: handed back to other workers.
+    waiting: Vec<(String, String)>,
+}
+
+/// The exit code of a worker whose task ran past its `task_timeout`.
+const TIMED_OUT_EXIT: i32 = 3;
+
+/// Fails the task with `Refusal::TimedOut` and ends the process, whose
+/// job may never return: a supervisor ([`super::Workers`]) starts another.
+fn time_out(link: &mut Link, settings: &Settings, keys: &Keys, name: &str, dog: &Watchdog) -> ! {
+    let started = Instant::now();
+    let patience = || started.elapsed() >= Duration::from_secs(10);
+    let refusal = Refusal::TimedOut {
+        timeout_ms: dog.timeout_ms,
+    };
+    if let Err(err) = store(link, settings, keys, &dog.task, Err(refusal), &patience) {
+        eprintln!(
+            "procpool cluster worker {name}: cannot store the timeout of task {}: {err}",
+            dog.task.id
+        );
+    }
+    // The tasks it held but did not start look idle for a day, so the next
+    // scan of any worker takes them, instead of after the visibility timeout.
+    let mut pipe = redis::pipe();
+    for (stream, id) in &dog.waiting {
+        pipe.cmd("XCLAIM")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(name)
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(86_400_000)
+            .arg("JUSTID")
+            .ignore();
+    }
+    let _ = link.run(|conn| pipe.query::<()>(conn));
+    eprintln!(
+        "procpool cluster worker {name}: job `{}` ran past its task_timeout of {:?}; \
+         exiting, to be replaced",
+        dog.task.job,
+        Duration::from_millis(dog.timeout_ms)
+    );
+    // SAFETY: _exit ends the process at once, without running exit
+    // handlers that could wait for locks the still-running job holds.
+    unsafe { nix::libc::_exit(TIMED_OUT_EXIT) }
 }
 
 impl Heartbeat {
     fn start(
         mut link: Link,
         keys: &Keys,
+        settings: &Settings,
         name: &str,
-        visibility: Duration,
         job_ids: Vec<String>,
     ) -> Result<Heartbeat, Error> {
+        let visibility = settings.visibility;
+        let settings = settings.clone();
         let shared = Arc::new((Mutex::new(Beat::default()), Condvar::new()));
         let (keys, name, beat) = (keys.clone(), name.to_owned(), Arc::clone(&shared));
         let period = visibility / 3;
@@ -575,6 +670,13 @@ impl Heartbeat {
                 let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
                 while !guard.stop {
                     let watching = guard.watching.clone();
+                    if let Some(dog) = &guard.watchdog
+                        && Instant::now() >= dog.at
+                    {
+                        let dog = dog.clone();
+                        drop(guard);
+                        time_out(&mut link, &settings, &keys, &name, &dog);
+                    }
                     drop(guard);
                     let _ = link.run(|conn| {
                         let mut pipe = redis::pipe();
@@ -609,8 +711,14 @@ impl Heartbeat {
                     });
                     guard = state.lock().unwrap_or_else(PoisonError::into_inner);
                     if !guard.stop {
+                        let wait = match &guard.watchdog {
+                            Some(dog) => {
+                                period.min(dog.at.saturating_duration_since(Instant::now()))
+                            }
+                            None => period,
+                        };
                         guard = wake
-                            .wait_timeout(guard, period)
+                            .wait_timeout(guard, wait)
                             .unwrap_or_else(PoisonError::into_inner)
                             .0;
                     }
@@ -641,6 +749,25 @@ impl Heartbeat {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .watching = held;
+    }
+
+    /// Starts the running task's deadline.
+    fn arm(&self, dog: Watchdog) {
+        let (state, wake) = &*self.shared;
+        state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watchdog = Some(dog);
+        wake.notify_all();
+    }
+
+    /// The task ended in time.
+    fn disarm(&self) {
+        let (state, _) = &*self.shared;
+        state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watchdog = None;
     }
 
     fn stop(&mut self) {
