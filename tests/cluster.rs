@@ -286,14 +286,15 @@ fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
 
 #[test]
 fn a_task_that_ran_twice_is_received_once() {
-    // A worker frozen past the visibility timeout loses its task to another
-    // worker; when it wakes it stores a second result, which is dropped.
-    // Without deduplication the second result would count as another
-    // chunk's, and the call would end early with an item missing.
+    // A worker frozen past the visibility timeout (its heartbeat silent for
+    // 1 s + 1 s, then the next scan) loses its task to another worker; when
+    // it wakes it stores a second result, which is dropped. Without
+    // deduplication the second result would count as another chunk's, and
+    // the call would end early with an item missing.
     let mut run = traced_map("twice", 10, 400);
     let (frozen, dir) = (run.busy, &run.dir);
     kill(frozen, libc::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     kill(frozen, libc::SIGCONT);
 
     let received = run.call.get_timeout(Duration::from_secs(60)).unwrap();
@@ -1485,4 +1486,80 @@ fn task_timeout_fails_the_task_and_replaces_its_worker() {
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
     let mut conn = redis_conn(&redis, "");
     assert_eq!(queued(&mut conn, "timeout"), 0, "not run again");
+}
+
+/// The consumers of every tasks stream of `queue`, and the members of its worker set.
+fn consumers_and_members(conn: &mut redis::Connection, queue: &str) -> (Vec<String>, Vec<String>) {
+    let mut consumers = Vec::new();
+    for stream in keys(conn, &format!("procpool:{queue}:tasks:*")) {
+        let infos: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("workers")
+            .query(conn)
+            .unwrap();
+        for info in infos {
+            if let Some(redis::Value::BulkString(name)) = info.get("name") {
+                consumers.push(String::from_utf8(name.clone()).unwrap());
+            }
+        }
+    }
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("procpool:{queue}:workers"))
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .unwrap();
+    (consumers, members)
+}
+
+#[test]
+fn dead_workers_are_forgotten_after_their_tasks_are_recovered() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=forget&visibility=1");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("forget");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(traced_square, (0..12).map(|x| (x, 300, dir_text.clone())))
+        .unwrap();
+    let mut victim = None;
+    eventually("a worker to start a task", || {
+        victim = traces(&dir, "started").values().flatten().next().copied();
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    kill(victim, libc::SIGKILL);
+    let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
+    let mut conn = redis_conn(&redis, "");
+    let marker = format!("-{victim}-");
+    let (consumers, _) = consumers_and_members(&mut conn, "forget");
+    assert!(
+        consumers.iter().any(|c| c.contains(&marker)),
+        "{consumers:?}"
+    );
+    // Dead after 1 s + 1 s without a heartbeat, then forgotten by the next scan.
+    eventually("the dead worker to be forgotten", || {
+        let (consumers, members) = consumers_and_members(&mut conn, "forget");
+        !consumers
+            .iter()
+            .chain(&members)
+            .any(|name| name.contains(&marker))
+    });
+    // The live ones stay, in the groups and the worker set.
+    let (consumers, members) = consumers_and_members(&mut conn, "forget");
+    for pid in workers.pids() {
+        let marker = format!("-{pid}-");
+        assert!(
+            members.iter().any(|m| m.contains(&marker)),
+            "{pid}: {members:?}"
+        );
+        assert!(
+            consumers.iter().any(|c| c.contains(&marker)),
+            "{pid}: {consumers:?}"
+        );
+    }
 }

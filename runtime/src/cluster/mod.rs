@@ -36,9 +36,10 @@
 //! - A worker acknowledges a task in the same Redis transaction that stores
 //!   its result, so no task is acknowledged without its result.
 //! - A task whose worker died (crash, `kill -9`, lost host) is claimed by
-//!   another worker once it has been idle for the visibility timeout
-//!   (`XAUTOCLAIM`), up to `max_deliveries` times in all; then the call fails
-//!   with [`Error::TaskLost`]. A live worker renews
+//!   another worker once the dead worker's heartbeat has been silent for the
+//!   visibility timeout (plus a second), up to `max_deliveries` times in
+//!   all; then the call fails with [`Error::TaskLost`]. One worker at a time
+//!   looks for dead workers, and forgets those that hold nothing any more. A live worker renews
 //!   its claim while the job runs, however long that takes.
 //! - Tasks therefore run **at least once**: a job whose worker died after a
 //!   side effect repeats it. Make cluster jobs idempotent.
@@ -82,6 +83,7 @@ mod auth;
 mod backend;
 mod link;
 mod protocol;
+mod recover;
 mod serve;
 mod settings;
 mod supervise;

@@ -10,6 +10,7 @@
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
 //! | `caller:<caller>` | string, with a TTL of `presence` | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
+//! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
 //! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `forged_results` (dropped by callers) |
 //!
 //! A job's id is derived from its name, its argument and result types as
@@ -61,6 +62,10 @@ impl Keys {
     }
     pub(crate) fn jobs(&self) -> String {
         format!("{}jobs", self.prefix)
+    }
+    /// Held by the worker that looks for dead workers' tasks (see `recover`).
+    pub(crate) fn scanner(&self) -> String {
+        format!("{}scanner", self.prefix)
     }
     pub(crate) fn stats(&self) -> String {
         format!("{}stats", self.prefix)

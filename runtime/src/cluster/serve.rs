@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use redis::Value;
-use redis::streams::StreamPendingCountReply;
 
 use super::auth::{ResultFields, TaskFields};
 use super::backend::ensure_group;
-use super::link::Link;
+use super::link::{Link, is_connection_error};
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
+use super::recover::{Recovery, Scope, deliveries};
 use super::settings::Settings;
 use crate::Error;
 use crate::wire::{Failure, FailureKind};
@@ -67,9 +67,6 @@ struct Served {
     id: String,
     /// Its tasks stream.
     stream: String,
-    /// Where the next `XAUTOCLAIM` scan of its pending list starts: each
-    /// scan reads at most one entry, so it must go on where it stopped.
-    claim_from: String,
 }
 
 /// Serves the queue as the consumer `<host>-<pid>-<suffix>`; a random
@@ -92,7 +89,6 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
                 signature: entry.signature,
                 stream: keys.tasks(&id),
                 id,
-                claim_from: "0-0".to_owned(),
             }
         })
         .collect();
@@ -129,13 +125,16 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
         jobs.iter().map(|job| job.id.clone()).collect(),
     )?;
     let mut worker = Worker {
+        recovery: Recovery::new(settings.visibility),
+        streams: jobs.iter().map(|job| job.stream.clone()).collect(),
+        job_ids: jobs.iter().map(|job| job.id.clone()).collect(),
         settings,
         keys,
         name,
         jobs,
         link,
         beat,
-        claim_job: 0,
+        recovery_failed: false,
         generation: 0,
     };
     let outcome = worker.run();
@@ -160,10 +159,14 @@ struct Worker {
     name: String,
     /// The jobs it runs, sorted by name.
     jobs: Vec<Served>,
+    /// The tasks streams and ids of `jobs`, in the same order.
+    streams: Vec<String>,
+    job_ids: Vec<String>,
     link: Link,
     beat: Heartbeat,
-    /// The job whose pending list the current scan for lost tasks is at.
-    claim_job: usize,
+    recovery: Recovery,
+    /// Whether a failure of recovery was reported already (once is enough).
+    recovery_failed: bool,
     /// The link's connection count when this worker last found nothing of
     /// its own pending.
     generation: u64,
@@ -207,20 +210,34 @@ impl Worker {
 
     fn run(&mut self) -> Result<(), Error> {
         let block = (self.settings.visibility / 2).min(Duration::from_secs(1));
-        let mut next_claim = Instant::now();
         while !stopping() {
-            if Instant::now() >= next_claim {
-                match self.claim_stale()? {
-                    // Look again at once: a dead worker may have left several.
-                    Some((entry, deliveries)) => {
-                        self.handle(entry, deliveries, &[]);
-                        continue;
-                    }
-                    // More pending lists to scan.
-                    None if self.claim_job < self.jobs.len() => continue,
-                    None => {
-                        self.claim_job = 0;
-                        next_claim = Instant::now() + self.settings.visibility / 2;
+            let scope = Scope {
+                settings: &self.settings,
+                keys: &self.keys,
+                name: &self.name,
+                streams: &self.streams,
+                job_ids: &self.job_ids,
+            };
+            match self.recovery.step(&mut self.link, &scope) {
+                // Look again at once: a dead worker may have left several.
+                Ok(Some((entry, deliveries))) => {
+                    self.handle(entry, deliveries, &[]);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) => {
+                    self.recover(err)?;
+                }
+                // A dropped connection is waited out by the read below.
+                Err(err) if is_connection_error(&err) => {}
+                Err(err) => {
+                    if !self.recovery_failed {
+                        eprintln!(
+                            "procpool cluster worker {}: cannot recover the tasks of dead \
+                             workers: {err}; they wait for another worker",
+                            self.name
+                        );
+                        self.recovery_failed = true;
                     }
                 }
             }
@@ -263,7 +280,7 @@ impl Worker {
                     for entry in entries {
                         waiting.retain(|(_, id)| *id != entry.id);
                         let deliveries = if own {
-                            self.deliveries(&entry.stream, &entry.id, 1)
+                            deliveries(&mut self.link, &entry.stream, &entry.id).unwrap_or(1)
                         } else {
                             1
                         };
@@ -274,24 +291,6 @@ impl Worker {
             }
         }
         Ok(())
-    }
-
-    /// How many times task `id` of `stream` was delivered, or `unknown` if
-    /// Redis cannot say.
-    fn deliveries(&mut self, stream: &str, id: &str, unknown: u64) -> u64 {
-        self.link
-            .query::<StreamPendingCountReply>(
-                redis::cmd("XPENDING")
-                    .arg(stream)
-                    .arg(GROUP)
-                    .arg(id)
-                    .arg(id)
-                    .arg(1),
-            )
-            .ok()
-            .and_then(|reply| reply.ids.first().map(|pending| pending.times_delivered))
-            .and_then(|count| u64::try_from(count).ok())
-            .unwrap_or(unknown)
     }
 
     /// After a failed command: the queue was deleted (recreate it), the
@@ -306,56 +305,6 @@ impl Worker {
             return ensure_groups(&mut self.link, &self.jobs);
         }
         Err(self.link.error("cannot read tasks", &err))
-    }
-
-    /// Claims one task of the job at `claim_job` that a lost worker left
-    /// idle past the visibility timeout, with how many times it has been
-    /// delivered; moves on to the next job once its pending list is scanned.
-    fn claim_stale(&mut self) -> Result<Option<(Entry, u64)>, Error> {
-        let Some(job) = self.jobs.get(self.claim_job) else {
-            return Ok(None);
-        };
-        let (stream, from) = (job.stream.clone(), job.claim_from.clone());
-        let idle = self.settings.visibility.as_millis() as u64;
-        let claimed = self.link.run_retrying(None, &stopping, |conn| {
-            redis::cmd("XAUTOCLAIM")
-                .arg(&stream)
-                .arg(GROUP)
-                .arg(&self.name)
-                .arg(idle)
-                .arg(&from)
-                .arg("COUNT")
-                .arg(1)
-                .query::<Value>(conn)
-        });
-        let reply = match claimed {
-            Ok(reply) => reply,
-            Err(err) => {
-                self.recover(err)?;
-                return Ok(None);
-            }
-        };
-        let mut parts = protocol::into_items(reply).into_iter();
-        let next = parts
-            .next()
-            .and_then(protocol::text)
-            .unwrap_or_else(|| "0-0".to_owned());
-        if next == "0-0" {
-            self.claim_job += 1;
-        }
-        if let Some(job) = self.jobs.iter_mut().find(|job| job.stream == stream) {
-            job.claim_from = next;
-        }
-        let Some(list) = parts.next() else {
-            return Ok(None);
-        };
-        let Some(mut entry) = protocol::entry_list(list).into_iter().next() else {
-            return Ok(None);
-        };
-        entry.stream = stream.clone();
-        // Claimed, so delivered at least twice.
-        let deliveries = self.deliveries(&stream, &entry.id, 2);
-        Ok(Some((entry, deliveries)))
     }
 
     /// Runs (or refuses) one task and stores the outcome.
