@@ -1563,3 +1563,69 @@ fn dead_workers_are_forgotten_after_their_tasks_are_recovered() {
         );
     }
 }
+
+#[test]
+fn inspect_reports_workers_jobs_dead_consumers_and_callers() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=inspect&visibility=1");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    // Both workers busy for 4 s, 3 more tasks waiting.
+    let _call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..5).map(|x| (x, 4000)))
+        .unwrap();
+    let mut conn = redis_conn(&redis, "");
+    let stream = keys(&mut conn, "procpool:inspect:tasks:*")
+        .into_iter()
+        .find(|s| queued_in(&mut conn, s) > 0)
+        .unwrap();
+    // A consumer that no live worker stands for.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("workers")
+        .arg("ghost-1-deadbeef")
+        .query(&mut conn)
+        .unwrap();
+    let mut report = None;
+    eventually("both workers to report their running task", || {
+        let found = procpool::cluster::inspect(&url).unwrap();
+        let busy = found.workers.iter().filter(|w| w.running.is_some()).count();
+        report = Some(found);
+        busy == 2
+    });
+    let report = report.unwrap();
+    assert_eq!(report.queue, "inspect");
+    let pids: HashSet<u32> = report.workers.iter().map(|w| w.pid).collect();
+    assert_eq!(pids, workers.pids().into_iter().collect());
+    for worker in &report.workers {
+        assert!(!worker.host.is_empty() && worker.name.starts_with(&worker.host));
+        let (job, _) = worker.running.as_ref().unwrap();
+        assert_eq!(job, "cluster::slow_square");
+    }
+    let job = report
+        .jobs
+        .iter()
+        .find(|j| j.job.starts_with("cluster::slow_square: fn("))
+        .unwrap();
+    assert_eq!((job.waiting, job.taken, job.workers), (3, 2, 2), "{report}");
+    let dead: Vec<&str> = report
+        .dead_consumers
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(dead, ["ghost-1-deadbeef"]);
+    assert_eq!(report.callers.len(), 1);
+    let text = report.to_string();
+    for needle in [
+        "queue `inspect`",
+        "workers alive: 2",
+        "running cluster::slow_square for",
+        "3 waiting, 2 taken, 2 workers",
+        "ghost-1-deadbeef: 0 pending",
+        "callers connected: 1",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
+}

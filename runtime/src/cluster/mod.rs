@@ -81,6 +81,7 @@
 
 mod auth;
 mod backend;
+mod inspect;
 mod link;
 mod protocol;
 mod recover;
@@ -89,6 +90,7 @@ mod settings;
 mod supervise;
 
 pub(crate) use backend::ClusterBackend;
+pub use inspect::{DeadConsumer, JobReport, QueueReport, WorkerReport, inspect};
 pub use supervise::Workers;
 
 use crate::Error;

@@ -10,6 +10,7 @@
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
 //! | `caller:<caller>` | string, with a TTL of `presence` | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
+//! | `running` | hash | workers | worker → when its current task started and its job, refreshed with each heartbeat |
 //! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
 //! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `forged_results` (dropped by callers) |
 //!
@@ -62,6 +63,11 @@ impl Keys {
     }
     pub(crate) fn jobs(&self) -> String {
         format!("{}jobs", self.prefix)
+    }
+    /// Worker name → `<started ms> <job>` of the task it runs, as of its
+    /// last heartbeat.
+    pub(crate) fn running(&self) -> String {
+        format!("{}running", self.prefix)
     }
     /// Held by the worker that looks for dead workers' tasks (see `recover`).
     pub(crate) fn scanner(&self) -> String {

@@ -251,6 +251,10 @@ fn forget(link: &mut Link, scope: &Scope<'_>, worker: &str) -> Result<(), RedisE
     pipe.cmd("ZREM")
         .arg(scope.keys.workers())
         .arg(worker)
+        .ignore()
+        .cmd("HDEL")
+        .arg(scope.keys.running())
+        .arg(worker)
         .ignore();
     for id in scope.job_ids {
         pipe.cmd("ZREM")

@@ -409,7 +409,9 @@ impl Worker {
                     waiting: waiting.to_vec(),
                 });
             }
+            self.beat.running(Some(&job));
             let ran = crate::worker::run_chunk(&job, count, &items);
+            self.beat.running(None);
             self.beat.disarm();
             self.beat.watch(waiting.to_vec());
             match ran {
@@ -542,6 +544,9 @@ struct Beat {
     watching: Vec<(String, String)>,
     /// The running task's deadline, if its caller set a `task_timeout`.
     watchdog: Option<Watchdog>,
+    /// The running task's job and when it started (ms since the epoch),
+    /// for [`super::inspect`].
+    running: Option<(String, u64)>,
     stop: bool,
 }
 
@@ -619,6 +624,7 @@ impl Heartbeat {
                 let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
                 while !guard.stop {
                     let watching = guard.watching.clone();
+                    let running = guard.running.clone();
                     if let Some(dog) = &guard.watchdog
                         && Instant::now() >= dog.at
                     {
@@ -646,6 +652,15 @@ impl Heartbeat {
                                 .arg(stale)
                                 .ignore();
                         }
+                        match &running {
+                            Some((job, started)) => pipe
+                                .cmd("HSET")
+                                .arg(keys.running())
+                                .arg(&name)
+                                .arg(format!("{started} {job}")),
+                            None => pipe.cmd("HDEL").arg(keys.running()).arg(&name),
+                        }
+                        .ignore();
                         for (stream, id) in &watching {
                             pipe.cmd("XCLAIM")
                                 .arg(stream)
@@ -679,6 +694,7 @@ impl Heartbeat {
                 for set in sets {
                     pipe.cmd("ZREM").arg(set).arg(&name).ignore();
                 }
+                pipe.cmd("HDEL").arg(keys.running()).arg(&name).ignore();
                 let _ = link.run(|conn| pipe.query::<()>(conn));
             })
             .map_err(|e| Error::Cluster(format!("cannot start the heartbeat thread: {e}")))?;
@@ -698,6 +714,13 @@ impl Heartbeat {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .watching = held;
+    }
+
+    /// The job now running, if any, for inspection.
+    fn running(&self, job: Option<&str>) {
+        let (state, _) = &*self.shared;
+        state.lock().unwrap_or_else(PoisonError::into_inner).running =
+            job.map(|job| (job.to_owned(), protocol::now_ms()));
     }
 
     /// Starts the running task's deadline.
