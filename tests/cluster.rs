@@ -329,7 +329,7 @@ fn other_build_worker(url: &str) -> KillOnDrop {
 fn wait_for_workers(conn: &mut redis::Connection, queue: &str, n: u64) {
     eventually("the workers to announce themselves", || {
         redis::cmd("ZCARD")
-            .arg(format!("procpool:{queue}:workers"))
+            .arg(format!("procpool:{{{queue}}}:workers"))
             .query::<u64>(conn)
             .unwrap()
             == n
@@ -558,7 +558,7 @@ fn payload_limits_are_enforced_on_both_sides() {
 
 /// How many tasks wait in `queue`'s streams.
 fn queued(conn: &mut redis::Connection, queue: &str) -> u64 {
-    keys(conn, &format!("procpool:{queue}:tasks:*"))
+    keys(conn, &format!("procpool:{{{queue}}}:tasks:*"))
         .iter()
         .map(|stream| queued_in(conn, stream))
         .sum()
@@ -567,7 +567,7 @@ fn queued(conn: &mut redis::Connection, queue: &str) -> u64 {
 /// The tasks stream of job `name` (with its types, as in the registry) on `queue`.
 fn stream_of(conn: &mut redis::Connection, queue: &str, job: &str) -> String {
     let jobs: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("procpool:{queue}:jobs"))
+        .arg(format!("procpool:{{{queue}}}:jobs"))
         .query(conn)
         .unwrap();
     let id = jobs
@@ -575,7 +575,7 @@ fn stream_of(conn: &mut redis::Connection, queue: &str, job: &str) -> String {
         .find(|(_, text)| *text == job)
         .unwrap_or_else(|| panic!("no `{job}` among {jobs:?}"))
         .0;
-    format!("procpool:{queue}:tasks:{id}")
+    format!("procpool:{{{queue}}}:tasks:{id}")
 }
 
 fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
@@ -588,10 +588,10 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
     let call = pool.apply_async(slow_square, (3, 500)).unwrap();
     let mut conn = redis_conn(&redis, "");
     eventually("the result to be stored", || {
-        !keys(&mut conn, "procpool:ttl:results:*").is_empty() || call.ready()
+        !keys(&mut conn, "procpool:{ttl}:results:*").is_empty() || call.ready()
     });
     // Presence, results and the job list all live `ttl` past their last refresh.
-    for pattern in ["procpool:ttl:caller:*", "procpool:ttl:results:*"] {
+    for pattern in ["procpool:{ttl}:caller:*", "procpool:{ttl}:results:*"] {
         for key in keys(&mut conn, pattern) {
             let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
             assert!((1..=120).contains(&ttl), "{key} has TTL {ttl}");
@@ -599,8 +599,8 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
     }
     assert_eq!(call.get().unwrap().0, 9);
     drop(pool);
-    assert!(keys(&mut conn, "procpool:ttl:caller:*").is_empty());
-    assert!(keys(&mut conn, "procpool:ttl:results:*").is_empty());
+    assert!(keys(&mut conn, "procpool:{ttl}:caller:*").is_empty());
+    assert!(keys(&mut conn, "procpool:{ttl}:results:*").is_empty());
     assert_eq!(queued(&mut conn, "ttl"), 0);
 }
 
@@ -627,27 +627,65 @@ fn tasks_of_a_terminated_caller_are_withdrawn_or_skipped() {
     drop(workers);
 }
 
+/// Run as a child process by `a_stalled_caller_learns_that_its_tasks_were_dropped`:
+/// submits 4 tasks, then reports how the call ended.
 #[test]
-fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
-    // Its presence key expired (as when the caller is killed): the tasks it
-    // left are dropped, not run. Here the caller lives on, so it learns why.
-    let redis = RedisServer::start();
-    let url = redis.url("queue=vanished");
+#[ignore = "helper: started by another test, then stopped"]
+fn helper_caller_that_stalls() {
+    let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
+    let dir = std::env::var("PROCPOOL_TEST_DIR").unwrap();
     let pool = Pool::builder().cluster(&url).build().unwrap();
-    let dir = scratch_dir("vanished");
-    let dir_text = dir.to_str().unwrap().to_owned();
     let mut call = pool
         .chunksize(1)
-        .map_async(traced_square, (0..4).map(|x| (x, 10, dir_text.clone())))
+        .map_async(traced_square, (0..4).map(|x| (x, 10, dir.clone())))
         .unwrap();
+    println!("SUBMITTED");
+    println!("OUTCOME {:?}", call.get_timeout(Duration::from_secs(60)));
+}
+
+#[test]
+fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
+    // A caller stopped longer than `presence` (SIGSTOP: it cannot refresh
+    // its presence key) looks dead: workers drop its tasks unrun. When it
+    // goes on, its call fails and says why.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=vanished&presence=1");
+    let dir = scratch_dir("vanished");
+    let mut caller = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_caller_that_stalls",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PROCPOOL_TEST_URL", &url)
+        .env("PROCPOOL_TEST_DIR", dir.to_str().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = caller.stdout.take().unwrap();
+    let caller = KillOnDrop(caller);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    assert!(lines.any(|line| line.unwrap().contains("SUBMITTED")));
+    kill(caller.0.id(), libc::SIGSTOP);
     let mut conn = redis_conn(&redis, "");
-    for key in keys(&mut conn, "procpool:vanished:caller:*") {
-        let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
-    }
+    eventually("the stopped caller's presence to expire", || {
+        keys(&mut conn, "procpool:{vanished}:caller:*").is_empty()
+    });
     let _workers = Workers::start(&url, 1).unwrap();
-    expect_cluster_error(call.get_timeout(Duration::from_secs(30)), &["presence"]);
+    eventually("the worker to drop the tasks", || {
+        queued(&mut conn, "vanished") == 0
+    });
+    kill(caller.0.id(), libc::SIGCONT);
+    let outcome = lines
+        .map(Result::unwrap)
+        .find(|line| line.starts_with("OUTCOME"))
+        .unwrap();
+    assert!(
+        outcome.contains("Err(Cluster(") && outcome.contains("presence"),
+        "{outcome}"
+    );
     assert!(traces(&dir, "started").is_empty());
-    assert_eq!(queued(&mut conn, "vanished"), 0);
 }
 
 #[test]
@@ -691,7 +729,7 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
     let mut conn = redis_conn(&redis, "");
     let stream = stream_of(&mut conn, "forged", "cluster::square: fn(u64) -> u64");
     let _: () = redis::cmd("SET")
-        .arg("procpool:forged:caller:abcd")
+        .arg("procpool:{forged}:caller:abcd")
         .arg(1)
         .query(&mut conn)
         .unwrap();
@@ -725,7 +763,7 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
             ("items", &[3]),
         ],
     );
-    let results = "procpool:forged:results:abcd";
+    let results = "procpool:{forged}:results:abcd";
     eventually("the refusal of the unknown job", || {
         redis::cmd("XLEN")
             .arg(results)
@@ -759,7 +797,7 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
         "the refusal names the job"
     );
     assert!(
-        keys(&mut conn, "procpool:forged:results:*")
+        keys(&mut conn, "procpool:{forged}:results:*")
             .iter()
             .all(|key| !key.contains(".."))
     );
@@ -776,7 +814,7 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
     let mut conn = redis_conn(&redis, "");
     // Workers::start returned once both announced themselves.
     let announced: u64 = redis::cmd("ZCARD")
-        .arg("procpool:leave:workers")
+        .arg("procpool:{leave}:workers")
         .query(&mut conn)
         .unwrap();
     assert_eq!(announced, 2);
@@ -798,7 +836,7 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
         .unwrap();
     assert!(consumers.is_empty(), "{consumers:?}");
     let left: u64 = redis::cmd("ZCARD")
-        .arg("procpool:leave:workers")
+        .arg("procpool:{leave}:workers")
         .query(&mut conn)
         .unwrap();
     assert_eq!(left, 0);
@@ -1058,11 +1096,11 @@ fn a_killed_caller_leaves_nothing_in_redis_even_with_no_worker() {
     caller.0.wait().unwrap();
     let mut conn = redis_conn(&redis, "");
     assert_eq!(queued(&mut conn, "killed"), 4);
-    assert!(!keys(&mut conn, "procpool:killed:caller:*").is_empty());
+    assert!(!keys(&mut conn, "procpool:{killed}:caller:*").is_empty());
     // Its presence goes after 1 s, its tasks and results `ttl` (3 s) after
     // its last refresh: no worker needed.
     eventually("every key of the killed caller to expire", || {
-        keys(&mut conn, "procpool:killed:*").is_empty()
+        keys(&mut conn, "procpool:{killed}:*").is_empty()
     });
     let _workers = Workers::start(&url, 1).unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -1171,7 +1209,7 @@ fn with_field(
 
 fn stat(conn: &mut redis::Connection, queue: &str, counter: &str) -> u64 {
     redis::cmd("HGET")
-        .arg(format!("procpool:{queue}:stats"))
+        .arg(format!("procpool:{{{queue}}}:stats"))
         .arg(counter)
         .query::<Option<u64>>(conn)
         .unwrap()
@@ -1180,7 +1218,7 @@ fn stat(conn: &mut redis::Connection, queue: &str, counter: &str) -> u64 {
 
 /// The one stream of `queue` that holds tasks.
 fn task_stream(conn: &mut redis::Connection, queue: &str) -> String {
-    let streams = keys(conn, &format!("procpool:{queue}:tasks*"));
+    let streams = keys(conn, &format!("procpool:{{{queue}}}:tasks*"));
     assert_eq!(streams.len(), 1, "{streams:?}");
     streams[0].clone()
 }
@@ -1211,7 +1249,7 @@ fn with_a_key_tasks_without_a_valid_tag_never_run() {
     assert!(matches!(call.get(), Err(Error::Terminated { .. })));
     // The caller counts as present, so only the tags decide.
     let _: () = redis::cmd("SET")
-        .arg(format!("procpool:keyed:caller:{caller}"))
+        .arg(format!("procpool:{{keyed}}:caller:{caller}"))
         .arg(1)
         .query(&mut conn)
         .unwrap();
@@ -1264,7 +1302,7 @@ fn with_a_key_a_forged_result_is_never_delivered() {
         drop(warm);
         let fake = with_field(&task, "caller", Some(b"ffff"));
         let _: () = redis::cmd("SET")
-            .arg("procpool:open:caller:ffff")
+            .arg("procpool:{open}:caller:ffff")
             .arg(1)
             .query(&mut conn)
             .unwrap();
@@ -1272,9 +1310,9 @@ fn with_a_key_a_forged_result_is_never_delivered() {
     }
     let _open_workers = Workers::start(&open, 1).unwrap();
     eventually("the made-up caller's result", || {
-        queued_in(&mut conn, "procpool:open:results:ffff") == 1
+        queued_in(&mut conn, "procpool:{open}:results:ffff") == 1
     });
-    let result = stream_entries(&mut conn, "procpool:open:results:ffff")
+    let result = stream_entries(&mut conn, "procpool:{open}:results:ffff")
         .remove(0)
         .1;
     let value = result.iter().find(|(n, _)| n == "ok").unwrap().1.clone();
@@ -1288,7 +1326,7 @@ fn with_a_key_a_forged_result_is_never_delivered() {
         let pool = Pool::builder().cluster(&url).build().unwrap();
         // No worker yet: the call waits, and a forged result comes first.
         let mut call = pool.apply_async(square, 3).unwrap();
-        let caller = keys(&mut conn, &format!("procpool:{queue}:caller:*"))[0]
+        let caller = keys(&mut conn, &format!("procpool:{{{queue}}}:caller:*"))[0]
             .rsplit(':')
             .next()
             .unwrap()
@@ -1300,7 +1338,7 @@ fn with_a_key_a_forged_result_is_never_delivered() {
         ];
         xadd(
             &mut conn,
-            &format!("procpool:{queue}:results:{caller}"),
+            &format!("procpool:{{{queue}}}:results:{caller}"),
             &forged,
         );
         if key.is_none() {
@@ -1491,7 +1529,7 @@ fn task_timeout_fails_the_task_and_replaces_its_worker() {
 /// The consumers of every tasks stream of `queue`, and the members of its worker set.
 fn consumers_and_members(conn: &mut redis::Connection, queue: &str) -> (Vec<String>, Vec<String>) {
     let mut consumers = Vec::new();
-    for stream in keys(conn, &format!("procpool:{queue}:tasks:*")) {
+    for stream in keys(conn, &format!("procpool:{{{queue}}}:tasks:*")) {
         let infos: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&stream)
@@ -1505,7 +1543,7 @@ fn consumers_and_members(conn: &mut redis::Connection, queue: &str) -> (Vec<Stri
         }
     }
     let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("procpool:{queue}:workers"))
+        .arg(format!("procpool:{{{queue}}}:workers"))
         .arg(0)
         .arg(-1)
         .query(conn)
@@ -1576,7 +1614,7 @@ fn inspect_reports_workers_jobs_dead_consumers_and_callers() {
         .map_async(slow_square, (0..5).map(|x| (x, 4000)))
         .unwrap();
     let mut conn = redis_conn(&redis, "");
-    let stream = keys(&mut conn, "procpool:inspect:tasks:*")
+    let stream = keys(&mut conn, "procpool:{inspect}:tasks:*")
         .into_iter()
         .find(|s| queued_in(&mut conn, s) > 0)
         .unwrap();
@@ -1628,4 +1666,61 @@ fn inspect_reports_workers_jobs_dead_consumers_and_callers() {
     ] {
         assert!(text.contains(needle), "no `{needle}` in:\n{text}");
     }
+}
+
+#[test]
+fn a_redis_cluster_serves_a_queue_through_one_seed_node() {
+    let cluster = procpool_tests::RedisCluster::start();
+    // Without cluster=true, only the node that owns the queue's slot works:
+    // the others refuse its commands (MOVED), with a hint.
+    let refuses: Vec<bool> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let built = Pool::builder().cluster(node.url("queue=clustered")).build();
+            match built {
+                Err(err) => {
+                    assert!(err.to_string().contains("cluster=true"), "{err}");
+                    true
+                }
+                Ok(_) => false,
+            }
+        })
+        .collect();
+    assert_eq!(refuses.iter().filter(|r| **r).count(), 2, "{refuses:?}");
+    // The seed is a node that does not own the slot.
+    let seed = &cluster.nodes[refuses.iter().position(|r| *r).unwrap()];
+    let url = seed.url("queue=clustered&cluster=true&visibility=2");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(
+        pool.map(square, 0..100).unwrap(),
+        (0..100).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    assert_eq!(pool.apply(add, (20, 22)).unwrap(), 42);
+    let lazy: Vec<u64> = pool
+        .imap(square, 0u64..)
+        .take(20)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lazy, (0..20).map(|x| x * x).collect::<Vec<u64>>());
+    let report = procpool::cluster::inspect(&url).unwrap();
+    assert_eq!(report.workers.len(), 2);
+    // Every key of the queue is on the node that owns its hash tag's slot.
+    let owners: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut conn = redis_conn(node, "");
+            keys(&mut conn, "procpool:{clustered}:*").len() as u64
+        })
+        .collect();
+    assert_eq!(owners.iter().filter(|n| **n > 0).count(), 1, "{owners:?}");
+    let owner = owners.iter().position(|n| *n > 0).unwrap();
+    assert!(
+        !refuses[owner],
+        "the keys are on the node that owns the slot"
+    );
+    drop(pool);
+    workers.stop().unwrap();
 }

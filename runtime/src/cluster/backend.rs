@@ -258,18 +258,34 @@ impl Shared {
 
     /// Marks this caller present, and keeps its results and the streams
     /// holding its tasks for one more `ttl`.
-    fn announce(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+    fn announce(&self, conn: &mut dyn redis::ConnectionLike) -> redis::RedisResult<()> {
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
         let streams: HashSet<String> = lock(&self.state)
             .pending
             .values()
             .filter_map(|p| Some(p.entry.as_ref()?.0.clone()))
             .collect();
+        let now = protocol::now_ms();
+        let presence = self.settings.presence.as_millis() as u64;
         let mut pipe = redis::pipe();
         self.mark_present(&mut pipe)
             .ignore()
             .cmd("PEXPIRE")
             .arg(self.keys.results(&self.caller))
+            .arg(ttl)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.keys.callers())
+            .arg(now)
+            .arg(&self.caller)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.callers())
+            .arg("-inf")
+            .arg(now.saturating_sub(presence))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(self.keys.callers())
             .arg(ttl)
             .ignore();
         for stream in streams {
@@ -656,7 +672,11 @@ impl Shared {
     }
 
     /// Adds one task to its stream; returns its entry id.
-    fn add(&self, conn: &mut redis::Connection, task: &Queued) -> redis::RedisResult<String> {
+    fn add(
+        &self,
+        conn: &mut dyn redis::ConnectionLike,
+        task: &Queued,
+    ) -> redis::RedisResult<String> {
         // Presence first, in the same round trip: a worker never sees this
         // task without it, even right after Redis restarted.
         let mut pipe = redis::pipe();
@@ -921,6 +941,10 @@ impl Backend for ClusterBackend {
         let mut link = lock(&shared.submitter);
         let _ = link.run(|conn| {
             withdraw(&mut redis::pipe(), &entries)
+                .cmd("ZREM")
+                .arg(shared.keys.callers())
+                .arg(&shared.caller)
+                .ignore()
                 .cmd("DEL")
                 .arg(shared.keys.caller(&shared.caller))
                 .arg(shared.keys.results(&shared.caller))

@@ -193,31 +193,15 @@ pub fn inspect(url: &str) -> Result<QueueReport, Error> {
     let mut dead_consumers: Vec<DeadConsumer> = dead.into_values().collect();
     dead_consumers.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let mut callers = Vec::new();
-    let pattern = keys.caller("*");
-    let prefix = keys.caller("");
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = link
-            .query(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000),
-            )
-            .map_err(|e| failed(&link, e))?;
-        callers.extend(
-            found
-                .iter()
-                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned)),
-        );
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let present = now.saturating_sub(settings.presence.as_millis() as u64);
+    let mut callers: Vec<String> = link
+        .query(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(keys.callers())
+                .arg(present)
+                .arg("+inf"),
+        )
+        .map_err(|e| failed(&link, e))?;
     callers.sort();
     let stats: HashMap<String, u64> = link
         .query(redis::cmd("HGETALL").arg(keys.stats()))

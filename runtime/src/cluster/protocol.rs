@@ -1,6 +1,7 @@
 //! What callers and workers store in Redis, and where.
 //!
-//! For a queue `q`, every key starts with `procpool:q:`:
+//! For a queue `q`, every key starts with `procpool:{q}:` (the braces make
+//! `q` the hash tag, so a Redis Cluster keeps a queue's keys in one slot):
 //!
 //! | key | type | written by | holds |
 //! |---|---|---|---|
@@ -9,6 +10,7 @@
 //! | `jobs` | hash | workers | job id → `name: signature`, for messages and inspection |
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
 //! | `caller:<caller>` | string, with a TTL of `presence` | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
+//! | `callers` | sorted set, with a TTL | callers | each live caller, scored by its last refresh |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
 //! | `running` | hash | workers | worker → when its current task started and its job, refreshed with each heartbeat |
 //! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
@@ -43,7 +45,10 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn new(settings: &Settings) -> Keys {
         Keys {
-            prefix: format!("procpool:{}:", settings.queue),
+            // The queue's name in braces is the hash tag: in a Redis
+            // Cluster every key of one queue is in the same slot, as the
+            // transactions and multi-key commands need.
+            prefix: format!("procpool:{{{}}}:", settings.queue),
             auth: settings.auth.clone(),
         }
     }
@@ -78,6 +83,10 @@ impl Keys {
     }
     pub(crate) fn results(&self, caller: &str) -> String {
         format!("{}results:{caller}", self.prefix)
+    }
+    /// The live callers, scored by their last refresh (for inspection).
+    pub(crate) fn callers(&self) -> String {
+        format!("{}callers", self.prefix)
     }
     pub(crate) fn caller(&self, caller: &str) -> String {
         format!("{}caller:{caller}", self.prefix)

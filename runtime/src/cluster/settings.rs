@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     /// How long a call waits while workers are alive but none can run its
     /// job, before it fails with `Error::Registry`. Read by callers.
     pub(crate) unserved: Duration,
+    /// Whether the URL names a seed node of a Redis Cluster.
+    pub(crate) cluster: bool,
     /// Signs and checks tasks and results with the queue's key, if any.
     pub(crate) auth: Auth,
 }
@@ -62,7 +64,7 @@ const MIN_PRESENCE: Duration = Duration::from_millis(500);
 
 /// procpool's query parameters, with what each means, for error messages.
 const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, window, max_deliveries, reconnect, \
-                          tls_ca, tls_cert, tls_key, key, unserved";
+                          tls_ca, tls_cert, tls_key, key, unserved, cluster";
 
 impl Settings {
     /// Reads `url`, with the key from `PROCPOOL_KEY` if the URL has none.
@@ -106,6 +108,7 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             unserved: Duration::from_secs(30),
+            cluster: false,
             auth: Auth::new(None),
         };
         let mut url_key = None;
@@ -134,6 +137,13 @@ impl Settings {
                 "tls_cert" => settings.tls_cert = Some(PathBuf::from(value)),
                 "tls_key" => settings.tls_key = Some(PathBuf::from(value)),
                 "key" => url_key = Some(value),
+                "cluster" => {
+                    settings.cluster = match value.as_str() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(invalid(format!("cluster={value}: use true or false"))),
+                    };
+                }
                 other => {
                     return Err(invalid(format!(
                         "unknown parameter `{other}`; procpool understands {PARAMETERS}"
