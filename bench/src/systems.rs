@@ -159,7 +159,7 @@ impl Workload {
 // ---- the jobs -------------------------------------------------------------
 
 #[pool_job]
-fn square(x: u64) -> u64 {
+pub(crate) fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
 

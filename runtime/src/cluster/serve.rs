@@ -2,6 +2,7 @@
 //! registered jobs, store each result and acknowledge the task in one
 //! transaction.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -18,6 +19,9 @@ use super::recover::{Recovery, Scope, deliveries};
 use super::settings::Settings;
 use crate::Error;
 use crate::wire::{Failure, FailureKind};
+
+/// How long a caller seen present counts as present without asking again.
+const PRESENCE_CACHE: Duration = Duration::from_secs(1);
 
 /// A worker not seen for an hour is dropped from the queue's `workers` set.
 const STALE_WORKER_MS: u64 = 3_600_000;
@@ -135,6 +139,7 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
         link,
         beat,
         recovery_failed: false,
+        present: HashMap::new(),
         generation: 0,
     };
     let outcome = worker.run();
@@ -167,6 +172,8 @@ struct Worker {
     recovery: Recovery,
     /// Whether a failure of recovery was reported already (once is enough).
     recovery_failed: bool,
+    /// Callers recently seen present, and when (see `caller_present`).
+    present: HashMap<String, Instant>,
     /// The link's connection count when this worker last found nothing of
     /// its own pending.
     generation: u64,
@@ -307,6 +314,29 @@ impl Worker {
         Err(self.link.error("cannot read tasks", &err))
     }
 
+    /// Whether `caller`'s presence key exists. A caller seen present less
+    /// than `PRESENCE_CACHE` ago counts as present without asking again,
+    /// which saves a round trip per task in a stream of tasks from one
+    /// caller; its tasks then stop within `presence` plus that.
+    fn caller_present(&mut self, caller: &str) -> bool {
+        let now = Instant::now();
+        self.present
+            .retain(|_, seen| now.duration_since(*seen) < PRESENCE_CACHE);
+        if self.present.contains_key(caller) {
+            return true;
+        }
+        let exists = self
+            .link
+            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(caller)));
+        // Unknown (Redis unreachable) counts as present: the store that
+        // follows waits for Redis anyway.
+        if exists.as_ref().is_ok_and(|found| !found) {
+            return false;
+        }
+        self.present.insert(caller.to_owned(), now);
+        true
+    }
+
     /// Runs (or refuses) one task and stores the outcome.
     /// `waiting` are the tasks this worker holds to run next.
     fn handle(&mut self, mut entry: Entry, deliveries: u64, waiting: &[(String, String)]) {
@@ -368,10 +398,7 @@ impl Worker {
         }
         // A caller that ended or was terminated reads no result: its tasks
         // do not run. One that is only late learns why from the refusal.
-        let absent = self
-            .link
-            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(&caller)))
-            == Ok(false);
+        let absent = !self.caller_present(&caller);
         let limit = self.settings.max_payload as u64;
         let outcome = if absent {
             Err(Refusal::Abandoned)
