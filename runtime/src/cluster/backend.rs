@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use redis::streams::StreamRangeReply;
 use serde_bytes::ByteBuf;
 
 use super::auth::{ResultFields, TaskFields};
@@ -429,13 +430,13 @@ impl Shared {
         for (_, (stream, id)) in &sent {
             pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
         }
-        let Ok(found) = link.run(|conn| pipe.query::<Vec<redis::Value>>(conn)) else {
+        let Ok(found) = link.run(|conn| pipe.query::<Vec<StreamRangeReply>>(conn)) else {
             return false;
         };
         let gone: Vec<u64> = sent
             .iter()
             .zip(found)
-            .filter_map(|((seq, _), entry)| protocol::entry_list(entry).is_empty().then_some(*seq))
+            .filter_map(|((seq, _), entry)| entry.ids.is_empty().then_some(*seq))
             .collect();
         if gone.is_empty() {
             return true;

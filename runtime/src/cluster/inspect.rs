@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use redis::Value;
+use redis::streams::StreamInfoConsumersReply;
 
 use super::link::Link;
 use super::protocol::{self, GROUP, Keys};
@@ -153,20 +153,13 @@ pub fn inspect(url: &str) -> Result<QueueReport, Error> {
             .run(|conn| pipe.query(conn))
             .map_err(|e| failed(&link, e))?;
         // A stream that expired has no group any more: nothing taken.
-        let consumers: Vec<HashMap<String, Value>> = link
+        let consumers: StreamInfoConsumersReply = link
             .query(redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(GROUP))
             .unwrap_or_default();
         let mut taken = 0;
-        for consumer in consumers {
-            let number = |field: &str| match consumer.get(field) {
-                Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-                _ => 0,
-            };
-            let name = match consumer.get("name") {
-                Some(value) => protocol::text(value.clone()).unwrap_or_default(),
-                None => continue,
-            };
-            let (pending, idle) = (number("pending"), number("idle"));
+        for consumer in consumers.consumers {
+            let name = consumer.name;
+            let (pending, idle) = (consumer.pending as u64, consumer.idle as u64);
             taken += pending;
             if alive.contains(&name.as_str()) {
                 continue;

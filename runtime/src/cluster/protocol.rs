@@ -25,6 +25,7 @@
 use std::time::Duration;
 
 use redis::Value;
+use redis::streams::StreamId;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
@@ -184,9 +185,28 @@ impl Entry {
     }
 }
 
-/// The entries of an `XREAD`/`XREADGROUP` reply (all streams), or of the
-/// entry list of an `XAUTOCLAIM` reply. Deleted entries (`nil` fields) are
-/// returned with no fields.
+impl Entry {
+    /// An entry of `stream` from a typed reply (`XCLAIM`, `XAUTOCLAIM`);
+    /// the values are moved, not copied.
+    pub(crate) fn from_stream_id(stream: &str, entry: StreamId) -> Entry {
+        Entry {
+            stream: stream.to_owned(),
+            id: entry.id,
+            fields: entry
+                .map
+                .into_iter()
+                .map(|(name, value)| (name.into_bytes(), bytes(value)))
+                .collect(),
+        }
+    }
+}
+
+/// The entries of an `XREAD`/`XREADGROUP` reply (all streams). Deleted
+/// entries (`nil` fields) are returned with no fields.
+///
+/// Parsed by hand rather than through the redis crate's typed
+/// `StreamReadReply`, which clones the whole reply before parsing it: these
+/// replies carry tasks and results of up to `max_payload` bytes.
 pub(crate) fn read_reply(value: Value) -> Vec<Entry> {
     let mut entries = Vec::new();
     for stream in into_items(value) {
@@ -204,7 +224,7 @@ pub(crate) fn read_reply(value: Value) -> Vec<Entry> {
 }
 
 /// A list of `[id, [field, value, ...]]`.
-pub(crate) fn entry_list(value: Value) -> Vec<Entry> {
+fn entry_list(value: Value) -> Vec<Entry> {
     into_items(value)
         .into_iter()
         .filter_map(|entry| {

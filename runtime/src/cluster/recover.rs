@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use redis::RedisError;
-use redis::streams::StreamPendingCountReply;
+use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamPendingCountReply};
 
 use super::link::Link;
 use super::protocol::{self, Entry, GROUP, Keys};
@@ -154,7 +154,7 @@ impl Recovery {
                 if (task.last_delivered_ms as u64) < visibility {
                     continue; // Its claim is recent: wait.
                 }
-                let claimed = link.query::<redis::Value>(
+                let claimed: StreamClaimReply = link.query(
                     redis::cmd("XCLAIM")
                         .arg(stream)
                         .arg(GROUP)
@@ -162,11 +162,10 @@ impl Recovery {
                         .arg(visibility)
                         .arg(&task.id),
                 )?;
-                if let Some(mut entry) = protocol::entry_list(claimed).into_iter().next() {
-                    entry.stream.clone_from(stream);
+                if let Some(entry) = claimed.ids.into_iter().next() {
                     // XCLAIM counted one more delivery.
                     let deliveries = task.times_delivered as u64 + 1;
-                    return Ok(Some((entry, deliveries)));
+                    return Ok(Some((Entry::from_stream_id(stream, entry), deliveries)));
                 }
             }
             if !holds {
@@ -187,7 +186,7 @@ impl Recovery {
         let Some(stream) = scope.streams.get(self.sweep_stream) else {
             return Ok(None);
         };
-        let reply = link.query::<redis::Value>(
+        let reply: StreamAutoClaimReply = link.query(
             redis::cmd("XAUTOCLAIM")
                 .arg(stream)
                 .arg(GROUP)
@@ -197,21 +196,14 @@ impl Recovery {
                 .arg("COUNT")
                 .arg(1),
         )?;
-        let mut parts = protocol::into_items(reply).into_iter();
-        self.sweep_from = parts
-            .next()
-            .and_then(protocol::text)
-            .unwrap_or_else(|| "0-0".to_owned());
+        self.sweep_from = reply.next_stream_id;
         if self.sweep_from == "0-0" {
             self.sweep_stream += 1;
         }
-        let Some(mut entry) = parts
-            .next()
-            .and_then(|list| protocol::entry_list(list).into_iter().next())
-        else {
+        let Some(entry) = reply.claimed.into_iter().next() else {
             return Ok(None);
         };
-        entry.stream.clone_from(stream);
+        let entry = Entry::from_stream_id(stream, entry);
         // Claimed, so delivered at least twice.
         let deliveries = deliveries(link, stream, &entry.id).unwrap_or(2);
         Ok(Some((entry, deliveries)))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use redis::Value;
+use redis::streams::StreamPendingCountReply;
 
 use super::auth::{ResultFields, TaskFields};
 use super::backend::ensure_group;
@@ -195,12 +196,10 @@ impl Worker {
                 .arg(1)
                 .arg(&self.name);
         }
-        let mine = self.link.run(|conn| pipe.query::<Vec<Value>>(conn));
-        let idle = mine.is_ok_and(|replies| {
-            replies
-                .into_iter()
-                .all(|reply| protocol::into_items(reply).is_empty())
-        });
+        let mine = self
+            .link
+            .run(|conn| pipe.query::<Vec<StreamPendingCountReply>>(conn));
+        let idle = mine.is_ok_and(|replies| replies.iter().all(|reply| reply.ids.is_empty()));
         if idle {
             let mut pipe = redis::pipe();
             for job in &self.jobs {
