@@ -1724,3 +1724,77 @@ fn a_redis_cluster_serves_a_queue_through_one_seed_node() {
     drop(pool);
     workers.stop().unwrap();
 }
+
+/// `redis-cli -p <port> args...`, its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_queue_follows_its_slot_to_another_node_of_a_redis_cluster() {
+    let cluster = procpool_tests::RedisCluster::start();
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port()).collect();
+    let slot = redis_cli(ports[0], &["CLUSTER", "KEYSLOT", "procpool:{moving}:x"]);
+    let ids: Vec<String> = ports
+        .iter()
+        .map(|port| redis_cli(*port, &["CLUSTER", "MYID"]))
+        .collect();
+    let owner = (0..3)
+        .find(|i| {
+            redis_cli(ports[*i], &["CLUSTER", "COUNTKEYSINSLOT", &slot]) == "0"
+                && redis_cli(ports[*i], &["GET", "procpool:{moving}:x"]).is_empty()
+        })
+        .unwrap();
+    let target = (owner + 1) % 3;
+    let url = cluster.nodes[target].url("queue=moving&cluster=true&visibility=2");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..150).map(|x| (x, 20)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Move the slot from its owner to the target, keys and all, mid-call.
+    let (from, to) = (ports[owner], ports[target]);
+    assert_eq!(
+        redis_cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &ids[owner]]),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(
+            from,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &ids[target]]
+        ),
+        "OK"
+    );
+    loop {
+        let keys = redis_cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+        if keys.is_empty() {
+            break;
+        }
+        let mut args = vec!["MIGRATE", "127.0.0.1"];
+        let to_text = to.to_string();
+        args.extend([to_text.as_str(), "", "0", "5000", "KEYS"]);
+        args.extend(keys.lines());
+        redis_cli(from, &args);
+    }
+    for port in &ports {
+        redis_cli(*port, &["CLUSTER", "SETSLOT", &slot, "NODE", &ids[target]]);
+    }
+    let out = call.get_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..150).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    // New calls go to the new owner.
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    let mut conn = redis_conn(&cluster.nodes[target], "");
+    assert!(!keys(&mut conn, "procpool:{moving}:*").is_empty());
+    drop(pool);
+    workers.stop().unwrap();
+}

@@ -240,6 +240,26 @@ pub(crate) fn is_connection_error(err: &RedisError) -> bool {
                 | redis::RetryMethod::RefreshSlotsAndRetry
                 | redis::RetryMethod::ReconnectFromInitialConnections
         )
+        || slot_moving(err)
+}
+
+/// Whether a transaction was aborted because the queue's slot is moving
+/// to another node of a Redis Cluster (its commands answered `MOVED`,
+/// `ASK` or `TRYAGAIN`): a new connection, to the slot's new owner, works.
+fn slot_moving(err: &RedisError) -> bool {
+    err.clone().into_server_errors().is_some_and(|errors| {
+        errors.iter().any(|(_, error)| {
+            matches!(
+                error.kind(),
+                Some(
+                    redis::ServerErrorKind::Moved
+                        | redis::ServerErrorKind::Ask
+                        | redis::ServerErrorKind::TryAgain
+                        | redis::ServerErrorKind::ClusterDown
+                )
+            )
+        })
+    })
 }
 
 /// How a cluster link finds the node that owns its queue's slot.
