@@ -265,6 +265,15 @@ mod tests {
         assert_eq!(s.max_payload, 1000);
         assert_eq!(s.max_deliveries, 5);
         assert_eq!(s.reconnect, Duration::from_secs(3));
+        let s =
+            Settings::parse("redis://h?cluster=true&window=1000&unserved=5&presence=2").unwrap();
+        assert!(s.cluster);
+        assert_eq!(s.window, 1000);
+        assert_eq!(s.unserved, Duration::from_secs(5));
+        assert_eq!(s.presence, Duration::from_secs(2));
+        // Without `presence`, a `ttl` under 10 s sets it.
+        let s = Settings::parse("redis://h?ttl=5&reconnect=1").unwrap();
+        assert_eq!(s.presence, Duration::from_secs(5));
     }
 
     #[test]
@@ -300,6 +309,9 @@ mod tests {
             ("redis://h?key=short", "at least 16"),
             ("redis://h?presence=0.1", "presence"),
             ("redis://h?presence=200", "at most ttl"),
+            ("redis://h?cluster=maybe", "use true or false"),
+            ("redis://h?window=0", "window must be at least 1"),
+            ("redis://h?unserved=-1", "above 0"),
         ] {
             let err = Settings::parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");
