@@ -39,8 +39,11 @@
 //!   another worker once the dead worker's heartbeat has been silent for the
 //!   visibility timeout (plus a second), up to `max_deliveries` times in
 //!   all; then the call fails with [`Error::TaskLost`]. One worker at a time
-//!   looks for dead workers, and forgets those that hold nothing any more. A live worker renews
-//!   its claim while the job runs, however long that takes.
+//!   looks for dead workers, and forgets those that hold nothing any more.
+//!   A live worker renews its claim while the job runs, however long that
+//!   takes, unless the caller set a
+//!   [`task_timeout`](crate::PoolBuilder::task_timeout): then the worker
+//!   fails the task with [`Error::TaskTimedOut`] and exits, to be replaced.
 //! - Tasks therefore run **at least once**: a job whose worker died after a
 //!   side effect repeats it. Make cluster jobs idempotent.
 //! - The caller receives each result **exactly once**: results carry the
@@ -61,6 +64,17 @@
 //!   (30 by default), its calls fail with [`Error::Registry`], which names
 //!   the job and the versions live workers have. A changed `struct` that
 //!   keeps its name is not detected: give such a build its own queue.
+//!
+//! # Resources
+//!
+//! - A caller keeps at most `window` bytes (32 MiB) of its tasks in Redis;
+//!   the rest waits in the caller until results come back. Chunks are cut
+//!   past 4 MiB or `max_payload`, and sized for the live workers.
+//! - With `cluster=true` the URL names any node of a Redis Cluster: a
+//!   queue's keys share one hash slot (`procpool:{queue}:...`) and callers
+//!   and workers talk to the node that owns it.
+//! - [`inspect`] reports a queue's workers, tasks, dead consumers and
+//!   callers; the `procpool-inspect` binary prints it.
 //!
 //! # Security
 //!
