@@ -26,6 +26,9 @@ const PRESENCE_CACHE: Duration = Duration::from_secs(1);
 
 /// A worker not seen for an hour is dropped from the queue's `workers` set.
 const STALE_WORKER_MS: u64 = 3_600_000;
+/// The per-job worker sets are swept of such workers once per this many
+/// heartbeats (and on the first).
+const SWEEP_SETS_EVERY: u64 = 30;
 
 /// Set by SIGINT or SIGTERM: finish the current task, then return.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -648,6 +651,7 @@ impl Heartbeat {
             .spawn(move || {
                 let (state, wake) = &*beat;
                 let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut beats: u64 = 0;
                 while !guard.stop {
                     let watching = guard.watching.clone();
                     let running = guard.running.clone();
@@ -659,24 +663,27 @@ impl Heartbeat {
                         time_out(&mut link, &settings, &keys, &name, &dog);
                     }
                     drop(guard);
+                    beats += 1;
                     let _ = link.run(|conn| {
                         let mut pipe = redis::pipe();
                         let now = protocol::now_ms();
                         let stale = now.saturating_sub(STALE_WORKER_MS);
                         let sets = std::iter::once(keys.workers())
                             .chain(job_ids.iter().map(|id| keys.serves(id)));
-                        for set in sets {
-                            pipe.cmd("ZADD")
-                                .arg(&set)
-                                .arg(now)
-                                .arg(&name)
-                                .ignore()
-                                // Workers that were killed never remove themselves.
-                                .cmd("ZREMRANGEBYSCORE")
-                                .arg(&set)
-                                .arg("-inf")
-                                .arg(stale)
-                                .ignore();
+                        for (index, set) in sets.enumerate() {
+                            pipe.cmd("ZADD").arg(&set).arg(now).arg(&name).ignore();
+                            // Killed workers never remove themselves, and the
+                            // scanner forgets them only from the sets of its
+                            // own build's jobs. The job sets are swept now
+                            // and then: readers count fresh members anyway,
+                            // and a beat then costs one command per job.
+                            if index == 0 || beats % SWEEP_SETS_EVERY == 1 {
+                                pipe.cmd("ZREMRANGEBYSCORE")
+                                    .arg(&set)
+                                    .arg("-inf")
+                                    .arg(stale)
+                                    .ignore();
+                            }
                         }
                         match &running {
                             Some((job, started)) => pipe
