@@ -958,11 +958,35 @@ fn a_panicking_callback_does_not_stop_the_pool() {
 
 #[test]
 fn tasks_flushed_from_redis_fail_their_call_without_a_lost_connection() {
+    flushed_tasks_fail_their_call(false);
+}
+
+#[test]
+fn tasks_flushed_from_redis_fail_their_call_also_where_scripts_are_denied() {
+    // The check asks a script whether the entries exist; an ACL user
+    // without scripts gets the entries read instead.
+    flushed_tasks_fail_their_call(true);
+}
+
+fn flushed_tasks_fail_their_call(without_scripts: bool) {
     let redis = RedisServer::start();
-    let url = redis.url("queue=flush");
+    let mut conn = redis_conn(&redis, "");
+    let mut url = redis.url("queue=flush");
+    if without_scripts {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("noscripts")
+            .arg("on")
+            .arg(">pw")
+            .arg("~procpool:*")
+            .arg("+@all")
+            .arg("-@scripting")
+            .query(&mut conn)
+            .unwrap();
+        url = url.replace("redis://", "redis://noscripts:pw@");
+    }
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let mut call = pool.chunksize(1).map_async(square, 0..4).unwrap();
-    let mut conn = redis_conn(&redis, "");
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
     // The caller checks its pending tasks every 10 seconds.
     expect_cluster_error(
@@ -1569,16 +1593,17 @@ fn dead_workers_are_forgotten_after_their_tasks_are_recovered() {
         victim.is_some()
     });
     let victim = victim.unwrap();
-    kill(victim, libc::SIGKILL);
-    let out = call.get_timeout(Duration::from_secs(60)).unwrap();
-    assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
     let mut conn = redis_conn(&redis, "");
     let marker = format!("-{victim}-");
-    let (consumers, _) = consumers_and_members(&mut conn, "forget");
+    let (consumers, members) = consumers_and_members(&mut conn, "forget");
     assert!(
         consumers.iter().any(|c| c.contains(&marker)),
         "{consumers:?}"
     );
+    assert!(members.iter().any(|m| m.contains(&marker)), "{members:?}");
+    kill(victim, libc::SIGKILL);
+    let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
     // Dead after 1 s + 1 s without a heartbeat, then forgotten by the next scan.
     eventually("the dead worker to be forgotten", || {
         let (consumers, members) = consumers_and_members(&mut conn, "forget");

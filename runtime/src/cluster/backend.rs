@@ -15,7 +15,7 @@ use redis::streams::StreamRangeReply;
 use serde_bytes::ByteBuf;
 
 use super::auth::{ResultFields, TaskFields};
-use super::link::Link;
+use super::link::{Link, is_connection_error};
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
 use super::settings::Settings;
 use crate::Error;
@@ -426,17 +426,13 @@ impl Shared {
         if sent.is_empty() {
             return true;
         }
-        let mut pipe = redis::pipe();
-        for (_, (stream, id)) in &sent {
-            pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
-        }
-        let Ok(found) = link.run(|conn| pipe.query::<Vec<StreamRangeReply>>(conn)) else {
+        let Some(present) = entries_present(link, &sent) else {
             return false;
         };
         let gone: Vec<u64> = sent
             .iter()
-            .zip(found)
-            .filter_map(|((seq, _), entry)| entry.ids.is_empty().then_some(*seq))
+            .zip(present)
+            .filter_map(|((seq, _), present)| (!present).then_some(*seq))
             .collect();
         if gone.is_empty() {
             return true;
@@ -982,6 +978,41 @@ impl Drop for ClusterBackend {
             let _ = thread.join();
         }
     }
+}
+
+/// Whether each of the task entries `sent` is still in its stream, or
+/// `None` if Redis cannot say now. A script answers 0 or 1 per entry, so
+/// the tasks' items do not travel back; where scripts are not allowed (an
+/// ACL without `EVAL`), the entries are read.
+fn entries_present(link: &mut Link, sent: &[(u64, (String, String))]) -> Option<Vec<bool>> {
+    const SCRIPT: &str = r"
+local found = {}
+for i, key in ipairs(KEYS) do
+  found[i] = #redis.call('XRANGE', key, ARGV[i], ARGV[i])
+end
+return found
+";
+    let mut script = redis::cmd("EVAL");
+    script.arg(SCRIPT).arg(sent.len());
+    for (_, (stream, _)) in sent {
+        script.arg(stream);
+    }
+    for (_, (_, id)) in sent {
+        script.arg(id);
+    }
+    match link.query::<Vec<i64>>(&script) {
+        Ok(found) => return Some(found.into_iter().map(|n| n > 0).collect()),
+        Err(err) if is_connection_error(&err) => return None,
+        Err(_) => {}
+    }
+    let mut pipe = redis::pipe();
+    for (_, (stream, id)) in sent {
+        pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
+    }
+    let found = link
+        .run(|conn| pipe.query::<Vec<StreamRangeReply>>(conn))
+        .ok()?;
+    Some(found.iter().map(|entry| !entry.ids.is_empty()).collect())
 }
 
 /// Adds to `pipe` what deletes the task entries `entries` (stream, id).
