@@ -184,7 +184,7 @@ impl PoolBuilder {
     /// | parameter | default | meaning |
     /// |---|---|---|
     /// | `queue` | `default` | the queue's name: callers and workers of one queue share it |
-    /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers; at least 0.3) |
+    /// | `visibility` | 30 | seconds a worker's heartbeat may be silent (plus one) before its tasks go to another worker (at least 0.3) |
     /// | `max_deliveries` | 3 | how many times a task is handed out before it fails with [`Error::TaskLost`] (workers) |
     /// | `max_payload` | 67108864 | largest task or result in bytes: [`Error::PayloadTooLarge`] |
     /// | `window` | 33554432 | bytes of a caller's tasks that may wait in Redis at once; the rest waits in the caller |

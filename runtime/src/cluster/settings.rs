@@ -21,8 +21,9 @@ pub(crate) struct Settings {
     /// The URL with the password masked, for messages.
     pub(crate) display: String,
     pub(crate) queue: String,
-    /// How long a task may go without a sign of life from its worker before
-    /// another worker claims it. Read by workers.
+    /// How long a worker's heartbeat (every third of it) may be silent,
+    /// plus a second, before its tasks go to another worker; also how long
+    /// such a task must have been idle. Read by workers.
     pub(crate) visibility: Duration,
     /// How long a caller's results and the task streams it uses outlive its
     /// last refresh. Longer than `reconnect`: a caller cut off from Redis
