@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use procpool::cluster::Workers;
 use procpool::{Error, Pool, pool_job};
-use procpool_tests::{RedisServer, eventually};
+use procpool_tests::{RedisServer, eventually, running};
 
 #[pool_job]
 fn square(x: u64) -> u64 {
@@ -69,6 +69,13 @@ fn length(bytes: Vec<u8>) -> usize {
 #[pool_job]
 fn zeros(n: usize) -> Vec<u8> {
     vec![0; n]
+}
+
+/// Also in tests/bin/other_worker.rs, with the same types.
+#[pool_job]
+fn tagged_add(a: i64, b: i64) -> (i64, u32) {
+    std::thread::sleep(Duration::from_millis(20));
+    (a + b, std::process::id())
 }
 
 #[pool_job]
@@ -279,14 +286,15 @@ fn a_worker_killed_mid_map_loses_nothing_and_each_result_arrives_once() {
 
 #[test]
 fn a_task_that_ran_twice_is_received_once() {
-    // A worker frozen past the visibility timeout loses its task to another
-    // worker; when it wakes it stores a second result, which is dropped.
-    // Without deduplication the second result would count as another
-    // chunk's, and the call would end early with an item missing.
+    // A worker frozen past the visibility timeout (its heartbeat silent for
+    // 1 s + 1 s, then the next scan) loses its task to another worker; when
+    // it wakes it stores a second result, which is dropped. Without
+    // deduplication the second result would count as another chunk's, and
+    // the call would end early with an item missing.
     let mut run = traced_map("twice", 10, 400);
     let (frozen, dir) = (run.busy, &run.dir);
     kill(frozen, libc::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     kill(frozen, libc::SIGCONT);
 
     let received = run.call.get_timeout(Duration::from_secs(60)).unwrap();
@@ -297,44 +305,117 @@ fn a_task_that_ran_twice_is_received_once() {
     });
 }
 
-#[test]
-fn a_worker_with_another_registry_refuses_the_task() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=mismatch");
-    // Killed when the test ends, whether it passes or not.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A process killed when the test ends, whether it passes or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let _other = KillOnDrop(
+}
+
+/// A worker of the other build (tests/bin/other_worker.rs) serving `url`.
+fn other_build_worker(url: &str) -> KillOnDrop {
+    KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_procpool-other-worker"))
-            .arg(&url)
+            .arg(url)
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+/// Waits until `n` workers have announced themselves on `queue`.
+fn wait_for_workers(conn: &mut redis::Connection, queue: &str, n: u64) {
+    eventually("the workers to announce themselves", || {
+        redis::cmd("ZCARD")
+            .arg(format!("procpool:{{{queue}}}:workers"))
+            .query::<u64>(conn)
+            .unwrap()
+            == n
+    });
+}
+
+#[test]
+fn a_rolling_deploy_fails_no_call() {
+    // Two workers of the old build, where `cluster::square` takes a u32, and
+    // two of the new one; `cluster::tagged_add` is the same in both.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=deploy");
+    let old = [other_build_worker(&url), other_build_worker(&url)];
+    let old_pids: HashSet<u32> = old.iter().map(|w| w.0.id()).collect();
+    let new = Workers::start(&url, 2).unwrap();
+    let new_pids: HashSet<u32> = new.pids().into_iter().collect();
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "deploy", 4);
     let pool = Pool::builder().cluster(&url).build().unwrap();
-    let outcome = pool
-        .apply_async(square, 3)
-        .unwrap()
-        .get_timeout(Duration::from_secs(30));
-    match outcome {
+    let squares: Vec<_> = (0..5)
+        .map(|_| pool.chunksize(1).map_async(square, 0..8u64).unwrap())
+        .collect();
+    let adds: Vec<_> = (0..5)
+        .map(|_| {
+            pool.chunksize(1)
+                .map_async(tagged_add, (0..8).map(|i| (i, 1)))
+                .unwrap()
+        })
+        .collect();
+    for mut call in squares {
+        let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(out, (0..8u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+    let mut ran_on = HashSet::new();
+    for mut call in adds {
+        let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            (1..9).collect::<Vec<i64>>()
+        );
+        ran_on.extend(out.into_iter().map(|(_, pid)| pid));
+    }
+    assert!(
+        ran_on.iter().any(|pid| old_pids.contains(pid)),
+        "old build ran none"
+    );
+    assert!(
+        ran_on.iter().any(|pid| new_pids.contains(pid)),
+        "new build ran none"
+    );
+    assert_eq!(queued(&mut conn, "deploy"), 0);
+}
+
+#[test]
+fn a_job_no_live_worker_can_run_fails_with_a_registry_error_naming_it() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=mismatch&unserved=2");
+    let _old = other_build_worker(&url);
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "mismatch", 1);
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let started = Instant::now();
+    let mut call = pool.chunksize(1).map_async(square, 0..3u64).unwrap();
+    // The job both builds have still runs meanwhile.
+    assert_eq!(pool.apply(tagged_add, (1, 2)).unwrap().0, 3);
+    match call.get_timeout(Duration::from_secs(60)) {
         Err(Error::Registry(message)) => {
-            assert!(message.contains("refused the task"), "{message}");
-            assert!(message.contains("only the caller has `"), "{message}");
-            assert!(
-                message.contains("`cluster::square: fn(u64) -> u64`"),
-                "{message}"
-            );
-            assert!(
-                message.contains("only the worker has `cluster::square: fn(u32) -> u32`"),
-                "{message}"
-            );
+            for needle in [
+                "`cluster::square: fn(u64) -> u64`",
+                "1 workers are alive",
+                "live workers have `cluster::square: fn(u32) -> u32`",
+                "unserved",
+            ] {
+                assert!(message.contains(needle), "no {needle} in: {message}");
+            }
         }
         other => panic!("expected a registry error, got {other:?}"),
     }
+    // `unserved` (2 s) after the check that first found no worker for it.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its tasks were taken off the queue.
+    assert_eq!(queued(&mut conn, "mismatch"), 0);
 }
 
 /// The ids of the connections whose name starts with `prefix`.
@@ -475,12 +556,26 @@ fn payload_limits_are_enforced_on_both_sides() {
     }
 }
 
-/// How many tasks wait in `queue`'s stream.
+/// How many tasks wait in `queue`'s streams.
 fn queued(conn: &mut redis::Connection, queue: &str) -> u64 {
-    redis::cmd("XLEN")
-        .arg(format!("procpool:{queue}:tasks"))
+    keys(conn, &format!("procpool:{{{queue}}}:tasks:*"))
+        .iter()
+        .map(|stream| queued_in(conn, stream))
+        .sum()
+}
+
+/// The tasks stream of job `name` (with its types, as in the registry) on `queue`.
+fn stream_of(conn: &mut redis::Connection, queue: &str, job: &str) -> String {
+    let jobs: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("procpool:{{{queue}}}:jobs"))
         .query(conn)
-        .unwrap()
+        .unwrap();
+    let id = jobs
+        .iter()
+        .find(|(_, text)| *text == job)
+        .unwrap_or_else(|| panic!("no `{job}` among {jobs:?}"))
+        .0;
+    format!("procpool:{{{queue}}}:tasks:{id}")
 }
 
 fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
@@ -493,14 +588,10 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
     let call = pool.apply_async(slow_square, (3, 500)).unwrap();
     let mut conn = redis_conn(&redis, "");
     eventually("the result to be stored", || {
-        !keys(&mut conn, "procpool:ttl:results:*").is_empty() || call.ready()
+        !keys(&mut conn, "procpool:{ttl}:results:*").is_empty() || call.ready()
     });
     // Presence, results and the job list all live `ttl` past their last refresh.
-    for pattern in [
-        "procpool:ttl:caller:*",
-        "procpool:ttl:registry:*",
-        "procpool:ttl:results:*",
-    ] {
+    for pattern in ["procpool:{ttl}:caller:*", "procpool:{ttl}:results:*"] {
         for key in keys(&mut conn, pattern) {
             let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
             assert!((1..=120).contains(&ttl), "{key} has TTL {ttl}");
@@ -508,8 +599,8 @@ fn caller_keys_expire_and_are_removed_with_the_pool() {
     }
     assert_eq!(call.get().unwrap().0, 9);
     drop(pool);
-    assert!(keys(&mut conn, "procpool:ttl:caller:*").is_empty());
-    assert!(keys(&mut conn, "procpool:ttl:results:*").is_empty());
+    assert!(keys(&mut conn, "procpool:{ttl}:caller:*").is_empty());
+    assert!(keys(&mut conn, "procpool:{ttl}:results:*").is_empty());
     assert_eq!(queued(&mut conn, "ttl"), 0);
 }
 
@@ -536,27 +627,65 @@ fn tasks_of_a_terminated_caller_are_withdrawn_or_skipped() {
     drop(workers);
 }
 
+/// Run as a child process by `a_stalled_caller_learns_that_its_tasks_were_dropped`:
+/// submits 4 tasks, then reports how the call ended.
 #[test]
-fn a_caller_that_vanished_leaves_tasks_that_workers_skip() {
-    // Its presence key expired (as when the caller is killed): the tasks it
-    // left are dropped, not run. Here the caller lives on, so it learns why.
-    let redis = RedisServer::start();
-    let url = redis.url("queue=vanished");
+#[ignore = "helper: started by another test, then stopped"]
+fn helper_caller_that_stalls() {
+    let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
+    let dir = std::env::var("PROCPOOL_TEST_DIR").unwrap();
     let pool = Pool::builder().cluster(&url).build().unwrap();
-    let dir = scratch_dir("vanished");
-    let dir_text = dir.to_str().unwrap().to_owned();
     let mut call = pool
         .chunksize(1)
-        .map_async(traced_square, (0..4).map(|x| (x, 10, dir_text.clone())))
+        .map_async(traced_square, (0..4).map(|x| (x, 10, dir.clone())))
         .unwrap();
+    println!("SUBMITTED");
+    println!("OUTCOME {:?}", call.get_timeout(Duration::from_secs(60)));
+}
+
+#[test]
+fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
+    // A caller stopped longer than `presence` (SIGSTOP: it cannot refresh
+    // its presence key) looks dead: workers drop its tasks unrun. When it
+    // goes on, its call fails and says why.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=vanished&presence=1");
+    let dir = scratch_dir("vanished");
+    let mut caller = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_caller_that_stalls",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PROCPOOL_TEST_URL", &url)
+        .env("PROCPOOL_TEST_DIR", dir.to_str().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = caller.stdout.take().unwrap();
+    let caller = KillOnDrop(caller);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    assert!(lines.any(|line| line.unwrap().contains("SUBMITTED")));
+    kill(caller.0.id(), libc::SIGSTOP);
     let mut conn = redis_conn(&redis, "");
-    for key in keys(&mut conn, "procpool:vanished:caller:*") {
-        let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
-    }
+    eventually("the stopped caller's presence to expire", || {
+        keys(&mut conn, "procpool:{vanished}:caller:*").is_empty()
+    });
     let _workers = Workers::start(&url, 1).unwrap();
-    expect_cluster_error(call.get_timeout(Duration::from_secs(30)), &["presence"]);
+    eventually("the worker to drop the tasks", || {
+        queued(&mut conn, "vanished") == 0
+    });
+    kill(caller.0.id(), libc::SIGCONT);
+    let outcome = lines
+        .map(Result::unwrap)
+        .find(|line| line.starts_with("OUTCOME"))
+        .unwrap();
+    assert!(
+        outcome.contains("Err(Cluster(") && outcome.contains("presence"),
+        "{outcome}"
+    );
     assert!(traces(&dir, "started").is_empty());
-    assert_eq!(queued(&mut conn, "vanished"), 0);
 }
 
 #[test]
@@ -565,9 +694,6 @@ fn unsupported_options_and_bad_servers_are_clear_errors() {
     let url = redis.url("queue=opts");
     for builder in [
         Pool::builder().cluster(&url).max_tasks_per_child(3),
-        Pool::builder()
-            .cluster(&url)
-            .task_timeout(Duration::from_secs(1)),
         Pool::builder().cluster(&url).retries(2),
         Pool::builder().cluster(&url).initializer(square, 1),
     ] {
@@ -601,23 +727,20 @@ fn unsupported_options_and_bad_servers_are_clear_errors() {
 fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
     let (redis, _url, workers, pool) = cluster("queue=forged", 1);
     let mut conn = redis_conn(&redis, "");
-    // The caller's registry fingerprint, from the key it announces.
-    let registry = keys(&mut conn, "procpool:forged:registry:*");
-    let fingerprint = registry[0].rsplit(':').next().unwrap().to_owned();
+    let stream = stream_of(&mut conn, "forged", "cluster::square: fn(u64) -> u64");
     let _: () = redis::cmd("SET")
-        .arg("procpool:forged:caller:abcd")
+        .arg("procpool:{forged}:caller:abcd")
         .arg(1)
         .query(&mut conn)
         .unwrap();
     let forge = |conn: &mut redis::Connection, fields: &[(&str, &[u8])]| {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg("procpool:forged:tasks").arg("*");
+        cmd.arg(&stream).arg("*");
         for (key, value) in fields {
             cmd.arg(*key).arg(*value);
         }
         let _: String = cmd.query(conn).unwrap();
     };
-    let fp = fingerprint.as_bytes();
     // Malformed; a caller id that would name another key; an unknown job.
     forge(&mut conn, &[("garbage", b"yes")]);
     forge(
@@ -626,7 +749,6 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
             ("caller", b"../x"),
             ("seq", b"1"),
             ("job", b"cluster::square"),
-            ("fp", fp),
             ("count", b"1"),
             ("items", &[3]),
         ],
@@ -637,12 +759,11 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
             ("caller", b"abcd"),
             ("seq", b"7"),
             ("job", b"no::such::job"),
-            ("fp", fp),
             ("count", b"1"),
             ("items", &[3]),
         ],
     );
-    let results = "procpool:forged:results:abcd";
+    let results = "procpool:{forged}:results:abcd";
     eventually("the refusal of the unknown job", || {
         redis::cmd("XLEN")
             .arg(results)
@@ -676,7 +797,7 @@ fn a_worker_runs_only_registered_jobs_and_survives_forged_tasks() {
         "the refusal names the job"
     );
     assert!(
-        keys(&mut conn, "procpool:forged:results:*")
+        keys(&mut conn, "procpool:{forged}:results:*")
             .iter()
             .all(|key| !key.contains(".."))
     );
@@ -693,7 +814,7 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
     let mut conn = redis_conn(&redis, "");
     // Workers::start returned once both announced themselves.
     let announced: u64 = redis::cmd("ZCARD")
-        .arg("procpool:leave:workers")
+        .arg("procpool:{leave}:workers")
         .query(&mut conn)
         .unwrap();
     assert_eq!(announced, 2);
@@ -705,13 +826,17 @@ fn a_stopped_worker_leaves_the_group_and_the_worker_set() {
     workers.stop().unwrap();
     let consumers: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg("procpool:leave:tasks")
+        .arg(stream_of(
+            &mut conn,
+            "leave",
+            "cluster::square: fn(u64) -> u64",
+        ))
         .arg("workers")
         .query(&mut conn)
         .unwrap();
     assert!(consumers.is_empty(), "{consumers:?}");
     let left: u64 = redis::cmd("ZCARD")
-        .arg("procpool:leave:workers")
+        .arg("procpool:{leave}:workers")
         .query(&mut conn)
         .unwrap();
     assert_eq!(left, 0);
@@ -833,11 +958,35 @@ fn a_panicking_callback_does_not_stop_the_pool() {
 
 #[test]
 fn tasks_flushed_from_redis_fail_their_call_without_a_lost_connection() {
+    flushed_tasks_fail_their_call(false);
+}
+
+#[test]
+fn tasks_flushed_from_redis_fail_their_call_also_where_scripts_are_denied() {
+    // The check asks a script whether the entries exist; an ACL user
+    // without scripts gets the entries read instead.
+    flushed_tasks_fail_their_call(true);
+}
+
+fn flushed_tasks_fail_their_call(without_scripts: bool) {
     let redis = RedisServer::start();
-    let url = redis.url("queue=flush");
+    let mut conn = redis_conn(&redis, "");
+    let mut url = redis.url("queue=flush");
+    if without_scripts {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("noscripts")
+            .arg("on")
+            .arg(">pw")
+            .arg("~procpool:*")
+            .arg("+@all")
+            .arg("-@scripting")
+            .query(&mut conn)
+            .unwrap();
+        url = url.replace("redis://", "redis://noscripts:pw@");
+    }
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let mut call = pool.chunksize(1).map_async(square, 0..4).unwrap();
-    let mut conn = redis_conn(&redis, "");
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
     // The caller checks its pending tasks every 10 seconds.
     expect_cluster_error(
@@ -914,26 +1063,33 @@ fn tls_client_certificates_are_presented() {
     assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
 }
 
-/// Run as a child process by `a_killed_caller_leaves_tasks_that_workers_drop`.
+/// Run as a child process by the tests of a killed caller: submits
+/// `PROCPOOL_TEST_ITEMS` (4 by default) one-item tasks of `traced_square`
+/// of `PROCPOOL_TEST_MILLIS` ms each (10), then waits to be killed.
 #[test]
 #[ignore = "helper: started by another test, then killed"]
 fn helper_caller_that_gets_killed() {
     let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
     let dir = std::env::var("PROCPOOL_TEST_DIR").unwrap();
+    let number = |name: &str, default: u64| {
+        std::env::var(name).map_or(default, |value| value.parse().unwrap())
+    };
+    let (items, millis) = (
+        number("PROCPOOL_TEST_ITEMS", 4),
+        number("PROCPOOL_TEST_MILLIS", 10),
+    );
     let pool = Pool::builder().cluster(&url).build().unwrap();
     let _call = pool
         .chunksize(1)
-        .map_async(traced_square, (0..4).map(|x| (x, 10, dir.clone())))
+        .map_async(traced_square, (0..items).map(|x| (x, millis, dir.clone())))
         .unwrap();
     println!("SUBMITTED");
-    std::thread::sleep(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(120));
 }
 
-#[test]
-fn a_killed_caller_leaves_tasks_that_workers_drop() {
-    let redis = RedisServer::start();
-    let url = redis.url("queue=killed&reconnect=1&ttl=2");
-    let dir = scratch_dir("killed");
+/// Starts `helper_caller_that_gets_killed` on `url` with `env`, and returns
+/// it once its tasks are queued.
+fn start_doomed_caller(url: &str, dir: &Path, env: &[(&str, &str)]) -> KillOnDrop {
     let mut caller = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -941,28 +1097,76 @@ fn a_killed_caller_leaves_tasks_that_workers_drop() {
             "--ignored",
             "--nocapture",
         ])
-        .env("PROCPOOL_TEST_URL", &url)
+        .env("PROCPOOL_TEST_URL", url)
         .env("PROCPOOL_TEST_DIR", dir.to_str().unwrap())
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(caller.stdout.take().unwrap()));
+    let stdout = caller.stdout.take().unwrap();
+    let caller = KillOnDrop(caller);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     assert!(lines.any(|line| line.unwrap().contains("SUBMITTED")));
-    kill(caller.id(), libc::SIGKILL);
-    caller.wait().unwrap();
+    caller
+}
 
+#[test]
+fn a_killed_caller_leaves_nothing_in_redis_even_with_no_worker() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=killed&reconnect=1&ttl=3&presence=1");
+    let dir = scratch_dir("killed");
+    let mut caller = start_doomed_caller(&url, &dir, &[]);
+    kill(caller.0.id(), libc::SIGKILL);
+    caller.0.wait().unwrap();
     let mut conn = redis_conn(&redis, "");
     assert_eq!(queued(&mut conn, "killed"), 4);
-    // Its keys expire `ttl` (2 s) after its last refresh: only the queue is left.
-    eventually("the killed caller's keys to expire", || {
-        keys(&mut conn, "procpool:killed:*") == ["procpool:killed:tasks"]
+    assert!(!keys(&mut conn, "procpool:{killed}:caller:*").is_empty());
+    // Its presence goes after 1 s, its tasks and results `ttl` (3 s) after
+    // its last refresh: no worker needed.
+    eventually("every key of the killed caller to expire", || {
+        keys(&mut conn, "procpool:{killed}:*").is_empty()
     });
-    // Workers started now drop its tasks without running them.
     let _workers = Workers::start(&url, 1).unwrap();
-    eventually("the worker to drain the queue", || {
-        queued(&mut conn, "killed") == 0
-    });
+    std::thread::sleep(Duration::from_millis(500));
     assert!(traces(&dir, "started").is_empty());
+}
+
+#[test]
+fn workers_stop_starting_a_killed_callers_tasks_within_15_seconds() {
+    // Default settings: 1000 tasks of 50 ms on 2 workers take 25 s.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=killedmidmap");
+    let dir = scratch_dir("killedmidmap");
+    let _workers = Workers::start(&url, 2).unwrap();
+    let mut caller = start_doomed_caller(
+        &url,
+        &dir,
+        &[
+            ("PROCPOOL_TEST_ITEMS", "1000"),
+            ("PROCPOOL_TEST_MILLIS", "50"),
+        ],
+    );
+    eventually("the workers to start its tasks", || {
+        traces(&dir, "started").len() >= 4
+    });
+    kill(caller.0.id(), libc::SIGKILL);
+    let killed = Instant::now();
+    caller.0.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(killed.elapsed()));
+    let at_15s = traces(&dir, "started").len();
+    std::thread::sleep(Duration::from_secs(3));
+    let at_18s = traces(&dir, "started").len();
+    assert_eq!(
+        at_15s, at_18s,
+        "tasks still started 15 s after the caller died"
+    );
+    assert!(at_15s < 1000, "the map finished before the test could tell");
+    // The rest were dropped unrun.
+    let mut conn = redis_conn(&redis, "");
+    eventually("the workers to drop the rest", || {
+        queued(&mut conn, "killedmidmap") == 0
+    });
+    eprintln!("killed caller: {at_15s} of 1000 tasks started");
 }
 
 #[test]
@@ -976,4 +1180,646 @@ fn a_caller_cut_off_longer_than_reconnect_fails_its_pending_calls() {
         call.get_timeout(Duration::from_secs(30)),
         &["lost the connection", "reconnect"],
     );
+}
+
+/// A key for authenticated queues (at least 16 characters).
+const KEY: &str = "procpool-test-key-0123456789";
+
+/// A stream entry's fields, as name and value pairs.
+type Fields = Vec<(String, Vec<u8>)>;
+
+/// The entries of stream `key`: id, then field and value pairs.
+fn stream_entries(conn: &mut redis::Connection, key: &str) -> Vec<(String, Fields)> {
+    let raw: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    raw.into_iter()
+        .map(|(id, flat)| {
+            let fields = flat
+                .chunks(2)
+                .map(|pair| (String::from_utf8(pair[0].clone()).unwrap(), pair[1].clone()))
+                .collect();
+            (id, fields)
+        })
+        .collect()
+}
+
+/// Adds an entry with `fields` to stream `key`.
+fn xadd(conn: &mut redis::Connection, key: &str, fields: &[(String, Vec<u8>)]) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*");
+    for (name, value) in fields {
+        cmd.arg(name).arg(value);
+    }
+    let _: String = cmd.query(conn).unwrap();
+}
+
+/// `fields` with `name` set to `value` (or removed, with `None`).
+fn with_field(
+    fields: &[(String, Vec<u8>)],
+    name: &str,
+    value: Option<&[u8]>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> =
+        fields.iter().filter(|(n, _)| n != name).cloned().collect();
+    if let Some(value) = value {
+        out.push((name.to_owned(), value.to_vec()));
+    }
+    out
+}
+
+fn stat(conn: &mut redis::Connection, queue: &str, counter: &str) -> u64 {
+    redis::cmd("HGET")
+        .arg(format!("procpool:{{{queue}}}:stats"))
+        .arg(counter)
+        .query::<Option<u64>>(conn)
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// The one stream of `queue` that holds tasks.
+fn task_stream(conn: &mut redis::Connection, queue: &str) -> String {
+    let streams = keys(conn, &format!("procpool:{{{queue}}}:tasks*"));
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    streams[0].clone()
+}
+
+#[test]
+fn with_a_key_tasks_without_a_valid_tag_never_run() {
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=keyed&key={KEY}"));
+    let dir = scratch_dir("keyed");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let mut conn = redis_conn(&redis, "");
+    // Two genuine tasks, copied from the stream before any worker runs.
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let call = pool
+        .chunksize(1)
+        .map_async(traced_square, (1..3).map(|x| (x, 10, dir_text.clone())))
+        .unwrap();
+    let stream = task_stream(&mut conn, "keyed");
+    let genuine = stream_entries(&mut conn, &stream);
+    assert_eq!(genuine.len(), 2);
+    let field = |fields: &[(String, Vec<u8>)], name: &str| {
+        fields.iter().find(|(n, _)| n == name).unwrap().1.clone()
+    };
+    let (first, second) = (&genuine[0].1, &genuine[1].1);
+    assert_eq!(field(first, "tag").len(), 32, "HMAC-SHA256 tags");
+    let caller = String::from_utf8(field(first, "caller")).unwrap();
+    pool.terminate();
+    assert!(matches!(call.get(), Err(Error::Terminated { .. })));
+    // The caller counts as present, so only the tags decide.
+    let _: () = redis::cmd("SET")
+        .arg(format!("procpool:{{keyed}}:caller:{caller}"))
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let forged = [
+        with_field(first, "tag", None),
+        with_field(first, "tag", Some(&[0u8; 32])),
+        with_field(first, "items", Some(&field(second, "items"))),
+        with_field(first, "seq", Some(b"9")),
+        with_field(first, "count", Some(b"2")),
+        with_field(first, "job", Some(b"cluster::traced_fails_first")),
+    ];
+    for fields in &forged {
+        xadd(&mut conn, &stream, fields);
+    }
+    let workers = Workers::start(&url, 1).unwrap();
+    eventually("the worker to drop the forged tasks", || {
+        stat(&mut conn, "keyed", "forged_tasks") == forged.len() as u64
+    });
+    assert_eq!(queued_in(&mut conn, &stream), 0, "acknowledged and deleted");
+    assert!(traces(&dir, "started").is_empty(), "none of them ran");
+    // The same task with its own tag runs (here, replayed as it was).
+    xadd(&mut conn, &stream, first);
+    eventually("the genuine task to run", || {
+        traces(&dir, "started").contains_key(&1)
+    });
+    assert_eq!(
+        stat(&mut conn, "keyed", "forged_tasks"),
+        forged.len() as u64
+    );
+    assert_eq!(workers.restarts(), 0);
+}
+
+fn queued_in(conn: &mut redis::Connection, stream: &str) -> u64 {
+    redis::cmd("XLEN").arg(stream).query(conn).unwrap()
+}
+
+#[test]
+fn with_a_key_a_forged_result_is_never_delivered() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis, "");
+    // A genuine result of square(5), made by a worker of an unkeyed queue
+    // for a made-up caller.
+    let open = redis.url("queue=open");
+    {
+        let warm = Pool::builder().cluster(&open).build().unwrap();
+        let call = warm.apply_async(square, 5).unwrap();
+        let stream = task_stream(&mut conn, "open");
+        let task = stream_entries(&mut conn, &stream).remove(0).1;
+        drop(call);
+        drop(warm);
+        let fake = with_field(&task, "caller", Some(b"ffff"));
+        let _: () = redis::cmd("SET")
+            .arg("procpool:{open}:caller:ffff")
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        xadd(&mut conn, &stream, &fake);
+    }
+    let _open_workers = Workers::start(&open, 1).unwrap();
+    eventually("the made-up caller's result", || {
+        queued_in(&mut conn, "procpool:{open}:results:ffff") == 1
+    });
+    let result = stream_entries(&mut conn, "procpool:{open}:results:ffff")
+        .remove(0)
+        .1;
+    let value = result.iter().find(|(n, _)| n == "ok").unwrap().1.clone();
+
+    for (queue, key) in [("unkeyed", None), ("keyed", Some(KEY))] {
+        let params = match key {
+            Some(key) => format!("queue={queue}&key={key}"),
+            None => format!("queue={queue}"),
+        };
+        let url = redis.url(&params);
+        let pool = Pool::builder().cluster(&url).build().unwrap();
+        // No worker yet: the call waits, and a forged result comes first.
+        let mut call = pool.apply_async(square, 3).unwrap();
+        let caller = keys(&mut conn, &format!("procpool:{{{queue}}}:caller:*"))[0]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let forged = vec![
+            ("seq".to_owned(), b"0".to_vec()),
+            ("ok".to_owned(), value.clone()),
+            ("tag".to_owned(), vec![7u8; 32]),
+        ];
+        xadd(
+            &mut conn,
+            &format!("procpool:{{{queue}}}:results:{caller}"),
+            &forged,
+        );
+        if key.is_none() {
+            // Without a key, anyone who can write to Redis makes the value.
+            assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 25);
+            continue;
+        }
+        eventually("the caller to drop the forged result", || {
+            stat(&mut conn, queue, "forged_results") == 1
+        });
+        assert!(!call.ready(), "not delivered, not even as an error");
+        let _workers = Workers::start(&url, 1).unwrap();
+        assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 9);
+    }
+}
+
+#[test]
+fn a_worker_with_another_key_never_runs_the_callers_tasks() {
+    let redis = RedisServer::start();
+    let dir = scratch_dir("otherkey");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let url = redis.url(&format!("queue=otherkey&key={KEY}"));
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let wrong = Workers::start(
+        &redis.url("queue=otherkey&key=another-key-of-enough-length"),
+        1,
+    )
+    .unwrap();
+    let unkeyed = Workers::start(&redis.url("queue=otherkey"), 1).unwrap();
+    let mut call = pool.apply_async(traced_square, (4, 10, dir_text)).unwrap();
+    assert!(
+        call.get_timeout(Duration::from_secs(3)).is_err(),
+        "still waiting"
+    );
+    assert!(traces(&dir, "started").is_empty());
+    let _right = Workers::start(&url, 1).unwrap();
+    assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 16);
+    assert_eq!(traces(&dir, "started").len(), 1);
+    let mut conn = redis_conn(&redis, "");
+    assert_eq!(
+        stat(&mut conn, "otherkey", "forged_tasks"),
+        0,
+        "never even read"
+    );
+    drop((wrong, unkeyed));
+}
+
+/// `n` items of 1 MiB each.
+fn mebibytes(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 1 << 20]).collect()
+}
+
+#[test]
+fn a_caller_built_before_its_workers_sizes_chunks_for_them_within_max_payload() {
+    let redis = RedisServer::start();
+    // 4 MB per task: the default chunk of 5 items of 1 MiB would not fit.
+    let url = redis.url("queue=early&max_payload=4000000");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.processes(), 1, "no worker yet");
+    let _workers = Workers::start(&url, 2).unwrap();
+    eventually("the pool to see both workers", || pool.processes() == 2);
+    let lengths = pool.map(length, mebibytes(40)).unwrap();
+    assert_eq!(lengths, vec![1 << 20; 40]);
+    // An explicit chunk size is cut to fit too.
+    let lengths = pool.chunksize(10).map(length, mebibytes(12)).unwrap();
+    assert_eq!(lengths, vec![1 << 20; 12]);
+    // A single item over the limit is still an error.
+    assert!(matches!(
+        pool.apply(length, vec![0; 5_000_000]),
+        Err(Error::PayloadTooLarge { .. })
+    ));
+}
+
+fn used_memory_peak(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory_peak:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_large_map_keeps_a_bounded_window_of_tasks_in_redis() {
+    // PROCPOOL_TEST_MIB=300 reproduces the map; 96 MiB by default.
+    let mib: usize = std::env::var("PROCPOOL_TEST_MIB").map_or(96, |v| v.parse().unwrap());
+    let (redis, _url, _workers, pool) = cluster("queue=window", 2);
+    let mut conn = redis_conn(&redis, "");
+    let before = used_memory_peak(&mut conn);
+    let started = Instant::now();
+    let lengths = pool.map(length, mebibytes(mib)).unwrap();
+    assert_eq!(lengths, vec![1 << 20; mib]);
+    let peak = used_memory_peak(&mut conn);
+    eprintln!(
+        "map of {mib} MiB in {:?}: Redis used_memory_peak {:.1} MiB (before: {:.1} MiB)",
+        started.elapsed(),
+        peak as f64 / 1048576.0,
+        before as f64 / 1048576.0
+    );
+    // The default window is 32 MiB of tasks per caller.
+    assert!(peak < 64 << 20, "peak {peak} bytes");
+}
+
+/// Run as a child process by `an_evicting_redis_is_reported`: builds a
+/// cluster pool, which reports on stderr what it finds.
+#[test]
+#[ignore = "helper: started by another test"]
+fn helper_caller_that_builds_a_pool() {
+    let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
+    Pool::builder().cluster(&url).build().unwrap();
+}
+
+#[test]
+fn an_evicting_redis_is_reported() {
+    for (args, warned) in [
+        (
+            &["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"][..],
+            true,
+        ),
+        (
+            &["--maxmemory", "100mb", "--maxmemory-policy", "volatile-ttl"][..],
+            true,
+        ),
+        (
+            &["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"][..],
+            false,
+        ),
+        (&[][..], false),
+    ] {
+        let redis = RedisServer::with_args(args, false);
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "helper_caller_that_builds_a_pool",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("PROCPOOL_TEST_URL", redis.url("queue=evict"))
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.contains("may evict procpool's keys") && stderr.contains("noeviction"),
+            warned,
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn task_timeout_fails_the_task_and_replaces_its_worker() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=timeout");
+    let workers = Workers::start(&url, 1).unwrap();
+    let first = workers.pids()[0];
+    let pool = Pool::builder()
+        .cluster(&url)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    // In time: as usual.
+    assert_eq!(pool.apply(slow_square, (3, 10)).unwrap().0, 9);
+    let started = Instant::now();
+    let mut call = pool.apply_async(slow_square, (4, 600_000)).unwrap();
+    match call.get_timeout(Duration::from_secs(30)) {
+        Err(Error::TaskTimedOut {
+            job,
+            first,
+            count,
+            timeout,
+        }) => {
+            assert_eq!((job.as_str(), first, count), ("cluster::slow_square", 0, 1));
+            assert_eq!(timeout, Duration::from_secs(1));
+        }
+        other => panic!("expected a task timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    eventually("the worker to be replaced", || workers.restarts() == 1);
+    assert!(!running(first), "the worker that ran it is gone");
+    assert!(!workers.pids().contains(&first));
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    let mut conn = redis_conn(&redis, "");
+    assert_eq!(queued(&mut conn, "timeout"), 0, "not run again");
+}
+
+/// The consumers of every tasks stream of `queue`, and the members of its worker set.
+fn consumers_and_members(conn: &mut redis::Connection, queue: &str) -> (Vec<String>, Vec<String>) {
+    let mut consumers = Vec::new();
+    for stream in keys(conn, &format!("procpool:{{{queue}}}:tasks:*")) {
+        let infos: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("workers")
+            .query(conn)
+            .unwrap();
+        for info in infos {
+            if let Some(redis::Value::BulkString(name)) = info.get("name") {
+                consumers.push(String::from_utf8(name.clone()).unwrap());
+            }
+        }
+    }
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("procpool:{{{queue}}}:workers"))
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .unwrap();
+    (consumers, members)
+}
+
+#[test]
+fn dead_workers_are_forgotten_after_their_tasks_are_recovered() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=forget&visibility=1");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("forget");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(traced_square, (0..12).map(|x| (x, 300, dir_text.clone())))
+        .unwrap();
+    let mut victim = None;
+    eventually("a worker to start a task", || {
+        victim = traces(&dir, "started").values().flatten().next().copied();
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    let mut conn = redis_conn(&redis, "");
+    let marker = format!("-{victim}-");
+    let (consumers, members) = consumers_and_members(&mut conn, "forget");
+    assert!(
+        consumers.iter().any(|c| c.contains(&marker)),
+        "{consumers:?}"
+    );
+    assert!(members.iter().any(|m| m.contains(&marker)), "{members:?}");
+    kill(victim, libc::SIGKILL);
+    let out = call.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
+    // Dead after 1 s + 1 s without a heartbeat, then forgotten by the next scan.
+    eventually("the dead worker to be forgotten", || {
+        let (consumers, members) = consumers_and_members(&mut conn, "forget");
+        !consumers
+            .iter()
+            .chain(&members)
+            .any(|name| name.contains(&marker))
+    });
+    // The live ones stay, in the groups and the worker set.
+    let (consumers, members) = consumers_and_members(&mut conn, "forget");
+    for pid in workers.pids() {
+        let marker = format!("-{pid}-");
+        assert!(
+            members.iter().any(|m| m.contains(&marker)),
+            "{pid}: {members:?}"
+        );
+        assert!(
+            consumers.iter().any(|c| c.contains(&marker)),
+            "{pid}: {consumers:?}"
+        );
+    }
+}
+
+#[test]
+fn inspect_reports_workers_jobs_dead_consumers_and_callers() {
+    let redis = RedisServer::start();
+    let url = redis.url("queue=inspect&visibility=1");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    // Both workers busy for 8 s (longer than the wait below can take), 3
+    // more tasks waiting.
+    let _call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..5).map(|x| (x, 8000)))
+        .unwrap();
+    let mut conn = redis_conn(&redis, "");
+    let stream = keys(&mut conn, "procpool:{inspect}:tasks:*")
+        .into_iter()
+        .find(|s| queued_in(&mut conn, s) > 0)
+        .unwrap();
+    // A consumer that no live worker stands for.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("workers")
+        .arg("ghost-1-deadbeef")
+        .query(&mut conn)
+        .unwrap();
+    let mut report = None;
+    eventually("both workers to report their running task", || {
+        let found = procpool::cluster::inspect(&url).unwrap();
+        let busy = found.workers.iter().filter(|w| w.running.is_some()).count();
+        report = Some(found);
+        busy == 2
+    });
+    let report = report.unwrap();
+    assert_eq!(report.queue, "inspect");
+    let pids: HashSet<u32> = report.workers.iter().map(|w| w.pid).collect();
+    assert_eq!(pids, workers.pids().into_iter().collect());
+    for worker in &report.workers {
+        assert!(!worker.host.is_empty() && worker.name.starts_with(&worker.host));
+        let (job, _) = worker.running.as_ref().unwrap();
+        assert_eq!(job, "cluster::slow_square");
+    }
+    let job = report
+        .jobs
+        .iter()
+        .find(|j| j.job.starts_with("cluster::slow_square: fn("))
+        .unwrap();
+    assert_eq!((job.waiting, job.taken, job.workers), (3, 2, 2), "{report}");
+    let dead: Vec<&str> = report
+        .dead_consumers
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(dead, ["ghost-1-deadbeef"]);
+    assert_eq!(report.callers.len(), 1);
+    let text = report.to_string();
+    for needle in [
+        "queue `inspect`",
+        "workers alive: 2",
+        "running cluster::slow_square for",
+        "3 waiting, 2 taken, 2 workers",
+        "ghost-1-deadbeef: 0 pending",
+        "callers connected: 1",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
+}
+
+#[test]
+fn a_redis_cluster_serves_a_queue_through_one_seed_node() {
+    let cluster = procpool_tests::RedisCluster::start();
+    // Without cluster=true, only the node that owns the queue's slot works:
+    // the others refuse its commands (MOVED), with a hint.
+    let refuses: Vec<bool> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let built = Pool::builder().cluster(node.url("queue=clustered")).build();
+            match built {
+                Err(err) => {
+                    assert!(err.to_string().contains("cluster=true"), "{err}");
+                    true
+                }
+                Ok(_) => false,
+            }
+        })
+        .collect();
+    assert_eq!(refuses.iter().filter(|r| **r).count(), 2, "{refuses:?}");
+    // The seed is a node that does not own the slot.
+    let seed = &cluster.nodes[refuses.iter().position(|r| *r).unwrap()];
+    let url = seed.url("queue=clustered&cluster=true&visibility=2");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(
+        pool.map(square, 0..100).unwrap(),
+        (0..100).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    assert_eq!(pool.apply(add, (20, 22)).unwrap(), 42);
+    let lazy: Vec<u64> = pool
+        .imap(square, 0u64..)
+        .take(20)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lazy, (0..20).map(|x| x * x).collect::<Vec<u64>>());
+    let report = procpool::cluster::inspect(&url).unwrap();
+    assert_eq!(report.workers.len(), 2);
+    // Every key of the queue is on the node that owns its hash tag's slot.
+    let owners: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut conn = redis_conn(node, "");
+            keys(&mut conn, "procpool:{clustered}:*").len() as u64
+        })
+        .collect();
+    assert_eq!(owners.iter().filter(|n| **n > 0).count(), 1, "{owners:?}");
+    let owner = owners.iter().position(|n| *n > 0).unwrap();
+    assert!(
+        !refuses[owner],
+        "the keys are on the node that owns the slot"
+    );
+    drop(pool);
+    workers.stop().unwrap();
+}
+
+/// `redis-cli -p <port> args...`, its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_queue_follows_its_slot_to_another_node_of_a_redis_cluster() {
+    let cluster = procpool_tests::RedisCluster::start();
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port()).collect();
+    let slot = redis_cli(ports[0], &["CLUSTER", "KEYSLOT", "procpool:{moving}:x"]);
+    let ids: Vec<String> = ports
+        .iter()
+        .map(|port| redis_cli(*port, &["CLUSTER", "MYID"]))
+        .collect();
+    // The owner answers a read of the slot (nil: empty output); the others
+    // answer MOVED.
+    let owner = (0..3)
+        .find(|i| redis_cli(ports[*i], &["GET", "procpool:{moving}:x"]).is_empty())
+        .unwrap();
+    let target = (owner + 1) % 3;
+    let url = cluster.nodes[target].url("queue=moving&cluster=true&visibility=2");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..150).map(|x| (x, 20)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Move the slot from its owner to the target, keys and all, mid-call.
+    let (from, to) = (ports[owner], ports[target]);
+    assert_eq!(
+        redis_cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &ids[owner]]),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(
+            from,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &ids[target]]
+        ),
+        "OK"
+    );
+    loop {
+        let keys = redis_cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+        if keys.is_empty() {
+            break;
+        }
+        let mut args = vec!["MIGRATE", "127.0.0.1"];
+        let to_text = to.to_string();
+        args.extend([to_text.as_str(), "", "0", "5000", "KEYS"]);
+        args.extend(keys.lines());
+        redis_cli(from, &args);
+    }
+    for port in &ports {
+        redis_cli(*port, &["CLUSTER", "SETSLOT", &slot, "NODE", &ids[target]]);
+    }
+    let out = call.get_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..150).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    // New calls go to the new owner.
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    let mut conn = redis_conn(&cluster.nodes[target], "");
+    assert!(!keys(&mut conn, "procpool:{moving}:*").is_empty());
+    drop(pool);
+    workers.stop().unwrap();
 }

@@ -12,7 +12,11 @@
 //!
 //! Options: `--workloads a,b` and `--systems procpool,rayon,...` to run a
 //! subset; `--out PATH`.
+//!
+//! `--redis-scale 8,16,32,64 [--tasks N]` instead measures what the Redis
+//! backend costs Redis per task as workers grow (see `scale.rs`).
 
+mod scale;
 mod systems;
 
 use std::collections::BTreeMap;
@@ -55,6 +59,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--pong") {
         systems::pong();
+        return;
+    }
+    if let Some(counts) = arg_list(&args, "--redis-scale") {
+        let counts: Vec<usize> = counts.iter().filter_map(|n| n.parse().ok()).collect();
+        let tasks = arg_list(&args, "--tasks")
+            .and_then(|n| n.first()?.parse().ok())
+            .unwrap_or(20_000);
+        scale::run(&counts, tasks);
         return;
     }
     let wanted_workloads = arg_list(&args, "--workloads");

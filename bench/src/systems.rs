@@ -166,7 +166,7 @@ impl Workload {
 // ---- the jobs -------------------------------------------------------------
 
 #[pool_job]
-fn square(x: u64) -> u64 {
+pub(crate) fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
 

@@ -73,29 +73,6 @@ fn build_registry(
     Ok(map)
 }
 
-/// What a cluster caller and its workers compare before a task runs: every
-/// registered job as `name: signature`, one per line, sorted, and a 64-bit
-/// FNV-1a hash of that text in hex.
-///
-/// The hash must be the same for the same registry in every build, whatever
-/// the compiler version, so std's `DefaultHasher` (unspecified across
-/// releases) will not do.
-#[cfg(feature = "cluster")]
-pub(crate) fn fingerprint() -> Result<(String, String), Error> {
-    let mut lines: Vec<String> = registry()?
-        .values()
-        .map(|entry| format!("{}: {}", entry.name, entry.signature))
-        .collect();
-    lines.sort_unstable();
-    let listing = lines.join("\n");
-    let hash = listing
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    Ok((format!("{hash:016x}"), listing))
-}
-
 /// The argument list of a job, as a tuple: `()`, `(A,)`, `(A, B)`, ...
 ///
 /// [`Item`](JobArgs::Item) is what `map` and `apply` take for one call: the

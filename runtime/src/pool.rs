@@ -138,7 +138,9 @@ impl PoolBuilder {
 
     /// Kills a worker whose task runs longer than `timeout` and fails that
     /// task with [`Error::TaskTimedOut`]; the pool starts a replacement.
-    /// The limit applies to a whole chunk: use small chunks with it.
+    /// The limit applies to a whole chunk: use small chunks with it. With
+    /// a cluster pool, the worker that runs it enforces it, and exits to
+    /// be replaced.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -182,23 +184,26 @@ impl PoolBuilder {
     /// | parameter | default | meaning |
     /// |---|---|---|
     /// | `queue` | `default` | the queue's name: callers and workers of one queue share it |
-    /// | `visibility` | 30 | seconds a task may go without a sign of life from its worker before another takes it (workers; at least 0.3) |
+    /// | `visibility` | 30 | seconds a worker's heartbeat may be silent (plus one) before its tasks go to another worker (at least 0.3) |
     /// | `max_deliveries` | 3 | how many times a task is handed out before it fails with [`Error::TaskLost`] (workers) |
     /// | `max_payload` | 67108864 | largest task or result in bytes: [`Error::PayloadTooLarge`] |
-    /// | `ttl` | 120 | seconds a caller's keys (presence, results, job list) outlive its last refresh; that long after a caller vanished, workers drop its queued tasks; more than `reconnect` |
+    /// | `window` | 33554432 | bytes of a caller's tasks that may wait in Redis at once; the rest waits in the caller |
+    /// | `presence` | 10 | seconds a caller's presence outlives its last refresh: then workers start none of its tasks; at most `ttl` |
+    /// | `ttl` | 120 | seconds a caller's results and task streams outlive its last refresh; more than `reconnect` |
     /// | `reconnect` | 60 | seconds a caller keeps trying to reach Redis before its pending calls fail |
     /// | `tls_ca`, `tls_cert`, `tls_key` | system roots | PEM files: the CA to trust, a client certificate and its key (`rediss://` only) |
+    /// | `unserved` | 30 | seconds a call waits while workers are alive but none can run its job, before [`Error::Registry`] |
+    /// | `key` | none | a shared secret (16 characters or more; or the environment variable `PROCPOOL_KEY`) that signs every task and result |
     ///
     /// The options that shape local worker processes
     /// ([`initializer`](PoolBuilder::initializer),
     /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child),
     /// [`max_memory_per_child`](PoolBuilder::max_memory_per_child),
-    /// [`task_timeout`](PoolBuilder::task_timeout),
     /// [`retries`](PoolBuilder::retries),
     /// [`spawn_timeout`](PoolBuilder::spawn_timeout)) do not apply:
     /// combined with `cluster`, `build` fails with [`Error::Config`].
     /// [`processes`](PoolBuilder::processes) becomes the number of workers
-    /// to size chunks for; by default, the workers seen in the last minute.
+    /// to size chunks for; by default, the workers alive now.
     ///
     /// ```no_run
     /// use procpool::{pool_job, Pool};
@@ -251,7 +256,6 @@ impl PoolBuilder {
                 ("initializer", initializer.is_some()),
                 ("max_tasks_per_child", self.max_tasks_per_child.is_some()),
                 ("max_memory_per_child", self.max_memory_per_child.is_some()),
-                ("task_timeout", self.task_timeout.is_some()),
                 ("retries", self.retries != 0),
                 ("spawn_timeout", self.spawn_timeout != DEFAULT_SPAWN_TIMEOUT),
             ];
@@ -262,7 +266,8 @@ impl PoolBuilder {
                      see procpool::cluster)"
                 )));
             }
-            let backend = crate::cluster::ClusterBackend::start(url, self.processes)?;
+            let backend =
+                crate::cluster::ClusterBackend::start(url, self.processes, self.task_timeout)?;
             return Ok(Pool {
                 backend: Box::new(backend),
                 progress: self.progress,
@@ -572,21 +577,41 @@ impl Pool {
         let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
         let call = Call::<R, M>::new(job, progress, expected);
         let mut chunk = ChunkBuilder::default();
+        // A backend's hard limit (a cluster's `max_payload`): a chunk that
+        // an item would take over it goes without that item.
+        let byte_limit = self.backend.max_chunk_bytes();
+        let serialization = |index: usize, message: String| {
+            let error = Error::Serialization {
+                job: job.to_owned(),
+                direction: format!("serialize argument {index}"),
+                message,
+            };
+            call.abandon(error.clone());
+            error
+        };
+        // Waits for room under the window; `false` once the call failed
+        // (its error is what `get` returns).
+        let room = || window.is_none_or(|window| call.wait_in_flight_below(window));
         for (index, item) in items.into_iter().enumerate() {
             if let Err(message) = encode.push(&mut chunk.items, &item) {
-                let error = Error::Serialization {
-                    job: job.to_owned(),
-                    direction: format!("serialize argument {index}"),
-                    message,
-                };
-                call.abandon(error.clone());
-                return Err(error);
+                return Err(serialization(index, message));
+            }
+            if byte_limit.is_some_and(|limit| chunk.items.byte_len() > limit)
+                && chunk.items.len() > 1
+            {
+                chunk.items.undo_last();
+                if !room() {
+                    chunk.items = ChunkWriter::default();
+                    break;
+                }
+                self.send_chunk(job, &call, &mut chunk)?;
+                // A single item over the limit is the backend's to refuse.
+                if let Err(message) = encode.push(&mut chunk.items, &item) {
+                    return Err(serialization(index, message));
+                }
             }
             if chunk.items.len() == chunksize || chunk.items.byte_len() >= max_bytes {
-                if let Some(window) = window
-                    && !call.wait_in_flight_below(window)
-                {
-                    // The call failed already: its error is what `get` returns.
+                if !room() {
                     chunk.items = ChunkWriter::default();
                     break;
                 }

@@ -72,4 +72,10 @@ pub(crate) trait Backend: Send + Sync {
     fn terminate(&self);
     /// How many workers serve this backend.
     fn processes(&self) -> usize;
+    /// The encoded size past which calls cut a chunk short, if the backend
+    /// wants one (a single item may still exceed it: the backend reports
+    /// items over its own limit).
+    fn max_chunk_bytes(&self) -> Option<usize> {
+        None
+    }
 }

@@ -1,5 +1,6 @@
-//! A cluster worker from another program: its jobs differ from those of the
-//! test binaries, so callers there must see their tasks refused.
+//! A cluster worker from another program, as from an older build: one job
+//! has the same name as in tests/cluster.rs with other types, another is
+//! the same in both, so a rolling deploy can be played.
 
 use procpool::pool_job;
 
@@ -7,6 +8,13 @@ use procpool::pool_job;
 #[pool_job(name = "cluster::square")]
 fn square(x: u32) -> u32 {
     x * x
+}
+
+/// The same name and types as in tests/cluster.rs: both builds run it.
+#[pool_job(name = "cluster::tagged_add")]
+fn tagged_add(a: i64, b: i64) -> (i64, u32) {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    (a + b, std::process::id())
 }
 
 fn main() -> Result<(), procpool::Error> {

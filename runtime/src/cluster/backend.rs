@@ -5,13 +5,16 @@
 //! any more (a task that ran twice because its first worker was presumed
 //! dead) is dropped, so the caller receives every result exactly once.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::link::Link;
+use redis::streams::StreamRangeReply;
+
+use super::auth::{ResultFields, TaskFields};
+use super::link::{Link, is_connection_error};
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
 use super::settings::Settings;
 use crate::Error;
@@ -28,21 +31,65 @@ const READ_BYTES: usize = 256 << 20;
 const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 /// How often the tasks of calls that ended early are taken off the queue.
 const WITHDRAW_EVERY: Duration = Duration::from_secs(1);
-/// A worker seen this recently counts towards `processes()`.
-const WORKER_FRESH: Duration = Duration::from_secs(60);
+/// Chunks are cut past this many bytes: Redis holds a task up to three
+/// times while it passes (the command being read, the stream entry, the
+/// reply to a worker), so large chunks make large memory peaks, while
+/// tasks of a few MiB already cost little per byte.
+const CHUNK_BYTES: usize = 4 << 20;
+/// How often the caller checks that some live worker can run each job it
+/// has tasks queued for.
+const SERVED_EVERY: Duration = Duration::from_secs(2);
 
 struct Pending {
-    /// The task, its items already sent.
+    /// The task, its items taken out to be sent.
     task: Task,
-    /// Its entry in the tasks stream, to withdraw it on `terminate`.
-    entry: Option<String>,
+    /// Its stream and entry id once sent, to withdraw it on `terminate`.
+    entry: Option<(String, String)>,
+    /// Its bytes, while they count towards the window (sent, or being sent).
+    in_flight: usize,
+}
+
+/// A task waiting in this process for room in the window.
+struct Queued {
+    seq: u64,
+    job: &'static str,
+    count: usize,
+    stream: String,
+    items: Vec<u8>,
+    tag: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
 struct State {
     pending: HashMap<u64, Pending>,
+    /// Tasks not sent yet because the window was full, in order.
+    backlog: VecDeque<Queued>,
+    /// Bytes of tasks sent to Redis whose results did not come back yet.
+    in_flight: usize,
     next_seq: u64,
     closed: bool,
+}
+
+impl State {
+    /// Removes a pending task, freeing its room in the window.
+    fn take(&mut self, seq: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&seq)?;
+        self.in_flight -= pending.in_flight;
+        Some(pending)
+    }
+
+    /// Removes every pending task, and forgets the tasks not sent yet.
+    fn take_all(&mut self) -> Vec<Pending> {
+        self.in_flight = 0;
+        self.backlog.clear();
+        self.pending.drain().map(|(_, p)| p).collect()
+    }
+
+    /// Whether a task of `bytes` may go to Redis now: the window always
+    /// takes one task, however large, so that no call waits forever.
+    fn admits(&self, bytes: usize, window: usize) -> bool {
+        self.in_flight == 0 || self.in_flight + bytes <= window
+    }
 }
 
 /// Where the collector is in this caller's results stream.
@@ -58,8 +105,8 @@ struct Shared {
     settings: Settings,
     keys: Keys,
     caller: String,
-    fingerprint: String,
-    listing: String,
+    /// Job name → its id on this queue, and its signature (see [`Keys::job_id`]).
+    job_ids: Mutex<HashMap<&'static str, (String, &'static str)>>,
     /// The connection tasks are added through.
     submitter: Mutex<Link>,
     state: Mutex<State>,
@@ -68,6 +115,11 @@ struct Shared {
     /// Set by `terminate` (and so by drop): the collector ends, and a
     /// submit that has not sent its task yet gives up.
     stop: AtomicBool,
+    /// The workers alive at the last count (see `count_workers`).
+    live_workers: AtomicUsize,
+    /// The builder's `task_timeout`, in milliseconds (0: none); workers
+    /// enforce it.
+    timeout_ms: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,39 +131,49 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct ClusterBackend {
     shared: Arc<Shared>,
     collector: Mutex<Option<JoinHandle<()>>>,
-    processes: usize,
+    presence: Mutex<Option<JoinHandle<()>>>,
+    /// The number of workers chunks are sized for, if the builder said;
+    /// otherwise the live workers are counted.
+    processes: Option<usize>,
 }
 
 impl ClusterBackend {
     /// Connects, announces this caller and starts collecting. `processes`
     /// is only a hint for chunk sizes; by default the live workers are counted.
-    pub(crate) fn start(url: &str, processes: Option<usize>) -> Result<Self, Error> {
+    pub(crate) fn start(
+        url: &str,
+        processes: Option<usize>,
+        task_timeout: Option<Duration>,
+    ) -> Result<Self, Error> {
         let settings = Settings::parse(url)?;
-        let (fingerprint, listing) = crate::job::fingerprint()?;
+        crate::job::registry()?;
         let caller = protocol::random_id()?;
         let keys = Keys::new(&settings);
         let mut link = Link::open(&settings, format!("procpool-caller-{caller}"))?;
-        ensure_group(&mut link, &keys)
-            .map_err(|err| link.error("cannot create the queue", &err))?;
         let seen = link
             .query::<u64>(
                 redis::cmd("ZCOUNT")
                     .arg(keys.workers())
-                    .arg(protocol::now_ms().saturating_sub(WORKER_FRESH.as_millis() as u64))
+                    .arg(fresh_since(&settings))
                     .arg("+inf"),
             )
             .map_err(|err| link.error("cannot count the workers", &err))?;
+        if let Some(warning) = link.eviction_risk() {
+            eprintln!("procpool: {warning}");
+        }
         let collector_link = link.sibling(format!("procpool-caller-{caller}-results"));
+        let presence_link = link.sibling(format!("procpool-caller-{caller}-presence"));
         let shared = Arc::new(Shared {
             settings,
             keys,
             caller,
-            fingerprint,
-            listing,
+            job_ids: Mutex::new(HashMap::new()),
             submitter: Mutex::new(link),
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
             stop: AtomicBool::new(false),
+            live_workers: AtomicUsize::new(seen as usize),
+            timeout_ms: task_timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.
@@ -127,21 +189,50 @@ impl ClusterBackend {
                 .spawn(move || shared.collect(collector_link))
                 .map_err(|e| Error::Cluster(format!("cannot start the results thread: {e}")))?
         };
+        // A thread of its own, so that a slow callback on the collector
+        // thread never lets the presence key expire.
+        let presence = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("procpool-cluster-presence".into())
+                .spawn(move || shared.keep_present(presence_link))
+        };
+        let presence = match presence {
+            Ok(handle) => handle,
+            Err(e) => {
+                shared.stop.store(true, Ordering::Release);
+                let _ = collector.join();
+                return Err(Error::Cluster(format!(
+                    "cannot start the presence thread: {e}"
+                )));
+            }
+        };
         Ok(ClusterBackend {
             shared,
             collector: Mutex::new(Some(collector)),
-            processes: processes.unwrap_or(seen as usize).max(1),
+            presence: Mutex::new(Some(presence)),
+            processes,
         })
     }
 }
 
-/// Creates the queue's stream and group if they do not exist yet, waiting
-/// up to half a minute for a Redis that is not ready (loading its data).
-pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), redis::RedisError> {
+/// The time (ms since the epoch) from which a worker's last heartbeat
+/// shows it alive: three missed beats (a beat every third of the
+/// visibility timeout), and a second for a busy Redis.
+fn fresh_since(settings: &Settings) -> u64 {
+    let window = settings.visibility + Duration::from_secs(1);
+    protocol::now_ms().saturating_sub(window.as_millis() as u64)
+}
+
+/// Creates the tasks stream `stream` and its group if they do not exist
+/// yet, waiting up to half a minute for a Redis that is not ready (loading
+/// its data). The group starts at the stream's beginning, so tasks added
+/// before any worker came are delivered.
+pub(crate) fn ensure_group(link: &mut Link, stream: &str) -> Result<(), redis::RedisError> {
     let created = link.run_retrying(Some(Duration::from_secs(30)), &|| false, |conn| {
         redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(keys.tasks())
+            .arg(stream)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -155,31 +246,66 @@ pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), redis::Re
 
 impl Shared {
     /// Adds to `pipe` the command that marks this caller present for
-    /// another `ttl`.
+    /// another `presence`.
     fn mark_present<'p>(&self, pipe: &'p mut redis::Pipeline) -> &'p mut redis::Pipeline {
         pipe.cmd("SET")
             .arg(self.keys.caller(&self.caller))
             .arg(1)
             .arg("PX")
-            .arg(self.settings.ttl.as_millis() as u64)
+            .arg(self.settings.presence.as_millis().max(1) as u64)
     }
 
-    /// Marks this caller present, and keeps its results and job list for one more TTL.
-    fn announce(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+    /// Marks this caller present, and keeps its results and the streams
+    /// holding its tasks for one more `ttl`.
+    fn announce(&self, conn: &mut dyn redis::ConnectionLike) -> redis::RedisResult<()> {
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        self.mark_present(&mut redis::pipe())
-            .ignore()
-            .cmd("SET")
-            .arg(self.keys.registry(&self.fingerprint))
-            .arg(&self.listing)
-            .arg("PX")
-            .arg(ttl)
+        let streams: HashSet<String> = lock(&self.state)
+            .pending
+            .values()
+            .filter_map(|p| Some(p.entry.as_ref()?.0.clone()))
+            .collect();
+        let now = protocol::now_ms();
+        let presence = self.settings.presence.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        self.mark_present(&mut pipe)
             .ignore()
             .cmd("PEXPIRE")
             .arg(self.keys.results(&self.caller))
             .arg(ttl)
             .ignore()
-            .query(conn)
+            .cmd("ZADD")
+            .arg(self.keys.callers())
+            .arg(now)
+            .arg(&self.caller)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.callers())
+            .arg("-inf")
+            .arg(now.saturating_sub(presence))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(self.keys.callers())
+            .arg(ttl)
+            .ignore();
+        for stream in streams {
+            pipe.cmd("PEXPIRE").arg(stream).arg(ttl).ignore();
+        }
+        pipe.query(conn)
+    }
+
+    /// The presence thread: announces this caller four times per
+    /// `presence` until the backend is dropped. Once it stops (the process
+    /// died), workers start none of its tasks after `presence`, and every
+    /// key it kept alive expires `ttl` later.
+    fn keep_present(&self, mut link: Link) {
+        let period = self.settings.presence / 4;
+        while !self.stop.load(Ordering::Acquire) {
+            let _ = link.run(|conn| self.announce(conn));
+            let announced = Instant::now();
+            while announced.elapsed() < period && !self.stop.load(Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(20).min(period));
+            }
+        }
     }
 
     /// The collector thread: reads results until the backend is dropped.
@@ -190,36 +316,36 @@ impl Shared {
             // At most 256 MiB of results in one reply.
             batch: (READ_BYTES / self.settings.max_payload).clamp(1, READ_BATCH),
         };
-        let mut announced = Instant::now();
         let mut withdrawn = Instant::now();
         let mut reconciled = Instant::now();
         let mut reconcile_owed = false;
+        let mut served = Instant::now();
+        let mut unserved = HashMap::new();
         let mut generation = None;
         let mut down_since: Option<Instant> = None;
-        // Each key is refreshed three times within its lifetime.
-        let refresh = self.settings.ttl / 3;
         while !self.stop.load(Ordering::Acquire) {
-            if announced.elapsed() >= refresh && link.run(|conn| self.announce(conn)).is_ok() {
-                announced = Instant::now();
-            }
             if withdrawn.elapsed() >= WITHDRAW_EVERY {
                 self.withdraw_cancelled(&mut link);
                 withdrawn = Instant::now();
             }
+            if served.elapsed() >= SERVED_EVERY {
+                self.count_workers(&mut link);
+                self.check_served(&mut link, &mut unserved);
+                served = Instant::now();
+            }
+            self.feed(&mut link);
             match self.read(&mut link, &mut reader, Some(READ_BLOCK)) {
                 Ok(_) => {
                     down_since = None;
                     // A new connection, whichever command made it: Redis may
-                    // have restarted meanwhile. Say we are here, and look for
-                    // lost tasks. Look now and then anyway: a flush or an
-                    // eviction loses tasks without dropping connections.
+                    // have restarted meanwhile, so look for lost tasks. Look
+                    // now and then anyway: a flush or an eviction loses
+                    // tasks without dropping connections.
                     if generation
                         .replace(link.generation())
                         .is_some_and(|g| g != link.generation())
                     {
                         reconcile_owed = true;
-                        let _ = link.run(|conn| self.announce(conn));
-                        announced = Instant::now();
                     }
                     if (reconcile_owed || reconciled.elapsed() >= RECONCILE_EVERY)
                         && self.reconcile(&mut link, &mut reader)
@@ -269,7 +395,9 @@ impl Shared {
         }
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         for entry in entries {
-            self.receive(entry);
+            if self.authentic(link, &entry) {
+                self.receive(entry);
+            }
         }
         if !ids.is_empty() {
             // Read already; deleting only keeps the stream short.
@@ -288,7 +416,7 @@ impl Shared {
     /// then every waiting result is read; what is still pending then is lost.
     /// Returns whether the check was completed.
     fn reconcile(&self, link: &mut Link, reader: &mut Reader) -> bool {
-        let sent: Vec<(u64, String)> = lock(&self.state)
+        let sent: Vec<(u64, (String, String))> = lock(&self.state)
             .pending
             .iter()
             .filter_map(|(seq, pending)| Some((*seq, pending.entry.clone()?)))
@@ -296,18 +424,13 @@ impl Shared {
         if sent.is_empty() {
             return true;
         }
-        let tasks = self.keys.tasks();
-        let mut pipe = redis::pipe();
-        for (_, id) in &sent {
-            pipe.cmd("XRANGE").arg(&tasks).arg(id).arg(id);
-        }
-        let Ok(found) = link.run(|conn| pipe.query::<Vec<redis::Value>>(conn)) else {
+        let Some(present) = entries_present(link, &sent) else {
             return false;
         };
         let gone: Vec<u64> = sent
             .iter()
-            .zip(found)
-            .filter_map(|((seq, _), entry)| protocol::entry_list(entry).is_empty().then_some(*seq))
+            .zip(present)
+            .filter_map(|((seq, _), present)| (!present).then_some(*seq))
             .collect();
         if gone.is_empty() {
             return true;
@@ -319,11 +442,8 @@ impl Shared {
                 Err(_) => return false,
             }
         }
-        let lost: Vec<Pending> = self.settle(|state| {
-            gone.iter()
-                .filter_map(|seq| state.pending.remove(seq))
-                .collect()
-        });
+        let lost: Vec<Pending> =
+            self.settle(|state| gone.iter().filter_map(|seq| state.take(*seq)).collect());
         for Pending { task, .. } in lost {
             let error = Error::Cluster(format!(
                 "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
@@ -340,12 +460,60 @@ impl Shared {
         true
     }
 
+    /// Whether a result carries a valid tag for a task pending under its
+    /// number. One that does not is dropped (never delivered, also not as an
+    /// error), counted in the queue's `stats` and logged; the call goes on
+    /// waiting for its real result.
+    fn authentic(&self, link: &mut Link, entry: &Entry) -> bool {
+        let auth = &self.settings.auth;
+        if !auth.keyed() {
+            return true;
+        }
+        let Some(seq) = entry.number("seq") else {
+            return true; // Dropped by `receive` anyway.
+        };
+        let job = match lock(&self.state).pending.get(&seq) {
+            Some(pending) => pending.task.job,
+            None => return true, // Not pending: dropped by `receive` anyway.
+        };
+        let (kind, value) = match (entry.field("ok"), entry.field("err")) {
+            (Some(value), _) => ("ok", value),
+            (None, Some(value)) => ("err", value),
+            (None, None) => ("", &[][..]),
+        };
+        let fields = ResultFields {
+            queue: &self.settings.queue,
+            caller: &self.caller,
+            seq,
+            job,
+            kind,
+            value,
+        };
+        if auth.result_valid(&fields, entry.field("tag")) {
+            return true;
+        }
+        log::warn!(
+            "procpool cluster caller {}: dropped result {} for task {seq} (job `{job}`): its tag \
+             does not match this queue's key; someone without the key wrote to {}",
+            self.caller,
+            entry.id,
+            self.keys.results(&self.caller)
+        );
+        let _ = link.query::<()>(
+            redis::cmd("HINCRBY")
+                .arg(self.keys.stats())
+                .arg("forged_results")
+                .arg(1),
+        );
+        false
+    }
+
     /// Hands one result to its call, unless it was delivered already.
     fn receive(&self, mut entry: Entry) {
         let Some(seq) = entry.number("seq") else {
             return;
         };
-        let Some(Pending { task, .. }) = self.settle(|state| state.pending.remove(&seq)) else {
+        let Some(Pending { task, .. }) = self.settle(|state| state.take(seq)) else {
             return; // A duplicate from a re-run task, or a terminated call.
         };
         let outcome = match (entry.take("ok"), entry.take("err")) {
@@ -376,7 +544,7 @@ impl Shared {
     /// Removes the tasks of calls nobody waits for (a dropped `imap`) from
     /// the queue, so workers do not run them.
     fn withdraw_cancelled(&self, link: &mut Link) {
-        let entries: Vec<String> = self.settle(|state| {
+        let entries: Vec<(String, String)> = self.settle(|state| {
             let cancelled: Vec<u64> = state
                 .pending
                 .iter()
@@ -385,18 +553,256 @@ impl Shared {
                 .collect();
             cancelled
                 .iter()
-                .filter_map(|seq| state.pending.remove(seq))
+                .filter_map(|seq| state.take(*seq))
                 .filter_map(|p| p.entry)
                 .collect()
         });
         if !entries.is_empty() {
-            let _ = link.query::<()>(redis::cmd("XDEL").arg(self.keys.tasks()).arg(&entries));
+            let _ = link.run(|conn| withdraw(&mut redis::pipe(), &entries).query::<()>(conn));
+        }
+    }
+
+    /// This queue's id and the signature of `job`, registered in this program.
+    fn job_id(&self, job: &'static str) -> Result<(String, &'static str), Error> {
+        let mut ids = lock(&self.job_ids);
+        if let Some(found) = ids.get(job) {
+            return Ok(found.clone());
+        }
+        let signature = crate::job::registry()?
+            .get(job)
+            .map(|entry| entry.signature)
+            .ok_or_else(|| Error::Registry(format!("job `{job}` is not registered")))?;
+        let found = (self.keys.job_id(job, signature), signature);
+        ids.insert(job, found.clone());
+        Ok(found)
+    }
+
+    /// Fails the queued tasks of every job that no live worker could run
+    /// for `unserved` seconds while other workers were alive: the call
+    /// would otherwise wait forever. With no worker alive at all, calls
+    /// wait for one (workers may be starting).
+    fn check_served(&self, link: &mut Link, unserved: &mut HashMap<&'static str, Instant>) {
+        let jobs: HashSet<&'static str> = lock(&self.state)
+            .pending
+            .values()
+            .filter(|p| p.entry.is_some())
+            .map(|p| p.task.job)
+            .collect();
+        unserved.retain(|job, _| jobs.contains(job));
+        if jobs.is_empty() {
+            return;
+        }
+        let jobs: Vec<(&'static str, String, &'static str)> = jobs
+            .into_iter()
+            .filter_map(|job| {
+                let (id, signature) = self.job_id(job).ok()?;
+                Some((job, id, signature))
+            })
+            .collect();
+        let fresh = fresh_since(&self.settings);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZCOUNT")
+            .arg(self.keys.workers())
+            .arg(fresh)
+            .arg("+inf");
+        for (_, id, _) in &jobs {
+            pipe.cmd("ZCOUNT")
+                .arg(self.keys.serves(id))
+                .arg(fresh)
+                .arg("+inf");
+        }
+        let Ok(counts) = link.run(|conn| pipe.query::<Vec<u64>>(conn)) else {
+            return;
+        };
+        let alive = counts.first().copied().unwrap_or(0);
+        for ((job, id, signature), serving) in jobs.into_iter().zip(counts.into_iter().skip(1)) {
+            if serving > 0 || alive == 0 {
+                unserved.remove(job);
+                continue;
+            }
+            let since = *unserved.entry(job).or_insert_with(Instant::now);
+            if since.elapsed() < self.settings.unserved {
+                continue;
+            }
+            unserved.remove(job);
+            let others = self.other_signatures(link, job, &id, fresh);
+            let error = Error::Registry(format!(
+                "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                 {alive} workers are alive, but none has this job with these argument and \
+                 result types{others}, or they use another `key`, for {secs:?} (the URL's \
+                 `unserved` setting). Deploy workers built with this version of the job, or \
+                 give each build its own queue (?queue=name)",
+                queue = self.settings.queue,
+                display = self.settings.display,
+                secs = self.settings.unserved,
+            ));
+            let failed: Vec<Pending> = self.settle(|state| {
+                let seqs: Vec<u64> = state
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.task.job == job)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                seqs.iter().filter_map(|seq| state.take(*seq)).collect()
+            });
+            let entries: Vec<(String, String)> =
+                failed.iter().filter_map(|p| p.entry.clone()).collect();
+            let _ = link.run(|conn| withdraw(&mut redis::pipe(), &entries).query::<()>(conn));
+            for pending in failed {
+                pending.task.fail(error.clone());
+            }
+        }
+    }
+
+    /// Counts the live workers, which chunk sizes follow.
+    fn count_workers(&self, link: &mut Link) {
+        let counted = link.query::<u64>(
+            redis::cmd("ZCOUNT")
+                .arg(self.keys.workers())
+                .arg(fresh_since(&self.settings))
+                .arg("+inf"),
+        );
+        if let Ok(count) = counted {
+            self.live_workers.store(count as usize, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds one task to its stream; returns its entry id.
+    fn add(
+        &self,
+        conn: &mut dyn redis::ConnectionLike,
+        task: &Queued,
+    ) -> redis::RedisResult<String> {
+        // Presence first, in the same round trip: a worker never sees this
+        // task without it, even right after Redis restarted.
+        let mut pipe = redis::pipe();
+        let add = self
+            .mark_present(&mut pipe)
+            .ignore()
+            .cmd("XADD")
+            .arg(&task.stream)
+            .arg("*")
+            .arg("caller")
+            .arg(&self.caller)
+            .arg("seq")
+            .arg(task.seq)
+            .arg("job")
+            .arg(task.job)
+            .arg("count")
+            .arg(task.count)
+            .arg("items")
+            .arg(&task.items);
+        if self.timeout_ms > 0 {
+            add.arg("timeout").arg(self.timeout_ms);
+        }
+        if let Some(tag) = &task.tag {
+            add.arg("tag").arg(tag);
+        }
+        // The stream lives on while a caller has tasks in it; once every
+        // such caller is gone, it expires, also with no worker.
+        add.cmd("PEXPIRE")
+            .arg(&task.stream)
+            .arg(self.settings.ttl.as_millis().max(1) as u64)
+            .ignore();
+        let (id,): (String,) = pipe.query(conn)?;
+        Ok(id)
+    }
+
+    /// Records that task `seq` went out as `entry`, or withdraws it if its
+    /// call ended meanwhile (terminated, failed): no task nobody waits for.
+    fn sent(&self, link: &mut Link, seq: u64, stream: &str, id: String) {
+        let recorded = match lock(&self.state).pending.get_mut(&seq) {
+            Some(pending) => {
+                pending.entry = Some((stream.to_owned(), id.clone()));
+                true
+            }
+            None => false,
+        };
+        if !recorded {
+            let _ = link.query::<()>(redis::cmd("XDEL").arg(stream).arg(&id));
+        }
+    }
+
+    /// Sends the tasks waiting for room in the window, as room frees up.
+    fn feed(&self, link: &mut Link) {
+        loop {
+            let next = {
+                let mut state = lock(&self.state);
+                // Tasks of calls that ended meanwhile are dropped unsent.
+                while let Some(front) = state.backlog.front()
+                    && !state.pending.contains_key(&front.seq)
+                {
+                    state.backlog.pop_front();
+                }
+                let Some(front) = state.backlog.front() else {
+                    return;
+                };
+                let bytes = front.items.len();
+                if !state.admits(bytes, self.settings.window) {
+                    return;
+                }
+                let task = state.backlog.pop_front();
+                if let Some(task) = &task
+                    && let Some(pending) = state.pending.get_mut(&task.seq)
+                {
+                    pending.in_flight = bytes;
+                    state.in_flight += bytes;
+                }
+                task
+            };
+            let Some(task) = next else { return };
+            match link.run(|conn| self.add(conn, &task)) {
+                Ok(id) => self.sent(link, task.seq, &task.stream, id),
+                Err(_) => {
+                    // Tried again on the next round; a Redis down for
+                    // `reconnect` fails every pending call meanwhile.
+                    let mut state = lock(&self.state);
+                    if let Some(pending) = state.pending.get_mut(&task.seq) {
+                        state.in_flight -= std::mem::take(&mut pending.in_flight);
+                        state.backlog.push_front(task);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The other versions of `job` that live workers have, for the error
+    /// message: `` (live workers have `job: fn(u32) -> u32`)``, or nothing.
+    fn other_signatures(&self, link: &mut Link, job: &str, id: &str, fresh: u64) -> String {
+        let Ok(known) =
+            link.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(self.keys.jobs()))
+        else {
+            return String::new();
+        };
+        let mut versions = Vec::new();
+        for (other, text) in known {
+            let same_name = text.split_once(": ").is_some_and(|(name, _)| name == job);
+            if other == id || !same_name {
+                continue;
+            }
+            let live = link
+                .query::<u64>(
+                    redis::cmd("ZCOUNT")
+                        .arg(self.keys.serves(&other))
+                        .arg(fresh)
+                        .arg("+inf"),
+                )
+                .unwrap_or(0);
+            if live > 0 {
+                versions.push(format!("`{text}`"));
+            }
+        }
+        if versions.is_empty() {
+            String::new()
+        } else {
+            versions.sort();
+            format!(" (live workers have {})", versions.join(", "))
         }
     }
 
     fn fail_all(&self, error: &Error) {
-        let lost: Vec<Pending> =
-            self.settle(|state| state.pending.drain().map(|(_, p)| p).collect());
+        let lost: Vec<Pending> = self.settle(|state| state.take_all());
         for pending in lost {
             pending.task.fail(error.clone());
         }
@@ -419,73 +825,76 @@ impl Backend for ClusterBackend {
                 limit: limit as u64,
             });
         }
-        let items = std::mem::take(&mut task.items);
         let (job, count) = (task.job, task.count);
+        let stream = shared.keys.tasks(&shared.job_id(job)?.0);
+        let items = std::mem::take(&mut task.items);
+        let bytes = items.len();
         // Registered before it is sent: its result may come back at once.
-        let seq = {
+        let (seq, queued) = {
             let mut state = lock(&shared.state);
             if state.closed {
                 return Err(Error::Closed);
             }
             let seq = state.next_seq;
             state.next_seq += 1;
-            state.pending.insert(seq, Pending { task, entry: None });
-            seq
+            let tag = shared.settings.auth.task_tag(&TaskFields {
+                queue: &shared.settings.queue,
+                caller: &shared.caller,
+                seq,
+                job,
+                count: count as u64,
+                timeout_ms: shared.timeout_ms,
+                items: &items,
+            });
+            let queued = Queued {
+                seq,
+                job,
+                count,
+                stream,
+                items,
+                tag,
+            };
+            // Behind the tasks already waiting, or when the window is full,
+            // the task waits here: the collector sends it as results free
+            // room, so Redis holds at most a window of this caller's input.
+            let now = state.backlog.is_empty() && state.admits(bytes, shared.settings.window);
+            let in_flight = if now { bytes } else { 0 };
+            state.in_flight += in_flight;
+            state.pending.insert(
+                seq,
+                Pending {
+                    task,
+                    entry: None,
+                    in_flight,
+                },
+            );
+            if !now {
+                state.backlog.push_back(queued);
+                return Ok(());
+            }
+            (seq, queued)
         };
         let mut link = lock(&shared.submitter);
         if shared.stop.load(Ordering::Acquire) {
             // Terminated since the task was registered: it already failed.
             drop(link);
-            shared.settle(|state| state.pending.remove(&seq));
+            shared.settle(|state| state.take(seq));
             return Err(Error::Closed);
         }
         let added = link.run_retrying(
             Some(shared.settings.reconnect),
             &|| shared.stop.load(Ordering::Acquire),
-            |conn| {
-                // Presence first, in the same round trip: a worker never
-                // sees this task without it, even right after Redis restarted.
-                let (_, id): ((), String) = shared
-                    .mark_present(&mut redis::pipe())
-                    .cmd("XADD")
-                    .arg(shared.keys.tasks())
-                    .arg("*")
-                    .arg("caller")
-                    .arg(&shared.caller)
-                    .arg("seq")
-                    .arg(seq)
-                    .arg("job")
-                    .arg(job)
-                    .arg("fp")
-                    .arg(&shared.fingerprint)
-                    .arg("count")
-                    .arg(count)
-                    .arg("items")
-                    .arg(&items)
-                    .query(conn)?;
-                Ok(id)
-            },
+            |conn| shared.add(conn, &queued),
         );
         match added {
             Ok(id) => {
-                let recorded = match lock(&shared.state).pending.get_mut(&seq) {
-                    Some(pending) => {
-                        pending.entry = Some(id.clone());
-                        true
-                    }
-                    None => false,
-                };
-                if !recorded {
-                    // Terminated (or its result came back) meanwhile: do not
-                    // leave a task nobody waits for.
-                    let _ = link.query::<()>(redis::cmd("XDEL").arg(shared.keys.tasks()).arg(&id));
-                }
+                shared.sent(&mut link, seq, &queued.stream, id);
                 Ok(())
             }
             Err(err) => {
                 let error = link.error("cannot add a task to the queue", &err);
                 drop(link);
-                shared.settle(|state| state.pending.remove(&seq));
+                shared.settle(|state| state.take(seq));
                 Err(error)
             }
         }
@@ -519,22 +928,20 @@ impl Backend for ClusterBackend {
         shared.stop.store(true, Ordering::Release);
         let lost: Vec<Pending> = shared.settle(|state| {
             state.closed = true;
-            state.pending.drain().map(|(_, p)| p).collect()
+            state.take_all()
         });
         // Withdraw what no worker took yet, and say this caller is gone so
         // that workers skip what they took. Best effort: if Redis cannot be
         // reached, those tasks run and their results expire unread.
-        let entries: Vec<&String> = lost.iter().filter_map(|p| p.entry.as_ref()).collect();
+        let entries: Vec<(String, String)> = lost.iter().filter_map(|p| p.entry.clone()).collect();
         let mut link = lock(&shared.submitter);
         let _ = link.run(|conn| {
-            let mut pipe = redis::pipe();
-            if !entries.is_empty() {
-                pipe.cmd("XDEL")
-                    .arg(shared.keys.tasks())
-                    .arg(&entries)
-                    .ignore();
-            }
-            pipe.cmd("DEL")
+            withdraw(&mut redis::pipe(), &entries)
+                .cmd("ZREM")
+                .arg(shared.keys.callers())
+                .arg(&shared.caller)
+                .ignore()
+                .cmd("DEL")
                 .arg(shared.keys.caller(&shared.caller))
                 .arg(shared.keys.results(&shared.caller))
                 .ignore()
@@ -549,6 +956,12 @@ impl Backend for ClusterBackend {
 
     fn processes(&self) -> usize {
         self.processes
+            .unwrap_or_else(|| self.shared.live_workers.load(Ordering::Relaxed))
+            .max(1)
+    }
+
+    fn max_chunk_bytes(&self) -> Option<usize> {
+        Some(self.shared.settings.max_payload.min(CHUNK_BYTES))
     }
 }
 
@@ -557,8 +970,61 @@ impl Drop for ClusterBackend {
         if !self.shared.stop.load(Ordering::Acquire) {
             self.terminate();
         }
-        if let Some(collector) = lock(&self.collector).take() {
-            let _ = collector.join();
+        for thread in [lock(&self.collector).take(), lock(&self.presence).take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
     }
+}
+
+/// Whether each of the task entries `sent` is still in its stream, or
+/// `None` if Redis cannot say now. A script answers 0 or 1 per entry, so
+/// the tasks' items do not travel back; where scripts are not allowed (an
+/// ACL without `EVAL`), the entries are read.
+fn entries_present(link: &mut Link, sent: &[(u64, (String, String))]) -> Option<Vec<bool>> {
+    const SCRIPT: &str = r"
+local found = {}
+for i, key in ipairs(KEYS) do
+  found[i] = #redis.call('XRANGE', key, ARGV[i], ARGV[i])
+end
+return found
+";
+    let mut script = redis::cmd("EVAL");
+    script.arg(SCRIPT).arg(sent.len());
+    for (_, (stream, _)) in sent {
+        script.arg(stream);
+    }
+    for (_, (_, id)) in sent {
+        script.arg(id);
+    }
+    match link.query::<Vec<i64>>(&script) {
+        Ok(found) => return Some(found.into_iter().map(|n| n > 0).collect()),
+        Err(err) if is_connection_error(&err) => return None,
+        Err(_) => {}
+    }
+    let mut pipe = redis::pipe();
+    for (_, (stream, id)) in sent {
+        pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
+    }
+    let found = link
+        .run(|conn| pipe.query::<Vec<StreamRangeReply>>(conn))
+        .ok()?;
+    Some(found.iter().map(|entry| !entry.ids.is_empty()).collect())
+}
+
+/// Adds to `pipe` what deletes the task entries `entries` (stream, id).
+fn withdraw<'p>(
+    pipe: &'p mut redis::Pipeline,
+    entries: &[(String, String)],
+) -> &'p mut redis::Pipeline {
+    let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (stream, id) in entries {
+        by_stream.entry(stream).or_default().push(id);
+    }
+    for (stream, ids) in by_stream {
+        pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+    }
+    pipe
 }

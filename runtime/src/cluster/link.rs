@@ -3,8 +3,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, FromRedisValue, RedisError};
+use redis::{Client, Connection, FromRedisValue, RedisError, Value};
 
+use super::protocol::{self, Keys};
 use super::settings::Settings;
 use crate::Error;
 
@@ -16,8 +17,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A named connection: `CLIENT LIST` shows which process and role holds it.
+///
+/// With `cluster=true` the URL names a seed node of a Redis Cluster. Every
+/// key of a queue is in one hash slot, so the link connects to the node
+/// that owns that slot (asking the seed), and asks again after `MOVED`, a
+/// failover or a lost connection: one node serves everything, so pipelines
+/// and transactions work as on a single server.
 pub(crate) struct Link {
     client: Client,
+    /// What a cluster link needs to find the queue's node again.
+    cluster: Option<ClusterSeed>,
     conn: Option<Connection>,
     name: String,
     display: String,
@@ -32,7 +41,11 @@ impl Link {
     /// not retried forever.
     pub(crate) fn open(settings: &Settings, name: String) -> Result<Link, Error> {
         let mut link = Link {
-            client: client(settings)?,
+            client: client(settings, &settings.redis_url)?,
+            cluster: settings.cluster.then(|| ClusterSeed {
+                settings: settings.clone(),
+                slot_key: Keys::new(settings).workers(),
+            }),
             conn: None,
             name,
             display: settings.display.clone(),
@@ -48,6 +61,7 @@ impl Link {
     pub(crate) fn sibling(&self, name: String) -> Link {
         Link {
             client: self.client.clone(),
+            cluster: self.cluster.clone(),
             conn: None,
             name,
             display: self.display.clone(),
@@ -62,7 +76,10 @@ impl Link {
 
     fn connection(&mut self) -> Result<&mut Connection, RedisError> {
         if self.conn.is_none() {
-            let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            let mut conn = match &self.cluster {
+                None => self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?,
+                Some(seed) => seed.connect_to_owner(&self.client)?,
+            };
             conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
             conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
             // The name only helps operators read `CLIENT LIST`: an ACL user
@@ -148,9 +165,43 @@ impl Link {
         }
     }
 
+    /// What to tell the user if Redis may evict procpool's keys: a memory
+    /// limit with an eviction policy other than `noeviction`. Nothing when
+    /// Redis does not say (`CONFIG` denied by an ACL or a managed service).
+    pub(crate) fn eviction_risk(&mut self) -> Option<String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy");
+        let (limit, policy): (Vec<String>, Vec<String>) = self.run(|conn| pipe.query(conn)).ok()?;
+        let limit: u64 = limit.get(1)?.parse().ok()?;
+        let policy = policy.get(1)?;
+        if limit == 0 || policy == "noeviction" {
+            return None;
+        }
+        Some(format!(
+            "Redis at {} has maxmemory {limit} with maxmemory-policy {policy}: when full, it may \
+             evict procpool's keys (task streams, results, presence), and the calls they belong \
+             to then fail with Error::Cluster. Set `maxmemory-policy noeviction` (a full Redis \
+             then refuses new tasks with an error instead), or use a Redis of its own for \
+             procpool",
+            self.display
+        ))
+    }
+
     /// A caller-facing error for a failed Redis operation.
     pub(crate) fn error(&self, what: &str, err: &RedisError) -> Error {
-        let hint = if err.kind() == redis::ErrorKind::AuthenticationFailed
+        let text = err.to_string();
+        let moved = matches!(
+            err.retry_method(),
+            redis::RetryMethod::MovedRedirect | redis::RetryMethod::AskRedirect
+        );
+        let hint = if moved || text.contains("CROSSSLOT") {
+            "; this server is a node of a Redis Cluster: add cluster=true to the URL"
+        } else if err.kind() == redis::ErrorKind::AuthenticationFailed
             || err.to_string().contains("NOAUTH")
             || err.to_string().contains("WRONGPASS")
         {
@@ -174,23 +225,109 @@ pub(crate) fn is_transient(err: &RedisError) -> bool {
         )
 }
 
-/// Whether `err` means the connection is unusable (and a new one may work).
+/// Whether `err` means the connection is unusable (and a new one may work):
+/// also when a Redis Cluster moved the queue's slot to another node.
 pub(crate) fn is_connection_error(err: &RedisError) -> bool {
     err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_timeout()
         || err.is_unrecoverable_error()
+        || matches!(
+            err.retry_method(),
+            redis::RetryMethod::MovedRedirect
+                | redis::RetryMethod::AskRedirect
+                | redis::RetryMethod::RefreshSlotsAndRetry
+                | redis::RetryMethod::ReconnectFromInitialConnections
+        )
+        || slot_moving(err)
 }
 
-fn client(settings: &Settings) -> Result<Client, Error> {
+/// Whether a transaction was aborted because the queue's slot is moving
+/// to another node of a Redis Cluster (its commands answered `MOVED`,
+/// `ASK` or `TRYAGAIN`): a new connection, to the slot's new owner, works.
+fn slot_moving(err: &RedisError) -> bool {
+    err.clone().into_server_errors().is_some_and(|errors| {
+        errors.iter().any(|(_, error)| {
+            matches!(
+                error.kind(),
+                Some(
+                    redis::ServerErrorKind::Moved
+                        | redis::ServerErrorKind::Ask
+                        | redis::ServerErrorKind::TryAgain
+                        | redis::ServerErrorKind::ClusterDown
+                )
+            )
+        })
+    })
+}
+
+/// How a cluster link finds the node that owns its queue's slot.
+#[derive(Clone)]
+struct ClusterSeed {
+    settings: Settings,
+    /// A key of the queue: its slot is the queue's.
+    slot_key: String,
+}
+
+impl ClusterSeed {
+    /// Asks the seed which node owns the queue's slot and connects there,
+    /// with the URL's credentials and TLS settings.
+    fn connect_to_owner(&self, seed: &Client) -> Result<Connection, RedisError> {
+        let mut conn = seed.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&self.slot_key)
+            .query(&mut conn)?;
+        let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
+        let Some((host, port)) = owner(slots, slot) else {
+            return Err(RedisError::from(std::io::Error::other(format!(
+                "no node of the Redis Cluster owns slot {slot} yet"
+            ))));
+        };
+        let mut url = url::Url::parse(&self.settings.redis_url)
+            .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
+        // An empty host means "the address you reached me at".
+        if !host.is_empty() && host != "?" {
+            url.set_host(Some(&host))
+                .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
+        }
+        let _ = url.set_port(Some(port));
+        let owner = client(&self.settings, url.as_str())
+            .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
+        owner.get_connection_with_timeout(CONNECT_TIMEOUT)
+    }
+}
+
+/// The address of the master that owns `slot`, from a `CLUSTER SLOTS`
+/// reply: `[[start, end, [host, port, id, ...], replicas...], ...]`.
+fn owner(slots: Value, slot: i64) -> Option<(String, u16)> {
+    protocol::into_items(slots).into_iter().find_map(|range| {
+        let mut parts = protocol::into_items(range).into_iter();
+        let number = |v: Option<Value>| match v {
+            Some(Value::Int(n)) => Some(n),
+            _ => None,
+        };
+        let (start, end) = (number(parts.next())?, number(parts.next())?);
+        if !(start..=end).contains(&slot) {
+            return None;
+        }
+        let mut master = protocol::into_items(parts.next()?).into_iter();
+        let host = protocol::text(master.next()?)?;
+        let port = u16::try_from(number(master.next())?).ok()?;
+        Some((host, port))
+    })
+}
+
+fn client(settings: &Settings, url: &str) -> Result<Client, Error> {
     let bad =
         |err: RedisError| Error::Config(format!("invalid cluster URL {}: {err}", settings.display));
     if settings.redis_url.starts_with("rediss://") {
         install_crypto_provider();
     }
     if settings.tls_ca.is_none() && settings.tls_cert.is_none() {
-        return Client::open(settings.redis_url.as_str()).map_err(bad);
+        return Client::open(url).map_err(bad);
     }
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
@@ -209,7 +346,7 @@ fn client(settings: &Settings) -> Result<Client, Error> {
         _ => None,
     };
     Client::build_with_tls(
-        settings.redis_url.as_str(),
+        url,
         redis::TlsCertificates {
             client_tls,
             root_cert,

@@ -36,10 +36,14 @@
 //! - A worker acknowledges a task in the same Redis transaction that stores
 //!   its result, so no task is acknowledged without its result.
 //! - A task whose worker died (crash, `kill -9`, lost host) is claimed by
-//!   another worker once it has been idle for the visibility timeout
-//!   (`XAUTOCLAIM`), up to `max_deliveries` times in all; then the call fails
-//!   with [`Error::TaskLost`]. A live worker renews
-//!   its claim while the job runs, however long that takes.
+//!   another worker once the dead worker's heartbeat has been silent for the
+//!   visibility timeout (plus a second), up to `max_deliveries` times in
+//!   all; then the call fails with [`Error::TaskLost`]. One worker at a time
+//!   looks for dead workers, and forgets those that hold nothing any more.
+//!   A live worker renews its claim while the job runs, however long that
+//!   takes, unless the caller set a
+//!   [`task_timeout`](crate::PoolBuilder::task_timeout): then the worker
+//!   fails the task with [`Error::TaskTimedOut`] and exits, to be replaced.
 //! - Tasks therefore run **at least once**: a job whose worker died after a
 //!   side effect repeats it. Make cluster jobs idempotent.
 //! - The caller receives each result **exactly once**: results carry the
@@ -51,33 +55,56 @@
 //!   finds that Redis lost the tasks of a pending call (a restart without
 //!   persistence, a flush, an eviction; checked after every reconnect and
 //!   every 10 seconds): calls never wait for tasks that are gone.
-//! - Workers compare the caller's registry fingerprint (every job's name
-//!   and argument and result types, as written) with their own and refuse a
-//!   task from a different build with [`Error::Registry`],
-//!   which names the jobs that differ. A changed `struct` that keeps its name
-//!   is not detected: deploy callers and workers from the same build, or
-//!   give each build its own queue.
+//! - Compatibility is decided per job: tasks go to one stream per job,
+//!   named after the job's name, its argument and result types as written,
+//!   and the queue's key. A worker reads only the streams of the jobs it
+//!   has, so during a rolling deploy each task waits for a worker that can
+//!   run it, and jobs that did not change run on old and new workers alike.
+//!   If workers are alive but none can run a job for `unserved` seconds
+//!   (30 by default), its calls fail with [`Error::Registry`], which names
+//!   the job and the versions live workers have. A changed `struct` that
+//!   keeps its name is not detected: give such a build its own queue.
+//!
+//! # Resources
+//!
+//! - A caller keeps at most `window` bytes (32 MiB) of its tasks in Redis;
+//!   the rest waits in the caller until results come back. Chunks are cut
+//!   past 4 MiB or `max_payload`, and sized for the live workers.
+//! - With `cluster=true` the URL names any node of a Redis Cluster: a
+//!   queue's keys share one hash slot (`procpool:{queue}:...`) and callers
+//!   and workers talk to the node that owns it.
+//! - [`inspect`] reports a queue's workers, tasks, dead consumers and
+//!   callers; the `procpool-inspect` binary prints it.
 //!
 //! # Security
 //!
-//! Anyone who can write to the Redis database can submit tasks: protect it
-//! with a password or ACL user (`redis://user:password@host`) and TLS
-//! (`rediss://`). A worker runs only `#[pool_job]` functions registered in
-//! its own binary, refuses tasks and results over `max_payload`, and every
-//! per-caller key (presence, results, job list) expires `ttl` seconds after
-//! its caller last refreshed it; then workers drop that caller's queued tasks.
+//! Anyone who can write to the Redis database can submit tasks and forge
+//! results, unless the queue has a `key` (URL parameter, or the environment
+//! variable `PROCPOOL_KEY`): then every task and result carries an
+//! HMAC-SHA256 tag, and workers drop tasks, callers results, without a
+//! valid one. Protect the database too, with a password or ACL user
+//! (`redis://user:password@host`) and TLS (`rediss://`). A worker runs
+//! only `#[pool_job]` functions registered in its own binary and refuses
+//! tasks and results over `max_payload`. A caller's presence key expires
+//! `presence` seconds (10) after its last refresh, and workers then drop
+//! its queued tasks unrun; its results and the task streams it used expire
+//! `ttl` seconds after, even if no worker runs.
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user
 //! can read.
 
+mod auth;
 mod backend;
+mod inspect;
 mod link;
 mod protocol;
+mod recover;
 mod serve;
 mod settings;
 mod supervise;
 
 pub(crate) use backend::ClusterBackend;
+pub use inspect::{DeadConsumer, JobReport, QueueReport, WorkerReport, inspect};
 pub use supervise::Workers;
 
 use crate::Error;

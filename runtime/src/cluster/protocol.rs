@@ -1,18 +1,34 @@
 //! What callers and workers store in Redis, and where.
 //!
-//! For a queue `q`, every key starts with `procpool:q:`:
+//! For a queue `q`, every key starts with `procpool:{q}:` (the braces make
+//! `q` the hash tag, so a Redis Cluster keeps a queue's keys in one slot):
 //!
 //! | key | type | written by | holds |
 //! |---|---|---|---|
-//! | `tasks` | stream, group `workers` | callers | one entry per task: `caller`, `seq`, `job`, `fp`, `count`, `items` |
-//! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err` |
-//! | `caller:<caller>` | string, with a TTL | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
-//! | `registry:<fp>` | string, with a TTL | callers | the caller's job list, so a refusing worker can say what differs |
+//! | `tasks:<job id>` | stream, group `workers`, with a TTL | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `items`, with a `task_timeout` `timeout` (ms), and with a key `tag` |
+//! | `serves:<job id>` | sorted set | workers | the live workers that can run that job, scored by the time each was last seen |
+//! | `jobs` | hash | workers | job id → `name: signature`, for messages and inspection |
+//! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
+//! | `caller:<caller>` | string, with a TTL of `presence` | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
+//! | `callers` | sorted set, with a TTL | callers | each live caller, scored by its last refresh |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
+//! | `running` | hash | workers | worker → when its current task started and its job, refreshed with each heartbeat |
+//! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
+//! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `forged_results` (dropped by callers) |
+//!
+//! A job's id is derived from its name, its argument and result types as
+//! written, and the queue's key (see [`Keys::job_id`]): a worker reads the
+//! streams of the jobs it has, exactly as the caller has them, so a worker
+//! of another build (or with another key) never takes a task it cannot run,
+//! and a rolling deploy only affects the jobs that changed.
+
+use std::time::Duration;
 
 use redis::Value;
+use redis::streams::StreamId;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Auth;
 use super::settings::Settings;
 use crate::Error;
 use crate::wire::Failure;
@@ -24,25 +40,57 @@ pub(crate) const GROUP: &str = "workers";
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
+    auth: Auth,
 }
 
 impl Keys {
     pub(crate) fn new(settings: &Settings) -> Keys {
         Keys {
-            prefix: format!("procpool:{}:", settings.queue),
+            // The queue's name in braces is the hash tag: in a Redis
+            // Cluster every key of one queue is in the same slot, as the
+            // transactions and multi-key commands need.
+            prefix: format!("procpool:{{{}}}:", settings.queue),
+            auth: settings.auth.clone(),
         }
     }
-    pub(crate) fn tasks(&self) -> String {
-        format!("{}tasks", self.prefix)
+    /// The id of job `name` with `signature` (its argument and result
+    /// types) on this queue: equal for a caller and a worker exactly when
+    /// both have the same job and the same key.
+    pub(crate) fn job_id(&self, name: &str, signature: &str) -> String {
+        self.auth.derive_id(&format!("{name}: {signature}"))
+    }
+    /// The stream of the tasks of the job with id `job_id`.
+    pub(crate) fn tasks(&self, job_id: &str) -> String {
+        format!("{}tasks:{job_id}", self.prefix)
+    }
+    /// The live workers that can run the job with id `job_id`.
+    pub(crate) fn serves(&self, job_id: &str) -> String {
+        format!("{}serves:{job_id}", self.prefix)
+    }
+    pub(crate) fn jobs(&self) -> String {
+        format!("{}jobs", self.prefix)
+    }
+    /// Worker name → `<started ms> <job>` of the task it runs, as of its
+    /// last heartbeat.
+    pub(crate) fn running(&self) -> String {
+        format!("{}running", self.prefix)
+    }
+    /// Held by the worker that looks for dead workers' tasks (see `recover`).
+    pub(crate) fn scanner(&self) -> String {
+        format!("{}scanner", self.prefix)
+    }
+    pub(crate) fn stats(&self) -> String {
+        format!("{}stats", self.prefix)
     }
     pub(crate) fn results(&self, caller: &str) -> String {
         format!("{}results:{caller}", self.prefix)
     }
+    /// The live callers, scored by their last refresh (for inspection).
+    pub(crate) fn callers(&self) -> String {
+        format!("{}callers", self.prefix)
+    }
     pub(crate) fn caller(&self, caller: &str) -> String {
         format!("{}caller:{caller}", self.prefix)
-    }
-    pub(crate) fn registry(&self, fingerprint: &str) -> String {
-        format!("{}registry:{fingerprint}", self.prefix)
     }
     pub(crate) fn workers(&self) -> String {
         format!("{}workers", self.prefix)
@@ -54,8 +102,6 @@ impl Keys {
 pub(crate) enum Refusal {
     /// No item ran: unknown job, undecodable chunk.
     Failed(Failure),
-    /// The worker's registry differs from the caller's: what differs.
-    Mismatch(String),
     /// The task or its result is over the worker's `max_payload`.
     TooLarge {
         what: String,
@@ -66,6 +112,9 @@ pub(crate) enum Refusal {
     Lost { deliveries: u64 },
     /// The caller's presence key was gone: the task did not run.
     Abandoned,
+    /// The job ran past the caller's `task_timeout`; its worker process
+    /// exited, to be replaced.
+    TimedOut { timeout_ms: u64 },
 }
 
 impl Refusal {
@@ -73,7 +122,6 @@ impl Refusal {
     pub(crate) fn into_error(self, job: &str, first: usize, count: usize) -> Error {
         match self {
             Refusal::Failed(failure) => failure.into_error(job, first),
-            Refusal::Mismatch(message) => Error::Registry(message),
             Refusal::TooLarge { what, bytes, limit } => Error::PayloadTooLarge {
                 job: job.to_owned(),
                 what,
@@ -86,10 +134,16 @@ impl Refusal {
                 count,
                 deliveries,
             },
+            Refusal::TimedOut { timeout_ms } => Error::TaskTimedOut {
+                job: job.to_owned(),
+                first,
+                count,
+                timeout: Duration::from_millis(timeout_ms),
+            },
             Refusal::Abandoned => Error::Cluster(format!(
                 "job `{job}`: a worker dropped the task for items {first}..{end} without running \
                  it, because this caller's presence key had expired: the caller did not refresh \
-                 it for `ttl` seconds (it was stalled, cut off from Redis, or Redis lost the key). \
+                 it for `presence` seconds (it was stalled, cut off from Redis, or Redis lost the key). \
                  Run the call again",
                 end = first + count
             )),
@@ -100,6 +154,8 @@ impl Refusal {
 /// One stream entry: its id and its fields.
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// The stream it was read from (empty when the reply does not say).
+    pub(crate) stream: String,
     pub(crate) id: String,
     pub(crate) fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -129,22 +185,46 @@ impl Entry {
     }
 }
 
-/// The entries of an `XREAD`/`XREADGROUP` reply (all streams), or of the
-/// entry list of an `XAUTOCLAIM` reply. Deleted entries (`nil` fields) are
-/// returned with no fields.
+impl Entry {
+    /// An entry of `stream` from a typed reply (`XCLAIM`, `XAUTOCLAIM`);
+    /// the values are moved, not copied.
+    pub(crate) fn from_stream_id(stream: &str, entry: StreamId) -> Entry {
+        Entry {
+            stream: stream.to_owned(),
+            id: entry.id,
+            fields: entry
+                .map
+                .into_iter()
+                .map(|(name, value)| (name.into_bytes(), bytes(value)))
+                .collect(),
+        }
+    }
+}
+
+/// The entries of an `XREAD`/`XREADGROUP` reply (all streams). Deleted
+/// entries (`nil` fields) are returned with no fields.
+///
+/// Parsed by hand rather than through the redis crate's typed
+/// `StreamReadReply`, which clones the whole reply before parsing it: these
+/// replies carry tasks and results of up to `max_payload` bytes.
 pub(crate) fn read_reply(value: Value) -> Vec<Entry> {
     let mut entries = Vec::new();
     for stream in into_items(value) {
         // [key, [entry, ...]]
-        if let Some(list) = into_items(stream).into_iter().nth(1) {
-            entries.extend(entry_list(list));
+        let mut parts = into_items(stream).into_iter();
+        let key = parts.next().and_then(text).unwrap_or_default();
+        if let Some(list) = parts.next() {
+            entries.extend(entry_list(list).into_iter().map(|mut entry| {
+                entry.stream.clone_from(&key);
+                entry
+            }));
         }
     }
     entries
 }
 
 /// A list of `[id, [field, value, ...]]`.
-pub(crate) fn entry_list(value: Value) -> Vec<Entry> {
+fn entry_list(value: Value) -> Vec<Entry> {
     into_items(value)
         .into_iter()
         .filter_map(|entry| {
@@ -155,7 +235,11 @@ pub(crate) fn entry_list(value: Value) -> Vec<Entry> {
             while let (Some(key), Some(value)) = (flat.next(), flat.next()) {
                 fields.push((bytes(key), bytes(value)));
             }
-            Some(Entry { id, fields })
+            Some(Entry {
+                stream: String::new(),
+                id,
+                fields,
+            })
         })
         .collect()
 }
@@ -196,32 +280,6 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// What a refusing worker tells the caller about two registries.
-pub(crate) fn registry_difference(caller: Option<&str>, worker: &str) -> String {
-    let Some(caller) = caller else {
-        return "the caller's job list has expired from Redis, so the difference is unknown"
-            .to_owned();
-    };
-    let caller_jobs: Vec<&str> = caller.lines().collect();
-    let worker_jobs: Vec<&str> = worker.lines().collect();
-    let only = |a: &[&str], b: &[&str]| -> Vec<String> {
-        a.iter()
-            .filter(|line| !b.contains(line))
-            .map(|line| format!("`{line}`"))
-            .collect()
-    };
-    let mut parts = Vec::new();
-    let in_caller = only(&caller_jobs, &worker_jobs);
-    let in_worker = only(&worker_jobs, &caller_jobs);
-    if !in_caller.is_empty() {
-        parts.push(format!("only the caller has {}", in_caller.join(", ")));
-    }
-    if !in_worker.is_empty() {
-        parts.push(format!("only the worker has {}", in_worker.join(", ")));
-    }
-    parts.join("; ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,22 +304,11 @@ mod tests {
         let mut entries = read_reply(reply);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, "1-0");
+        assert_eq!(entries[0].stream, "procpool:q:results:c");
         assert_eq!(entries[0].number("seq"), Some(7));
         assert_eq!(entries[0].take("ok"), Some(vec![1]));
         assert_eq!(entries[0].field("ok"), Some(&[][..]));
         assert!(entries[1].fields.is_empty());
         assert!(read_reply(Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn registry_difference_names_both_sides() {
-        let text = registry_difference(
-            Some("a: fn(u64) -> u64\nb: fn()"),
-            "a: fn(u32) -> u32\nb: fn()",
-        );
-        assert_eq!(
-            text,
-            "only the caller has `a: fn(u64) -> u64`; only the worker has `a: fn(u32) -> u32`"
-        );
     }
 }

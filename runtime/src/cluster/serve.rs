@@ -2,6 +2,7 @@
 //! registered jobs, store each result and acknowledge the task in one
 //! transaction.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -9,15 +10,25 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use redis::Value;
+use redis::streams::StreamPendingCountReply;
 
+use super::auth::{ResultFields, TaskFields};
 use super::backend::ensure_group;
-use super::link::Link;
+use super::link::{Link, is_connection_error};
 use super::protocol::{self, Entry, GROUP, Keys, Refusal};
+use super::recover::{Recovery, Scope, deliveries};
 use super::settings::Settings;
 use crate::Error;
+use crate::wire::{Failure, FailureKind};
+
+/// How long a caller seen present counts as present without asking again.
+const PRESENCE_CACHE: Duration = Duration::from_secs(1);
 
 /// A worker not seen for an hour is dropped from the queue's `workers` set.
 const STALE_WORKER_MS: u64 = 3_600_000;
+/// The per-job worker sets are swept of such workers once per this many
+/// heartbeats (and on the first).
+const SWEEP_SETS_EVERY: u64 = 30;
 
 /// Set by SIGINT or SIGTERM: finish the current task, then return.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -55,36 +66,84 @@ pub(crate) fn name_prefix(pid: u32) -> String {
     format!("{host}-{pid}-")
 }
 
+/// One job this worker can run, and where its tasks are.
+struct Served {
+    name: &'static str,
+    /// Its argument and result types, as written.
+    signature: &'static str,
+    /// Its id on this queue (see [`Keys::job_id`]).
+    id: String,
+    /// Its tasks stream.
+    stream: String,
+}
+
 /// Serves the queue as the consumer `<host>-<pid>-<suffix>`; a random
 /// suffix when none is given (a supervisor gives one, to know the name).
 pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     let settings = Settings::parse(url)?;
-    let (fingerprint, listing) = crate::job::fingerprint()?;
+    let registry = crate::job::registry()?;
     let suffix = match suffix {
         Some(suffix) => suffix,
         None => protocol::random_id()?[..8].to_owned(),
     };
     let name = format!("{}{suffix}", name_prefix(std::process::id()));
     let keys = Keys::new(&settings);
+    let mut jobs: Vec<Served> = registry
+        .values()
+        .map(|entry| {
+            let id = keys.job_id(entry.name, entry.signature);
+            Served {
+                name: entry.name,
+                signature: entry.signature,
+                stream: keys.tasks(&id),
+                id,
+            }
+        })
+        .collect();
+    if jobs.is_empty() {
+        return Err(Error::Config(
+            "this program registers no #[pool_job] function, so a cluster worker has nothing \
+             to serve"
+                .into(),
+        ));
+    }
+    jobs.sort_by_key(|job| job.name);
     let mut link = Link::open(&settings, format!("procpool-worker-{name}"))?;
-    ensure_group(&mut link, &keys).map_err(|err| link.error("cannot create the queue", &err))?;
+    ensure_groups(&mut link, &jobs)?;
+    if let Some(warning) = link.eviction_risk() {
+        eprintln!("procpool cluster worker {name}: {warning}");
+    }
+    // What each job id stands for, for callers' messages and inspection.
+    let mut describe = redis::cmd("HSET");
+    describe.arg(keys.jobs());
+    for job in &jobs {
+        describe
+            .arg(&job.id)
+            .arg(format!("{}: {}", job.name, job.signature));
+    }
+    link.query::<()>(&describe)
+        .map_err(|err| link.error("cannot describe this worker's jobs", &err))?;
     install_stop_handlers();
     crate::exec::become_worker(format!("ClusterWorker-{name}"));
     let beat = Heartbeat::start(
         link.sibling(format!("procpool-worker-{name}-beat")),
         &keys,
+        &settings,
         &name,
-        settings.visibility,
+        jobs.iter().map(|job| job.id.clone()).collect(),
     )?;
     let mut worker = Worker {
+        recovery: Recovery::new(settings.visibility),
+        streams: jobs.iter().map(|job| job.stream.clone()).collect(),
+        job_ids: jobs.iter().map(|job| job.id.clone()).collect(),
         settings,
         keys,
         name,
-        fingerprint,
-        listing,
+        jobs,
         link,
         beat,
-        claim_from: "0-0".to_owned(),
+        recovery_failed: false,
+        present: HashMap::new(),
         generation: 0,
     };
     let outcome = worker.run();
@@ -93,65 +152,102 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     outcome
 }
 
+/// Creates the tasks stream and group of every job in `jobs` that lacks them.
+fn ensure_groups(link: &mut Link, jobs: &[Served]) -> Result<(), Error> {
+    for job in jobs {
+        ensure_group(link, &job.stream)
+            .map_err(|err| link.error("cannot create the queue", &err))?;
+    }
+    Ok(())
+}
+
 struct Worker {
     settings: Settings,
     keys: Keys,
-    /// This worker's consumer name in the group.
+    /// This worker's consumer name in the groups.
     name: String,
-    fingerprint: String,
-    listing: String,
+    /// The jobs it runs, sorted by name.
+    jobs: Vec<Served>,
+    /// The tasks streams and ids of `jobs`, in the same order.
+    streams: Vec<String>,
+    job_ids: Vec<String>,
     link: Link,
     beat: Heartbeat,
-    /// Where the next `XAUTOCLAIM` scan of the pending list starts: each
-    /// scan reads at most 10 entries, so it must go on where it stopped.
-    claim_from: String,
+    recovery: Recovery,
+    /// Whether a failure of recovery was reported already (once is enough).
+    recovery_failed: bool,
+    /// Callers recently seen present, and when (see `caller_present`).
+    present: HashMap<String, Instant>,
     /// The link's connection count when this worker last found nothing of
     /// its own pending.
     generation: u64,
 }
 
 impl Worker {
-    /// Leaves the consumer group, so that the group lists only live
-    /// workers, unless a task is still pending under this worker's name
-    /// (deleting the consumer would drop it from the pending list, and no
-    /// one would run it again).
+    /// Leaves the consumer groups, so that they list only live workers,
+    /// unless a task is still pending under this worker's name (deleting
+    /// the consumer would drop it from the pending list, and no one would
+    /// run it again).
     fn leave(&mut self) {
-        let tasks = self.keys.tasks();
-        let mine = self.link.query::<Value>(
-            redis::cmd("XPENDING")
-                .arg(&tasks)
+        let mut pipe = redis::pipe();
+        for job in &self.jobs {
+            pipe.cmd("XPENDING")
+                .arg(&job.stream)
                 .arg(GROUP)
                 .arg("-")
                 .arg("+")
                 .arg(1)
-                .arg(&self.name),
-        );
-        if mine.is_ok_and(|reply| protocol::into_items(reply).is_empty()) {
-            let _ = self.link.query::<()>(
-                redis::cmd("XGROUP")
+                .arg(&self.name);
+        }
+        let mine = self
+            .link
+            .run(|conn| pipe.query::<Vec<StreamPendingCountReply>>(conn));
+        let idle = mine.is_ok_and(|replies| replies.iter().all(|reply| reply.ids.is_empty()));
+        if idle {
+            let mut pipe = redis::pipe();
+            for job in &self.jobs {
+                pipe.cmd("XGROUP")
                     .arg("DELCONSUMER")
-                    .arg(&tasks)
+                    .arg(&job.stream)
                     .arg(GROUP)
-                    .arg(&self.name),
-            );
+                    .arg(&self.name)
+                    .ignore();
+            }
+            let _ = self.link.run(|conn| pipe.query::<()>(conn));
         }
     }
 
     fn run(&mut self) -> Result<(), Error> {
-        let tasks = self.keys.tasks();
         let block = (self.settings.visibility / 2).min(Duration::from_secs(1));
-        let mut next_claim = Instant::now();
         while !stopping() {
-            if Instant::now() >= next_claim {
-                match self.claim_stale()? {
-                    // Look again at once: a dead worker may have left several.
-                    Some((entry, deliveries)) => {
-                        self.handle(entry, deliveries);
-                        continue;
+            let scope = Scope {
+                settings: &self.settings,
+                keys: &self.keys,
+                name: &self.name,
+                streams: &self.streams,
+                job_ids: &self.job_ids,
+            };
+            match self.recovery.step(&mut self.link, &scope) {
+                // Look again at once: a dead worker may have left several.
+                Ok(Some((entry, deliveries))) => {
+                    self.handle(entry, deliveries, &[]);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) => {
+                    self.recover(err)?;
+                }
+                // A dropped connection is waited out by the read below.
+                Err(err) if is_connection_error(&err) => {}
+                Err(err) => {
+                    if !self.recovery_failed {
+                        eprintln!(
+                            "procpool cluster worker {}: cannot recover the tasks of dead \
+                             workers: {err}; they wait for another worker",
+                            self.name
+                        );
+                        self.recovery_failed = true;
                     }
-                    // More of the pending list to scan.
-                    None if self.claim_from != "0-0" => continue,
-                    None => next_claim = Instant::now() + self.settings.visibility / 2,
                 }
             }
             // After a new connection, first the tasks already delivered to
@@ -159,33 +255,45 @@ impl Worker {
             // pending under its name ("0"), not new (">").
             let generation = self.link.generation();
             let own = generation != self.generation;
-            let read = self.link.run_retrying(None, &stopping, |conn| {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&self.name)
-                    .arg("COUNT")
-                    .arg(1)
-                    .arg("BLOCK")
-                    .arg(block.as_millis().max(1) as u64)
-                    .arg("STREAMS")
-                    .arg(&tasks)
-                    .arg(if own { "0" } else { ">" })
-                    .query::<Value>(conn)
-            });
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.name)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(block.as_millis().max(1) as u64)
+                .arg("STREAMS");
+            for job in &self.jobs {
+                read.arg(&job.stream);
+            }
+            for _ in &self.jobs {
+                read.arg(if own { "0" } else { ">" });
+            }
+            let read = self
+                .link
+                .run_retrying(None, &stopping, |conn| read.query::<Value>(conn));
             match read {
                 Ok(reply) => {
                     let entries = protocol::read_reply(reply);
                     if own && entries.is_empty() {
                         self.generation = generation;
                     }
+                    // One read may bring one task of each job: they run in
+                    // turn, and the heartbeat keeps the claim on those
+                    // waiting, so no other worker takes them meanwhile.
+                    let mut waiting: Vec<(String, String)> = entries
+                        .iter()
+                        .map(|entry| (entry.stream.clone(), entry.id.clone()))
+                        .collect();
                     for entry in entries {
+                        waiting.retain(|(_, id)| *id != entry.id);
                         let deliveries = if own {
-                            self.deliveries(&entry.id, 1)
+                            deliveries(&mut self.link, &entry.stream, &entry.id).unwrap_or(1)
                         } else {
                             1
                         };
-                        self.handle(entry, deliveries);
+                        self.handle(entry, deliveries, &waiting);
                     }
                 }
                 Err(err) => self.recover(err)?,
@@ -194,84 +302,53 @@ impl Worker {
         Ok(())
     }
 
-    /// How many times task `id` was delivered, or `unknown` if Redis cannot say.
-    fn deliveries(&mut self, id: &str, unknown: u64) -> u64 {
-        self.link
-            .query::<Value>(
-                redis::cmd("XPENDING")
-                    .arg(self.keys.tasks())
-                    .arg(GROUP)
-                    .arg(id)
-                    .arg(id)
-                    .arg(1),
-            )
-            .ok()
-            .and_then(|reply| protocol::into_items(reply).into_iter().next())
-            .and_then(|row| protocol::into_items(row).into_iter().nth(3))
-            .and_then(|count| match count {
-                Value::Int(n) => u64::try_from(n).ok(),
-                _ => None,
-            })
-            .unwrap_or(unknown)
-    }
-
     /// After a failed command: the queue was deleted (recreate it), the
     /// worker is stopping (fine), or something a worker cannot fix.
     fn recover(&mut self, err: redis::RedisError) -> Result<(), Error> {
         if stopping() {
             return Ok(());
         }
-        if err.code() == Some("NOGROUP") {
-            return ensure_group(&mut self.link, &self.keys)
-                .map_err(|err| self.link.error("cannot create the queue", &err));
+        // A stream expired (all its callers gone) or was deleted: while
+        // blocked on it (UNBLOCKED) or at the next read (NOGROUP).
+        if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) {
+            return ensure_groups(&mut self.link, &self.jobs);
         }
         Err(self.link.error("cannot read tasks", &err))
     }
 
-    /// Claims one task that a lost worker left idle past the visibility
-    /// timeout, with how many times it has been delivered.
-    fn claim_stale(&mut self) -> Result<Option<(Entry, u64)>, Error> {
-        let tasks = self.keys.tasks();
-        let idle = self.settings.visibility.as_millis() as u64;
-        let claimed = self.link.run_retrying(None, &stopping, |conn| {
-            redis::cmd("XAUTOCLAIM")
-                .arg(&tasks)
-                .arg(GROUP)
-                .arg(&self.name)
-                .arg(idle)
-                .arg(&self.claim_from)
-                .arg("COUNT")
-                .arg(1)
-                .query::<Value>(conn)
-        });
-        let reply = match claimed {
-            Ok(reply) => reply,
-            Err(err) => {
-                self.recover(err)?;
-                return Ok(None);
-            }
-        };
-        let mut parts = protocol::into_items(reply).into_iter();
-        self.claim_from = parts
-            .next()
-            .and_then(protocol::text)
-            .unwrap_or_else(|| "0-0".to_owned());
-        let Some(list) = parts.next() else {
-            return Ok(None);
-        };
-        let Some(entry) = protocol::entry_list(list).into_iter().next() else {
-            return Ok(None);
-        };
-        // Claimed, so delivered at least twice.
-        let deliveries = self.deliveries(&entry.id, 2);
-        Ok(Some((entry, deliveries)))
+    /// Whether `caller`'s presence key exists. A caller seen present less
+    /// than `PRESENCE_CACHE` ago counts as present without asking again,
+    /// which saves a round trip per task in a stream of tasks from one
+    /// caller; its tasks then stop within `presence` plus that.
+    fn caller_present(&mut self, caller: &str) -> bool {
+        let now = Instant::now();
+        self.present
+            .retain(|_, seen| now.duration_since(*seen) < PRESENCE_CACHE);
+        if self.present.contains_key(caller) {
+            return true;
+        }
+        let exists = self
+            .link
+            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(caller)));
+        // Unknown (Redis unreachable) counts as present: the store that
+        // follows waits for Redis anyway.
+        if exists.as_ref().is_ok_and(|found| !found) {
+            return false;
+        }
+        self.present.insert(caller.to_owned(), now);
+        true
     }
 
     /// Runs (or refuses) one task and stores the outcome.
-    fn handle(&mut self, mut entry: Entry, deliveries: u64) {
+    /// `waiting` are the tasks this worker holds to run next.
+    fn handle(&mut self, mut entry: Entry, deliveries: u64, waiting: &[(String, String)]) {
+        let Some(served) = self.jobs.iter().find(|job| job.stream == entry.stream) else {
+            return; // Not read from one of this worker's streams.
+        };
+        let served_name = served.name;
         if entry.fields.is_empty() {
             // Withdrawn by its caller after it was delivered.
-            self.acknowledge(&entry.id);
+            self.acknowledge(&entry.stream, &entry.id);
             return;
         }
         let (Some(caller), Some(seq), Some(job), Some(count)) = (
@@ -284,26 +361,46 @@ impl Worker {
                 "procpool cluster worker {}: dropping malformed task {}",
                 self.name, entry.id
             );
-            self.acknowledge(&entry.id);
+            self.acknowledge(&entry.stream, &entry.id);
             return;
         };
+        let items = entry.take("items").unwrap_or_default();
+        let timeout_ms = entry.number("timeout").unwrap_or(0);
+        let task = TaskFields {
+            queue: &self.settings.queue,
+            caller: &caller,
+            seq,
+            job: &job,
+            count,
+            timeout_ms,
+            items: &items,
+        };
+        if !self.settings.auth.task_valid(&task, entry.field("tag")) {
+            log::warn!(
+                "procpool cluster worker {}: dropped task {} (job `{job}`) without running it: \
+                 its tag does not match this queue's key, so someone without the key added it",
+                self.name,
+                entry.id
+            );
+            let stats = self.keys.stats();
+            let _ = self
+                .link
+                .query::<()>(redis::cmd("HINCRBY").arg(stats).arg("forged_tasks").arg(1));
+            self.acknowledge(&entry.stream, &entry.id);
+            return;
+        }
         // The caller id becomes part of a key name: only ids procpool makes.
         if caller.is_empty() || !caller.bytes().all(|b| b.is_ascii_hexdigit()) {
             eprintln!(
                 "procpool cluster worker {}: dropping task {} with an invalid caller id",
                 self.name, entry.id
             );
-            self.acknowledge(&entry.id);
+            self.acknowledge(&entry.stream, &entry.id);
             return;
         }
         // A caller that ended or was terminated reads no result: its tasks
         // do not run. One that is only late learns why from the refusal.
-        let absent = self
-            .link
-            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(&caller)))
-            == Ok(false);
-        let items = entry.take("items").unwrap_or_default();
-        let theirs = entry.text("fp").unwrap_or("").to_owned();
+        let absent = !self.caller_present(&caller);
         let limit = self.settings.max_payload as u64;
         let outcome = if absent {
             Err(Refusal::Abandoned)
@@ -311,8 +408,12 @@ impl Worker {
             Err(Refusal::Lost {
                 deliveries: deliveries - 1,
             })
-        } else if theirs != self.fingerprint {
-            Err(Refusal::Mismatch(self.mismatch(&theirs)))
+        } else if job != served_name {
+            // Only a forger puts a job into another job's stream.
+            Err(Refusal::Failed(Failure::new(
+                FailureKind::UnknownJob,
+                format!("{job} (the task was in the stream of `{served_name}`)"),
+            )))
         } else if items.len() as u64 > limit {
             Err(Refusal::TooLarge {
                 what: format!("the task for {count} items"),
@@ -320,9 +421,28 @@ impl Worker {
                 limit,
             })
         } else {
-            self.beat.watch(Some(entry.id.clone()));
+            let mut held = waiting.to_vec();
+            held.push((entry.stream.clone(), entry.id.clone()));
+            self.beat.watch(held);
+            if timeout_ms > 0 {
+                self.beat.arm(Watchdog {
+                    at: Instant::now() + Duration::from_millis(timeout_ms),
+                    timeout_ms,
+                    task: Delivery {
+                        stream: entry.stream.clone(),
+                        id: entry.id.clone(),
+                        caller: caller.clone(),
+                        seq,
+                        job: job.clone(),
+                    },
+                    waiting: waiting.to_vec(),
+                });
+            }
+            self.beat.running(Some(&job));
             let ran = crate::exec::run_chunk(&job, count, &items);
-            self.beat.watch(None);
+            self.beat.running(None);
+            self.beat.disarm();
+            self.beat.watch(waiting.to_vec());
             match ran {
                 Ok((output, _)) if output.len() as u64 > limit => Err(Refusal::TooLarge {
                     what: format!("the result of {count} items"),
@@ -333,76 +453,94 @@ impl Worker {
                 Err(failure) => Err(Refusal::Failed(failure)),
             }
         };
-        self.store(&entry.id, &caller, seq, outcome);
-    }
-
-    fn mismatch(&mut self, theirs: &str) -> String {
-        let listing = self
-            .link
-            .query::<Option<String>>(redis::cmd("GET").arg(self.keys.registry(theirs)))
-            .ok()
-            .flatten();
-        let difference = protocol::registry_difference(listing.as_deref(), &self.listing);
-        format!(
-            "cluster worker {} refused the task: its jobs differ from the caller's \
-             (registry fingerprint {} in the worker, {theirs} in the caller: {difference}). \
-             Run workers built from the same program as the caller, or give each build its \
-             own queue (?queue=name in the cluster URL)",
-            self.name, self.fingerprint
-        )
-    }
-
-    /// Stores the outcome and acknowledges the task in one transaction, so
-    /// a task is never acknowledged without its result. Retries while Redis
-    /// is unreachable; if the worker is told to stop meanwhile, the task
-    /// stays pending and another worker runs it again.
-    fn store(&mut self, id: &str, caller: &str, seq: u64, outcome: Result<Vec<u8>, Refusal>) {
-        let (field, value) = match outcome {
-            Ok(items) => ("ok", items),
-            Err(refusal) => match postcard::to_stdvec(&refusal) {
-                Ok(bytes) => ("err", bytes),
-                Err(err) => {
-                    eprintln!("procpool cluster worker: cannot encode a refusal: {err}");
-                    return;
-                }
-            },
+        let task = Delivery {
+            stream: entry.stream,
+            id: entry.id,
+            caller,
+            seq,
+            job,
         };
-        let results = self.keys.results(caller);
-        let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        let tasks = self.keys.tasks();
-        let stored = self.link.run_retrying(None, &stopping, |conn| {
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("XADD")
-                .arg(&results)
-                .arg("*")
-                .arg("seq")
-                .arg(seq)
-                .arg(field)
-                .arg(&value)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&results)
-                .arg(ttl)
-                .ignore();
-            retire(&mut pipe, &tasks, id).query::<()>(conn)
-        });
-        if let Err(err) = stored {
+        if let Err(err) = store(
+            &mut self.link,
+            &self.settings,
+            &self.keys,
+            &task,
+            outcome,
+            &stopping,
+        ) {
             eprintln!(
-                "procpool cluster worker {}: cannot store the result of task {id}: {err}; \
+                "procpool cluster worker {}: cannot store the result of task {}: {err}; \
                  another worker will run it again",
-                self.name
+                self.name, task.id
             );
         }
     }
 
     /// Removes a task that will not run from the group and the stream.
-    fn acknowledge(&mut self, id: &str) {
-        let tasks = self.keys.tasks();
+    fn acknowledge(&mut self, stream: &str, id: &str) {
         let _ = self.link.run_retrying(None, &stopping, |conn| {
-            retire(&mut redis::pipe(), &tasks, id).query::<()>(conn)
+            retire(&mut redis::pipe(), stream, id).query::<()>(conn)
         });
     }
+}
+
+/// Which task an outcome belongs to, and who waits for it.
+#[derive(Clone)]
+struct Delivery {
+    stream: String,
+    id: String,
+    caller: String,
+    seq: u64,
+    job: String,
+}
+
+/// Stores the outcome and acknowledges the task in one transaction, so a
+/// task is never acknowledged without its result. Retries while Redis is
+/// unreachable, until `give_up` says so; then the task stays pending, and
+/// another worker runs it again.
+fn store(
+    link: &mut Link,
+    settings: &Settings,
+    keys: &Keys,
+    task: &Delivery,
+    outcome: Result<Vec<u8>, Refusal>,
+    give_up: &dyn Fn() -> bool,
+) -> Result<(), String> {
+    let (field, value) = match outcome {
+        Ok(items) => ("ok", items),
+        Err(refusal) => match postcard::to_stdvec(&refusal) {
+            Ok(bytes) => ("err", bytes),
+            Err(err) => return Err(format!("cannot encode a refusal: {err}")),
+        },
+    };
+    let tag = settings.auth.result_tag(&ResultFields {
+        queue: &settings.queue,
+        caller: &task.caller,
+        seq: task.seq,
+        job: &task.job,
+        kind: field,
+        value: &value,
+    });
+    let results = keys.results(&task.caller);
+    let ttl = settings.ttl.as_millis().max(1) as u64;
+    link.run_retrying(None, give_up, |conn| {
+        let mut pipe = redis::pipe();
+        let add = pipe
+            .atomic()
+            .cmd("XADD")
+            .arg(&results)
+            .arg("*")
+            .arg("seq")
+            .arg(task.seq)
+            .arg(field)
+            .arg(&value);
+        if let Some(tag) = &tag {
+            add.arg("tag").arg(tag);
+        }
+        add.ignore().cmd("PEXPIRE").arg(&results).arg(ttl).ignore();
+        retire(&mut pipe, &task.stream, &task.id).query::<()>(conn)
+    })
+    .map_err(|err| err.to_string())
 }
 
 /// Adds to `pipe` what takes task `id` off the queue: acknowledged in the
@@ -430,17 +568,81 @@ struct Heartbeat {
 
 #[derive(Default)]
 struct Beat {
-    watching: Option<String>,
+    /// The tasks (stream, id) this worker holds: the one running and those
+    /// read with it.
+    watching: Vec<(String, String)>,
+    /// The running task's deadline, if its caller set a `task_timeout`.
+    watchdog: Option<Watchdog>,
+    /// The running task's job and when it started (ms since the epoch),
+    /// for [`super::inspect`].
+    running: Option<(String, u64)>,
     stop: bool,
+}
+
+/// What the heartbeat does when a task runs past its caller's `task_timeout`.
+#[derive(Clone)]
+struct Watchdog {
+    at: Instant,
+    timeout_ms: u64,
+    task: Delivery,
+    /// Tasks read with it, not started yet: handed back to other workers.
+    waiting: Vec<(String, String)>,
+}
+
+/// The exit code of a worker whose task ran past its `task_timeout`.
+const TIMED_OUT_EXIT: i32 = 3;
+
+/// Fails the task with `Refusal::TimedOut` and ends the process, whose
+/// job may never return: a supervisor ([`super::Workers`]) starts another.
+fn time_out(link: &mut Link, settings: &Settings, keys: &Keys, name: &str, dog: &Watchdog) -> ! {
+    let started = Instant::now();
+    let patience = || started.elapsed() >= Duration::from_secs(10);
+    let refusal = Refusal::TimedOut {
+        timeout_ms: dog.timeout_ms,
+    };
+    if let Err(err) = store(link, settings, keys, &dog.task, Err(refusal), &patience) {
+        eprintln!(
+            "procpool cluster worker {name}: cannot store the timeout of task {}: {err}",
+            dog.task.id
+        );
+    }
+    // The tasks it held but did not start look idle for a day, so the next
+    // scan of any worker takes them, instead of after the visibility timeout.
+    let mut pipe = redis::pipe();
+    for (stream, id) in &dog.waiting {
+        pipe.cmd("XCLAIM")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(name)
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(86_400_000)
+            .arg("JUSTID")
+            .ignore();
+    }
+    let _ = link.run(|conn| pipe.query::<()>(conn));
+    eprintln!(
+        "procpool cluster worker {name}: job `{}` ran past its task_timeout of {:?}; \
+         exiting, to be replaced",
+        dog.task.job,
+        Duration::from_millis(dog.timeout_ms)
+    );
+    // SAFETY: _exit ends the process at once, without running exit
+    // handlers that could wait for locks the still-running job holds.
+    unsafe { nix::libc::_exit(TIMED_OUT_EXIT) }
 }
 
 impl Heartbeat {
     fn start(
         mut link: Link,
         keys: &Keys,
+        settings: &Settings,
         name: &str,
-        visibility: Duration,
+        job_ids: Vec<String>,
     ) -> Result<Heartbeat, Error> {
+        let visibility = settings.visibility;
+        let settings = settings.clone();
         let shared = Arc::new((Mutex::new(Beat::default()), Condvar::new()));
         let (keys, name, beat) = (keys.clone(), name.to_owned(), Arc::clone(&shared));
         let period = visibility / 3;
@@ -449,26 +651,52 @@ impl Heartbeat {
             .spawn(move || {
                 let (state, wake) = &*beat;
                 let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut beats: u64 = 0;
                 while !guard.stop {
                     let watching = guard.watching.clone();
+                    let running = guard.running.clone();
+                    if let Some(dog) = &guard.watchdog
+                        && Instant::now() >= dog.at
+                    {
+                        let dog = dog.clone();
+                        drop(guard);
+                        time_out(&mut link, &settings, &keys, &name, &dog);
+                    }
                     drop(guard);
+                    beats += 1;
                     let _ = link.run(|conn| {
                         let mut pipe = redis::pipe();
                         let now = protocol::now_ms();
-                        pipe.cmd("ZADD")
-                            .arg(keys.workers())
-                            .arg(now)
-                            .arg(&name)
-                            .ignore()
-                            // Workers that were killed never remove themselves.
-                            .cmd("ZREMRANGEBYSCORE")
-                            .arg(keys.workers())
-                            .arg("-inf")
-                            .arg(now.saturating_sub(STALE_WORKER_MS))
-                            .ignore();
-                        if let Some(id) = &watching {
+                        let stale = now.saturating_sub(STALE_WORKER_MS);
+                        let sets = std::iter::once(keys.workers())
+                            .chain(job_ids.iter().map(|id| keys.serves(id)));
+                        for (index, set) in sets.enumerate() {
+                            pipe.cmd("ZADD").arg(&set).arg(now).arg(&name).ignore();
+                            // Killed workers never remove themselves, and the
+                            // scanner forgets them only from the sets of its
+                            // own build's jobs. The job sets are swept now
+                            // and then: readers count fresh members anyway,
+                            // and a beat then costs one command per job.
+                            if index == 0 || beats % SWEEP_SETS_EVERY == 1 {
+                                pipe.cmd("ZREMRANGEBYSCORE")
+                                    .arg(&set)
+                                    .arg("-inf")
+                                    .arg(stale)
+                                    .ignore();
+                            }
+                        }
+                        match &running {
+                            Some((job, started)) => pipe
+                                .cmd("HSET")
+                                .arg(keys.running())
+                                .arg(&name)
+                                .arg(format!("{started} {job}")),
+                            None => pipe.cmd("HDEL").arg(keys.running()).arg(&name),
+                        }
+                        .ignore();
+                        for (stream, id) in &watching {
                             pipe.cmd("XCLAIM")
-                                .arg(keys.tasks())
+                                .arg(stream)
                                 .arg(GROUP)
                                 .arg(&name)
                                 .arg(0)
@@ -480,14 +708,27 @@ impl Heartbeat {
                     });
                     guard = state.lock().unwrap_or_else(PoisonError::into_inner);
                     if !guard.stop {
+                        let wait = match &guard.watchdog {
+                            Some(dog) => {
+                                period.min(dog.at.saturating_duration_since(Instant::now()))
+                            }
+                            None => period,
+                        };
                         guard = wake
-                            .wait_timeout(guard, period)
+                            .wait_timeout(guard, wait)
                             .unwrap_or_else(PoisonError::into_inner)
                             .0;
                     }
                 }
                 drop(guard);
-                let _ = link.query::<()>(redis::cmd("ZREM").arg(keys.workers()).arg(&name));
+                let mut pipe = redis::pipe();
+                let sets =
+                    std::iter::once(keys.workers()).chain(job_ids.iter().map(|id| keys.serves(id)));
+                for set in sets {
+                    pipe.cmd("ZREM").arg(set).arg(&name).ignore();
+                }
+                pipe.cmd("HDEL").arg(keys.running()).arg(&name).ignore();
+                let _ = link.run(|conn| pipe.query::<()>(conn));
             })
             .map_err(|e| Error::Cluster(format!("cannot start the heartbeat thread: {e}")))?;
         Ok(Heartbeat {
@@ -500,12 +741,38 @@ impl Heartbeat {
     /// claim it at once: delivering a task (or claiming it from a lost
     /// worker) resets its idle time, and the next beat comes within a third
     /// of the visibility timeout.
-    fn watch(&self, id: Option<String>) {
+    fn watch(&self, held: Vec<(String, String)>) {
         let (state, _) = &*self.shared;
         state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .watching = id;
+            .watching = held;
+    }
+
+    /// The job now running, if any, for inspection.
+    fn running(&self, job: Option<&str>) {
+        let (state, _) = &*self.shared;
+        state.lock().unwrap_or_else(PoisonError::into_inner).running =
+            job.map(|job| (job.to_owned(), protocol::now_ms()));
+    }
+
+    /// Starts the running task's deadline.
+    fn arm(&self, dog: Watchdog) {
+        let (state, wake) = &*self.shared;
+        state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watchdog = Some(dog);
+        wake.notify_all();
+    }
+
+    /// The task ended in time.
+    fn disarm(&self) {
+        let (state, _) = &*self.shared;
+        state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watchdog = None;
     }
 
     fn stop(&mut self) {

@@ -6,7 +6,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::auth::{Auth, MIN_KEY_LEN};
 use crate::Error;
+
+/// The environment variable that gives the queue's key, so that it stays
+/// out of command lines (`ps` shows those to every user of the host).
+pub(crate) const KEY_ENV: &str = "PROCPOOL_KEY";
 
 /// Everything a cluster caller or worker reads from its URL.
 #[derive(Debug, Clone)]
@@ -16,14 +21,21 @@ pub(crate) struct Settings {
     /// The URL with the password masked, for messages.
     pub(crate) display: String,
     pub(crate) queue: String,
-    /// How long a task may go without a sign of life from its worker before
-    /// another worker claims it. Read by workers.
+    /// How long a worker's heartbeat (every third of it) may be silent,
+    /// plus a second, before its tasks go to another worker; also how long
+    /// such a task must have been idle. Read by workers.
     pub(crate) visibility: Duration,
-    /// How long a caller's keys (presence, results, job list) outlive its
-    /// last refresh; then workers also drop its queued tasks. Longer than
-    /// `reconnect`: a caller cut off from Redis for less than that still
-    /// waits for its results.
+    /// How long a caller's results and the task streams it uses outlive its
+    /// last refresh. Longer than `reconnect`: a caller cut off from Redis
+    /// for less than that still finds its results.
     pub(crate) ttl: Duration,
+    /// How long a caller's presence key outlives its last refresh (four
+    /// refreshes per period): workers start none of a caller's tasks once
+    /// it is gone. 10 s by default, at most `ttl`.
+    pub(crate) presence: Duration,
+    /// How many bytes of a caller's tasks may wait in Redis at once; the
+    /// rest waits in the caller. Read by callers.
+    pub(crate) window: usize,
     /// The largest task or result, in bytes.
     pub(crate) max_payload: usize,
     /// How many times a task may be handed to a worker. Read by workers.
@@ -34,18 +46,42 @@ pub(crate) struct Settings {
     pub(crate) tls_ca: Option<PathBuf>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    /// How long a call waits while workers are alive but none can run its
+    /// job, before it fails with `Error::Registry`. Read by callers.
+    pub(crate) unserved: Duration,
+    /// Whether the URL names a seed node of a Redis Cluster.
+    pub(crate) cluster: bool,
+    /// Signs and checks tasks and results with the queue's key, if any.
+    pub(crate) auth: Auth,
 }
 
 /// The shortest visibility timeout: a live worker renews its claim every
 /// third of it, which must stay well above a round trip to Redis.
 const MIN_VISIBILITY: Duration = Duration::from_millis(300);
 
+/// The shortest presence period: a caller refreshes its presence every
+/// quarter of it, which must stay well above a round trip to Redis.
+const MIN_PRESENCE: Duration = Duration::from_millis(500);
+
 /// procpool's query parameters, with what each means, for error messages.
-const PARAMETERS: &str = "queue, visibility, ttl, max_payload, max_deliveries, reconnect, \
-                          tls_ca, tls_cert, tls_key";
+const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, window, max_deliveries, reconnect, \
+                          tls_ca, tls_cert, tls_key, key, unserved, cluster";
 
 impl Settings {
+    /// Reads `url`, with the key from `PROCPOOL_KEY` if the URL has none.
     pub(crate) fn parse(url: &str) -> Result<Settings, Error> {
+        let from_env = std::env::var_os(KEY_ENV)
+            .map(|value| {
+                value.into_string().map_err(|_| {
+                    Error::Config(format!("{KEY_ENV} is not valid UTF-8; use a text key"))
+                })
+            })
+            .transpose()?;
+        Settings::parse_with_key(url, from_env)
+    }
+
+    /// Reads `url`; `env_key` is the key from the environment, if set.
+    pub(crate) fn parse_with_key(url: &str, env_key: Option<String>) -> Result<Settings, Error> {
         let invalid = |why: String| Error::Config(format!("invalid cluster URL: {why}"));
         let mut parsed = url::Url::parse(url).map_err(|e| {
             invalid(format!(
@@ -64,13 +100,20 @@ impl Settings {
             queue: "default".to_owned(),
             visibility: Duration::from_secs(30),
             ttl: Duration::from_secs(120),
+            presence: Duration::from_secs(10),
             max_payload: 64 << 20,
+            window: 32 << 20,
             max_deliveries: 3,
             reconnect: Duration::from_secs(60),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            unserved: Duration::from_secs(30),
+            cluster: false,
+            auth: Auth::new(None),
         };
+        let mut url_key = None;
+        let mut presence = None;
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -81,16 +124,27 @@ impl Settings {
                 "queue" => settings.queue = queue_name(&value).map_err(invalid)?,
                 "visibility" => settings.visibility = seconds()?,
                 "ttl" => settings.ttl = seconds()?,
+                "presence" => presence = Some(seconds()?),
                 "reconnect" => settings.reconnect = seconds()?,
+                "unserved" => settings.unserved = seconds()?,
                 "max_payload" => {
                     settings.max_payload = parse_number(&key, &value).map_err(invalid)?;
                 }
+                "window" => settings.window = parse_number(&key, &value).map_err(invalid)?,
                 "max_deliveries" => {
                     settings.max_deliveries = parse_number(&key, &value).map_err(invalid)?;
                 }
                 "tls_ca" => settings.tls_ca = Some(PathBuf::from(value)),
                 "tls_cert" => settings.tls_cert = Some(PathBuf::from(value)),
                 "tls_key" => settings.tls_key = Some(PathBuf::from(value)),
+                "key" => url_key = Some(value),
+                "cluster" => {
+                    settings.cluster = match value.as_str() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(invalid(format!("cluster={value}: use true or false"))),
+                    };
+                }
                 other => {
                     return Err(invalid(format!(
                         "unknown parameter `{other}`; procpool understands {PARAMETERS}"
@@ -105,15 +159,22 @@ impl Settings {
                 settings.ttl, settings.reconnect
             )));
         }
+        settings.presence = presence.unwrap_or(settings.presence.min(settings.ttl));
+        if settings.presence < MIN_PRESENCE || settings.presence > settings.ttl {
+            return Err(invalid(format!(
+                "presence ({:?}) must be at least {MIN_PRESENCE:?} and at most ttl ({:?})",
+                settings.presence, settings.ttl
+            )));
+        }
         if settings.visibility < MIN_VISIBILITY {
             return Err(invalid(format!(
                 "visibility must be at least {MIN_VISIBILITY:?}: below that, tasks are taken \
                  from live workers"
             )));
         }
-        if settings.max_deliveries == 0 || settings.max_payload == 0 {
+        if settings.max_deliveries == 0 || settings.max_payload == 0 || settings.window == 0 {
             return Err(invalid(
-                "max_deliveries and max_payload must be at least 1".into(),
+                "max_deliveries, max_payload and window must be at least 1".into(),
             ));
         }
         if settings.tls_cert.is_some() != settings.tls_key.is_some() {
@@ -127,6 +188,24 @@ impl Settings {
                 "tls_ca, tls_cert and tls_key need a rediss:// URL".into(),
             ));
         }
+        let key = match (url_key, env_key) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(format!(
+                    "the URL's key and {KEY_ENV} differ; give the key once (or the same in both)"
+                )));
+            }
+            (a, b) => a.or(b),
+        };
+        if let Some(key) = &key
+            && key.len() < MIN_KEY_LEN
+        {
+            return Err(invalid(format!(
+                "the key is {} bytes long; use at least {MIN_KEY_LEN} random characters \
+                 (e.g. `openssl rand -hex 32`)",
+                key.len()
+            )));
+        }
+        settings.auth = Auth::new(key.as_deref().map(str::as_bytes));
         parsed.set_query(None);
         settings.redis_url = parsed.to_string();
         if parsed.password().is_some() {
@@ -187,6 +266,15 @@ mod tests {
         assert_eq!(s.max_payload, 1000);
         assert_eq!(s.max_deliveries, 5);
         assert_eq!(s.reconnect, Duration::from_secs(3));
+        let s =
+            Settings::parse("redis://h?cluster=true&window=1000&unserved=5&presence=2").unwrap();
+        assert!(s.cluster);
+        assert_eq!(s.window, 1000);
+        assert_eq!(s.unserved, Duration::from_secs(5));
+        assert_eq!(s.presence, Duration::from_secs(2));
+        // Without `presence`, a `ttl` under 10 s sets it.
+        let s = Settings::parse("redis://h?ttl=5&reconnect=1").unwrap();
+        assert_eq!(s.presence, Duration::from_secs(5));
     }
 
     #[test]
@@ -198,6 +286,10 @@ mod tests {
         assert_eq!(s.max_deliveries, 3);
         assert_eq!(s.ttl, Duration::from_secs(120));
         assert!(s.ttl > s.reconnect);
+        // Workers stop starting a dead caller's tasks within 15 s, and a
+        // call no worker can run fails within a minute.
+        assert_eq!(s.presence, Duration::from_secs(10));
+        assert!(s.unserved <= Duration::from_secs(58));
         assert_eq!(s.display, "redis://127.0.0.1");
     }
 
@@ -215,10 +307,43 @@ mod tests {
             ("redis://h?ttl=10", "longer than reconnect"),
             ("redis://h?tls_ca=/ca.pem", "rediss://"),
             ("rediss://h?tls_cert=/c.pem", "go together"),
+            ("redis://h?key=short", "at least 16"),
+            ("redis://h?presence=0.1", "presence"),
+            ("redis://h?presence=200", "at most ttl"),
+            ("redis://h?cluster=maybe", "use true or false"),
+            ("redis://h?window=0", "window must be at least 1"),
+            ("redis://h?unserved=-1", "above 0"),
         ] {
             let err = Settings::parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");
             assert!(err.starts_with("invalid pool configuration: invalid cluster URL"));
         }
+    }
+
+    #[test]
+    fn the_key_comes_from_the_url_or_the_environment_and_never_shows() {
+        let long = "0123456789abcdef0123";
+        let from_url = Settings::parse_with_key(&format!("redis://h?key={long}"), None).unwrap();
+        let from_env = Settings::parse_with_key("redis://h", Some(long.into())).unwrap();
+        let both = Settings::parse_with_key(&format!("redis://h?key={long}"), Some(long.into()));
+        assert!(from_url.auth.keyed() && from_env.auth.keyed() && both.is_ok());
+        assert_eq!(
+            from_url.auth.derive_id("x"),
+            from_env.auth.derive_id("x"),
+            "the same key either way"
+        );
+        assert!(!from_url.display.contains(long) && !from_url.redis_url.contains(long));
+        assert!(!format!("{from_url:?}").contains(long));
+        let differ = Settings::parse_with_key(
+            &format!("redis://h?key={long}"),
+            Some("another key of enough length".into()),
+        );
+        assert!(differ.unwrap_err().to_string().contains("differ"));
+        assert!(
+            !Settings::parse_with_key("redis://h", None)
+                .unwrap()
+                .auth
+                .keyed()
+        );
     }
 }

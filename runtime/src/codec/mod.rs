@@ -201,6 +201,8 @@ pub(crate) struct ChunkWriter<T> {
     out: Vec<u8>,
     mode: Mode,
     count: usize,
+    /// Where the last item's bytes begin, for [`ChunkWriter::undo_last`].
+    last_start: usize,
     item: PhantomData<fn(&T)>,
 }
 
@@ -210,6 +212,7 @@ impl<T> Default for ChunkWriter<T> {
             out: Vec::new(),
             mode: Mode::Empty,
             count: 0,
+            last_start: 0,
             item: PhantomData,
         }
     }
@@ -224,6 +227,16 @@ impl<T> ChunkWriter<T> {
     /// Bytes written so far.
     pub(crate) fn byte_len(&self) -> usize {
         self.out.len()
+    }
+
+    /// Removes the last item written, if the chunk holds more than one
+    /// (the first fixes the chunk's header). The chunk stays in the
+    /// format it is in; the items before are untouched.
+    pub(crate) fn undo_last(&mut self) {
+        if self.count > 1 {
+            self.out.truncate(self.last_start);
+            self.count -= 1;
+        }
     }
 
     /// The encoded chunk.
@@ -243,9 +256,11 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
     #[inline(always)]
     pub(crate) fn push(&mut self, item: &T) -> Result<(), Problem> {
         // Inlined into the caller's loop: a raw item is one store.
+        let start = self.out.len();
         if let Mode::Shaped { .. } = self.mode
             && put_raw(item, &mut self.out)
         {
+            self.last_start = start;
             self.count += 1;
             return Ok(());
         }
@@ -327,7 +342,10 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
                     let written = value.serialize(&mut encoder);
                     let complete = encoder.complete();
                     match written {
-                        Ok(()) if complete => return Ok(()),
+                        Ok(()) if complete => {
+                            self.last_start = start;
+                            return Ok(());
+                        }
                         Ok(()) | Err(PlainError::NotPlain) => {
                             // This item has another shape: the chunk goes tagged.
                             self.out.truncate(start);
@@ -347,6 +365,7 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
                     }
                 }
                 Mode::Tagged => {
+                    self.last_start = self.out.len();
                     return ser::encode_into(value, &mut self.out).map_err(Problem::encode::<T>);
                 }
             }

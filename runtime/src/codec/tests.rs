@@ -220,3 +220,42 @@ fn random_bytes_are_values_or_errors() {
         no_panic(ReplyReader::new(&bytes).and_then(|mut r| r.next::<u64>().map(drop)));
     }
 }
+
+#[test]
+fn the_last_item_can_be_taken_back_in_every_format() {
+    // Raw, shaped, tagged, and an item that turned the chunk tagged.
+    fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static>(items: &[T]) {
+        let mut writer = ChunkWriter::default();
+        for item in items {
+            writer.push(item).unwrap();
+        }
+        writer.undo_last();
+        assert_eq!(writer.len(), items.len() - 1);
+        let bytes = writer.finish();
+        let mut reader = ChunkReader::new(&bytes).unwrap();
+        let mut out = Vec::new();
+        reader.read_into::<T>(items.len() - 1, &mut out).unwrap();
+        reader.finish().unwrap();
+        assert_eq!(out, items[..items.len() - 1]);
+    }
+    check(&[1u64, 2, 3]);
+    check(&[(1u8, "a".to_string()), (2, "b".to_string())]);
+    check(&[Some(1u8), None]);
+    /// A `u8` while small, a `u64` after: the third item changes the format.
+    #[derive(PartialEq, Debug)]
+    struct Flexible(u64);
+    impl Serialize for Flexible {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match u8::try_from(self.0) {
+                Ok(small) => s.serialize_u8(small),
+                Err(_) => s.serialize_u64(self.0),
+            }
+        }
+    }
+    impl<'de> Deserialize<'de> for Flexible {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u64::deserialize(d).map(Flexible)
+        }
+    }
+    check(&[Flexible(1), Flexible(2), Flexible(1000)]);
+}

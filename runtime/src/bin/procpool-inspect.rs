@@ -1,0 +1,30 @@
+//! Prints the state of a procpool cluster queue: workers alive with host,
+//! pid and current job, tasks waiting and taken per job, dead consumers,
+//! connected callers. Like `rq info` or `celery inspect`.
+//!
+//! ```sh
+//! procpool-inspect 'redis://:password@10.0.0.5:6379/0?queue=images'
+//! ```
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let (Some(url), None) = (args.next(), args.next()) else {
+        eprintln!(
+            "usage: procpool-inspect <cluster URL>  (the URL callers and workers use, \
+             e.g. 'redis://host:6379/0?queue=name'; the key may come from PROCPOOL_KEY)"
+        );
+        return ExitCode::from(2);
+    };
+    match procpool::cluster::inspect(&url) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("procpool-inspect: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
