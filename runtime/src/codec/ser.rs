@@ -61,6 +61,26 @@ impl<'b> Encoder<'b> {
         })
     }
 
+    /// A tuple or struct variant: its header and count; fields follow.
+    fn variant_compound(
+        &mut self,
+        tag: u8,
+        index: u32,
+        name: &str,
+        len: usize,
+    ) -> Result<Compound<'_, 'b>> {
+        self.variant(tag, index, name)?;
+        push_varint(self.out, len as u64);
+        Ok(Compound {
+            // Never packed: a variant's fields are not a byte sequence.
+            header: usize::MAX,
+            declared: Some(len),
+            written: 0,
+            all_u8: false,
+            enc: self,
+        })
+    }
+
     fn variant(&mut self, tag: u8, index: u32, name: &str) -> Result {
         self.enter()?;
         self.tag(tag);
@@ -272,15 +292,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
         variant: &'static str,
         len: usize,
     ) -> Result<Compound<'a, 'b>> {
-        self.variant(tag::TUPLE_VARIANT, index, variant)?;
-        push_varint(self.out, len as u64);
-        Ok(Compound {
-            header: usize::MAX,
-            declared: Some(len),
-            written: 0,
-            all_u8: false,
-            enc: self,
-        })
+        self.variant_compound(tag::TUPLE_VARIANT, index, variant, len)
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a, 'b>> {
         let tag = if len.is_some() {
@@ -300,60 +312,31 @@ impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
         variant: &'static str,
         len: usize,
     ) -> Result<Compound<'a, 'b>> {
-        self.variant(tag::STRUCT_VARIANT, index, variant)?;
-        push_varint(self.out, len as u64);
-        Ok(Compound {
-            header: usize::MAX,
-            declared: Some(len),
-            written: 0,
-            all_u8: false,
-            enc: self,
-        })
+        self.variant_compound(tag::STRUCT_VARIANT, index, variant, len)
     }
 }
 
-impl ser::SerializeSeq for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        Compound::end(self, "elements")
-    }
+/// The four sequence-like compounds: each element is a value, counted.
+macro_rules! elements {
+    ($($trait:ident::$method:ident, $what:literal;)*) => {$(
+        impl ser::$trait for Compound<'_, '_> {
+            type Ok = ();
+            type Error = CodecError;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+                self.element(value)
+            }
+            fn end(self) -> Result {
+                Compound::end(self, $what)
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        Compound::end(self, "elements")
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        Compound::end(self, "fields")
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = CodecError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        Compound::end(self, "fields")
-    }
+elements! {
+    SerializeSeq::serialize_element, "elements";
+    SerializeTuple::serialize_element, "elements";
+    SerializeTupleStruct::serialize_field, "fields";
+    SerializeTupleVariant::serialize_field, "fields";
 }
 
 impl ser::SerializeMap for Compound<'_, '_> {
