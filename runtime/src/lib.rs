@@ -52,6 +52,23 @@
 //! arrives as it was sent, or the call fails with
 //! [`Error::Serialization`]: never a different value.
 //!
+//! Values travel in a self-describing format of procpool's own, so all of
+//! serde works: `skip_serializing_if`, `default`, `rename`, `flatten`,
+//! internally, adjacently tagged and untagged enums, `serde_json::Value`,
+//! `i128`, maps with non-string keys, `Option<Option<T>>`, floats bit for
+//! bit (NaN payloads, `-0.0`). Plain items (numbers, `bool`, `char`,
+//! `String`, `Vec<u8>`, tuples of those) travel in bulk, without a tag per
+//! value.
+//!
+//! - A `Serialize`/`Deserialize` impl that returns an error fails the call
+//!   with [`Error::Serialization`], which names the type and keeps the
+//!   impl's own message.
+//! - One that panics in a worker fails it with [`Error::Panicked`]; the
+//!   worker survives, and `retries` does not re-run it.
+//! - Values nested deeper than 512 levels are refused with
+//!   [`Error::Serialization`] before they are sent or decoded, so decoding
+//!   never overflows a thread's stack.
+//!
 //! # When things fail
 //!
 //! | What happens | What the caller gets | Then |
@@ -139,27 +156,6 @@
 //!
 //! # Scaling out
 //!
-//! # What crosses the process boundary
-//!
-//! Any `Serialize + DeserializeOwned + Send + 'static` type, exactly: the
-//! value arrives as sent, or the call fails with an error; never a
-//! different value. Values travel in a self-describing format of
-//! procpool's own, so all of serde works: `skip_serializing_if`, `default`,
-//! `rename`, `flatten`, internally, adjacently tagged and untagged enums,
-//! `serde_json::Value`, `i128`, maps with non-string keys,
-//! `Option<Option<T>>`, floats bit for bit (NaN payloads, `-0.0`). Plain
-//! items (numbers, `bool`, `char`, `String`, `Vec<u8>`, tuples of those)
-//! travel in bulk, without a tag per value.
-//!
-//! - A `Serialize`/`Deserialize` impl that returns an error fails the call
-//!   with [`Error::Serialization`], which names the type and keeps the
-//!   impl's own message.
-//! - One that panics in a worker fails it with [`Error::Panicked`]; the
-//!   worker survives, and `retries` does not re-run it.
-//! - Values nested deeper than 512 levels are refused with
-//!   [`Error::Serialization`] before they are sent or decoded, so decoding
-//!   never overflows a thread's stack.
-//!
 //! With the cargo feature `cluster`, the same `Pool` sends its tasks
 //! through Redis to workers on any number of hosts:
 //! `Pool::builder().cluster("redis://host/0").build()`, and workers that
@@ -172,6 +168,7 @@
 //   call      one call's results and AsyncResult     -> transport, codec
 //   imap      the Imap iterator                      -> call, transport
 //   transport the Backend/Sink seam between the pool and where tasks run
+//   stats     PoolStats: counters a backend keeps (imports nothing of the crate)
 //   local/    the local backend                      -> transport, wire, exec, sys
 //     mod       drivers (one state machine per worker) and the task queue
 //     launch    start a worker, handshake, wait on its channel and pidfd, reap
@@ -216,6 +213,7 @@ mod local;
 mod pool;
 mod process;
 mod progress;
+mod stats;
 mod sys;
 mod transport;
 mod wire;
@@ -226,6 +224,7 @@ pub use imap::{Imap, ImapStream};
 pub use job::{IntoJob, ItemFor, Job, JobArgs};
 pub use pool::{Chunked, Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder};
+pub use stats::{PoolStats, WorkerStats};
 
 /// Registers a function as a job that a [`Pool`] can run in worker processes.
 ///

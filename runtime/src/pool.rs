@@ -309,6 +309,37 @@ impl Pool {
         Pool::builder().processes(processes).build()
     }
 
+    /// What the pool has done so far: tasks done and failed, workers
+    /// started, replaced and why any left, and per worker slot the time
+    /// spent running tasks against waiting (like MPIRE's worker insights).
+    ///
+    /// ```
+    /// use procpool::{pool_job, Pool};
+    ///
+    /// #[pool_job]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = Pool::with_processes(2)?;
+    /// pool.chunksize(1).map(square, 0..10)?;
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.tasks_done, 10);
+    /// assert_eq!(stats.workers_started, 2);
+    /// for worker in &stats.workers {
+    ///     println!("{:?}: {} tasks, {:.0} % busy", worker.pid, worker.tasks, 100.0 * worker.utilization());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A cluster pool's workers are other programs: its counters stay at
+    /// zero (see `procpool::cluster::inspect` for a queue's state).
+    pub fn stats(&self) -> crate::PoolStats {
+        self.backend.stats()
+    }
+
     /// A builder for a pool with more settings.
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()

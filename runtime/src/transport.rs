@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::Error;
+use crate::PoolStats;
 
 /// One chunk of one call: `count` items of `job`, encoded back to back.
 pub(crate) struct Task {
@@ -77,5 +78,10 @@ pub(crate) trait Backend: Send + Sync {
     /// items over its own limit).
     fn max_chunk_bytes(&self) -> Option<usize> {
         None
+    }
+    /// What the backend has done so far. Backends whose workers are other
+    /// programs (a cluster) report nothing here.
+    fn stats(&self) -> PoolStats {
+        PoolStats::default()
     }
 }

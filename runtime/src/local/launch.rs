@@ -78,6 +78,11 @@ pub(crate) struct Initializer {
 pub(crate) struct PidSlot(Mutex<Option<u32>>);
 
 impl PidSlot {
+    /// The registered worker's pid, if one is running.
+    pub(crate) fn get(&self) -> Option<u32> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Sends SIGKILL to the registered worker, if any.
     pub(crate) fn kill(&self) {
         let pid = *self.0.lock().unwrap_or_else(PoisonError::into_inner);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::local::launch::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
+use crate::stats::{Counters, Departure, PoolStats};
 use crate::transport::{Backend, Task};
 use crate::wire::{FromWorker, Scratch, ToWorker};
 
@@ -56,6 +57,7 @@ struct Shared {
     terminated: AtomicBool,
     /// Each driver's live worker, for `terminate` to kill.
     pids: Vec<Arc<PidSlot>>,
+    counters: Counters,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,6 +128,7 @@ impl LocalBackend {
             work: Condvar::new(),
             terminated: AtomicBool::new(false),
             pids: (0..config.processes).map(|_| Arc::default()).collect(),
+            counters: Counters::new(config.processes),
         });
         let (started_tx, started) = mpsc::channel();
         let mut drivers = Vec::with_capacity(config.processes);
@@ -224,6 +227,12 @@ impl Backend for LocalBackend {
     fn processes(&self) -> usize {
         self.processes
     }
+
+    fn stats(&self) -> PoolStats {
+        self.shared
+            .counters
+            .snapshot(|slot| self.shared.pids.get(slot).and_then(|pid| pid.get()))
+    }
 }
 
 impl Drop for LocalBackend {
@@ -262,6 +271,8 @@ struct Sent {
     may_retry: bool,
     /// The number the worker must echo in its reply.
     id: u64,
+    /// When it was handed to the worker.
+    sent_at: Instant,
 }
 
 /// Checks that `reply` answers task number `id`.
@@ -325,6 +336,7 @@ impl Driver {
                     // is replaced before the task is sent: the task did
                     // not run, so it must not fail or cost a retry.
                     Some(task) if !current.worker.is_alive() => {
+                        self.shared.counters.worker_left(Departure::Died);
                         drop(current);
                         self.start_with_new_worker(task)
                     }
@@ -359,6 +371,9 @@ impl Driver {
             return self.respawn();
         }
         current.done += 1;
+        self.shared
+            .counters
+            .task_done(self.slot, sent.sent_at.elapsed());
         let next = if self.keeps(&current) {
             match self.shared.try_next_task() {
                 Some(next) if !next.sink.cancelled() => self.start(current, next),
@@ -366,6 +381,7 @@ impl Driver {
             }
         } else {
             // Python's maxtasksperchild, or billiard's max_memory_per_child.
+            self.shared.counters.worker_left(Departure::Retired);
             current.worker.shutdown();
             State::NoWorker
         };
@@ -400,6 +416,7 @@ impl Driver {
             }
         }
         let job = task.job.to_owned();
+        self.shared.counters.task_failed();
         task.fail(failure.unwrap_or(Error::Terminated { job }));
         State::NoWorker
     }
@@ -448,6 +465,7 @@ impl Driver {
             )))
         })?;
         worker.register(Arc::clone(&self.shared.pids[self.slot]));
+        self.shared.counters.worker_started();
         if self.shared.terminated.load(Ordering::Acquire) {
             // terminate() ran before the pid was visible to it.
             return Err(Error::Spawn("the pool was terminated".into()));
@@ -494,6 +512,7 @@ impl Driver {
             deadline,
             may_retry,
             id,
+            sent_at: Instant::now(),
         };
         let pid = current.worker.pid();
         match current
@@ -503,6 +522,7 @@ impl Driver {
             Ok(()) => State::Busy(current, sent),
             Err(Lost::Died(_)) if !self.shared.terminated.load(Ordering::Acquire) => {
                 // The message never reached a live worker.
+                self.shared.counters.worker_left(Departure::Died);
                 drop(current);
                 self.shared.retry(sent.task);
                 self.respawn()
@@ -557,11 +577,26 @@ impl Driver {
         let Sent {
             mut task,
             may_retry,
+            sent_at,
             ..
         } = sent;
         let job = task.job.to_owned();
         let terminated = self.shared.terminated.load(Ordering::Acquire);
-        if may_retry && !terminated && matches!(lost, Lost::Died(_) | Lost::Protocol(_)) {
+        let departure = match lost {
+            _ if terminated => None,
+            Lost::Died(_) => Some(Departure::Died),
+            Lost::TimedOut => Some(Departure::TimedOut),
+            Lost::Protocol(_) => Some(Departure::BrokeProtocol),
+            Lost::Aborted => None,
+        };
+        if let Some(departure) = departure {
+            self.shared.counters.worker_left(departure);
+        }
+        let retry = may_retry && !terminated && matches!(lost, Lost::Died(_) | Lost::Protocol(_));
+        self.shared
+            .counters
+            .task_lost(self.slot, sent_at.elapsed(), retry);
+        if retry {
             task.retried += 1;
             self.shared.retry(task);
             return;
