@@ -169,6 +169,28 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                         // writer for `#item` only (see `AnyEncoder`).
                         unsafe { (&&#krate::__private::Probe::<#item>::new()).encode(__item, __chunk) }
                     },
+                    // Likewise for the result: a type that cannot cross
+                    // resolves to stubs here, so calls add no error.
+                    #krate::__private::Decoders {
+                        values: |__job, __first, __count, __bytes, __out| {
+                            #[allow(unused_imports)]
+                            use #krate::__private::{DecodeResult as _, NeverDecode as _};
+                            // SAFETY: `Job` passes a `Vec<#output>` only.
+                            unsafe {
+                                (&&#krate::__private::Probe::<#output>::new())
+                                    .values(__job, __first, __count, __bytes, __out)
+                            }
+                        },
+                        outcomes: |__job, __first, __count, __bytes, __out| {
+                            #[allow(unused_imports)]
+                            use #krate::__private::{DecodeResult as _, NeverDecode as _};
+                            // SAFETY: `Job` passes a `Vec<Result<#output, Error>>` only.
+                            unsafe {
+                                (&&#krate::__private::Probe::<#output>::new())
+                                    .outcomes(__job, __first, __count, __bytes, __out)
+                            }
+                        },
+                    },
                 )
             }
         };

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::job::Decode;
 use crate::progress::Progress;
 use crate::transport::{Sink, TaskInfo};
 use crate::{Error, codec};
@@ -103,17 +104,67 @@ pub(crate) fn decode_values<R: DeserializeOwned + 'static>(
         .map_err(|p| undecodable(job, task.first + task.count, p))
 }
 
-/// The error of the first item that failed in a reply (or of the reply
-/// itself, if it cannot be read), without decoding the values.
-fn failed_item<R: DeserializeOwned + 'static>(
+/// [`decode_values`] behind a job's type-erased decoder (`job::AnyDecoder`).
+///
+/// # Safety
+///
+/// `out` points to a live `Vec<R>`.
+pub(crate) unsafe fn decode_values_any<R: DeserializeOwned + 'static>(
     job: &str,
-    task: TaskInfo,
+    first: usize,
+    count: usize,
     bytes: &[u8],
-) -> Option<Error> {
+    out: *mut (),
+) -> Result<(), Error> {
+    // SAFETY: the caller's contract.
+    let out = unsafe { &mut *out.cast::<Vec<R>>() };
+    let task = TaskInfo {
+        chunk: 0,
+        first,
+        count,
+    };
+    decode_values(job, task, bytes, out)
+}
+
+/// [`decode_items`] behind a job's type-erased decoder, collecting every
+/// item's outcome.
+///
+/// # Safety
+///
+/// `out` points to a live `Vec<Result<R, Error>>`.
+pub(crate) unsafe fn decode_outcomes_any<R: DeserializeOwned + 'static>(
+    job: &str,
+    first: usize,
+    count: usize,
+    bytes: &[u8],
+    out: *mut (),
+) -> Result<(), Error> {
+    // SAFETY: the caller's contract.
+    let out = unsafe { &mut *out.cast::<Vec<Result<R, Error>>>() };
+    let task = TaskInfo {
+        chunk: 0,
+        first,
+        count,
+    };
+    decode_items(job, task, bytes, |item| {
+        out.push(item);
+        Ok(())
+    })
+}
+
+/// The error of the first item that failed in a reply (or of the reply
+/// itself, if it cannot be read); a reply without failures is not decoded.
+fn failed_item<R>(decode: &Decode<R>, job: &str, task: TaskInfo, bytes: &[u8]) -> Option<Error> {
     match codec::ReplyReader::new(bytes) {
         Err(problem) => Some(undecodable(job, task.first, problem)),
         Ok(reader) if reader.all_succeeded() => None,
-        Ok(_) => decode_items::<R>(job, task, bytes, |item| item.map(drop)).err(),
+        Ok(_) => {
+            let mut outcomes = Vec::new();
+            match decode.outcomes(job, task.first, task.count, bytes, &mut outcomes) {
+                Err(error) => Some(error),
+                Ok(()) => outcomes.into_iter().find_map(Result::err),
+            }
+        }
     }
 }
 
@@ -149,6 +200,7 @@ struct State<R, T> {
 /// Collects the chunks of one call. Shared by the caller and the backend.
 pub(crate) struct Call<R, M: Finish<R>> {
     job: &'static str,
+    decode: Decode<R>,
     progress: Progress,
     state: Mutex<State<R, M::Output>>,
     ready: Condvar,
@@ -157,11 +209,16 @@ pub(crate) struct Call<R, M: Finish<R>> {
 
 impl<R, M> Call<R, M>
 where
-    R: DeserializeOwned + Send + 'static,
+    R: Send + 'static,
     M: Finish<R>,
 {
     /// A call of about `expected` items.
-    pub(crate) fn new(job: &'static str, progress: Progress, expected: usize) -> Arc<Self> {
+    pub(crate) fn new(
+        job: &'static str,
+        decode: Decode<R>,
+        progress: Progress,
+        expected: usize,
+    ) -> Arc<Self> {
         let mut items = Vec::new();
         // Room for the whole result, so it never moves while it grows; the
         // pages are touched only as items arrive. A huge estimate that
@@ -169,6 +226,7 @@ where
         let _ = items.try_reserve_exact(expected);
         Arc::new(Call {
             job,
+            decode,
             progress,
             state: Mutex::new(State {
                 items,
@@ -238,7 +296,10 @@ where
         // Chunks after a gap in the numbering (a task that was never
         // submitted) still count, in order.
         for (_, (task, payload)) in std::mem::take(&mut state.early) {
-            if let Err(error) = decode_values::<R>(self.job, task, &payload, &mut state.items) {
+            if let Err(error) =
+                self.decode
+                    .values(self.job, task.first, task.count, &payload, &mut state.items)
+            {
                 return self.fail(state, error);
             }
         }
@@ -279,7 +340,7 @@ where
 
 impl<R, M> Sink for Call<R, M>
 where
-    R: DeserializeOwned + Send + 'static,
+    R: Send + 'static,
     M: Finish<R>,
 {
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
@@ -295,7 +356,7 @@ where
             Err(error) => return self.fail(state, error),
         };
         // A failed item fails the call now, whatever its chunk's turn.
-        if let Some(error) = failed_item::<R>(self.job, task, bytes) {
+        if let Some(error) = failed_item(&self.decode, self.job, task, bytes) {
             return self.fail(state, error);
         }
         self.progress.advance(task.count);
@@ -303,7 +364,10 @@ where
             state.early.insert(task.chunk, (task, bytes.to_vec()));
             return self.complete_if_done(state);
         }
-        if let Err(error) = decode_values::<R>(self.job, task, bytes, &mut state.items) {
+        if let Err(error) =
+            self.decode
+                .values(self.job, task.first, task.count, bytes, &mut state.items)
+        {
             return self.fail(state, error);
         }
         state.next_chunk += 1;
@@ -312,7 +376,10 @@ where
             let Some((task, early)) = state.early.remove(&turn) else {
                 break;
             };
-            if let Err(error) = decode_values::<R>(self.job, task, &early, &mut state.items) {
+            if let Err(error) =
+                self.decode
+                    .values(self.job, task.first, task.count, &early, &mut state.items)
+            {
                 return self.fail(state, error);
             }
             state.next_chunk += 1;
@@ -350,7 +417,7 @@ trait Pending<T>: Send + Sync {
 
 impl<R, M> Pending<M::Output> for Call<R, M>
 where
-    R: DeserializeOwned + Send + 'static,
+    R: Send + 'static,
     M: Finish<R>,
 {
     fn is_done(&self) -> bool {
@@ -505,7 +572,7 @@ impl<T> std::fmt::Debug for AsyncResult<T> {
 impl<T: Send + 'static> AsyncResult<T> {
     pub(crate) fn new<R, M>(call: Arc<Call<R, M>>) -> Self
     where
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         M: Finish<R, Output = T>,
     {
         AsyncResult { call }

@@ -9,11 +9,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use serde::de::DeserializeOwned;
-
-use crate::call::decode_items;
 use crate::codec::ChunkWriter;
-use crate::job::Encode;
+use crate::job::{Decode, Encode};
 use crate::progress::Progress;
 use crate::transport::{Sink, Task, TaskInfo};
 use crate::{Error, Pool};
@@ -31,6 +28,7 @@ struct State<R> {
 /// Receives the chunks of one `imap` call.
 struct Stream<R> {
     job: &'static str,
+    decode: Decode<R>,
     progress: Progress,
     state: Mutex<State<R>>,
     arrived: Condvar,
@@ -54,15 +52,13 @@ impl<R> Stream<R> {
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> Sink for Stream<R> {
+impl<R: Send + 'static> Sink for Stream<R> {
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
         // A lost task fails each of its items, so the output stays aligned with the input.
         let mut items = Vec::with_capacity(task.count);
         let decoded = outcome.and_then(|bytes| {
-            decode_items::<R>(self.job, task, bytes, |item| {
-                items.push(item);
-                Ok(())
-            })
+            self.decode
+                .outcomes(self.job, task.first, task.count, bytes, &mut items)
         });
         if let Err(error) = decoded {
             // Items after an undecodable one (or all, for a lost task) fail with it.
@@ -114,7 +110,7 @@ impl<R, I: Iterator> std::fmt::Debug for Imap<'_, R, I> {
 
 impl<'pool, R, I> Imap<'pool, R, I>
 where
-    R: DeserializeOwned + Send + 'static,
+    R: Send + 'static,
     I: Iterator,
 {
     pub(crate) fn new(
@@ -124,6 +120,7 @@ where
         chunksize: usize,
         ordered: bool,
         encode: Encode<I::Item>,
+        decode: Decode<R>,
     ) -> Self {
         Imap {
             pool,
@@ -132,6 +129,7 @@ where
             encode,
             stream: Arc::new(Stream {
                 job,
+                decode,
                 progress: Progress::new(pool.shows_progress(), job, None),
                 state: Mutex::new(State {
                     finished: HashMap::new(),
@@ -160,8 +158,9 @@ where
         input: I,
         error: Error,
         encode: Encode<I::Item>,
+        decode: Decode<R>,
     ) -> Self {
-        let mut imap = Imap::new(pool, job, input, 1, true, encode);
+        let mut imap = Imap::new(pool, job, input, 1, true, encode, decode);
         imap.input = None;
         imap.ready.push_back(Err(error));
         imap
@@ -305,7 +304,7 @@ where
 
 impl<R, I> Iterator for Imap<'_, R, I>
 where
-    R: DeserializeOwned + Send + 'static,
+    R: Send + 'static,
     I: Iterator,
 {
     type Item = Result<R, Error>;
@@ -357,7 +356,7 @@ impl<R, I: Iterator> Unpin for ImapStream<'_, R, I> {}
 
 impl<R, I> futures_core::Stream for ImapStream<'_, R, I>
 where
-    R: DeserializeOwned + Send + 'static,
+    R: Send + 'static,
     I: Iterator,
 {
     type Item = Result<R, Error>;

@@ -185,6 +185,94 @@ impl<T> ItemFor<T> for &T {
 #[doc(hidden)]
 pub type AnyEncoder = unsafe fn(item: *const (), chunk: *mut ()) -> Result<(), String>;
 
+/// A job's result decoder, type-erased like [`AnyEncoder`] so that no
+/// serde bound reaches the pool's methods: decodes the `count` outcomes of
+/// a worker's reply for items `first..`, into `out`.
+///
+/// # Safety
+///
+/// `out` points to a live `Vec<R>` (for [`Decoders::values`]) or
+/// `Vec<Result<R, Error>>` (for [`Decoders::outcomes`]), where `R` is the
+/// job's result type, the type the decoders were made for ([`Decode`]
+/// pairs them from one job).
+#[doc(hidden)]
+pub type AnyDecoder = unsafe fn(
+    job: &str,
+    first: usize,
+    count: usize,
+    bytes: &[u8],
+    out: *mut (),
+) -> Result<(), Error>;
+
+/// A job's two result decoders; written by `#[pool_job]`.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Decoders {
+    /// Every value, or the first item's error (`map`, `apply`).
+    pub values: AnyDecoder,
+    /// Each item's value or error (`imap`, `Process`).
+    pub outcomes: AnyDecoder,
+}
+
+/// The decoders of a job whose result type is `R`.
+pub(crate) struct Decode<R> {
+    decoders: Decoders,
+    result: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for Decode<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Decode<R> {}
+
+impl<R> Decode<R> {
+    pub(crate) fn of<J: IntoJob<Output = R>>(job: &J) -> Self {
+        Decode {
+            decoders: job.__decoders(),
+            result: PhantomData,
+        }
+    }
+
+    /// Appends the reply's values to `out`, or fails with the first
+    /// failed item's error.
+    pub(crate) fn values(
+        &self,
+        job: &str,
+        first: usize,
+        count: usize,
+        bytes: &[u8],
+        out: &mut Vec<R>,
+    ) -> Result<(), Error> {
+        // SAFETY: the decoders were made for the job whose result type is
+        // `R` (`of`), and `out` is a `Vec<R>`.
+        unsafe { (self.decoders.values)(job, first, count, bytes, (out as *mut Vec<R>).cast()) }
+    }
+
+    /// Appends each item's outcome to `out`; `Err` if the reply cannot be read.
+    pub(crate) fn outcomes(
+        &self,
+        job: &str,
+        first: usize,
+        count: usize,
+        bytes: &[u8],
+        out: &mut Vec<Result<R, Error>>,
+    ) -> Result<(), Error> {
+        // SAFETY: as in `values`, with a `Vec<Result<R, Error>>`.
+        unsafe {
+            (self.decoders.outcomes)(
+                job,
+                first,
+                count,
+                bytes,
+                (out as *mut Vec<Result<R, Error>>).cast(),
+            )
+        }
+    }
+}
+
 /// The encoder for item type `T`, which `#[pool_job]`'s expansion picks
 /// (through `__private::EncodeItem`) when `T` is serializable.
 ///
@@ -297,6 +385,7 @@ pub struct Job<F, A, R> {
     function: F,
     entry: &'static JobEntry,
     encoder: AnyEncoder,
+    decoders: Decoders,
     types: PhantomData<fn(A) -> R>,
 }
 
@@ -306,12 +395,19 @@ impl<F, A, R> Job<F, A, R> {
     ///
     /// # Safety
     ///
-    /// `encoder` must encode the item type of `A` (see [`AnyEncoder`]).
-    pub const unsafe fn __new(function: F, entry: &'static JobEntry, encoder: AnyEncoder) -> Self {
+    /// `encoder` must encode the item type of `A` (see [`AnyEncoder`]),
+    /// and `decoders` decode `R` (see [`AnyDecoder`]).
+    pub const unsafe fn __new(
+        function: F,
+        entry: &'static JobEntry,
+        encoder: AnyEncoder,
+        decoders: Decoders,
+    ) -> Self {
         Job {
             function,
             entry,
             encoder,
+            decoders,
             types: PhantomData,
         }
     }
@@ -345,6 +441,9 @@ pub trait IntoJob: sealed::Sealed {
     /// Encodes one of the job's items; written by `#[pool_job]`.
     #[doc(hidden)]
     fn __encoder(&self) -> AnyEncoder;
+    /// Decodes the job's results; written by `#[pool_job]`.
+    #[doc(hidden)]
+    fn __decoders(&self) -> Decoders;
 }
 
 mod sealed {
@@ -364,6 +463,9 @@ impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {
     }
     fn __encoder(&self) -> AnyEncoder {
         self.encoder
+    }
+    fn __decoders(&self) -> Decoders {
+        self.decoders
     }
 }
 

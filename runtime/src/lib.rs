@@ -328,7 +328,7 @@ pub mod __private {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    pub use crate::job::{JOBS, JobEntry};
+    pub use crate::job::{Decoders, JOBS, JobEntry};
     pub use crate::wire::Failure;
     pub use linkme;
 
@@ -543,6 +543,102 @@ pub mod __private {
             unsafe { crate::job::encode_any::<T>(item, chunk) }
         }
     }
+
+    /// The result decoders of a job whose result type `R` is deserializable.
+    pub trait DecodeResult<R> {
+        /// Decodes a reply's values into a `Vec<R>`.
+        ///
+        /// # Safety
+        ///
+        /// `out` points to a live `Vec<R>` (see `job::AnyDecoder`).
+        unsafe fn values(
+            &self,
+            job: &str,
+            first: usize,
+            count: usize,
+            bytes: &[u8],
+            out: *mut (),
+        ) -> Result<(), crate::Error>;
+        /// Decodes a reply's outcomes into a `Vec<Result<R, Error>>`.
+        ///
+        /// # Safety
+        ///
+        /// `out` points to a live `Vec<Result<R, Error>>`.
+        unsafe fn outcomes(
+            &self,
+            job: &str,
+            first: usize,
+            count: usize,
+            bytes: &[u8],
+            out: *mut (),
+        ) -> Result<(), crate::Error>;
+    }
+
+    impl<R: DeserializeOwned + 'static> DecodeResult<R> for &Probe<R> {
+        unsafe fn values(
+            &self,
+            job: &str,
+            first: usize,
+            count: usize,
+            bytes: &[u8],
+            out: *mut (),
+        ) -> Result<(), crate::Error> {
+            // SAFETY: this method's own contract.
+            unsafe { crate::call::decode_values_any::<R>(job, first, count, bytes, out) }
+        }
+        unsafe fn outcomes(
+            &self,
+            job: &str,
+            first: usize,
+            count: usize,
+            bytes: &[u8],
+            out: *mut (),
+        ) -> Result<(), crate::Error> {
+            // SAFETY: this method's own contract.
+            unsafe { crate::call::decode_outcomes_any::<R>(job, first, count, bytes, out) }
+        }
+    }
+
+    /// The decoders chosen when `R` cannot be deserialized. Such a job has
+    /// already failed to compile with a clear message, so they never run.
+    pub trait NeverDecode<R> {
+        /// Never called: the crate does not compile.
+        ///
+        /// # Safety
+        ///
+        /// None needed: it touches no pointer.
+        unsafe fn values(
+            &self,
+            _: &str,
+            _: usize,
+            _: usize,
+            _: &[u8],
+            _: *mut (),
+        ) -> Result<(), crate::Error> {
+            Err(crate::Error::Misuse(
+                "a #[pool_job] whose result cannot be deserialized does not compile".into(),
+            ))
+        }
+        /// Never called: the crate does not compile.
+        ///
+        /// # Safety
+        ///
+        /// None needed: it touches no pointer.
+        unsafe fn outcomes(
+            &self,
+            _: &str,
+            _: usize,
+            _: usize,
+            _: &[u8],
+            _: *mut (),
+        ) -> Result<(), crate::Error> {
+            Err(crate::Error::Misuse(
+                "a #[pool_job] whose result cannot be deserialized does not compile".into(),
+            ))
+        }
+    }
+
+    impl<R> NeverDecode<R> for Probe<R> {}
 
     /// The encoder chosen when `T` is not serializable. Such a job has
     /// already failed to compile with a clear message, so this never runs.

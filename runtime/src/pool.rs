@@ -3,13 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-
 use crate::Error;
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::codec::ChunkWriter;
 use crate::imap::Imap;
-use crate::job::{Encode, IntoJob, ItemFor, JobArgs, encode_one};
+use crate::job::{Decode, Encode, IntoJob, ItemFor, JobArgs, encode_one};
 use crate::local::launch::Initializer;
 use crate::local::{LocalBackend, LocalConfig};
 use crate::progress::Progress;
@@ -365,11 +363,17 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
-        self.map_blocking(job.name(), items, None, Encode::items(&job))
+        self.map_blocking(
+            job.name(),
+            items,
+            None,
+            Encode::items(&job),
+            Decode::of(&job),
+        )
     }
 
     /// A blocking map: input is encoded only a few chunks ahead of the
@@ -381,16 +385,17 @@ impl Pool {
         items: I,
         chunksize: Option<usize>,
         encode: Encode<X>,
+        decode: Decode<R>,
     ) -> Result<Vec<R>, Error>
     where
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator<Item = X>,
     {
         // Two tasks per worker keep every worker busy (drivers send the
         // next task before decoding a reply); one more covers the reply
         // being decoded.
         let window = 2 * self.processes() + 1;
-        self.map_encoded(job, items, chunksize, encode, Some(window))?
+        self.map_encoded(job, items, chunksize, encode, decode, Some(window))?
             .get()
     }
 
@@ -401,11 +406,17 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A>,
     {
-        self.map_blocking(job.name(), items, None, Encode::arg_tuples(&job))
+        self.map_blocking(
+            job.name(),
+            items,
+            None,
+            Encode::arg_tuples(&job),
+            Decode::of(&job),
+        )
     }
 
     /// Runs `job` once on `item` in a worker and returns its result.
@@ -414,7 +425,7 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
     {
         self.apply_async(job, item)?.get()
     }
@@ -427,11 +438,18 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
-        self.map_encoded(job.name(), items, None, Encode::items(&job), None)
+        self.map_encoded(
+            job.name(),
+            items,
+            None,
+            Encode::items(&job),
+            Decode::of(&job),
+            None,
+        )
     }
 
     /// `map_async` over any item type, with the function that encodes one.
@@ -443,20 +461,21 @@ impl Pool {
         items: I,
         chunksize: Option<usize>,
         encode: Encode<X>,
+        decode: Decode<R>,
         window: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>, Error>
     where
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator<Item = X>,
     {
         let items = items.into_iter();
         let (low, high) = items.size_hint();
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All>(job, low, items, chunksize, encode, window)?
+            self.submit::<_, _, All>(job, low, items, chunksize, (encode, decode), window)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
             let items: Vec<X> = items.collect();
-            self.submit::<_, _, All>(job, items.len(), items, None, encode, window)?
+            self.submit::<_, _, All>(job, items.len(), items, None, (encode, decode), window)?
         };
         Ok(AsyncResult::new(call))
     }
@@ -488,7 +507,7 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
@@ -501,7 +520,7 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
@@ -534,11 +553,18 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A>,
     {
-        self.map_encoded(job.name(), items, None, Encode::arg_tuples(&job), None)
+        self.map_encoded(
+            job.name(),
+            items,
+            None,
+            Encode::arg_tuples(&job),
+            Decode::of(&job),
+            None,
+        )
     }
 
     /// Like [`apply`](Pool::apply), but returns at once with an [`AsyncResult`].
@@ -546,14 +572,14 @@ impl Pool {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
     {
         let call = self.submit::<_, _, One>(
             job.name(),
             1,
             std::iter::once(item),
             Some(1),
-            Encode::items(&job),
+            (Encode::items(&job), Decode::of(&job)),
             None,
         )?;
         Ok(AsyncResult::new(call))
@@ -585,11 +611,11 @@ impl Pool {
         expected: usize,
         items: impl IntoIterator<Item = X>,
         chunksize: Option<usize>,
-        encode: Encode<X>,
+        (encode, decode): (Encode<X>, Decode<R>),
         window: Option<usize>,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         M: Finish<R>,
     {
         if self.backend.is_closed() {
@@ -606,7 +632,7 @@ impl Pool {
             .max(1);
         // A bar for a single `apply` would only flicker.
         let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
-        let call = Call::<R, M>::new(job, progress, expected);
+        let call = Call::<R, M>::new(job, decode, progress, expected);
         let mut chunk = ChunkBuilder::default();
         // A backend's hard limit (a cluster's `max_payload`): a chunk that
         // an item would take over it goes without that item.
@@ -663,7 +689,7 @@ impl Pool {
         chunk: &mut ChunkBuilder,
     ) -> Result<(), Error>
     where
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         M: Finish<R>,
     {
         let items = std::mem::take(&mut chunk.items);
@@ -710,7 +736,7 @@ impl<'pool> Chunked<'pool> {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
@@ -719,6 +745,7 @@ impl<'pool> Chunked<'pool> {
             items,
             Some(self.checked()?),
             Encode::items(&job),
+            Decode::of(&job),
         )
     }
 
@@ -727,7 +754,7 @@ impl<'pool> Chunked<'pool> {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
@@ -736,6 +763,7 @@ impl<'pool> Chunked<'pool> {
             items,
             Some(self.checked()?),
             Encode::items(&job),
+            Decode::of(&job),
             None,
         )
     }
@@ -745,7 +773,7 @@ impl<'pool> Chunked<'pool> {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A>,
     {
@@ -754,6 +782,7 @@ impl<'pool> Chunked<'pool> {
             items,
             Some(self.checked()?),
             Encode::arg_tuples(&job),
+            Decode::of(&job),
         )
     }
 
@@ -762,7 +791,7 @@ impl<'pool> Chunked<'pool> {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
@@ -774,7 +803,7 @@ impl<'pool> Chunked<'pool> {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
@@ -785,7 +814,7 @@ impl<'pool> Chunked<'pool> {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
@@ -797,6 +826,7 @@ impl<'pool> Chunked<'pool> {
                 size,
                 ordered,
                 Encode::items(&job),
+                Decode::of(&job),
             ),
             Err(error) => Imap::failed(
                 self.pool,
@@ -804,6 +834,7 @@ impl<'pool> Chunked<'pool> {
                 items.into_iter(),
                 error,
                 Encode::items(&job),
+                Decode::of(&job),
             ),
         }
     }

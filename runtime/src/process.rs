@@ -1,17 +1,15 @@
 //! `Process`: one job in one new process, like Python's `multiprocessing.Process`.
 
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde::de::DeserializeOwned;
 
+use crate::Error;
 use crate::error::ExitCause;
-use crate::job::{IntoJob, JobArgs};
+use crate::job::{Decode, IntoJob, JobArgs};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
 use crate::wire::{FromWorker, Payload, ToWorker};
-use crate::{Error, codec};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
 static PROCESS_NUMBER: AtomicU64 = AtomicU64::new(0);
@@ -50,7 +48,7 @@ pub struct Process<R> {
     worker: WorkerProcess,
     name: String,
     job: &'static str,
-    result: PhantomData<fn() -> R>,
+    decode: Decode<R>,
 }
 
 impl<R> std::fmt::Debug for Process<R> {
@@ -90,7 +88,7 @@ impl ProcessBuilder {
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
-        R: DeserializeOwned + 'static,
+        R: 'static,
     {
         let name = self.name.unwrap_or_else(|| {
             format!(
@@ -125,7 +123,7 @@ impl ProcessBuilder {
             worker,
             name,
             job: job.name(),
-            result: PhantomData,
+            decode: Decode::of(&job),
         })
     }
 }
@@ -140,7 +138,7 @@ impl Process<()> {
     }
 }
 
-impl<R: DeserializeOwned + 'static> Process<R> {
+impl<R: 'static> Process<R> {
     /// Starts a process running `job(arg)`, named `Process-N`.
     pub fn spawn<J, A>(job: J, arg: A::Item) -> Result<Process<R>, Error>
     where
@@ -210,14 +208,16 @@ impl<R: DeserializeOwned + 'static> Process<R> {
             }
         };
         let outcome = match reply {
-            FromWorker::Done { task: 1, items } => codec::ReplyReader::new(&items)
-                .and_then(|mut reply| reply.next::<R>())
-                .map_err(|problem| Error::Serialization {
-                    job: self.job.to_owned(),
-                    direction: "decode the result".to_owned(),
-                    message: problem.into(),
-                })
-                .and_then(|result| result.map_err(|f| f.into_error(self.job, 0))),
+            FromWorker::Done { task: 1, items } => {
+                let mut outcomes = Vec::with_capacity(1);
+                self.decode
+                    .outcomes(self.job, 0, 1, &items, &mut outcomes)
+                    .and_then(|()| {
+                        outcomes.pop().unwrap_or_else(|| {
+                            Err(Error::Ipc("the process's reply held no result".into()))
+                        })
+                    })
+            }
             FromWorker::Failed { task: 1, failure } => Err(failure.into_error(self.job, 0)),
             other => Err(Error::Ipc(format!(
                 "unexpected reply from the process: {other:?}"
