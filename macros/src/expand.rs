@@ -178,7 +178,7 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                             // SAFETY: `Job` passes a `Vec<#output>` only.
                             unsafe {
                                 (&&#krate::__private::Probe::<#output>::new())
-                                    .values(__job, __first, __count, __bytes, __out)
+                                    .decode(false, __job, __first, __count, __bytes, __out)
                             }
                         },
                         outcomes: |__job, __first, __count, __bytes, __out| {
@@ -187,7 +187,7 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                             // SAFETY: `Job` passes a `Vec<Result<#output, Error>>` only.
                             unsafe {
                                 (&&#krate::__private::Probe::<#output>::new())
-                                    .outcomes(__job, __first, __count, __bytes, __out)
+                                    .decode(true, __job, __first, __count, __bytes, __out)
                             }
                         },
                     },

@@ -104,52 +104,39 @@ pub(crate) fn decode_values<R: DeserializeOwned + 'static>(
         .map_err(|p| undecodable(job, task.first + task.count, p))
 }
 
-/// [`decode_values`] behind a job's type-erased decoder (`job::AnyDecoder`).
+/// [`decode_values`] (or with `outcomes`, [`decode_items`] collecting
+/// every item's outcome) behind a job's type-erased decoder
+/// (`job::AnyDecoder`).
 ///
 /// # Safety
 ///
-/// `out` points to a live `Vec<R>`.
-pub(crate) unsafe fn decode_values_any<R: DeserializeOwned + 'static>(
+/// `out` points to a live `Vec<R>`, or with `outcomes` a
+/// `Vec<Result<R, Error>>`.
+pub(crate) unsafe fn decode_any<R: DeserializeOwned + 'static>(
+    outcomes: bool,
     job: &str,
     first: usize,
     count: usize,
     bytes: &[u8],
     out: *mut (),
 ) -> Result<(), Error> {
-    // SAFETY: the caller's contract.
-    let out = unsafe { &mut *out.cast::<Vec<R>>() };
     let task = TaskInfo {
         chunk: 0,
         first,
         count,
     };
-    decode_values(job, task, bytes, out)
-}
-
-/// [`decode_items`] behind a job's type-erased decoder, collecting every
-/// item's outcome.
-///
-/// # Safety
-///
-/// `out` points to a live `Vec<Result<R, Error>>`.
-pub(crate) unsafe fn decode_outcomes_any<R: DeserializeOwned + 'static>(
-    job: &str,
-    first: usize,
-    count: usize,
-    bytes: &[u8],
-    out: *mut (),
-) -> Result<(), Error> {
-    // SAFETY: the caller's contract.
-    let out = unsafe { &mut *out.cast::<Vec<Result<R, Error>>>() };
-    let task = TaskInfo {
-        chunk: 0,
-        first,
-        count,
-    };
-    decode_items(job, task, bytes, |item| {
-        out.push(item);
-        Ok(())
-    })
+    if outcomes {
+        // SAFETY: the caller's contract.
+        let out = unsafe { &mut *out.cast::<Vec<Result<R, Error>>>() };
+        decode_items(job, task, bytes, |item| {
+            out.push(item);
+            Ok(())
+        })
+    } else {
+        // SAFETY: the caller's contract.
+        let out = unsafe { &mut *out.cast::<Vec<R>>() };
+        decode_values(job, task, bytes, out)
+    }
 }
 
 /// The error of the first item that failed in a reply (or of the reply

@@ -544,28 +544,17 @@ pub mod __private {
         }
     }
 
-    /// The result decoders of a job whose result type `R` is deserializable.
+    /// The result decoder of a job whose result type `R` is deserializable.
     pub trait DecodeResult<R> {
-        /// Decodes a reply's values into a `Vec<R>`.
+        /// Decodes a reply into `out`: a `Vec<R>` of the values, or with
+        /// `outcomes`, a `Vec<Result<R, Error>>` of every item's outcome.
         ///
         /// # Safety
         ///
-        /// `out` points to a live `Vec<R>` (see `job::AnyDecoder`).
-        unsafe fn values(
+        /// `out` points to a live vector of that type (see `job::AnyDecoder`).
+        unsafe fn decode(
             &self,
-            job: &str,
-            first: usize,
-            count: usize,
-            bytes: &[u8],
-            out: *mut (),
-        ) -> Result<(), crate::Error>;
-        /// Decodes a reply's outcomes into a `Vec<Result<R, Error>>`.
-        ///
-        /// # Safety
-        ///
-        /// `out` points to a live `Vec<Result<R, Error>>`.
-        unsafe fn outcomes(
-            &self,
+            outcomes: bool,
             job: &str,
             first: usize,
             count: usize,
@@ -575,8 +564,9 @@ pub mod __private {
     }
 
     impl<R: DeserializeOwned + 'static> DecodeResult<R> for &Probe<R> {
-        unsafe fn values(
+        unsafe fn decode(
             &self,
+            outcomes: bool,
             job: &str,
             first: usize,
             count: usize,
@@ -584,48 +574,21 @@ pub mod __private {
             out: *mut (),
         ) -> Result<(), crate::Error> {
             // SAFETY: this method's own contract.
-            unsafe { crate::call::decode_values_any::<R>(job, first, count, bytes, out) }
-        }
-        unsafe fn outcomes(
-            &self,
-            job: &str,
-            first: usize,
-            count: usize,
-            bytes: &[u8],
-            out: *mut (),
-        ) -> Result<(), crate::Error> {
-            // SAFETY: this method's own contract.
-            unsafe { crate::call::decode_outcomes_any::<R>(job, first, count, bytes, out) }
+            unsafe { crate::call::decode_any::<R>(outcomes, job, first, count, bytes, out) }
         }
     }
 
-    /// The decoders chosen when `R` cannot be deserialized. Such a job has
-    /// already failed to compile with a clear message, so they never run.
+    /// The decoder chosen when `R` cannot be deserialized. Such a job has
+    /// already failed to compile with a clear message, so it never runs.
     pub trait NeverDecode<R> {
         /// Never called: the crate does not compile.
         ///
         /// # Safety
         ///
         /// None needed: it touches no pointer.
-        unsafe fn values(
+        unsafe fn decode(
             &self,
-            _: &str,
-            _: usize,
-            _: usize,
-            _: &[u8],
-            _: *mut (),
-        ) -> Result<(), crate::Error> {
-            Err(crate::Error::Misuse(
-                "a #[pool_job] whose result cannot be deserialized does not compile".into(),
-            ))
-        }
-        /// Never called: the crate does not compile.
-        ///
-        /// # Safety
-        ///
-        /// None needed: it touches no pointer.
-        unsafe fn outcomes(
-            &self,
+            _: bool,
             _: &str,
             _: usize,
             _: usize,
