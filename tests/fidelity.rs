@@ -306,6 +306,14 @@ fidelity! {
     plain_string: String = "ünïcode ✓".repeat(3);
     plain_bytes: Vec<u8> = (0..=255).collect();
     unit: () = ();
+    raw_u64: u64 = u64::MAX - 1;
+    raw_i64: i64 = i64::MIN + 1;
+    raw_u32: u32 = u32::MAX;
+    raw_i32: i32 = -5;
+    raw_usize: usize = usize::MAX;
+    raw_isize: isize = isize::MIN;
+    raw_f64: f64 = -1.5e300;
+    raw_f32: f32 = -1.25;
     chars_and_bools: Vec<(char, bool)> = vec![('\0', false), ('\u{10FFFF}', true)];
 }
 
@@ -348,6 +356,31 @@ fn items_whose_shape_changes_within_a_chunk() {
 #[pool_job]
 fn square(x: u64) -> u64 {
     x * x
+}
+
+#[pool_job]
+fn negate(x: i64) -> i64 {
+    -x
+}
+
+#[test]
+fn raw_items_by_reference_and_by_value() {
+    // Items copied as their own bytes in the caller, owned or borrowed,
+    // in chunks the pool sizes and in chunks of one.
+    let pool = Pool::with_processes(2).unwrap();
+    let input: Vec<i64> = (0..50_000).map(|i| i * 7919 - 100_000_000).collect();
+    let expected: Vec<i64> = input.iter().map(|x| -x).collect();
+    assert_eq!(pool.map(negate, &input).unwrap(), expected);
+    assert_eq!(pool.map(negate, input.clone()).unwrap(), expected);
+    assert_eq!(
+        pool.chunksize(1).map(negate, &input[..50]).unwrap(),
+        expected[..50]
+    );
+    let lazy: Vec<i64> = pool
+        .imap(negate, &input[..1000])
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lazy, expected[..1000]);
 }
 
 #[test]

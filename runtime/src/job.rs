@@ -299,6 +299,8 @@ pub(crate) unsafe fn encode_any<T: Serialize + 'static>(
 pub(crate) struct Encode<X> {
     item: fn(&X) -> *const (),
     encode: AnyEncoder,
+    /// For items written as their own bytes, how many (see `codec::raw_width`).
+    raw_width: Option<usize>,
 }
 
 impl<X> Clone for Encode<X> {
@@ -322,6 +324,7 @@ impl<X> Encode<X> {
         Encode {
             item: item::<X, <J::Args as JobArgs>::Item>,
             encode: job.__encoder(),
+            raw_width: crate::codec::raw_width::<<J::Args as JobArgs>::Item>(),
         }
     }
 
@@ -337,12 +340,25 @@ impl<X> Encode<X> {
         Encode {
             item: item::<X, J::Args>,
             encode: job.__encoder(),
+            raw_width: crate::codec::raw_width::<<J::Args as JobArgs>::Item>(),
         }
     }
 
     /// Appends `item` to `chunk`; on error the chunk is as it was.
-    #[inline]
+    // Always inlined into the caller's loop: a raw item is a pointer, an
+    // 8-byte copy and a count (left to the compiler, it stayed a call per
+    // item in the benchmark's binary, 14 % of the caller's time).
+    #[inline(always)]
     pub(crate) fn push(&self, chunk: &mut ChunkWriter<()>, item: &X) -> Result<(), String> {
+        if let Some(width) = self.raw_width {
+            // SAFETY: `item` points to the job's item type `T`, whose
+            // `width` bytes of memory are its encoding (`raw_width`).
+            let bytes =
+                unsafe { std::slice::from_raw_parts((self.item)(item).cast::<u8>(), width) };
+            if chunk.push_raw(bytes) {
+                return Ok(());
+            }
+        }
         // SAFETY: `item` points to the job's item type `T` (both function
         // pointers come from one job, in `items` / `arg_tuples`), and a
         // `ChunkWriter<()>` is laid out as a `ChunkWriter<T>` (see the type).
