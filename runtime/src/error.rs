@@ -277,6 +277,16 @@ fn died_advice(attempts: usize) -> String {
     }
 }
 
+/// The text of a panic's payload (`panic!("...")` gives a `&str` or a
+/// `String`; anything else has no text).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
+}
+
 impl Error {
     /// An [`Error::System`] for `err`, met while doing `context`.
     pub(crate) fn system(context: impl Into<String>, err: std::io::Error) -> Self {

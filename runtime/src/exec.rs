@@ -89,9 +89,7 @@ fn install_panic_hook() {
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     LAST_PANIC
         .with(|last| last.borrow_mut().take())
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
+        .unwrap_or_else(|| crate::error::panic_message(payload))
 }
 
 /// Runs `f` over a chunk. Called by the code `#[pool_job]` generates.

@@ -646,9 +646,6 @@ impl Pool {
             call.abandon(error.clone());
             error
         };
-        // Waits for room under the window; `false` once the call failed
-        // (its error is what `get` returns).
-        let room = || window.is_none_or(|window| call.wait_in_flight_below(window));
         for (index, item) in items.into_iter().enumerate() {
             if let Err(message) = encode.push(&mut chunk.items, &item) {
                 return Err(serialization(index, message));
@@ -657,22 +654,18 @@ impl Pool {
                 && chunk.items.len() > 1
             {
                 chunk.items.undo_last();
-                if !room() {
-                    chunk.items = ChunkWriter::default();
+                if !self.send_in_window(job, &call, &mut chunk, window)? {
                     break;
                 }
-                self.send_chunk(job, &call, &mut chunk)?;
                 // A single item over the limit is the backend's to refuse.
                 if let Err(message) = encode.push(&mut chunk.items, &item) {
                     return Err(serialization(index, message));
                 }
             }
-            if chunk.items.len() == chunksize || chunk.items.byte_len() >= max_bytes {
-                if !room() {
-                    chunk.items = ChunkWriter::default();
-                    break;
-                }
-                self.send_chunk(job, &call, &mut chunk)?;
+            if (chunk.items.len() == chunksize || chunk.items.byte_len() >= max_bytes)
+                && !self.send_in_window(job, &call, &mut chunk, window)?
+            {
+                break;
             }
         }
         if chunk.items.len() > 0 {
@@ -680,6 +673,28 @@ impl Pool {
         }
         call.seal();
         Ok(call)
+    }
+
+    /// Sends `chunk` once fewer than `window` of the call's tasks await
+    /// their outcome. `Ok(false)`, with the chunk dropped, once the call has
+    /// failed: its error is what `get` returns, and nothing more is sent.
+    fn send_in_window<R, M>(
+        &self,
+        job: &'static str,
+        call: &Arc<Call<R, M>>,
+        chunk: &mut ChunkBuilder,
+        window: Option<usize>,
+    ) -> Result<bool, Error>
+    where
+        R: Send + 'static,
+        M: Finish<R>,
+    {
+        if window.is_some_and(|window| !call.wait_in_flight_below(window)) {
+            chunk.items = ChunkWriter::default();
+            return Ok(false);
+        }
+        self.send_chunk(job, call, chunk)?;
+        Ok(true)
     }
 
     fn send_chunk<R, M>(

@@ -69,11 +69,7 @@ impl Problem {
     }
 
     fn panic<T: ?Sized>(direction: &str, payload: &(dyn Any + Send)) -> Self {
-        let text = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+        let text = crate::error::panic_message(payload);
         Problem {
             message: format!(
                 "the {direction} impl of `{}` panicked: {text}",

@@ -19,6 +19,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::Error;
+use crate::error::panic_message;
 use crate::local::launch::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
 use crate::stats::{Counters, Departure, PoolStats};
 use crate::transport::{Backend, Task};
@@ -643,15 +644,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// The text of a panic's payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
 }
 
 #[cfg(test)]
