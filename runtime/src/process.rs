@@ -203,6 +203,16 @@ impl<R: 'static> Process<R> {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(Error::Timeout(timeout.unwrap_or_default())),
             Err(Lost::Died(cause)) => return Err(self.died(cause)),
+            Err(Lost::System(err)) => {
+                return Err(Error::system(
+                    format!(
+                        "could not read the result of process {} (job `{}`); it was killed",
+                        self.worker.pid(),
+                        self.job
+                    ),
+                    err,
+                ));
+            }
             Err(Lost::Aborted | Lost::TimedOut | Lost::Protocol(_)) => {
                 return Err(self.died(ExitCause::Unknown));
             }

@@ -183,6 +183,11 @@ impl Channel {
                 "a message over the {FRAME_MAX}-byte limit arrived"
             )));
         }
+        if received.flags.contains(ReturnFlags::CTRUNC) && fds.is_empty() {
+            // The kernel drops a descriptor it cannot install (this
+            // process is at its limit) and says so only by this flag.
+            return Err(ChannelError::Io(std::io::Error::from(Errno::MFILE)));
+        }
         if received.flags.contains(ReturnFlags::CTRUNC) || fds.len() > 1 {
             return Err(ChannelError::Violation(
                 "a message carried more than one file descriptor".into(),

@@ -44,6 +44,10 @@ pub(crate) enum Lost {
     /// The worker said something out of turn (described); it has been
     /// killed and reaped, as nothing it says can be trusted any more.
     Protocol(String),
+    /// This process could not send to or read from the worker (out of file
+    /// descriptors or memory); the worker has been killed and reaped, as
+    /// the exchange cannot be resumed.
+    System(std::io::Error),
 }
 
 /// Which thread starts a child process.
@@ -207,6 +211,9 @@ impl WorkerProcess {
             )),
             Err(Lost::Aborted) => spawn("the pool was terminated".into()),
             Err(Lost::Protocol(why)) => spawn(format!("the worker's greeting was garbled: {why}")),
+            Err(Lost::System(err)) => {
+                Err(Error::system("could not read a new worker's greeting", err))
+            }
         }
     }
 
@@ -232,14 +239,21 @@ impl WorkerProcess {
         } else {
             Some(deadline)
         };
-        let reply = self.call(init, init_deadline, abort).map_err(|lost| {
-            Error::Spawn(match lost {
-                Lost::Died(cause) => format!("the worker process {pid} {cause} while starting"),
-                Lost::TimedOut => format!("the worker did not start within {timeout:?}"),
-                Lost::Aborted => "the worker start was interrupted".to_owned(),
-                Lost::Protocol(why) => format!("the worker broke the protocol: {why}"),
-            })
-        })?;
+        let reply = self
+            .call(init, init_deadline, abort)
+            .map_err(|lost| match lost {
+                Lost::Died(cause) => {
+                    Error::Spawn(format!("the worker process {pid} {cause} while starting"))
+                }
+                Lost::TimedOut => {
+                    Error::Spawn(format!("the worker did not start within {timeout:?}"))
+                }
+                Lost::Aborted => Error::Spawn("the worker start was interrupted".to_owned()),
+                Lost::Protocol(why) => {
+                    Error::Spawn(format!("the worker broke the protocol: {why}"))
+                }
+                Lost::System(err) => Error::system("could not start a worker process", err),
+            })?;
         let job = initializer.map(|init| init.job).unwrap_or_default();
         match reply {
             FromWorker::Ready => Ok(()),
@@ -288,10 +302,7 @@ impl WorkerProcess {
                 Ok(()) => return Ok(()),
                 Err(ChannelError::WouldBlock) => {}
                 Err(ChannelError::Closed) => return Err(Lost::Died(self.reap())),
-                Err(err) => {
-                    self.kill_and_reap();
-                    return Err(Lost::Protocol(format!("sending to it failed: {err}")));
-                }
+                Err(err) => return Err(self.abandon(err)),
             }
             match self.wait(PollFlags::OUT, deadline, abort)? {
                 Event::Readable | Event::Nothing => {}
@@ -328,12 +339,7 @@ impl WorkerProcess {
                 Ok(reply) => return Ok(Some(reply)),
                 Err(ChannelError::WouldBlock) => {}
                 Err(ChannelError::Closed) => return Err(Lost::Died(self.reap())),
-                Err(err) => {
-                    // A reply we cannot read means the worker is not
-                    // speaking our protocol: do not trust it further.
-                    self.kill_and_reap();
-                    return Err(Lost::Protocol(err.to_string()));
-                }
+                Err(err) => return Err(self.abandon(err)),
             }
             match self.wait(PollFlags::IN, deadline, abort) {
                 Ok(Event::Readable) => {}
@@ -344,15 +350,24 @@ impl WorkerProcess {
                         Err(ChannelError::WouldBlock | ChannelError::Closed) => {
                             return Err(Lost::Died(self.reap()));
                         }
-                        Err(err) => {
-                            self.kill_and_reap();
-                            return Err(Lost::Protocol(err.to_string()));
-                        }
+                        Err(err) => return Err(self.abandon(err)),
                     }
                 }
                 Ok(Event::Nothing) => return Ok(None),
                 Err(lost) => return Err(lost),
             }
+        }
+    }
+
+    /// Gives up on the worker after a failed exchange: a message we cannot
+    /// read means it is not speaking our protocol, and a system call that
+    /// failed here leaves the exchange half done; either way, do not trust
+    /// it further.
+    fn abandon(&mut self, err: ChannelError) -> Lost {
+        self.kill_and_reap();
+        match err {
+            ChannelError::Io(err) => Lost::System(err),
+            other => Lost::Protocol(other.to_string()),
         }
     }
 

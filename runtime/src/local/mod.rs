@@ -588,6 +588,8 @@ impl Driver {
             Lost::Died(_) => Some(Departure::Died),
             Lost::TimedOut => Some(Departure::TimedOut),
             Lost::Protocol(_) => Some(Departure::BrokeProtocol),
+            // Killed by this side, which could not go on with it.
+            Lost::System(_) => Some(Departure::Died),
             Lost::Aborted => None,
         };
         if let Some(departure) = departure {
@@ -619,6 +621,15 @@ impl Driver {
                 timeout: self.config.task_timeout.unwrap_or_default(),
             },
             Lost::Aborted => Error::Terminated { job },
+            Lost::System(err) => Error::system(
+                format!(
+                    "could not exchange messages with worker {pid} running job `{job}` on \
+                     items {}..{}; it was killed and replaced",
+                    task.first,
+                    task.first + task.count
+                ),
+                err,
+            ),
             Lost::Protocol(violation) => Error::Ipc(format!(
                 "worker {pid} broke the protocol while running job `{job}` on items {}..{}: \
                  {violation}; it was killed and replaced. A job must not fork a process that \
