@@ -1,5 +1,6 @@
 //! One call's results as they come back, and the handle the caller waits on.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -12,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::job::Decode;
 use crate::progress::Progress;
-use crate::transport::{Sink, TaskInfo};
+use crate::transport::{Part, Sink, TaskInfo};
 use crate::{Error, codec};
 
 /// How a finished call turns its items into the value the caller gets.
@@ -124,6 +125,7 @@ pub(crate) unsafe fn decode_any<R: DeserializeOwned + 'static>(
         chunk: 0,
         first,
         count,
+        reported: 0,
     };
     if outcomes {
         // SAFETY: the caller's contract.
@@ -163,6 +165,9 @@ fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
     }
 }
 
+/// Some consecutive items of a chunk: their reply, or why they all failed.
+type ReplyPart<'a> = (TaskInfo, Result<Cow<'a, [u8]>, Error>);
+
 struct State<R, T> {
     /// The items of every chunk before `next_chunk`, in input order: the
     /// caller's result vector, decoded into straight from the replies.
@@ -172,7 +177,7 @@ struct State<R, T> {
     /// Replies that arrived before their turn, still encoded (no larger
     /// than their items), so a map's peak memory is its result plus a few
     /// replies, not twice the result.
-    early: BTreeMap<usize, (TaskInfo, Vec<u8>)>,
+    early: BTreeMap<usize, Vec<(TaskInfo, Vec<u8>)>>,
     submitted: usize,
     received: usize,
     sealed: bool,
@@ -282,7 +287,7 @@ where
         }
         // Chunks after a gap in the numbering (a task that was never
         // submitted) still count, in order.
-        for (_, (task, payload)) in std::mem::take(&mut state.early) {
+        for (task, payload) in std::mem::take(&mut state.early).into_values().flatten() {
             if let Err(error) =
                 self.decode
                     .values(self.job, task.first, task.count, &payload, &mut state.items)
@@ -292,6 +297,65 @@ where
         }
         let items = std::mem::take(&mut state.items);
         self.complete(state, M::finish(items));
+    }
+
+    /// Takes one chunk's outcome, in consecutive parts (one, unless its
+    /// worker died part-way through it).
+    fn accept(&self, chunk: TaskInfo, parts: Vec<ReplyPart<'_>>) {
+        let mut state = self.lock();
+        state.received += 1;
+        // A blocking map waits for room to submit more (see `wait_in_flight_below`).
+        self.ready.notify_all();
+        if state.finished {
+            return;
+        }
+        // A failed item fails the call now, whatever its chunk's turn.
+        for (task, outcome) in &parts {
+            let failure = match outcome {
+                Err(error) => Some(error.clone()),
+                Ok(bytes) => failed_item(&self.decode, self.job, *task, bytes),
+            };
+            if let Some(error) = failure {
+                return self.fail(state, error);
+            }
+        }
+        self.progress
+            .advance(chunk.count.saturating_sub(chunk.reported));
+        let mut parts = parts
+            .into_iter()
+            .filter_map(|(task, outcome)| outcome.ok().map(|bytes| (task, bytes)));
+        if chunk.chunk != state.next_chunk {
+            let parts = parts
+                .map(|(task, bytes)| (task, bytes.into_owned()))
+                .collect();
+            state.early.insert(chunk.chunk, parts);
+            return self.complete_if_done(state);
+        }
+        for (task, bytes) in &mut parts {
+            if let Err(error) =
+                self.decode
+                    .values(self.job, task.first, task.count, &bytes, &mut state.items)
+            {
+                return self.fail(state, error);
+            }
+        }
+        state.next_chunk += 1;
+        loop {
+            let turn = state.next_chunk;
+            let Some(early) = state.early.remove(&turn) else {
+                break;
+            };
+            for (task, bytes) in early {
+                if let Err(error) =
+                    self.decode
+                        .values(self.job, task.first, task.count, &bytes, &mut state.items)
+                {
+                    return self.fail(state, error);
+                }
+            }
+            state.next_chunk += 1;
+        }
+        self.complete_if_done(state);
     }
 
     /// Decides the result, runs the callbacks, then publishes it and wakes
@@ -331,47 +395,26 @@ where
     M: Finish<R>,
 {
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
-        let mut state = self.lock();
-        state.received += 1;
-        // A blocking map waits for room to submit more (see `wait_in_flight_below`).
-        self.ready.notify_all();
-        if state.finished {
-            return;
-        }
-        let bytes = match outcome {
-            Ok(bytes) => bytes,
-            Err(error) => return self.fail(state, error),
-        };
-        // A failed item fails the call now, whatever its chunk's turn.
-        if let Some(error) = failed_item(&self.decode, self.job, task, bytes) {
-            return self.fail(state, error);
-        }
-        self.progress.advance(task.count);
-        if task.chunk != state.next_chunk {
-            state.early.insert(task.chunk, (task, bytes.to_vec()));
-            return self.complete_if_done(state);
-        }
-        if let Err(error) =
-            self.decode
-                .values(self.job, task.first, task.count, bytes, &mut state.items)
-        {
-            return self.fail(state, error);
-        }
-        state.next_chunk += 1;
-        loop {
-            let turn = state.next_chunk;
-            let Some((task, early)) = state.early.remove(&turn) else {
-                break;
-            };
-            if let Err(error) =
-                self.decode
-                    .values(self.job, task.first, task.count, &early, &mut state.items)
-            {
-                return self.fail(state, error);
-            }
-            state.next_chunk += 1;
-        }
-        self.complete_if_done(state);
+        self.accept(task, vec![(task, outcome.map(Cow::Borrowed))]);
+    }
+
+    fn deliver_parts(&self, chunk: TaskInfo, parts: Vec<Part>) {
+        let parts = parts
+            .into_iter()
+            .map(|part| {
+                let info = TaskInfo {
+                    first: part.first,
+                    count: part.count,
+                    ..chunk
+                };
+                (info, part.outcome.map(Cow::Owned))
+            })
+            .collect();
+        self.accept(chunk, parts);
+    }
+
+    fn progress(&self, items: usize) {
+        self.progress.advance(items);
     }
 
     fn cancelled(&self) -> bool {

@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
+use crate::stream::{Output, Streaming};
+use crate::sys::Region;
 use crate::wire::{Failure, FailureKind};
 
 static PROCESS_NAME: OnceLock<String> = OnceLock::new();
@@ -37,6 +39,50 @@ pub(crate) fn run_chunk(
     count: u64,
     items: &[u8],
 ) -> Result<(Vec<u8>, Option<Failure>), Failure> {
+    let mut output = Output::Collect(Vec::new());
+    let failed = run_into(job, count, items, &mut output)?;
+    match output {
+        Output::Collect(bytes) => Ok((bytes, failed)),
+        _ => Err(Failure::new(
+            FailureKind::EncodeResult,
+            "internal error: the reply was not collected",
+        )),
+    }
+}
+
+/// Like [`run_chunk`], but writes the outcomes into `region` as each item
+/// finishes (see [`crate::stream`]), as the reply to task number `task`.
+/// `Ok` holds the reply's length.
+pub(crate) fn run_chunk_streaming(
+    job: &str,
+    count: u64,
+    items: &[u8],
+    region: &mut Region,
+    task: u64,
+) -> Result<(u64, Option<Failure>), Failure> {
+    let mut output = Output::Stream(Streaming::new(region, task));
+    let failed = run_into(job, count, items, &mut output)?;
+    let written = match output {
+        Output::Stream(streaming) => streaming.written(),
+        Output::Collect(_) => Ok(0),
+    };
+    written.map(|len| (len, failed)).map_err(|err| {
+        Failure::new(
+            FailureKind::EncodeResult,
+            format!(
+                "cannot share the chunk's results with the parent: {}",
+                crate::sys::describe_io(&err)
+            ),
+        )
+    })
+}
+
+fn run_into(
+    job: &str,
+    count: u64,
+    items: &[u8],
+    output: &mut Output<'_>,
+) -> Result<Option<Failure>, Failure> {
     let registry = crate::job::registry()
         .map_err(|err| Failure::new(FailureKind::UnknownJob, err.to_string()))?;
     let entry = registry
@@ -45,9 +91,7 @@ pub(crate) fn run_chunk(
         .ok_or_else(|| Failure::new(FailureKind::UnknownJob, job))?;
     let count = usize::try_from(count)
         .map_err(|_| Failure::new(FailureKind::DecodeArguments, "item count too large"))?;
-    let mut output = Vec::new();
-    let failed = (entry.invoke)(count, items, &mut output)?;
-    Ok((output, failed))
+    (entry.invoke)(count, items, output)
 }
 
 /// Tells glibc's allocator to keep freed memory instead of returning it to
@@ -104,7 +148,7 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 pub fn invoke<T, R>(
     count: usize,
     input: &[u8],
-    output: &mut Vec<u8>,
+    output: &mut Output<'_>,
     f: impl Fn(T) -> R,
 ) -> Result<Option<Failure>, Failure>
 where
@@ -129,7 +173,9 @@ where
         .finish()
         .map_err(|p| bad_input(p, "the chunk".into()))?;
     let mut reply = codec::ReplyWriter::<R>::default();
-    for item in items {
+    output.begin();
+    for (index, item) in items.into_iter().enumerate() {
+        output.running(index);
         match catch_unwind(AssertUnwindSafe(|| f(item))) {
             // An unencodable value fails its item; the writer recorded why.
             Ok(value) => drop(reply.value(&value)),
@@ -137,8 +183,9 @@ where
                 reply.failure(Failure::new(FailureKind::Panicked, panic_text(&*payload)))
             }
         }
+        output.finished(index, &reply);
     }
     let first_failure = reply.first_failure().cloned();
-    *output = reply.finish();
+    output.end(reply.finish());
     Ok(first_failure)
 }

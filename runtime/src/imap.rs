@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use crate::codec::ChunkWriter;
 use crate::job::{Decode, Encode};
 use crate::progress::Progress;
-use crate::transport::{Sink, Task, TaskInfo};
+use crate::transport::{Part, Sink, Task, TaskInfo};
 use crate::{Error, Pool};
 
 struct State<R> {
@@ -64,8 +64,34 @@ impl<R: Send + 'static> Sink for Stream<R> {
             // Items after an undecodable one (or all, for a lost task) fail with it.
             items.resize_with(task.count, || Err(error.clone()));
         }
-        self.progress.advance(items.len());
+        self.progress
+            .advance(task.count.saturating_sub(task.reported));
         self.store(task.chunk, items);
+    }
+
+    fn deliver_parts(&self, chunk: TaskInfo, parts: Vec<Part>) {
+        let mut items = Vec::with_capacity(chunk.count);
+        for part in parts {
+            let start = items.len();
+            let decoded = part.outcome.and_then(|bytes| {
+                self.decode
+                    .outcomes(self.job, part.first, part.count, &bytes, &mut items)
+            });
+            if let Err(error) = decoded {
+                items.resize_with(start + part.count, || Err(error.clone()));
+            }
+        }
+        self.progress
+            .advance(chunk.count.saturating_sub(chunk.reported));
+        self.store(chunk.chunk, items);
+    }
+
+    fn progress(&self, items: usize) {
+        self.progress.advance(items);
+    }
+
+    fn per_item(&self) -> bool {
+        true
     }
 
     fn cancelled(&self) -> bool {
@@ -216,6 +242,7 @@ where
             items,
             sink: Arc::clone(&self.stream) as Arc<dyn Sink>,
             retried: 0,
+            before: Vec::new(),
         };
         if let Err(error) = self.pool.submit_task(task) {
             // This chunk fails. A closed pool takes no more input; after any

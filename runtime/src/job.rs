@@ -28,8 +28,11 @@ pub struct JobEntry {
 
 /// The signature of [`JobEntry::invoke`].
 #[doc(hidden)]
-pub type InvokeFn =
-    fn(usize, &[u8], &mut Vec<u8>) -> Result<Option<crate::wire::Failure>, crate::wire::Failure>;
+pub type InvokeFn = fn(
+    usize,
+    &[u8],
+    &mut crate::stream::Output<'_>,
+) -> Result<Option<crate::wire::Failure>, crate::wire::Failure>;
 
 impl fmt::Debug for JobEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -516,7 +519,7 @@ mod tests {
     fn noop(
         _: usize,
         _: &[u8],
-        _: &mut Vec<u8>,
+        _: &mut crate::stream::Output<'_>,
     ) -> Result<Option<crate::wire::Failure>, crate::wire::Failure> {
         Ok(None)
     }

@@ -214,6 +214,7 @@ mod pool;
 mod process;
 mod progress;
 mod stats;
+mod stream;
 mod sys;
 mod transport;
 mod wire;
@@ -497,7 +498,7 @@ pub mod __private {
         type Output;
     }
 
-    impl<O> Returns for fn(usize, &[u8], &mut Vec<u8>) -> O {
+    impl<O> Returns for fn(usize, &[u8], &mut crate::stream::Output<'_>) -> O {
         type Output = O;
     }
 
@@ -509,7 +510,7 @@ pub mod __private {
             &self,
             count: usize,
             input: &[u8],
-            output: &mut Vec<u8>,
+            output: &mut crate::stream::Output<'_>,
             f: F,
         ) -> InvokeOutput;
     }
@@ -519,7 +520,7 @@ pub mod __private {
             &self,
             count: usize,
             input: &[u8],
-            output: &mut Vec<u8>,
+            output: &mut crate::stream::Output<'_>,
             f: F,
         ) -> InvokeOutput {
             crate::exec::invoke(count, input, output, f)
@@ -626,13 +627,19 @@ pub mod __private {
             &self,
             count: usize,
             input: &[u8],
-            output: &mut Vec<u8>,
+            output: &mut crate::stream::Output<'_>,
             f: F,
         ) -> InvokeOutput;
     }
 
     impl<T, R> NeverRun<T, R> for Probe<(T, R)> {
-        fn run<F: Fn(T) -> R>(&self, _: usize, _: &[u8], _: &mut Vec<u8>, _: F) -> InvokeOutput {
+        fn run<F: Fn(T) -> R>(
+            &self,
+            _: usize,
+            _: &[u8],
+            _: &mut crate::stream::Output<'_>,
+            _: F,
+        ) -> InvokeOutput {
             unreachable!("a #[pool_job] with a non-transferable type does not compile")
         }
     }

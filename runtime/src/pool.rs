@@ -717,6 +717,7 @@ impl Pool {
             items: items.finish(),
             sink: Arc::clone(call) as Arc<dyn crate::transport::Sink>,
             retried: 0,
+            before: Vec::new(),
         };
         chunk.number += 1;
         chunk.first += count;

@@ -9,7 +9,7 @@ use crate::Error;
 use crate::error::ExitCause;
 use crate::job::{Decode, IntoJob, JobArgs};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
-use crate::wire::{FromWorker, Payload, ToWorker};
+use crate::wire::{FromWorker, ToWorker};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
 static PROCESS_NUMBER: AtomicU64 = AtomicU64::new(0);
@@ -101,8 +101,6 @@ impl ProcessBuilder {
             direction: "serialize the argument".to_owned(),
             message,
         })?;
-        let items = Payload::new(items)
-            .map_err(|err| Error::system("cannot put the argument in shared memory", err))?;
         let mut worker = WorkerProcess::spawn(
             &name,
             self.spawn_timeout,
@@ -110,6 +108,9 @@ impl ProcessBuilder {
             None,
             ForkFrom::LongLivedThread,
         )?;
+        // SAFETY: the worker was sent no task yet.
+        let items = unsafe { worker.stage(&items) }
+            .map_err(|err| Error::system("cannot put the argument in shared memory", err))?;
         let run = ToWorker::Run {
             task: 1,
             job: job.name().to_owned(),
@@ -218,10 +219,13 @@ impl<R: 'static> Process<R> {
             }
         };
         let outcome = match reply {
-            FromWorker::Done { task: 1, items } => {
+            FromWorker::Done { task: 1, len } => {
                 let mut outcomes = Vec::with_capacity(1);
-                self.decode
-                    .outcomes(self.job, 0, 1, &items, &mut outcomes)
+                let (job, decode) = (self.job, self.decode);
+                self.worker
+                    .reply(1, len)
+                    .map_err(|why| Error::Ipc(format!("the process's reply: {why}")))
+                    .and_then(|items| decode.outcomes(job, 0, 1, items, &mut outcomes))
                     .and_then(|()| {
                         outcomes.pop().unwrap_or_else(|| {
                             Err(Error::Ipc("the process's reply held no result".into()))

@@ -21,6 +21,10 @@ pub struct PoolStats {
     pub tasks_failed: u64,
     /// Tasks queued again after their worker died (`retries`).
     pub tasks_retried: u64,
+    /// Items finished, counted as each one finishes inside its chunk (an
+    /// item that failed, or whose worker died on it, counts too): what a
+    /// progress display shows.
+    pub items_done: u64,
     /// Worker processes started, the first ones included.
     pub workers_started: u64,
     /// Workers started to replace one that left (died, timed out, was
@@ -84,6 +88,7 @@ pub(crate) struct Counters {
     tasks_done: AtomicU64,
     tasks_failed: AtomicU64,
     tasks_retried: AtomicU64,
+    items_done: AtomicU64,
     workers_started: AtomicU64,
     departures: [AtomicU64; 4],
     slots: Vec<Mutex<Slot>>,
@@ -102,6 +107,7 @@ impl Counters {
             tasks_done: AtomicU64::new(0),
             tasks_failed: AtomicU64::new(0),
             tasks_retried: AtomicU64::new(0),
+            items_done: AtomicU64::new(0),
             workers_started: AtomicU64::new(0),
             departures: Default::default(),
             slots: (0..slots).map(|_| Mutex::default()).collect(),
@@ -136,6 +142,10 @@ impl Counters {
     }
 
     /// A task failed before reaching a worker (no worker could be started).
+    pub(crate) fn items_done(&self, items: usize) {
+        self.items_done.fetch_add(items as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn task_failed(&self) {
         self.tasks_failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -157,6 +167,7 @@ impl Counters {
             tasks_done: load(&self.tasks_done),
             tasks_failed: load(&self.tasks_failed),
             tasks_retried: load(&self.tasks_retried),
+            items_done: load(&self.items_done),
             workers_started: started,
             workers_replaced: started.saturating_sub(self.slots.len() as u64),
             workers_died: load(&self.departures[Departure::Died as usize]),

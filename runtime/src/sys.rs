@@ -116,11 +116,17 @@ pub(crate) fn describe_io(err: &std::io::Error) -> String {
     }
 }
 
-/// A mapped memfd: this process's view of a large payload.
+/// A mapped memfd shared with one worker: grown on demand, never shrunk.
 ///
-/// Regions are sealed against shrinking before anyone else sees them, and
-/// a region from elsewhere is mapped only with that seal: reading a page
-/// that the other side cut off would raise `SIGBUS` in the reader.
+/// Each worker gets two at its start (one for requests, one for replies)
+/// and keeps them for life, so a payload costs one copy into pages that are
+/// already there instead of a new file and a page fault per 4 KiB.
+///
+/// Regions are sealed against shrinking (and against further seals) before
+/// anyone else sees them, and a region from elsewhere is mapped only with
+/// that seal: reading a page that the other side cut off would raise
+/// `SIGBUS` in the reader. Either side may grow the file; the other maps
+/// the new size when it is told a payload reaches past its view.
 pub(crate) struct Region {
     fd: OwnedFd,
     base: NonNull<u8>,
@@ -134,18 +140,41 @@ unsafe impl Send for Region {}
 // SAFETY: as above.
 unsafe impl Sync for Region {}
 
+/// What a new region holds before it first grows.
+const FIRST_SIZE: usize = 64 << 10;
+
 impl Region {
-    /// A new zero-filled region of `size` bytes (at least 1), writable by this
-    /// process, sealed so that nobody can shrink or grow it.
-    pub(crate) fn create(size: usize) -> std::io::Result<Region> {
-        let size = size.max(1);
+    /// A new zero-filled region, writable by this process, sealed so that
+    /// nobody can shrink it.
+    pub(crate) fn create() -> std::io::Result<Region> {
         let fd = rustix::fs::memfd_create(
-            "procpool-payload",
+            "procpool-region",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
-        ftruncate(&fd, size as u64)?;
-        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        // SAFETY: a fresh shared mapping of a file this function owns.
+        ftruncate(&fd, FIRST_SIZE as u64)?;
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
+        Region::map(fd, FIRST_SIZE).map_err(Into::into)
+    }
+
+    /// Maps a region received from another process. Refused (with the
+    /// reason) unless it is a memfd sealed against shrinking.
+    pub(crate) fn open(fd: OwnedFd) -> Result<Region, String> {
+        let seals =
+            fcntl_get_seals(&fd).map_err(|err| format!("a region that is not a memfd ({err})"))?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err("a region that is not sealed against shrinking".into());
+        }
+        let size = file_size(&fd)?;
+        if size == 0 {
+            return Err("an empty region".into());
+        }
+        Region::map(fd, size)
+            .map_err(|err| format!("cannot map a region: {}", describe_io(&err.into())))
+    }
+
+    fn map(fd: OwnedFd, size: usize) -> Result<Region, Errno> {
+        // SAFETY: a new shared mapping of a file sealed against shrinking, so
+        // every page of it stays backed while mapped.
         let base = unsafe {
             mmap(
                 std::ptr::null_mut(),
@@ -156,43 +185,57 @@ impl Region {
                 0,
             )?
         };
-        let base = NonNull::new(base.cast::<u8>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        let base = NonNull::new(base.cast::<u8>()).ok_or(Errno::NOMEM)?;
         Ok(Region { fd, base, size })
     }
 
-    /// Maps, read-only, a region received from another process, of which the
-    /// first `len` bytes are wanted. Refused (with the reason) unless it is
-    /// a memfd sealed against shrinking and at least `len` bytes long.
-    pub(crate) fn open(fd: OwnedFd, len: u64) -> Result<Region, String> {
-        let seals =
-            fcntl_get_seals(&fd).map_err(|err| format!("a payload that is not a memfd ({err})"))?;
-        if !seals.contains(SealFlags::SHRINK) {
-            return Err("a shared payload that is not sealed against shrinking".into());
+    /// Makes at least `len` bytes writable here, growing the file (by at
+    /// least half again, so a growing payload does not remap each time).
+    pub(crate) fn reserve(&mut self, len: usize) -> std::io::Result<()> {
+        if len <= self.size {
+            return Ok(());
         }
-        let size = fstat(&fd)
-            .map_err(|err| format!("cannot stat a shared payload: {err}"))?
-            .st_size;
-        let size = usize::try_from(size).map_err(|_| "a payload of negative size".to_owned())?;
-        if size == 0 || usize::try_from(len).map_or(true, |len| len > size) {
-            return Err(format!("a payload of {len} bytes in a region of {size}"));
+        let file = file_size(&self.fd).map_err(std::io::Error::other)?;
+        if file < len {
+            let grown = len.max(file + file / 2).next_multiple_of(1 << 16);
+            ftruncate(&self.fd, grown as u64)?;
         }
-        // SAFETY: a new read-only view of a file sealed against shrinking,
-        // so every page of it stays readable while mapped.
+        self.remap()
+    }
+
+    /// Makes the first `len` bytes readable here, when the other side says
+    /// it wrote that far: fails if the file is not that long.
+    pub(crate) fn view(&mut self, len: usize) -> Result<(), String> {
+        if len <= self.size {
+            return Ok(());
+        }
+        if file_size(&self.fd)? < len {
+            return Err(format!(
+                "{len} bytes claimed in a shared region of {}",
+                self.size
+            ));
+        }
+        self.remap()
+            .map_err(|err| format!("cannot map a shared region: {}", describe_io(&err)))
+    }
+
+    /// Maps the whole file, which has grown.
+    fn remap(&mut self) -> std::io::Result<()> {
+        let size = file_size(&self.fd).map_err(std::io::Error::other)?;
+        // SAFETY: moves this value's own mapping; no borrow of the old one
+        // outlives `&mut self`. The file is at least `size` long and never
+        // shrinks.
         let base = unsafe {
-            mmap(
-                std::ptr::null_mut(),
+            rustix::mm::mremap(
+                self.base.as_ptr().cast(),
+                self.size,
                 size,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|err| format!("cannot map a shared payload: {}", describe_io(&err.into())))?;
-        let base =
-            NonNull::new(base.cast::<u8>()).ok_or_else(|| "mmap returned null".to_owned())?;
-        Ok(Region { fd, base, size })
+                rustix::mm::MremapFlags::MAYMOVE,
+            )?
+        };
+        self.base = NonNull::new(base.cast::<u8>()).ok_or(Errno::NOMEM)?;
+        self.size = size;
+        Ok(())
     }
 
     /// The file descriptor, to send the region to another process.
@@ -200,12 +243,10 @@ impl Region {
         self.fd.as_fd()
     }
 
-    /// The region's size in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.size
-    }
-
     /// The region's bytes.
+    ///
+    /// The other process may write to them: read only what it is done with
+    /// (it answered, or it is dead) and treat it as untrusted input.
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `base` maps `size` readable bytes for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.size) }
@@ -214,21 +255,45 @@ impl Region {
     /// The region's bytes, to fill.
     ///
     /// # Safety
-    /// The region was made by [`Region::create`] in this process, and no
-    /// other process is reading it: a payload in it was never sent, or its
-    /// receiver has answered since.
+    /// The other process is not reading the bytes written through this
+    /// slice: it was not told about them yet, or it answered since.
     pub(crate) unsafe fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `base` maps `size` writable bytes (the caller vouches that
-        // the mapping is ours and writable); `&mut self` excludes readers in
-        // this process and the caller vouches for the others.
+        // SAFETY: `base` maps `size` writable bytes; `&mut self` excludes
+        // readers in this process and the caller vouches for the other.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.size) }
     }
+
+    /// The 8-byte word at `offset` (a multiple of 8 within the region), for
+    /// counters both processes read and write while the other runs.
+    pub(crate) fn word(&self, offset: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.size {
+            return None;
+        }
+        // SAFETY: in bounds and aligned (mappings are page-aligned); atomics
+        // may be shared with another process, and the mapping lives as long
+        // as the returned borrow.
+        Some(unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(offset)
+                .cast::<std::sync::atomic::AtomicU64>()
+        })
+    }
+}
+
+/// The size of the file behind `fd`.
+fn file_size(fd: &OwnedFd) -> Result<usize, String> {
+    let size = fstat(fd)
+        .map_err(|err| format!("cannot stat a shared region: {err}"))?
+        .st_size;
+    usize::try_from(size).map_err(|_| "a region of negative size".to_owned())
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made at creation; no borrow of
-        // it outlives `self`.
+        // SAFETY: unmaps exactly this value's mapping; no borrow of it
+        // outlives `self`.
         let _ = unsafe { munmap(self.base.as_ptr().cast(), self.size) };
     }
 }

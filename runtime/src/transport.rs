@@ -21,8 +21,22 @@ pub(crate) struct Task {
     pub(crate) count: usize,
     pub(crate) items: Vec<u8>,
     pub(crate) sink: Arc<dyn Sink>,
-    /// How many times this task was already re-run after its worker died.
+    /// How many times this task's first item was already re-run after its
+    /// worker died.
     pub(crate) retried: usize,
+    /// Outcomes of the chunk's items before `first`, when this task is the
+    /// rest of a chunk whose worker died part-way (empty otherwise): they
+    /// are delivered with this task's, as one chunk.
+    pub(crate) before: Vec<Part>,
+}
+
+/// The outcome of some consecutive items of a chunk.
+pub(crate) struct Part {
+    /// The first item's index in the call's input.
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+    /// A reply for these items, or why they all failed.
+    pub(crate) outcome: Result<Vec<u8>, Error>,
 }
 
 /// Where a task's outcome goes.
@@ -31,6 +45,22 @@ pub(crate) trait Sink: Send + Sync {
     /// backend keeps them (a message, shared memory); `Err` means the whole
     /// task was lost (worker died, pool terminated, ...).
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>);
+
+    /// Like `deliver`, for a chunk whose outcome came in consecutive parts
+    /// (its worker died part-way, and another ran the rest).
+    fn deliver_parts(&self, chunk: TaskInfo, parts: Vec<Part>);
+
+    /// Whether each item's outcome matters on its own (`imap`), rather
+    /// than the first failure deciding the whole call.
+    fn per_item(&self) -> bool {
+        false
+    }
+
+    /// `items` more items of some task finished (while it runs; backends
+    /// that cannot tell report nothing, and `deliver` counts the rest).
+    fn progress(&self, items: usize) {
+        let _ = items;
+    }
 
     /// True once nobody wants the outcome any more: queued tasks are skipped.
     fn cancelled(&self) -> bool;
@@ -42,20 +72,43 @@ pub(crate) struct TaskInfo {
     pub(crate) chunk: usize,
     pub(crate) first: usize,
     pub(crate) count: usize,
+    /// Items of it already reported through [`Sink::progress`].
+    pub(crate) reported: usize,
 }
 
 impl Task {
+    /// The chunk this task delivers: its own items and those `before` it.
     pub(crate) fn info(&self) -> TaskInfo {
+        let first = self.before.first().map_or(self.first, |part| part.first);
         TaskInfo {
             chunk: self.chunk,
+            first,
+            count: self.first + self.count - first,
+            reported: 0,
+        }
+    }
+
+    /// Delivers this task's outcome (with the parts before it, if any),
+    /// `reported` of its items having been counted as progress already
+    /// (and every item before it, by whoever delivered those parts).
+    pub(crate) fn deliver(self, outcome: Result<&[u8], Error>, reported: usize) {
+        let mut info = self.info();
+        info.reported = self.first - info.first + reported;
+        if self.before.is_empty() {
+            return self.sink.deliver(info, outcome);
+        }
+        let mut parts = self.before;
+        parts.push(Part {
             first: self.first,
             count: self.count,
-        }
+            outcome: outcome.map(<[u8]>::to_vec),
+        });
+        self.sink.deliver_parts(info, parts);
     }
 
     /// Reports the task as lost with `error`, unless nobody is listening.
     pub(crate) fn fail(self, error: Error) {
-        self.sink.deliver(self.info(), Err(error));
+        self.deliver(Err(error), 0);
     }
 }
 

@@ -210,6 +210,9 @@ pub(crate) struct ChunkWriter<T> {
     count: usize,
     /// Where the last item's bytes begin, for [`ChunkWriter::undo_last`].
     last_start: usize,
+    /// Counts the times bytes already written were replaced (the chunk
+    /// went tagged, or lost its first item), for readers of a prefix.
+    generation: u64,
     item: PhantomData<fn(&T)>,
 }
 
@@ -220,6 +223,7 @@ impl<T> Default for ChunkWriter<T> {
             mode: Mode::Empty,
             count: 0,
             last_start: 0,
+            generation: 0,
             item: PhantomData,
         }
     }
@@ -234,6 +238,13 @@ impl<T> ChunkWriter<T> {
     /// Bytes written so far.
     pub(crate) fn byte_len(&self) -> usize {
         self.out.len()
+    }
+
+    /// The bytes written so far, and how many times earlier ones were
+    /// replaced: a copy of a prefix is still a prefix while the second
+    /// number stays the same.
+    pub(crate) fn written(&self) -> (&[u8], u64) {
+        (&self.out, self.generation)
     }
 
     /// Appends an item's raw bytes (see [`raw_width`]) once the chunk has
@@ -317,6 +328,7 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
                 if self.count == 0 {
                     self.out.clear();
                     self.mode = Mode::Empty;
+                    self.generation += 1;
                 } else {
                     self.out.truncate(start);
                 }
@@ -387,6 +399,7 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
                             .map_err(|e| Problem::encode::<T>(e))?;
                             self.out = tagged;
                             self.mode = Mode::Tagged;
+                            self.generation += 1;
                         }
                         Err(PlainError::User(error)) => return Err(Problem::encode::<T>(error)),
                     }
@@ -515,6 +528,19 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
+/// The chunk of the items of `chunk` after its first `skip`: the same
+/// header, then the remaining items' bytes as they are.
+pub(crate) fn chunk_rest(chunk: &[u8], skip: usize) -> Result<Vec<u8>, Problem> {
+    let mut reader = ChunkReader::new(chunk)?;
+    let header = reader.pos;
+    for _ in 0..skip {
+        reader.next_value::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?;
+    }
+    let mut rest = chunk[..header].to_vec();
+    rest.extend_from_slice(chunk.get(reader.pos..).unwrap_or_default());
+    Ok(rest)
+}
+
 /// `value` as a `T`, when `U` is `T` (checked by the caller through `TypeId`).
 fn cast<T: 'static, U: 'static>(value: U) -> Option<T> {
     let mut slot = Some(value);
@@ -583,22 +609,51 @@ impl<R: Serialize + 'static> ReplyWriter<R> {
         self.failures.first().map(|(_, failure)| failure)
     }
 
+    /// The values written so far (see [`ChunkWriter::written`]).
+    pub(crate) fn values_written(&self) -> (&[u8], u64) {
+        self.values.written()
+    }
+
+    /// The failure of the last item recorded, if it failed.
+    pub(crate) fn last_failure(&self) -> Option<(usize, &Failure)> {
+        match self.failures.last() {
+            Some((index, failure)) if index + 1 == self.index => Some((*index, failure)),
+            _ => None,
+        }
+    }
+
     /// Values chunk, then the failures, then the values chunk's length
     /// (8 bytes), so the reader finds both without a copy.
     pub(crate) fn finish(self) -> Vec<u8> {
-        let mut out = self.values.finish();
-        let values_len = out.len() as u64;
-        format::push_varint(&mut out, self.failures.len() as u64);
+        let values = self.values.finish();
+        let mut log = Vec::new();
         for (index, failure) in &self.failures {
-            format::push_varint(&mut out, *index as u64);
-            // A Failure holds a kind and a String: encoding cannot fail.
-            if ser::encode_into(failure, &mut out).is_err() {
-                out.push(format::UNIT);
-            }
+            push_failure(&mut log, *index, failure);
         }
-        out.extend_from_slice(&values_len.to_le_bytes());
-        out
+        assemble_reply(values, self.failures.len(), &log)
     }
+}
+
+/// Appends item `index`'s failure as a reply lists it.
+pub(crate) fn push_failure(out: &mut Vec<u8>, index: usize, failure: &Failure) {
+    format::push_varint(out, index as u64);
+    // A Failure holds a kind and a String: encoding cannot fail.
+    if ser::encode_into(failure, out).is_err() {
+        out.push(format::UNIT);
+    }
+}
+
+/// A reply from its values chunk (bytes of a [`ChunkWriter`], possibly with
+/// no item yet), and `failures` entries written by [`push_failure`].
+pub(crate) fn assemble_reply(mut values: Vec<u8>, failures: usize, log: &[u8]) -> Vec<u8> {
+    if values.is_empty() {
+        values.push(TAGGED);
+    }
+    let values_len = values.len() as u64;
+    format::push_varint(&mut values, failures as u64);
+    values.extend_from_slice(log);
+    values.extend_from_slice(&values_len.to_le_bytes());
+    values
 }
 
 /// Reads a reply written by [`ReplyWriter`].

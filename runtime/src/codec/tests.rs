@@ -259,3 +259,49 @@ fn the_last_item_can_be_taken_back_in_every_format() {
     }
     check(&[Flexible(1), Flexible(2), Flexible(1000)]);
 }
+
+/// A chunk of `values`, and the chunk of the values after the first `skip`
+/// cut from it, read back.
+fn rest_of<T>(values: &[T], skip: usize) -> Vec<T>
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    let mut chunk = ChunkWriter::<T>::default();
+    for value in values {
+        chunk.push(value).unwrap();
+    }
+    let rest = chunk_rest(&chunk.finish(), skip).unwrap();
+    let mut reader = ChunkReader::new(&rest).unwrap();
+    let mut out = Vec::new();
+    reader.read_into(values.len() - skip, &mut out).unwrap();
+    reader.finish().unwrap();
+    out
+}
+
+#[test]
+fn the_rest_of_a_chunk_holds_exactly_the_items_after_the_cut() {
+    let numbers: Vec<u64> = (0..50).collect();
+    assert_eq!(rest_of(&numbers, 17), numbers[17..]);
+    assert_eq!(rest_of(&numbers, 0), numbers);
+    let pairs: Vec<(String, Vec<u8>, f64)> = (0..20)
+        .map(|i| ("x".repeat(i), vec![i as u8; i], i as f64 / 3.0))
+        .collect();
+    assert_eq!(rest_of(&pairs, 7), pairs[7..]);
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Tagged {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        flag: Option<u8>,
+        name: String,
+    }
+    let structs: Vec<Tagged> = (0..10)
+        .map(|i| Tagged {
+            flag: (i % 2 == 0).then_some(i),
+            name: i.to_string(),
+        })
+        .collect();
+    assert_eq!(rest_of(&structs, 3), structs[3..]);
+    // More items to skip than the chunk holds is an error, not a short chunk.
+    let mut chunk = ChunkWriter::<u64>::default();
+    chunk.push(&1).unwrap();
+    assert!(chunk_rest(&chunk.finish(), 2).is_err());
+}

@@ -12,10 +12,10 @@
 //! - a message is a single datagram of at most [`FRAME_MAX`] bytes, read
 //!   without blocking once `poll` says it is there: no read waits for a
 //!   second part, and garbage is a decode error, never a wait;
-//! - a payload over [`INLINE_MAX`](crate::wire::INLINE_MAX) travels as a
-//!   memfd sealed against shrinking ([`crate::sys::Region`]), so the other
-//!   side can map it without risking `SIGBUS`; every system call's failure
-//!   is an error value.
+//! - descriptors travel only where a message expects them (the worker's
+//!   shared regions, once, with `Init`), and a message with any other
+//!   number of them is refused; every system call's failure is an error
+//!   value.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -29,11 +29,13 @@ use rustix::net::{
     sendmsg, socketpair,
 };
 
-use crate::sys::Region;
-use crate::wire::{INLINE_MAX, Message, Payload};
+use crate::wire::{INLINE_MAX, Message};
 
 /// The largest datagram either side accepts: an inline payload and its message.
 const FRAME_MAX: usize = INLINE_MAX + 4096;
+
+/// The most descriptors any message carries.
+const MAX_FDS: usize = 2;
 
 /// What went wrong on a channel.
 #[derive(Debug)]
@@ -106,6 +108,16 @@ impl Channel {
     /// Sends one message without blocking: [`ChannelError::WouldBlock`]
     /// when the other side's queue is full.
     pub(crate) fn try_send<M: Message>(&self, message: &M) -> Result<(), ChannelError> {
+        self.try_send_with(message, &[])
+    }
+
+    /// [`try_send`](Channel::try_send) with the descriptors the message
+    /// expects beside it.
+    pub(crate) fn try_send_with<M: Message>(
+        &self,
+        message: &M,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ChannelError> {
         let bytes = postcard::to_stdvec(message)
             .map_err(|err| ChannelError::Io(std::io::Error::other(err)))?;
         if bytes.len() > FRAME_MAX {
@@ -114,16 +126,17 @@ impl Channel {
                 bytes.len()
             ))));
         }
-        let region = match message.payload() {
-            Some(Payload::Shared { region, .. }) => region.as_ref().map(|r| r.fd()),
-            _ => None,
-        };
-        let fds;
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        if fds.len() != message.descriptors() {
+            return Err(ChannelError::Io(std::io::Error::other(format!(
+                "internal error: a message expecting {} descriptors sent with {}",
+                message.descriptors(),
+                fds.len()
+            ))));
+        }
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        if let Some(fd) = region {
-            fds = [fd];
-            control.push(SendAncillaryMessage::ScmRights(&fds));
+        if !fds.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(fds));
         }
         // MSG_NOSIGNAL: a closed peer is an error here, not a SIGPIPE that
         // would kill a caller that did not ignore it.
@@ -147,7 +160,13 @@ impl Channel {
 
     /// Reads one message if one is there, without blocking.
     pub(crate) fn try_recv<M: Message>(&mut self) -> Result<M, ChannelError> {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        self.try_recv_with().map(|(message, _)| message)
+    }
+
+    /// Reads one message and the descriptors that came with it, as many as
+    /// the message expects (anything else is refused).
+    pub(crate) fn try_recv_with<M: Message>(&mut self) -> Result<(M, Vec<OwnedFd>), ChannelError> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = recvmsg(
             &self.socket,
@@ -183,46 +202,39 @@ impl Channel {
                 "a message over the {FRAME_MAX}-byte limit arrived"
             )));
         }
-        if received.flags.contains(ReturnFlags::CTRUNC) && fds.is_empty() {
+        if received.flags.contains(ReturnFlags::CTRUNC) && fds.len() < MAX_FDS {
             // The kernel drops a descriptor it cannot install (this
             // process is at its limit) and says so only by this flag.
             return Err(ChannelError::Io(std::io::Error::from(Errno::MFILE)));
         }
-        if received.flags.contains(ReturnFlags::CTRUNC) || fds.len() > 1 {
-            return Err(ChannelError::Violation(
-                "a message carried more than one file descriptor".into(),
-            ));
+        if received.flags.contains(ReturnFlags::CTRUNC) {
+            return Err(ChannelError::Violation(format!(
+                "a message carried more than {MAX_FDS} file descriptors"
+            )));
         }
-        let mut message: M = postcard::from_bytes(&self.buffer[..received.bytes])
+        let message: M = postcard::from_bytes(&self.buffer[..received.bytes])
             .map_err(|err| ChannelError::Violation(format!("an undecodable message ({err})")))?;
-        match (message.payload_mut(), fds.pop()) {
-            (Some(Payload::Shared { region, len }), Some(fd)) => {
-                *region = Some(
-                    Region::open(fd, *len)
-                        .map_err(ChannelError::Violation)?
-                        .into(),
-                );
-            }
-            (Some(Payload::Shared { .. }), None) => {
-                return Err(ChannelError::Violation(
-                    "a shared payload arrived without its memory".into(),
-                ));
-            }
-            (_, Some(_)) => {
-                return Err(ChannelError::Violation(
-                    "a message carried a file descriptor it had no use for".into(),
-                ));
-            }
-            _ => {}
+        if fds.len() != message.descriptors() {
+            return Err(ChannelError::Violation(format!(
+                "a message that takes {} file descriptors came with {}",
+                message.descriptors(),
+                fds.len()
+            )));
         }
-        Ok(message)
+        Ok((message, fds))
     }
 
     /// Waits for a message and reads it. Used by workers, which have
     /// nothing else to do.
+    #[cfg(test)]
     pub(crate) fn recv<M: Message>(&mut self) -> Result<M, ChannelError> {
+        self.recv_with().map(|(message, _)| message)
+    }
+
+    /// [`recv`](Channel::recv), with the descriptors that came along.
+    pub(crate) fn recv_with<M: Message>(&mut self) -> Result<(M, Vec<OwnedFd>), ChannelError> {
         loop {
-            match self.try_recv() {
+            match self.try_recv_with() {
                 Err(ChannelError::WouldBlock) => {
                     wait(&self.socket, PollFlags::IN, None).map_err(ChannelError::Io)?;
                 }
@@ -263,7 +275,8 @@ pub(crate) fn poll_any(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::FromWorker;
+    use crate::sys::Region;
+    use crate::wire::{FromWorker, Payload, ToWorker};
 
     fn raw_send(to: &Channel, bytes: &[u8], fd: Option<BorrowedFd<'_>>) {
         let fds;
@@ -288,20 +301,42 @@ mod tests {
     }
 
     #[test]
-    fn messages_and_shared_payloads_arrive_whole() {
-        let (mut parent, worker) = both_ends();
-        let large: Vec<u8> = (0..3 * INLINE_MAX).map(|i| i as u8).collect();
+    fn messages_and_their_descriptors_arrive_whole() {
+        let (mut parent, mut worker) = both_ends();
+        let large: Vec<u8> = (0..INLINE_MAX).map(|i| i as u8).collect();
         for bytes in [vec![1, 2, 3], large] {
-            let reply = FromWorker::Done {
+            let task = ToWorker::Run {
                 task: 7,
-                items: Payload::new(bytes.clone()).unwrap(),
+                job: "job".into(),
+                count: 1,
+                items: Payload::Inline(bytes.clone().into()),
+                last: false,
             };
-            worker.send(&reply).unwrap();
-            match parent.recv::<FromWorker>().unwrap() {
-                FromWorker::Done { task: 7, items } => assert_eq!(&*items, &bytes[..]),
+            parent.send(&task).unwrap();
+            match worker.recv::<ToWorker>().unwrap() {
+                ToWorker::Run {
+                    task: 7,
+                    items: Payload::Inline(items),
+                    ..
+                } => assert_eq!(&items[..], &bytes[..]),
                 other => panic!("{other:?}"),
             }
         }
+        let replies = Region::create().unwrap();
+        let init = ToWorker::Init {
+            name: "w".into(),
+            initializer: None,
+        };
+        parent.try_send_with(&init, &[replies.fd()]).unwrap();
+        let (_, fds) = worker.recv_with::<ToWorker>().unwrap();
+        assert_eq!(fds.len(), 1);
+        // A message is never sent with descriptors it does not expect.
+        assert!(
+            parent
+                .try_send_with(&ToWorker::Exit, &[replies.fd()])
+                .is_err()
+        );
+        assert!(parent.try_send_with(&init, &[]).is_err());
         assert!(matches!(
             parent.try_recv::<FromWorker>(),
             Err(ChannelError::WouldBlock)
@@ -328,47 +363,37 @@ mod tests {
         assert!(violation(&mut parent).contains("undecodable"));
         raw_send(&worker, &[], None);
         assert!(violation(&mut parent).contains("empty"));
-        // A descriptor on a message that carries no shared payload.
+        // A descriptor on a message that takes none.
         let ready = postcard::to_stdvec(&FromWorker::Ready).unwrap();
         raw_send(&worker, &ready, Some(worker.fd()));
-        assert!(violation(&mut parent).contains("no use"));
-        // A shared payload whose memory is not a sealed memfd: the socket.
-        let shared = FromWorker::Done {
-            task: 1,
-            items: Payload::Shared {
-                region: None,
-                len: 10,
-            },
-        };
-        let shared = postcard::to_stdvec(&shared).unwrap();
-        raw_send(&worker, &shared, Some(worker.fd()));
-        assert!(violation(&mut parent).contains("memfd"));
-        // ... or none at all.
-        raw_send(&worker, &shared, None);
-        assert!(violation(&mut parent).contains("without its memory"));
-        // A memfd that could shrink under the reader (SIGBUS).
-        let unsealed =
-            rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
-        raw_send(&worker, &shared, Some(unsealed.as_fd()));
-        assert!(violation(&mut parent).contains("not sealed"));
-        // A region shorter than the payload it claims to hold.
-        let region = Region::create(16).unwrap();
-        let long = FromWorker::Done {
-            task: 1,
-            items: Payload::Shared {
-                region: None,
-                len: 1 << 20,
-            },
-        };
-        raw_send(
-            &worker,
-            &postcard::to_stdvec(&long).unwrap(),
-            Some(region.fd()),
-        );
-        assert!(violation(&mut parent).contains("in a region of"));
+        assert!(violation(&mut parent).contains("takes 0 file descriptors"));
+        let done = postcard::to_stdvec(&FromWorker::Done { task: 1, len: 10 }).unwrap();
+        let region = Region::create().unwrap();
+        raw_send(&worker, &done, Some(region.fd()));
+        assert!(violation(&mut parent).contains("came with 1"));
         // The channel still works after each refusal.
         worker.send(&FromWorker::Ready).unwrap();
         assert!(matches!(parent.recv::<FromWorker>(), Ok(FromWorker::Ready)));
+    }
+
+    #[test]
+    fn only_sealed_memfds_become_regions() {
+        let socket = pair().unwrap().1;
+        assert!(Region::open(socket).unwrap_err().contains("memfd"));
+        let unsealed =
+            rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        assert!(Region::open(unsealed).unwrap_err().contains("not sealed"));
+        // A region grown on one side is seen whole on the other once asked.
+        let mut ours = Region::create().unwrap();
+        let fd = rustix::io::fcntl_dupfd_cloexec(ours.fd(), 3).unwrap();
+        let mut theirs = Region::open(fd).unwrap();
+        let size = theirs.bytes().len();
+        ours.reserve(size * 3).unwrap();
+        // SAFETY: nobody reads the region while it is written here.
+        unsafe { ours.bytes_mut()[size * 3 - 1] = 42 };
+        assert!(theirs.view(size * 3).is_ok());
+        assert_eq!(theirs.bytes()[size * 3 - 1], 42);
+        assert!(theirs.view(usize::MAX / 2).is_err());
     }
 }

@@ -7,7 +7,7 @@
 //! forked still holds its socket. Every child is reaped by the handle that
 //! owns it (on drop at the latest), so no zombie outlives its handle.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
@@ -24,8 +24,9 @@ use serde_bytes::ByteBuf;
 use crate::Error;
 use crate::error::ExitCause;
 use crate::local::channel::{self, Channel, ChannelError, poll_any};
-use crate::sys::{self, WORKER_ENV, WORKER_ON_STDIN};
-use crate::wire::{FromWorker, ToWorker};
+use crate::stream::{self, Partial};
+use crate::sys::{self, Region, WORKER_ENV, WORKER_ON_STDIN};
+use crate::wire::{FromWorker, INLINE_MAX, Message, Payload, ToWorker};
 
 /// The longest single `poll`: how often a wait looks at its abort flag.
 const STEP: Duration = Duration::from_millis(100);
@@ -105,6 +106,13 @@ pub(crate) struct WorkerProcess {
     pidfd: OwnedFd,
     reaped: Option<ExitCause>,
     slot: Option<Arc<PidSlot>>,
+    /// Replies, written by the worker as each item finishes (see
+    /// [`crate::stream`]), read here; made at `init`, kept for the
+    /// worker's life (see [`crate::sys::Region`]).
+    replies: Option<Region>,
+    /// Large chunks of items, written here, read by the worker; made for
+    /// the first large task, then kept.
+    requests: Option<Region>,
 }
 
 /// What a wait saw first.
@@ -177,6 +185,8 @@ impl WorkerProcess {
                 pidfd,
                 reaped: None,
                 slot: None,
+                replies: None,
+                requests: None,
             }),
             Err(err) => {
                 let _ = child.kill();
@@ -239,21 +249,25 @@ impl WorkerProcess {
         } else {
             Some(deadline)
         };
+        let replies = Region::create().map_err(|err| {
+            Error::system(
+                "could not start a worker process: cannot create its shared memory",
+                err,
+            )
+        })?;
         let reply = self
-            .call(init, init_deadline, abort)
-            .map_err(|lost| match lost {
-                Lost::Died(cause) => {
-                    Error::Spawn(format!("the worker process {pid} {cause} while starting"))
-                }
-                Lost::TimedOut => {
-                    Error::Spawn(format!("the worker did not start within {timeout:?}"))
-                }
-                Lost::Aborted => Error::Spawn("the worker start was interrupted".to_owned()),
-                Lost::Protocol(why) => {
-                    Error::Spawn(format!("the worker broke the protocol: {why}"))
-                }
-                Lost::System(err) => Error::system("could not start a worker process", err),
-            })?;
+            .send_with(&init, &[replies.fd()], init_deadline, abort)
+            .and_then(|()| self.recv(init_deadline, abort));
+        self.replies = Some(replies);
+        let reply = reply.map_err(|lost| match lost {
+            Lost::Died(cause) => {
+                Error::Spawn(format!("the worker process {pid} {cause} while starting"))
+            }
+            Lost::TimedOut => Error::Spawn(format!("the worker did not start within {timeout:?}")),
+            Lost::Aborted => Error::Spawn("the worker start was interrupted".to_owned()),
+            Lost::Protocol(why) => Error::Spawn(format!("the worker broke the protocol: {why}")),
+            Lost::System(err) => Error::system("could not start a worker process", err),
+        })?;
         let job = initializer.map(|init| init.job).unwrap_or_default();
         match reply {
             FromWorker::Ready => Ok(()),
@@ -271,6 +285,52 @@ impl WorkerProcess {
         self.pid
     }
 
+    /// A chunk's items as the next task will carry them: in the message
+    /// when small, else copied into the request region.
+    ///
+    /// # Safety
+    /// The worker is not reading the request region: it answered every task
+    /// it was sent (or was sent none).
+    pub(crate) unsafe fn stage(&mut self, items: &[u8]) -> std::io::Result<Payload> {
+        if items.len() <= INLINE_MAX {
+            return Ok(Payload::Inline(ByteBuf::from(items.to_vec())));
+        }
+        let with_region = self.requests.is_none();
+        let requests = match &mut self.requests {
+            Some(requests) => requests,
+            none => none.insert(Region::create()?),
+        };
+        requests.reserve(items.len())?;
+        // SAFETY: the caller vouches that the worker is not reading.
+        unsafe { requests.bytes_mut()[..items.len()].copy_from_slice(items) };
+        // Sent only after the worker has it: a task that never reaches this
+        // worker leaves the region to be sent with the next one.
+        Ok(Payload::Shared {
+            len: items.len() as u64,
+            with_region,
+        })
+    }
+
+    /// The reply of `len` bytes the worker announced for task number `task`.
+    pub(crate) fn reply(&mut self, task: u64, len: u64) -> Result<&[u8], String> {
+        let replies = self
+            .replies
+            .as_mut()
+            .ok_or("a reply before the worker was initialised")?;
+        stream::reply(replies, task, len)
+    }
+
+    /// Items of task number `task` finished so far, while it runs.
+    pub(crate) fn items_done(&self, task: u64) -> Option<usize> {
+        stream::items_done(self.replies.as_ref()?, task)
+    }
+
+    /// What the worker had finished of task number `task` (of `count`
+    /// items) when it died.
+    pub(crate) fn partial(&mut self, task: u64, count: usize) -> Option<Partial> {
+        stream::partial(self.replies.as_mut()?, task, count)
+    }
+
     /// Publishes this worker's pid in `slot` until it is reaped.
     pub(crate) fn register(&mut self, slot: Arc<PidSlot>) {
         *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.pid);
@@ -279,6 +339,7 @@ impl WorkerProcess {
 
     /// Sends one message and waits for the reply. `deadline` bounds the wait
     /// (the worker is killed when it passes); `abort` is checked while waiting.
+    #[cfg(test)]
     pub(crate) fn call(
         &mut self,
         message: ToWorker,
@@ -297,8 +358,29 @@ impl WorkerProcess {
         deadline: Option<Instant>,
         abort: &AtomicBool,
     ) -> Result<(), Lost> {
+        // The only other message with a descriptor: the first large task,
+        // with the request region.
+        let region = self.requests.take();
+        let fds: Vec<BorrowedFd<'_>> = match &region {
+            Some(region) if message.descriptors() == 1 => vec![region.fd()],
+            _ => Vec::new(),
+        };
+        let sent = self.send_with(&message, &fds, deadline, abort);
+        drop(fds);
+        self.requests = region;
+        sent
+    }
+
+    /// [`send`](WorkerProcess::send), with the descriptors the message expects.
+    fn send_with(
+        &mut self,
+        message: &ToWorker,
+        fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
+        abort: &AtomicBool,
+    ) -> Result<(), Lost> {
         loop {
-            match self.channel.try_send(&message) {
+            match self.channel.try_send_with(message, fds) {
                 Ok(()) => return Ok(()),
                 Err(ChannelError::WouldBlock) => {}
                 Err(ChannelError::Closed) => return Err(Lost::Died(self.reap())),
@@ -583,7 +665,7 @@ mod tests {
             task,
             job: job.into(),
             count: 1,
-            items: Payload::new(vec![1, 2, 3]).unwrap(),
+            items: Payload::Inline(vec![1, 2, 3].into()),
             last: false,
         }
     }

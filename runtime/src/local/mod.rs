@@ -19,11 +19,14 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::Error;
+use crate::codec;
+use crate::error::ExitCause;
 use crate::error::panic_message;
 use crate::local::launch::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
 use crate::stats::{Counters, Departure, PoolStats};
-use crate::transport::{Backend, Task};
-use crate::wire::{FromWorker, Scratch, ToWorker};
+use crate::stream::Partial;
+use crate::transport::{Backend, Part, Task};
+use crate::wire::{Failure, FromWorker, ToWorker};
 
 /// Settings the local backend needs.
 #[derive(Debug, Clone)]
@@ -139,7 +142,7 @@ impl LocalBackend {
                 slot,
                 shared: Arc::clone(&shared),
                 config: config.clone(),
-                scratch: RefCell::default(),
+                copy: RefCell::default(),
                 last_id: Cell::new(0),
             };
             let started_tx = started_tx.clone();
@@ -251,9 +254,9 @@ struct Driver {
     slot: usize,
     shared: Arc<Shared>,
     config: LocalConfig,
-    /// Shared memory for large tasks, refilled only once the worker has
-    /// replied to the task that used it before.
-    scratch: RefCell<Scratch>,
+    /// A small reply copied out of the worker's region, so the worker can
+    /// take its next task while this one is delivered; reused.
+    copy: RefCell<Vec<u8>>,
     /// The number of the last task this driver sent.
     last_id: Cell<u64>,
 }
@@ -274,7 +277,17 @@ struct Sent {
     id: u64,
     /// When it was handed to the worker.
     sent_at: Instant,
+    /// Items of it counted as progress so far.
+    reported: usize,
 }
+
+/// How often a driver looks at how many items of a running task finished.
+const PROGRESS_STEP: Duration = Duration::from_millis(100);
+
+/// Replies up to this size are copied out of the worker's region before
+/// they are delivered, so the worker runs its next task meanwhile; larger
+/// ones are read in place, then the next task is sent.
+const COPY_OUT_MAX: u64 = 1 << 20;
 
 /// Checks that `reply` answers task number `id`.
 fn matches_task(reply: &FromWorker, id: u64) -> Result<(), String> {
@@ -350,32 +363,121 @@ impl Driver {
     }
 
     /// Waits for the reply to `sent` and delivers it, after sending the next
-    /// queued task: one task runs in the worker while the driver delivers
-    /// (decodes) the previous reply, so the worker never waits for the parent.
-    fn finish(&self, mut current: Active, sent: Sent) -> State {
+    /// queued task when the reply is small: one task runs in the worker
+    /// while the driver delivers (decodes) the previous reply, so the
+    /// worker never waits for the parent.
+    fn finish(&self, mut current: Active, mut sent: Sent) -> State {
         let pid = current.worker.pid();
-        let reply = match current.worker.recv(sent.deadline, &self.shared.terminated) {
+        let reply = match self.await_reply(&mut current, &mut sent) {
             Ok(reply) => reply,
             Err(lost) => {
+                let partial = current.worker.partial(sent.id, sent.task.count);
                 drop(current);
-                self.lost(sent, pid, lost);
+                self.lost(sent, pid, lost, partial);
                 return self.respawn();
             }
         };
-        if let Err(violation) = matches_task(&reply, sent.id) {
-            // Whatever answered is not in step with this driver: a job
-            // that forked, or one that wrote to the worker's socket.
-            // Nothing it says can be trusted, this reply included.
-            log::warn!("procpool: worker {pid} broke the protocol ({violation}); replacing it");
-            drop(current);
-            self.lost(sent, pid, Lost::Protocol(violation));
-            return self.respawn();
-        }
+        let outcome = match matches_task(&reply, sent.id) {
+            Ok(()) => match reply {
+                FromWorker::Done { len, .. } => current
+                    .worker
+                    .reply(sent.id, len)
+                    .map(|_| Ok(len))
+                    .map_err(|why| format!("its reply cannot be read: {why}")),
+                FromWorker::Failed { failure, .. } => Ok(Err(failure)),
+                other => Err(format!("it sent {other:?}")),
+            },
+            Err(violation) => Err(violation),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(violation) => {
+                // Whatever answered is not in step with this driver: a job
+                // that forked, or one that wrote to the worker's socket.
+                // Nothing it says can be trusted, this reply included.
+                log::warn!("procpool: worker {pid} broke the protocol ({violation}); replacing it");
+                drop(current);
+                self.lost(sent, pid, Lost::Protocol(violation), None);
+                return self.respawn();
+            }
+        };
         current.done += 1;
         self.shared
             .counters
             .task_done(self.slot, sent.sent_at.elapsed());
-        let next = if self.keeps(&current) {
+        let Sent {
+            task, id, reported, ..
+        } = sent;
+        let next = match outcome {
+            Ok(len) if len > COPY_OUT_MAX => {
+                match current.worker.reply(id, len) {
+                    Ok(bytes) => self.deliver(task, reported, Ok(bytes)),
+                    Err(why) => task.fail(Error::Ipc(why)),
+                }
+                self.next(current)
+            }
+            Ok(len) => {
+                let mut copy = self.copy.borrow_mut();
+                copy.clear();
+                if let Ok(bytes) = current.worker.reply(id, len) {
+                    copy.extend_from_slice(bytes);
+                }
+                let next = self.next(current);
+                self.deliver(task, reported, Ok(&copy));
+                next
+            }
+            Err(failure) => {
+                let next = self.next(current);
+                self.deliver(task, reported, Err(failure));
+                next
+            }
+        };
+        match next {
+            State::NoWorker => self.respawn(),
+            other => other,
+        }
+    }
+
+    /// Waits for the reply to `sent` until its deadline (then the worker is
+    /// killed), reporting the items that finish meanwhile as progress.
+    fn await_reply(&self, current: &mut Active, sent: &mut Sent) -> Result<FromWorker, Lost> {
+        loop {
+            let step = Instant::now() + PROGRESS_STEP;
+            let until = sent.deadline.map_or(step, |deadline| deadline.min(step));
+            match current
+                .worker
+                .recv_until(Some(until), &self.shared.terminated)?
+            {
+                Some(reply) => return Ok(reply),
+                None if sent
+                    .deadline
+                    .is_some_and(|deadline| Instant::now() >= deadline) =>
+                {
+                    current.worker.kill_and_reap();
+                    return Err(Lost::TimedOut);
+                }
+                None => {
+                    if let Some(done) = current.worker.items_done(sent.id) {
+                        self.report(sent, done);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `done` items of `sent` have finished: counts the new ones.
+    fn report(&self, sent: &mut Sent, done: usize) {
+        let done = done.min(sent.task.count);
+        if done > sent.reported {
+            sent.task.sink.progress(done - sent.reported);
+            self.shared.counters.items_done(done - sent.reported);
+            sent.reported = done;
+        }
+    }
+
+    /// After a task: the next one for this worker, or retires it.
+    fn next(&self, current: Active) -> State {
+        if self.keeps(&current) {
             match self.shared.try_next_task() {
                 Some(next) if !next.sink.cancelled() => self.start(current, next),
                 _ => State::Idle(current),
@@ -385,11 +487,6 @@ impl Driver {
             self.shared.counters.worker_left(Departure::Retired);
             current.worker.shutdown();
             State::NoWorker
-        };
-        self.deliver(sent.task, reply);
-        match next {
-            State::NoWorker => self.respawn(),
-            other => other,
         }
     }
 
@@ -477,18 +574,13 @@ impl Driver {
     /// Sends `task` to the worker: `Busy` on success. A worker found dead
     /// before it got the task is replaced and the task queued again as it
     /// was (it never ran).
-    fn start(&self, mut current: Active, mut task: Task) -> State {
+    fn start(&self, mut current: Active, task: Task) -> State {
         let may_retry = task.retried < self.config.retries;
-        // Keep the input only when it may be needed again.
-        let items = if may_retry {
-            task.items.clone()
-        } else {
-            std::mem::take(&mut task.items)
-        };
-        let len = items.len();
-        // SAFETY: this driver's scratch was last filled for a task whose
-        // worker has replied since, or has been killed and reaped.
-        let items = match unsafe { self.scratch.borrow_mut().fill(items) } {
+        let len = task.items.len();
+        // The task keeps its items: if the worker dies part-way, the items
+        // it did not start run elsewhere.
+        // SAFETY: an idle worker answered every task it was sent.
+        let items = match unsafe { current.worker.stage(&task.items) } {
             Ok(items) => items,
             Err(err) => {
                 task.fail(Error::system(
@@ -514,6 +606,7 @@ impl Driver {
             may_retry,
             id,
             sent_at: Instant::now(),
+            reported: 0,
         };
         let pid = current.worker.pid();
         match current
@@ -530,29 +623,31 @@ impl Driver {
             }
             Err(lost) => {
                 drop(current);
-                self.lost(sent, pid, lost);
+                self.lost(sent, pid, lost, None);
                 self.respawn()
             }
         }
     }
 
-    /// Hands a reply (already matched to `task`) to the task's caller.
+    /// Hands a reply (already matched to `task`), or the failure of the
+    /// whole task, to the task's caller.
     ///
     /// Delivering decodes the results with the caller's `Deserialize`
     /// impls, which may panic; this thread must survive that and the call
     /// must still end, so the panic fails the task instead.
-    fn deliver(&self, task: Task, reply: FromWorker) {
+    fn deliver(&self, task: Task, reported: usize, outcome: Result<&[u8], Failure>) {
         let sink = Arc::clone(&task.sink);
         let info = task.info();
         let job = task.job;
-        let delivered = catch_unwind(AssertUnwindSafe(move || match reply {
-            FromWorker::Done { items, .. } => task.sink.deliver(task.info(), Ok(&items)),
-            FromWorker::Failed { failure, .. } => {
+        let items = task.count.saturating_sub(reported);
+        let delivered = catch_unwind(AssertUnwindSafe(move || match outcome {
+            Ok(bytes) => task.deliver(Ok(bytes), reported),
+            Err(failure) => {
                 let error = failure.into_error(task.job, task.first);
-                task.fail(error);
+                task.deliver(Err(error), reported);
             }
-            other => task.fail(Error::Ipc(format!("unexpected reply: {other:?}"))),
         }));
+        self.shared.counters.items_done(items);
         if let Err(panic) = delivered {
             log::error!(
                 "procpool: delivering the results of job `{job}` panicked: {}",
@@ -573,15 +668,10 @@ impl Driver {
         }
     }
 
-    /// The worker running `sent` is gone: re-queue the task or report why.
-    fn lost(&self, sent: Sent, pid: u32, lost: Lost) {
-        let Sent {
-            mut task,
-            may_retry,
-            sent_at,
-            ..
-        } = sent;
-        let job = task.job.to_owned();
+    /// The worker running `sent` is gone: keeps what it finished (`partial`,
+    /// read from its reply region), and re-queues the rest or reports why
+    /// it failed.
+    fn lost(&self, sent: Sent, pid: u32, lost: Lost, partial: Option<Partial>) {
         let terminated = self.shared.terminated.load(Ordering::Acquire);
         let departure = match lost {
             _ if terminated => None,
@@ -595,6 +685,24 @@ impl Driver {
         if let Some(departure) = departure {
             self.shared.counters.worker_left(departure);
         }
+        // A worker that died part-way through its chunk costs only the
+        // item it was running; it must have got somewhere, or a crash
+        // outside any item could send the same items round for ever.
+        if let Lost::Died(cause) = &lost
+            && let Some(partial) = partial
+            && !terminated
+            && (partial.done > 0 || partial.crashed)
+        {
+            return self.split(sent, pid, *cause, partial);
+        }
+        let Sent {
+            mut task,
+            may_retry,
+            sent_at,
+            reported,
+            ..
+        } = sent;
+        let job = task.job.to_owned();
         let retry = may_retry && !terminated && matches!(lost, Lost::Died(_) | Lost::Protocol(_));
         self.shared
             .counters
@@ -638,7 +746,111 @@ impl Driver {
                 task.first + task.count
             )),
         };
-        task.fail(error);
+        task.deliver(Err(error), reported);
+    }
+
+    /// The worker died during item `partial.done` of `sent` (or between
+    /// items): keeps the finished items' outcomes with the task, fails that
+    /// one item (or lets it run again, under `retries`), and queues the
+    /// items not started, for any worker. Those never ran: sending them is
+    /// not a retry.
+    fn split(&self, sent: Sent, pid: u32, cause: ExitCause, partial: Partial) {
+        let Sent {
+            mut task,
+            sent_at,
+            reported,
+            ..
+        } = sent;
+        let Partial {
+            done,
+            crashed,
+            reply,
+        } = partial;
+        let end = task.first + task.count;
+        let accounted = done + usize::from(crashed);
+        if accounted > reported {
+            task.sink.progress(accounted - reported);
+            self.shared.counters.items_done(accounted - reported);
+        }
+        if done > 0 {
+            task.before.push(Part {
+                first: task.first,
+                count: done,
+                outcome: Ok(reply),
+            });
+        }
+        let mut rest = task.first + done;
+        let mut retried = 0;
+        let mut retry = false;
+        if crashed {
+            // The item that crashed ran as often as the task's first item
+            // did if it is that item, else once.
+            let attempts = if done == 0 { task.retried + 1 } else { 1 };
+            if attempts <= self.config.retries {
+                retried = attempts;
+                retry = true;
+            } else {
+                let error = Error::WorkerDied {
+                    job: task.job.to_owned(),
+                    pid,
+                    cause,
+                    first: rest,
+                    count: 1,
+                    attempts,
+                };
+                if rest + 1 == end || !task.sink.per_item() {
+                    // Nothing left to run, or a call that this failure
+                    // decides: deliver now.
+                    task.items = Vec::new();
+                    task.first = rest;
+                    task.count = 1;
+                    self.shared
+                        .counters
+                        .task_lost(self.slot, sent_at.elapsed(), false);
+                    return task.deliver(Err(error), 1);
+                }
+                task.before.push(Part {
+                    first: rest,
+                    count: 1,
+                    outcome: Err(error),
+                });
+                rest += 1;
+            }
+        }
+        self.shared
+            .counters
+            .task_lost(self.slot, sent_at.elapsed(), retry);
+        if rest == end {
+            // Died after its last item: everything is in hand.
+            let Some(last) = task.before.pop() else {
+                return;
+            };
+            task.first = last.first;
+            task.count = last.count;
+            let outcome = last.outcome;
+            return match outcome {
+                Ok(bytes) => task.deliver(Ok(&bytes), last.count),
+                Err(error) => task.deliver(Err(error), last.count),
+            };
+        }
+        match codec::chunk_rest(&task.items, rest - task.first) {
+            Ok(items) => {
+                task.items = items;
+                task.count = end - rest;
+                task.first = rest;
+                task.retried = retried;
+                self.shared.retry(task);
+            }
+            Err(problem) => {
+                let error = Error::Ipc(format!(
+                    "cannot cut the items a dead worker did not start from their chunk: {}",
+                    problem.message
+                ));
+                task.count = end - rest;
+                task.first = rest;
+                task.deliver(Err(error), 0);
+            }
+        }
     }
 
     /// Replaces a lost worker at once, so capacity is back before the next task.
@@ -662,20 +874,14 @@ mod tests {
     use std::os::fd::BorrowedFd;
     use std::time::Duration;
 
-    use crate::wire::{FromWorker, Payload};
+    use crate::wire::FromWorker;
     use crate::{Error, Pool, pool_job};
 
     /// Sends, on its worker's channel, a well-formed reply to task 0 (no
     /// task has that number) claiming the result 999, then returns `x`.
     #[pool_job]
     fn forge_a_stale_reply(x: u64) -> u64 {
-        let mut reply = crate::codec::ReplyWriter::<u64>::default();
-        reply.value(&999).unwrap();
-        let items = reply.finish();
-        let forged = FromWorker::Done {
-            task: 0,
-            items: Payload::new(items).unwrap(),
-        };
+        let forged = FromWorker::Done { task: 0, len: 8 };
         let bytes = postcard::to_stdvec(&forged).unwrap();
         for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
             let is_socket = std::fs::read_link(entry.path())

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::exec;
 use crate::local::channel::{Channel, ChannelError};
-use crate::sys;
+use crate::sys::{self, Region};
 use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
 
 /// Exit code of a worker that could not connect back to its parent.
@@ -52,6 +52,13 @@ fn take_channel_from_stdin() -> Result<OwnedFd, String> {
     Ok(socket)
 }
 
+/// The worker's shared regions: replies from `Init` on, requests from the
+/// first large task on.
+struct Regions {
+    requests: Option<Region>,
+    replies: Region,
+}
+
 /// Greets the parent, then runs its tasks; the exit code.
 fn serve(socket: OwnedFd) -> i32 {
     let mut channel = Channel::new(socket);
@@ -62,20 +69,39 @@ fn serve(socket: OwnedFd) -> i32 {
         return EXIT_BOOTSTRAP_FAILED;
     }
     let own_pid = std::process::id();
+    let mut regions = None;
 
     loop {
         // A closed channel means the parent is gone or done with us, and
         // anything that is not our message means it is not our parent
         // speaking: either way, exit quietly.
-        let message = match channel.recv::<ToWorker>() {
-            Ok(message) => message,
+        let (message, fds) = match channel.recv_with::<ToWorker>() {
+            Ok(received) => received,
             Err(ChannelError::Io(_)) => return EXIT_BOOTSTRAP_FAILED,
             Err(_) => return 0,
         };
         let (reply, exit) = match message {
             ToWorker::Init { name, initializer } => {
+                let opened = match fds.into_iter().next() {
+                    Some(replies) => Region::open(replies),
+                    None => Err("the reply region did not come with Init".to_owned()),
+                };
+                match opened {
+                    Ok(replies) => {
+                        regions = Some(Regions {
+                            requests: None,
+                            replies,
+                        })
+                    }
+                    Err(why) => {
+                        eprintln!("procpool worker: {why}; exiting");
+                        return EXIT_BOOTSTRAP_FAILED;
+                    }
+                }
                 exec::become_worker(name);
-                let failure = initializer.and_then(|(job, arg)| run_task(0, &job, 1, &arg).1);
+                let failure = initializer.and_then(|(job, arg)| {
+                    exec::run_chunk(&job, 1, &arg).map_or_else(Some, |(_, failure)| failure)
+                });
                 match failure {
                     None => (FromWorker::Ready, None),
                     // The parent gives up on this worker; exit once it knows why.
@@ -89,7 +115,20 @@ fn serve(socket: OwnedFd) -> i32 {
                 items,
                 last,
             } => {
-                let (reply, failure) = run_task(task, &job, count, &items);
+                // Tasks come only after Init.
+                let Some(regions) = regions.as_mut() else {
+                    return EXIT_BOOTSTRAP_FAILED;
+                };
+                if let Some(fd) = fds.into_iter().next() {
+                    match Region::open(fd) {
+                        Ok(requests) => regions.requests = Some(requests),
+                        Err(why) => {
+                            eprintln!("procpool worker: {why}; exiting");
+                            return EXIT_BOOTSTRAP_FAILED;
+                        }
+                    }
+                }
+                let (reply, failure) = run_task(task, &job, count, &items, regions);
                 (reply, last.then_some(i32::from(failure.is_some())))
             }
             ToWorker::Exit => return 0,
@@ -111,7 +150,13 @@ fn serve(socket: OwnedFd) -> i32 {
 }
 
 /// Runs task number `task`; the reply, and the first failure in it.
-fn run_task(task: u64, job: &str, count: u64, items: &[u8]) -> (FromWorker, Option<Failure>) {
+fn run_task(
+    task: u64,
+    job: &str,
+    count: u64,
+    items: &Payload,
+    regions: &mut Regions,
+) -> (FromWorker, Option<Failure>) {
     let failed = |failure: Failure| {
         (
             FromWorker::Failed {
@@ -121,17 +166,27 @@ fn run_task(task: u64, job: &str, count: u64, items: &[u8]) -> (FromWorker, Opti
             Some(failure),
         )
     };
-    match exec::run_chunk(job, count, items) {
-        Ok((output, failure)) => match Payload::new(output) {
-            Ok(items) => (FromWorker::Done { task, items }, failure),
-            Err(err) => failed(Failure::new(
-                FailureKind::EncodeResult,
-                format!(
-                    "cannot share the chunk's results with the parent: {}",
-                    sys::describe_io(&err)
-                ),
-            )),
-        },
+    let items = match items {
+        Payload::Inline(bytes) => &bytes[..],
+        Payload::Shared { len, .. } => {
+            let len = usize::try_from(*len).unwrap_or(usize::MAX);
+            let viewed = match regions.requests.as_mut() {
+                Some(requests) => requests.view(len).map(|()| &requests.bytes()[..len]),
+                None => Err("no request region came before it".to_owned()),
+            };
+            match viewed {
+                Ok(items) => items,
+                Err(why) => {
+                    return failed(Failure::new(
+                        FailureKind::DecodeArguments,
+                        format!("the chunk's shared memory: {why}"),
+                    ));
+                }
+            }
+        }
+    };
+    match exec::run_chunk_streaming(job, count, items, &mut regions.replies, task) {
+        Ok((len, failure)) => (FromWorker::Done { task, len }, failure),
         Err(failure) => failed(failure),
     }
 }

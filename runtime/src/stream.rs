@@ -1,0 +1,469 @@
+//! A chunk's results, streamed by a local worker into its shared reply
+//! region as each item finishes, and read back by the parent: whole once
+//! the worker answers, or up to the item it was running when it died.
+//!
+//! Because the region is the parent's memory as much as the worker's, what
+//! a worker wrote survives it: a crash on item k of a chunk costs item k
+//! only. The parent reads the counters while the task runs, too, to move a
+//! progress bar per item.
+//!
+//! The region starts with a header of 8-byte counters; failures are logged
+//! after it as they happen; the values follow at `values_at`, as the
+//! chunk's values chunk (see [`crate::codec`]) grows. At the end of a task
+//! the failures and the trailer are appended after the values, so the whole
+//! reply is one slice in the region, read in place.
+//!
+//! Nothing the parent reads here is trusted: every counter is checked
+//! against the others and the region's size, and the bytes go through the
+//! same decoder as any reply.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::codec;
+use crate::sys::Region;
+use crate::wire::Failure;
+
+/// The task whose counters follow (0: none yet).
+const TASK: usize = 0;
+/// Items started: item `RUNNING - 1` is running, or done if `DONE` says so.
+const RUNNING: usize = 8;
+/// Items finished, with their outcome written.
+const DONE: usize = 16;
+/// Where the values begin.
+const VALUES_AT: usize = 24;
+/// Bytes of values written.
+const VALUES_LEN: usize = 32;
+/// Bytes of failure log written, from [`LOG_AT`].
+const LOG_LEN: usize = 40;
+/// Entries in the failure log.
+const FAILURES: usize = 48;
+/// Where the failure log begins.
+const LOG_AT: usize = 64;
+/// Where values begin until the failure log needs more room.
+const FIRST_VALUES_AT: usize = 4096;
+
+/// A worker's side: the reply to one task, written as its items finish.
+pub(crate) struct ReplyStream<'a> {
+    region: &'a mut Region,
+    values_at: usize,
+    /// Value bytes copied into the region so far.
+    published: usize,
+    /// The values' generation those bytes belong to.
+    generation: u64,
+    log_len: usize,
+    failures: u64,
+    /// Why the region could not take the results (out of memory), if so.
+    broken: Option<std::io::Error>,
+}
+
+impl<'a> ReplyStream<'a> {
+    /// Starts the reply to task number `task`, before its first item runs.
+    pub(crate) fn begin(region: &'a mut Region, task: u64) -> Self {
+        let mut stream = ReplyStream {
+            region,
+            values_at: FIRST_VALUES_AT,
+            published: 0,
+            generation: 0,
+            log_len: 0,
+            failures: 0,
+            broken: None,
+        };
+        if let Err(err) = stream.region.reserve(FIRST_VALUES_AT) {
+            stream.broken = Some(err);
+            return stream;
+        }
+        for (word, value) in [
+            (RUNNING, 0),
+            (DONE, 0),
+            (VALUES_AT, FIRST_VALUES_AT as u64),
+            (VALUES_LEN, 0),
+            (LOG_LEN, 0),
+            (FAILURES, 0),
+        ] {
+            stream.store(word, value);
+        }
+        // Last: a parent that sees this task's number sees its counters reset.
+        stream.store(TASK, task);
+        stream
+    }
+
+    fn store(&self, word: usize, value: u64) {
+        if let Some(word) = self.region.word(word) {
+            word.store(value, Ordering::Release);
+        }
+    }
+
+    /// Item `index` is about to run.
+    #[inline]
+    pub(crate) fn running(&self, index: usize) {
+        self.store(RUNNING, index as u64 + 1);
+    }
+
+    /// Item `index` finished: `values` (of `generation`, see
+    /// `codec::ChunkWriter::written`) hold every value so far, and
+    /// `failure` is this item's, if it failed.
+    #[inline]
+    pub(crate) fn finished(
+        &mut self,
+        index: usize,
+        (values, generation): (&[u8], u64),
+        failure: Option<&Failure>,
+    ) {
+        if self.broken.is_some() {
+            return;
+        }
+        if let Some(failure) = failure
+            && let Err(err) = self.log(index, failure)
+        {
+            self.broken = Some(err);
+            return;
+        }
+        if let Err(err) = self.publish(values, generation) {
+            self.broken = Some(err);
+            return;
+        }
+        self.store(DONE, index as u64 + 1);
+    }
+
+    /// Copies what is new in `values` into the region.
+    #[inline]
+    fn publish(&mut self, values: &[u8], generation: u64) -> std::io::Result<()> {
+        let from = if generation == self.generation && values.len() >= self.published {
+            self.published
+        } else {
+            0
+        };
+        let end = self.values_at + values.len();
+        self.region.reserve(end)?;
+        // SAFETY: the parent reads the values only after this task's
+        // answer or this process's death, and nothing else reads them.
+        let target = unsafe { self.region.bytes_mut() };
+        target[self.values_at + from..end].copy_from_slice(&values[from..]);
+        self.published = values.len();
+        self.generation = generation;
+        self.store(VALUES_LEN, values.len() as u64);
+        Ok(())
+    }
+
+    /// Appends item `index`'s failure to the log, moving the values further
+    /// up when the log needs the room.
+    #[cold]
+    fn log(&mut self, index: usize, failure: &Failure) -> std::io::Result<()> {
+        let mut entry = Vec::new();
+        codec::push_failure(&mut entry, index, failure);
+        let log_end = LOG_AT + self.log_len + entry.len();
+        if log_end > self.values_at {
+            let values_at = (2 * log_end).next_multiple_of(FIRST_VALUES_AT);
+            self.region.reserve(values_at + self.published)?;
+            // SAFETY: as in `publish`: nobody reads the values yet.
+            let bytes = unsafe { self.region.bytes_mut() };
+            bytes.copy_within(self.values_at..self.values_at + self.published, values_at);
+            self.values_at = values_at;
+            self.store(VALUES_AT, values_at as u64);
+        }
+        // SAFETY: as above; the log is read after the values, on the same terms.
+        let bytes = unsafe { self.region.bytes_mut() };
+        bytes[LOG_AT + self.log_len..log_end].copy_from_slice(&entry);
+        self.log_len += entry.len();
+        self.failures += 1;
+        self.store(LOG_LEN, self.log_len as u64);
+        self.store(FAILURES, self.failures);
+        Ok(())
+    }
+
+    /// Writes the whole reply (`codec::ReplyWriter::finish`, whose values
+    /// are already here) and returns its length, to be sent in the answer.
+    pub(crate) fn end(mut self, reply: &[u8]) -> std::io::Result<u64> {
+        if let Some(err) = self.broken.take() {
+            return Err(err);
+        }
+        // Each item published every value so far, and finishing a chunk
+        // adds to its values only when it has none (its header).
+        let from = self.published.min(reply.len());
+        let end = self.values_at + reply.len();
+        self.region.reserve(end)?;
+        // SAFETY: the parent reads the reply only after this answer.
+        let target = unsafe { self.region.bytes_mut() };
+        target[self.values_at + from..end].copy_from_slice(&reply[from..]);
+        Ok(reply.len() as u64)
+    }
+}
+
+/// Where a job's chunk puts its outcomes. Filled by `exec::invoke`.
+#[doc(hidden)]
+pub enum Output<'a> {
+    /// The whole reply, once every item ran (cluster workers, tests).
+    Collect(Vec<u8>),
+    /// Outcomes in a local worker's shared region as each item finishes.
+    Stream(Streaming<'a>),
+}
+
+/// [`Output::Stream`]'s state.
+#[doc(hidden)]
+pub struct Streaming<'a> {
+    /// The region, until the items are decoded and the stream begins.
+    region: Option<&'a mut Region>,
+    task: u64,
+    stream: Option<ReplyStream<'a>>,
+    /// The reply's length, or why the region could not take it.
+    written: std::io::Result<u64>,
+}
+
+impl<'a> Streaming<'a> {
+    /// Outcomes of task number `task`, to go into `region`.
+    pub(crate) fn new(region: &'a mut Region, task: u64) -> Self {
+        Streaming {
+            region: Some(region),
+            task,
+            stream: None,
+            written: Ok(0),
+        }
+    }
+
+    /// The reply's length, or why the region could not take it.
+    pub(crate) fn written(self) -> std::io::Result<u64> {
+        self.written
+    }
+}
+
+impl Output<'_> {
+    /// The items are decoded and about to run.
+    pub(crate) fn begin(&mut self) {
+        if let Output::Stream(streaming) = self
+            && let Some(region) = streaming.region.take()
+        {
+            streaming.stream = Some(ReplyStream::begin(region, streaming.task));
+        }
+    }
+
+    /// Item `index` is about to run.
+    #[inline(always)]
+    pub(crate) fn running(&self, index: usize) {
+        if let Output::Stream(Streaming {
+            stream: Some(stream),
+            ..
+        }) = self
+        {
+            stream.running(index);
+        }
+    }
+
+    /// Item `index` finished; `reply` holds its outcome.
+    #[inline(always)]
+    pub(crate) fn finished<R: Serialize + 'static>(
+        &mut self,
+        index: usize,
+        reply: &codec::ReplyWriter<R>,
+    ) {
+        if let Output::Stream(Streaming {
+            stream: Some(stream),
+            ..
+        }) = self
+        {
+            stream.finished(
+                index,
+                reply.values_written(),
+                reply.last_failure().map(|(_, failure)| failure),
+            );
+        }
+    }
+
+    /// Every item ran: the whole reply.
+    pub(crate) fn end(&mut self, reply: Vec<u8>) {
+        match self {
+            Output::Collect(bytes) => *bytes = reply,
+            Output::Stream(streaming) => {
+                streaming.written = match streaming.stream.take() {
+                    Some(stream) => stream.end(&reply),
+                    None => Err(std::io::Error::other("the reply stream never began")),
+                };
+            }
+        }
+    }
+}
+
+/// The parent's side: the reply of `len` bytes that the worker announced
+/// for task number `task`.
+pub(crate) fn reply(region: &mut Region, task: u64, len: u64) -> Result<&[u8], String> {
+    let word = |region: &Region, at| {
+        region
+            .word(at)
+            .map_or(0, |word| word.load(Ordering::Acquire))
+    };
+    let found = word(region, TASK);
+    if found != task {
+        return Err(format!(
+            "its reply region holds task {found}, not task {task}"
+        ));
+    }
+    let values_at = usize::try_from(word(region, VALUES_AT)).unwrap_or(usize::MAX);
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| values_at.checked_add(len))
+        .filter(|_| values_at >= LOG_AT)
+        .ok_or_else(|| format!("a reply of {len} bytes at {values_at} is out of bounds"))?;
+    region.view(end)?;
+    Ok(&region.bytes()[values_at..end])
+}
+
+/// How many items of task number `task` have finished, while it runs.
+pub(crate) fn items_done(region: &Region, task: u64) -> Option<usize> {
+    let load = |at| region.word(at).map(|word| word.load(Ordering::Acquire));
+    if load(TASK)? != task {
+        return None;
+    }
+    usize::try_from(load(DONE)?).ok()
+}
+
+/// What a worker that died during task number `task` (of `count` items)
+/// had finished.
+#[derive(Debug)]
+pub(crate) struct Partial {
+    /// Items finished.
+    pub(crate) done: usize,
+    /// Whether item `done` was running when the worker died (otherwise
+    /// it died between items).
+    pub(crate) crashed: bool,
+    /// The reply for the first `done` items.
+    pub(crate) reply: Vec<u8>,
+}
+
+/// Reads what the worker had finished of task number `task` when it died;
+/// `None` if it had not begun the task's items, or its counters do not
+/// make sense (then nothing of it can be trusted).
+pub(crate) fn partial(region: &mut Region, task: u64, count: usize) -> Option<Partial> {
+    let load = |region: &Region, at| {
+        region
+            .word(at)
+            .and_then(|word| usize::try_from(word.load(Ordering::Acquire)).ok())
+    };
+    if load(region, TASK)? as u64 != task {
+        return None;
+    }
+    let [running, done, values_at, values_len, log_len, failures] =
+        [RUNNING, DONE, VALUES_AT, VALUES_LEN, LOG_LEN, FAILURES].map(|at| load(region, at));
+    let (running, done, values_at, values_len, log_len, failures) = (
+        running?,
+        done?,
+        values_at?,
+        values_len?,
+        log_len?,
+        failures?,
+    );
+    let consistent = done <= running
+        && running <= done + 1
+        && running <= count
+        && failures <= done
+        && LOG_AT.checked_add(log_len)? <= values_at;
+    if !consistent {
+        return None;
+    }
+    region.view(values_at.checked_add(values_len)?).ok()?;
+    let bytes = region.bytes();
+    let reply = codec::assemble_reply(
+        bytes[values_at..values_at + values_len].to_vec(),
+        failures,
+        &bytes[LOG_AT..LOG_AT + log_len],
+    );
+    Some(Partial {
+        done,
+        crashed: running == done + 1,
+        reply,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{ReplyReader, ReplyWriter};
+    use crate::wire::FailureKind;
+
+    fn outcomes(reply: &[u8], count: usize) -> Vec<Result<u64, Failure>> {
+        let mut reader = ReplyReader::new(reply).unwrap();
+        let out = (0..count).map(|_| reader.next::<u64>().unwrap()).collect();
+        reader.finish().unwrap();
+        out
+    }
+
+    /// Runs `count` items through a stream as a worker would, failing the
+    /// items in `failing`, and stops before item `stop` if given.
+    fn run(
+        region: &mut Region,
+        task: u64,
+        count: usize,
+        failing: &[usize],
+        stop: Option<usize>,
+    ) -> Option<u64> {
+        let mut writer = ReplyWriter::<u64>::default();
+        let mut stream = ReplyStream::begin(region, task);
+        for index in 0..count {
+            stream.running(index);
+            if stop == Some(index) {
+                return None;
+            }
+            if failing.contains(&index) {
+                writer.failure(Failure::new(
+                    FailureKind::Panicked,
+                    format!("item {index} {}", "x".repeat(300)),
+                ));
+            } else {
+                writer.value(&(index as u64 * 10)).unwrap();
+            }
+            stream.finished(
+                index,
+                writer.values_written(),
+                writer.last_failure().map(|(_, f)| f),
+            );
+        }
+        Some(stream.end(&writer.finish()).unwrap())
+    }
+
+    #[test]
+    fn a_whole_reply_is_read_in_place() {
+        let mut region = Region::create().unwrap();
+        let len = run(&mut region, 7, 100_000, &[3, 99_999], None).unwrap();
+        let bytes = reply(&mut region, 7, len).unwrap().to_vec();
+        let got = outcomes(&bytes, 100_000);
+        for (index, outcome) in got.iter().enumerate() {
+            match outcome {
+                Ok(value) => assert_eq!(*value, index as u64 * 10),
+                Err(failure) => assert!(failure.message.starts_with(&format!("item {index} "))),
+            }
+        }
+        assert!(got[3].is_err() && got[99_999].is_err());
+        assert!(reply(&mut region, 8, len).unwrap_err().contains("task 7"));
+        assert!(reply(&mut region, 7, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn a_crash_leaves_every_finished_item() {
+        let mut region = Region::create().unwrap();
+        // Twenty failures move the values up past the first log space.
+        let failing: Vec<usize> = (0..40).step_by(2).collect();
+        assert_eq!(run(&mut region, 3, 50, &failing, Some(41)), None);
+        assert_eq!(items_done(&region, 3), Some(41));
+        assert_eq!(items_done(&region, 2), None);
+        let partial = partial(&mut region, 3, 50).unwrap();
+        assert_eq!((partial.done, partial.crashed), (41, true));
+        for (index, outcome) in outcomes(&partial.reply, 41).into_iter().enumerate() {
+            match outcome {
+                Ok(value) => assert_eq!(value, index as u64 * 10),
+                Err(_) => assert!(failing.contains(&index)),
+            }
+        }
+        assert!(super::partial(&mut region, 4, 50).is_none());
+        // Counters that contradict each other are not trusted.
+        assert!(super::partial(&mut region, 3, 40).is_none());
+    }
+
+    #[test]
+    fn a_crash_on_the_first_item_leaves_an_empty_reply() {
+        let mut region = Region::create().unwrap();
+        assert_eq!(run(&mut region, 1, 5, &[], Some(0)), None);
+        let partial = partial(&mut region, 1, 5).unwrap();
+        assert_eq!((partial.done, partial.crashed), (0, true));
+        assert!(outcomes(&partial.reply, 0).is_empty());
+    }
+}
