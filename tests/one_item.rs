@@ -212,3 +212,42 @@ fn sleepy(dir: String, index: u64, _crash_at: u64, _how: String) -> u64 {
     std::thread::sleep(Duration::from_millis(150));
     index
 }
+
+#[pool_job]
+fn triple(x: u64) -> u64 {
+    x * 3
+}
+
+#[test]
+fn callers_that_drive_workers_themselves_and_queued_calls_mix() {
+    // Blocking applies run on the caller's thread when a worker is idle,
+    // queued ones on the drivers: from many threads at once, with a map
+    // and async calls in between, every result is the right one.
+    let pool = std::sync::Arc::new(Pool::with_processes(2).unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    for thread in 0..6u64 {
+        let (pool, done) = (std::sync::Arc::clone(&pool), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                let x = thread * 1000 + i;
+                assert_eq!(pool.apply(triple, x).unwrap(), x * 3);
+                if i % 50 == 0 {
+                    let call = pool.apply_async(triple, x + 1).unwrap();
+                    let tripled = pool.map(triple, 0..100u64).unwrap();
+                    assert_eq!(tripled[99], 297);
+                    assert_eq!(call.get().unwrap(), (x + 1) * 3);
+                }
+            }
+            done.send(thread).unwrap();
+        });
+    }
+    drop(done);
+    // A lost task would leave its caller waiting for ever: bounded here.
+    for _ in 0..6 {
+        finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a caller is still waiting after 120 s (or panicked)");
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.tasks_failed, 0, "{stats:?}");
+}

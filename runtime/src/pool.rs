@@ -427,7 +427,8 @@ impl Pool {
         A: JobArgs,
         R: Send + 'static,
     {
-        self.apply_async(job, item)?.get()
+        // The caller waits anyway: its own thread may run the exchange.
+        self.apply_call(job, item, true)?.get()
     }
 
     /// Like [`map`](Pool::map), but returns at once with an [`AsyncResult`].
@@ -470,12 +471,13 @@ impl Pool {
     {
         let items = items.into_iter();
         let (low, high) = items.size_hint();
+        let waiting = window.map_or(Waiting::Here(false), Waiting::Window);
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All>(job, low, items, chunksize, (encode, decode), window)?
+            self.submit::<_, _, All>(job, low, items, chunksize, (encode, decode), waiting)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
             let items: Vec<X> = items.collect();
-            self.submit::<_, _, All>(job, items.len(), items, None, (encode, decode), window)?
+            self.submit::<_, _, All>(job, items.len(), items, None, (encode, decode), waiting)?
         };
         Ok(AsyncResult::new(call))
     }
@@ -574,13 +576,29 @@ impl Pool {
         A: JobArgs,
         R: Send + 'static,
     {
+        self.apply_call(job, item, false)
+    }
+
+    /// `apply_async`; with `drive_here`, for a caller that waits for the
+    /// result at once.
+    fn apply_call<J, A, R>(
+        &self,
+        job: J,
+        item: A::Item,
+        drive_here: bool,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        J: IntoJob<Args = A, Output = R>,
+        A: JobArgs,
+        R: Send + 'static,
+    {
         let call = self.submit::<_, _, One>(
             job.name(),
             1,
             std::iter::once(item),
             Some(1),
             (Encode::items(&job), Decode::of(&job)),
-            None,
+            Waiting::Here(drive_here),
         )?;
         Ok(AsyncResult::new(call))
     }
@@ -612,7 +630,7 @@ impl Pool {
         items: impl IntoIterator<Item = X>,
         chunksize: Option<usize>,
         (encode, decode): (Encode<X>, Decode<R>),
-        window: Option<usize>,
+        waiting: Waiting,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
         R: Send + 'static,
@@ -633,7 +651,14 @@ impl Pool {
         // A bar for a single `apply` would only flicker.
         let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
         let call = Call::<R, M>::new(job, decode, progress, expected);
-        let mut chunk = ChunkBuilder::default();
+        let (window, drive_here) = match waiting {
+            Waiting::Window(window) => (Some(window), false),
+            Waiting::Here(drive_here) => (None, drive_here),
+        };
+        let mut chunk = ChunkBuilder {
+            drive_here,
+            ..ChunkBuilder::default()
+        };
         // A backend's hard limit (a cluster's `max_payload`): a chunk that
         // an item would take over it goes without that item.
         let byte_limit = self.backend.max_chunk_bytes();
@@ -722,7 +747,12 @@ impl Pool {
         chunk.number += 1;
         chunk.first += count;
         call.expect_chunk();
-        if let Err(error) = self.backend.submit(task) {
+        let submitted = if chunk.drive_here {
+            self.backend.submit_and_drive(task)
+        } else {
+            self.backend.submit(task)
+        };
+        if let Err(error) = submitted {
             call.abandon(error.clone());
             return Err(error);
         }
@@ -862,6 +892,20 @@ struct ChunkBuilder {
     number: usize,
     first: usize,
     items: ChunkWriter<()>,
+    /// The caller waits for this (single-chunk) call at once: the backend
+    /// may run it on the caller's thread.
+    drive_here: bool,
+}
+
+/// How a caller waits for the call it submits.
+#[derive(Clone, Copy)]
+enum Waiting {
+    /// Blocked until fewer than this many of its tasks are unanswered
+    /// while submitting (a blocking `map` that bounds its memory).
+    Window(usize),
+    /// Not while submitting; with `true`, it waits for its single task
+    /// right after (a blocking `apply`).
+    Here(bool),
 }
 
 /// About 16 chunks per worker: `ceil(n / (16 × processes))`, but never

@@ -31,6 +31,8 @@ mod bar {
             }
             .with_style(style)
             .with_message(job.rsplit("::").next().unwrap_or(job).to_owned());
+            // Drawn now, at 0, rather than when the first item finishes.
+            bar.tick();
             Progress(Some(bar))
         }
 

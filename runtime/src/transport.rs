@@ -116,6 +116,11 @@ impl Task {
 pub(crate) trait Backend: Send + Sync {
     /// Queues a task; `Err(Error::Closed)` once the backend was closed.
     fn submit(&self, task: Task) -> Result<(), Error>;
+    /// Queues a task whose caller blocks until it is done: a backend may
+    /// run it on the caller's thread instead, to save the hand-offs.
+    fn submit_and_drive(&self, task: Task) -> Result<(), Error> {
+        self.submit(task)
+    }
     /// Accepts no new tasks; queued ones still run.
     fn close(&self);
     /// Whether `close`, `join` or `terminate` was called.

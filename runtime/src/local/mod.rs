@@ -1,32 +1,27 @@
-//! The local backend: one driver thread per worker process, fed from one queue.
+//! The local backend: one driver per worker process, fed from one queue.
 //!
-//! A driver owns its worker: it sends a task, waits for the reply, and when
-//! the worker dies it reports the lost task, reaps the process and starts a
-//! replacement. Each driver is a [`State`] machine; `launch` starts and
-//! watches a worker, `channel` carries the messages, `serve` is the loop
-//! that runs in the worker process.
+//! A driver (`driver`) owns its worker: it sends a task, waits for the
+//! reply, and when the worker dies it reports what was lost, reaps the
+//! process and starts a replacement. `launch` starts and watches a worker,
+//! `channel` carries the messages, `serve` is the loop that runs in the
+//! worker process.
 
 pub(crate) mod channel;
+mod driver;
 pub(crate) mod launch;
 pub(crate) mod serve;
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Error;
-use crate::codec;
-use crate::error::ExitCause;
-use crate::error::panic_message;
-use crate::local::launch::{ForkFrom, Initializer, Lost, PidSlot, WorkerProcess};
-use crate::stats::{Counters, Departure, PoolStats};
-use crate::stream::Partial;
-use crate::transport::{Backend, Part, Task};
-use crate::wire::{Failure, FromWorker, ToWorker};
+use crate::local::driver::Driver;
+use crate::local::launch::{Initializer, PidSlot};
+use crate::stats::{Counters, PoolStats};
+use crate::transport::{Backend, Task};
 
 /// Settings the local backend needs.
 #[derive(Debug, Clone)]
@@ -79,7 +74,8 @@ impl Shared {
         lock(&self.queue).tasks.pop_front()
     }
 
-    /// Puts a task whose worker died back at the front of the queue.
+    /// Puts a task back at the front of the queue: its worker died before
+    /// it ran (or part-way), or its driver's worker is busy with a caller.
     fn retry(&self, task: Task) {
         let mut queue = lock(&self.queue);
         if self.terminated.load(Ordering::Acquire) {
@@ -116,6 +112,8 @@ impl Shared {
 
 pub(crate) struct LocalBackend {
     shared: Arc<Shared>,
+    /// One per worker slot, shared with its thread.
+    slots: Vec<Arc<Driver>>,
     drivers: Mutex<Vec<JoinHandle<()>>>,
     processes: usize,
 }
@@ -136,15 +134,11 @@ impl LocalBackend {
         });
         let (started_tx, started) = mpsc::channel();
         let mut drivers = Vec::with_capacity(config.processes);
+        let mut slots = Vec::with_capacity(config.processes);
         let mut outcome = Ok(());
         for slot in 0..config.processes {
-            let driver = Driver {
-                slot,
-                shared: Arc::clone(&shared),
-                config: config.clone(),
-                copy: RefCell::default(),
-                last_id: Cell::new(0),
-            };
+            let driver = Arc::new(Driver::new(slot, Arc::clone(&shared), config.clone()));
+            slots.push(Arc::clone(&driver));
             let started_tx = started_tx.clone();
             match thread::Builder::new()
                 .name(format!("procpool-driver-{slot}"))
@@ -160,6 +154,7 @@ impl LocalBackend {
         drop(started_tx);
         let backend = LocalBackend {
             shared,
+            slots,
             drivers: Mutex::new(drivers),
             processes: config.processes,
         };
@@ -194,6 +189,29 @@ impl Backend for LocalBackend {
         drop(queue);
         self.shared.work.notify_one();
         Ok(())
+    }
+
+    fn submit_and_drive(&self, task: Task) -> Result<(), Error> {
+        {
+            // A task must not overtake queued ones, and a closed pool
+            // takes none.
+            let queue = lock(&self.shared.queue);
+            if !queue.tasks.is_empty()
+                || queue.closed
+                || self.shared.terminated.load(Ordering::Acquire)
+            {
+                drop(queue);
+                return self.submit(task);
+            }
+        }
+        let mut task = task;
+        for driver in &self.slots {
+            match driver.try_run_here(task) {
+                Ok(()) => return Ok(()),
+                Err(back) => task = back,
+            }
+        }
+        self.submit(task)
     }
 
     fn close(&self) {
@@ -246,625 +264,6 @@ impl Drop for LocalBackend {
         if !lock(&self.drivers).is_empty() {
             self.terminate();
             self.join_drivers();
-        }
-    }
-}
-
-struct Driver {
-    slot: usize,
-    shared: Arc<Shared>,
-    config: LocalConfig,
-    /// A small reply copied out of the worker's region, so the worker can
-    /// take its next task while this one is delivered; reused.
-    copy: RefCell<Vec<u8>>,
-    /// The number of the last task this driver sent.
-    last_id: Cell<u64>,
-}
-
-/// A driver's live worker and how many tasks it has finished.
-struct Active {
-    worker: WorkerProcess,
-    done: usize,
-}
-
-/// A task that was sent to the worker and awaits its reply.
-struct Sent {
-    task: Task,
-    deadline: Option<Instant>,
-    /// Whether the task may be re-run if the worker dies (`retries`).
-    may_retry: bool,
-    /// The number the worker must echo in its reply.
-    id: u64,
-    /// When it was handed to the worker.
-    sent_at: Instant,
-    /// Items of it counted as progress so far.
-    reported: usize,
-}
-
-/// How often a driver looks at how many items of a running task finished.
-const PROGRESS_STEP: Duration = Duration::from_millis(100);
-
-/// Replies up to this size are copied out of the worker's region before
-/// they are delivered, so the worker runs its next task meanwhile; larger
-/// ones are read in place, then the next task is sent.
-const COPY_OUT_MAX: u64 = 1 << 20;
-
-/// Checks that `reply` answers task number `id`.
-fn matches_task(reply: &FromWorker, id: u64) -> Result<(), String> {
-    match reply {
-        FromWorker::Done { task, .. } | FromWorker::Failed { task, .. } if *task == id => Ok(()),
-        FromWorker::Done { task, .. } | FromWorker::Failed { task, .. } => Err(format!(
-            "it answered task {task} while task {id} was running"
-        )),
-        other => Err(format!("it sent {other:?} while task {id} was running")),
-    }
-}
-
-/// Where a driver stands. Each state holds exactly what it needs, so a
-/// task in flight without a worker cannot be expressed.
-enum State {
-    /// No worker (none started yet, or the last one was lost and its
-    /// replacement failed to start): one is started for the next task.
-    NoWorker,
-    /// A live worker waiting for a task.
-    Idle(Active),
-    /// A worker running a task.
-    Busy(Active, Sent),
-    /// The queue is closed and drained, or the pool was terminated.
-    Stopped,
-}
-
-/// How many times a driver tries to start a worker for one task before the
-/// task fails with the start's error (fewer once `spawn_timeout` has passed
-/// since the first try). Starts that fail are not attempts of the task: it
-/// never reached a worker.
-const STARTS_PER_TASK: usize = 3;
-
-impl Driver {
-    fn run(self, started: mpsc::Sender<Result<(), Error>>) {
-        let mut state = match self.spawn() {
-            Ok(worker) => {
-                let _ = started.send(Ok(()));
-                State::Idle(Active { worker, done: 0 })
-            }
-            Err(err) => {
-                let _ = started.send(Err(err));
-                return;
-            }
-        };
-        drop(started);
-        loop {
-            state = match state {
-                State::NoWorker => match self.shared.next_task() {
-                    None => State::Stopped,
-                    Some(task) if task.sink.cancelled() => State::NoWorker,
-                    Some(task) => self.start_with_new_worker(task),
-                },
-                State::Idle(current) => match self.shared.next_task() {
-                    None => {
-                        self.stop(current);
-                        State::Stopped
-                    }
-                    Some(task) if task.sink.cancelled() => State::Idle(current),
-                    // A worker that died while idle (killed, out of memory)
-                    // is replaced before the task is sent: the task did
-                    // not run, so it must not fail or cost a retry.
-                    Some(task) if !current.worker.is_alive() => {
-                        self.shared.counters.worker_left(Departure::Died);
-                        drop(current);
-                        self.start_with_new_worker(task)
-                    }
-                    Some(task) => self.start(current, task),
-                },
-                State::Busy(current, sent) => self.finish(current, sent),
-                State::Stopped => break,
-            };
-        }
-    }
-
-    /// Waits for the reply to `sent` and delivers it, after sending the next
-    /// queued task when the reply is small: one task runs in the worker
-    /// while the driver delivers (decodes) the previous reply, so the
-    /// worker never waits for the parent.
-    fn finish(&self, mut current: Active, mut sent: Sent) -> State {
-        let pid = current.worker.pid();
-        let reply = match self.await_reply(&mut current, &mut sent) {
-            Ok(reply) => reply,
-            Err(lost) => {
-                let partial = current.worker.partial(sent.id, sent.task.count);
-                drop(current);
-                self.lost(sent, pid, lost, partial);
-                return self.respawn();
-            }
-        };
-        let outcome = match matches_task(&reply, sent.id) {
-            Ok(()) => match reply {
-                FromWorker::Done { len, .. } => current
-                    .worker
-                    .reply(sent.id, len)
-                    .map(|_| Ok(len))
-                    .map_err(|why| format!("its reply cannot be read: {why}")),
-                FromWorker::Failed { failure, .. } => Ok(Err(failure)),
-                other => Err(format!("it sent {other:?}")),
-            },
-            Err(violation) => Err(violation),
-        };
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(violation) => {
-                // Whatever answered is not in step with this driver: a job
-                // that forked, or one that wrote to the worker's socket.
-                // Nothing it says can be trusted, this reply included.
-                log::warn!("procpool: worker {pid} broke the protocol ({violation}); replacing it");
-                drop(current);
-                self.lost(sent, pid, Lost::Protocol(violation), None);
-                return self.respawn();
-            }
-        };
-        current.done += 1;
-        self.shared
-            .counters
-            .task_done(self.slot, sent.sent_at.elapsed());
-        let Sent {
-            task, id, reported, ..
-        } = sent;
-        let next = match outcome {
-            Ok(len) if len > COPY_OUT_MAX => {
-                match current.worker.reply(id, len) {
-                    Ok(bytes) => self.deliver(task, reported, Ok(bytes)),
-                    Err(why) => task.fail(Error::Ipc(why)),
-                }
-                self.next(current)
-            }
-            Ok(len) => {
-                let mut copy = self.copy.borrow_mut();
-                copy.clear();
-                if let Ok(bytes) = current.worker.reply(id, len) {
-                    copy.extend_from_slice(bytes);
-                }
-                let next = self.next(current);
-                self.deliver(task, reported, Ok(&copy));
-                next
-            }
-            Err(failure) => {
-                let next = self.next(current);
-                self.deliver(task, reported, Err(failure));
-                next
-            }
-        };
-        match next {
-            State::NoWorker => self.respawn(),
-            other => other,
-        }
-    }
-
-    /// Waits for the reply to `sent` until its deadline (then the worker is
-    /// killed), reporting the items that finish meanwhile as progress.
-    fn await_reply(&self, current: &mut Active, sent: &mut Sent) -> Result<FromWorker, Lost> {
-        loop {
-            let step = Instant::now() + PROGRESS_STEP;
-            let until = sent.deadline.map_or(step, |deadline| deadline.min(step));
-            match current
-                .worker
-                .recv_until(Some(until), &self.shared.terminated)?
-            {
-                Some(reply) => return Ok(reply),
-                None if sent
-                    .deadline
-                    .is_some_and(|deadline| Instant::now() >= deadline) =>
-                {
-                    current.worker.kill_and_reap();
-                    return Err(Lost::TimedOut);
-                }
-                None => {
-                    if let Some(done) = current.worker.items_done(sent.id) {
-                        self.report(sent, done);
-                    }
-                }
-            }
-        }
-    }
-
-    /// `done` items of `sent` have finished: counts the new ones.
-    fn report(&self, sent: &mut Sent, done: usize) {
-        let done = done.min(sent.task.count);
-        if done > sent.reported {
-            sent.task.sink.progress(done - sent.reported);
-            self.shared.counters.items_done(done - sent.reported);
-            sent.reported = done;
-        }
-    }
-
-    /// After a task: the next one for this worker, or retires it.
-    fn next(&self, current: Active) -> State {
-        if self.keeps(&current) {
-            match self.shared.try_next_task() {
-                Some(next) if !next.sink.cancelled() => self.start(current, next),
-                _ => State::Idle(current),
-            }
-        } else {
-            // Python's maxtasksperchild, or billiard's max_memory_per_child.
-            self.shared.counters.worker_left(Departure::Retired);
-            current.worker.shutdown();
-            State::NoWorker
-        }
-    }
-
-    /// Starts a worker for `task` and sends it. A start that fails is tried
-    /// again (up to [`STARTS_PER_TASK`]), then fails the task.
-    fn start_with_new_worker(&self, task: Task) -> State {
-        let mut failure = None;
-        let first_try = Instant::now();
-        for _ in 0..STARTS_PER_TASK {
-            // A start that timed out would time out again: only quick
-            // failures (a worker killed while starting) are worth retrying.
-            if self.shared.terminated.load(Ordering::Acquire)
-                || (failure.is_some() && first_try.elapsed() >= self.config.spawn_timeout)
-            {
-                break;
-            }
-            match self.spawn() {
-                Ok(worker) => return self.start(Active { worker, done: 0 }, task),
-                // A failing initializer fails the same way every time.
-                Err(err @ Error::InitializerFailed { .. }) => {
-                    failure = Some(err);
-                    break;
-                }
-                Err(err) => failure = Some(err),
-            }
-        }
-        let job = task.job.to_owned();
-        self.shared.counters.task_failed();
-        task.fail(failure.unwrap_or(Error::Terminated { job }));
-        State::NoWorker
-    }
-
-    /// Stops a worker whose driver is done.
-    fn stop(&self, current: Active) {
-        if self.shared.terminated.load(Ordering::Acquire) {
-            drop(current);
-        } else {
-            current.worker.shutdown();
-        }
-    }
-
-    /// Whether a worker that just finished a task may take another.
-    fn keeps(&self, current: &Active) -> bool {
-        if self.config.max_tasks_per_child == Some(current.done) {
-            return false;
-        }
-        match self.config.max_memory_per_child {
-            Some(limit) => current
-                .worker
-                .resident_bytes()
-                .is_none_or(|rss| rss <= limit),
-            None => true,
-        }
-    }
-
-    fn spawn(&self) -> Result<WorkerProcess, Error> {
-        // A start that panics (an OS call's assertion deep in a dependency)
-        // must not take this driver, and the tasks it serves, with it.
-        let mut worker = catch_unwind(AssertUnwindSafe(|| {
-            WorkerProcess::spawn(
-                &next_worker_name(),
-                self.config.spawn_timeout,
-                &self.shared.terminated,
-                self.config.initializer.as_ref(),
-                // Drivers outlive their workers, and forking here lets every
-                // driver start its worker at the same time.
-                ForkFrom::ThisThread,
-            )
-        }))
-        .unwrap_or_else(|panic| {
-            Err(Error::Spawn(format!(
-                "starting a worker panicked: {}",
-                panic_message(&*panic)
-            )))
-        })?;
-        worker.register(Arc::clone(&self.shared.pids[self.slot]));
-        self.shared.counters.worker_started();
-        if self.shared.terminated.load(Ordering::Acquire) {
-            // terminate() ran before the pid was visible to it.
-            return Err(Error::Spawn("the pool was terminated".into()));
-        }
-        Ok(worker)
-    }
-
-    /// Sends `task` to the worker: `Busy` on success. A worker found dead
-    /// before it got the task is replaced and the task queued again as it
-    /// was (it never ran).
-    fn start(&self, mut current: Active, task: Task) -> State {
-        let may_retry = task.retried < self.config.retries;
-        let len = task.items.len();
-        // The task keeps its items: if the worker dies part-way, the items
-        // it did not start run elsewhere.
-        // SAFETY: an idle worker answered every task it was sent.
-        let items = match unsafe { current.worker.stage(&task.items) } {
-            Ok(items) => items,
-            Err(err) => {
-                task.fail(Error::system(
-                    format!("cannot put a task's {len} bytes in shared memory"),
-                    err,
-                ));
-                return State::Idle(current);
-            }
-        };
-        let id = self.last_id.get() + 1;
-        self.last_id.set(id);
-        let message = ToWorker::Run {
-            task: id,
-            job: task.job.to_owned(),
-            count: task.count as u64,
-            items,
-            last: false,
-        };
-        let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
-        let sent = Sent {
-            task,
-            deadline,
-            may_retry,
-            id,
-            sent_at: Instant::now(),
-            reported: 0,
-        };
-        let pid = current.worker.pid();
-        match current
-            .worker
-            .send(message, deadline, &self.shared.terminated)
-        {
-            Ok(()) => State::Busy(current, sent),
-            Err(Lost::Died(_)) if !self.shared.terminated.load(Ordering::Acquire) => {
-                // The message never reached a live worker.
-                self.shared.counters.worker_left(Departure::Died);
-                drop(current);
-                self.shared.retry(sent.task);
-                self.respawn()
-            }
-            Err(lost) => {
-                drop(current);
-                self.lost(sent, pid, lost, None);
-                self.respawn()
-            }
-        }
-    }
-
-    /// Hands a reply (already matched to `task`), or the failure of the
-    /// whole task, to the task's caller.
-    ///
-    /// Delivering decodes the results with the caller's `Deserialize`
-    /// impls, which may panic; this thread must survive that and the call
-    /// must still end, so the panic fails the task instead.
-    fn deliver(&self, task: Task, reported: usize, outcome: Result<&[u8], Failure>) {
-        let sink = Arc::clone(&task.sink);
-        let info = task.info();
-        let job = task.job;
-        let items = task.count.saturating_sub(reported);
-        let delivered = catch_unwind(AssertUnwindSafe(move || match outcome {
-            Ok(bytes) => task.deliver(Ok(bytes), reported),
-            Err(failure) => {
-                let error = failure.into_error(task.job, task.first);
-                task.deliver(Err(error), reported);
-            }
-        }));
-        self.shared.counters.items_done(items);
-        if let Err(panic) = delivered {
-            log::error!(
-                "procpool: delivering the results of job `{job}` panicked: {}",
-                panic_message(&*panic)
-            );
-            let error = Error::Serialization {
-                job: job.to_owned(),
-                direction: format!(
-                    "decode the results of items {}..{}",
-                    info.first,
-                    info.first + info.count
-                ),
-                message: format!("decoding panicked: {}", panic_message(&*panic)),
-            };
-            // Failing needs no decoding; a sink that panics even then has
-            // nothing left to tell its caller.
-            let _ = catch_unwind(AssertUnwindSafe(|| sink.deliver(info, Err(error))));
-        }
-    }
-
-    /// The worker running `sent` is gone: keeps what it finished (`partial`,
-    /// read from its reply region), and re-queues the rest or reports why
-    /// it failed.
-    fn lost(&self, sent: Sent, pid: u32, lost: Lost, partial: Option<Partial>) {
-        let terminated = self.shared.terminated.load(Ordering::Acquire);
-        let departure = match lost {
-            _ if terminated => None,
-            Lost::Died(_) => Some(Departure::Died),
-            Lost::TimedOut => Some(Departure::TimedOut),
-            Lost::Protocol(_) => Some(Departure::BrokeProtocol),
-            // Killed by this side, which could not go on with it.
-            Lost::System(_) => Some(Departure::Died),
-            Lost::Aborted => None,
-        };
-        if let Some(departure) = departure {
-            self.shared.counters.worker_left(departure);
-        }
-        // A worker that died part-way through its chunk costs only the
-        // item it was running; it must have got somewhere, or a crash
-        // outside any item could send the same items round for ever.
-        if let Lost::Died(cause) = &lost
-            && let Some(partial) = partial
-            && !terminated
-            && (partial.done > 0 || partial.crashed)
-        {
-            return self.split(sent, pid, *cause, partial);
-        }
-        let Sent {
-            mut task,
-            may_retry,
-            sent_at,
-            reported,
-            ..
-        } = sent;
-        let job = task.job.to_owned();
-        let retry = may_retry && !terminated && matches!(lost, Lost::Died(_) | Lost::Protocol(_));
-        self.shared
-            .counters
-            .task_lost(self.slot, sent_at.elapsed(), retry);
-        if retry {
-            task.retried += 1;
-            self.shared.retry(task);
-            return;
-        }
-        let error = match lost {
-            _ if terminated => Error::Terminated { job },
-            Lost::Died(cause) => Error::WorkerDied {
-                job,
-                pid,
-                cause,
-                first: task.first,
-                count: task.count,
-                attempts: task.retried + 1,
-            },
-            Lost::TimedOut => Error::TaskTimedOut {
-                job,
-                first: task.first,
-                count: task.count,
-                timeout: self.config.task_timeout.unwrap_or_default(),
-            },
-            Lost::Aborted => Error::Terminated { job },
-            Lost::System(err) => Error::system(
-                format!(
-                    "could not exchange messages with worker {pid} running job `{job}` on \
-                     items {}..{}; it was killed and replaced",
-                    task.first,
-                    task.first + task.count
-                ),
-                err,
-            ),
-            Lost::Protocol(violation) => Error::Ipc(format!(
-                "worker {pid} broke the protocol while running job `{job}` on items {}..{}: \
-                 {violation}; it was killed and replaced. A job must not fork a process that \
-                 returns, nor touch the worker's own file descriptors",
-                task.first,
-                task.first + task.count
-            )),
-        };
-        task.deliver(Err(error), reported);
-    }
-
-    /// The worker died during item `partial.done` of `sent` (or between
-    /// items): keeps the finished items' outcomes with the task, fails that
-    /// one item (or lets it run again, under `retries`), and queues the
-    /// items not started, for any worker. Those never ran: sending them is
-    /// not a retry.
-    fn split(&self, sent: Sent, pid: u32, cause: ExitCause, partial: Partial) {
-        let Sent {
-            mut task,
-            sent_at,
-            reported,
-            ..
-        } = sent;
-        let Partial {
-            done,
-            crashed,
-            reply,
-        } = partial;
-        let end = task.first + task.count;
-        let accounted = done + usize::from(crashed);
-        if accounted > reported {
-            task.sink.progress(accounted - reported);
-            self.shared.counters.items_done(accounted - reported);
-        }
-        if done > 0 {
-            task.before.push(Part {
-                first: task.first,
-                count: done,
-                outcome: Ok(reply),
-            });
-        }
-        let mut rest = task.first + done;
-        let mut retried = 0;
-        let mut retry = false;
-        if crashed {
-            // The item that crashed ran as often as the task's first item
-            // did if it is that item, else once.
-            let attempts = if done == 0 { task.retried + 1 } else { 1 };
-            if attempts <= self.config.retries {
-                retried = attempts;
-                retry = true;
-            } else {
-                let error = Error::WorkerDied {
-                    job: task.job.to_owned(),
-                    pid,
-                    cause,
-                    first: rest,
-                    count: 1,
-                    attempts,
-                };
-                if rest + 1 == end || !task.sink.per_item() {
-                    // Nothing left to run, or a call that this failure
-                    // decides: deliver now.
-                    task.items = Vec::new();
-                    task.first = rest;
-                    task.count = 1;
-                    self.shared
-                        .counters
-                        .task_lost(self.slot, sent_at.elapsed(), false);
-                    return task.deliver(Err(error), 1);
-                }
-                task.before.push(Part {
-                    first: rest,
-                    count: 1,
-                    outcome: Err(error),
-                });
-                rest += 1;
-            }
-        }
-        self.shared
-            .counters
-            .task_lost(self.slot, sent_at.elapsed(), retry);
-        if rest == end {
-            // Died after its last item: everything is in hand.
-            let Some(last) = task.before.pop() else {
-                return;
-            };
-            task.first = last.first;
-            task.count = last.count;
-            let outcome = last.outcome;
-            return match outcome {
-                Ok(bytes) => task.deliver(Ok(&bytes), last.count),
-                Err(error) => task.deliver(Err(error), last.count),
-            };
-        }
-        match codec::chunk_rest(&task.items, rest - task.first) {
-            Ok(items) => {
-                task.items = items;
-                task.count = end - rest;
-                task.first = rest;
-                task.retried = retried;
-                self.shared.retry(task);
-            }
-            Err(problem) => {
-                let error = Error::Ipc(format!(
-                    "cannot cut the items a dead worker did not start from their chunk: {}",
-                    problem.message
-                ));
-                task.count = end - rest;
-                task.first = rest;
-                task.deliver(Err(error), 0);
-            }
-        }
-    }
-
-    /// Replaces a lost worker at once, so capacity is back before the next task.
-    fn respawn(&self) -> State {
-        if self.shared.terminated.load(Ordering::Acquire) {
-            return State::NoWorker;
-        }
-        match self.spawn() {
-            Ok(worker) => State::Idle(Active { worker, done: 0 }),
-            Err(err) => {
-                // Not fatal: the next task tries again and reports the error.
-                log::warn!("procpool: could not replace a lost worker (will retry): {err}");
-                State::NoWorker
-            }
         }
     }
 }
