@@ -19,7 +19,7 @@
 mod scale;
 mod systems;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::Instant;
 
@@ -59,6 +59,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--pong") {
         systems::pong();
+        return;
+    }
+    if args.first().map(String::as_str) == Some("--echo") {
+        systems::echo_child();
         return;
     }
     if let Some(counts) = arg_list(&args, "--redis-scale") {
@@ -139,20 +143,26 @@ fn main() {
     for system in &systems {
         print!(" {} |", system.name());
     }
-    println!(" goal | met |");
+    println!(" goal | procpool ratio | met |");
     print!("|---|---|");
     for _ in &systems {
         print!("---|");
     }
-    println!("---|---|");
+    println!("---|---|---|");
+    let medians: HashMap<(Workload, System), f64> = results
+        .iter()
+        .filter_map(|(&(wi, si), cell)| {
+            let m = cell.as_ref().ok()?;
+            Some(((workloads[wi], systems[si]), m.median))
+        })
+        .collect();
+    let median = |workload, system| medians.get(&(workload, system)).copied();
     for (wi, workload) in workloads.iter().enumerate() {
         print!("| {} | {} |", workload.name(), workload.unit());
-        let mut row = BTreeMap::new();
         for (si, system) in systems.iter().enumerate() {
             match &results[&(wi, si)] {
                 Ok(m) => {
                     print!(" {} |", format_value(m.median));
-                    row.insert(*system, m.median);
                     if let Some(out) = out.as_mut() {
                         let line = serde_json::json!({
                             "workload": workload.name(),
@@ -167,8 +177,8 @@ fn main() {
                 Err(why) => print!(" n/a ({why}) |"),
             }
         }
-        let (goal, met) = workload.verdict(&row);
-        println!(" {goal} | {met} |");
+        let verdict = workload.verdict(&median);
+        println!(" {} | {} | {} |", verdict.goal, verdict.ratios, verdict.met);
     }
     systems::cluster::finish();
     eprintln!("raw runs written to {out_path}");

@@ -3,11 +3,18 @@
 //! Unlike Python's `imap`, which reads its whole input before yielding
 //! (so an endless input hangs), input is pulled only as results are
 //! consumed, with a bounded number of chunks in flight.
+//!
+//! Without a chunk size, chunks start at one item and grow while they come
+//! back quickly ([`ChunkSizer`]): Python's one item per task made an
+//! `imap_unordered` of 10⁵ trivial items about 200 times slower than with
+//! `chunksize(1000)`, while a fixed large chunk would delay the first
+//! results and unbalance slow items.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use crate::codec::ChunkWriter;
 use crate::job::{Decode, Encode};
@@ -23,6 +30,54 @@ struct State<R> {
     cancelled: bool,
     /// The task polling an [`ImapStream`], woken when a chunk arrives.
     waker: Option<Waker>,
+    /// When each chunk still out began to be filled (adaptive sizing only).
+    started: HashMap<usize, Instant>,
+    /// The time per item of the chunks that came back.
+    timings: Timings,
+}
+
+/// How many of the last chunks a [`Measure`] looks at.
+const MEASURE_WINDOW: usize = 4;
+
+/// The time per item of the last chunks that came back, latest last.
+#[derive(Debug, Default)]
+struct Timings {
+    recent: VecDeque<Duration>,
+    count: u64,
+}
+
+impl Timings {
+    fn record(&mut self, per_item: Duration) {
+        if self.recent.len() == MEASURE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(per_item);
+        self.count += 1;
+    }
+
+    /// What the sizer goes by; `None` before any chunk came back.
+    fn measure(&self) -> Option<Measure> {
+        Some(Measure {
+            per_item: self.recent.iter().copied().min()?,
+            count: self.count,
+        })
+    }
+}
+
+/// The time per item of the chunks that came back last: the least over the
+/// last [`MEASURE_WINDOW`]. A chunk is timed from the moment its first item
+/// was pulled from the input (so a slow input counts as slow items) until
+/// its results were decoded. That includes the wait behind the chunk
+/// queued before it on its worker, which only ever adds: a small chunk
+/// queued behind a large one looks slow per item, and taken alone it
+/// shrank the next chunks to a few hundred items for no reason (measured:
+/// 16 384 down to 179). The least of the last few is a chunk that waited
+/// little, and a change in the items' own time still shows within a few.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Measure {
+    per_item: Duration,
+    /// Chunks timed so far: a chunk grows once per new measure.
+    count: u64,
 }
 
 /// Receives the chunks of one `imap` call.
@@ -40,7 +95,20 @@ impl<R> Stream<R> {
     }
 
     fn store(&self, chunk: usize, items: Vec<Result<R, Error>>) {
+        self.store_timed(chunk, items, false);
+    }
+
+    /// Stores a chunk; `timed`: it came back from a worker, so its time
+    /// per item is the latest measure (a lost chunk's is not).
+    fn store_timed(&self, chunk: usize, items: Vec<Result<R, Error>>, timed: bool) {
         let mut state = self.lock();
+        if let Some(started) = state.started.remove(&chunk)
+            && timed
+            && !items.is_empty()
+        {
+            let per_item = started.elapsed() / items.len().try_into().unwrap_or(u32::MAX);
+            state.timings.record(per_item);
+        }
         state.finished.insert(chunk, items);
         state.completion.push_back(chunk);
         let waker = state.waker.take();
@@ -56,6 +124,7 @@ impl<R: Send + 'static> Sink for Stream<R> {
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
         // A lost task fails each of its items, so the output stays aligned with the input.
         let mut items = Vec::with_capacity(task.count);
+        let replied = outcome.is_ok();
         let decoded = outcome.and_then(|bytes| {
             self.decode
                 .outcomes(self.job, task.first, task.count, bytes, &mut items)
@@ -66,7 +135,7 @@ impl<R: Send + 'static> Sink for Stream<R> {
         }
         self.progress
             .advance(task.count.saturating_sub(task.reported));
-        self.store(task.chunk, items);
+        self.store_timed(task.chunk, items, replied);
     }
 
     fn deliver_parts(&self, chunk: TaskInfo, parts: Vec<Part>) {
@@ -99,6 +168,89 @@ impl<R: Send + 'static> Sink for Stream<R> {
     }
 }
 
+/// The time per chunk that adaptive chunks aim at, as a [`Measure`] counts
+/// it: with the wait behind the chunk queued before it, so about half of it
+/// is the chunk's own run. Long enough that per-message costs (tens of µs)
+/// fade, short enough that results keep coming and the last chunks end
+/// together; an item this slow or slower travels alone. Measured on
+/// `imap_unordered` of 10⁵ trivial items (2 workers, medians of 101 runs
+/// on a loaded machine): 4 ms made chunks of up to 27 000 items and took
+/// 1.3-1.5 times as long as `chunksize(1000)`; 0.5 to 2 ms took 1.0-1.25
+/// times as long.
+const TARGET_CHUNK_TIME: Duration = Duration::from_millis(2);
+
+/// The most items an adaptive chunk takes, whatever their size: 512 KiB of
+/// `u64`, as the pool's byte cut for chunks it sizes.
+const MAX_ADAPTIVE_ITEMS: usize = 1 << 16;
+
+/// How an `imap` cuts its input into chunks; the pool chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunking {
+    /// Exactly this many items per chunk (the caller's `chunksize`).
+    Fixed(usize),
+    /// Sized from measured times ([`ChunkSizer`]), with each chunk's input
+    /// cut once it reaches `max_bytes`.
+    Adaptive {
+        /// Where a chunk's encoded input is cut.
+        max_bytes: usize,
+    },
+}
+
+/// How many items go into the next chunk.
+///
+/// Fixed when the caller chose (Python's meaning of `chunksize`).
+/// Otherwise adaptive: the first chunks hold one item each, so the first
+/// results come at once and an endless or slow input works; then each new
+/// [`Measure`] lets the next chunk double, up to as many items as fit in
+/// [`TARGET_CHUNK_TIME`] at the measured time per item (so slow items stay
+/// at one per chunk, and once items turn slower the next chunk shrinks at
+/// once), and at most [`MAX_ADAPTIVE_ITEMS`]. Its input is cut at the
+/// pool's byte limit (as `map`'s chunks are), and a chunk whose input turns
+/// slow while it fills is sent with what it has (`Imap::top_up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChunkSizer {
+    size: usize,
+    adaptive: bool,
+    /// Where an adaptive chunk's encoded input is cut.
+    max_bytes: usize,
+    /// The measure count the size last grew on.
+    grown_on: u64,
+}
+
+impl ChunkSizer {
+    fn new(chunking: Chunking) -> Self {
+        let (size, adaptive, max_bytes) = match chunking {
+            Chunking::Fixed(size) => (size.max(1), false, usize::MAX),
+            Chunking::Adaptive { max_bytes } => (1, true, max_bytes),
+        };
+        ChunkSizer {
+            size,
+            adaptive,
+            max_bytes,
+            grown_on: 0,
+        }
+    }
+
+    /// The size of the next chunk, given the latest measure.
+    fn next(&mut self, measure: Option<Measure>) -> usize {
+        if let (true, Some(measure)) = (self.adaptive, measure) {
+            let fits = if measure.per_item.is_zero() {
+                MAX_ADAPTIVE_ITEMS
+            } else {
+                // Saturates (never wraps) for a tiny per-item time.
+                (TARGET_CHUNK_TIME.as_secs_f64() / measure.per_item.as_secs_f64()) as usize
+            };
+            let mut size = self.size;
+            if measure.count > self.grown_on {
+                self.grown_on = measure.count;
+                size = size.saturating_mul(2);
+            }
+            self.size = size.min(fits).clamp(1, MAX_ADAPTIVE_ITEMS);
+        }
+        self.size
+    }
+}
+
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`].
 ///
 /// Yields one `Result` per input item: the job's value, or why that item
@@ -112,7 +264,13 @@ pub struct Imap<'pool, R, I: Iterator> {
     input: Option<I>,
     encode: Encode<I::Item>,
     stream: Arc<Stream<R>>,
-    chunksize: usize,
+    sizer: ChunkSizer,
+    /// The backend's hard limit on a chunk's bytes (a cluster's
+    /// `max_payload`), as the pool's `map` keeps it.
+    byte_limit: Option<usize>,
+    /// An item taken back from a chunk it would have taken over
+    /// `byte_limit`: the first of the next chunk.
+    carried: Option<I::Item>,
     max_in_flight: usize,
     in_flight: usize,
     next_chunk: usize,
@@ -120,14 +278,17 @@ pub struct Imap<'pool, R, I: Iterator> {
     /// The next chunk to yield, when ordered.
     next_to_yield: usize,
     ordered: bool,
-    ready: VecDeque<Result<R, Error>>,
+    /// The chunk being yielded, item by item: taken as it came (a chunk of
+    /// thousands of items is not copied again into a queue).
+    ready: std::vec::IntoIter<Result<R, Error>>,
 }
 
 impl<R, I: Iterator> std::fmt::Debug for Imap<'_, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Imap")
             .field("job", &self.job)
-            .field("chunksize", &self.chunksize)
+            .field("chunksize", &self.sizer.size)
+            .field("adaptive", &self.sizer.adaptive)
             .field("in_flight", &self.in_flight)
             .field("ordered", &self.ordered)
             .finish()
@@ -143,7 +304,7 @@ where
         pool: &'pool Pool,
         job: &'static str,
         input: I,
-        chunksize: usize,
+        chunking: Chunking,
         ordered: bool,
         encode: Encode<I::Item>,
         decode: Decode<R>,
@@ -162,10 +323,14 @@ where
                     completion: VecDeque::new(),
                     cancelled: false,
                     waker: None,
+                    started: HashMap::new(),
+                    timings: Timings::default(),
                 }),
                 arrived: Condvar::new(),
             }),
-            chunksize: chunksize.max(1),
+            sizer: ChunkSizer::new(chunking),
+            byte_limit: pool.max_chunk_bytes(),
+            carried: None,
             // One chunk running and one queued per worker keeps every worker busy.
             max_in_flight: 2 * pool.processes().max(1),
             in_flight: 0,
@@ -173,7 +338,7 @@ where
             next_item: 0,
             next_to_yield: 0,
             ordered,
-            ready: VecDeque::new(),
+            ready: Vec::new().into_iter(),
         }
     }
 
@@ -186,9 +351,9 @@ where
         encode: Encode<I::Item>,
         decode: Decode<R>,
     ) -> Self {
-        let mut imap = Imap::new(pool, job, input, 1, true, encode, decode);
+        let mut imap = Imap::new(pool, job, input, Chunking::Fixed(1), true, encode, decode);
         imap.input = None;
-        imap.ready.push_back(Err(error));
+        imap.ready = vec![Err(error)].into_iter();
         imap
     }
 
@@ -198,13 +363,27 @@ where
             let Some(input) = self.input.as_mut() else {
                 return;
             };
+            let adaptive = self.sizer.adaptive;
+            let size = if adaptive {
+                let measure = self.stream.lock().timings.measure();
+                self.sizer.next(measure)
+            } else {
+                self.sizer.size
+            };
             let first = self.next_item;
+            let started = adaptive.then(Instant::now);
             let mut items = ChunkWriter::<()>::default();
             let mut bad_item = None;
-            while items.len() < self.chunksize {
-                let Some(item) = input.next() else {
-                    self.input = None;
-                    break;
+            while items.len() < size {
+                let item = match self.carried.take() {
+                    Some(item) => item,
+                    None => match input.next() {
+                        Some(item) => item,
+                        None => {
+                            self.input = None;
+                            break;
+                        }
+                    },
                 };
                 if let Err(message) = self.encode.push(&mut items, &item) {
                     bad_item = Some(Error::Serialization {
@@ -214,9 +393,30 @@ where
                     });
                     break;
                 }
+                // A single item over the limit is the backend's to refuse.
+                if self
+                    .byte_limit
+                    .is_some_and(|limit| items.byte_len() > limit && items.len() > 1)
+                {
+                    items.undo_last();
+                    self.carried = Some(item);
+                    break;
+                }
+                if let Some(started) = started {
+                    let count = items.len();
+                    // The clock is read now and then only (about 35 ns a
+                    // read, against a few ns to encode a small item); an
+                    // input that turns slow sends what it has.
+                    if items.byte_len() >= self.sizer.max_bytes
+                        || ((count.is_power_of_two() || count % 64 == 0)
+                            && started.elapsed() >= TARGET_CHUNK_TIME)
+                    {
+                        break;
+                    }
+                }
             }
             if items.len() > 0 {
-                self.submit(first, items.len(), items.finish());
+                self.submit(first, items.len(), items.finish(), started);
             }
             if let Some(error) = bad_item {
                 // The unencodable item keeps its place as an error of its own.
@@ -229,8 +429,13 @@ where
         }
     }
 
-    fn submit(&mut self, first: usize, count: usize, items: Vec<u8>) {
+    /// `started`: when the chunk began filling, to time it (adaptive only).
+    fn submit(&mut self, first: usize, count: usize, items: Vec<u8>, started: Option<Instant>) {
         let chunk = self.next_chunk;
+        if let Some(started) = started {
+            // Before submitting: the reply may come back before `submit_task` returns.
+            self.stream.lock().started.insert(chunk, started);
+        }
         self.next_chunk += 1;
         self.next_item += count;
         self.in_flight += 1;
@@ -338,7 +543,7 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(item) = self.ready.pop_front() {
+            if let Some(item) = self.ready.next() {
                 return Some(item);
             }
             self.top_up();
@@ -346,7 +551,7 @@ where
                 return None;
             }
             let items = self.take_chunk();
-            self.ready.extend(items);
+            self.ready = items.into_iter();
         }
     }
 }
@@ -391,7 +596,7 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let imap = &mut self.get_mut().imap;
         loop {
-            if let Some(item) = imap.ready.pop_front() {
+            if let Some(item) = imap.ready.next() {
                 return Poll::Ready(Some(item));
             }
             imap.top_up();
@@ -401,7 +606,7 @@ where
             let stream = Arc::clone(&imap.stream);
             let mut state = stream.lock();
             match imap.try_take_chunk(&mut state) {
-                Some(items) => imap.ready.extend(items),
+                Some(items) => imap.ready = items.into_iter(),
                 None => {
                     // Registered under the lock that `store` takes, so a
                     // chunk arriving now wakes this waker.
@@ -412,6 +617,90 @@ where
                     return Poll::Pending;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{ChunkSizer, Chunking, MAX_ADAPTIVE_ITEMS, MEASURE_WINDOW, Measure, Timings};
+
+    fn adaptive() -> ChunkSizer {
+        ChunkSizer::new(Chunking::Adaptive { max_bytes: 1 << 19 })
+    }
+
+    fn measure(per_item: Duration, count: u64) -> Option<Measure> {
+        Some(Measure { per_item, count })
+    }
+
+    #[test]
+    fn a_chosen_chunk_size_never_changes() {
+        let mut sizer = ChunkSizer::new(Chunking::Fixed(7));
+        assert_eq!(sizer.next(None), 7);
+        assert_eq!(sizer.next(measure(Duration::from_nanos(1), 5)), 7);
+        assert_eq!(sizer.next(measure(Duration::from_secs(1), 6)), 7);
+    }
+
+    #[test]
+    fn adaptive_chunks_start_at_one_and_double_once_per_measure() {
+        let mut sizer = adaptive();
+        // Nothing measured yet: one item per chunk, however many are sent.
+        assert_eq!(sizer.next(None), 1);
+        assert_eq!(sizer.next(None), 1);
+        let tiny = Duration::from_nanos(10);
+        assert_eq!(sizer.next(measure(tiny, 1)), 2);
+        // The same measure again lets nothing grow.
+        assert_eq!(sizer.next(measure(tiny, 1)), 2);
+        assert_eq!(sizer.next(measure(tiny, 2)), 4);
+        let mut size = 4;
+        for count in 3..40 {
+            size = sizer.next(measure(tiny, count));
+        }
+        assert_eq!(size, MAX_ADAPTIVE_ITEMS);
+        // A zero time per item (a coarse clock) is as tiny as can be.
+        assert_eq!(sizer.next(measure(Duration::ZERO, 41)), MAX_ADAPTIVE_ITEMS);
+    }
+
+    #[test]
+    fn slow_items_stay_alone_and_a_slow_measure_shrinks_the_next_chunk_at_once() {
+        let mut sizer = adaptive();
+        for count in 1..10 {
+            assert_eq!(sizer.next(measure(Duration::from_millis(5), count)), 1);
+        }
+        let mut sizer = adaptive();
+        for count in 1..30 {
+            sizer.next(measure(Duration::from_nanos(10), count));
+        }
+        assert_eq!(sizer.size, MAX_ADAPTIVE_ITEMS);
+        // 100 µs per item: 20 fit in the target time.
+        assert_eq!(sizer.next(measure(Duration::from_micros(100), 30)), 20);
+        // Then it grows back by doubling.
+        assert_eq!(sizer.next(measure(Duration::from_nanos(10), 31)), 40);
+    }
+
+    #[test]
+    fn a_measure_is_the_least_time_per_item_of_the_last_chunks() {
+        let ms = Duration::from_millis;
+        let mut timings = Timings::default();
+        assert_eq!(timings.measure(), None);
+        timings.record(ms(3));
+        assert_eq!(timings.measure(), measure(ms(3), 1));
+        // A chunk that waited behind a large one looks slow: it changes
+        // nothing while a quicker one is among the last few.
+        timings.record(ms(1));
+        timings.record(ms(50));
+        assert_eq!(timings.measure(), measure(ms(1), 3));
+        // Items that turned slow show once the quick chunk is out of the window.
+        for n in 0..MEASURE_WINDOW {
+            timings.record(ms(40));
+            let least = if n + 2 < MEASURE_WINDOW {
+                ms(1)
+            } else {
+                ms(40)
+            };
+            assert_eq!(timings.measure().map(|m| m.per_item), Some(least), "{n}");
         }
     }
 }
