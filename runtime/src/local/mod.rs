@@ -9,6 +9,7 @@
 pub(crate) mod channel;
 pub(crate) mod launch;
 pub(crate) mod serve;
+pub(crate) mod template;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

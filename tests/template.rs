@@ -1,0 +1,312 @@
+//! The worker template (fork server): workers are forked from one process
+//! started per program, yet each is a fresh process of its own, and the
+//! template is replaced when it dies, bounded when it stops answering, and
+//! given up for exec where the system refuses its `clone`.
+//!
+//! A constructor in this binary records the pid of the process it ran in:
+//! an exec'd worker runs it itself, a forked worker inherits the template's.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use procpool::{Error, ExitCause, Pool, Process, pool_job};
+use procpool_tests::{eventually, running};
+
+/// The pid of the process in which this binary's constructors ran.
+static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
+
+#[ctor::ctor(unsafe)]
+fn record_constructor_pid() {
+    CONSTRUCTED_IN.store(std::process::id(), Ordering::Relaxed);
+}
+
+/// What a worker knows of itself, read while it runs a job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Origin {
+    pid: u32,
+    parent: u32,
+    constructed_in: u32,
+    threads: usize,
+}
+
+#[pool_job]
+fn whoami() -> Origin {
+    Origin {
+        pid: std::process::id(),
+        parent: std::os::unix::process::parent_id(),
+        constructed_in: CONSTRUCTED_IN.load(Ordering::Relaxed),
+        threads: std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count()),
+    }
+}
+
+#[pool_job]
+fn sleep_then_origin(ms: u64) -> Origin {
+    std::thread::sleep(Duration::from_millis(ms));
+    whoami()
+}
+
+#[pool_job]
+fn env_and_cwd(name: String) -> (Option<String>, String) {
+    let cwd = std::env::current_dir().map_or_else(|e| e.to_string(), |d| d.display().to_string());
+    (std::env::var(name).ok(), cwd)
+}
+
+#[pool_job]
+fn write_to_null() -> u32 {
+    // SAFETY: deliberately faulting to test crash reporting.
+    unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u32>(), 1) };
+    0
+}
+
+/// The template's pid, as the workers of a new pool report it.
+fn template_pid() -> u32 {
+    let pool = Pool::with_processes(1).unwrap();
+    let origin = pool.apply(whoami, ()).unwrap();
+    assert_ne!(origin.constructed_in, origin.pid, "not forked: {origin:?}");
+    origin.constructed_in
+}
+
+#[test]
+fn workers_are_forked_from_the_template_as_fresh_processes() {
+    let pool = Pool::with_processes(2).unwrap();
+    // Overlapping tasks: two workers, both busy at once.
+    let origins = pool.map(sleep_then_origin, vec![300, 300]).unwrap();
+    assert_ne!(origins[0].pid, origins[1].pid, "{origins:?}");
+    for origin in &origins {
+        assert_ne!(origin.pid, std::process::id());
+        // A child of this process, not of the template, so that this
+        // process reaps it and its death signal follows this process.
+        assert_eq!(origin.parent, std::process::id(), "{origin:?}");
+        // Forked: the constructors ran once, in the template.
+        assert_ne!(origin.constructed_in, origin.pid, "{origin:?}");
+        assert_eq!(origin.constructed_in, origins[0].constructed_in);
+        assert_ne!(origin.constructed_in, std::process::id());
+        // None of the caller's threads (drivers, the test harness's).
+        assert_eq!(origin.threads, 1, "{origin:?}");
+    }
+    // A replacement worker and a Process come from the same template.
+    let first = origins[0].constructed_in;
+    let process = Process::spawn(whoami, ()).unwrap().join().unwrap();
+    assert_eq!(process.constructed_in, first, "{process:?}");
+    assert_eq!(process.parent, std::process::id());
+    assert_eq!(process.threads, 1);
+}
+
+#[test]
+fn a_real_segfault_in_a_forked_worker_is_signal_11() {
+    let pool = Pool::with_processes(1).unwrap();
+    assert_ne!(pool.apply(whoami, ()).unwrap().constructed_in, 0);
+    match pool.apply(write_to_null, ()) {
+        Err(Error::WorkerDied { cause, .. }) => assert_eq!(cause, ExitCause::Signal(11)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    let replaced = pool.apply(whoami, ()).unwrap();
+    assert_ne!(replaced.constructed_in, replaced.pid);
+}
+
+#[test]
+fn a_killed_template_is_replaced_on_the_next_start() {
+    for wait_for_death in [true, false] {
+        let old = template_pid();
+        // SAFETY: plain kill(2) on the template, a child of this process.
+        unsafe { libc::kill(old as i32, libc::SIGKILL) };
+        if wait_for_death {
+            eventually("the template to die", || !running(old));
+        }
+        // Killed and at once asked: the request may reach it while it dies.
+        let pool = Pool::with_processes(2).unwrap();
+        let origins = pool.map(sleep_then_origin, vec![100, 100]).unwrap();
+        for origin in origins {
+            assert_ne!(origin.constructed_in, old, "{origin:?}");
+            assert_ne!(origin.constructed_in, origin.pid, "{origin:?}");
+        }
+    }
+}
+
+/// Not a test on its own: stops the template, then reports how a start
+/// bounded by a short `spawn_timeout` ends, and whether the next works.
+#[test]
+#[ignore = "helper process for a_stopped_template_is_bounded_by_spawn_timeout"]
+fn helper_stopped_template() {
+    let stopped = template_pid();
+    // SAFETY: plain kill(2) on the template, a child of this process.
+    unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
+    let started = Instant::now();
+    let outcome = Pool::builder()
+        .processes(2)
+        .spawn_timeout(Duration::from_millis(500))
+        .build();
+    println!("ELAPSED {}", started.elapsed().as_millis());
+    match outcome {
+        Ok(_) => println!("FIRST OK"),
+        Err(err) => println!("FIRST ERR {err:?}"),
+    }
+    println!("STOPPED RUNNING {}", running(stopped));
+    let pool = Pool::with_processes(1).unwrap();
+    let origin = pool.apply(whoami, ()).unwrap();
+    println!(
+        "THEN OK {}",
+        origin.constructed_in != stopped && origin.constructed_in != origin.pid
+    );
+}
+
+#[test]
+fn a_stopped_template_is_bounded_by_spawn_timeout() {
+    let stdout = run_helper("helper_stopped_template");
+    assert!(stdout.contains("FIRST ERR Spawn("), "{stdout}");
+    assert!(
+        stdout.contains("did not connect back within 500ms"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("STOPPED RUNNING false"), "{stdout}");
+    assert!(stdout.contains("THEN OK true"), "{stdout}");
+    let elapsed: u64 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("ELAPSED ")?.parse().ok())
+        .unwrap();
+    assert!(elapsed < 5_000, "{elapsed} ms");
+}
+
+/// Not a test on its own: changes the environment and the working
+/// directory between pools, reporting what a worker sees each time.
+#[test]
+#[ignore = "helper process for workers_see_the_environment_of_their_start"]
+fn helper_changing_environment() {
+    let var = "PROCPOOL_TEST_TEMPLATE_VAR";
+    let report = |label: &str| {
+        let pool = Pool::with_processes(1).unwrap();
+        let (value, cwd) = pool.apply(env_and_cwd, var.to_owned()).unwrap();
+        let template = pool.apply(whoami, ()).unwrap().constructed_in;
+        println!("{label} {value:?} {cwd} {template}");
+    };
+    report("BEFORE");
+    // SAFETY: this helper process runs one test, on one thread of its own;
+    // no pool runs while the environment changes.
+    unsafe { std::env::set_var(var, "first") };
+    report("SET");
+    unsafe { std::env::set_var(var, "second") };
+    report("CHANGED");
+    std::env::set_current_dir("/").unwrap();
+    report("MOVED");
+    report("AGAIN");
+}
+
+#[test]
+fn workers_see_the_environment_of_their_start() {
+    let stdout = run_helper("helper_changing_environment");
+    let line = |label: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no {label} line in {stdout}"));
+        line.split(' ').skip(1).map(str::to_owned).collect()
+    };
+    let here = std::env::current_dir().unwrap().display().to_string();
+    assert_eq!(line("BEFORE")[..2], ["None".to_owned(), here.clone()]);
+    assert_eq!(
+        line("SET")[..2],
+        ["Some(\"first\")".to_owned(), here.clone()]
+    );
+    assert_eq!(line("CHANGED")[..2], ["Some(\"second\")".to_owned(), here]);
+    assert_eq!(
+        line("MOVED")[..2],
+        ["Some(\"second\")".to_owned(), "/".to_owned()]
+    );
+    // A template is replaced when what it inherited changed, and only then.
+    let templates: Vec<String> = ["BEFORE", "SET", "CHANGED", "MOVED", "AGAIN"]
+        .iter()
+        .map(|label| line(label)[2].clone())
+        .collect();
+    for pair in templates[..4].windows(2) {
+        assert_ne!(pair[0], pair[1], "{stdout}");
+    }
+    assert_eq!(templates[3], templates[4], "{stdout}");
+}
+
+/// Not a test on its own: refuses `clone` with `CLONE_PARENT` to this
+/// process and its children (a seccomp filter, as a sandbox might), then
+/// reports where its workers come from.
+#[test]
+#[ignore = "helper process for workers_start_by_exec_where_clone_parent_is_refused"]
+fn helper_without_clone_parent() {
+    refuse_clone_parent();
+    let pool = Pool::with_processes(2).unwrap();
+    let origins = pool.map(sleep_then_origin, vec![100, 100]).unwrap();
+    let exec = origins
+        .iter()
+        .all(|o| o.constructed_in == o.pid && o.parent == std::process::id());
+    println!("EXEC {exec}");
+    let process = Process::spawn(whoami, ()).unwrap().join().unwrap();
+    println!("PROCESS EXEC {}", process.constructed_in == process.pid);
+}
+
+#[test]
+fn workers_start_by_exec_where_clone_parent_is_refused() {
+    let stdout = run_helper("helper_without_clone_parent");
+    assert!(stdout.contains("EXEC true"), "{stdout}");
+    assert!(stdout.contains("PROCESS EXEC true"), "{stdout}");
+}
+
+/// Installs a seccomp filter on this process (inherited by its children)
+/// that fails `clone` with `EPERM` when its flags hold `CLONE_PARENT`.
+fn refuse_clone_parent() {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    // seccomp_data: nr at 0, arch at 4, args[0] at 16 (low half first on
+    // little-endian machines).
+    let mut filter = [
+        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone as u32, 0, 3),
+        stmt(BPF_LD | BPF_W | BPF_ABS, 16),
+        jump(BPF_JMP | BPF_JSET | BPF_K, libc::CLONE_PARENT as u32, 0, 1),
+        stmt(
+            BPF_RET | BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: prctl calls with a valid filter program that outlives them.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const libc::sock_fprog,
+            ),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Runs one ignored helper test of this binary in a child process; its stdout.
+fn run_helper(name: &str) -> String {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{name}: {stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    stdout
+}
