@@ -398,39 +398,36 @@ pub(crate) fn recv_with_fd(
 pub(crate) fn spawn_from_long_lived_thread(
     command: Command,
 ) -> std::io::Result<std::process::Child> {
-    use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
+    use std::sync::{Mutex, PoisonError, mpsc};
     type Request = (Command, mpsc::Sender<std::io::Result<std::process::Child>>);
-    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Request>>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (requests, incoming) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("procpool-spawner".into())
-            .spawn(move || {
-                // Spawning consumes the command, and with it this
-                // process's copies of the descriptors it passes on.
-                for (mut command, reply) in incoming {
-                    let _ = reply.send(command.spawn());
-                }
-            })
-            .ok()
-            .map(|_| Mutex::new(requests))
-    });
-    let Some(spawner) = spawner else {
-        return Err(std::io::Error::other(
-            "cannot start procpool's spawner thread",
-        ));
-    };
+    /// The spawner thread's queue, and the process it runs in: a process
+    /// forked from that one (without exec) has a copy of the queue but not
+    /// the thread, and starts its own.
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Request>)>> = Mutex::new(None);
+    let gone = || std::io::Error::other("procpool's spawner thread is gone");
     let (reply, response) = mpsc::channel();
-    let sent = spawner
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .send((command, reply));
-    if sent.is_err() {
-        return Err(std::io::Error::other("procpool's spawner thread is gone"));
+    {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+        let own_pid = std::process::id();
+        let requests = match &mut *spawner {
+            Some((pid, requests)) if *pid == own_pid => requests,
+            slot => {
+                let (requests, incoming) = mpsc::channel::<Request>();
+                std::thread::Builder::new()
+                    .name("procpool-spawner".into())
+                    .spawn(move || {
+                        // Spawning consumes the command, and with it this
+                        // process's copies of the descriptors it passes on.
+                        for (mut command, reply) in incoming {
+                            let _ = reply.send(command.spawn());
+                        }
+                    })?;
+                &mut slot.insert((own_pid, requests)).1
+            }
+        };
+        requests.send((command, reply)).map_err(|_| gone())?;
     }
-    response
-        .recv()
-        .unwrap_or_else(|_| Err(std::io::Error::other("procpool's spawner thread is gone")))
+    response.recv().unwrap_or_else(|_| Err(gone()))
 }
 
 /// What a process started now would inherit from this one and what a

@@ -1,11 +1,14 @@
 //! Handles to worker processes: start one, talk to it, watch it die, reap it.
 //!
-//! A worker is this executable started again with its end of a fresh
-//! socket pair as its standard input, its only inherited descriptor of
-//! procpool's ([`WORKER_ENV`] tells it so). Every wait watches two things: the channel, and a pidfd
-//! of the worker, so its death is seen at once even when a process it
-//! forked still holds its socket. Every child is reaped by the handle that
-//! owns it (on drop at the latest), so no zombie outlives its handle.
+//! A worker is a child of this process holding its end of a fresh socket
+//! pair, its only descriptor of procpool's: forked by the program's worker
+//! template ([`template`], the usual way), or this executable started
+//! again with that end as its standard input ([`WORKER_ENV`] tells it so)
+//! where the system refuses the template's fork. Every wait watches two
+//! things: the channel, and a pidfd of the worker, so its death is seen at
+//! once even when a process it forked still holds its socket. Every child
+//! is reaped by the handle that owns it (on drop at the latest), so no
+//! zombie outlives its handle.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
@@ -50,7 +53,9 @@ pub(crate) enum Lost {
     System(std::io::Error),
 }
 
-/// Which thread starts a child process.
+/// Which thread starts a worker by exec, when it does not come from the
+/// template (whose workers' parent is always the long-lived thread that
+/// started the template).
 ///
 /// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
 /// exits, not the process, so the forking thread must outlive the child.
@@ -114,7 +119,7 @@ enum Event {
 }
 
 impl WorkerProcess {
-    /// Starts the current executable as a worker named `name` and waits until
+    /// Starts a worker named `name` (see [`WorkerProcess::launch`]) and waits until
     /// it is connected and initialised. Fails (never hangs) if the child dies
     /// first, does not say hello within `timeout`, or `abort` becomes true.
     pub(crate) fn spawn(
@@ -564,6 +569,9 @@ fn put_down_orphan(channel: &mut Channel, deadline: Instant) {
     loop {
         match channel.try_recv::<FromWorker>() {
             Ok(FromWorker::Hello { pid }) if sys::is_unreaped_child(pid) => {
+                log::debug!(
+                    "procpool: put down worker {pid}, forked by a template that died before answering"
+                );
                 kill_and_wait(pid);
                 return;
             }

@@ -3,8 +3,9 @@
 //! A driver owns its worker: it sends a task, waits for the reply, and when
 //! the worker dies it reports the lost task, reaps the process and starts a
 //! replacement. Each driver is a [`State`] machine; `launch` starts and
-//! watches a worker, `channel` carries the messages, `serve` is the loop
-//! that runs in the worker process.
+//! watches a worker, `template` is the process that forks workers,
+//! `channel` carries the messages, `serve` is the loop that runs in the
+//! worker process.
 
 pub(crate) mod channel;
 pub(crate) mod launch;

@@ -160,7 +160,6 @@ pub(crate) fn fork_worker(
             template.retire();
         }
     }
-    let mut replaced = false;
     loop {
         let template = match turn.template.as_mut() {
             Some(template) => template,
@@ -176,14 +175,14 @@ pub(crate) fn fork_worker(
                     return Ok(Start::Forked(worker));
                 }
                 // CLONE_PARENT did not make it our child: nothing here could
-                // watch or reap it. It exits when its channel closes.
+                // watch or reap it. It exits when its channel closes, that
+                // is when the caller drops it with this error.
                 EXEC_ONLY.store(true, Ordering::Release);
                 retire(&mut turn);
-                log::warn!(
-                    "procpool: the worker template's process {worker} is not a child of this \
-                     process; starting workers by exec from now on"
-                );
-                return Ok(Start::Exec);
+                return Err(Error::Spawn(format!(
+                    "the worker template forked process {worker}, which is not a child of this \
+                     process; later workers start by exec"
+                )));
             }
             Reply::Refused(errno @ (Errno::PERM | Errno::NOSYS | Errno::INVAL)) => {
                 EXEC_ONLY.store(true, Ordering::Release);
@@ -208,22 +207,18 @@ pub(crate) fn fork_worker(
                 let answered = template.answered;
                 turn.template = None;
                 if !answered {
+                    // A new template that dies does what a worker started by
+                    // exec would: reported as such, not tried again.
                     return Err(Error::Spawn(format!(
                         "the worker template process {pid} {cause} before connecting back (its \
                          stderr, above, may say why)"
                     )));
                 }
                 // Died since its last answer (killed, say): replaced,
-                // transparently.
+                // transparently, by the next turn of this loop.
                 if took_request {
                     return Ok(Start::Unknown);
                 }
-                if replaced {
-                    return Err(Error::Spawn(format!(
-                        "the worker template process {pid} {cause} as soon as it started"
-                    )));
-                }
-                replaced = true;
             }
             Reply::Silent => {
                 retire(&mut turn);
