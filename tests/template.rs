@@ -192,6 +192,53 @@ fn a_stopped_template_is_bounded_by_spawn_timeout() {
     assert!(elapsed < 5_000, "{elapsed} ms");
 }
 
+/// Not a test on its own: starts a `Process` (and so the template and the
+/// thread that starts it), forks without exec as a program may, and reports
+/// whether the forked copy can start a `Process` of its own within 10 s.
+#[test]
+#[ignore = "helper process for a_program_forked_without_exec_starts_workers_of_its_own"]
+fn helper_forked_program() {
+    use std::io::Write;
+    let first = Process::spawn(whoami, ()).unwrap().join().unwrap();
+    // SAFETY: the child runs a Process start and leaves with `_exit`; the
+    // other threads of this process (procpool's spawner) hold no lock
+    // while idle.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let outcome = Process::spawn(whoami, ()).and_then(|process| process.join());
+        let own = matches!(&outcome, Ok(o) if o.parent == std::process::id()
+            && o.constructed_in != first.constructed_in);
+        println!("CHILD {own} {outcome:?}");
+        let _ = std::io::stdout().flush();
+        // SAFETY: ends the forked copy without running anything of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on the child forked above.
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+            break;
+        }
+        if Instant::now() > deadline {
+            println!("CHILD HUNG");
+            // SAFETY: kill(2) and waitpid on the child forked above.
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+                libc::waitpid(child, &mut status, 0);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_program_forked_without_exec_starts_workers_of_its_own() {
+    let stdout = run_helper("helper_forked_program");
+    assert!(stdout.contains("CHILD true"), "{stdout}");
+}
+
 /// Not a test on its own: changes the environment and the working
 /// directory between pools, reporting what a worker sees each time.
 #[test]
