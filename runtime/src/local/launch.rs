@@ -690,7 +690,7 @@ mod tests {
     fn spawn_to_hello() {
         let deadline = || Instant::now() + Duration::from_secs(10);
         let timeout = Duration::from_secs(10);
-        let mut greet = |pid: u32, channel: Channel| {
+        let greet = |pid: u32, channel: Channel| {
             let mut worker = WorkerProcess::watch(pid, channel).unwrap();
             worker.handshake(deadline(), timeout, &NEVER).unwrap();
             worker
