@@ -469,3 +469,64 @@ pub(crate) fn run(parent: Option<String>) -> Role {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Pool, pool_job};
+
+    #[pool_job]
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// One start-up: a pool of 2, a map of 10, close, join; how long
+    /// building, mapping and closing took.
+    fn startup() -> [Duration; 3] {
+        let started = Instant::now();
+        let pool = Pool::with_processes(2).unwrap();
+        let built = started.elapsed();
+        assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
+        let mapped = started.elapsed();
+        pool.close();
+        pool.join().unwrap();
+        [built, mapped - built, started.elapsed() - mapped]
+    }
+
+    /// Not a test but a measurement, run on request (it switches the whole
+    /// test process between the template and exec):
+    /// `cargo test --release -p procpool --lib -- --ignored --exact local::template::tests::startup_template_against_exec --nocapture`.
+    /// The benchmark's startup workload 40 times each way, interleaved;
+    /// quartiles of the whole and of each phase.
+    #[test]
+    #[ignore = "a measurement, run on request"]
+    fn startup_template_against_exec() {
+        let quartiles = |runs: &[[Duration; 3]], phase: Option<usize>| {
+            let mut times: Vec<Duration> = runs
+                .iter()
+                .map(|run| phase.map_or_else(|| run.iter().sum(), |phase| run[phase]))
+                .collect();
+            times.sort();
+            let at = |q: usize| times[(times.len() - 1) * q / 4].as_secs_f64() * 1e3;
+            format!("{:.2}/{:.2}/{:.2}", at(1), at(2), at(3))
+        };
+        let (mut forked, mut execd) = (Vec::new(), Vec::new());
+        startup();
+        for _ in 0..40 {
+            EXEC_ONLY.store(false, Ordering::Release);
+            forked.push(startup());
+            EXEC_ONLY.store(true, Ordering::Release);
+            execd.push(startup());
+        }
+        EXEC_ONLY.store(false, Ordering::Release);
+        for (how, runs) in [("template", &forked), ("exec", &execd)] {
+            eprintln!(
+                "{how}: startup {} ms (build {}, map {}, close+join {}), quartiles of 40",
+                quartiles(runs, None),
+                quartiles(runs, Some(0)),
+                quartiles(runs, Some(1)),
+                quartiles(runs, Some(2)),
+            );
+        }
+    }
+}
