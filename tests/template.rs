@@ -19,7 +19,17 @@ static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
 #[ctor::ctor(unsafe)]
 fn record_constructor_pid() {
     CONSTRUCTED_IN.store(std::process::id(), Ordering::Relaxed);
+    // Runs before procpool's constructor (this binary's objects come first
+    // in .init_array), so the template starts with a second thread.
+    if std::env::var_os(THREAD_IN_TEMPLATE).is_some()
+        && std::env::var_os("__PROCPOOL_WORKER").is_some_and(|marker| marker == "template")
+    {
+        std::thread::spawn(|| std::thread::sleep(Duration::from_secs(600)));
+    }
 }
+
+/// Set for a helper: its template starts a thread in a constructor.
+const THREAD_IN_TEMPLATE: &str = "PROCPOOL_TEST_THREAD_IN_TEMPLATE";
 
 /// What a worker knows of itself, read while it runs a job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -319,6 +329,27 @@ fn workers_start_by_exec_where_clone_parent_is_refused() {
     assert!(stdout.contains("PROCESS EXEC true"), "{stdout}");
 }
 
+/// Not a test on its own: run with [`THREAD_IN_TEMPLATE`] set, reports
+/// where its workers come from.
+#[test]
+#[ignore = "helper process for a_template_with_threads_forks_nothing"]
+fn helper_threaded_template() {
+    let pool = Pool::with_processes(2).unwrap();
+    let origins = pool.map(sleep_then_origin, vec![100, 100]).unwrap();
+    let exec = origins
+        .iter()
+        .all(|o| o.constructed_in == o.pid && o.parent == std::process::id());
+    println!("EXEC {exec}");
+}
+
+#[test]
+fn a_template_with_threads_forks_nothing() {
+    // A fork would copy the thread's locks without the thread: workers
+    // start by exec instead.
+    let stdout = run_helper_with("helper_threaded_template", &[(THREAD_IN_TEMPLATE, "1")]);
+    assert!(stdout.contains("EXEC true"), "{stdout}");
+}
+
 /// Installs a seccomp filter on this process (inherited by its children)
 /// that fails `clone` with `EPERM` when its flags hold `CLONE_PARENT`.
 fn refuse_clone_parent() {
@@ -370,8 +401,14 @@ fn refuse_clone_parent() {
 
 /// Runs one ignored helper test of this binary in a child process; its stdout.
 fn run_helper(name: &str) -> String {
+    run_helper_with(name, &[])
+}
+
+/// [`run_helper`] with these variables added to the helper's environment.
+fn run_helper_with(name: &str, env: &[(&str, &str)]) -> String {
     let output = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--ignored", "--nocapture"])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();

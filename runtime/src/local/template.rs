@@ -30,8 +30,9 @@
 //! A template that died (killed, say) is replaced on the next request and
 //! the request is tried once more; one that does not answer within the
 //! caller's `spawn_timeout` is killed. Where `clone` with `CLONE_PARENT` is
-//! refused (a sandbox's seccomp filter), the program starts every worker
-//! by exec from then on.
+//! refused (a sandbox's seccomp filter), or a constructor started a thread
+//! in the template (a fork would copy that thread's locks but not the
+//! thread), the program starts every worker by exec from then on.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Stdio};
@@ -183,6 +184,15 @@ pub(crate) fn fork_worker(
                     "the worker template forked process {worker}, which is not a child of this \
                      process; later workers start by exec"
                 )));
+            }
+            Reply::Refused(Errno::NOTSUP) => {
+                EXEC_ONLY.store(true, Ordering::Release);
+                retire(&mut turn);
+                log::debug!(
+                    "procpool: the worker template has more than one thread (a constructor \
+                     started one), so it cannot fork safely; starting workers by exec from now on"
+                );
+                return Ok(Start::Exec);
             }
             Reply::Refused(errno @ (Errno::PERM | Errno::NOSYS | Errno::INVAL)) => {
                 EXEC_ONLY.store(true, Ordering::Release);
@@ -428,6 +438,10 @@ pub(crate) fn run(parent: Option<String>) -> Role {
             return Role::Exit(EXIT_BOOTSTRAP_FAILED);
         }
     };
+    // A constructor that ran before ours may have started a thread: a fork
+    // would copy whatever lock that thread holds, and not the thread. Then
+    // every request is refused, and the parent starts workers by exec.
+    let one_thread = std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1);
     let mut request = [0u8; 8];
     loop {
         let received = match sys::recv_with_fd(socket.as_fd(), &mut request, RecvFlags::empty()) {
@@ -444,18 +458,23 @@ pub(crate) fn run(parent: Option<String>) -> Role {
                 fd: Some(channel),
                 fds_dropped: false,
             } if request.get(..len) == Some(FORK) => {
-                // SAFETY: this process has one thread (it runs in a
-                // constructor before `main` and starts none) and holds no
-                // lock here. The worker only closes this socket, then
-                // serves like an exec'd worker: it uses no pthread mutex
-                // of the kinds that check libc's cached thread id.
-                match unsafe { sys::fork_sibling() } {
-                    Ok(Forked::Child) => {
-                        drop(socket);
-                        return Role::Worker(channel);
+                if !one_thread {
+                    -libc::ENOTSUP
+                } else {
+                    // SAFETY: this process has one thread (checked above; it
+                    // runs in a constructor before `main` and starts none)
+                    // and holds no lock here. The worker only closes this
+                    // socket, then serves like an exec'd worker: it uses no
+                    // pthread mutex of the kinds that check libc's cached
+                    // thread id.
+                    match unsafe { sys::fork_sibling() } {
+                        Ok(Forked::Child) => {
+                            drop(socket);
+                            return Role::Worker(channel);
+                        }
+                        Ok(Forked::Parent(pid)) => i32::try_from(pid).unwrap_or(-libc::EOVERFLOW),
+                        Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
                     }
-                    Ok(Forked::Parent(pid)) => i32::try_from(pid).unwrap_or(-libc::EOVERFLOW),
-                    Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
                 }
             }
             // The descriptor did not fit under this process's limit.
