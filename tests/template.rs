@@ -249,6 +249,23 @@ fn a_program_forked_without_exec_starts_workers_of_its_own() {
     assert!(stdout.contains("CHILD true"), "{stdout}");
 }
 
+#[test]
+fn a_forged_template_marker_runs_neither_main_nor_a_template() {
+    // Started with the template's marker but a stdin that is no socket,
+    // the program must not run its `main` (here: the test harness, which
+    // would print test names) and must not wait for requests: it exits.
+    let output = Command::new(std::env::current_exe().unwrap())
+        .arg("--list")
+        .env("__PROCPOOL_WORKER", "template")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(86), "{output:?}");
+    assert!(output.stdout.is_empty(), "main ran: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not the channel to the parent"), "{stderr}");
+}
+
 /// Not a test on its own: changes the environment and the working
 /// directory between pools, reporting what a worker sees each time.
 #[test]
