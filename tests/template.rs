@@ -56,6 +56,29 @@ fn sleep_then_origin(ms: u64) -> Origin {
     whoami()
 }
 
+/// Threads started inside a forked worker (libc's thread bookkeeping came
+/// from the template with the fork): their sum, and the worker's thread
+/// count while they run.
+#[pool_job]
+fn threads_in_job(n: u64) -> (u64, usize) {
+    let barrier = std::sync::Barrier::new(n as usize + 1);
+    let total = std::sync::Mutex::new(0);
+    let mut threads = 0;
+    std::thread::scope(|scope| {
+        for i in 0..n {
+            let (barrier, total) = (&barrier, &total);
+            scope.spawn(move || {
+                *total.lock().unwrap() += i;
+                // Alive until the worker's thread has counted them.
+                barrier.wait();
+            });
+        }
+        threads = std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count());
+        barrier.wait();
+    });
+    (total.into_inner().unwrap(), threads)
+}
+
 #[pool_job]
 fn env_and_cwd(name: String) -> (Option<String>, String) {
     let cwd = std::env::current_dir().map_or_else(|e| e.to_string(), |d| d.display().to_string());
@@ -95,6 +118,8 @@ fn workers_are_forked_from_the_template_as_fresh_processes() {
         // None of the caller's threads (drivers, the test harness's).
         assert_eq!(origin.threads, 1, "{origin:?}");
     }
+    // A forked worker starts threads of its own as any process does.
+    assert_eq!(pool.apply(threads_in_job, 8).unwrap(), ((0..8).sum(), 9));
     // A replacement worker and a Process come from the same template.
     let first = origins[0].constructed_in;
     let process = Process::spawn(whoami, ()).unwrap().join().unwrap();
