@@ -1,7 +1,9 @@
 //! What procpool asks of the operating system, in one place: the command
-//! that starts a worker and the variables it reads, random tokens, the
-//! parent-death signal, fd flags, shared memory, and error texts that say
-//! what to do (`EMFILE` means "raise `ulimit -n`").
+//! that starts a worker and the variables it reads, the thread that starts
+//! processes, forking a worker as a sibling, passing descriptors, what a
+//! child inherits, random tokens, the parent-death signal, fd flags,
+//! shared memory, and error texts that say what to do (`EMFILE` means
+//! "raise `ulimit -n`").
 //!
 //! A leaf module: it imports nothing else of the crate.
 
@@ -16,9 +18,9 @@ use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 
 /// Set in a local worker's environment, to [`WORKER_ON_STDIN`] or
-/// [`WORKER_TEMPLATE`]: constructors that look for it run in a worker
-/// process before it serves (in the template, once for every worker it
-/// forks).
+/// [`WORKER_TEMPLATE`]. A program's own constructors may check it to tell
+/// that they run in a worker; in the template they run once, for all the
+/// workers it forks.
 pub(crate) const WORKER_ENV: &str = "__PROCPOOL_WORKER";
 /// The value of [`WORKER_ENV`] in a worker: its channel to the parent is
 /// its standard input.
