@@ -291,6 +291,47 @@ fn a_forged_template_marker_runs_neither_main_nor_a_template() {
     assert!(stderr.contains("not the channel to the parent"), "{stderr}");
 }
 
+#[pool_job]
+fn exit_now() -> u32 {
+    std::process::exit(3)
+}
+
+/// Not a test on its own: a pool whose worker died starts its replacement
+/// through a stopped template; reports how long dropping the pool then takes.
+#[test]
+#[ignore = "helper process for dropping_a_pool_does_not_wait_for_a_stopped_template"]
+fn helper_dropped_while_the_template_is_stopped() {
+    let pool = Pool::with_processes(1).unwrap();
+    let template = pool.apply(whoami, ()).unwrap().constructed_in;
+    // SAFETY: plain kill(2) on the template, a child of this process.
+    unsafe { libc::kill(template as i32, libc::SIGSTOP) };
+    assert!(pool.apply(exit_now, ()).is_err());
+    // A task for the replacement, whose start now waits on the template
+    // (spawn_timeout: 10 s).
+    let pending = pool.apply_async(whoami, ()).unwrap();
+    std::thread::sleep(Duration::from_millis(350));
+    let started = Instant::now();
+    drop(pool);
+    drop(pending);
+    println!("DROPPED IN {}", started.elapsed().as_millis());
+    let pool = Pool::with_processes(1).unwrap();
+    println!(
+        "THEN OK {}",
+        pool.apply(whoami, ()).unwrap().constructed_in != template
+    );
+}
+
+#[test]
+fn dropping_a_pool_does_not_wait_for_a_stopped_template() {
+    let stdout = run_helper("helper_dropped_while_the_template_is_stopped");
+    let dropped: u64 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("DROPPED IN ")?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(dropped < 5_000, "{dropped} ms: {stdout}");
+    assert!(stdout.contains("THEN OK true"), "{stdout}");
+}
+
 /// Not a test on its own: changes the environment and the working
 /// directory between pools, reporting what a worker sees each time.
 #[test]
