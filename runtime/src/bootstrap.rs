@@ -3,11 +3,14 @@
 //! no `init()` line and a worker never runs the user's `main` body.
 //!
 //! The variables it reads are defined in [`crate::sys`], beside the command
-//! that sets them; the loops are [`crate::local::serve`] and, with the
-//! `cluster` feature, `crate::cluster::bootstrap`.
+//! that sets them; the loops are [`crate::local::serve`], the worker
+//! template's [`crate::local::template::run`] (whose forked workers come
+//! back here to serve) and, with the `cluster` feature,
+//! `crate::cluster::bootstrap`.
 
 use crate::local::serve::{self, EXIT_BOOTSTRAP_FAILED};
-use crate::sys::{self, PARENT_ENV, WORKER_ENV, WORKER_ON_STDIN};
+use crate::local::template::{self, Role};
+use crate::sys::{self, PARENT_ENV, WORKER_ENV, WORKER_ON_STDIN, WORKER_TEMPLATE};
 
 #[ctor::ctor(unsafe)]
 fn procpool_bootstrap() {
@@ -27,6 +30,12 @@ fn procpool_bootstrap() {
     }
     let code = if marker == WORKER_ON_STDIN {
         serve::run(parent)
+    } else if marker == WORKER_TEMPLATE {
+        // Each worker the template forks returns here, with its channel.
+        match template::run(parent.clone()) {
+            Role::Worker(channel) => serve::run_forked(parent, channel),
+            Role::Exit(code) => code,
+        }
     } else {
         eprintln!("procpool worker: {WORKER_ENV} is not the channel to the parent; exiting");
         EXIT_BOOTSTRAP_FAILED

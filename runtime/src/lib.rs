@@ -1,8 +1,9 @@
 //! Python's `multiprocessing.Pool` for Rust.
 //!
 //! Mark a function with [`#[pool_job]`](pool_job) and a [`Pool`] runs it in
-//! worker processes: the current executable started again, each connected
-//! to the caller by a private socket pair. Arguments and results cross
+//! worker processes, forked from a copy of the current executable started
+//! once per program (a fork server), each connected to the caller by a
+//! private socket pair. Arguments and results cross
 //! the process boundary with serde; you write no serialization code and no
 //! set-up line. It works in binaries, examples and tests alike.
 //!
@@ -172,6 +173,8 @@
 //   local/    the local backend                      -> transport, wire, exec, sys
 //     mod       drivers (one state machine per worker) and the task queue
 //     launch    start a worker, handshake, wait on its channel and pidfd, reap
+//     template  the worker template (fork server): one process per program
+//               that forks new workers; its loop runs in that process
 //     channel   the socket pair: one datagram per message, memfd payloads
 //     serve     the worker's loop (runs in the worker process)
 //   cluster/  the Redis backend and its workers      -> transport, wire, exec, sys
@@ -182,7 +185,8 @@
 //   codec     the encoding of items and outcomes      -> wire (Failure)
 //   job       the registry #[pool_job] fills, Job handles -> wire
 //   sys       OS calls: exec command and its variables, tokens, fd flags,
-//             memfd regions, error texts (imports nothing of the crate)
+//             memfd regions, fork as a sibling, fd passing, error texts
+//             (imports nothing of the crate)
 //   error     Error, ExitCause, IoCause               -> sys (error texts)
 
 #![deny(missing_docs)]

@@ -1,7 +1,9 @@
 //! What procpool asks of the operating system, in one place: the command
-//! that starts a worker and the variables it reads, random tokens, the
-//! parent-death signal, fd flags, shared memory, and error texts that say
-//! what to do (`EMFILE` means "raise `ulimit -n`").
+//! that starts a worker and the variables it reads, the thread that starts
+//! processes, forking a worker as a sibling, passing descriptors, what a
+//! child inherits, random tokens, the parent-death signal, fd flags,
+//! shared memory, and error texts that say what to do (`EMFILE` means
+//! "raise `ulimit -n`").
 //!
 //! A leaf module: it imports nothing else of the crate.
 
@@ -15,11 +17,18 @@ use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, fcntl_get_seals, fstat,
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 
-/// Set in a local worker's environment, to [`WORKER_ON_STDIN`]: its channel
-/// to the parent is its standard input.
+/// Set in a local worker's environment, to [`WORKER_ON_STDIN`] or
+/// [`WORKER_TEMPLATE`]. A program's own constructors may check it to tell
+/// that they run in a worker; in the template they run once, for all the
+/// workers it forks.
 pub(crate) const WORKER_ENV: &str = "__PROCPOOL_WORKER";
-/// The one value of [`WORKER_ENV`].
+/// The value of [`WORKER_ENV`] in a worker: its channel to the parent is
+/// its standard input.
 pub(crate) const WORKER_ON_STDIN: &str = "stdin";
+/// The value of [`WORKER_ENV`] in the worker template (`local::template`):
+/// its standard input is its socket to the parent, on which it is asked to
+/// fork workers.
+pub(crate) const WORKER_TEMPLATE: &str = "template";
 /// The pid of the process that started a worker or cluster worker.
 pub(crate) const PARENT_ENV: &str = "__PROCPOOL_PARENT_PID";
 
@@ -301,5 +310,239 @@ impl Drop for Region {
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Region({} bytes)", self.size)
+    }
+}
+
+/// Which side of [`fork_sibling`] the caller is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The calling process; the new one has this pid.
+    Parent(u32),
+}
+
+/// Forks the calling process into a *sibling*: a copy whose parent is the
+/// caller's parent (`clone` with `CLONE_PARENT`), so that the parent can
+/// open a pidfd on it, reap it, read how it ended, and be the one whose
+/// death kills it (`PR_SET_PDEATHSIG`, which the child must set itself:
+/// a fork clears it).
+///
+/// A raw system call, not libc's `fork`: no `pthread_atfork` handlers run
+/// and libc does not refresh its cached thread id in the child. Neither
+/// matters to a process that has one thread and holds no lock.
+///
+/// # Safety
+/// The calling process has exactly one thread, and no lock or other state
+/// of that thread is in the middle of a change: the child starts with a
+/// copy of it and nothing to finish the change. In the child, nothing may
+/// rely on libc's cached thread id (process-shared, robust or
+/// priority-inheriting pthread mutexes).
+pub(crate) unsafe fn fork_sibling() -> std::io::Result<Forked> {
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    let no_pointer: libc::c_ulong = 0;
+    // Without a new stack, `clone` returns in both processes on the same
+    // (copied) stack, as `fork` does. Stack, tid and TLS pointers are all
+    // zero, so only the flags' position differs between architectures.
+    #[cfg(not(target_arch = "s390x"))]
+    // SAFETY: a fork without shared memory; the caller vouches that the
+    // child can run on a copy of this single-threaded process.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            no_pointer,
+            no_pointer,
+            no_pointer,
+            no_pointer,
+        )
+    };
+    #[cfg(target_arch = "s390x")]
+    // SAFETY: as above (s390x takes the stack first, then the flags).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            no_pointer,
+            flags,
+            no_pointer,
+            no_pointer,
+            no_pointer,
+        )
+    };
+    match pid {
+        0 => Ok(Forked::Child),
+        pid if pid > 0 => u32::try_from(pid)
+            .map(Forked::Parent)
+            .map_err(|_| std::io::Error::other("clone returned an invalid pid")),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Whether `pid` is a child of this process that has not been reaped
+/// (running or a zombie). Reaps nothing.
+pub(crate) fn is_unreaped_child(pid: u32) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).is_ok()
+}
+
+/// Sends a datagram of `bytes` carrying `fd` on a `SOCK_SEQPACKET` socket,
+/// without blocking and without `SIGPIPE` when the other end is closed.
+pub(crate) fn send_with_fd(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> rustix::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    sendmsg(socket, &[std::io::IoSlice::new(bytes)], &mut control, flags)?;
+    Ok(())
+}
+
+/// One datagram read by [`recv_with_fd`].
+pub(crate) struct Received {
+    /// How many bytes of the buffer it filled (0: the other end is closed,
+    /// or an empty datagram).
+    pub(crate) len: usize,
+    /// The one descriptor it carried, close-on-exec.
+    pub(crate) fd: Option<OwnedFd>,
+    /// Descriptors were dropped: more than one came, or this process could
+    /// not take one (out of descriptors).
+    pub(crate) fds_dropped: bool,
+}
+
+/// Reads one datagram into `buffer` (waiting for it unless `flags` has
+/// `DONTWAIT`), with at most one descriptor; retried after signals.
+pub(crate) fn recv_with_fd(
+    socket: BorrowedFd<'_>,
+    buffer: &mut [u8],
+    flags: rustix::net::RecvFlags,
+) -> rustix::io::Result<Received> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = match recvmsg(
+            socket,
+            &mut [std::io::IoSliceMut::new(buffer)],
+            &mut control,
+            flags | RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(Errno::INTR) => continue,
+            other => other?,
+        };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        let fds_dropped = received.flags.contains(ReturnFlags::CTRUNC) || fds.len() > 1;
+        let fd = if fds.len() == 1 { fds.pop() } else { None };
+        return Ok(Received {
+            len: received.bytes,
+            fd,
+            fds_dropped,
+        });
+    }
+}
+
+/// Starts `command` from one thread that lives as long as the program.
+///
+/// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
+/// exits, not the process. Forking from the caller's thread would kill a
+/// child as soon as a short-lived thread that started it ends.
+pub(crate) fn spawn_from_long_lived_thread(
+    command: Command,
+) -> std::io::Result<std::process::Child> {
+    use std::sync::{Mutex, PoisonError, mpsc};
+    type Request = (Command, mpsc::Sender<std::io::Result<std::process::Child>>);
+    /// The spawner thread's queue, and the process it runs in: a process
+    /// forked from that one (without exec) has a copy of the queue but not
+    /// the thread, and starts its own.
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Request>)>> = Mutex::new(None);
+    let gone = || std::io::Error::other("procpool's spawner thread is gone");
+    let (reply, response) = mpsc::channel();
+    {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+        let own_pid = std::process::id();
+        let requests = match &mut *spawner {
+            Some((pid, requests)) if *pid == own_pid => requests,
+            slot => {
+                let (requests, incoming) = mpsc::channel::<Request>();
+                std::thread::Builder::new()
+                    .name("procpool-spawner".into())
+                    .spawn(move || {
+                        // Spawning consumes the command, and with it this
+                        // process's copies of the descriptors it passes on.
+                        for (mut command, reply) in incoming {
+                            let _ = reply.send(command.spawn());
+                        }
+                    })?;
+                &mut slot.insert((own_pid, requests)).1
+            }
+        };
+        requests.send((command, reply)).map_err(|_| gone())?;
+    }
+    response.recv().unwrap_or_else(|_| Err(gone()))
+}
+
+/// What a process started now would inherit from this one and what a
+/// program may change while it runs: environment, working directory,
+/// where stdout and stderr go, user and group ids, resource limits.
+/// Compared, not interpreted: two equal values start equal children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Inherited {
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    cwd: Option<std::path::PathBuf>,
+    /// Device and inode of stdout and stderr.
+    output: [Option<(u64, u64)>; 2],
+    ids: [u32; 4],
+    limits: Vec<rustix::process::Rlimit>,
+}
+
+impl Inherited {
+    /// This process's values now.
+    pub(crate) fn now() -> Inherited {
+        use rustix::process::{Resource, getegid, geteuid, getgid, getrlimit, getuid};
+        let identity = |fd: BorrowedFd<'_>| fstat(fd).ok().map(|s| (s.st_dev, s.st_ino));
+        Inherited {
+            env: std::env::vars_os().collect(),
+            cwd: std::env::current_dir().ok(),
+            output: [
+                identity(rustix::stdio::stdout()),
+                identity(rustix::stdio::stderr()),
+            ],
+            ids: [
+                getuid().as_raw(),
+                geteuid().as_raw(),
+                getgid().as_raw(),
+                getegid().as_raw(),
+            ],
+            limits: [
+                Resource::Nofile,
+                Resource::Nproc,
+                Resource::As,
+                Resource::Data,
+                Resource::Stack,
+                Resource::Core,
+                Resource::Cpu,
+                Resource::Fsize,
+                Resource::Memlock,
+            ]
+            .into_iter()
+            .map(getrlimit)
+            .collect(),
+        }
     }
 }

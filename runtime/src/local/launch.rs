@@ -1,17 +1,19 @@
 //! Handles to worker processes: start one, talk to it, watch it die, reap it.
 //!
-//! A worker is this executable started again with its end of a fresh
-//! socket pair as its standard input, its only inherited descriptor of
-//! procpool's ([`WORKER_ENV`] tells it so). Every wait watches two things: the channel, and a pidfd
-//! of the worker, so its death is seen at once even when a process it
-//! forked still holds its socket. Every child is reaped by the handle that
-//! owns it (on drop at the latest), so no zombie outlives its handle.
+//! A worker is a child of this process holding its end of a fresh socket
+//! pair, its only descriptor of procpool's: forked by the program's worker
+//! template ([`template`], the usual way), or this executable started
+//! again with that end as its standard input ([`WORKER_ENV`] tells it so)
+//! where the system refuses the template's fork. Every wait watches two
+//! things: the channel, and a pidfd of the worker, so its death is seen at
+//! once even when a process it forked still holds its socket. Every child
+//! is reaped by the handle that owns it (on drop at the latest), so no
+//! zombie outlives its handle.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
-use std::thread;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -24,6 +26,7 @@ use serde_bytes::ByteBuf;
 use crate::Error;
 use crate::error::ExitCause;
 use crate::local::channel::{self, Channel, ChannelError, poll_any};
+use crate::local::template::{self, Start};
 use crate::stream::{self, Partial};
 use crate::sys::{self, Region, WORKER_ENV, WORKER_ON_STDIN};
 use crate::wire::{FromWorker, INLINE_MAX, Message, Payload, ToWorker};
@@ -51,7 +54,9 @@ pub(crate) enum Lost {
     System(std::io::Error),
 }
 
-/// Which thread starts a child process.
+/// Which thread starts a worker by exec, when it does not come from the
+/// template (whose workers' parent is always the long-lived thread that
+/// started the template).
 ///
 /// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
 /// exits, not the process, so the forking thread must outlive the child.
@@ -99,7 +104,6 @@ impl PidSlot {
 
 /// A running worker process and its channel.
 pub(crate) struct WorkerProcess {
-    child: Child,
     pid: u32,
     channel: Channel,
     /// Readable once the process has exited (whoever holds its socket).
@@ -123,7 +127,7 @@ enum Event {
 }
 
 impl WorkerProcess {
-    /// Starts the current executable as a worker named `name` and waits until
+    /// Starts a worker named `name` (see [`WorkerProcess::launch`]) and waits until
     /// it is connected and initialised. Fails (never hangs) if the child dies
     /// first, does not say hello within `timeout`, or `abort` becomes true.
     pub(crate) fn spawn(
@@ -137,49 +141,58 @@ impl WorkerProcess {
             return Err(Error::Spawn(sys::BOOTSTRAP_MISSING.into()));
         }
         let deadline = Instant::now() + timeout;
-        let mut worker = Self::launch(fork_from)?;
+        let mut worker = Self::launch(fork_from, deadline, timeout, abort)?;
         worker.handshake(deadline, timeout, abort)?;
         worker.init(name, initializer, deadline, timeout, abort)?;
         Ok(worker)
     }
 
     /// Starts the child with its end of a new channel as its only inherited
-    /// descriptor, and opens a pidfd on it. From here on, dropping the
-    /// handle kills and reaps the child.
-    fn launch(fork_from: ForkFrom) -> Result<Self, Error> {
-        let io = |what: &str, err: std::io::Error| {
-            Error::system(
-                format!("could not start a worker process: cannot {what}"),
-                err,
-            )
-        };
-        let (channel, theirs) = channel::pair()
-            .and_then(|(channel, theirs)| Ok((channel, sys::above_stdio(theirs)?)))
-            .map_err(|e| io("create a worker's channel", e))?;
-        let mut command = sys::exe_command();
-        // The child's end becomes the child's stdin (the worker moves it
-        // away and puts /dev/null there before any job runs). Every other
-        // descriptor of procpool's stays close-on-exec, so this worker holds
-        // no other's socket, and no other program gets this one.
-        command
-            .env(WORKER_ENV, WORKER_ON_STDIN)
-            .stdin(Stdio::from(theirs));
-        // `command` owns this process's copy of the child's end: both ways
-        // drop it once the child exists, so only the child holds that end.
-        let mut child = match fork_from {
-            ForkFrom::ThisThread => spawn_and_drop(command),
-            ForkFrom::LongLivedThread => spawn_from_long_lived_thread(command),
+    /// descriptor of procpool's: forked by the program's worker template
+    /// (`local::template`), or by exec where that is not possible. Opens a
+    /// pidfd on it; from here on, dropping the handle kills and reaps it.
+    fn launch(
+        fork_from: ForkFrom,
+        deadline: Instant,
+        timeout: Duration,
+        abort: &AtomicBool,
+    ) -> Result<Self, Error> {
+        let mut retried = false;
+        loop {
+            let (mut channel, theirs) = channel::pair()
+                .and_then(|(channel, theirs)| Ok((channel, sys::above_stdio(theirs)?)))
+                .map_err(|e| launch_error("create a worker's channel", e))?;
+            let pid = match template::fork_worker(theirs.as_fd(), deadline, timeout, abort)? {
+                // `theirs` is dropped at the end of this statement: only the
+                // worker holds that end then.
+                Start::Forked(pid) => pid,
+                Start::Exec => exec_worker(theirs, fork_from)?,
+                Start::Unknown if !retried => {
+                    drop(theirs);
+                    put_down_orphan(&mut channel, deadline);
+                    retried = true;
+                    continue;
+                }
+                Start::Unknown => {
+                    return Err(Error::Spawn(
+                        "the worker template died twice while starting a worker".into(),
+                    ));
+                }
+            };
+            return Self::watch(pid, channel);
         }
-        .map_err(|e| io("start /proc/self/exe as a worker process", e))?;
-        let pid = child.id();
-        // The child is not reaped before this handle does it, so its pid
-        // cannot have been reused: the pidfd is the child's.
-        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+    }
+
+    /// The handle on a new child `pid` (not reaped, so its pid cannot have
+    /// been reused): opens its pidfd, or kills and reaps it.
+    fn watch(pid: u32, channel: Channel) -> Result<Self, Error> {
+        let pidfd = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
             .ok_or(rustix::io::Errno::SRCH)
             .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()));
         match pidfd {
             Ok(pidfd) => Ok(WorkerProcess {
-                child,
                 pid,
                 channel,
                 pidfd,
@@ -189,9 +202,11 @@ impl WorkerProcess {
                 requests: None,
             }),
             Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(io("watch the worker process (pidfd_open)", err.into()))
+                kill_and_wait(pid);
+                Err(launch_error(
+                    "watch the worker process (pidfd_open)",
+                    err.into(),
+                ))
             }
         }
     }
@@ -546,7 +561,7 @@ impl WorkerProcess {
             return cause;
         }
         if !channel::wait(&self.pidfd, PollFlags::IN, Some(limit)).unwrap_or(false) {
-            let _ = self.child.kill();
+            self.kill();
         }
         self.reap()
     }
@@ -562,9 +577,14 @@ impl WorkerProcess {
 
     pub(crate) fn kill_and_reap(&mut self) -> ExitCause {
         if self.reaped.is_none() {
-            let _ = self.child.kill();
+            self.kill();
         }
         self.reap()
+    }
+
+    /// SIGKILL through the pidfd, which cannot reach another process.
+    fn kill(&self) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
     }
 
     /// Waits up to [`EXIT_GRACE`] for the child to end, kills it if it
@@ -578,13 +598,9 @@ impl WorkerProcess {
             .as_ref()
             .map(|slot| slot.0.lock().unwrap_or_else(PoisonError::into_inner));
         if !channel::wait(&self.pidfd, PollFlags::IN, Some(EXIT_GRACE)).unwrap_or(false) {
-            let _ = self.child.kill();
+            self.kill();
         }
-        let cause = self
-            .child
-            .wait()
-            .map(ExitCause::from_status)
-            .unwrap_or(ExitCause::Unknown);
+        let cause = wait_for_exit(self.pid);
         self.reaped = Some(cause);
         if let Some(pid) = registered.as_deref_mut() {
             *pid = None;
@@ -599,47 +615,79 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Starts `command`, then drops it (and the descriptors it was to pass on).
-fn spawn_and_drop(mut command: Command) -> std::io::Result<Child> {
-    command.spawn()
+fn launch_error(what: &str, err: std::io::Error) -> Error {
+    Error::system(
+        format!("could not start a worker process: cannot {what}"),
+        err,
+    )
 }
 
-/// Starts `command` from one thread that lives as long as the program.
-///
-/// Linux sends `PR_SET_PDEATHSIG` when the *thread* that forked the child
-/// exits, not the process. Forking from the caller's thread would kill a
-/// worker or `Process` as soon as a short-lived thread that started it ends.
-fn spawn_from_long_lived_thread(command: Command) -> std::io::Result<Child> {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Request>>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (requests, incoming) = mpsc::channel::<Request>();
-        thread::Builder::new()
-            .name("procpool-spawner".into())
-            .spawn(move || {
-                for (command, reply) in incoming {
-                    let _ = reply.send(spawn_and_drop(command));
-                }
-            })
-            .ok()
-            .map(|_| Mutex::new(requests))
-    });
-    let Some(spawner) = spawner else {
-        return Err(std::io::Error::other(
-            "cannot start procpool's spawner thread",
-        ));
-    };
-    let (reply, response) = mpsc::channel();
-    let sent = spawner
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .send((command, reply));
-    if sent.is_err() {
-        return Err(std::io::Error::other("procpool's spawner thread is gone"));
+/// Starts this executable again as a worker whose stdin is `theirs`; its pid.
+fn exec_worker(theirs: OwnedFd, fork_from: ForkFrom) -> Result<u32, Error> {
+    let mut command = sys::exe_command();
+    // The child's end becomes the child's stdin (the worker moves it
+    // away and puts /dev/null there before any job runs). Every other
+    // descriptor of procpool's stays close-on-exec, so this worker holds
+    // no other's socket, and no other program gets this one.
+    command
+        .env(WORKER_ENV, WORKER_ON_STDIN)
+        .stdin(Stdio::from(theirs));
+    // `command` owns this process's copy of the child's end: both ways
+    // drop it once the child exists, so only the child holds that end.
+    let child = match fork_from {
+        ForkFrom::ThisThread => command.spawn(),
+        ForkFrom::LongLivedThread => sys::spawn_from_long_lived_thread(command),
     }
-    response
-        .recv()
-        .unwrap_or_else(|_| Err(std::io::Error::other("procpool's spawner thread is gone")))
+    .map_err(|e| launch_error("start /proc/self/exe as a worker process", e))?;
+    // Dropping `Child` neither kills nor reaps: the handle does both by pid.
+    Ok(child.id())
+}
+
+/// After the template died with a request in hand: if it forked a worker
+/// on `channel` before dying, that worker greets with its pid; kills and
+/// reaps it, so that no stray process or zombie stays behind. Returns when
+/// the channel closes (no such worker), or at `deadline`.
+fn put_down_orphan(channel: &mut Channel, deadline: Instant) {
+    loop {
+        match channel.try_recv::<FromWorker>() {
+            Ok(FromWorker::Hello { pid }) if sys::is_unreaped_child(pid) => {
+                log::debug!(
+                    "procpool: put down worker {pid}, forked by a template that died before answering"
+                );
+                kill_and_wait(pid);
+                return;
+            }
+            Err(ChannelError::WouldBlock) => {}
+            _ => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || channel::wait(&channel.fd(), PollFlags::IN, Some(left)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Kills and reaps `pid`, a child of this process that nothing else reaps.
+fn kill_and_wait(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        wait_for_exit(pid);
+    }
+}
+
+/// Reaps the child `pid`, waiting for it to end; how it ended.
+fn wait_for_exit(pid: u32) -> ExitCause {
+    let Ok(raw) = i32::try_from(pid) else {
+        return ExitCause::Unknown;
+    };
+    loop {
+        match waitid(Id::Pid(Pid::from_raw(raw)), WaitPidFlag::WEXITED) {
+            Ok(WaitStatus::Exited(_, code)) => return ExitCause::Code(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return ExitCause::Signal(signal as i32),
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return ExitCause::Unknown,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -713,5 +761,66 @@ mod tests {
             .filter(|target| target.to_string_lossy().starts_with("socket:"))
             .count();
         assert_eq!(fds, 1);
+    }
+
+    /// Not a test but a measurement, run on request:
+    /// `cargo test --release -p procpool --lib -- --ignored spawn_to_hello --nocapture`.
+    /// Median time from asking for a worker to its greeting, through the
+    /// template and by exec.
+    #[test]
+    #[ignore = "a measurement, run on request"]
+    fn spawn_to_hello() {
+        let deadline = || Instant::now() + Duration::from_secs(10);
+        let timeout = Duration::from_secs(10);
+        let greet = |pid: u32, channel: Channel| {
+            let mut worker = WorkerProcess::watch(pid, channel).unwrap();
+            worker.handshake(deadline(), timeout, &NEVER).unwrap();
+            worker
+        };
+        let median = |mut times: Vec<Duration>| {
+            times.sort();
+            times[times.len() / 2]
+        };
+        // The first start through the template starts the template itself.
+        let started = Instant::now();
+        let (channel, theirs) = channel::pair().unwrap();
+        let Ok(Start::Forked(pid)) =
+            template::fork_worker(theirs.as_fd(), deadline(), timeout, &NEVER)
+        else {
+            panic!("the template did not fork");
+        };
+        drop(theirs);
+        drop(greet(pid, channel));
+        eprintln!(
+            "first start, with the template's own: {:?}",
+            started.elapsed()
+        );
+        let (mut forked, mut execd) = (Vec::new(), Vec::new());
+        for _ in 0..50 {
+            let started = Instant::now();
+            let (channel, theirs) = channel::pair().unwrap();
+            let Ok(Start::Forked(pid)) =
+                template::fork_worker(theirs.as_fd(), deadline(), timeout, &NEVER)
+            else {
+                panic!("the template did not fork");
+            };
+            drop(theirs);
+            let worker = greet(pid, channel);
+            forked.push(started.elapsed());
+            worker.shutdown();
+
+            let started = Instant::now();
+            let (channel, theirs) = channel::pair().unwrap();
+            let theirs = sys::above_stdio(theirs).unwrap();
+            let pid = exec_worker(theirs, ForkFrom::ThisThread).unwrap();
+            let worker = greet(pid, channel);
+            execd.push(started.elapsed());
+            worker.shutdown();
+        }
+        eprintln!(
+            "spawn to hello, median of 50: template {:?}, exec {:?}",
+            median(forked),
+            median(execd)
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! A driver (`driver`) owns its worker: it sends a task, waits for the
 //! reply, and when the worker dies it reports what was lost, reaps the
 //! process and starts a replacement. `launch` starts and watches a worker,
+//! `template` is the process that forks workers,
 //! `channel` carries the messages, `serve` is the loop that runs in the
 //! worker process.
 
@@ -10,6 +11,7 @@ pub(crate) mod channel;
 mod driver;
 pub(crate) mod launch;
 pub(crate) mod serve;
+pub(crate) mod template;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -25,10 +25,22 @@ pub(crate) fn run(parent: Option<String>) -> i32 {
     }
 }
 
+/// Serves the parent over `socket`, in a worker just forked by the worker
+/// template (`local::template`), whose stdin is already `/dev/null`; the
+/// exit code.
+pub(crate) fn run_forked(parent: Option<String>, socket: OwnedFd) -> i32 {
+    // A fork clears the parent-death signal: set it again, and check that
+    // the parent did not die before.
+    if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    serve(socket)
+}
+
 /// Moves the channel off stdin (to a close-on-exec descriptor, so programs
 /// a job starts do not inherit it) and puts `/dev/null` there, so a job
 /// reading stdin reads nothing, as in every worker.
-fn take_channel_from_stdin() -> Result<OwnedFd, String> {
+pub(crate) fn take_channel_from_stdin() -> Result<OwnedFd, String> {
     let stdin = std::io::stdin();
     let stdin = stdin.as_fd();
     // Only a socket may become the channel: a forged marker on a program
