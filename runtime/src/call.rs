@@ -187,6 +187,9 @@ struct State<R, T> {
     outcome: Option<Outcome<T>>,
     waker: Option<Waker>,
     callbacks: Vec<Callback<T>>,
+    /// Threads waiting on `ready`: a notification is a system call, and
+    /// an `apply` that ran on its caller's thread has nobody to wake.
+    sleepers: usize,
 }
 
 /// Collects the chunks of one call. Shared by the caller and the backend.
@@ -231,6 +234,7 @@ where
                 outcome: None,
                 waker: None,
                 callbacks: Vec::new(),
+                sleepers: 0,
             }),
             ready: Condvar::new(),
             finish: PhantomData,
@@ -239,6 +243,36 @@ where
 
     fn lock(&self) -> MutexGuard<'_, State<R, M::Output>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits on `ready` (at most `timeout`), counted in `sleepers`.
+    fn sleep<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State<R, M::Output>>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State<R, M::Output>> {
+        state.sleepers += 1;
+        let mut state = match timeout {
+            None => self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(timeout) => {
+                self.ready
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        state.sleepers -= 1;
+        state
+    }
+
+    /// Wakes the threads waiting on `ready`, if any.
+    fn wake(&self, state: &State<R, M::Output>) {
+        if state.sleepers > 0 {
+            self.ready.notify_all();
+        }
     }
 
     /// Counts one more task before it is handed to the backend.
@@ -252,10 +286,7 @@ where
     pub(crate) fn wait_in_flight_below(&self, limit: usize) -> bool {
         let mut state = self.lock();
         while !state.finished && state.submitted - state.received >= limit {
-            state = self
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.sleep(state, None);
         }
         !state.finished
     }
@@ -305,7 +336,7 @@ where
         let mut state = self.lock();
         state.received += 1;
         // A blocking map waits for room to submit more (see `wait_in_flight_below`).
-        self.ready.notify_all();
+        self.wake(&state);
         if state.finished {
             return;
         }
@@ -381,8 +412,8 @@ where
         let mut state = self.lock();
         state.outcome = Some(Outcome::from_result(result));
         let waker = state.waker.take();
+        self.wake(&state);
         drop(state);
-        self.ready.notify_all();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -464,22 +495,11 @@ where
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let mut state = self.lock();
         while state.outcome.is_none() {
-            state = match deadline {
-                None => self
-                    .ready
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.ready
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
+            let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                return false;
+            }
+            state = self.sleep(state, left);
         }
         true
     }
@@ -520,10 +540,7 @@ where
         // Already finished: wait for publication (callbacks of others may be
         // running), then call back here with the published outcome.
         while state.outcome.is_none() {
-            state = self
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.sleep(state, None);
         }
         match state.outcome.as_ref() {
             Some(Outcome::Value(value)) => callback(Ok(value)),

@@ -152,6 +152,10 @@ unsafe impl Sync for Region {}
 /// What a new region holds before it first grows.
 const FIRST_SIZE: usize = 64 << 10;
 
+/// The words at the start of every region (see [`Region::head`]).
+pub(crate) const HEAD_WORDS: usize = 8;
+const HEAD_BYTES: usize = HEAD_WORDS * 8;
+
 impl Region {
     /// A new zero-filled region, writable by this process, sealed so that
     /// nobody can shrink it.
@@ -174,8 +178,10 @@ impl Region {
             return Err("a region that is not sealed against shrinking".into());
         }
         let size = file_size(&fd)?;
-        if size == 0 {
-            return Err("an empty region".into());
+        if size < HEAD_BYTES {
+            return Err(format!(
+                "a region of {size} bytes, too small for its header"
+            ));
         }
         Region::map(fd, size)
             .map_err(|err| format!("cannot map a region: {}", describe_io(&err.into())))
@@ -200,10 +206,16 @@ impl Region {
 
     /// Makes at least `len` bytes writable here, growing the file (by at
     /// least half again, so a growing payload does not remap each time).
+    #[inline]
     pub(crate) fn reserve(&mut self, len: usize) -> std::io::Result<()> {
         if len <= self.size {
             return Ok(());
         }
+        self.grow(len)
+    }
+
+    #[cold]
+    fn grow(&mut self, len: usize) -> std::io::Result<()> {
         let file = file_size(&self.fd).map_err(std::io::Error::other)?;
         if file < len {
             let grown = len.max(file + file / 2).next_multiple_of(1 << 16);
@@ -270,6 +282,21 @@ impl Region {
         // SAFETY: `base` maps `size` writable bytes; `&mut self` excludes
         // readers in this process and the caller vouches for the other.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.size) }
+    }
+
+    /// The first [`HEAD_WORDS`] 8-byte words, for counters both processes
+    /// read and write while the other runs. Every region has them.
+    #[inline]
+    pub(crate) fn head(&self) -> &[std::sync::atomic::AtomicU64; HEAD_WORDS] {
+        // SAFETY: every region maps at least HEAD_BYTES (`create` makes
+        // more, `open` refuses less), page-aligned; atomics may be shared
+        // with another process, and the mapping lives as long as the borrow.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .cast::<[std::sync::atomic::AtomicU64; HEAD_WORDS]>()
+        }
     }
 
     /// The 8-byte word at `offset` (a multiple of 8 within the region), for

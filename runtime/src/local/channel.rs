@@ -234,10 +234,11 @@ impl Channel {
     /// [`recv`](Channel::recv), with the descriptors that came along.
     pub(crate) fn recv_with<M: Message>(&mut self) -> Result<(M, Vec<OwnedFd>), ChannelError> {
         loop {
+            // Waiting first: a worker asks for its next message right after
+            // answering, when it is rarely there yet.
+            wait(&self.socket, PollFlags::IN, None).map_err(ChannelError::Io)?;
             match self.try_recv_with() {
-                Err(ChannelError::WouldBlock) => {
-                    wait(&self.socket, PollFlags::IN, None).map_err(ChannelError::Io)?;
-                }
+                Err(ChannelError::WouldBlock) => {}
                 other => return other,
             }
         }

@@ -59,6 +59,11 @@ struct Sent {
     reported: usize,
 }
 
+/// How long a caller running its own task watches for the reply before it
+/// sleeps: about a short job's round trip here, and a small share of a
+/// long one.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// How often a driver looks at how many items of a running task finished.
 const PROGRESS_STEP: Duration = Duration::from_millis(100);
 
@@ -192,7 +197,7 @@ impl Driver {
     /// worker never waits for the parent.
     fn finish(&self, mut current: Active, mut sent: Sent, pipeline: bool) -> State {
         let pid = current.worker.pid();
-        let reply = match self.await_reply(&mut current, &mut sent) {
+        let reply = match self.await_reply(&mut current, &mut sent, !pipeline) {
             Ok(reply) => reply,
             Err(lost) => {
                 let partial = current.worker.partial(sent.id, sent.task.count);
@@ -264,7 +269,22 @@ impl Driver {
 
     /// Waits for the reply to `sent` until its deadline (then the worker is
     /// killed), reporting the items that finish meanwhile as progress.
-    fn await_reply(&self, current: &mut Active, sent: &mut Sent) -> Result<FromWorker, Lost> {
+    fn await_reply(
+        &self,
+        current: &mut Active,
+        sent: &mut Sent,
+        spin: bool,
+    ) -> Result<FromWorker, Lost> {
+        if spin {
+            // A caller that waits on its own thread first watches the
+            // worker's shared memory for a moment, where the worker notes
+            // each answer it sent: a short job is answered before a sleep
+            // and a wake-up would be over.
+            let until = Instant::now() + SPIN;
+            while !current.worker.answered(sent.id) && Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         loop {
             let step = Instant::now() + PROGRESS_STEP;
             let until = sent.deadline.map_or(step, |deadline| deadline.min(step));

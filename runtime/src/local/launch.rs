@@ -335,6 +335,13 @@ impl WorkerProcess {
         stream::reply(replies, task, len)
     }
 
+    /// Whether the worker says it sent its answer to task number `task`.
+    pub(crate) fn answered(&self, task: u64) -> bool {
+        self.replies
+            .as_ref()
+            .is_some_and(|replies| stream::is_answered(replies, task))
+    }
+
     /// Items of task number `task` finished so far, while it runs.
     pub(crate) fn items_done(&self, task: u64) -> Option<usize> {
         stream::items_done(self.replies.as_ref()?, task)

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::exec;
 use crate::local::channel::{Channel, ChannelError};
+use crate::stream;
 use crate::sys::{self, Region};
 use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
 
@@ -154,6 +155,11 @@ fn serve(socket: OwnedFd) -> i32 {
         }
         if channel.send(&reply).is_err() {
             return 0;
+        }
+        if let (Some(regions), FromWorker::Done { task, .. } | FromWorker::Failed { task, .. }) =
+            (&regions, &reply)
+        {
+            stream::answered(&regions.replies, *task);
         }
         if let Some(code) = exit {
             return code;
