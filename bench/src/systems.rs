@@ -143,19 +143,22 @@ impl Workload {
         };
         let (goal, ok) = match self {
             Workload::MapPeakMemory => ("<= 1.1", ours.map(|ratio| ratio <= 1.1)),
-            Workload::Startup => ("<= 0.2 x python", within(python, "python", 0.2)),
+            Workload::Startup => ("<= 0.15 x python", within(python, "python", 0.15)),
             Workload::ApplyRtt => {
-                let vs_python = within(python, "python", 0.2);
-                let vs_pipe = within(cell(System::Pipe), "raw_pipe", 2.0);
-                ("<= 0.2 x python, <= 2 x raw_pipe", both(vs_python, vs_pipe))
+                let vs_python = within(python, "python", 0.1);
+                let vs_pipe = within(cell(System::Pipe), "raw_pipe", 1.5);
+                (
+                    "<= 0.1 x python, <= 1.5 x raw_pipe",
+                    both(vs_python, vs_pipe),
+                )
             }
             Workload::MapTrivial => ("<= 0.05 x python", within(python, "python", 0.05)),
             Workload::CpuBound => (
                 "<= 1.05 x rayon",
                 within(cell(System::Rayon), "rayon", 1.05),
             ),
-            Workload::Bytes => (">= 5 x python", within(python, "python", 5.0)),
-            Workload::ImapUnordered => ("<= 0.2 x python", within(python, "python", 0.2)),
+            Workload::Bytes => (">= 8 x python", within(python, "python", 8.0)),
+            Workload::ImapUnordered => ("<= 0.1 x python", within(python, "python", 0.1)),
             Workload::ImapUnorderedUntuned => (
                 "<= 2 x tuned",
                 within(

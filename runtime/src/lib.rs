@@ -170,20 +170,26 @@
 //   imap      the Imap iterator                      -> call, transport
 //   transport the Backend/Sink seam between the pool and where tasks run
 //   stats     PoolStats: counters a backend keeps (imports nothing of the crate)
-//   local/    the local backend                      -> transport, wire, exec, sys
-//     mod       drivers (one state machine per worker) and the task queue
-//     launch    start a worker, handshake, wait on its channel and pidfd, reap
+//   local/    the local backend                      -> transport, wire, exec, stream, sys
+//     mod       the task queue and the backend
+//     driver    one per worker: its state machine; a waiting caller may
+//               drive an idle worker from its own thread
+//     launch    start a worker, handshake, wait on its channel and pidfd,
+//               its shared regions, reap
 //     template  the worker template (fork server): one process per program
 //               that forks new workers; its loop runs in that process
-//     channel   the socket pair: one datagram per message, memfd payloads
+//     channel   the socket pair: one datagram per message, descriptors only
+//               where a message expects them
 //     serve     the worker's loop (runs in the worker process)
 //   cluster/  the Redis backend and its workers      -> transport, wire, exec, sys
 //   process   the public Process (one job, one process) -> local, wire, codec
 //   bootstrap the constructor that diverts a worker before main -> local, cluster
-//   exec      running a chunk inside a worker (both loops) -> codec, job, wire
+//   exec      running a chunk inside a worker (both loops) -> codec, job, stream, wire
+//   stream    a chunk's outcomes streamed into a worker's reply region per
+//             item, read back whole or after a crash -> codec, sys, wire
 //   wire      messages between parent and worker, Payload, Failure -> sys
 //   codec     the encoding of items and outcomes      -> wire (Failure)
-//   job       the registry #[pool_job] fills, Job handles -> wire
+//   job       the registry #[pool_job] fills, Job handles -> stream, wire
 //   sys       OS calls: exec command and its variables, tokens, fd flags,
 //             memfd regions, fork as a sibling, fd passing, error texts
 //             (imports nothing of the crate)

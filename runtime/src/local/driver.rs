@@ -69,7 +69,7 @@ const PROGRESS_STEP: Duration = Duration::from_millis(100);
 
 /// Replies up to this size are copied out of the worker's region before
 /// they are delivered, so the worker runs its next task meanwhile; larger
-/// ones are read in place, then the next task is sent.
+/// ones, and those with no next task to send, are read in place.
 const COPY_OUT_MAX: u64 = 1 << 20;
 
 /// Checks that `reply` answers task number `id`.
@@ -238,7 +238,7 @@ impl Driver {
             task, id, reported, ..
         } = sent;
         let next = match outcome {
-            Ok(len) if len > COPY_OUT_MAX => {
+            Ok(len) if len > COPY_OUT_MAX || !pipeline => {
                 match current.worker.reply(id, len) {
                     Ok(bytes) => self.deliver(task, reported, Ok(bytes)),
                     Err(why) => task.fail(Error::Ipc(why)),
@@ -449,7 +449,7 @@ impl Driver {
             last: false,
         };
         let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
-        let sent = Sent {
+        let mut sent = Sent {
             task,
             deadline,
             may_retry,
@@ -462,7 +462,15 @@ impl Driver {
             .worker
             .send(message, deadline, &self.shared.terminated)
         {
-            Ok(()) => State::Busy(current, sent),
+            Ok(()) => {
+                // A single item that will not run again is needed no more
+                // (it is in the worker's region): a large payload is held
+                // once, not twice, while it runs.
+                if sent.task.count == 1 && !sent.may_retry {
+                    sent.task.items = Vec::new();
+                }
+                State::Busy(current, sent)
+            }
             Err(Lost::Died(_)) if !self.shared.terminated.load(Ordering::Acquire) => {
                 // The message never reached a live worker.
                 self.shared.counters.worker_left(Departure::Died);
