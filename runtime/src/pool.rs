@@ -982,9 +982,10 @@ fn default_chunksize(items: usize, processes: usize) -> usize {
 /// It keeps the few chunks in flight small beside a large map's result:
 /// the caller's peak memory over a map of 10⁷ `u64` is 1.02 times the
 /// result with this cut, 1.11 to 1.14 times with chunks of 16 per worker
-/// (312 500 items). Smaller cuts cost speed: each reply over 32 KiB comes
-/// back in a fresh memfd, and a map of 10⁶ `u64` took 17 ms (median of 30)
-/// cut at 128 KiB against 9 to 12 ms at 512 KiB or more.
+/// (312 500 items). Smaller cuts cost speed (more messages and replies):
+/// a map of 10⁶ `u64` took 17 ms (median of 30) cut at 128 KiB against 9
+/// to 12 ms at 512 KiB or more, measured when each reply still came back
+/// in a memfd of its own.
 pub(crate) const MAX_AUTO_CHUNK_BYTES: usize = 512 << 10;
 
 #[cfg(test)]
