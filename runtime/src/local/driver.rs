@@ -10,7 +10,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, TryLockError, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
 use super::{LocalConfig, Shared, lock, next_worker_name};
@@ -63,6 +63,13 @@ struct Sent {
 /// sleeps: about a short job's round trip here, and a small share of a
 /// long one.
 const SPIN: Duration = Duration::from_micros(50);
+
+/// Whether spinning can help: with a single CPU the worker would have to
+/// wait for the spinning caller to be preempted before it could answer.
+fn may_spin() -> bool {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)) > 1
+}
 
 /// How often a driver looks at how many items of a running task finished.
 const PROGRESS_STEP: Duration = Duration::from_millis(100);
@@ -275,7 +282,7 @@ impl Driver {
         sent: &mut Sent,
         spin: bool,
     ) -> Result<FromWorker, Lost> {
-        if spin {
+        if spin && may_spin() {
             // A caller that waits on its own thread first watches the
             // worker's shared memory for a moment, where the worker notes
             // each answer it sent: a short job is answered before a sleep
