@@ -395,12 +395,7 @@ fn workers_see_the_environment_of_their_start() {
 #[ignore = "helper process for workers_start_by_exec_where_clone_parent_is_refused"]
 fn helper_without_clone_parent() {
     refuse_clone_parent();
-    let pool = Pool::with_processes(2).unwrap();
-    let origins = pool.map(sleep_then_origin, vec![100, 100]).unwrap();
-    let exec = origins
-        .iter()
-        .all(|o| o.constructed_in == o.pid && o.parent == std::process::id());
-    println!("EXEC {exec}");
+    report_whether_pool_workers_were_execd();
     let process = Process::spawn(whoami, ()).unwrap().join().unwrap();
     println!("PROCESS EXEC {}", process.constructed_in == process.pid);
 }
@@ -417,6 +412,12 @@ fn workers_start_by_exec_where_clone_parent_is_refused() {
 #[test]
 #[ignore = "helper process for a_template_with_threads_forks_nothing"]
 fn helper_threaded_template() {
+    report_whether_pool_workers_were_execd();
+}
+
+/// Prints `EXEC true` when both workers of a new pool ran their own
+/// constructors (started by exec) as children of this process.
+fn report_whether_pool_workers_were_execd() {
     let pool = Pool::with_processes(2).unwrap();
     let origins = pool.map(sleep_then_origin, vec![100, 100]).unwrap();
     let exec = origins

@@ -1,6 +1,5 @@
 //! One call's results as they come back, and the handle the caller waits on.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -166,7 +165,7 @@ fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
 }
 
 /// Some consecutive items of a chunk: their reply, or why they all failed.
-type ReplyPart<'a> = (TaskInfo, Result<Cow<'a, [u8]>, Error>);
+type ReplyPart<'a> = (TaskInfo, Result<&'a [u8], &'a Error>);
 
 struct State<R, T> {
     /// The items of every chunk before `next_chunk`, in input order: the
@@ -332,7 +331,7 @@ where
 
     /// Takes one chunk's outcome, in consecutive parts (one, unless its
     /// worker died part-way through it).
-    fn accept(&self, chunk: TaskInfo, parts: Vec<ReplyPart<'_>>) {
+    fn accept(&self, chunk: TaskInfo, parts: &[ReplyPart<'_>]) {
         let mut state = self.lock();
         state.received += 1;
         // A blocking map waits for room to submit more (see `wait_in_flight_below`).
@@ -341,9 +340,9 @@ where
             return;
         }
         // A failed item fails the call now, whatever its chunk's turn.
-        for (task, outcome) in &parts {
+        for (task, outcome) in parts {
             let failure = match outcome {
-                Err(error) => Some(error.clone()),
+                Err(error) => Some((*error).clone()),
                 Ok(bytes) => failed_item(&self.decode, self.job, *task, bytes),
             };
             if let Some(error) = failure {
@@ -352,20 +351,19 @@ where
         }
         self.progress
             .advance(chunk.count.saturating_sub(chunk.reported));
-        let mut parts = parts
-            .into_iter()
-            .filter_map(|(task, outcome)| outcome.ok().map(|bytes| (task, bytes)));
+        // Every part is a reply here: a failed one failed the call above.
+        let parts = parts
+            .iter()
+            .filter_map(|(task, outcome)| outcome.ok().map(|bytes| (*task, bytes)));
         if chunk.chunk != state.next_chunk {
-            let parts = parts
-                .map(|(task, bytes)| (task, bytes.into_owned()))
-                .collect();
+            let parts = parts.map(|(task, bytes)| (task, bytes.to_vec())).collect();
             state.early.insert(chunk.chunk, parts);
             return self.complete_if_done(state);
         }
-        for (task, bytes) in &mut parts {
+        for (task, bytes) in parts {
             if let Err(error) =
                 self.decode
-                    .values(self.job, task.first, task.count, &bytes, &mut state.items)
+                    .values(self.job, task.first, task.count, bytes, &mut state.items)
             {
                 return self.fail(state, error);
             }
@@ -426,22 +424,22 @@ where
     M: Finish<R>,
 {
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
-        self.accept(task, vec![(task, outcome.map(Cow::Borrowed))]);
+        self.accept(task, &[(task, outcome.as_ref().map(|bytes| *bytes))]);
     }
 
     fn deliver_parts(&self, chunk: TaskInfo, parts: Vec<Part>) {
-        let parts = parts
-            .into_iter()
+        let parts: Vec<ReplyPart<'_>> = parts
+            .iter()
             .map(|part| {
                 let info = TaskInfo {
                     first: part.first,
                     count: part.count,
                     ..chunk
                 };
-                (info, part.outcome.map(Cow::Owned))
+                (info, part.outcome.as_deref())
             })
             .collect();
-        self.accept(chunk, parts);
+        self.accept(chunk, &parts);
     }
 
     fn progress(&self, items: usize) {

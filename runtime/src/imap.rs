@@ -120,19 +120,32 @@ impl<R> Stream<R> {
     }
 }
 
+impl<R: Send + 'static> Stream<R> {
+    /// Appends the outcomes of `count` items from `first` to `items`. A
+    /// lost part fails each of its items, and the items after an
+    /// undecodable one fail with it, so the output stays aligned with the
+    /// input.
+    fn decode_part(
+        &self,
+        first: usize,
+        count: usize,
+        outcome: Result<&[u8], Error>,
+        items: &mut Vec<Result<R, Error>>,
+    ) {
+        let start = items.len();
+        let decoded =
+            outcome.and_then(|bytes| self.decode.outcomes(self.job, first, count, bytes, items));
+        if let Err(error) = decoded {
+            items.resize_with(start + count, || Err(error.clone()));
+        }
+    }
+}
+
 impl<R: Send + 'static> Sink for Stream<R> {
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
-        // A lost task fails each of its items, so the output stays aligned with the input.
         let mut items = Vec::with_capacity(task.count);
         let replied = outcome.is_ok();
-        let decoded = outcome.and_then(|bytes| {
-            self.decode
-                .outcomes(self.job, task.first, task.count, bytes, &mut items)
-        });
-        if let Err(error) = decoded {
-            // Items after an undecodable one (or all, for a lost task) fail with it.
-            items.resize_with(task.count, || Err(error.clone()));
-        }
+        self.decode_part(task.first, task.count, outcome, &mut items);
         self.progress
             .advance(task.count.saturating_sub(task.reported));
         self.store_timed(task.chunk, items, replied);
@@ -141,14 +154,12 @@ impl<R: Send + 'static> Sink for Stream<R> {
     fn deliver_parts(&self, chunk: TaskInfo, parts: Vec<Part>) {
         let mut items = Vec::with_capacity(chunk.count);
         for part in parts {
-            let start = items.len();
-            let decoded = part.outcome.and_then(|bytes| {
-                self.decode
-                    .outcomes(self.job, part.first, part.count, &bytes, &mut items)
-            });
-            if let Err(error) = decoded {
-                items.resize_with(start + part.count, || Err(error.clone()));
-            }
+            self.decode_part(
+                part.first,
+                part.count,
+                part.outcome.as_deref().map_err(Clone::clone),
+                &mut items,
+            );
         }
         self.progress
             .advance(chunk.count.saturating_sub(chunk.reported));

@@ -297,18 +297,13 @@ impl Output<'_> {
 /// The parent's side: the reply of `len` bytes that the worker announced
 /// for task number `task`.
 pub(crate) fn reply(region: &mut Region, task: u64, len: u64) -> Result<&[u8], String> {
-    let word = |region: &Region, at| {
-        region
-            .word(at)
-            .map_or(0, |word| word.load(Ordering::Acquire))
-    };
-    let found = word(region, TASK);
+    let found = load(region, TASK);
     if found != task {
         return Err(format!(
             "its reply region holds task {found}, not task {task}"
         ));
     }
-    let values_at = usize::try_from(word(region, VALUES_AT)).unwrap_or(usize::MAX);
+    let values_at = usize::try_from(load(region, VALUES_AT)).unwrap_or(usize::MAX);
     let end = usize::try_from(len)
         .ok()
         .and_then(|len| values_at.checked_add(len))
@@ -316,6 +311,12 @@ pub(crate) fn reply(region: &mut Region, task: u64, len: u64) -> Result<&[u8], S
         .ok_or_else(|| format!("a reply of {len} bytes at {values_at} is out of bounds"))?;
     region.view(end)?;
     Ok(&region.bytes()[values_at..end])
+}
+
+/// The header word at `offset`, as the other process last wrote it.
+#[inline]
+fn load(region: &Region, offset: usize) -> u64 {
+    region.head()[offset / 8].load(Ordering::Acquire)
 }
 
 /// A worker's side: the answer to task number `task` is on the channel.
@@ -326,16 +327,15 @@ pub(crate) fn answered(region: &Region, task: u64) {
 /// The parent's side: whether the answer to task number `task` was sent.
 #[inline]
 pub(crate) fn is_answered(region: &Region, task: u64) -> bool {
-    region.head()[ANSWERED / 8].load(Ordering::Acquire) == task
+    load(region, ANSWERED) == task
 }
 
 /// How many items of task number `task` have finished, while it runs.
 pub(crate) fn items_done(region: &Region, task: u64) -> Option<usize> {
-    let load = |at| region.word(at).map(|word| word.load(Ordering::Acquire));
-    if load(TASK)? != task {
+    if load(region, TASK) != task {
         return None;
     }
-    usize::try_from(load(DONE)?).ok()
+    usize::try_from(load(region, DONE)).ok()
 }
 
 /// What a worker that died during task number `task` (of `count` items)
@@ -355,16 +355,12 @@ pub(crate) struct Partial {
 /// `None` if it had not begun the task's items, or its counters do not
 /// make sense (then nothing of it can be trusted).
 pub(crate) fn partial(region: &mut Region, task: u64, count: usize) -> Option<Partial> {
-    let load = |region: &Region, at| {
-        region
-            .word(at)
-            .and_then(|word| usize::try_from(word.load(Ordering::Acquire)).ok())
-    };
-    if load(region, TASK)? as u64 != task {
+    if load(region, TASK) != task {
         return None;
     }
     let [running, done, values_at, values_len, log_len, failures] =
-        [RUNNING, DONE, VALUES_AT, VALUES_LEN, LOG_LEN, FAILURES].map(|at| load(region, at));
+        [RUNNING, DONE, VALUES_AT, VALUES_LEN, LOG_LEN, FAILURES]
+            .map(|at| usize::try_from(load(region, at)).ok());
     let (running, done, values_at, values_len, log_len, failures) = (
         running?,
         done?,

@@ -298,24 +298,6 @@ impl Region {
                 .cast::<[std::sync::atomic::AtomicU64; HEAD_WORDS]>()
         }
     }
-
-    /// The 8-byte word at `offset` (a multiple of 8 within the region), for
-    /// counters both processes read and write while the other runs.
-    pub(crate) fn word(&self, offset: usize) -> Option<&std::sync::atomic::AtomicU64> {
-        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.size {
-            return None;
-        }
-        // SAFETY: in bounds and aligned (mappings are page-aligned); atomics
-        // may be shared with another process, and the mapping lives as long
-        // as the returned borrow.
-        Some(unsafe {
-            &*self
-                .base
-                .as_ptr()
-                .add(offset)
-                .cast::<std::sync::atomic::AtomicU64>()
-        })
-    }
 }
 
 /// The size of the file behind `fd`.

@@ -11,6 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError, mpsc};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use super::{LocalConfig, Shared, lock, next_worker_name};
@@ -37,6 +38,8 @@ pub(super) struct Driver {
     copy: Mutex<Vec<u8>>,
     /// The number of the last task this driver sent.
     last_id: AtomicU64,
+    /// The slot's own thread, which outlives the workers it starts.
+    thread: OnceLock<ThreadId>,
 }
 
 /// A driver's live worker and how many tasks it has finished.
@@ -120,12 +123,14 @@ impl Driver {
             hand: Mutex::new(State::NoWorker),
             copy: Mutex::default(),
             last_id: AtomicU64::new(0),
+            thread: OnceLock::new(),
         }
     }
 
     /// The slot's thread: starts the worker, then runs queued tasks on it
     /// until the queue is closed and drained, or the pool terminated.
     pub(super) fn run(self: Arc<Self>, started: mpsc::Sender<Result<(), Error>>) {
+        let _ = self.thread.set(thread::current().id());
         match self.spawn() {
             Ok(worker) => {
                 *lock(&self.hand) = State::Idle(Active { worker, done: 0 });
@@ -166,19 +171,25 @@ impl Driver {
             Ok(hand) => hand,
             Err(_) => return Err(task),
         };
-        if !matches!(&*hand, State::Idle(current) if current.worker.is_alive()) {
-            return Err(task);
+        match std::mem::replace(&mut *hand, State::Stopped) {
+            // A worker found dead is the slot thread's to replace: a
+            // caller's thread starts no process.
+            State::Idle(current) if current.worker.is_alive() => {
+                *hand = self.until_idle(self.start(current, task), false);
+                Ok(())
+            }
+            other => {
+                *hand = other;
+                Err(task)
+            }
         }
-        let state = std::mem::replace(&mut *hand, State::Stopped);
-        *hand = self.drive(state, task, false);
-        Ok(())
     }
 
     /// Runs `task` from `state` (`NoWorker` or `Idle`) until the worker is
     /// idle again, with `pipeline`, running the queued tasks that come up
     /// meanwhile too. The state to keep.
     fn drive(&self, state: State, task: Task, pipeline: bool) -> State {
-        let mut state = match state {
+        let state = match state {
             State::Idle(current) if task.sink.cancelled() => State::Idle(current),
             // A worker that died while idle (killed, out of memory) is
             // replaced before the task is sent: the task did not run, so
@@ -192,6 +203,12 @@ impl Driver {
             _ if task.sink.cancelled() => State::NoWorker,
             _ => self.start_with_new_worker(task),
         };
+        self.until_idle(state, pipeline)
+    }
+
+    /// Waits for the replies of a busy worker (with `pipeline`, also of the
+    /// queued tasks it is given meanwhile) until it is idle or lost.
+    fn until_idle(&self, mut state: State, pipeline: bool) -> State {
         while let State::Busy(current, sent) = state {
             state = self.finish(current, sent, pipeline);
         }
@@ -203,68 +220,48 @@ impl Driver {
     /// while the driver delivers (decodes) the previous reply, so the
     /// worker never waits for the parent.
     fn finish(&self, mut current: Active, mut sent: Sent, pipeline: bool) -> State {
-        let pid = current.worker.pid();
         let reply = match self.await_reply(&mut current, &mut sent, !pipeline) {
             Ok(reply) => reply,
             Err(lost) => {
+                let pid = current.worker.pid();
                 let partial = current.worker.partial(sent.id, sent.task.count);
                 drop(current);
                 self.lost(sent, pid, lost, partial);
                 return self.respawn();
             }
         };
-        let outcome = match matches_task(&reply, sent.id) {
-            Ok(()) => match reply {
-                FromWorker::Done { len, .. } => current
-                    .worker
-                    .reply(sent.id, len)
-                    .map(|_| Ok(len))
-                    .map_err(|why| format!("its reply cannot be read: {why}")),
-                FromWorker::Failed { failure, .. } => Ok(Err(failure)),
-                other => Err(format!("it sent {other:?}")),
-            },
-            Err(violation) => Err(violation),
+        let answer = match matches_task(&reply, sent.id).map(|()| reply) {
+            Ok(FromWorker::Done { len, .. }) => Ok(len),
+            Ok(FromWorker::Failed { failure, .. }) => Err(failure),
+            Ok(other) => return self.broke_protocol(current, sent, format!("it sent {other:?}")),
+            Err(violation) => return self.broke_protocol(current, sent, violation),
         };
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(violation) => {
-                // Whatever answered is not in step with this driver: a job
-                // that forked, or one that wrote to the worker's socket.
-                // Nothing it says can be trusted, this reply included.
-                log::warn!("procpool: worker {pid} broke the protocol ({violation}); replacing it");
-                drop(current);
-                self.lost(sent, pid, Lost::Protocol(violation), None);
-                return self.respawn();
-            }
-        };
-        current.done += 1;
-        self.shared
-            .counters
-            .task_done(self.slot, sent.sent_at.elapsed());
-        let Sent {
-            task, id, reported, ..
-        } = sent;
-        let next = match outcome {
-            Ok(len) if len > COPY_OUT_MAX || !pipeline => {
-                match current.worker.reply(id, len) {
-                    Ok(bytes) => self.deliver(task, reported, Ok(bytes)),
-                    Err(why) => task.fail(Error::Ipc(why)),
-                }
-                self.next(current, pipeline)
-            }
+        let next = match answer {
             Ok(len) => {
-                let mut copy = lock(&self.copy);
-                copy.clear();
-                if let Ok(bytes) = current.worker.reply(id, len) {
+                let bytes = match current.worker.reply(sent.id, len) {
+                    Ok(bytes) => bytes,
+                    Err(why) => {
+                        let violation = format!("its reply cannot be read: {why}");
+                        return self.broke_protocol(current, sent, violation);
+                    }
+                };
+                self.answered(&mut current.done, &sent);
+                if len > COPY_OUT_MAX || !pipeline {
+                    self.deliver(sent.task, sent.reported, Ok(bytes));
+                    self.next(current, pipeline)
+                } else {
+                    let mut copy = lock(&self.copy);
+                    copy.clear();
                     copy.extend_from_slice(bytes);
+                    let next = self.next(current, pipeline);
+                    self.deliver(sent.task, sent.reported, Ok(&copy));
+                    next
                 }
-                let next = self.next(current, pipeline);
-                self.deliver(task, reported, Ok(&copy));
-                next
             }
             Err(failure) => {
+                self.answered(&mut current.done, &sent);
                 let next = self.next(current, pipeline);
-                self.deliver(task, reported, Err(failure));
+                self.deliver(sent.task, sent.reported, Err(failure));
                 next
             }
         };
@@ -272,6 +269,26 @@ impl Driver {
             State::NoWorker => self.respawn(),
             other => other,
         }
+    }
+
+    /// Counts a task its worker answered, before its caller can see the
+    /// outcome (so the caller's `stats()` include it).
+    fn answered(&self, done: &mut usize, sent: &Sent) {
+        *done += 1;
+        self.shared
+            .counters
+            .task_done(self.slot, sent.sent_at.elapsed());
+    }
+
+    /// Whatever answered is not in step with this driver: a job that
+    /// forked, or one that wrote to the worker's socket. Nothing it says can
+    /// be trusted, this reply included: the worker is replaced.
+    fn broke_protocol(&self, current: Active, sent: Sent, violation: String) -> State {
+        let pid = current.worker.pid();
+        log::warn!("procpool: worker {pid} broke the protocol ({violation}); replacing it");
+        drop(current);
+        self.lost(sent, pid, Lost::Protocol(violation), None);
+        self.respawn()
     }
 
     /// Waits for the reply to `sent` until its deadline (then the worker is
@@ -408,9 +425,15 @@ impl Driver {
                 self.config.spawn_timeout,
                 &self.shared.terminated,
                 self.config.initializer.as_ref(),
-                // Drivers outlive their workers, and forking here lets every
-                // driver start its worker at the same time.
-                ForkFrom::ThisThread,
+                // The slot's thread outlives its workers, and forking there
+                // lets every driver start its worker at the same time; a
+                // caller's thread (a replacement after a crash in a task it
+                // ran itself) may end first.
+                if self.thread.get() == Some(&thread::current().id()) {
+                    ForkFrom::ThisThread
+                } else {
+                    ForkFrom::LongLivedThread
+                },
             )
         }))
         .unwrap_or_else(|panic| {
