@@ -68,11 +68,11 @@ pub(crate) fn run_chunk_streaming(
     };
     written.map(|len| (len, failed)).map_err(|err| {
         Failure::new(
-            FailureKind::EncodeResult,
-            format!(
-                "cannot share the chunk's results with the parent: {}",
-                crate::sys::describe_io(&err)
-            ),
+            FailureKind::System(err.raw_os_error()),
+            match err.raw_os_error() {
+                Some(_) => "could not place the chunk's results in shared memory".to_owned(),
+                None => format!("could not place the chunk's results in shared memory: {err}"),
+            },
         )
     })
 }

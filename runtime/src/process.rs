@@ -222,10 +222,11 @@ impl<R: 'static> Process<R> {
             FromWorker::Done { task: 1, len } => {
                 let mut outcomes = Vec::with_capacity(1);
                 let (job, decode) = (self.job, self.decode);
+                let mut copy = Vec::new();
                 self.worker
-                    .reply(1, len)
+                    .reply(1, len, &mut copy)
                     .map_err(|why| Error::Ipc(format!("the process's reply: {why}")))
-                    .and_then(|items| decode.outcomes(job, 0, 1, items, &mut outcomes))
+                    .and_then(|()| decode.outcomes(job, 0, 1, &copy, &mut outcomes))
                     .and_then(|()| {
                         outcomes.pop().unwrap_or_else(|| {
                             Err(Error::Ipc("the process's reply held no result".into()))
@@ -233,6 +234,11 @@ impl<R: 'static> Process<R> {
                     })
             }
             FromWorker::Failed { task: 1, failure } => Err(failure.into_error(self.job, 0)),
+            FromWorker::Forked { .. } => Err(Error::Ipc(format!(
+                "the process's job `{}` broke the protocol: {}",
+                self.job,
+                self.worker.forked_copy().unwrap_or_default()
+            ))),
             other => Err(Error::Ipc(format!(
                 "unexpected reply from the process: {other:?}"
             ))),

@@ -11,18 +11,20 @@
 //! after it as they happen; the values follow at `values_at`, as the
 //! chunk's values chunk (see [`crate::codec`]) grows. At the end of a task
 //! the failures and the trailer are appended after the values, so the whole
-//! reply is one slice in the region, read in place.
+//! reply is one range of the region, copied out once by the parent.
 //!
 //! Nothing the parent reads here is trusted: every counter is checked
-//! against the others and the region's size, and the bytes go through the
-//! same decoder as any reply.
+//! against the others and the region's size, and the bytes are copied out
+//! (never borrowed: the worker may still write them, see
+//! [`Region`](crate::sys::Region)) and go through the same decoder as any
+//! reply.
 
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
 use crate::codec;
-use crate::sys::Region;
+use crate::sys::{self, Region};
 use crate::wire::Failure;
 
 /// The task whose counters follow (0: none yet).
@@ -112,6 +114,9 @@ impl<'a> ReplyStream<'a> {
         (values, generation): (&[u8], u64),
         failure: Option<&Failure>,
     ) {
+        // A copy of this worker that the job forked returns here first:
+        // it must not write the parent's region.
+        sys::check_fork_guard();
         if self.broken.is_some() {
             return;
         }
@@ -138,19 +143,8 @@ impl<'a> ReplyStream<'a> {
         };
         let end = self.values_at + values.len();
         self.region.reserve(end)?;
-        // SAFETY: the parent reads the values only after this task's
-        // answer or this process's death, and nothing else reads them.
-        let target = unsafe { self.region.bytes_mut() };
-        let (target, new) = (&mut target[self.values_at + from..end], &values[from..]);
-        // A fixed-size copy for the usual one number per item: a `memcpy`
-        // call per item was a tenth of a worker's time in a map of them.
-        match (
-            <&mut [u8; 8]>::try_from(&mut *target),
-            <&[u8; 8]>::try_from(new),
-        ) {
-            (Ok(target), Ok(new)) => *target = *new,
-            _ => target.copy_from_slice(new),
-        }
+        self.region
+            .write_at(self.values_at + from, &values[from..])?;
         self.published = values.len();
         self.generation = generation;
         self.store(VALUES_LEN, values.len() as u64);
@@ -167,15 +161,12 @@ impl<'a> ReplyStream<'a> {
         if log_end > self.values_at {
             let values_at = (2 * log_end).next_multiple_of(FIRST_VALUES_AT);
             self.region.reserve(values_at + self.published)?;
-            // SAFETY: as in `publish`: nobody reads the values yet.
-            let bytes = unsafe { self.region.bytes_mut() };
-            bytes.copy_within(self.values_at..self.values_at + self.published, values_at);
+            self.region
+                .move_within(self.values_at, self.published, values_at)?;
             self.values_at = values_at;
             self.store(VALUES_AT, values_at as u64);
         }
-        // SAFETY: as above; the log is read after the values, on the same terms.
-        let bytes = unsafe { self.region.bytes_mut() };
-        bytes[LOG_AT + self.log_len..log_end].copy_from_slice(&entry);
+        self.region.write_at(LOG_AT + self.log_len, &entry)?;
         self.log_len += entry.len();
         self.failures += 1;
         self.store(LOG_LEN, self.log_len as u64);
@@ -186,6 +177,7 @@ impl<'a> ReplyStream<'a> {
     /// Writes the whole reply (`codec::ReplyWriter::finish`, whose values
     /// are already here) and returns its length, to be sent in the answer.
     pub(crate) fn end(mut self, reply: &[u8]) -> std::io::Result<u64> {
+        sys::check_fork_guard();
         if let Some(err) = self.broken.take() {
             return Err(err);
         }
@@ -194,9 +186,8 @@ impl<'a> ReplyStream<'a> {
         let from = self.published.min(reply.len());
         let end = self.values_at + reply.len();
         self.region.reserve(end)?;
-        // SAFETY: the parent reads the reply only after this answer.
-        let target = unsafe { self.region.bytes_mut() };
-        target[self.values_at + from..end].copy_from_slice(&reply[from..]);
+        self.region
+            .write_at(self.values_at + from, &reply[from..])?;
         Ok(reply.len() as u64)
     }
 }
@@ -294,9 +285,14 @@ impl Output<'_> {
     }
 }
 
-/// The parent's side: the reply of `len` bytes that the worker announced
-/// for task number `task`.
-pub(crate) fn reply(region: &mut Region, task: u64, len: u64) -> Result<&[u8], String> {
+/// The parent's side: appends to `into` a private copy of the reply of
+/// `len` bytes that the worker announced for task number `task`.
+pub(crate) fn reply(
+    region: &mut Region,
+    task: u64,
+    len: u64,
+    into: &mut Vec<u8>,
+) -> Result<(), String> {
     let found = load(region, TASK);
     if found != task {
         return Err(format!(
@@ -304,13 +300,13 @@ pub(crate) fn reply(region: &mut Region, task: u64, len: u64) -> Result<&[u8], S
         ));
     }
     let values_at = usize::try_from(load(region, VALUES_AT)).unwrap_or(usize::MAX);
-    let end = usize::try_from(len)
-        .ok()
-        .and_then(|len| values_at.checked_add(len))
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let end = values_at
+        .checked_add(len)
         .filter(|_| values_at >= LOG_AT)
         .ok_or_else(|| format!("a reply of {len} bytes at {values_at} is out of bounds"))?;
     region.view(end)?;
-    Ok(&region.bytes()[values_at..end])
+    region.copy_out(values_at, len, into)
 }
 
 /// The header word at `offset`, as the other process last wrote it.
@@ -378,12 +374,10 @@ pub(crate) fn partial(region: &mut Region, task: u64, count: usize) -> Option<Pa
         return None;
     }
     region.view(values_at.checked_add(values_len)?).ok()?;
-    let bytes = region.bytes();
-    let reply = codec::assemble_reply(
-        bytes[values_at..values_at + values_len].to_vec(),
-        failures,
-        &bytes[LOG_AT..LOG_AT + log_len],
-    );
+    let (mut values, mut log) = (Vec::new(), Vec::new());
+    region.copy_out(values_at, values_len, &mut values).ok()?;
+    region.copy_out(LOG_AT, log_len, &mut log).ok()?;
+    let reply = codec::assemble_reply(values, failures, &log);
     Some(Partial {
         done,
         crashed: running == done + 1,
@@ -438,10 +432,11 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_reply_is_read_in_place() {
+    fn a_whole_reply_is_copied_out_whole() {
         let mut region = Region::create().unwrap();
         let len = run(&mut region, 7, 100_000, &[3, 99_999], None).unwrap();
-        let bytes = reply(&mut region, 7, len).unwrap().to_vec();
+        let mut bytes = Vec::new();
+        reply(&mut region, 7, len, &mut bytes).unwrap();
         let got = outcomes(&bytes, 100_000);
         for (index, outcome) in got.iter().enumerate() {
             match outcome {
@@ -450,8 +445,14 @@ mod tests {
             }
         }
         assert!(got[3].is_err() && got[99_999].is_err());
-        assert!(reply(&mut region, 8, len).unwrap_err().contains("task 7"));
-        assert!(reply(&mut region, 7, u64::MAX).is_err());
+        let mut other = Vec::new();
+        assert!(
+            reply(&mut region, 8, len, &mut other)
+                .unwrap_err()
+                .contains("task 7")
+        );
+        assert!(reply(&mut region, 7, u64::MAX, &mut other).is_err());
+        assert!(other.is_empty());
     }
 
     #[test]

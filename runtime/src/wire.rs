@@ -65,6 +65,11 @@ pub(crate) enum FromWorker {
     /// Task number `task` failed as a whole before any item ran (or, with
     /// `task` 0, the initializer failed).
     Failed { task: u64, failure: Failure },
+    /// Sent by a *copy* of the worker, forked by a job during task number
+    /// `task` (0: the initializer), which found itself about to return
+    /// into the worker's loop; it exits right after. The parent knows the
+    /// sender from the kernel (`SCM_CREDENTIALS`), not from this message.
+    Forked { task: u64 },
 }
 
 impl Message for ToWorker {
@@ -121,6 +126,9 @@ pub(crate) enum FailureKind {
     DecodeArguments,
     EncodeResult,
     UnknownJob,
+    /// The worker's system refused what the results needed (shared memory
+    /// past a file size or memory limit): the OS error number, if any.
+    System(Option<i32>),
 }
 
 impl Failure {
@@ -151,6 +159,16 @@ impl Failure {
                 message: self.message,
             },
             FailureKind::UnknownJob => Error::UnknownJob(job),
+            FailureKind::System(errno) => Error::system(
+                format!(
+                    "job `{job}`, item {index}: the worker {}; the worker is kept",
+                    self.message
+                ),
+                errno.map_or_else(
+                    || std::io::Error::other(self.message.clone()),
+                    std::io::Error::from_raw_os_error,
+                ),
+            ),
         }
     }
 }

@@ -78,9 +78,23 @@ pub(crate) struct Channel {
     buffer: Vec<u8>,
 }
 
+/// One message read from a channel.
+pub(crate) struct Incoming<M> {
+    pub(crate) message: M,
+    /// The descriptors it carried, as many as the message expects.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// The process that sent it, as the kernel saw it (`SCM_CREDENTIALS`,
+    /// which a sender cannot forge): known on the parent's end of a pair.
+    pub(crate) sender: Option<u32>,
+}
+
 /// A new socket pair: the end this process keeps, and the raw end for the child.
 /// Both are close-on-exec; only the child that is meant to have its end clears
 /// the flag, in its own copy (`local::launch`).
+///
+/// The kernel attaches the sender's pid to every message arriving on this
+/// process's end (`SO_PASSCRED`, set before the other end exists anywhere
+/// else), so a reply proves which process sent it.
 pub(crate) fn pair() -> std::io::Result<(Channel, OwnedFd)> {
     let (ours, theirs) = socketpair(
         AddressFamily::UNIX,
@@ -88,6 +102,7 @@ pub(crate) fn pair() -> std::io::Result<(Channel, OwnedFd)> {
         SocketFlags::CLOEXEC,
         None,
     )?;
+    rustix::net::sockopt::set_socket_passcred(&ours, true)?;
     Ok((Channel::new(ours), theirs))
 }
 
@@ -160,13 +175,14 @@ impl Channel {
 
     /// Reads one message if one is there, without blocking.
     pub(crate) fn try_recv<M: Message>(&mut self) -> Result<M, ChannelError> {
-        self.try_recv_with().map(|(message, _)| message)
+        self.try_recv_with().map(|incoming| incoming.message)
     }
 
-    /// Reads one message and the descriptors that came with it, as many as
-    /// the message expects (anything else is refused).
-    pub(crate) fn try_recv_with<M: Message>(&mut self) -> Result<(M, Vec<OwnedFd>), ChannelError> {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    /// Reads one message, the descriptors that came with it (as many as
+    /// the message expects: anything else is refused) and its sender.
+    pub(crate) fn try_recv_with<M: Message>(&mut self) -> Result<Incoming<M>, ChannelError> {
+        let mut space =
+            [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS), ScmCredentials(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = recvmsg(
             &self.socket,
@@ -175,9 +191,14 @@ impl Channel {
             RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
         )?;
         let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut sender = None;
         for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
+            match message {
+                RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
+                RecvAncillaryMessage::ScmCredentials(credentials) => {
+                    sender = u32::try_from(credentials.pid.as_raw_nonzero().get()).ok();
+                }
+                _ => {}
             }
         }
         if received.bytes == 0 && fds.is_empty() {
@@ -221,18 +242,22 @@ impl Channel {
                 fds.len()
             )));
         }
-        Ok((message, fds))
+        Ok(Incoming {
+            message,
+            fds,
+            sender,
+        })
     }
 
     /// Waits for a message and reads it. Used by workers, which have
     /// nothing else to do.
     #[cfg(test)]
     pub(crate) fn recv<M: Message>(&mut self) -> Result<M, ChannelError> {
-        self.recv_with().map(|(message, _)| message)
+        self.recv_with().map(|incoming| incoming.message)
     }
 
     /// [`recv`](Channel::recv), with the descriptors that came along.
-    pub(crate) fn recv_with<M: Message>(&mut self) -> Result<(M, Vec<OwnedFd>), ChannelError> {
+    pub(crate) fn recv_with<M: Message>(&mut self) -> Result<Incoming<M>, ChannelError> {
         loop {
             // Waiting first: a worker asks for its next message right after
             // answering, when it is rarely there yet.
@@ -329,8 +354,8 @@ mod tests {
             initializer: None,
         };
         parent.try_send_with(&init, &[replies.fd()]).unwrap();
-        let (_, fds) = worker.recv_with::<ToWorker>().unwrap();
-        assert_eq!(fds.len(), 1);
+        let incoming = worker.recv_with::<ToWorker>().unwrap();
+        assert_eq!(incoming.fds.len(), 1);
         // A message is never sent with descriptors it does not expect.
         assert!(
             parent
@@ -380,21 +405,30 @@ mod tests {
     #[test]
     fn only_sealed_memfds_become_regions() {
         let socket = pair().unwrap().1;
-        assert!(Region::open(socket).unwrap_err().contains("memfd"));
+        assert!(Region::open(socket, false).unwrap_err().contains("memfd"));
         let unsealed =
             rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&unsealed, 4096).unwrap();
-        assert!(Region::open(unsealed).unwrap_err().contains("not sealed"));
+        assert!(
+            Region::open(unsealed, false)
+                .unwrap_err()
+                .contains("not sealed")
+        );
         // A region grown on one side is seen whole on the other once asked.
         let mut ours = Region::create().unwrap();
         let fd = rustix::io::fcntl_dupfd_cloexec(ours.fd(), 3).unwrap();
-        let mut theirs = Region::open(fd).unwrap();
-        let size = theirs.bytes().len();
+        let mut theirs = Region::open(fd, true).unwrap();
+        let size = theirs.len();
         ours.reserve(size * 3).unwrap();
-        // SAFETY: nobody reads the region while it is written here.
-        unsafe { ours.bytes_mut()[size * 3 - 1] = 42 };
+        ours.write_at(size * 3 - 1, &[42]).unwrap();
+        assert!(ours.write_at(size * 3, &[1]).is_err());
         assert!(theirs.view(size * 3).is_ok());
-        assert_eq!(theirs.bytes()[size * 3 - 1], 42);
+        let mut copy = Vec::new();
+        theirs.copy_out(size * 3 - 1, 1, &mut copy).unwrap();
+        assert_eq!(copy, [42]);
+        assert!(theirs.copy_out(size * 3 - 1, 2, &mut copy).is_err());
+        assert!(theirs.copy_out(usize::MAX, 2, &mut copy).is_err());
+        assert_eq!(copy, [42]);
         assert!(theirs.view(usize::MAX / 2).is_err());
     }
 }

@@ -33,8 +33,7 @@ pub(super) struct Driver {
     /// or a caller running its own task on it ([`Driver::try_run_here`]).
     /// Between tasks it holds `NoWorker` or `Idle`.
     hand: Mutex<State>,
-    /// A small reply copied out of the worker's region, so the worker can
-    /// take its next task while this one is delivered; reused.
+    /// The last reply, copied out of the worker's region; reused.
     copy: Mutex<Vec<u8>>,
     /// The number of the last task this driver sent.
     last_id: AtomicU64,
@@ -77,10 +76,9 @@ fn may_spin() -> bool {
 /// How often a driver looks at how many items of a running task finished.
 const PROGRESS_STEP: Duration = Duration::from_millis(100);
 
-/// Replies up to this size are copied out of the worker's region before
-/// they are delivered, so the worker runs its next task meanwhile; larger
-/// ones, and those with no next task to send, are read in place.
-const COPY_OUT_MAX: u64 = 1 << 20;
+/// The largest copy of a reply a driver keeps between tasks (reused, so
+/// small replies cost no allocation); larger ones are freed once delivered.
+const KEEP_COPY_MAX: usize = 1 << 20;
 
 /// Checks that `reply` answers task number `id`.
 fn matches_task(reply: &FromWorker, id: u64) -> Result<(), String> {
@@ -233,30 +231,34 @@ impl Driver {
         let answer = match matches_task(&reply, sent.id).map(|()| reply) {
             Ok(FromWorker::Done { len, .. }) => Ok(len),
             Ok(FromWorker::Failed { failure, .. }) => Err(failure),
+            Ok(FromWorker::Forked { .. }) => {
+                let violation = current.worker.forked_copy().unwrap_or_default();
+                return self.broke_protocol(current, sent, violation);
+            }
             Ok(other) => return self.broke_protocol(current, sent, format!("it sent {other:?}")),
             Err(violation) => return self.broke_protocol(current, sent, violation),
         };
         let next = match answer {
             Ok(len) => {
-                let bytes = match current.worker.reply(sent.id, len) {
-                    Ok(bytes) => bytes,
-                    Err(why) => {
-                        let violation = format!("its reply cannot be read: {why}");
-                        return self.broke_protocol(current, sent, violation);
-                    }
-                };
-                self.answered(&mut current.done, &sent);
-                if len > COPY_OUT_MAX || !pipeline {
-                    self.deliver(sent.task, sent.reported, Ok(bytes));
-                    self.next(current, pipeline)
-                } else {
-                    let mut copy = lock(&self.copy);
-                    copy.clear();
-                    copy.extend_from_slice(bytes);
-                    let next = self.next(current, pipeline);
-                    self.deliver(sent.task, sent.reported, Ok(&copy));
-                    next
+                // The reply is copied out of the worker's region once (the
+                // worker may write there at any time, see `sys::Region`),
+                // so the worker can run its next task while this one is
+                // decoded.
+                let mut copy = lock(&self.copy);
+                copy.clear();
+                if let Err(why) = current.worker.reply(sent.id, len, &mut copy) {
+                    drop(copy);
+                    let violation = format!("its reply cannot be read: {why}");
+                    return self.broke_protocol(current, sent, violation);
                 }
+                self.answered(&mut current.done, &sent);
+                let next = self.next(current, pipeline);
+                self.deliver(sent.task, sent.reported, Ok(&copy));
+                if copy.capacity() > KEEP_COPY_MAX {
+                    // A large reply's copy is not kept for the pool's life.
+                    *copy = Vec::new();
+                }
+                next
             }
             Err(failure) => {
                 self.answered(&mut current.done, &sent);
@@ -316,6 +318,10 @@ impl Driver {
                 .worker
                 .recv_until(Some(until), &self.shared.terminated)?
             {
+                // A copy forked during an earlier task, which its worker
+                // answered: this task's answer is still to come from the
+                // worker itself (which is replaced after it).
+                Some(FromWorker::Forked { task }) if task != sent.id => {}
                 Some(reply) => return Ok(reply),
                 None if sent
                     .deadline
@@ -346,6 +352,13 @@ impl Driver {
     /// After a task: with `pipeline`, sends the next queued one; or retires
     /// the worker.
     fn next(&self, current: Active, pipeline: bool) -> State {
+        if let Some(violation) = current.worker.forked_copy() {
+            let pid = current.worker.pid();
+            log::warn!("procpool: worker {pid} broke the protocol ({violation}); replacing it");
+            self.shared.counters.worker_left(Departure::BrokeProtocol);
+            drop(current);
+            return State::NoWorker;
+        }
         if self.keeps(&current) {
             let next = if pipeline {
                 self.shared.try_next_task()

@@ -25,7 +25,7 @@ use serde_bytes::ByteBuf;
 
 use crate::Error;
 use crate::error::ExitCause;
-use crate::local::channel::{self, Channel, ChannelError, poll_any};
+use crate::local::channel::{self, Channel, ChannelError, Incoming, poll_any};
 use crate::local::template::{self, Start};
 use crate::stream::{self, Partial};
 use crate::sys::{self, Region, WORKER_ENV, WORKER_ON_STDIN};
@@ -117,6 +117,12 @@ pub(crate) struct WorkerProcess {
     /// Large chunks of items, written here, read by the worker; made for
     /// the first large task, then kept.
     requests: Option<Region>,
+    /// Whether the worker has the request region (a task carried it).
+    requests_shared: bool,
+    /// A copy of the worker that a job forked announced itself (its pid,
+    /// and the task it was forked in): the worker is replaced after the
+    /// task in hand.
+    forked_copy: Option<(Option<u32>, u64)>,
 }
 
 /// What a wait saw first.
@@ -200,6 +206,8 @@ impl WorkerProcess {
                 slot: None,
                 replies: None,
                 requests: None,
+                requests_shared: false,
+                forked_copy: None,
             }),
             Err(err) => {
                 kill_and_wait(pid);
@@ -303,36 +311,38 @@ impl WorkerProcess {
     /// A chunk's items as the next task will carry them: in the message
     /// when small, else copied into the request region.
     ///
+    /// A failure (no memory or file size left for the region) leaves the
+    /// worker as it was: the region goes with the next large task that is
+    /// sent.
+    ///
     /// # Safety
     /// The worker is not reading the request region: it answered every task
-    /// it was sent (or was sent none).
+    /// it was sent (or was sent none). The worker reads that region in
+    /// place, relying on this.
     pub(crate) unsafe fn stage(&mut self, items: &[u8]) -> std::io::Result<Payload> {
         if items.len() <= INLINE_MAX {
             return Ok(Payload::Inline(ByteBuf::from(items.to_vec())));
         }
-        let with_region = self.requests.is_none();
         let requests = match &mut self.requests {
             Some(requests) => requests,
             none => none.insert(Region::create()?),
         };
         requests.reserve(items.len())?;
-        // SAFETY: the caller vouches that the worker is not reading.
-        unsafe { requests.bytes_mut()[..items.len()].copy_from_slice(items) };
-        // Sent only after the worker has it: a task that never reaches this
-        // worker leaves the region to be sent with the next one.
+        requests.write_at(0, items)?;
         Ok(Payload::Shared {
             len: items.len() as u64,
-            with_region,
+            with_region: !self.requests_shared,
         })
     }
 
-    /// The reply of `len` bytes the worker announced for task number `task`.
-    pub(crate) fn reply(&mut self, task: u64, len: u64) -> Result<&[u8], String> {
+    /// Appends to `into` a private copy of the reply of `len` bytes the
+    /// worker announced for task number `task`.
+    pub(crate) fn reply(&mut self, task: u64, len: u64, into: &mut Vec<u8>) -> Result<(), String> {
         let replies = self
             .replies
             .as_mut()
             .ok_or("a reply before the worker was initialised")?;
-        stream::reply(replies, task, len)
+        stream::reply(replies, task, len, into)
     }
 
     /// Whether the worker says it sent its answer to task number `task`.
@@ -388,6 +398,8 @@ impl WorkerProcess {
             _ => Vec::new(),
         };
         let sent = self.send_with(&message, &fds, deadline, abort);
+        // The worker has the region once a message carrying it was sent.
+        self.requests_shared |= sent.is_ok() && !fds.is_empty();
         drop(fds);
         self.requests = region;
         sent
@@ -439,8 +451,8 @@ impl WorkerProcess {
         abort: &AtomicBool,
     ) -> Result<Option<FromWorker>, Lost> {
         loop {
-            match self.channel.try_recv::<FromWorker>() {
-                Ok(reply) => return Ok(Some(reply)),
+            match self.channel.try_recv_with::<FromWorker>() {
+                Ok(incoming) => return self.from_worker(incoming).map(Some),
                 Err(ChannelError::WouldBlock) => {}
                 Err(ChannelError::Closed) => return Err(Lost::Died(self.reap())),
                 Err(err) => return Err(self.abandon(err)),
@@ -449,8 +461,8 @@ impl WorkerProcess {
                 Ok(Event::Readable) => {}
                 Ok(Event::Exited) => {
                     // A reply sent just before exiting is already queued.
-                    match self.channel.try_recv::<FromWorker>() {
-                        Ok(reply) => return Ok(Some(reply)),
+                    match self.channel.try_recv_with::<FromWorker>() {
+                        Ok(incoming) => return self.from_worker(incoming).map(Some),
                         Err(ChannelError::WouldBlock | ChannelError::Closed) => {
                             return Err(Lost::Died(self.reap()));
                         }
@@ -461,6 +473,47 @@ impl WorkerProcess {
                 Err(lost) => return Err(lost),
             }
         }
+    }
+
+    /// A message that arrived on the worker's channel, if the worker sent
+    /// it. The kernel names the sender: anything from another process (a
+    /// copy of the worker forked by a job, which shares its socket) is a
+    /// protocol violation, except the notice such a copy sends before it
+    /// exits, which is returned for the caller to match with its task; the
+    /// worker is replaced after the task in hand either way.
+    fn from_worker(&mut self, incoming: Incoming<FromWorker>) -> Result<FromWorker, Lost> {
+        let sender = incoming.sender;
+        if sender == Some(self.pid) {
+            return Ok(incoming.message);
+        }
+        let who = match sender {
+            Some(pid) => format!("process {pid}"),
+            None => "a process the kernel did not name".to_owned(),
+        };
+        match incoming.message {
+            FromWorker::Forked { task } => {
+                self.forked_copy = Some((sender, task));
+                Ok(FromWorker::Forked { task })
+            }
+            other => {
+                self.kill_and_reap();
+                Err(Lost::Protocol(format!(
+                    "{who}, not the worker, sent {other:?} on its channel (a copy of the \
+                     worker that a job forked?)"
+                )))
+            }
+        }
+    }
+
+    /// The copy of this worker that a job forked, if one announced itself:
+    /// a sentence saying so.
+    pub(crate) fn forked_copy(&self) -> Option<String> {
+        let (sender, task) = self.forked_copy?;
+        let who = sender.map_or_else(|| "a process".to_owned(), |pid| format!("process {pid}"));
+        Some(format!(
+            "a job forked a copy of the worker ({who}, during task {task}) that returned into \
+             procpool's loop; the copy exited without answering"
+        ))
     }
 
     /// Gives up on the worker after a failed exchange: a message we cannot

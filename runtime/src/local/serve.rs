@@ -1,7 +1,8 @@
 //! The local worker's loop: take the channel from stdin, greet the parent,
 //! then run each task it sends until it says `Exit` or goes away.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use crate::exec;
 use crate::local::channel::{Channel, ChannelError};
@@ -72,8 +73,40 @@ struct Regions {
     replies: Region,
 }
 
+/// The worker's channel, for a forked copy's notice ([`forked_copy_exits`]).
+static CHANNEL_FD: AtomicI32 = AtomicI32::new(-1);
+/// The task the worker is running (0: none, or the initializer).
+static CURRENT_TASK: AtomicU64 = AtomicU64::new(0);
+
+/// Run by the fork guard in a copy of the worker that a job forked, when
+/// it is about to return into procpool (write a result, answer): tells
+/// the parent, whose kernel-given sender pid shows it is not the worker,
+/// and exits before touching anything of the worker's.
+fn forked_copy_exits() -> ! {
+    let notice = FromWorker::Forked {
+        task: CURRENT_TASK.load(Ordering::Relaxed),
+    };
+    let fd = CHANNEL_FD.load(Ordering::Relaxed);
+    if fd >= 0
+        && let Ok(bytes) = postcard::to_stdvec(&notice)
+    {
+        // SAFETY: the worker's channel, copied into this process by the
+        // fork; if the job closed it meanwhile, the send fails harmlessly.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        let _ = rustix::net::send(fd, &bytes, flags);
+    }
+    // SAFETY: `_exit` ends this copy at once: no destructor, atexit handler
+    // or buffered output of the worker's runs twice.
+    unsafe { libc::_exit(0) }
+}
+
 /// Greets the parent, then runs its tasks; the exit code.
 fn serve(socket: OwnedFd) -> i32 {
+    CHANNEL_FD.store(socket.as_raw_fd(), Ordering::Relaxed);
+    // Without the guard (a kernel before 4.14), the pid check before each
+    // answer below still keeps a copy from answering.
+    let _ = sys::arm_fork_guard(forked_copy_exits);
     let mut channel = Channel::new(socket);
     let hello = FromWorker::Hello {
         pid: std::process::id(),
@@ -89,14 +122,14 @@ fn serve(socket: OwnedFd) -> i32 {
         // anything that is not our message means it is not our parent
         // speaking: either way, exit quietly.
         let (message, fds) = match channel.recv_with::<ToWorker>() {
-            Ok(received) => received,
+            Ok(incoming) => (incoming.message, incoming.fds),
             Err(ChannelError::Io(_)) => return EXIT_BOOTSTRAP_FAILED,
             Err(_) => return 0,
         };
         let (reply, exit) = match message {
             ToWorker::Init { name, initializer } => {
                 let opened = match fds.into_iter().next() {
-                    Some(replies) => Region::open(replies),
+                    Some(replies) => Region::open(replies, true),
                     None => Err("the reply region did not come with Init".to_owned()),
                 };
                 match opened {
@@ -132,8 +165,9 @@ fn serve(socket: OwnedFd) -> i32 {
                 let Some(regions) = regions.as_mut() else {
                     return EXIT_BOOTSTRAP_FAILED;
                 };
+                CURRENT_TASK.store(task, Ordering::Relaxed);
                 if let Some(fd) = fds.into_iter().next() {
-                    match Region::open(fd) {
+                    match Region::open(fd, true) {
                         Ok(requests) => regions.requests = Some(requests),
                         Err(why) => {
                             eprintln!("procpool worker: {why}; exiting");
@@ -146,12 +180,12 @@ fn serve(socket: OwnedFd) -> i32 {
             }
             ToWorker::Exit => return 0,
         };
+        // A job forked and its copy returned here: only the worker itself
+        // may answer. The guard (one load) catches it; the pid is the
+        // fallback where the guard could not be armed.
+        sys::check_fork_guard();
         if std::process::id() != own_pid {
-            // A job forked and its child returned here: only the worker
-            // itself may answer, or the parent would read two replies.
-            // SAFETY: `_exit` ends this process at once; nothing of the
-            // worker's state is shared with it.
-            unsafe { libc::_exit(0) };
+            forked_copy_exits();
         }
         if channel.send(&reply).is_err() {
             return 0;
@@ -189,7 +223,12 @@ fn run_task(
         Payload::Shared { len, .. } => {
             let len = usize::try_from(*len).unwrap_or(usize::MAX);
             let viewed = match regions.requests.as_mut() {
-                Some(requests) => requests.view(len).map(|()| &requests.bytes()[..len]),
+                Some(requests) => requests.view(len).and_then(|()| {
+                    // SAFETY: only the parent writes the request region,
+                    // and not before this task is answered; forks of this
+                    // process do not have it (`Region::open` above).
+                    unsafe { requests.trusted_bytes(len) }
+                }),
                 None => Err("no request region came before it".to_owned()),
             };
             match viewed {
