@@ -76,8 +76,9 @@ fn may_spin() -> bool {
 /// How often a driver looks at how many items of a running task finished.
 const PROGRESS_STEP: Duration = Duration::from_millis(100);
 
-/// The largest copy of a reply a driver keeps between tasks (reused, so
-/// small replies cost no allocation); larger ones are freed once delivered.
+/// A driver keeps the memory of its last reply's copy, reused so that a
+/// reply costs no allocation and no page faults; beyond this size only
+/// while replies stay about as large.
 const KEEP_COPY_MAX: usize = 1 << 20;
 
 /// Checks that `reply` answers task number `id`.
@@ -246,6 +247,11 @@ impl Driver {
                 // decoded.
                 let mut copy = lock(&self.copy);
                 copy.clear();
+                if copy.capacity() > KEEP_COPY_MAX && (len as usize) < copy.capacity() / 4 {
+                    // Large replies have stopped coming: free the copy's
+                    // memory rather than keep it for the pool's life.
+                    *copy = Vec::new();
+                }
                 if let Err(why) = current.worker.reply(sent.id, len, &mut copy) {
                     drop(copy);
                     let violation = format!("its reply cannot be read: {why}");
@@ -254,10 +260,6 @@ impl Driver {
                 self.answered(&mut current.done, &sent);
                 let next = self.next(current, pipeline);
                 self.deliver(sent.task, sent.reported, Ok(&copy));
-                if copy.capacity() > KEEP_COPY_MAX {
-                    // A large reply's copy is not kept for the pool's life.
-                    *copy = Vec::new();
-                }
                 next
             }
             Err(failure) => {
