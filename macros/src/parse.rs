@@ -157,7 +157,7 @@ fn item_head(item: &Item) -> TokenStream {
             let (token, trait_, ty) = (&i.impl_token, &i.trait_, &i.self_ty);
             let trait_ = trait_
                 .as_ref()
-                .map(|(bang, path, for_token)| quote!(#bang #path #for_token));
+                .map(|(path, for_token)| quote!(#path #for_token));
             quote!(#token #trait_ #ty)
         }
         Item::Const(c) => {

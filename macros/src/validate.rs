@@ -35,7 +35,7 @@ pub(crate) fn job(function: ItemFn) -> syn::Result<Job> {
              that takes the values as a `Vec<T>`",
         );
     } else {
-        if let Some(unsafety) = &sig.unsafety {
+        if let syn::Safety::Unsafe(unsafety) = &sig.safety {
             errors.push(
                 unsafety,
                 "a pool job cannot be an `unsafe fn`: the pool calls it without knowing its \
