@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use procpool::{Error, ExitCause, Pool, Process, pool_job};
-use procpool_tests::{eventually, running};
+use procpool_tests::{eventually, running, zombie_children};
 
 /// The pid of the process in which this binary's constructors ran.
 static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
@@ -432,6 +432,49 @@ fn a_template_with_threads_forks_nothing() {
     // start by exec instead.
     let stdout = run_helper_with("helper_threaded_template", &[(THREAD_IN_TEMPLATE, "1")]);
     assert!(stdout.contains("EXEC true"), "{stdout}");
+}
+
+/// Not a test on its own (it kills this process's template): kills the
+/// template of an idle pool, then reports whether it was reaped without
+/// any worker start, and whether pools work after.
+#[test]
+#[ignore = "helper process for a_killed_template_is_reaped_at_once"]
+fn helper_template_reaped_at_once() {
+    let pool = Pool::with_processes(1).unwrap();
+    let first = pool.apply(whoami, ()).unwrap();
+    let template = first.constructed_in;
+    // SAFETY: plain kill(2) on the template, a child of this process.
+    unsafe { libc::kill(template as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reaped = loop {
+        if !running(template) && !zombie_children().contains(&template) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!("REAPED {reaped}");
+    // No worker started meanwhile: the pool's worker is the same.
+    println!(
+        "SAME WORKER {}",
+        pool.apply(whoami, ()).unwrap().pid == first.pid
+    );
+    let pool = Pool::with_processes(1).unwrap();
+    let origin = pool.apply(whoami, ()).unwrap();
+    println!(
+        "NEW POOL {}",
+        origin.constructed_in != template && origin.constructed_in != origin.pid
+    );
+}
+
+#[test]
+fn a_killed_template_is_reaped_at_once() {
+    let stdout = run_helper("helper_template_reaped_at_once");
+    for line in ["REAPED true", "SAME WORKER true", "NEW POOL true"] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
 }
 
 /// Installs a seccomp filter on this process (inherited by its children)
