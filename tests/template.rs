@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use procpool::{Error, ExitCause, Pool, Process, pool_job};
-use procpool_tests::{eventually, running, zombie_children};
+use procpool_tests::{eventually, own_sockets, running, zombie_children};
 
 /// The pid of the process in which this binary's constructors ran.
 static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
@@ -19,6 +19,7 @@ static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
 #[ctor::ctor(unsafe)]
 fn record_constructor_pid() {
     CONSTRUCTED_IN.store(std::process::id(), Ordering::Relaxed);
+    answer_garbage_once();
     // Runs before procpool's constructor (this binary's objects come first
     // in .init_array), so the template starts with a second thread.
     if std::env::var_os(THREAD_IN_TEMPLATE).is_some()
@@ -26,6 +27,31 @@ fn record_constructor_pid() {
     {
         std::thread::spawn(|| std::thread::sleep(Duration::from_secs(600)));
     }
+}
+
+/// Set for a helper to `<length>:<path>`: the first template (the one that
+/// finds no file at `path`, which it creates) writes `length` bytes of
+/// garbage to its socket to the parent before it serves, so the parent
+/// reads them as the answer to its first request.
+const TEMPLATE_GARBAGE: &str = "PROCPOOL_TEST_TEMPLATE_GARBAGE";
+
+fn answer_garbage_once() {
+    let Some(setting) = std::env::var(TEMPLATE_GARBAGE).ok() else {
+        return;
+    };
+    let Some((length, path)) = setting.split_once(':') else {
+        return;
+    };
+    let in_template =
+        std::env::var_os("__PROCPOOL_WORKER").is_some_and(|marker| marker == "template");
+    if !in_template || std::fs::File::create_new(path).is_err() {
+        return;
+    }
+    // 0x80 last: as a 4-byte answer, i32::MIN, neither a pid nor an errno.
+    let garbage = [0x80u8; 16];
+    let length = length.parse::<usize>().unwrap_or(16).min(16);
+    // SAFETY: writes a buffer we own to stdin, the template's socket.
+    unsafe { libc::write(0, garbage.as_ptr().cast(), length) };
 }
 
 /// Set for a helper: its template starts a thread in a constructor.
@@ -475,6 +501,120 @@ fn a_killed_template_is_reaped_at_once() {
     for line in ["REAPED true", "SAME WORKER true", "NEW POOL true"] {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }
+}
+
+/// Not a test on its own (it damages this process's template): writes 16
+/// bytes of garbage into every socket of this process (all of them
+/// procpool's: the template's and the workers' channels), then reports how
+/// the running pool, a new pool and a `Process` fare.
+#[test]
+#[ignore = "helper process for garbage_in_procpools_own_sockets_recovers"]
+fn helper_garbage_in_own_sockets() {
+    let pool = Pool::with_processes(2).unwrap();
+    pool.map(sleep_then_origin, vec![100, 100]).unwrap();
+    let sockets = own_sockets();
+    println!("SOCKETS {}", sockets.len());
+    let garbage = [0xa5u8; 16];
+    for fd in sockets {
+        // SAFETY: writes a buffer we own to a descriptor of this process.
+        unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
+    }
+    // The old pool: each call works or fails with an error of its own;
+    // its workers are replaced.
+    for _ in 0..3 {
+        match pool.apply(whoami, ()) {
+            Ok(_) => println!("OLD POOL CALL OK"),
+            Err(err) => println!("OLD POOL CALL ERR {err}"),
+        }
+    }
+    println!("OLD POOL THEN {}", pool.apply(whoami, ()).is_ok());
+    for round in 0..3 {
+        let fresh =
+            Pool::with_processes(2).and_then(|pool| pool.map(sleep_then_origin, vec![50, 50]));
+        match fresh {
+            Ok(_) => println!("NEW POOL {round} OK"),
+            Err(err) => println!("NEW POOL {round} ERR {err}"),
+        }
+        match Process::spawn(whoami, ()).and_then(|process| process.join()) {
+            Ok(_) => println!("PROCESS {round} OK"),
+            Err(err) => println!("PROCESS {round} ERR {err}"),
+        }
+    }
+    drop(pool);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_children().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("ZOMBIES {:?}", zombie_children());
+}
+
+/// Not a test on its own (run with [`TEMPLATE_GARBAGE`] set): reports
+/// whether pools and a `Process` work when the first template answers
+/// garbage, and whether any zombie is left.
+#[test]
+#[ignore = "helper process for a_template_answering_garbage_is_replaced"]
+fn helper_template_answers_garbage() {
+    let pool = Pool::with_processes(2).and_then(|pool| pool.map(sleep_then_origin, vec![50, 50]));
+    match pool {
+        Ok(origins) => println!(
+            "POOL OK {}",
+            origins.iter().all(|o| o.constructed_in != o.pid)
+        ),
+        Err(err) => println!("POOL ERR {err}"),
+    }
+    match Process::spawn(whoami, ()).and_then(|process| process.join()) {
+        Ok(_) => println!("PROCESS OK"),
+        Err(err) => println!("PROCESS ERR {err}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_children().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("ZOMBIES {:?}", zombie_children());
+}
+
+#[test]
+fn a_template_answering_garbage_is_replaced() {
+    // A 16-byte answer (malformed), and a 4-byte one that is neither a pid
+    // nor an errno.
+    for length in [16, 4] {
+        let marker = std::env::temp_dir().join(format!(
+            "procpool-template-garbage-{}-{length}",
+            std::process::id()
+        ));
+        let setting = format!("{length}:{}", marker.display());
+        let stdout = run_helper_with(
+            "helper_template_answers_garbage",
+            &[(TEMPLATE_GARBAGE, &setting)],
+        );
+        let garbage_sent = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        assert!(garbage_sent, "{length}: no template sent garbage: {stdout}");
+        for line in ["POOL OK true", "PROCESS OK", "ZOMBIES []"] {
+            assert!(stdout.contains(line), "{length}: {line}: {stdout}");
+        }
+    }
+}
+
+#[test]
+fn garbage_in_procpools_own_sockets_recovers() {
+    let stdout = run_helper("helper_garbage_in_own_sockets");
+    // The template's socket and the two workers' channels at least.
+    let sockets: usize = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("SOCKETS ")?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(sockets >= 3, "{stdout}");
+    assert!(stdout.contains("OLD POOL THEN true"), "{stdout}");
+    for round in 0..3 {
+        for line in [
+            format!("NEW POOL {round} OK"),
+            format!("PROCESS {round} OK"),
+        ] {
+            assert!(stdout.contains(&line), "{line}: {stdout}");
+        }
+    }
+    assert!(stdout.contains("ZOMBIES []"), "{stdout}");
 }
 
 /// Installs a seccomp filter on this process (inherited by its children)

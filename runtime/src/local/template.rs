@@ -31,7 +31,10 @@
 //! this process that waits on its pidfd (it reaps that one process only,
 //! never "any child"), and replaced on the next request; a request it took
 //! with it is tried once more. One that does not answer within the
-//! caller's `spawn_timeout` is killed. Where `clone` with `CLONE_PARENT` is
+//! caller's `spawn_timeout` is killed. Bytes on its socket that are not a
+//! request end the template (see [`run`]), and an answer that is not one
+//! of its own makes the caller kill it and try once more with a new one,
+//! putting down any worker the broken template may have forked. Where `clone` with `CLONE_PARENT` is
 //! refused (a sandbox's seccomp filter), or a constructor started a thread
 //! in the template (a fork would copy that thread's locks but not the
 //! thread), the program starts every worker by exec from then on.
@@ -135,6 +138,9 @@ enum Reply {
         cause: ExitCause,
         took_request: bool,
     },
+    /// An answer that is none of the template's (described): something
+    /// wrote into its socket, or it is not the template any more.
+    Garbled(String),
     /// No answer before the deadline.
     Silent,
     /// The pool was terminated while waiting.
@@ -238,6 +244,15 @@ pub(crate) fn fork_worker(
                 if took_request {
                     return Ok(Start::Unknown);
                 }
+            }
+            Reply::Garbled(why) => {
+                // Nothing it says can be trusted, not even whether it forked
+                // a worker: killed and reaped, and the caller puts down any
+                // worker that greets on this channel, then tries again with
+                // a new template.
+                log::debug!("procpool: the worker template process {pid} {why}; replacing it");
+                retire(&mut turn);
+                return Ok(Start::Unknown);
             }
             Reply::Silent => {
                 retire(&mut turn);
@@ -405,14 +420,28 @@ impl Template {
                     let value = i32::from_ne_bytes([answer[0], answer[1], answer[2], answer[3]]);
                     return match u32::try_from(value) {
                         Ok(pid) if pid > 0 => Reply::Forked(pid),
-                        _ => Reply::Refused(Errno::from_raw_os_error(value.saturating_neg())),
+                        // errno values are 1..=4095 (the kernel's MAX_ERRNO).
+                        _ if (-4095..0).contains(&value) => {
+                            Reply::Refused(Errno::from_raw_os_error(-value))
+                        }
+                        _ => {
+                            Reply::Garbled(format!("answered {value}, neither a pid nor an errno"))
+                        }
                     };
                 }
                 // End of stream: only the template's exit closes its end.
-                Ok(received) if received.len == 0 => return self.died(true),
-                Ok(_) => {
-                    return Reply::Io(std::io::Error::other(
-                        "the worker template sent a malformed answer",
+                Ok(received) if received.len == 0 && received.fd.is_none() => {
+                    return self.died(true);
+                }
+                Ok(received) => {
+                    return Reply::Garbled(format!(
+                        "sent a malformed answer ({} bytes{})",
+                        received.len,
+                        if received.fd.is_some() || received.fds_dropped {
+                            ", with descriptors"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 Err(Errno::AGAIN) => continue,
@@ -504,6 +533,12 @@ pub(crate) enum Role {
 /// The template process's loop: takes its socket from stdin, then forks a
 /// worker for each request until the parent closes the socket. Returns in
 /// each forked worker too, with its channel.
+///
+/// Anything on the socket that is not a request (bytes something else
+/// wrote into it) ends the template: answering it would put an answer in
+/// the parent's queue that no request of its asked for, and every later
+/// answer would be read for the wrong request. The parent reaps it and
+/// starts a new one on its next request.
 pub(crate) fn run(parent: Option<String>) -> Role {
     if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
         return Role::Exit(EXIT_BOOTSTRAP_FAILED);
@@ -556,9 +591,17 @@ pub(crate) fn run(parent: Option<String>) -> Role {
             }
             // The descriptor did not fit under this process's limit.
             sys::Received {
-                fds_dropped: true, ..
-            } => -libc::EMFILE,
-            _ => -libc::EPROTO,
+                len,
+                fds_dropped: true,
+                ..
+            } if request.get(..len) == Some(FORK) => -libc::EMFILE,
+            _ => {
+                eprintln!(
+                    "procpool worker template: something other than procpool wrote into its \
+                     socket; exiting (the next worker start begins a new template)"
+                );
+                return Role::Exit(EXIT_BOOTSTRAP_FAILED);
+            }
         };
         if sys::send_with_fd(socket.as_fd(), &answer.to_ne_bytes(), None).is_err() {
             return Role::Exit(0);
