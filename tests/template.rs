@@ -5,9 +5,13 @@
 //!
 //! A constructor in this binary records the pid of the process it ran in:
 //! an exec'd worker runs it itself, a forked worker inherits the template's.
+//! Three constructors count their runs and record their order: a `ctor`
+//! that the linker places before procpool's, one placed after it
+//! (`priority = late`) and a raw `.init_array` entry (after it too, as a
+//! C library's `__attribute__((constructor))` would be).
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use procpool::{Error, ExitCause, Pool, Process, pool_job};
@@ -19,10 +23,46 @@ static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
 #[ctor::ctor(unsafe)]
 fn record_constructor_pid() {
     CONSTRUCTED_IN.store(std::process::id(), Ordering::Relaxed);
+    constructed(0);
     answer_garbage_once();
-    // Runs before procpool's constructor (this binary's objects come first
-    // in .init_array), so the template starts with a second thread.
-    if std::env::var_os(THREAD_IN_TEMPLATE).is_some()
+    // Runs before procpool's constructor (both have the default priority,
+    // and this binary's objects come first), so the template starts with a
+    // second thread.
+    start_thread_in_template("early");
+}
+
+/// Runs after procpool's constructor: `ctor` places `late` after every
+/// default-priority constructor.
+#[ctor::ctor(unsafe, priority = late)]
+fn late_constructor() {
+    constructed(1);
+    start_thread_in_template("late");
+}
+
+/// A raw `.init_array` entry: after every prioritised one (procpool's
+/// included), with lld and GNU ld alike.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RAW_CONSTRUCTOR: extern "C" fn() = raw_constructor;
+
+extern "C" fn raw_constructor() {
+    constructed(2);
+}
+
+/// How many times each of the three constructors ran in this process.
+static CONSTRUCTOR_RUNS: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)];
+/// The order they ran in: one decimal digit (1 + which) per run.
+static CONSTRUCTOR_ORDER: AtomicU64 = AtomicU64::new(0);
+
+fn constructed(which: usize) {
+    CONSTRUCTOR_RUNS[which].fetch_add(1, Ordering::Relaxed);
+    let order = CONSTRUCTOR_ORDER.load(Ordering::Relaxed);
+    CONSTRUCTOR_ORDER.store(order * 10 + which as u64 + 1, Ordering::Relaxed);
+}
+
+/// Starts a long thread in the template when [`THREAD_IN_TEMPLATE`] names `when`.
+fn start_thread_in_template(when: &str) {
+    if std::env::var_os(THREAD_IN_TEMPLATE).is_some_and(|value| value == when)
         && std::env::var_os("__PROCPOOL_WORKER").is_some_and(|marker| marker == "template")
     {
         std::thread::spawn(|| std::thread::sleep(Duration::from_secs(600)));
@@ -54,8 +94,23 @@ fn answer_garbage_once() {
     unsafe { libc::write(0, garbage.as_ptr().cast(), length) };
 }
 
-/// Set for a helper: its template starts a thread in a constructor.
+/// Set for a helper: its template starts a thread in the constructor that
+/// runs before procpool's (`early`) or in the one after it (`late`).
 const THREAD_IN_TEMPLATE: &str = "PROCPOOL_TEST_THREAD_IN_TEMPLATE";
+
+/// What the constructors did in the process that runs this job: how many
+/// times each ran, and their order.
+#[pool_job]
+fn constructors() -> (Vec<u32>, u64) {
+    constructors_here()
+}
+
+fn constructors_here() -> (Vec<u32>, u64) {
+    let runs = CONSTRUCTOR_RUNS
+        .iter()
+        .map(|runs| runs.load(Ordering::Relaxed));
+    (runs.collect(), CONSTRUCTOR_ORDER.load(Ordering::Relaxed))
+}
 
 /// What a worker knows of itself, read while it runs a job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -455,9 +510,55 @@ fn report_whether_pool_workers_were_execd() {
 #[test]
 fn a_template_with_threads_forks_nothing() {
     // A fork would copy the thread's locks without the thread: workers
-    // start by exec instead.
-    let stdout = run_helper_with("helper_threaded_template", &[(THREAD_IN_TEMPLATE, "1")]);
+    // start by exec instead, whichever constructor started it.
+    for when in ["early", "late"] {
+        let stdout = run_helper_with("helper_threaded_template", &[(THREAD_IN_TEMPLATE, when)]);
+        assert!(stdout.contains("EXEC true"), "{when}: {stdout}");
+    }
+}
+
+#[test]
+fn every_constructor_runs_once_in_order_in_forked_workers() {
+    // This process: the loader ran each of them once.
+    let here = constructors_here();
+    assert_eq!(here.0, [1, 1, 1], "{here:?}");
+    let pool = Pool::with_processes(2).unwrap();
+    let origin = pool.apply(whoami, ()).unwrap();
+    assert_ne!(origin.constructed_in, origin.pid, "not forked: {origin:?}");
+    for _ in 0..2 {
+        assert_eq!(pool.apply(constructors, ()).unwrap(), here);
+    }
+    let process = Process::spawn(constructors, ()).unwrap().join().unwrap();
+    assert_eq!(process, here);
+}
+
+/// Not a test on its own: with the template's `clone` refused, reports
+/// what the constructors did in exec'd pool workers and `Process`es.
+#[test]
+#[ignore = "helper process for every_constructor_runs_once_in_order_in_execd_workers"]
+fn helper_constructors_in_execd_workers() {
+    refuse_clone_parent();
+    report_whether_pool_workers_were_execd();
+    let pool = Pool::with_processes(1).unwrap();
+    println!("POOL {:?}", pool.apply(constructors, ()).unwrap());
+    let process = Process::spawn(constructors, ()).unwrap().join().unwrap();
+    println!("PROCESS {process:?}");
+}
+
+#[test]
+fn every_constructor_runs_once_in_order_in_execd_workers() {
+    let stdout = run_helper("helper_constructors_in_execd_workers");
     assert!(stdout.contains("EXEC true"), "{stdout}");
+    let here = constructors_here();
+    assert_eq!(here.0, [1, 1, 1], "{here:?}");
+    assert!(
+        stdout.contains(&format!("POOL {here:?}")),
+        "{here:?}: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("PROCESS {here:?}")),
+        "{here:?}: {stdout}"
+    );
 }
 
 /// Not a test on its own (it kills this process's template): kills the
