@@ -53,11 +53,16 @@ extern "C" fn raw_constructor() {
 static CONSTRUCTOR_RUNS: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)];
 /// The order they ran in: one decimal digit (1 + which) per run.
 static CONSTRUCTOR_ORDER: AtomicU64 = AtomicU64::new(0);
+/// Which of them saw the worker marker: bit `which`.
+static CONSTRUCTOR_SAW_MARKER: AtomicU32 = AtomicU32::new(0);
 
 fn constructed(which: usize) {
     CONSTRUCTOR_RUNS[which].fetch_add(1, Ordering::Relaxed);
     let order = CONSTRUCTOR_ORDER.load(Ordering::Relaxed);
     CONSTRUCTOR_ORDER.store(order * 10 + which as u64 + 1, Ordering::Relaxed);
+    if std::env::var_os("__PROCPOOL_WORKER").is_some() {
+        CONSTRUCTOR_SAW_MARKER.fetch_or(1 << which, Ordering::Relaxed);
+    }
 }
 
 /// Starts a long thread in the template when [`THREAD_IN_TEMPLATE`] names `when`.
@@ -99,17 +104,30 @@ fn answer_garbage_once() {
 const THREAD_IN_TEMPLATE: &str = "PROCPOOL_TEST_THREAD_IN_TEMPLATE";
 
 /// What the constructors did in the process that runs this job: how many
-/// times each ran, and their order.
+/// times each ran, their order, and which saw the worker marker.
 #[pool_job]
-fn constructors() -> (Vec<u32>, u64) {
+fn constructors() -> (Vec<u32>, u64, u32) {
     constructors_here()
 }
 
-fn constructors_here() -> (Vec<u32>, u64) {
+fn constructors_here() -> (Vec<u32>, u64, u32) {
     let runs = CONSTRUCTOR_RUNS
         .iter()
         .map(|runs| runs.load(Ordering::Relaxed));
-    (runs.collect(), CONSTRUCTOR_ORDER.load(Ordering::Relaxed))
+    (
+        runs.collect(),
+        CONSTRUCTOR_ORDER.load(Ordering::Relaxed),
+        CONSTRUCTOR_SAW_MARKER.load(Ordering::Relaxed),
+    )
+}
+
+/// What a worker's constructors should have done: as in this process,
+/// where the loader ran each once (whatever order the linker chose), and
+/// each saw the worker marker.
+fn constructors_in_a_worker() -> (Vec<u32>, u64, u32) {
+    let (runs, order, saw_marker) = constructors_here();
+    assert_eq!((&runs[..], saw_marker), (&[1, 1, 1][..], 0));
+    (runs, order, 0b111)
 }
 
 /// What a worker knows of itself, read while it runs a job.
@@ -519,17 +537,15 @@ fn a_template_with_threads_forks_nothing() {
 
 #[test]
 fn every_constructor_runs_once_in_order_in_forked_workers() {
-    // This process: the loader ran each of them once.
-    let here = constructors_here();
-    assert_eq!(here.0, [1, 1, 1], "{here:?}");
+    let expected = constructors_in_a_worker();
     let pool = Pool::with_processes(2).unwrap();
     let origin = pool.apply(whoami, ()).unwrap();
     assert_ne!(origin.constructed_in, origin.pid, "not forked: {origin:?}");
     for _ in 0..2 {
-        assert_eq!(pool.apply(constructors, ()).unwrap(), here);
+        assert_eq!(pool.apply(constructors, ()).unwrap(), expected);
     }
     let process = Process::spawn(constructors, ()).unwrap().join().unwrap();
-    assert_eq!(process, here);
+    assert_eq!(process, expected);
 }
 
 /// Not a test on its own: with the template's `clone` refused, reports
@@ -549,16 +565,13 @@ fn helper_constructors_in_execd_workers() {
 fn every_constructor_runs_once_in_order_in_execd_workers() {
     let stdout = run_helper("helper_constructors_in_execd_workers");
     assert!(stdout.contains("EXEC true"), "{stdout}");
-    let here = constructors_here();
-    assert_eq!(here.0, [1, 1, 1], "{here:?}");
-    assert!(
-        stdout.contains(&format!("POOL {here:?}")),
-        "{here:?}: {stdout}"
-    );
-    assert!(
-        stdout.contains(&format!("PROCESS {here:?}")),
-        "{here:?}: {stdout}"
-    );
+    let expected = constructors_in_a_worker();
+    for line in [
+        format!("POOL {expected:?}"),
+        format!("PROCESS {expected:?}"),
+    ] {
+        assert!(stdout.contains(&line), "{line}: {stdout}");
+    }
 }
 
 /// Not a test on its own (it kills this process's template): kills the
