@@ -34,10 +34,11 @@
 //! caller's `spawn_timeout` is killed. Bytes on its socket that are not a
 //! request end the template (see [`run`]), and an answer that is not one
 //! of its own makes the caller kill it and try once more with a new one,
-//! putting down any worker the broken template may have forked. Where `clone` with `CLONE_PARENT` is
-//! refused (a sandbox's seccomp filter), or a constructor started a thread
-//! in the template (a fork would copy that thread's locks but not the
-//! thread), the program starts every worker by exec from then on.
+//! putting down any worker the broken template may have forked. Where
+//! `clone` with `CLONE_PARENT` is refused (a sandbox's seccomp filter), or
+//! a constructor started a thread in the template (a fork would copy that
+//! thread's locks but not the thread), the program starts every worker by
+//! exec from then on.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Stdio};
