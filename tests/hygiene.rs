@@ -60,8 +60,8 @@ fn nothing_grows_over_many_calls_and_pools() {
     unsafe { std::env::set_var("TMPDIR", &temp) };
 
     // Warm-up: the spawner thread, the worker template (one child process
-    // per program, which forks the workers) and lazily built statics exist
-    // from now on.
+    // per program, which forks the workers) with the thread that reaps it
+    // when it dies, and lazily built statics exist from now on.
     drop(Pool::with_processes(2).unwrap());
     let idle = usage(&temp);
     assert_eq!(idle.children, 1, "only the worker template");

@@ -356,3 +356,41 @@ impl RedisCluster {
         cluster
     }
 }
+
+/// Children of this process that are zombies (exited, not reaped).
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                    // After the command's closing parenthesis: state, then ppid.
+                    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+                    (fields.next()? == "Z" && fields.next()? == me).then_some(pid)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The descriptors of this process that are sockets.
+pub fn own_sockets() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let target = std::fs::read_link(entry.path()).ok()?;
+                    target
+                        .to_string_lossy()
+                        .starts_with("socket:")
+                        .then_some(())?;
+                    entry.file_name().to_str()?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

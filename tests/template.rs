@@ -5,13 +5,17 @@
 //!
 //! A constructor in this binary records the pid of the process it ran in:
 //! an exec'd worker runs it itself, a forked worker inherits the template's.
+//! Three constructors count their runs and record their order: a `ctor`
+//! that the linker places before procpool's, one placed after it
+//! (`priority = late`) and a raw `.init_array` entry (after it too, as a
+//! C library's `__attribute__((constructor))` would be).
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use procpool::{Error, ExitCause, Pool, Process, pool_job};
-use procpool_tests::{eventually, running};
+use procpool_tests::{eventually, own_sockets, running, zombie_children};
 
 /// The pid of the process in which this binary's constructors ran.
 static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
@@ -19,17 +23,112 @@ static CONSTRUCTED_IN: AtomicU32 = AtomicU32::new(0);
 #[ctor::ctor(unsafe)]
 fn record_constructor_pid() {
     CONSTRUCTED_IN.store(std::process::id(), Ordering::Relaxed);
-    // Runs before procpool's constructor (this binary's objects come first
-    // in .init_array), so the template starts with a second thread.
-    if std::env::var_os(THREAD_IN_TEMPLATE).is_some()
+    constructed(0);
+    answer_garbage_once();
+    // Runs before procpool's constructor (both have the default priority,
+    // and this binary's objects come first), so the template starts with a
+    // second thread.
+    start_thread_in_template("early");
+}
+
+/// Runs after procpool's constructor: `ctor` places `late` after every
+/// default-priority constructor.
+#[ctor::ctor(unsafe, priority = late)]
+fn late_constructor() {
+    constructed(1);
+    start_thread_in_template("late");
+}
+
+/// A raw `.init_array` entry: after every prioritised one (procpool's
+/// included), with lld and GNU ld alike.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RAW_CONSTRUCTOR: extern "C" fn() = raw_constructor;
+
+extern "C" fn raw_constructor() {
+    constructed(2);
+}
+
+/// How many times each of the three constructors ran in this process.
+static CONSTRUCTOR_RUNS: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)];
+/// The order they ran in: one decimal digit (1 + which) per run.
+static CONSTRUCTOR_ORDER: AtomicU64 = AtomicU64::new(0);
+/// Which of them saw the worker marker: bit `which`.
+static CONSTRUCTOR_SAW_MARKER: AtomicU32 = AtomicU32::new(0);
+
+fn constructed(which: usize) {
+    CONSTRUCTOR_RUNS[which].fetch_add(1, Ordering::Relaxed);
+    let order = CONSTRUCTOR_ORDER.load(Ordering::Relaxed);
+    CONSTRUCTOR_ORDER.store(order * 10 + which as u64 + 1, Ordering::Relaxed);
+    if std::env::var_os("__PROCPOOL_WORKER").is_some() {
+        CONSTRUCTOR_SAW_MARKER.fetch_or(1 << which, Ordering::Relaxed);
+    }
+}
+
+/// Starts a long thread in the template when [`THREAD_IN_TEMPLATE`] names `when`.
+fn start_thread_in_template(when: &str) {
+    if std::env::var_os(THREAD_IN_TEMPLATE).is_some_and(|value| value == when)
         && std::env::var_os("__PROCPOOL_WORKER").is_some_and(|marker| marker == "template")
     {
         std::thread::spawn(|| std::thread::sleep(Duration::from_secs(600)));
     }
 }
 
-/// Set for a helper: its template starts a thread in a constructor.
+/// Set for a helper to `<length>:<path>`: the first template (the one that
+/// finds no file at `path`, which it creates) writes `length` bytes of
+/// garbage to its socket to the parent before it serves, so the parent
+/// reads them as the answer to its first request.
+const TEMPLATE_GARBAGE: &str = "PROCPOOL_TEST_TEMPLATE_GARBAGE";
+
+fn answer_garbage_once() {
+    let Some(setting) = std::env::var(TEMPLATE_GARBAGE).ok() else {
+        return;
+    };
+    let Some((length, path)) = setting.split_once(':') else {
+        return;
+    };
+    let in_template =
+        std::env::var_os("__PROCPOOL_WORKER").is_some_and(|marker| marker == "template");
+    if !in_template || std::fs::File::create_new(path).is_err() {
+        return;
+    }
+    // 0x80 last: as a 4-byte answer, i32::MIN, neither a pid nor an errno.
+    let garbage = [0x80u8; 16];
+    let length = length.parse::<usize>().unwrap_or(16).min(16);
+    // SAFETY: writes a buffer we own to stdin, the template's socket.
+    unsafe { libc::write(0, garbage.as_ptr().cast(), length) };
+}
+
+/// Set for a helper: its template starts a thread in the constructor that
+/// runs before procpool's (`early`) or in the one after it (`late`).
 const THREAD_IN_TEMPLATE: &str = "PROCPOOL_TEST_THREAD_IN_TEMPLATE";
+
+/// What the constructors did in the process that runs this job: how many
+/// times each ran, their order, and which saw the worker marker.
+#[pool_job]
+fn constructors() -> (Vec<u32>, u64, u32) {
+    constructors_here()
+}
+
+fn constructors_here() -> (Vec<u32>, u64, u32) {
+    let runs = CONSTRUCTOR_RUNS
+        .iter()
+        .map(|runs| runs.load(Ordering::Relaxed));
+    (
+        runs.collect(),
+        CONSTRUCTOR_ORDER.load(Ordering::Relaxed),
+        CONSTRUCTOR_SAW_MARKER.load(Ordering::Relaxed),
+    )
+}
+
+/// What a worker's constructors should have done: as in this process,
+/// where the loader ran each once (whatever order the linker chose), and
+/// each saw the worker marker.
+fn constructors_in_a_worker() -> (Vec<u32>, u64, u32) {
+    let (runs, order, saw_marker) = constructors_here();
+    assert_eq!((&runs[..], saw_marker), (&[1, 1, 1][..], 0));
+    (runs, order, 0b111)
+}
 
 /// What a worker knows of itself, read while it runs a job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -429,9 +528,207 @@ fn report_whether_pool_workers_were_execd() {
 #[test]
 fn a_template_with_threads_forks_nothing() {
     // A fork would copy the thread's locks without the thread: workers
-    // start by exec instead.
-    let stdout = run_helper_with("helper_threaded_template", &[(THREAD_IN_TEMPLATE, "1")]);
+    // start by exec instead, whichever constructor started it.
+    for when in ["early", "late"] {
+        let stdout = run_helper_with("helper_threaded_template", &[(THREAD_IN_TEMPLATE, when)]);
+        assert!(stdout.contains("EXEC true"), "{when}: {stdout}");
+    }
+}
+
+#[test]
+fn every_constructor_runs_once_in_order_in_forked_workers() {
+    let expected = constructors_in_a_worker();
+    let pool = Pool::with_processes(2).unwrap();
+    let origin = pool.apply(whoami, ()).unwrap();
+    assert_ne!(origin.constructed_in, origin.pid, "not forked: {origin:?}");
+    for _ in 0..2 {
+        assert_eq!(pool.apply(constructors, ()).unwrap(), expected);
+    }
+    let process = Process::spawn(constructors, ()).unwrap().join().unwrap();
+    assert_eq!(process, expected);
+}
+
+/// Not a test on its own: with the template's `clone` refused, reports
+/// what the constructors did in exec'd pool workers and `Process`es.
+#[test]
+#[ignore = "helper process for every_constructor_runs_once_in_order_in_execd_workers"]
+fn helper_constructors_in_execd_workers() {
+    refuse_clone_parent();
+    report_whether_pool_workers_were_execd();
+    let pool = Pool::with_processes(1).unwrap();
+    println!("POOL {:?}", pool.apply(constructors, ()).unwrap());
+    let process = Process::spawn(constructors, ()).unwrap().join().unwrap();
+    println!("PROCESS {process:?}");
+}
+
+#[test]
+fn every_constructor_runs_once_in_order_in_execd_workers() {
+    let stdout = run_helper("helper_constructors_in_execd_workers");
     assert!(stdout.contains("EXEC true"), "{stdout}");
+    let expected = constructors_in_a_worker();
+    for line in [
+        format!("POOL {expected:?}"),
+        format!("PROCESS {expected:?}"),
+    ] {
+        assert!(stdout.contains(&line), "{line}: {stdout}");
+    }
+}
+
+/// Not a test on its own (it kills this process's template): kills the
+/// template of an idle pool, then reports whether it was reaped without
+/// any worker start, and whether pools work after.
+#[test]
+#[ignore = "helper process for a_killed_template_is_reaped_at_once"]
+fn helper_template_reaped_at_once() {
+    let pool = Pool::with_processes(1).unwrap();
+    let first = pool.apply(whoami, ()).unwrap();
+    let template = first.constructed_in;
+    // SAFETY: plain kill(2) on the template, a child of this process.
+    unsafe { libc::kill(template as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reaped = loop {
+        if !running(template) && !zombie_children().contains(&template) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!("REAPED {reaped}");
+    // No worker started meanwhile: the pool's worker is the same.
+    println!(
+        "SAME WORKER {}",
+        pool.apply(whoami, ()).unwrap().pid == first.pid
+    );
+    let pool = Pool::with_processes(1).unwrap();
+    let origin = pool.apply(whoami, ()).unwrap();
+    println!(
+        "NEW POOL {}",
+        origin.constructed_in != template && origin.constructed_in != origin.pid
+    );
+}
+
+#[test]
+fn a_killed_template_is_reaped_at_once() {
+    let stdout = run_helper("helper_template_reaped_at_once");
+    for line in ["REAPED true", "SAME WORKER true", "NEW POOL true"] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+}
+
+/// Not a test on its own (it damages this process's template): writes 16
+/// bytes of garbage into every socket of this process (all of them
+/// procpool's: the template's and the workers' channels), then reports how
+/// the running pool, a new pool and a `Process` fare.
+#[test]
+#[ignore = "helper process for garbage_in_procpools_own_sockets_recovers"]
+fn helper_garbage_in_own_sockets() {
+    let pool = Pool::with_processes(2).unwrap();
+    pool.map(sleep_then_origin, vec![100, 100]).unwrap();
+    let sockets = own_sockets();
+    println!("SOCKETS {}", sockets.len());
+    let garbage = [0xa5u8; 16];
+    for fd in sockets {
+        // SAFETY: writes a buffer we own to a descriptor of this process.
+        unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
+    }
+    // The old pool: each call works or fails with an error of its own;
+    // its workers are replaced.
+    for _ in 0..3 {
+        match pool.apply(whoami, ()) {
+            Ok(_) => println!("OLD POOL CALL OK"),
+            Err(err) => println!("OLD POOL CALL ERR {err}"),
+        }
+    }
+    println!("OLD POOL THEN {}", pool.apply(whoami, ()).is_ok());
+    for round in 0..3 {
+        let fresh =
+            Pool::with_processes(2).and_then(|pool| pool.map(sleep_then_origin, vec![50, 50]));
+        match fresh {
+            Ok(_) => println!("NEW POOL {round} OK"),
+            Err(err) => println!("NEW POOL {round} ERR {err}"),
+        }
+        match Process::spawn(whoami, ()).and_then(|process| process.join()) {
+            Ok(_) => println!("PROCESS {round} OK"),
+            Err(err) => println!("PROCESS {round} ERR {err}"),
+        }
+    }
+    drop(pool);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_children().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("ZOMBIES {:?}", zombie_children());
+}
+
+/// Not a test on its own (run with [`TEMPLATE_GARBAGE`] set): reports
+/// whether pools and a `Process` work when the first template answers
+/// garbage, and whether any zombie is left.
+#[test]
+#[ignore = "helper process for a_template_answering_garbage_is_replaced"]
+fn helper_template_answers_garbage() {
+    let pool = Pool::with_processes(2).and_then(|pool| pool.map(sleep_then_origin, vec![50, 50]));
+    match pool {
+        Ok(origins) => println!(
+            "POOL OK {}",
+            origins.iter().all(|o| o.constructed_in != o.pid)
+        ),
+        Err(err) => println!("POOL ERR {err}"),
+    }
+    match Process::spawn(whoami, ()).and_then(|process| process.join()) {
+        Ok(_) => println!("PROCESS OK"),
+        Err(err) => println!("PROCESS ERR {err}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_children().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("ZOMBIES {:?}", zombie_children());
+}
+
+#[test]
+fn a_template_answering_garbage_is_replaced() {
+    // A 16-byte answer (malformed), and a 4-byte one that is neither a pid
+    // nor an errno.
+    for length in [16, 4] {
+        let marker = std::env::temp_dir().join(format!(
+            "procpool-template-garbage-{}-{length}",
+            std::process::id()
+        ));
+        let setting = format!("{length}:{}", marker.display());
+        let stdout = run_helper_with(
+            "helper_template_answers_garbage",
+            &[(TEMPLATE_GARBAGE, &setting)],
+        );
+        let garbage_sent = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        assert!(garbage_sent, "{length}: no template sent garbage: {stdout}");
+        for line in ["POOL OK true", "PROCESS OK", "ZOMBIES []"] {
+            assert!(stdout.contains(line), "{length}: {line}: {stdout}");
+        }
+    }
+}
+
+#[test]
+fn garbage_in_procpools_own_sockets_recovers() {
+    let stdout = run_helper("helper_garbage_in_own_sockets");
+    // The template's socket and the two workers' channels at least.
+    let sockets: usize = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("SOCKETS ")?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(sockets >= 3, "{stdout}");
+    assert!(stdout.contains("OLD POOL THEN true"), "{stdout}");
+    for round in 0..3 {
+        for line in [
+            format!("NEW POOL {round} OK"),
+            format!("PROCESS {round} OK"),
+        ] {
+            assert!(stdout.contains(&line), "{line}: {stdout}");
+        }
+    }
+    assert!(stdout.contains("ZOMBIES []"), "{stdout}");
 }
 
 /// Installs a seccomp filter on this process (inherited by its children)

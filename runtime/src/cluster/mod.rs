@@ -150,6 +150,11 @@ pub fn run_workers(url: &str, processes: usize) -> Result<(), Error> {
     workers.stop()
 }
 
+/// Whether this process was started by [`Workers`] as a cluster worker.
+pub(crate) fn started_as_worker() -> bool {
+    std::env::var_os(supervise::CLUSTER_ENV).is_some()
+}
+
 /// Called by procpool's start-up hook: a process started by [`Workers`]
 /// serves the queue and exits, without reaching `main`.
 pub(crate) fn bootstrap() {

@@ -181,7 +181,9 @@ impl WorkerProcess {
                 }
                 Start::Unknown => {
                     return Err(Error::Spawn(
-                        "the worker template died twice while starting a worker".into(),
+                        "the worker template died or broke its protocol twice while starting a \
+                         worker"
+                            .into(),
                     ));
                 }
             };

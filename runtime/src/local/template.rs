@@ -27,16 +27,22 @@
 //! forked from one template share its address-space layout and the random
 //! keys its constructors drew, as forked processes do.
 //!
-//! A template that died (killed, say) is replaced on the next request and
-//! the request is tried once more; one that does not answer within the
-//! caller's `spawn_timeout` is killed. Where `clone` with `CLONE_PARENT` is
-//! refused (a sandbox's seccomp filter), or a constructor started a thread
-//! in the template (a fork would copy that thread's locks but not the
-//! thread), the program starts every worker by exec from then on.
+//! A template that dies (killed, say) is reaped at once by a thread of
+//! this process that waits on its pidfd (it reaps that one process only,
+//! never "any child"), and replaced on the next request; a request it took
+//! with it is tried once more. One that does not answer within the
+//! caller's `spawn_timeout` is killed. Bytes on its socket that are not a
+//! request end the template (see [`run`]), and an answer that is not one
+//! of its own makes the caller kill it and try once more with a new one,
+//! putting down any worker the broken template may have forked. Where
+//! `clone` with `CLONE_PARENT` is refused (a sandbox's seccomp filter), or
+//! a constructor started a thread in the template (a fork would copy that
+//! thread's locks but not the thread), the program starts every worker by
+//! exec from then on.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -46,7 +52,7 @@ use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType, socketpair}
 
 use crate::Error;
 use crate::error::ExitCause;
-use crate::local::channel::poll_any;
+use crate::local::channel::{self, poll_any};
 use crate::local::serve::{self, EXIT_BOOTSTRAP_FAILED};
 use crate::sys::{self, Forked, Inherited, WORKER_ENV, WORKER_TEMPLATE};
 
@@ -60,6 +66,10 @@ const FORK: &[u8] = b"fork";
 /// refused the template's `clone`.
 static EXEC_ONLY: AtomicBool = AtomicBool::new(false);
 
+/// The number the next template started by this program gets: its reaper
+/// tells by it whether the slot still holds its template or a later one.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// The program's template, and whose turn it is to talk to it.
 static SERVER: Server = Server {
     slot: Mutex::new(Slot {
@@ -71,7 +81,8 @@ static SERVER: Server = Server {
 
 struct Server {
     slot: Mutex<Slot>,
-    /// Signalled when a caller is done with the template.
+    /// Signalled when a caller is done with the template (to every waiter:
+    /// callers and reapers).
     turn_over: Condvar,
 }
 
@@ -96,6 +107,8 @@ struct Template {
     /// Whether it has answered a request: only then is a death "between
     /// requests" rather than while starting.
     answered: bool,
+    /// Which of this program's templates it is (see [`NEXT_GENERATION`]).
+    generation: u64,
 }
 
 /// What [`fork_worker`] did.
@@ -126,6 +139,9 @@ enum Reply {
         cause: ExitCause,
         took_request: bool,
     },
+    /// An answer that is none of the template's (described): something
+    /// wrote into its socket, or it is not the template any more.
+    Garbled(String),
     /// No answer before the deadline.
     Silent,
     /// The pool was terminated while waiting.
@@ -230,6 +246,15 @@ pub(crate) fn fork_worker(
                     return Ok(Start::Unknown);
                 }
             }
+            Reply::Garbled(why) => {
+                // Nothing it says can be trusted, not even whether it forked
+                // a worker: killed and reaped, and the caller puts down any
+                // worker that greets on this channel, then tries again with
+                // a new template.
+                log::debug!("procpool: the worker template process {pid} {why}; replacing it");
+                retire(&mut turn);
+                return Ok(Start::Unknown);
+            }
             Reply::Silent => {
                 retire(&mut turn);
                 return Err(Error::Spawn(format!(
@@ -249,6 +274,43 @@ pub(crate) fn fork_worker(
                 ));
             }
         }
+    }
+}
+
+/// The reaper of template number `generation`, whose pidfd is `pidfd`:
+/// waits for it to exit, then for no caller to be talking to it, and reaps
+/// it if the slot still holds it. A caller that met the death first, or
+/// replaced the template, has reaped it already and taken it out of the
+/// slot: then there is nothing to do. Reaps by the template's handle only,
+/// so no other child's status is taken, and after that the handle, and its
+/// pid, are gone.
+fn reap_when_dead(pidfd: &OwnedFd, generation: u64) {
+    loop {
+        match channel::wait(pidfd, PollFlags::IN, None) {
+            Ok(true) => break,
+            Ok(false) => continue,
+            // Cannot wait: the next request finds the death instead.
+            Err(_) => return,
+        }
+    }
+    let mut slot = lock(&SERVER.slot);
+    while slot.busy {
+        slot = SERVER
+            .turn_over
+            .wait(slot)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    let ours = slot
+        .template
+        .as_ref()
+        .is_some_and(|template| template.generation == generation);
+    if ours && let Some(dead) = slot.template.take() {
+        drop(slot);
+        log::debug!(
+            "procpool: the worker template {} died; the next worker start begins a new one",
+            dead.child.id()
+        );
+        dead.retire();
     }
 }
 
@@ -286,13 +348,44 @@ impl Template {
             .stdin(Stdio::from(theirs));
         let child = sys::spawn_from_long_lived_thread(command)
             .map_err(|err| io("start /proc/self/exe", err))?;
-        Ok(Template {
+        let template = Template {
             child,
             socket,
             owner,
             inherited,
             answered: false,
-        })
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        };
+        template.start_reaper();
+        Ok(template)
+    }
+
+    /// Starts a thread that reaps the template as soon as it dies (see
+    /// [`reap_when_dead`]), so that a killed template does not stay a
+    /// zombie until the next worker start. Without its pidfd or its thread
+    /// (out of descriptors, say), the next request finds the death, as it
+    /// always does.
+    fn start_reaper(&self) {
+        // Not reaped yet (this handle reaps it), so the pid is still the template's.
+        let pidfd = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or(Errno::SRCH)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()));
+        let pidfd = match pidfd {
+            Ok(pidfd) => pidfd,
+            Err(err) => {
+                log::debug!("procpool: cannot watch the worker template ({err})");
+                return;
+            }
+        };
+        let generation = self.generation;
+        let started = std::thread::Builder::new()
+            .name("procpool-template-reaper".into())
+            .spawn(move || reap_when_dead(&pidfd, generation));
+        if let Err(err) = started {
+            log::debug!("procpool: cannot start the worker template's reaper ({err})");
+        }
     }
 
     /// Sends one fork request carrying `theirs` and waits for the answer.
@@ -328,14 +421,28 @@ impl Template {
                     let value = i32::from_ne_bytes([answer[0], answer[1], answer[2], answer[3]]);
                     return match u32::try_from(value) {
                         Ok(pid) if pid > 0 => Reply::Forked(pid),
-                        _ => Reply::Refused(Errno::from_raw_os_error(value.saturating_neg())),
+                        // errno values are 1..=4095 (the kernel's MAX_ERRNO).
+                        _ if (-4095..0).contains(&value) => {
+                            Reply::Refused(Errno::from_raw_os_error(-value))
+                        }
+                        _ => {
+                            Reply::Garbled(format!("answered {value}, neither a pid nor an errno"))
+                        }
                     };
                 }
                 // End of stream: only the template's exit closes its end.
-                Ok(received) if received.len == 0 => return self.died(true),
-                Ok(_) => {
-                    return Reply::Io(std::io::Error::other(
-                        "the worker template sent a malformed answer",
+                Ok(received) if received.len == 0 && received.fd.is_none() => {
+                    return self.died(true);
+                }
+                Ok(received) => {
+                    return Reply::Garbled(format!(
+                        "sent a malformed answer ({} bytes{})",
+                        received.len,
+                        if received.fd.is_some() || received.fds_dropped {
+                            ", with descriptors"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 Err(Errno::AGAIN) => continue,
@@ -408,7 +515,7 @@ impl Drop for Turn {
         slot.template = self.template.take();
         slot.busy = false;
         drop(slot);
-        SERVER.turn_over.notify_one();
+        SERVER.turn_over.notify_all();
     }
 }
 
@@ -427,6 +534,12 @@ pub(crate) enum Role {
 /// The template process's loop: takes its socket from stdin, then forks a
 /// worker for each request until the parent closes the socket. Returns in
 /// each forked worker too, with its channel.
+///
+/// Anything on the socket that is not a request (bytes something else
+/// wrote into it) ends the template: answering it would put an answer in
+/// the parent's queue that no request of its asked for, and every later
+/// answer would be read for the wrong request. The parent reaps it and
+/// starts a new one on its next request.
 pub(crate) fn run(parent: Option<String>) -> Role {
     if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
         return Role::Exit(EXIT_BOOTSTRAP_FAILED);
@@ -479,9 +592,17 @@ pub(crate) fn run(parent: Option<String>) -> Role {
             }
             // The descriptor did not fit under this process's limit.
             sys::Received {
-                fds_dropped: true, ..
-            } => -libc::EMFILE,
-            _ => -libc::EPROTO,
+                len,
+                fds_dropped: true,
+                ..
+            } if request.get(..len) == Some(FORK) => -libc::EMFILE,
+            _ => {
+                eprintln!(
+                    "procpool worker template: something other than procpool wrote into its \
+                     socket; exiting (the next worker start begins a new template)"
+                );
+                return Role::Exit(EXIT_BOOTSTRAP_FAILED);
+            }
         };
         if sys::send_with_fd(socket.as_fd(), &answer.to_ne_bytes(), None).is_err() {
             return Role::Exit(0);
