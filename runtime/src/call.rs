@@ -640,8 +640,9 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Blocks for at most `timeout`; returns whether the result has arrived.
+    /// `Duration::MAX` waits as long as [`wait`](AsyncResult::wait).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.call.wait_until(Some(Instant::now() + timeout))
+        self.call.wait_until(crate::deadline::after(timeout))
     }
 
     /// Waits for the call and returns its value, or the first error.
@@ -652,9 +653,10 @@ impl<T: Send + 'static> AsyncResult<T> {
 
     /// Waits at most `timeout`. Returns [`Error::Timeout`] if the result has
     /// not arrived: the call keeps running and this handle stays usable, so a
-    /// later `get` or `get_timeout` still returns the value.
+    /// later `get` or `get_timeout` still returns the value. `Duration::MAX`
+    /// waits as long as [`get`](AsyncResult::get).
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, Error> {
-        if self.call.wait_until(Some(Instant::now() + timeout)) {
+        if self.call.wait_until(crate::deadline::after(timeout)) {
             self.call.take()
         } else {
             Err(Error::Timeout(timeout))

@@ -194,6 +194,8 @@
 //             memfd regions, fork as a sibling, fd passing, error texts
 //             (imports nothing of the crate)
 //   error     Error, ExitCause, IoCause               -> sys (error texts)
+//   deadline  the one place a user's duration becomes an Instant:
+//             Duration::MAX is no deadline (imports nothing of the crate)
 
 #![deny(missing_docs)]
 
@@ -211,6 +213,7 @@ mod call;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod codec;
+mod deadline;
 mod error;
 mod exec;
 #[cfg(test)]

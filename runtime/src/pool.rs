@@ -99,7 +99,8 @@ impl PoolBuilder {
     }
 
     /// How long a new worker may take to start and connect before the start
-    /// fails with [`Error::Spawn`]. Defaults to 10 seconds.
+    /// fails with [`Error::Spawn`]. Defaults to 10 seconds;
+    /// `Duration::MAX` waits without a limit.
     pub fn spawn_timeout(mut self, timeout: Duration) -> Self {
         self.spawn_timeout = timeout;
         self
@@ -141,7 +142,8 @@ impl PoolBuilder {
     /// task with [`Error::TaskTimedOut`]; the pool starts a replacement.
     /// The limit applies to a whole chunk: use small chunks with it. With
     /// a cluster pool, the worker that runs it enforces it, and exits to
-    /// be replaced.
+    /// be replaced. `Duration::MAX` (or any limit too far away to reach)
+    /// is no limit.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self

@@ -1,7 +1,7 @@
 //! `Process`: one job in one new process, like Python's `multiprocessing.Process`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -77,7 +77,8 @@ impl ProcessBuilder {
         self
     }
 
-    /// How long the process may take to start. Defaults to 10 seconds.
+    /// How long the process may take to start. Defaults to 10 seconds;
+    /// `Duration::MAX` waits without a limit.
     pub fn spawn_timeout(mut self, timeout: Duration) -> Self {
         self.spawn_timeout = timeout;
         self
@@ -193,13 +194,15 @@ impl<R: 'static> Process<R> {
 
     /// Like [`join`](Process::join), but gives up after `timeout` with
     /// [`Error::Timeout`]; the process keeps running and the handle stays
-    /// usable, so join again later to get the value.
+    /// usable, so join again later to get the value. `Duration::MAX` waits
+    /// as long as [`join`](Process::join).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
         self.wait_result(Some(timeout))
     }
 
     fn wait_result(&mut self, timeout: Option<Duration>) -> Result<R, Error> {
-        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        // `Duration::MAX` is no deadline (see `crate::deadline`).
+        let deadline = timeout.and_then(crate::deadline::after);
         let reply = match self.worker.recv_until(deadline, &NEVER) {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(Error::Timeout(timeout.unwrap_or_default())),

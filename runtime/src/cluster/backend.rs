@@ -173,7 +173,10 @@ impl ClusterBackend {
             settled: Condvar::new(),
             stop: AtomicBool::new(false),
             live_workers: AtomicUsize::new(seen as usize),
-            timeout_ms: task_timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+            // A limit past u64::MAX ms (`Duration::MAX`) is none at all.
+            timeout_ms: task_timeout
+                .and_then(|t| u64::try_from(t.as_millis()).ok())
+                .map_or(0, |ms| ms.max(1)),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.

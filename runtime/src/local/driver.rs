@@ -478,7 +478,7 @@ impl Driver {
             items,
             last: false,
         };
-        let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
+        let deadline = self.config.task_timeout.and_then(crate::deadline::after);
         let mut sent = Sent {
             task,
             deadline,

@@ -140,7 +140,8 @@ impl WorkerProcess {
         if !sys::bootstrap_ran() {
             return Err(Error::Spawn(sys::BOOTSTRAP_MISSING.into()));
         }
-        let deadline = Instant::now() + timeout;
+        // `Duration::MAX` waits without end (see `crate::deadline`).
+        let deadline = crate::deadline::after_or_never(timeout);
         let mut worker = Self::launch(fork_from, deadline, timeout, abort)?;
         worker.handshake(deadline, timeout, abort)?;
         worker.init(name, initializer, deadline, timeout, abort)?;
