@@ -803,3 +803,98 @@ fn starting_workers_opens_nothing_another_process_could_connect_to() {
     let seen = watcher.join().unwrap();
     assert!(seen.is_empty(), "connectable sockets: {seen:?}");
 }
+
+/// An initializer that appends its worker's pid to the file `path`, then,
+/// while the file `path.hang` exists, never returns.
+#[pool_job]
+fn note_pid_then_hang_while_marked(path: String) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "{}", std::process::id()).unwrap();
+    drop(file);
+    while std::path::Path::new(&format!("{path}.hang")).exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pids_in(path: &str) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_stuck_initializer_fails_build_within_its_timeout_and_leaves_no_worker() {
+    let path = marker("stuck-initializer");
+    std::fs::write(format!("{path}.hang"), "").unwrap();
+    let started = Instant::now();
+    let outcome = Pool::builder()
+        .processes(2)
+        .initializer(note_pid_then_hang_while_marked, path.clone())
+        .initializer_timeout(Duration::from_millis(500))
+        .build();
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(format!("{path}.hang"));
+    match outcome {
+        Err(Error::InitializerFailed { job, message }) => {
+            assert!(job.ends_with("note_pid_then_hang_while_marked"), "{job}");
+            assert!(message.contains("500ms"), "{message}");
+        }
+        other => panic!("expected InitializerFailed, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(30), "build took {took:?}");
+    let pids = pids_in(&path);
+    assert!(!pids.is_empty(), "the initializer never ran");
+    for pid in pids {
+        eventually(&format!("worker {pid} to be gone"), || !running(pid));
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[pool_job]
+fn kill_self_or_pid(kill: bool) -> u32 {
+    if kill {
+        // SAFETY: plain libc calls; the process dies here.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    std::process::id()
+}
+
+#[test]
+fn a_replacement_whose_initializer_hangs_fails_its_task_and_the_pool_recovers() {
+    let path = marker("stuck-replacement");
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(note_pid_then_hang_while_marked, path.clone())
+        .initializer_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert_ne!(pool.apply(kill_self_or_pid, false).unwrap(), 0);
+    // From now on, new workers' initializers hang.
+    std::fs::write(format!("{path}.hang"), "").unwrap();
+    let err = pool.apply(kill_self_or_pid, true).unwrap_err();
+    assert!(matches!(err, Error::WorkerDied { .. }), "{err:?}");
+    let started = Instant::now();
+    let err = pool.apply(kill_self_or_pid, false).unwrap_err();
+    assert!(
+        matches!(&err, Error::InitializerFailed { message, .. } if message.contains("500ms")),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Not restarted without end: a few starts, each timed out and gone.
+    let starts = pids_in(&path).len();
+    assert!(starts <= 8, "{starts} workers started");
+    for pid in pids_in(&path).into_iter().skip(1) {
+        eventually(&format!("worker {pid} to be gone"), || !running(pid));
+    }
+    // Once initializers return again, the pool serves as before.
+    std::fs::remove_file(format!("{path}.hang")).unwrap();
+    assert_ne!(pool.apply(kill_self_or_pid, false).unwrap(), 0);
+    let _ = std::fs::remove_file(path);
+}

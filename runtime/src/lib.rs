@@ -80,18 +80,21 @@
 //! | A value cannot be serialized or decoded | [`Error::Serialization`] saying which and why | the pool is usable |
 //! | A worker cannot start or connect | [`Error::Spawn`] within [`PoolBuilder::spawn_timeout`] | |
 //! | The initializer panics | [`Error::InitializerFailed`] from [`PoolBuilder::build`] | no endless restarts |
+//! | The initializer runs past [`PoolBuilder::initializer_timeout`] | [`Error::InitializerFailed`] saying so | the worker is killed; no endless restarts |
 //! | A call after `close`, `join` or `terminate` | [`Error::Closed`] | |
 //! | `terminate` or drop while calls are pending | [`Error::Terminated`] for each, at once | every worker killed and reaped |
 //! | [`AsyncResult::cancel`] | [`Error::Cancelled`] | queued tasks skipped |
 //! | Two jobs under one name | [`Error::Registry`] from `build` | |
 //! | Your program is killed, even with SIGKILL | — | every worker exits at once |
 //!
-//! Nothing hangs: every wait has a bound or ends when a worker dies.
+//! Nothing hangs: every wait has a bound or ends when a worker dies, but
+//! one: an initializer that never returns blocks `build()` for ever
+//! unless [`PoolBuilder::initializer_timeout`] bounds it.
 //!
 //! # Options
 //!
 //! [`Pool::builder`] sets them; each is a method of [`PoolBuilder`]:
-//! `processes`, `initializer`, `max_tasks_per_child`, `task_timeout`,
+//! `processes`, `initializer`, `initializer_timeout`, `max_tasks_per_child`, `task_timeout`,
 //! `retries`, `max_memory_per_child`, `spawn_timeout`, and with cargo
 //! features, `progress` and `cluster`.
 //!

@@ -65,6 +65,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     spawn_timeout: Duration,
     initializer: Option<Result<Initializer, Error>>,
+    initializer_timeout: Option<Duration>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
     retries: usize,
@@ -80,6 +81,7 @@ impl Default for PoolBuilder {
             processes: None,
             spawn_timeout: DEFAULT_SPAWN_TIMEOUT,
             initializer: None,
+            initializer_timeout: None,
             max_tasks_per_child: None,
             task_timeout: None,
             retries: 0,
@@ -113,7 +115,10 @@ impl PoolBuilder {
     /// [`Error::InitializerFailed`] instead of restarting workers forever as
     /// Python does. Only connecting is bounded by the
     /// [`spawn_timeout`](PoolBuilder::spawn_timeout); the initializer itself
-    /// may take as long as it needs.
+    /// may take as long as it needs, unless
+    /// [`initializer_timeout`](PoolBuilder::initializer_timeout) bounds it.
+    /// Without that, an initializer that never returns blocks `build()`
+    /// for ever: the one wait of a pool with no bound.
     pub fn initializer<J, A, R>(mut self, job: J, arg: A::Item) -> Self
     where
         J: IntoJob<Args = A, Output = R>,
@@ -127,7 +132,48 @@ impl PoolBuilder {
         self.initializer = Some(encoded.map(|arg| Initializer {
             job: job.name(),
             arg,
+            timeout: None,
         }));
+        self
+    }
+
+    /// How long the [`initializer`](PoolBuilder::initializer) may run in
+    /// each new worker, replacements included. Past it the worker is
+    /// killed and the start fails with [`Error::InitializerFailed`]
+    /// saying so: `build()` returns it (stopping the workers that did
+    /// start), and for a replacement started after a crash, the task it
+    /// was started for fails with it (the next task tries a new worker;
+    /// nothing restarts without end). Without it, the initializer may take
+    /// as long as it needs. Has no effect without an initializer; zero is
+    /// an [`Error::Config`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use procpool::{pool_job, Error, Pool};
+    ///
+    /// #[pool_job]
+    /// fn connect(server: String) {
+    ///     // Stands for a connection attempt that never returns.
+    ///     let _ = server;
+    ///     loop {
+    ///         std::thread::sleep(Duration::from_secs(1));
+    ///     }
+    /// }
+    ///
+    /// let built = Pool::builder()
+    ///     .processes(1)
+    ///     .initializer(connect, "db.internal:5432".to_string())
+    ///     .initializer_timeout(Duration::from_millis(200))
+    ///     .build();
+    /// match built {
+    ///     Err(Error::InitializerFailed { message, .. }) => {
+    ///         assert!(message.contains("ran longer than the initializer_timeout of 200ms"));
+    ///     }
+    ///     other => panic!("expected InitializerFailed, got {other:?}"),
+    /// }
+    /// ```
+    pub fn initializer_timeout(mut self, timeout: Duration) -> Self {
+        self.initializer_timeout = Some(timeout);
         self
     }
 
@@ -200,6 +246,7 @@ impl PoolBuilder {
     ///
     /// The options that shape local worker processes
     /// ([`initializer`](PoolBuilder::initializer),
+    /// [`initializer_timeout`](PoolBuilder::initializer_timeout),
     /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child),
     /// [`max_memory_per_child`](PoolBuilder::max_memory_per_child),
     /// [`retries`](PoolBuilder::retries),
@@ -252,11 +299,20 @@ impl PoolBuilder {
                 "task_timeout must be longer than zero".into(),
             ));
         }
-        let initializer = self.initializer.transpose()?;
+        if self.initializer_timeout == Some(Duration::ZERO) {
+            return Err(Error::Config(
+                "initializer_timeout must be longer than zero".into(),
+            ));
+        }
+        let initializer = self.initializer.transpose()?.map(|init| Initializer {
+            timeout: self.initializer_timeout,
+            ..init
+        });
         #[cfg(feature = "cluster")]
         if let Some(url) = &self.cluster {
             let local_only = [
                 ("initializer", initializer.is_some()),
+                ("initializer_timeout", self.initializer_timeout.is_some()),
                 ("max_tasks_per_child", self.max_tasks_per_child.is_some()),
                 ("max_memory_per_child", self.max_memory_per_child.is_some()),
                 ("retries", self.retries != 0),

@@ -77,6 +77,9 @@ pub(crate) struct Initializer {
     pub(crate) job: &'static str,
     /// The encoded argument.
     pub(crate) arg: Vec<u8>,
+    /// How long it may run (`PoolBuilder::initializer_timeout`); `None`:
+    /// as long as it needs.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// Where another thread can find a worker's pid to kill it.
@@ -259,11 +262,12 @@ impl WorkerProcess {
                 .map(|init| (init.job.to_owned(), ByteBuf::from(init.arg.clone()))),
         };
         // An initializer may legitimately take long (loading a model, say):
-        // only the connection is bounded by the start-up timeout then.
-        let init_deadline = if initializer.is_some() {
-            None
-        } else {
-            Some(deadline)
+        // only the connection is bounded by the start-up timeout then, and
+        // the initializer by its own limit, if the pool has one.
+        let init_limit = initializer.and_then(|init| init.timeout);
+        let init_deadline = match initializer {
+            Some(_) => init_limit.and_then(crate::deadline::after),
+            None => Some(deadline),
         };
         let replies = Region::create().map_err(|err| {
             Error::system(
@@ -275,7 +279,17 @@ impl WorkerProcess {
             .send_with(&init, &[replies.fd()], init_deadline, abort)
             .and_then(|()| self.recv(init_deadline, abort));
         self.replies = Some(replies);
+        let job = initializer.map(|init| init.job).unwrap_or_default();
         let reply = reply.map_err(|lost| match lost {
+            // Only the initializer's own limit can pass with one: `recv`
+            // killed and reaped the worker.
+            Lost::TimedOut if init_limit.is_some() => Error::InitializerFailed {
+                job: job.to_owned(),
+                message: format!(
+                    "it ran longer than the initializer_timeout of {:?}; the worker was killed",
+                    init_limit.unwrap_or_default()
+                ),
+            },
             Lost::Died(cause) => {
                 Error::Spawn(format!("the worker process {pid} {cause} while starting"))
             }
@@ -284,7 +298,6 @@ impl WorkerProcess {
             Lost::Protocol(why) => Error::Spawn(format!("the worker broke the protocol: {why}")),
             Lost::System(err) => Error::system("could not start a worker process", err),
         })?;
-        let job = initializer.map(|init| init.job).unwrap_or_default();
         match reply {
             FromWorker::Ready => Ok(()),
             FromWorker::Failed { failure, .. } => Err(Error::InitializerFailed {
