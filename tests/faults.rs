@@ -898,3 +898,65 @@ fn a_replacement_whose_initializer_hangs_fails_its_task_and_the_pool_recovers() 
     assert_ne!(pool.apply(kill_self_or_pid, false).unwrap(), 0);
     let _ = std::fs::remove_file(path);
 }
+
+/// Not a test on its own: with SIGCHLD ignored (the kernel then reaps
+/// children itself), kills a `Process` and a pool worker and reports what
+/// each handle says.
+#[test]
+#[ignore = "helper process for sigchld_ignored_a_dead_worker_does_not_look_alive"]
+fn helper_sigchld_ignored() {
+    // SAFETY: a signal disposition of this helper process alone.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let process = procpool::Process::spawn(sleep_then_pid, 60_000).unwrap();
+    process.kill();
+    eventually("the process to end", || !process.is_alive());
+    println!("PROCESS ALIVE {}", process.is_alive());
+    println!("PROCESS EXIT CODE {:?}", process.exit_code());
+    println!("PROCESS EXIT CAUSE {:?}", process.exit_cause());
+    match process.join() {
+        Ok(pid) => println!("PROCESS JOIN OK {pid}"),
+        Err(err) => println!("PROCESS JOIN ERR {err}"),
+    }
+    let pool = Pool::with_processes(1).unwrap();
+    match pool.apply(crash, "abort".to_string()) {
+        Ok(pid) => println!("POOL OK {pid}"),
+        Err(err) => println!("POOL ERR {err}"),
+    }
+    match pool.apply(crash, "none".to_string()) {
+        Ok(_) => println!("POOL THEN OK"),
+        Err(err) => println!("POOL THEN ERR {err}"),
+    }
+}
+
+#[test]
+fn sigchld_ignored_a_dead_worker_does_not_look_alive() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_sigchld_ignored",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = format!("{stdout}\n{stderr}");
+    assert!(stdout.contains("PROCESS ALIVE false"), "{report}");
+    assert!(
+        stdout.contains("PROCESS EXIT CAUSE Some(SigchldIgnored)"),
+        "{report}"
+    );
+    assert!(
+        stdout.contains("PROCESS JOIN ERR") && stdout.contains("ignores SIGCHLD"),
+        "{report}"
+    );
+    let pool_line = stdout
+        .lines()
+        .find(|line| line.starts_with("POOL ERR"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(pool_line.contains("ignores SIGCHLD"), "{report}");
+    assert!(stdout.contains("POOL THEN OK"), "{report}");
+    assert!(!stderr.contains("panicked"), "{report}");
+}

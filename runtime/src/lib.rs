@@ -76,6 +76,7 @@
 //! |---|---|---|
 //! | A job panics | [`Error::Panicked`] with the job, the item's index and the message | the worker survives; with `imap` the other items still arrive |
 //! | A worker dies mid-task (abort, segfault, `exit`, `kill -9`, OOM kill) | [`Error::WorkerDied`] with the pid and exit code or signal, in milliseconds | the pool starts a replacement; [`PoolBuilder::retries`] re-runs the task instead |
+//! | A worker dies while your program ignores `SIGCHLD` | [`Error::WorkerDied`] with [`ExitCause::SigchldIgnored`], which says so | a [`Process`] reports `is_alive() == false` and that cause |
 //! | A task runs past [`PoolBuilder::task_timeout`] | [`Error::TaskTimedOut`] | the worker is killed and replaced |
 //! | A value cannot be serialized or decoded | [`Error::Serialization`] saying which and why | the pool is usable |
 //! | A worker cannot start or connect | [`Error::Spawn`] within [`PoolBuilder::spawn_timeout`] | |

@@ -160,7 +160,8 @@ impl<R: 'static> Process<R> {
         &self.name
     }
 
-    /// Whether the process is still running.
+    /// Whether the process is still running: `false` once it ended, even
+    /// when how it ended cannot be read (see [`exit_cause`](Process::exit_cause)).
     pub fn is_alive(&self) -> bool {
         self.worker.peek_exit().is_none()
     }
@@ -168,10 +169,20 @@ impl<R: 'static> Process<R> {
     /// Python's `exitcode`: `None` while running, the exit code once it
     /// exited (0 after the job returned, 1 after it panicked), `-N` if it was
     /// killed by signal `N`.
+    ///
+    /// Also `None` for a process that ended with a status that cannot be
+    /// read, as when this program ignores `SIGCHLD` (the kernel then reaps
+    /// children itself): [`is_alive`](Process::is_alive) is `false` then,
+    /// and [`exit_cause`](Process::exit_cause) says why.
     pub fn exit_code(&self) -> Option<i32> {
-        self.worker
-            .peek_exit()
-            .and_then(ExitCause::python_exit_code)
+        self.exit_cause().and_then(ExitCause::python_exit_code)
+    }
+
+    /// How the process ended, or `None` while it runs: its exit code, the
+    /// signal that killed it, or [`ExitCause::SigchldIgnored`] when this
+    /// program ignores `SIGCHLD` and the kernel kept no status.
+    pub fn exit_cause(&self) -> Option<ExitCause> {
+        self.worker.peek_exit()
     }
 
     /// Asks the process to stop (SIGTERM).

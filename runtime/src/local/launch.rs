@@ -547,7 +547,7 @@ impl WorkerProcess {
             Ok(WaitStatus::Exited(_, code)) => Some(ExitCause::Code(code)),
             Ok(WaitStatus::Signaled(_, signal, _)) => Some(ExitCause::Signal(signal as i32)),
             Ok(_) => None,
-            Err(_) => Some(ExitCause::Unknown),
+            Err(_) => Some(unreadable_exit()),
         }
     }
 
@@ -568,10 +568,21 @@ impl WorkerProcess {
 
     /// Sends `signal` unless the process has already been reaped.
     pub(crate) fn signal(&self, signal: Signal) {
-        if self.reaped.is_none()
-            && let Ok(pid) = i32::try_from(self.pid)
-        {
-            let _ = kill(Pid::from_raw(pid), signal);
+        if self.reaped.is_some() {
+            return;
+        }
+        // Through the pidfd: a program that ignores SIGCHLD has its
+        // children reaped by the kernel, and a pid may then be reused by
+        // a stranger while this handle still holds it.
+        match rustix::process::Signal::from_named_raw(signal as i32) {
+            Some(signal) => {
+                let _ = rustix::process::pidfd_send_signal(&self.pidfd, signal);
+            }
+            None => {
+                if let Ok(pid) = i32::try_from(self.pid) {
+                    let _ = kill(Pid::from_raw(pid), signal);
+                }
+            }
         }
     }
 
@@ -706,8 +717,27 @@ fn wait_for_exit(pid: u32) -> ExitCause {
             Ok(WaitStatus::Exited(_, code)) => return ExitCause::Code(code),
             Ok(WaitStatus::Signaled(_, signal, _)) => return ExitCause::Signal(signal as i32),
             Err(nix::errno::Errno::EINTR) => continue,
-            _ => return ExitCause::Unknown,
+            _ => return unreadable_exit(),
         }
+    }
+}
+
+/// Why a child's exit status could not be read: most often because this
+/// program ignores `SIGCHLD` (or set `SA_NOCLDWAIT`), so the kernel reaped
+/// the child itself and kept no status; that is worth saying, as it is
+/// the program's setting and it can change it.
+fn unreadable_exit() -> ExitCause {
+    // SAFETY: an all-zero `sigaction` is a valid value to be overwritten.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: with a null new action, sigaction only reads the current one
+    // into `current`, which outlives the call.
+    let read = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) };
+    let reaped_by_kernel =
+        current.sa_sigaction == libc::SIG_IGN || current.sa_flags & libc::SA_NOCLDWAIT != 0;
+    if read == 0 && reaped_by_kernel {
+        ExitCause::SigchldIgnored
+    } else {
+        ExitCause::Unknown
     }
 }
 
