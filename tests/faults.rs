@@ -960,3 +960,75 @@ fn sigchld_ignored_a_dead_worker_does_not_look_alive() {
     assert!(stdout.contains("POOL THEN OK"), "{report}");
     assert!(!stderr.contains("panicked"), "{report}");
 }
+
+/// Not a test on its own: lowers this process's limit on processes and
+/// threads (`RLIMIT_NPROC`) to 1, which its user already uses up, then
+/// reports what starting a pool and a `Process` says.
+#[test]
+#[ignore = "helper process for at_the_process_limit_the_error_says_ulimit_u"]
+fn helper_without_processes() {
+    let limit = libc::rlimit {
+        rlim_cur: 1,
+        rlim_max: 1,
+    };
+    // SAFETY: plain setrlimit on this (helper) process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &limit) }, 0);
+    for (what, outcome) in [
+        ("POOL", Pool::with_processes(1).map(|_| ())),
+        (
+            "PROCESS",
+            procpool::Process::spawn(sleep_then_pid, 0).map(|_| ()),
+        ),
+    ] {
+        match outcome {
+            Ok(()) => println!("{what} OK"),
+            Err(err @ Error::System { .. }) => println!("{what} SYSTEM {err}"),
+            Err(err) => println!("{what} OTHER {err:?}"),
+        }
+    }
+}
+
+#[test]
+fn at_the_process_limit_the_error_says_ulimit_u() {
+    // RLIMIT_NPROC binds no process with CAP_SYS_RESOURCE or
+    // CAP_SYS_ADMIN: as root, the helper runs as `nobody`, from a copy of
+    // this binary that `nobody` may run wherever the original lives.
+    let exe = std::env::current_exe().unwrap();
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let dir = std::path::PathBuf::from("/tmp").join(format!("procpool-nproc-{}", std::process::id()));
+    let mut command = if root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("faults");
+        std::fs::copy(&exe, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(copy)
+            .current_dir(&dir);
+        command
+    } else {
+        Command::new(&exe)
+    };
+    let output = command
+        .args(["--exact", "helper_without_processes", "--ignored", "--nocapture"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = format!("{:?}\n{stdout}\n{stderr}", output.status);
+    for what in ["POOL", "PROCESS"] {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(what))
+            .unwrap_or_else(|| panic!("{report}"));
+        assert!(line.starts_with(&format!("{what} SYSTEM")), "{report}");
+        assert!(line.contains("ulimit -u"), "{report}");
+    }
+    assert!(!stderr.contains("panicked at"), "{report}");
+}

@@ -118,8 +118,13 @@ pub(crate) fn describe_io(err: &std::io::Error) -> String {
             format!("too many open files on this system ({err}): raise fs.file-max")
         }
         Some(Errno::NOMEM) => format!("out of memory or address space ({err})"),
+        // What fork, clone and pthread_create say at the limit on
+        // processes and threads (RLIMIT_NPROC counts both), or when the
+        // system has no more tasks or memory for one.
         Some(Errno::AGAIN) => format!(
-            "a resource limit was reached ({err}): check `ulimit -u` (processes) and memory"
+            "the limit on processes and threads was reached ({err}): raise this user's limit \
+             with `ulimit -u` (RLIMIT_NPROC), or end processes it no longer needs; otherwise \
+             the system is out of memory or process ids (kernel.threads-max, a cgroup's pids.max)"
         ),
         _ => err.to_string(),
     }

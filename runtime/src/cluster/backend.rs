@@ -190,7 +190,7 @@ impl ClusterBackend {
             thread::Builder::new()
                 .name("procpool-cluster-results".into())
                 .spawn(move || shared.collect(collector_link))
-                .map_err(|e| Error::Cluster(format!("cannot start the results thread: {e}")))?
+                .map_err(|e| Error::system("cannot start the cluster pool's results thread", e))?
         };
         // A thread of its own, so that a slow callback on the collector
         // thread never lets the presence key expire.
@@ -205,9 +205,10 @@ impl ClusterBackend {
             Err(e) => {
                 shared.stop.store(true, Ordering::Release);
                 let _ = collector.join();
-                return Err(Error::Cluster(format!(
-                    "cannot start the presence thread: {e}"
-                )));
+                return Err(Error::system(
+                    "cannot start the cluster pool's presence thread",
+                    e,
+                ));
             }
         };
         Ok(ClusterBackend {

@@ -735,7 +735,7 @@ impl Heartbeat {
                 pipe.cmd("HDEL").arg(keys.running()).arg(&name).ignore();
                 let _ = link.run(|conn| pipe.query::<()>(conn));
             })
-            .map_err(|e| Error::Cluster(format!("cannot start the heartbeat thread: {e}")))?;
+            .map_err(|e| Error::system("cannot start the cluster worker's heartbeat thread", e))?;
         Ok(Heartbeat {
             shared,
             thread: Some(thread),
