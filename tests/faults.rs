@@ -961,6 +961,76 @@ fn sigchld_ignored_a_dead_worker_does_not_look_alive() {
     assert!(!stderr.contains("panicked"), "{report}");
 }
 
+/// This process's address space in bytes (`VmSize`).
+fn address_space() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// Not a test on its own: with a pool up and a 64 MiB payload in hand,
+/// limits this process's address space to what it uses plus 40 MiB, so the
+/// payload cannot be encoded; reports that call's outcome and the next one's.
+#[test]
+#[ignore = "helper process for a_payload_too_large_for_memory_fails_that_call_only"]
+fn helper_payload_without_memory() {
+    let pool = Pool::with_processes(1).unwrap();
+    assert_eq!(pool.apply(add, (1, 1)).unwrap(), 2);
+    let payload = vec![7u8; 64 << 20];
+    let limit = address_space() + (40 << 20);
+    let tight = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit on this (helper) process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &tight) }, 0);
+    match pool.apply(byte_len, payload) {
+        Ok(len) => println!("FIRST OK {len}"),
+        Err(err) => {
+            // The OS error, found through the standard `source` chain.
+            let mut io = None;
+            let mut cause = std::error::Error::source(&err);
+            while let Some(inner) = cause {
+                if let Some(found) = inner.downcast_ref::<std::io::Error>() {
+                    io = Some(found.kind());
+                }
+                cause = inner.source();
+            }
+            println!("FIRST ERR {err}");
+            println!("FIRST SOURCE {io:?}");
+        }
+    }
+    match pool.apply(add, (2, 3)) {
+        Ok(sum) => println!("THEN OK {sum}"),
+        Err(err) => println!("THEN ERR {err}"),
+    }
+}
+
+#[test]
+fn a_payload_too_large_for_memory_fails_that_call_only() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_payload_without_memory",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = format!("{:?}\n{stdout}\n{stderr}", output.status);
+    assert!(output.status.success(), "{report}");
+    assert!(
+        stdout.contains("FIRST ERR") && stdout.contains("memory"),
+        "{report}"
+    );
+    assert!(stdout.contains("FIRST SOURCE Some(OutOfMemory)"), "{report}");
+    assert!(stdout.contains("THEN OK 5"), "{report}");
+}
+
 /// Not a test on its own: lowers this process's limit on processes and
 /// threads (`RLIMIT_NPROC`) to 1, which its user already uses up, then
 /// reports what starting a pool and a `Process` says.

@@ -157,11 +157,11 @@ fn failed_item<R>(decode: &Decode<R>, job: &str, task: TaskInfo, bytes: &[u8]) -
 }
 
 fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
-    Error::Serialization {
-        job: job.to_owned(),
-        direction: format!("decode the result of item {index}"),
-        message: problem.into(),
-    }
+    codec::error_for(
+        job,
+        format!("decode the result of item {index}"),
+        problem.into(),
+    )
 }
 
 /// Some consecutive items of a chunk: their reply, or why they all failed.
@@ -356,9 +356,25 @@ where
             .iter()
             .filter_map(|(task, outcome)| outcome.ok().map(|bytes| (*task, bytes)));
         if chunk.chunk != state.next_chunk {
-            let parts = parts.map(|(task, bytes)| (task, bytes.to_vec())).collect();
-            state.early.insert(chunk.chunk, parts);
-            return self.complete_if_done(state);
+            // Kept until its turn: a copy as large as the reply, which may
+            // not fit; that fails the call, not the process.
+            let parts: Result<Vec<_>, String> = parts
+                .map(|(task, bytes)| Ok((task, codec::try_to_vec(bytes)?)))
+                .collect();
+            match parts {
+                Ok(parts) => {
+                    state.early.insert(chunk.chunk, parts);
+                    return self.complete_if_done(state);
+                }
+                Err(message) => {
+                    let direction = format!(
+                        "keep the results of items {}..{} until their turn",
+                        chunk.first,
+                        chunk.first + chunk.count
+                    );
+                    return self.fail(state, codec::error_for(self.job, direction, message));
+                }
+            }
         }
         for (task, bytes) in parts {
             if let Err(error) =

@@ -81,6 +81,7 @@
 //! | A value cannot be serialized or decoded | [`Error::Serialization`] saying which and why | the pool is usable |
 //! | A worker cannot start or connect | [`Error::Spawn`] within [`PoolBuilder::spawn_timeout`] | |
 //! | The system refuses a resource: file descriptors, memory, processes or threads | [`Error::System`] naming the limit to raise (`ulimit -n`, `ulimit -u`), with the OS error as its `source()` | no panic, nothing left behind |
+//! | A payload needs more memory than the process may have | [`Error::System`] naming memory (`source()` is ENOMEM): procpool's payload-sized buffers are reserved with `try_reserve` | no abort; the pool serves the next call |
 //! | The initializer panics | [`Error::InitializerFailed`] from [`PoolBuilder::build`] | no endless restarts |
 //! | The initializer runs past [`PoolBuilder::initializer_timeout`] | [`Error::InitializerFailed`] saying so | the worker is killed; no endless restarts |
 //! | A call after `close`, `join` or `terminate` | [`Error::Closed`] | |

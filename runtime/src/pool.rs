@@ -124,10 +124,12 @@ impl PoolBuilder {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
-        let encoded = encode_one(&job, &arg).map_err(|message| Error::Serialization {
-            job: job.name().to_owned(),
-            direction: "serialize the initializer's argument".to_owned(),
-            message,
+        let encoded = encode_one(&job, &arg).map_err(|message| {
+            crate::codec::error_for(
+                job.name(),
+                "serialize the initializer's argument".to_owned(),
+                message,
+            )
         });
         self.initializer = Some(encoded.map(|arg| Initializer {
             job: job.name(),
@@ -774,11 +776,8 @@ impl Pool {
         // an item would take over it goes without that item.
         let byte_limit = self.backend.max_chunk_bytes();
         let serialization = |index: usize, message: String| {
-            let error = Error::Serialization {
-                job: job.to_owned(),
-                direction: format!("serialize argument {index}"),
-                message,
-            };
+            let error =
+                crate::codec::error_for(job, format!("serialize argument {index}"), message);
             call.abandon(error.clone());
             error
         };

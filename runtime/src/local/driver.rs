@@ -246,7 +246,14 @@ impl Driver {
                     }
                 };
                 self.answered(&mut current.done, &sent);
-                if len > COPY_OUT_MAX || !pipeline {
+                // A copy that cannot be allocated is no failure: the reply
+                // is read in place, as a large one is.
+                let copied = len <= COPY_OUT_MAX && pipeline && {
+                    let mut copy = lock(&self.copy);
+                    copy.clear();
+                    copy.try_reserve(bytes.len()).is_ok()
+                };
+                if !copied {
                     self.deliver(sent.task, sent.reported, Ok(bytes));
                     self.next(current, pipeline)
                 } else {
@@ -727,6 +734,19 @@ impl Driver {
                 task.first = rest;
                 task.retried = retried;
                 self.shared.retry(task);
+            }
+            Err(problem) if codec::is_out_of_memory(&problem.message) => {
+                let error = Error::system(
+                    format!(
+                        "cannot keep the items {rest}..{end} of job `{}` that a dead worker \
+                         did not start: {}",
+                        task.job, problem.message
+                    ),
+                    std::io::Error::from_raw_os_error(libc::ENOMEM),
+                );
+                task.count = end - rest;
+                task.first = rest;
+                task.deliver(Err(error), 0);
             }
             Err(problem) => {
                 let error = Error::Ipc(format!(
