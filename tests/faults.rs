@@ -1027,7 +1027,10 @@ fn a_payload_too_large_for_memory_fails_that_call_only() {
         stdout.contains("FIRST ERR") && stdout.contains("memory"),
         "{report}"
     );
-    assert!(stdout.contains("FIRST SOURCE Some(OutOfMemory)"), "{report}");
+    assert!(
+        stdout.contains("FIRST SOURCE Some(OutOfMemory)"),
+        "{report}"
+    );
     assert!(stdout.contains("THEN OK 5"), "{report}");
 }
 
@@ -1066,7 +1069,8 @@ fn at_the_process_limit_the_error_says_ulimit_u() {
     let exe = std::env::current_exe().unwrap();
     // SAFETY: getuid has no preconditions.
     let root = unsafe { libc::getuid() } == 0;
-    let dir = std::path::PathBuf::from("/tmp").join(format!("procpool-nproc-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from("/tmp").join(format!("procpool-nproc-{}", std::process::id()));
     let mut command = if root {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&dir).unwrap();
@@ -1084,7 +1088,12 @@ fn at_the_process_limit_the_error_says_ulimit_u() {
         Command::new(&exe)
     };
     let output = command
-        .args(["--exact", "helper_without_processes", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_without_processes",
+            "--ignored",
+            "--nocapture",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();

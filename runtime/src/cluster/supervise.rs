@@ -97,7 +97,9 @@ impl Workers {
             thread::Builder::new()
                 .name("procpool-cluster-supervisor".into())
                 .spawn(move || shared.supervise(started_tx, link, &keys))
-                .map_err(|e| Error::system("cannot start the cluster workers' supervisor thread", e))?
+                .map_err(|e| {
+                    Error::system("cannot start the cluster workers' supervisor thread", e)
+                })?
         };
         let workers = Workers {
             shared,

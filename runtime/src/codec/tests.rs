@@ -326,12 +326,18 @@ fn a_buffer_that_cannot_be_allocated_is_the_systems_refusal_not_a_bad_value() {
     }
     // A user's own message stays a serialization error.
     let user = super::error_for("j", "serialize argument 0".into(), "evil".into());
-    assert!(matches!(user, crate::Error::Serialization { .. }), "{user:?}");
+    assert!(
+        matches!(user, crate::Error::Serialization { .. }),
+        "{user:?}"
+    );
     // Strings and byte strings decoded into owned values go through the
     // fallible copies and arrive whole.
     let text = "x".repeat(100_000);
     let bytes = serde_bytes::ByteBuf::from(vec![5u8; 100_000]);
-    let plain = [(text.clone(), bytes.clone()), (String::new(), bytes.clone())];
+    let plain = [
+        (text.clone(), bytes.clone()),
+        (String::new(), bytes.clone()),
+    ];
     assert_eq!(round_trip(&plain), plain);
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Tagged {
