@@ -592,3 +592,33 @@ fn calls_over_many_items_take_references() {
     let err = pool.map(takes_unserializable, &bad).unwrap_err();
     assert!(matches!(err, Error::Serialization { .. }), "{err:?}");
 }
+
+/// `Duration::MAX` is "no limit" wherever a duration is taken: nothing adds
+/// it to an `Instant` (which would panic on overflow).
+#[test]
+fn duration_max_means_no_limit() {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::MAX)
+        .spawn_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    let imap: Vec<u64> = pool.imap(square, 0..3).map(Result::unwrap).collect();
+    assert_eq!(imap, vec![0, 1, 4]);
+    // A finished call: every wait returns at once.
+    let mut finished = pool.apply_async(square, 3).unwrap();
+    assert!(finished.wait_timeout(Duration::MAX));
+    assert!(finished.ready());
+    assert_eq!(finished.get_timeout(Duration::MAX).unwrap(), 9);
+    // A running one: the wait ends when the result comes.
+    let mut running = pool.apply_async(sleepy, 200).unwrap();
+    assert_eq!(running.get_timeout(Duration::MAX).unwrap().0, 200);
+    // A task killed by a replacement after a crash still works too.
+    assert!(matches!(
+        pool.apply(kill_self, 1),
+        Err(Error::WorkerDied { .. })
+    ));
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}

@@ -128,3 +128,15 @@ fn dropping_an_unjoined_process_reaps_it() {
     drop(process);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// `Duration::MAX` is "no limit", not an overflow.
+#[test]
+fn duration_max_means_no_limit() {
+    let mut process = Process::builder()
+        .spawn_timeout(Duration::MAX)
+        .spawn(add, (2, 3))
+        .unwrap();
+    assert_eq!(process.join_timeout(Duration::MAX).unwrap(), 5);
+    let mut slow = Process::spawn(whoami, 200).unwrap();
+    assert_eq!(slow.join_timeout(Duration::MAX).unwrap().1, slow.pid());
+}

@@ -157,11 +157,11 @@ fn failed_item<R>(decode: &Decode<R>, job: &str, task: TaskInfo, bytes: &[u8]) -
 }
 
 fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
-    Error::Serialization {
-        job: job.to_owned(),
-        direction: format!("decode the result of item {index}"),
-        message: problem.into(),
-    }
+    codec::error_for(
+        job,
+        format!("decode the result of item {index}"),
+        problem.into(),
+    )
 }
 
 /// Some consecutive items of a chunk: their reply, or why they all failed.
@@ -356,9 +356,25 @@ where
             .iter()
             .filter_map(|(task, outcome)| outcome.ok().map(|bytes| (*task, bytes)));
         if chunk.chunk != state.next_chunk {
-            let parts = parts.map(|(task, bytes)| (task, bytes.to_vec())).collect();
-            state.early.insert(chunk.chunk, parts);
-            return self.complete_if_done(state);
+            // Kept until its turn: a copy as large as the reply, which may
+            // not fit; that fails the call, not the process.
+            let parts: Result<Vec<_>, String> = parts
+                .map(|(task, bytes)| Ok((task, codec::try_to_vec(bytes)?)))
+                .collect();
+            match parts {
+                Ok(parts) => {
+                    state.early.insert(chunk.chunk, parts);
+                    return self.complete_if_done(state);
+                }
+                Err(message) => {
+                    let direction = format!(
+                        "keep the results of items {}..{} until their turn",
+                        chunk.first,
+                        chunk.first + chunk.count
+                    );
+                    return self.fail(state, codec::error_for(self.job, direction, message));
+                }
+            }
         }
         for (task, bytes) in parts {
             if let Err(error) =
@@ -640,8 +656,9 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Blocks for at most `timeout`; returns whether the result has arrived.
+    /// `Duration::MAX` waits as long as [`wait`](AsyncResult::wait).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.call.wait_until(Some(Instant::now() + timeout))
+        self.call.wait_until(crate::deadline::after(timeout))
     }
 
     /// Waits for the call and returns its value, or the first error.
@@ -652,9 +669,10 @@ impl<T: Send + 'static> AsyncResult<T> {
 
     /// Waits at most `timeout`. Returns [`Error::Timeout`] if the result has
     /// not arrived: the call keeps running and this handle stays usable, so a
-    /// later `get` or `get_timeout` still returns the value.
+    /// later `get` or `get_timeout` still returns the value. `Duration::MAX`
+    /// waits as long as [`get`](AsyncResult::get).
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, Error> {
-        if self.call.wait_until(Some(Instant::now() + timeout)) {
+        if self.call.wait_until(crate::deadline::after(timeout)) {
             self.call.take()
         } else {
             Err(Error::Timeout(timeout))

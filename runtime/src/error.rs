@@ -16,15 +16,22 @@ pub enum ExitCause {
     Signal(i32),
     /// The process ended but its status could not be read (it was reaped elsewhere).
     Unknown,
+    /// The process ended, but its status could not be read because this
+    /// program ignores `SIGCHLD` (or set `SA_NOCLDWAIT`): the kernel then
+    /// reaps its children itself and keeps no exit status for it. Restore
+    /// `SIGCHLD`'s default disposition to see exit codes and signals.
+    SigchldIgnored,
 }
 
 impl ExitCause {
-    /// The Python-style exit code: `Some(code)` for a normal exit, `Some(-N)` for signal `N`.
+    /// The Python-style exit code: `Some(code)` for a normal exit, `Some(-N)`
+    /// for signal `N`; `None` when the process ended with a status that
+    /// could not be read ([`ExitCause::Unknown`], [`ExitCause::SigchldIgnored`]).
     pub fn python_exit_code(self) -> Option<i32> {
         match self {
             ExitCause::Code(c) => Some(c),
             ExitCause::Signal(s) => Some(-s),
-            ExitCause::Unknown => None,
+            ExitCause::Unknown | ExitCause::SigchldIgnored => None,
         }
     }
 
@@ -49,6 +56,11 @@ impl fmt::Display for ExitCause {
                 write!(f, "killed by signal {sig} ({name})")
             }
             ExitCause::Unknown => f.write_str("ended with an unknown status"),
+            ExitCause::SigchldIgnored => f.write_str(
+                "ended, but its exit status could not be read because this program ignores \
+                 SIGCHLD (the kernel reaps its children itself; restore SIGCHLD's default \
+                 disposition to see exit codes and signals)",
+            ),
         }
     }
 }

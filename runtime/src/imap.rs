@@ -397,11 +397,11 @@ where
                     },
                 };
                 if let Err(message) = self.encode.push(&mut items, &item) {
-                    bad_item = Some(Error::Serialization {
-                        job: self.job.to_owned(),
-                        direction: format!("serialize argument {}", first + items.len()),
+                    bad_item = Some(crate::codec::error_for(
+                        self.job,
+                        format!("serialize argument {}", first + items.len()),
                         message,
-                    });
+                    ));
                     break;
                 }
                 // A single item over the limit is the backend's to refuse.

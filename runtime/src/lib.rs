@@ -76,22 +76,28 @@
 //! |---|---|---|
 //! | A job panics | [`Error::Panicked`] with the job, the item's index and the message | the worker survives; with `imap` the other items still arrive |
 //! | A worker dies mid-task (abort, segfault, `exit`, `kill -9`, OOM kill) | [`Error::WorkerDied`] with the pid and exit code or signal, in milliseconds | the pool starts a replacement; [`PoolBuilder::retries`] re-runs the task instead |
+//! | A worker dies while your program ignores `SIGCHLD` | [`Error::WorkerDied`] with [`ExitCause::SigchldIgnored`], which says so | a [`Process`] reports `is_alive() == false` and that cause |
 //! | A task runs past [`PoolBuilder::task_timeout`] | [`Error::TaskTimedOut`] | the worker is killed and replaced |
 //! | A value cannot be serialized or decoded | [`Error::Serialization`] saying which and why | the pool is usable |
 //! | A worker cannot start or connect | [`Error::Spawn`] within [`PoolBuilder::spawn_timeout`] | |
+//! | The system refuses a resource: file descriptors, memory, processes or threads | [`Error::System`] naming the limit to raise (`ulimit -n`, `ulimit -u`), with the OS error as its `source()` | no panic, nothing left behind |
+//! | A payload needs more memory than the process may have | [`Error::System`] naming memory (`source()` is ENOMEM): procpool's payload-sized buffers are reserved with `try_reserve` | no abort; the pool serves the next call |
 //! | The initializer panics | [`Error::InitializerFailed`] from [`PoolBuilder::build`] | no endless restarts |
+//! | The initializer runs past [`PoolBuilder::initializer_timeout`] | [`Error::InitializerFailed`] saying so | the worker is killed; no endless restarts |
 //! | A call after `close`, `join` or `terminate` | [`Error::Closed`] | |
 //! | `terminate` or drop while calls are pending | [`Error::Terminated`] for each, at once | every worker killed and reaped |
 //! | [`AsyncResult::cancel`] | [`Error::Cancelled`] | queued tasks skipped |
 //! | Two jobs under one name | [`Error::Registry`] from `build` | |
 //! | Your program is killed, even with SIGKILL | — | every worker exits at once |
 //!
-//! Nothing hangs: every wait has a bound or ends when a worker dies.
+//! Nothing hangs: every wait has a bound or ends when a worker dies, but
+//! one: an initializer that never returns blocks `build()` for ever
+//! unless [`PoolBuilder::initializer_timeout`] bounds it.
 //!
 //! # Options
 //!
 //! [`Pool::builder`] sets them; each is a method of [`PoolBuilder`]:
-//! `processes`, `initializer`, `max_tasks_per_child`, `task_timeout`,
+//! `processes`, `initializer`, `initializer_timeout`, `max_tasks_per_child`, `task_timeout`,
 //! `retries`, `max_memory_per_child`, `spawn_timeout`, and with cargo
 //! features, `progress` and `cluster`.
 //!
@@ -194,6 +200,8 @@
 //             memfd regions, fork as a sibling, fd passing, error texts
 //             (imports nothing of the crate)
 //   error     Error, ExitCause, IoCause               -> sys (error texts)
+//   deadline  the one place a user's duration becomes an Instant:
+//             Duration::MAX is no deadline (imports nothing of the crate)
 
 #![deny(missing_docs)]
 
@@ -211,6 +219,7 @@ mod call;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod codec;
+mod deadline;
 mod error;
 mod exec;
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     spawn_timeout: Duration,
     initializer: Option<Result<Initializer, Error>>,
+    initializer_timeout: Option<Duration>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
     retries: usize,
@@ -80,6 +81,7 @@ impl Default for PoolBuilder {
             processes: None,
             spawn_timeout: DEFAULT_SPAWN_TIMEOUT,
             initializer: None,
+            initializer_timeout: None,
             max_tasks_per_child: None,
             task_timeout: None,
             retries: 0,
@@ -99,7 +101,8 @@ impl PoolBuilder {
     }
 
     /// How long a new worker may take to start and connect before the start
-    /// fails with [`Error::Spawn`]. Defaults to 10 seconds.
+    /// fails with [`Error::Spawn`]. Defaults to 10 seconds;
+    /// `Duration::MAX` waits without a limit.
     pub fn spawn_timeout(mut self, timeout: Duration) -> Self {
         self.spawn_timeout = timeout;
         self
@@ -112,21 +115,67 @@ impl PoolBuilder {
     /// [`Error::InitializerFailed`] instead of restarting workers forever as
     /// Python does. Only connecting is bounded by the
     /// [`spawn_timeout`](PoolBuilder::spawn_timeout); the initializer itself
-    /// may take as long as it needs.
+    /// may take as long as it needs, unless
+    /// [`initializer_timeout`](PoolBuilder::initializer_timeout) bounds it.
+    /// Without that, an initializer that never returns blocks `build()`
+    /// for ever: the one wait of a pool with no bound.
     pub fn initializer<J, A, R>(mut self, job: J, arg: A::Item) -> Self
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
-        let encoded = encode_one(&job, &arg).map_err(|message| Error::Serialization {
-            job: job.name().to_owned(),
-            direction: "serialize the initializer's argument".to_owned(),
-            message,
+        let encoded = encode_one(&job, &arg).map_err(|message| {
+            crate::codec::error_for(
+                job.name(),
+                "serialize the initializer's argument".to_owned(),
+                message,
+            )
         });
         self.initializer = Some(encoded.map(|arg| Initializer {
             job: job.name(),
             arg,
+            timeout: None,
         }));
+        self
+    }
+
+    /// How long the [`initializer`](PoolBuilder::initializer) may run in
+    /// each new worker, replacements included. Past it the worker is
+    /// killed and the start fails with [`Error::InitializerFailed`]
+    /// saying so: `build()` returns it (stopping the workers that did
+    /// start), and for a replacement started after a crash, the task it
+    /// was started for fails with it (the next task tries a new worker;
+    /// nothing restarts without end). Without it, the initializer may take
+    /// as long as it needs. Has no effect without an initializer; zero is
+    /// an [`Error::Config`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use procpool::{pool_job, Error, Pool};
+    ///
+    /// #[pool_job]
+    /// fn connect(server: String) {
+    ///     // Stands for a connection attempt that never returns.
+    ///     let _ = server;
+    ///     loop {
+    ///         std::thread::sleep(Duration::from_secs(1));
+    ///     }
+    /// }
+    ///
+    /// let built = Pool::builder()
+    ///     .processes(1)
+    ///     .initializer(connect, "db.internal:5432".to_string())
+    ///     .initializer_timeout(Duration::from_millis(200))
+    ///     .build();
+    /// match built {
+    ///     Err(Error::InitializerFailed { message, .. }) => {
+    ///         assert!(message.contains("ran longer than the initializer_timeout of 200ms"));
+    ///     }
+    ///     other => panic!("expected InitializerFailed, got {other:?}"),
+    /// }
+    /// ```
+    pub fn initializer_timeout(mut self, timeout: Duration) -> Self {
+        self.initializer_timeout = Some(timeout);
         self
     }
 
@@ -141,7 +190,8 @@ impl PoolBuilder {
     /// task with [`Error::TaskTimedOut`]; the pool starts a replacement.
     /// The limit applies to a whole chunk: use small chunks with it. With
     /// a cluster pool, the worker that runs it enforces it, and exits to
-    /// be replaced.
+    /// be replaced. `Duration::MAX` (or any limit too far away to reach)
+    /// is no limit.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -198,6 +248,7 @@ impl PoolBuilder {
     ///
     /// The options that shape local worker processes
     /// ([`initializer`](PoolBuilder::initializer),
+    /// [`initializer_timeout`](PoolBuilder::initializer_timeout),
     /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child),
     /// [`max_memory_per_child`](PoolBuilder::max_memory_per_child),
     /// [`retries`](PoolBuilder::retries),
@@ -250,11 +301,20 @@ impl PoolBuilder {
                 "task_timeout must be longer than zero".into(),
             ));
         }
-        let initializer = self.initializer.transpose()?;
+        if self.initializer_timeout == Some(Duration::ZERO) {
+            return Err(Error::Config(
+                "initializer_timeout must be longer than zero".into(),
+            ));
+        }
+        let initializer = self.initializer.transpose()?.map(|init| Initializer {
+            timeout: self.initializer_timeout,
+            ..init
+        });
         #[cfg(feature = "cluster")]
         if let Some(url) = &self.cluster {
             let local_only = [
                 ("initializer", initializer.is_some()),
+                ("initializer_timeout", self.initializer_timeout.is_some()),
                 ("max_tasks_per_child", self.max_tasks_per_child.is_some()),
                 ("max_memory_per_child", self.max_memory_per_child.is_some()),
                 ("retries", self.retries != 0),
@@ -716,11 +776,8 @@ impl Pool {
         // an item would take over it goes without that item.
         let byte_limit = self.backend.max_chunk_bytes();
         let serialization = |index: usize, message: String| {
-            let error = Error::Serialization {
-                job: job.to_owned(),
-                direction: format!("serialize argument {index}"),
-                message,
-            };
+            let error =
+                crate::codec::error_for(job, format!("serialize argument {index}"), message);
             call.abandon(error.clone());
             error
         };

@@ -1,7 +1,7 @@
 //! `Process`: one job in one new process, like Python's `multiprocessing.Process`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -9,6 +9,7 @@ use crate::Error;
 use crate::error::ExitCause;
 use crate::job::{Decode, IntoJob, JobArgs};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
+use crate::sys::CopyFailed;
 use crate::wire::{FromWorker, ToWorker};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
@@ -77,7 +78,8 @@ impl ProcessBuilder {
         self
     }
 
-    /// How long the process may take to start. Defaults to 10 seconds.
+    /// How long the process may take to start. Defaults to 10 seconds;
+    /// `Duration::MAX` waits without a limit.
     pub fn spawn_timeout(mut self, timeout: Duration) -> Self {
         self.spawn_timeout = timeout;
         self
@@ -96,10 +98,8 @@ impl ProcessBuilder {
                 PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
             )
         });
-        let items = crate::job::encode_one(&job, &arg).map_err(|message| Error::Serialization {
-            job: job.name().to_owned(),
-            direction: "serialize the argument".to_owned(),
-            message,
+        let items = crate::job::encode_one(&job, &arg).map_err(|message| {
+            crate::codec::error_for(job.name(), "serialize the argument".to_owned(), message)
         })?;
         let mut worker = WorkerProcess::spawn(
             &name,
@@ -159,7 +159,8 @@ impl<R: 'static> Process<R> {
         &self.name
     }
 
-    /// Whether the process is still running.
+    /// Whether the process is still running: `false` once it ended, even
+    /// when how it ended cannot be read (see [`exit_cause`](Process::exit_cause)).
     pub fn is_alive(&self) -> bool {
         self.worker.peek_exit().is_none()
     }
@@ -167,10 +168,20 @@ impl<R: 'static> Process<R> {
     /// Python's `exitcode`: `None` while running, the exit code once it
     /// exited (0 after the job returned, 1 after it panicked), `-N` if it was
     /// killed by signal `N`.
+    ///
+    /// Also `None` for a process that ended with a status that cannot be
+    /// read, as when this program ignores `SIGCHLD` (the kernel then reaps
+    /// children itself): [`is_alive`](Process::is_alive) is `false` then,
+    /// and [`exit_cause`](Process::exit_cause) says why.
     pub fn exit_code(&self) -> Option<i32> {
-        self.worker
-            .peek_exit()
-            .and_then(ExitCause::python_exit_code)
+        self.exit_cause().and_then(ExitCause::python_exit_code)
+    }
+
+    /// How the process ended, or `None` while it runs: its exit code, the
+    /// signal that killed it, or [`ExitCause::SigchldIgnored`] when this
+    /// program ignores `SIGCHLD` and the kernel kept no status.
+    pub fn exit_cause(&self) -> Option<ExitCause> {
+        self.worker.peek_exit()
     }
 
     /// Asks the process to stop (SIGTERM).
@@ -193,13 +204,15 @@ impl<R: 'static> Process<R> {
 
     /// Like [`join`](Process::join), but gives up after `timeout` with
     /// [`Error::Timeout`]; the process keeps running and the handle stays
-    /// usable, so join again later to get the value.
+    /// usable, so join again later to get the value. `Duration::MAX` waits
+    /// as long as [`join`](Process::join).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
         self.wait_result(Some(timeout))
     }
 
     fn wait_result(&mut self, timeout: Option<Duration>) -> Result<R, Error> {
-        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        // `Duration::MAX` is no deadline (see `crate::deadline`).
+        let deadline = timeout.and_then(crate::deadline::after);
         let reply = match self.worker.recv_until(deadline, &NEVER) {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(Error::Timeout(timeout.unwrap_or_default())),
@@ -225,7 +238,15 @@ impl<R: 'static> Process<R> {
                 let mut copy = Vec::new();
                 self.worker
                     .reply(1, len, &mut copy)
-                    .map_err(|why| Error::Ipc(format!("the process's reply: {why}")))
+                    .map_err(|failed| match failed {
+                        CopyFailed::NoMemory(_) => Error::system(
+                            format!("the result of process job `{job}`: {failed}"),
+                            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                        ),
+                        CopyFailed::Outside(why) => {
+                            Error::Ipc(format!("the process's reply: {why}"))
+                        }
+                    })
                     .and_then(|()| decode.outcomes(job, 0, 1, &copy, &mut outcomes))
                     .and_then(|()| {
                         outcomes.pop().unwrap_or_else(|| {

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::codec;
-use crate::sys::{self, Region};
+use crate::sys::{self, CopyFailed, Region};
 use crate::wire::Failure;
 
 /// The task whose counters follow (0: none yet).
@@ -287,25 +287,32 @@ impl Output<'_> {
 
 /// The parent's side: appends to `into` a private copy of the reply of
 /// `len` bytes that the worker announced for task number `task`.
+/// Fails with [`CopyFailed::Outside`] when the worker's counters do not
+/// hold up (a protocol violation), [`CopyFailed::NoMemory`] when this
+/// process cannot hold the copy (the reply itself may be fine).
 pub(crate) fn reply(
     region: &mut Region,
     task: u64,
     len: u64,
     into: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), CopyFailed> {
     let found = load(region, TASK);
     if found != task {
-        return Err(format!(
+        return Err(CopyFailed::Outside(format!(
             "its reply region holds task {found}, not task {task}"
-        ));
+        )));
     }
     let values_at = usize::try_from(load(region, VALUES_AT)).unwrap_or(usize::MAX);
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     let end = values_at
         .checked_add(len)
         .filter(|_| values_at >= LOG_AT)
-        .ok_or_else(|| format!("a reply of {len} bytes at {values_at} is out of bounds"))?;
-    region.view(end)?;
+        .ok_or_else(|| {
+            CopyFailed::Outside(format!(
+                "a reply of {len} bytes at {values_at} is out of bounds"
+            ))
+        })?;
+    region.view(end).map_err(CopyFailed::Outside)?;
     region.copy_out(values_at, len, into)
 }
 
@@ -449,6 +456,7 @@ mod tests {
         assert!(
             reply(&mut region, 8, len, &mut other)
                 .unwrap_err()
+                .to_string()
                 .contains("task 7")
         );
         assert!(reply(&mut region, 7, u64::MAX, &mut other).is_err());

@@ -118,8 +118,13 @@ pub(crate) fn describe_io(err: &std::io::Error) -> String {
             format!("too many open files on this system ({err}): raise fs.file-max")
         }
         Some(Errno::NOMEM) => format!("out of memory or address space ({err})"),
+        // What fork, clone and pthread_create say at the limit on
+        // processes and threads (RLIMIT_NPROC counts both), or when the
+        // system has no more tasks or memory for one.
         Some(Errno::AGAIN) => format!(
-            "a resource limit was reached ({err}): check `ulimit -u` (processes) and memory"
+            "the limit on processes and threads was reached ({err}): raise this user's limit \
+             with `ulimit -u` (RLIMIT_NPROC), or end processes it no longer needs; otherwise \
+             the system is out of memory or process ids (kernel.threads-max, a cgroup's pids.max)"
         ),
         _ => err.to_string(),
     }
@@ -383,13 +388,17 @@ impl Region {
     /// garbage, to be found out by whoever decodes it). Fails, with nothing
     /// appended, if the range is outside this process's view or the memory
     /// for the copy cannot be had.
-    pub(crate) fn copy_out(&self, at: usize, len: usize, into: &mut Vec<u8>) -> Result<(), String> {
+    pub(crate) fn copy_out(
+        &self,
+        at: usize,
+        len: usize,
+        into: &mut Vec<u8>,
+    ) -> Result<(), CopyFailed> {
         if !self.covers(at, len) {
-            return Err(outside(at, len, self.size).to_string());
+            return Err(CopyFailed::Outside(outside(at, len, self.size).to_string()));
         }
-        into.try_reserve(len).map_err(|_| {
-            format!("out of memory for a private copy of {len} bytes of shared memory")
-        })?;
+        into.try_reserve(len)
+            .map_err(|_| CopyFailed::NoMemory(len))?;
         let old = into.len();
         // SAFETY: the source lies in this value's mapping (checked above),
         // the destination is `len` reserved bytes of `into`'s spare
@@ -434,6 +443,27 @@ impl Region {
                 .base
                 .as_ptr()
                 .cast::<[std::sync::atomic::AtomicU64; HEAD_WORDS]>()
+        }
+    }
+}
+
+/// Why [`Region::copy_out`] copied nothing.
+#[derive(Debug)]
+pub(crate) enum CopyFailed {
+    /// The range is not in the region (described): the other side lied.
+    Outside(String),
+    /// This process has no memory for a copy of this many bytes.
+    NoMemory(usize),
+}
+
+impl std::fmt::Display for CopyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyFailed::Outside(why) => f.write_str(why),
+            CopyFailed::NoMemory(len) => write!(
+                f,
+                "out of memory for a private copy of {len} bytes of shared memory"
+            ),
         }
     }
 }

@@ -173,7 +173,10 @@ impl ClusterBackend {
             settled: Condvar::new(),
             stop: AtomicBool::new(false),
             live_workers: AtomicUsize::new(seen as usize),
-            timeout_ms: task_timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+            // A limit past u64::MAX ms (`Duration::MAX`) is none at all.
+            timeout_ms: task_timeout
+                .and_then(|t| u64::try_from(t.as_millis()).ok())
+                .map_or(0, |ms| ms.max(1)),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.
@@ -187,7 +190,7 @@ impl ClusterBackend {
             thread::Builder::new()
                 .name("procpool-cluster-results".into())
                 .spawn(move || shared.collect(collector_link))
-                .map_err(|e| Error::Cluster(format!("cannot start the results thread: {e}")))?
+                .map_err(|e| Error::system("cannot start the cluster pool's results thread", e))?
         };
         // A thread of its own, so that a slow callback on the collector
         // thread never lets the presence key expire.
@@ -202,9 +205,10 @@ impl ClusterBackend {
             Err(e) => {
                 shared.stop.store(true, Ordering::Release);
                 let _ = collector.join();
-                return Err(Error::Cluster(format!(
-                    "cannot start the presence thread: {e}"
-                )));
+                return Err(Error::system(
+                    "cannot start the cluster pool's presence thread",
+                    e,
+                ));
             }
         };
         Ok(ClusterBackend {

@@ -424,9 +424,14 @@ impl Worker {
             let mut held = waiting.to_vec();
             held.push((entry.stream.clone(), entry.id.clone()));
             self.beat.watch(held);
-            if timeout_ms > 0 {
+            // A limit no `Instant` can hold (a caller's `Duration::MAX`,
+            // or a forged task's) is no limit: nothing to arm.
+            let deadline = (timeout_ms > 0)
+                .then(|| crate::deadline::after(Duration::from_millis(timeout_ms)))
+                .flatten();
+            if let Some(at) = deadline {
                 self.beat.arm(Watchdog {
-                    at: Instant::now() + Duration::from_millis(timeout_ms),
+                    at,
                     timeout_ms,
                     task: Delivery {
                         stream: entry.stream.clone(),
@@ -730,7 +735,7 @@ impl Heartbeat {
                 pipe.cmd("HDEL").arg(keys.running()).arg(&name).ignore();
                 let _ = link.run(|conn| pipe.query::<()>(conn));
             })
-            .map_err(|e| Error::Cluster(format!("cannot start the heartbeat thread: {e}")))?;
+            .map_err(|e| Error::system("cannot start the cluster worker's heartbeat thread", e))?;
         Ok(Heartbeat {
             shared,
             thread: Some(thread),

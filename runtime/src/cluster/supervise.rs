@@ -97,7 +97,9 @@ impl Workers {
             thread::Builder::new()
                 .name("procpool-cluster-supervisor".into())
                 .spawn(move || shared.supervise(started_tx, link, &keys))
-                .map_err(|e| Error::Spawn(format!("cannot start a supervisor thread: {e}")))?
+                .map_err(|e| {
+                    Error::system("cannot start the cluster workers' supervisor thread", e)
+                })?
         };
         let workers = Workers {
             shared,
@@ -156,11 +158,9 @@ impl Shared {
             // Ctrl-C in a terminal signals the whole foreground group; the
             // supervisor alone should get it and stop each worker once.
             .process_group(0);
-        let child = command.spawn().map_err(|e| {
-            Error::Spawn(format!(
-                "cannot start /proc/self/exe as a cluster worker: {e}"
-            ))
-        })?;
+        let child = command
+            .spawn()
+            .map_err(|e| Error::system("cannot start /proc/self/exe as a cluster worker", e))?;
         let name = format!("{}{suffix}", super::serve::name_prefix(child.id()));
         Ok((child, name))
     }

@@ -3,7 +3,7 @@
 
 use serde::de::{self, DeserializeSeed, Visitor};
 
-use super::error::{CodecError, too_deep};
+use super::error::{CodecError, owned_bytes, owned_str, too_deep};
 use super::format::{self as tag, MAX_DEPTH, describe, unzigzag};
 
 type Result<T> = std::result::Result<T, CodecError>;
@@ -311,9 +311,29 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         visitor.visit_unit()
     }
 
+    // An owned string or byte string is copied here, where its allocation
+    // can fail with an error (`String`'s own visitor would abort).
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        if self.peek()? == tag::STR {
+            self.pos += 1;
+            let text = self.str()?;
+            return visitor.visit_string(owned_str(text)?);
+        }
+        de::Deserializer::deserialize_any(self, visitor)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        if self.peek()? == tag::BYTES {
+            self.pos += 1;
+            let len = self.length()?;
+            return visitor.visit_byte_buf(owned_bytes(self.take(len)?)?);
+        }
+        de::Deserializer::deserialize_any(self, visitor)
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct identifier
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str
+        bytes unit unit_struct seq tuple tuple_struct map struct identifier
     }
 }
 

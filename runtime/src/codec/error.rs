@@ -46,3 +46,44 @@ pub(crate) fn too_deep() -> CodecError {
         super::format::MAX_DEPTH
     ))
 }
+
+/// How every message of a failed allocation begins: the pool tells it from
+/// a user's error by this once the message is a `String` (see
+/// [`super::is_out_of_memory`]), and reports it as the system's refusal.
+pub(crate) const NO_MEMORY: &str = "not enough memory (or address space) for";
+
+/// A buffer of `bytes` could not be allocated.
+#[cold]
+pub(crate) fn out_of_memory(bytes: usize) -> CodecError {
+    CodecError(format!("{NO_MEMORY} a buffer of {bytes} bytes"))
+}
+
+/// Makes room for `more` bytes at the end of `out`, growing it as a push
+/// would, or fails with [`out_of_memory`] where a push would abort the
+/// process: a payload's size is the user's, not ours to trust.
+#[inline]
+pub(crate) fn reserve(out: &mut Vec<u8>, more: usize) -> Result<(), CodecError> {
+    if out.capacity() - out.len() >= more {
+        return Ok(());
+    }
+    out.try_reserve(more)
+        .map_err(|_| out_of_memory(out.len().saturating_add(more)))
+}
+
+/// `bytes` in a new vector, or [`out_of_memory`].
+pub(crate) fn owned_bytes(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let mut owned = Vec::new();
+    reserve(&mut owned, bytes.len())?;
+    owned.extend_from_slice(bytes);
+    Ok(owned)
+}
+
+/// `text` in a new string, or [`out_of_memory`].
+pub(crate) fn owned_str(text: &str) -> Result<String, CodecError> {
+    let mut owned = String::new();
+    owned
+        .try_reserve(text.len())
+        .map_err(|_| out_of_memory(text.len()))?;
+    owned.push_str(text);
+    Ok(owned)
+}

@@ -80,6 +80,42 @@ impl Problem {
     }
 }
 
+/// Whether an encoding or decoding error's message (a [`Problem`]'s, or
+/// one made from it) says that memory ran out rather than that a value was
+/// wrong: the pool reports those as the system's refusal
+/// ([`crate::Error::System`]), as they are nobody's bug.
+pub(crate) fn is_out_of_memory(message: &str) -> bool {
+    message.contains(error::NO_MEMORY)
+}
+
+/// The caller's error for a value of `job` that could not be encoded or
+/// decoded (`direction` says which, e.g. "serialize argument 3"):
+/// [`crate::Error::System`] naming memory, with an `ENOMEM` `io::Error`
+/// as its source, when a buffer could not be allocated; else
+/// [`crate::Error::Serialization`] with the message.
+pub(crate) fn error_for(job: &str, direction: String, message: String) -> crate::Error {
+    if is_out_of_memory(&message) {
+        crate::Error::system(
+            format!(
+                "job `{job}`: cannot {direction}: {message}; the pool is still usable, with \
+                 smaller payloads or more memory (check `ulimit -v`)"
+            ),
+            std::io::Error::from_raw_os_error(libc::ENOMEM),
+        )
+    } else {
+        crate::Error::Serialization {
+            job: job.to_owned(),
+            direction,
+            message,
+        }
+    }
+}
+
+/// `bytes` in a new vector, or [`out_of_memory`]'s text.
+pub(crate) fn try_to_vec(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    error::owned_bytes(bytes).map_err(String::from)
+}
+
 impl From<Problem> for String {
     fn from(problem: Problem) -> String {
         problem.message
@@ -388,7 +424,9 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
                         Ok(()) | Err(PlainError::NotPlain) => {
                             // This item has another shape: the chunk goes tagged.
                             self.out.truncate(start);
-                            let mut tagged = Vec::with_capacity(self.out.len() * 2 + 16);
+                            let mut tagged = Vec::new();
+                            error::reserve(&mut tagged, self.out.len() * 2 + 16)
+                                .map_err(Problem::encode::<T>)?;
                             tagged.push(TAGGED);
                             plain::transcode(
                                 shape,
@@ -503,7 +541,13 @@ impl<'a> ChunkReader<'a> {
         count: usize,
         out: &mut Vec<T>,
     ) -> Result<(), Problem> {
-        out.reserve(count);
+        // `count` items of the caller's own call: its result may still be
+        // more than memory allows, which is an error, not an abort.
+        out.try_reserve(count).map_err(|_| {
+            Problem::decode::<T>(error::out_of_memory(
+                count.saturating_mul(std::mem::size_of::<T>()),
+            ))
+        })?;
         if let (Some(shape), Some(kind)) = (self.shape, raw_kind::<T>())
             && shape == [kind as u8]
             && let Some(read) = take_raw(&self.bytes[self.pos.min(self.bytes.len())..], count, out)
@@ -536,8 +580,12 @@ pub(crate) fn chunk_rest(chunk: &[u8], skip: usize) -> Result<Vec<u8>, Problem> 
     for _ in 0..skip {
         reader.next_value::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?;
     }
-    let mut rest = chunk[..header].to_vec();
-    rest.extend_from_slice(chunk.get(reader.pos..).unwrap_or_default());
+    let tail = chunk.get(reader.pos..).unwrap_or_default();
+    let mut rest = Vec::new();
+    error::reserve(&mut rest, header + tail.len())
+        .map_err(|e| Problem::corrupt(format!("cannot copy the items left: {e}")))?;
+    rest.extend_from_slice(&chunk[..header]);
+    rest.extend_from_slice(tail);
     Ok(rest)
 }
 

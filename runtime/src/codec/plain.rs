@@ -13,7 +13,7 @@
 use serde::de::{self, Visitor};
 use serde::ser::{self, Serialize};
 
-use super::error::CodecError;
+use super::error::{CodecError, owned_bytes, owned_str, reserve};
 use super::format::{self as tag, push_varint, zigzag};
 
 /// One step of a shape.
@@ -119,6 +119,15 @@ impl PlainEncoder<'_> {
         }
     }
 
+    /// Room for a string or byte string of `len` bytes and its length,
+    /// reserved fallibly: its size is the user's.
+    fn room(&mut self, len: usize) -> PResult {
+        if self.dry {
+            return Ok(());
+        }
+        reserve(self.out, len.saturating_add(10)).map_err(PlainError::User)
+    }
+
     fn put_len(&mut self, len: usize) {
         if !self.dry {
             push_varint(self.out, len as u64);
@@ -209,12 +218,14 @@ impl<'a, 'b> ser::Serializer for &'a mut PlainEncoder<'b> {
     }
     fn serialize_str(self, v: &str) -> PResult {
         self.step(Kind::Str)?;
+        self.room(v.len())?;
         self.put_len(v.len());
         self.put(v.as_bytes());
         Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> PResult {
         self.step(Kind::Bytes)?;
+        self.room(v.len())?;
         self.put_len(v.len());
         self.put(v);
         Ok(())
@@ -422,9 +433,32 @@ impl<'de> de::Deserializer<'de> for &mut PlainDecoder<'de, '_> {
         visitor.visit_newtype_struct(self)
     }
 
+    // An owned string or byte string is copied here, where its allocation
+    // can fail with an error (`String`'s own visitor would abort).
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> DResult<V::Value> {
+        if self.shape.get(self.at) == Some(&(Kind::Str as u8)) {
+            self.at += 1;
+            let len = self.varint()?;
+            let bytes = self.take(len)?;
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| CodecError::new("a string is not valid UTF-8"))?;
+            return visitor.visit_string(owned_str(text)?);
+        }
+        de::Deserializer::deserialize_any(self, visitor)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> DResult<V::Value> {
+        if self.shape.get(self.at) == Some(&(Kind::Bytes as u8)) {
+            self.at += 1;
+            let len = self.varint()?;
+            return visitor.visit_byte_buf(owned_bytes(self.take(len)?)?);
+        }
+        de::Deserializer::deserialize_any(self, visitor)
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct seq tuple tuple_struct map struct
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str
+        bytes option unit unit_struct seq tuple tuple_struct map struct
         enum identifier ignored_any
     }
 }
@@ -526,6 +560,7 @@ fn transcode_one(de: &mut PlainDecoder<'_, '_>, out: &mut Vec<u8>) -> DResult<()
         }
         Kind::Str | Kind::Bytes => {
             let len = de.varint()?;
+            reserve(out, len.saturating_add(11))?;
             out.push(if kind == Kind::Str {
                 tag::STR
             } else {

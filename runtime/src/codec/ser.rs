@@ -2,7 +2,7 @@
 
 use serde::ser::{self, Serialize};
 
-use super::error::{CodecError, too_deep};
+use super::error::{CodecError, reserve, too_deep};
 use super::format::{self as tag, MAX_DEPTH, push_varint, zigzag};
 
 type Result<T = ()> = std::result::Result<T, CodecError>;
@@ -24,11 +24,15 @@ impl<'b> Encoder<'b> {
         self.out.push(tag);
     }
 
+    /// A string or byte string: its size is the user's, so its room is
+    /// reserved fallibly (tag and length take at most 11 bytes).
     #[inline]
-    fn bytes(&mut self, tag: u8, bytes: &[u8]) {
+    fn bytes(&mut self, tag: u8, bytes: &[u8]) -> Result {
+        reserve(self.out, bytes.len().saturating_add(11))?;
         self.out.push(tag);
         push_varint(self.out, bytes.len() as u64);
         self.out.extend_from_slice(bytes);
+        Ok(())
     }
 
     fn name(&mut self, name: &str) {
@@ -90,6 +94,10 @@ impl<'b> Encoder<'b> {
     }
 }
 
+/// Room for any scalar value with its tag (an `i128` takes 17 bytes) and a
+/// count: reserved before each element, field or entry.
+const SCALAR_ROOM: usize = 32;
+
 /// A sequence, tuple, map or struct being written.
 pub(crate) struct Compound<'a, 'b> {
     enc: &'a mut Encoder<'b>,
@@ -102,6 +110,9 @@ pub(crate) struct Compound<'a, 'b> {
 
 impl Compound<'_, '_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        // A long sequence grows the buffer one small value at a time: the
+        // growth is what may not fit (see `SCALAR_ROOM`).
+        reserve(self.enc.out, SCALAR_ROOM)?;
         let at = self.enc.out.len();
         value.serialize(&mut *self.enc)?;
         self.all_u8 &= self.enc.out.len() == at + 2 && self.enc.out[at] == tag::U8;
@@ -110,6 +121,7 @@ impl Compound<'_, '_> {
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result {
+        reserve(self.enc.out, name.len().saturating_add(SCALAR_ROOM))?;
         self.enc.name(name);
         value.serialize(&mut *self.enc)?;
         self.written += 1;
@@ -222,12 +234,10 @@ impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
         Ok(())
     }
     fn serialize_str(self, v: &str) -> Result {
-        self.bytes(tag::STR, v.as_bytes());
-        Ok(())
+        self.bytes(tag::STR, v.as_bytes())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result {
-        self.bytes(tag::BYTES, v);
-        Ok(())
+        self.bytes(tag::BYTES, v)
     }
     fn serialize_none(self) -> Result {
         self.tag(tag::NONE);
@@ -343,9 +353,11 @@ impl ser::SerializeMap for Compound<'_, '_> {
     type Ok = ();
     type Error = CodecError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result {
+        reserve(self.enc.out, SCALAR_ROOM)?;
         key.serialize(&mut *self.enc)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+        reserve(self.enc.out, SCALAR_ROOM)?;
         value.serialize(&mut *self.enc)?;
         self.written += 1;
         Ok(())

@@ -305,3 +305,50 @@ fn the_rest_of_a_chunk_holds_exactly_the_items_after_the_cut() {
     chunk.push(&1).unwrap();
     assert!(chunk_rest(&chunk.finish(), 2).is_err());
 }
+
+#[test]
+fn a_buffer_that_cannot_be_allocated_is_the_systems_refusal_not_a_bad_value() {
+    // What a `try_reserve` beyond the address space gives.
+    let mut out = Vec::new();
+    let error = super::error::reserve(&mut out, usize::MAX / 2).unwrap_err();
+    let message = String::from(Problem::encode::<Vec<u8>>(error));
+    assert!(super::is_out_of_memory(&message), "{message}");
+    match super::error_for("j", "serialize argument 0".into(), message) {
+        crate::Error::System { context, cause } => {
+            assert!(context.contains("not enough memory"), "{context}");
+            assert_eq!(
+                cause.io_error().kind(),
+                std::io::ErrorKind::OutOfMemory,
+                "{cause}"
+            );
+        }
+        other => panic!("expected Error::System, got {other:?}"),
+    }
+    // A user's own message stays a serialization error.
+    let user = super::error_for("j", "serialize argument 0".into(), "evil".into());
+    assert!(
+        matches!(user, crate::Error::Serialization { .. }),
+        "{user:?}"
+    );
+    // Strings and byte strings decoded into owned values go through the
+    // fallible copies and arrive whole.
+    let text = "x".repeat(100_000);
+    let bytes = serde_bytes::ByteBuf::from(vec![5u8; 100_000]);
+    let plain = [
+        (text.clone(), bytes.clone()),
+        (String::new(), bytes.clone()),
+    ];
+    assert_eq!(round_trip(&plain), plain);
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Tagged {
+        text: String,
+        bytes: serde_bytes::ByteBuf,
+        none: Option<String>,
+    }
+    let tagged = [Tagged {
+        text,
+        bytes,
+        none: None,
+    }];
+    assert_eq!(round_trip(&tagged), tagged);
+}

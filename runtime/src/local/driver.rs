@@ -21,8 +21,9 @@ use crate::error::{ExitCause, panic_message};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
 use crate::stats::Departure;
 use crate::stream::Partial;
+use crate::sys::CopyFailed;
 use crate::transport::{Part, Task};
-use crate::wire::{Failure, FromWorker, ToWorker};
+use crate::wire::{Failure, FailureKind, FromWorker, ToWorker};
 
 /// One worker slot: its worker, and the thread that runs queued tasks on it.
 pub(super) struct Driver {
@@ -252,14 +253,24 @@ impl Driver {
                     // memory rather than keep it for the pool's life.
                     *copy = Vec::new();
                 }
-                if let Err(why) = current.worker.reply(sent.id, len, &mut copy) {
-                    drop(copy);
-                    let violation = format!("its reply cannot be read: {why}");
-                    return self.broke_protocol(current, sent, violation);
-                }
+                let outcome = match current.worker.reply(sent.id, len, &mut copy) {
+                    Ok(()) => Ok(&copy[..]),
+                    // The worker did its part: only this call fails.
+                    Err(CopyFailed::NoMemory(_)) => Err(Failure::new(
+                        FailureKind::System(Some(libc::ENOMEM)),
+                        format!(
+                            "answered, but this process has no memory for the reply's {len} bytes"
+                        ),
+                    )),
+                    Err(CopyFailed::Outside(why)) => {
+                        drop(copy);
+                        let violation = format!("its reply cannot be read: {why}");
+                        return self.broke_protocol(current, sent, violation);
+                    }
+                };
                 self.answered(&mut current.done, &sent);
                 let next = self.next(current, pipeline);
-                self.deliver(sent.task, sent.reported, Ok(&copy));
+                self.deliver(sent.task, sent.reported, outcome);
                 next
             }
             Err(failure) => {
@@ -493,7 +504,7 @@ impl Driver {
             items,
             last: false,
         };
-        let deadline = self.config.task_timeout.map(|limit| Instant::now() + limit);
+        let deadline = self.config.task_timeout.and_then(crate::deadline::after);
         let mut sent = Sent {
             task,
             deadline,
@@ -742,6 +753,19 @@ impl Driver {
                 task.first = rest;
                 task.retried = retried;
                 self.shared.retry(task);
+            }
+            Err(problem) if codec::is_out_of_memory(&problem.message) => {
+                let error = Error::system(
+                    format!(
+                        "cannot keep the items {rest}..{end} of job `{}` that a dead worker \
+                         did not start: {}",
+                        task.job, problem.message
+                    ),
+                    std::io::Error::from_raw_os_error(libc::ENOMEM),
+                );
+                task.count = end - rest;
+                task.first = rest;
+                task.deliver(Err(error), 0);
             }
             Err(problem) => {
                 let error = Error::Ipc(format!(

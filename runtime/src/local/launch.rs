@@ -28,7 +28,7 @@ use crate::error::ExitCause;
 use crate::local::channel::{self, Channel, ChannelError, Incoming, poll_any};
 use crate::local::template::{self, Start};
 use crate::stream::{self, Partial};
-use crate::sys::{self, Region, WORKER_ENV, WORKER_ON_STDIN};
+use crate::sys::{self, CopyFailed, Region, WORKER_ENV, WORKER_ON_STDIN};
 use crate::wire::{FromWorker, INLINE_MAX, Message, Payload, ToWorker};
 
 /// The longest single `poll`: how often a wait looks at its abort flag.
@@ -77,6 +77,9 @@ pub(crate) struct Initializer {
     pub(crate) job: &'static str,
     /// The encoded argument.
     pub(crate) arg: Vec<u8>,
+    /// How long it may run (`PoolBuilder::initializer_timeout`); `None`:
+    /// as long as it needs.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// Where another thread can find a worker's pid to kill it.
@@ -146,7 +149,8 @@ impl WorkerProcess {
         if !sys::bootstrap_ran() {
             return Err(Error::Spawn(sys::BOOTSTRAP_MISSING.into()));
         }
-        let deadline = Instant::now() + timeout;
+        // `Duration::MAX` waits without end (see `crate::deadline`).
+        let deadline = crate::deadline::after_or_never(timeout);
         let mut worker = Self::launch(fork_from, deadline, timeout, abort)?;
         worker.handshake(deadline, timeout, abort)?;
         worker.init(name, initializer, deadline, timeout, abort)?;
@@ -268,11 +272,12 @@ impl WorkerProcess {
                 .map(|init| (init.job.to_owned(), ByteBuf::from(init.arg.clone()))),
         };
         // An initializer may legitimately take long (loading a model, say):
-        // only the connection is bounded by the start-up timeout then.
-        let init_deadline = if initializer.is_some() {
-            None
-        } else {
-            Some(deadline)
+        // only the connection is bounded by the start-up timeout then, and
+        // the initializer by its own limit, if the pool has one.
+        let init_limit = initializer.and_then(|init| init.timeout);
+        let init_deadline = match initializer {
+            Some(_) => init_limit.and_then(crate::deadline::after),
+            None => Some(deadline),
         };
         let replies = Region::create().map_err(|err| {
             Error::system(
@@ -284,7 +289,17 @@ impl WorkerProcess {
             .send_with(&init, &[replies.fd()], init_deadline, abort)
             .and_then(|()| self.recv(init_deadline, abort));
         self.replies = Some(replies);
+        let job = initializer.map(|init| init.job).unwrap_or_default();
         let reply = reply.map_err(|lost| match lost {
+            // Only the initializer's own limit can pass with one: `recv`
+            // killed and reaped the worker.
+            Lost::TimedOut if init_limit.is_some() => Error::InitializerFailed {
+                job: job.to_owned(),
+                message: format!(
+                    "it ran longer than the initializer_timeout of {:?}; the worker was killed",
+                    init_limit.unwrap_or_default()
+                ),
+            },
             Lost::Died(cause) => {
                 Error::Spawn(format!("the worker process {pid} {cause} while starting"))
             }
@@ -293,7 +308,6 @@ impl WorkerProcess {
             Lost::Protocol(why) => Error::Spawn(format!("the worker broke the protocol: {why}")),
             Lost::System(err) => Error::system("could not start a worker process", err),
         })?;
-        let job = initializer.map(|init| init.job).unwrap_or_default();
         match reply {
             FromWorker::Ready => Ok(()),
             FromWorker::Failed { failure, .. } => Err(Error::InitializerFailed {
@@ -339,11 +353,15 @@ impl WorkerProcess {
 
     /// Appends to `into` a private copy of the reply of `len` bytes the
     /// worker announced for task number `task`.
-    pub(crate) fn reply(&mut self, task: u64, len: u64, into: &mut Vec<u8>) -> Result<(), String> {
-        let replies = self
-            .replies
-            .as_mut()
-            .ok_or("a reply before the worker was initialised")?;
+    pub(crate) fn reply(
+        &mut self,
+        task: u64,
+        len: u64,
+        into: &mut Vec<u8>,
+    ) -> Result<(), CopyFailed> {
+        let replies = self.replies.as_mut().ok_or_else(|| {
+            CopyFailed::Outside("a reply before the worker was initialised".to_owned())
+        })?;
         stream::reply(replies, task, len, into)
     }
 
@@ -454,7 +472,7 @@ impl WorkerProcess {
     ) -> Result<Option<FromWorker>, Lost> {
         loop {
             match self.channel.try_recv_with::<FromWorker>() {
-                Ok(incoming) => return self.from_worker(incoming).map(Some),
+                Ok(incoming) => return self.check_sender(incoming).map(Some),
                 Err(ChannelError::WouldBlock) => {}
                 Err(ChannelError::Closed) => return Err(Lost::Died(self.reap())),
                 Err(err) => return Err(self.abandon(err)),
@@ -464,7 +482,7 @@ impl WorkerProcess {
                 Ok(Event::Exited) => {
                     // A reply sent just before exiting is already queued.
                     match self.channel.try_recv_with::<FromWorker>() {
-                        Ok(incoming) => return self.from_worker(incoming).map(Some),
+                        Ok(incoming) => return self.check_sender(incoming).map(Some),
                         Err(ChannelError::WouldBlock | ChannelError::Closed) => {
                             return Err(Lost::Died(self.reap()));
                         }
@@ -483,7 +501,7 @@ impl WorkerProcess {
     /// protocol violation, except the notice such a copy sends before it
     /// exits, which is returned for the caller to match with its task; the
     /// worker is replaced after the task in hand either way.
-    fn from_worker(&mut self, incoming: Incoming<FromWorker>) -> Result<FromWorker, Lost> {
+    fn check_sender(&mut self, incoming: Incoming<FromWorker>) -> Result<FromWorker, Lost> {
         let sender = incoming.sender;
         if sender == Some(self.pid) {
             return Ok(incoming.message);
@@ -588,7 +606,7 @@ impl WorkerProcess {
             Ok(WaitStatus::Exited(_, code)) => Some(ExitCause::Code(code)),
             Ok(WaitStatus::Signaled(_, signal, _)) => Some(ExitCause::Signal(signal as i32)),
             Ok(_) => None,
-            Err(_) => Some(ExitCause::Unknown),
+            Err(_) => Some(unreadable_exit()),
         }
     }
 
@@ -609,10 +627,21 @@ impl WorkerProcess {
 
     /// Sends `signal` unless the process has already been reaped.
     pub(crate) fn signal(&self, signal: Signal) {
-        if self.reaped.is_none()
-            && let Ok(pid) = i32::try_from(self.pid)
-        {
-            let _ = kill(Pid::from_raw(pid), signal);
+        if self.reaped.is_some() {
+            return;
+        }
+        // Through the pidfd: a program that ignores SIGCHLD has its
+        // children reaped by the kernel, and a pid may then be reused by
+        // a stranger while this handle still holds it.
+        match rustix::process::Signal::from_named_raw(signal as i32) {
+            Some(signal) => {
+                let _ = rustix::process::pidfd_send_signal(&self.pidfd, signal);
+            }
+            None => {
+                if let Ok(pid) = i32::try_from(self.pid) {
+                    let _ = kill(Pid::from_raw(pid), signal);
+                }
+            }
         }
     }
 
@@ -747,8 +776,27 @@ fn wait_for_exit(pid: u32) -> ExitCause {
             Ok(WaitStatus::Exited(_, code)) => return ExitCause::Code(code),
             Ok(WaitStatus::Signaled(_, signal, _)) => return ExitCause::Signal(signal as i32),
             Err(nix::errno::Errno::EINTR) => continue,
-            _ => return ExitCause::Unknown,
+            _ => return unreadable_exit(),
         }
+    }
+}
+
+/// Why a child's exit status could not be read: most often because this
+/// program ignores `SIGCHLD` (or set `SA_NOCLDWAIT`), so the kernel reaped
+/// the child itself and kept no status; that is worth saying, as it is
+/// the program's setting and it can change it.
+fn unreadable_exit() -> ExitCause {
+    // SAFETY: an all-zero `sigaction` is a valid value to be overwritten.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: with a null new action, sigaction only reads the current one
+    // into `current`, which outlives the call.
+    let read = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) };
+    let reaped_by_kernel =
+        current.sa_sigaction == libc::SIG_IGN || current.sa_flags & libc::SA_NOCLDWAIT != 0;
+    if read == 0 && reaped_by_kernel {
+        ExitCause::SigchldIgnored
+    } else {
+        ExitCause::Unknown
     }
 }
 

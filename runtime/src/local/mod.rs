@@ -148,7 +148,12 @@ impl LocalBackend {
             {
                 Ok(handle) => drivers.push(handle),
                 Err(err) => {
-                    outcome = Err(Error::Spawn(format!("cannot start a driver thread: {err}")));
+                    // EAGAIN here is the limit on processes and threads:
+                    // the error's text names `ulimit -u`.
+                    outcome = Err(Error::system(
+                        "could not start the pool: cannot start a driver thread",
+                        err,
+                    ));
                     break;
                 }
             }
