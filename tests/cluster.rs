@@ -78,6 +78,20 @@ fn tagged_add(a: i64, b: i64) -> (i64, u32) {
     (a + b, std::process::id())
 }
 
+/// Appends a line `<x>` to the file `path` (a side effect a test can
+/// count), and returns `x * x`.
+#[pool_job]
+fn logged_square(x: u64, path: String) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "{x}").unwrap();
+    x * x
+}
+
 #[pool_job]
 fn worker_name() -> String {
     procpool::current_process().name().to_owned()
@@ -1294,15 +1308,83 @@ fn with_a_key_tasks_without_a_valid_tag_never_run() {
     });
     assert_eq!(queued_in(&mut conn, &stream), 0, "acknowledged and deleted");
     assert!(traces(&dir, "started").is_empty(), "none of them ran");
-    // The same task with its own tag runs (here, replayed as it was).
+    // The same task with its own tag, but its caller is gone: a presence
+    // key set without the key does not revive it, so it does not run.
     xadd(&mut conn, &stream, first);
-    eventually("the genuine task to run", || {
-        traces(&dir, "started").contains_key(&1)
+    let results = format!("procpool:{{keyed}}:results:{caller}");
+    eventually("the worker to take the task", || {
+        queued_in(&mut conn, &stream) == 0
     });
+    assert!(traces(&dir, "started").is_empty(), "it did not run");
+    // Its refusal went to the caller's results (read and dropped there).
+    assert_eq!(keys(&mut conn, &results), [results.clone()]);
     assert_eq!(
         stat(&mut conn, "keyed", "forged_tasks"),
         forged.len() as u64
     );
+    assert_eq!(workers.restarts(), 0);
+}
+
+#[test]
+fn with_a_key_a_replayed_task_never_runs_again() {
+    // Someone without the key copies a live caller's genuine task entries
+    // (XRANGE) and adds them again (XADD of the same fields), before and
+    // after they ran: each task's side effect happens once, and every copy
+    // is dropped unrun and counted.
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=replay&key={KEY}"));
+    let dir = scratch_dir("replay");
+    let log = dir.join("side-effects");
+    let log_text = log.to_str().unwrap().to_owned();
+    let mut conn = redis_conn(&redis, "");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(logged_square, (1..4).map(|x| (x, log_text.clone())))
+        .unwrap();
+    let stream = task_stream(&mut conn, "replay");
+    let captured = stream_entries(&mut conn, &stream);
+    assert_eq!(captured.len(), 3);
+    // Two copies of each before any worker runs: they race the originals.
+    for _ in 0..2 {
+        for (_, fields) in &captured {
+            xadd(&mut conn, &stream, fields);
+        }
+    }
+    let workers = Workers::start(&url, 2).unwrap();
+    assert_eq!(
+        call.get_timeout(Duration::from_secs(60)).unwrap(),
+        vec![1, 4, 9]
+    );
+    // Three more of each once they ran, while the caller lives.
+    for _ in 0..3 {
+        for (_, fields) in &captured {
+            xadd(&mut conn, &stream, fields);
+        }
+    }
+    eventually("the workers to take every copy off the queue", || {
+        queued_in(&mut conn, &stream) == 0
+    });
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["1", "2", "3"], "each task ran once");
+    eventually("every copy to be counted", || {
+        stat(&mut conn, "replay", "replayed_tasks") == 15
+    });
+    assert_eq!(stat(&mut conn, "replay", "forged_tasks"), 0);
+    let report = procpool::cluster::inspect(&url).unwrap();
+    assert_eq!(report.replayed_tasks, 15);
+    assert!(report.to_string().contains("15 replayed tasks"), "{report}");
+    // The pool still works, and nothing ran again meanwhile.
+    assert_eq!(
+        pool.apply(logged_square, (4, log_text.clone())).unwrap(),
+        16
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 4);
     assert_eq!(workers.restarts(), 0);
 }
 

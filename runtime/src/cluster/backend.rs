@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use redis::streams::StreamRangeReply;
 
-use super::auth::{ResultFields, TaskFields};
+use super::auth::{Presence, ResultFields, TaskFields};
 use super::link::{Link, is_connection_error};
-use super::protocol::{self, Entry, GROUP, Keys, Refusal};
+use super::protocol::{self, Clock, Entry, GROUP, Keys, Refusal, TASK_LIFETIME};
 use super::settings::Settings;
 use crate::Error;
 use crate::transport::{Backend, Task};
@@ -39,6 +39,10 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// How often the caller checks that some live worker can run each job it
 /// has tasks queued for.
 const SERVED_EVERY: Duration = Duration::from_secs(2);
+/// How old a published watermark must be before the claims below it are
+/// removed: a worker trusts a presence it read for up to a second, so it
+/// never relies on a claim removed under a watermark it has not seen yet.
+const PRUNE_AFTER: Duration = Duration::from_secs(3);
 
 struct Pending {
     /// The task, its items taken out to be sent.
@@ -56,6 +60,8 @@ struct Queued {
     count: usize,
     stream: String,
     items: Vec<u8>,
+    /// When the task stops being valid (signed with it).
+    expires_ms: u64,
     tag: Option<Vec<u8>>,
 }
 
@@ -67,6 +73,10 @@ struct State {
     /// Bytes of tasks sent to Redis whose results did not come back yet.
     in_flight: usize,
     next_seq: u64,
+    /// Every task numbered below this is settled (see [`State::low`]).
+    low: u64,
+    /// Settled tasks whose claims in Redis were not removed yet.
+    settled: Vec<u64>,
     closed: bool,
 }
 
@@ -75,6 +85,7 @@ impl State {
     fn take(&mut self, seq: u64) -> Option<Pending> {
         let pending = self.pending.remove(&seq)?;
         self.in_flight -= pending.in_flight;
+        self.settled.push(seq);
         Some(pending)
     }
 
@@ -82,7 +93,19 @@ impl State {
     fn take_all(&mut self) -> Vec<Pending> {
         self.in_flight = 0;
         self.backlog.clear();
+        self.settled.extend(self.pending.keys().copied());
         self.pending.drain().map(|(_, p)| p).collect()
+    }
+
+    /// The watermark: the lowest task number still pending, or the next
+    /// one. Every task below it is settled (its result came, or its call
+    /// ended), so workers drop any task numbered below it unrun. Numbers
+    /// only grow, so this moves forward only, in O(1) amortized.
+    fn low(&mut self) -> u64 {
+        while self.low < self.next_seq && !self.pending.contains_key(&self.low) {
+            self.low += 1;
+        }
+        self.low
     }
 
     /// Whether a task of `bytes` may go to Redis now: the window always
@@ -120,6 +143,8 @@ struct Shared {
     /// The builder's `task_timeout`, in milliseconds (0: none); workers
     /// enforce it.
     timeout_ms: u64,
+    /// Redis' clock, which signed expiries follow.
+    clock: Clock,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -174,12 +199,13 @@ impl ClusterBackend {
             stop: AtomicBool::new(false),
             live_workers: AtomicUsize::new(seen as usize),
             timeout_ms: task_timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+            clock: Clock::default(),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.
         {
             let mut link = lock(&shared.submitter);
-            let result = link.run(|conn| shared.announce(conn));
+            let result = link.run(|conn| shared.announce(conn, 0));
             result.map_err(|err| link.error("cannot register the caller", &err))?;
         }
         let collector = {
@@ -246,28 +272,66 @@ pub(crate) fn ensure_group(link: &mut Link, stream: &str) -> Result<(), redis::R
 
 impl Shared {
     /// Adds to `pipe` the command that marks this caller present for
-    /// another `presence`.
-    fn mark_present<'p>(&self, pipe: &'p mut redis::Pipeline) -> &'p mut redis::Pipeline {
+    /// another `presence`: the value says until when (Redis' clock) and the
+    /// watermark, signed with the key, so that nobody without it can revive
+    /// a caller that is gone or lower its watermark. Returns the watermark.
+    fn mark_present(&self, pipe: &mut redis::Pipeline) -> u64 {
+        let presence = self.settings.presence.as_millis().max(1) as u64;
+        let low = lock(&self.state).low();
+        let value = self.settings.auth.presence_value(
+            &self.settings.queue,
+            &self.caller,
+            Presence {
+                expires_ms: self.clock.now() + presence,
+                low,
+            },
+        );
         pipe.cmd("SET")
             .arg(self.keys.caller(&self.caller))
-            .arg(1)
+            .arg(value)
             .arg("PX")
-            .arg(self.settings.presence.as_millis().max(1) as u64)
+            .arg(presence)
+            .ignore();
+        low
     }
 
-    /// Marks this caller present, and keeps its results and the streams
-    /// holding its tasks for one more `ttl`.
-    fn announce(&self, conn: &mut dyn redis::ConnectionLike) -> redis::RedisResult<()> {
+    /// Marks this caller present, keeps its results, claims and the
+    /// streams holding its tasks for one more `ttl`, and removes the claims
+    /// of settled tasks numbered below `prune_below` (a watermark published
+    /// at least [`PRUNE_AFTER`] ago). Returns the watermark it published.
+    fn announce(
+        &self,
+        conn: &mut dyn redis::ConnectionLike,
+        prune_below: u64,
+    ) -> redis::RedisResult<u64> {
+        self.clock.learn(protocol::redis_time_ms(conn)?);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        let streams: HashSet<String> = lock(&self.state)
-            .pending
-            .values()
-            .filter_map(|p| Some(p.entry.as_ref()?.0.clone()))
-            .collect();
+        let (streams, prune): (HashSet<String>, Vec<u64>) = {
+            let state = lock(&self.state);
+            let streams = state
+                .pending
+                .values()
+                .filter_map(|p| Some(p.entry.as_ref()?.0.clone()))
+                .collect();
+            let prune = state
+                .settled
+                .iter()
+                .copied()
+                .filter(|seq| *seq < prune_below)
+                .collect();
+            (streams, prune)
+        };
         let now = protocol::now_ms();
         let presence = self.settings.presence.as_millis() as u64;
         let mut pipe = redis::pipe();
-        self.mark_present(&mut pipe)
+        let low = self.mark_present(&mut pipe);
+        let claims = self.keys.claims(&self.caller);
+        if !prune.is_empty() {
+            pipe.cmd("HDEL").arg(&claims).arg(&prune).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&claims)
+            .arg(ttl)
             .ignore()
             .cmd("PEXPIRE")
             .arg(self.keys.results(&self.caller))
@@ -290,7 +354,11 @@ impl Shared {
         for stream in streams {
             pipe.cmd("PEXPIRE").arg(stream).arg(ttl).ignore();
         }
-        pipe.query(conn)
+        pipe.query::<()>(conn)?;
+        if !prune.is_empty() {
+            lock(&self.state).settled.retain(|seq| *seq >= prune_below);
+        }
+        Ok(low)
     }
 
     /// The presence thread: announces this caller four times per
@@ -299,8 +367,20 @@ impl Shared {
     /// key it kept alive expires `ttl` later.
     fn keep_present(&self, mut link: Link) {
         let period = self.settings.presence / 4;
+        // The watermarks published, and when: claims are removed only
+        // below one that every worker has seen (see PRUNE_AFTER).
+        let mut published: VecDeque<(Instant, u64)> = VecDeque::new();
+        let mut prune_below = 0;
         while !self.stop.load(Ordering::Acquire) {
-            let _ = link.run(|conn| self.announce(conn));
+            while let Some((at, low)) = published.front()
+                && at.elapsed() >= PRUNE_AFTER
+            {
+                prune_below = *low;
+                published.pop_front();
+            }
+            if let Ok(low) = link.run(|conn| self.announce(conn, prune_below)) {
+                published.push_back((Instant::now(), low));
+            }
             let announced = Instant::now();
             while announced.elapsed() < period && !self.stop.load(Ordering::Acquire) {
                 thread::sleep(Duration::from_millis(20).min(period));
@@ -492,13 +572,13 @@ impl Shared {
         if auth.result_valid(&fields, entry.field("tag")) {
             return true;
         }
-        log::warn!(
+        super::warn(format_args!(
             "procpool cluster caller {}: dropped result {} for task {seq} (job `{job}`): its tag \
              does not match this queue's key; someone without the key wrote to {}",
             self.caller,
             entry.id,
             self.keys.results(&self.caller)
-        );
+        ));
         let _ = link.query::<()>(
             redis::cmd("HINCRBY")
                 .arg(self.keys.stats())
@@ -676,9 +756,8 @@ impl Shared {
         // Presence first, in the same round trip: a worker never sees this
         // task without it, even right after Redis restarted.
         let mut pipe = redis::pipe();
-        let add = self
-            .mark_present(&mut pipe)
-            .ignore()
+        self.mark_present(&mut pipe);
+        let add = pipe
             .cmd("XADD")
             .arg(&task.stream)
             .arg("*")
@@ -690,6 +769,8 @@ impl Shared {
             .arg(task.job)
             .arg("count")
             .arg(task.count)
+            .arg("expires")
+            .arg(task.expires_ms)
             .arg("items")
             .arg(&task.items);
         if self.timeout_ms > 0 {
@@ -837,6 +918,7 @@ impl Backend for ClusterBackend {
             }
             let seq = state.next_seq;
             state.next_seq += 1;
+            let expires_ms = shared.clock.now() + TASK_LIFETIME.as_millis() as u64;
             let tag = shared.settings.auth.task_tag(&TaskFields {
                 queue: &shared.settings.queue,
                 caller: &shared.caller,
@@ -844,6 +926,7 @@ impl Backend for ClusterBackend {
                 job,
                 count: count as u64,
                 timeout_ms: shared.timeout_ms,
+                expires_ms,
                 items: &items,
             });
             let queued = Queued {
@@ -852,6 +935,7 @@ impl Backend for ClusterBackend {
                 count,
                 stream,
                 items,
+                expires_ms,
                 tag,
             };
             // Behind the tasks already waiting, or when the window is full,

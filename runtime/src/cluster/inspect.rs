@@ -33,6 +33,10 @@ pub struct QueueReport {
     pub callers: Vec<String>,
     /// Tasks that workers dropped because their tag did not match the key.
     pub forged_tasks: u64,
+    /// Copies of genuine tasks (the same signed fields added again) that
+    /// workers dropped unrun, because the task ran or runs from another
+    /// entry, or its caller settled it already.
+    pub replayed_tasks: u64,
     /// Results that callers dropped because their tag did not match the key.
     pub forged_results: u64,
 }
@@ -207,6 +211,7 @@ pub fn inspect(url: &str) -> Result<QueueReport, Error> {
         dead_consumers,
         callers,
         forged_tasks: stats.get("forged_tasks").copied().unwrap_or(0),
+        replayed_tasks: stats.get("replayed_tasks").copied().unwrap_or(0),
         forged_results: stats.get("forged_results").copied().unwrap_or(0),
     })
 }
@@ -266,8 +271,8 @@ impl fmt::Display for QueueReport {
         }
         write!(
             f,
-            "dropped for a wrong tag: {} tasks, {} results",
-            self.forged_tasks, self.forged_results
+            "dropped for a wrong tag: {} tasks, {} results; dropped as copies: {} replayed tasks",
+            self.forged_tasks, self.forged_results, self.replayed_tasks
         )
     }
 }
