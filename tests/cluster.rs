@@ -1492,6 +1492,117 @@ fn a_worker_with_another_key_never_runs_the_callers_tasks() {
     drop((wrong, unkeyed));
 }
 
+#[test]
+fn a_call_only_workers_with_another_key_could_run_names_the_key_mismatch() {
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=keymismatch&unserved=1&key={KEY}"));
+    let _wrong = Workers::start(
+        &redis.url("queue=keymismatch&key=another-key-of-enough-length"),
+        1,
+    )
+    .unwrap();
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "keymismatch", 1);
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool.apply_async(square, 3).unwrap();
+    match call.get_timeout(Duration::from_secs(60)) {
+        Err(Error::Registry(message)) => {
+            for needle in [
+                "`cluster::square: fn(u64) -> u64`",
+                "this very job",
+                "`key` differs",
+            ] {
+                assert!(message.contains(needle), "no {needle} in: {message}");
+            }
+            // Not "live workers have" the signature it says none has.
+            assert!(!message.contains("live workers have"), "{message}");
+        }
+        other => panic!("expected a registry error, got {other:?}"),
+    }
+}
+
+/// Run as a child process by
+/// `a_worker_without_a_logger_reports_dropped_tasks_on_stderr`: one cluster
+/// worker, with no logger installed, until SIGTERM.
+#[test]
+#[ignore = "helper: started by another test, then stopped"]
+fn helper_worker_without_a_logger() {
+    let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
+    procpool::cluster::serve(&url).unwrap();
+}
+
+#[test]
+fn a_worker_without_a_logger_reports_dropped_tasks_on_stderr() {
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=nologger&key={KEY}"));
+    let worker = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_worker_without_a_logger",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PROCPOOL_TEST_URL", &url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut worker = KillOnDrop(worker);
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "nologger", 1);
+    // A task without a tag, in the stream the worker reads.
+    let stream = keys(&mut conn, "procpool:{nologger}:tasks:*")
+        .into_iter()
+        .find(|s| {
+            let described: Option<String> = redis::cmd("HGET")
+                .arg("procpool:{nologger}:jobs")
+                .arg(s.rsplit(':').next().unwrap())
+                .query(&mut conn)
+                .unwrap();
+            described.is_some_and(|d| d.starts_with("cluster::square: "))
+        })
+        .unwrap();
+    let forged: Vec<(String, Vec<u8>)> = [
+        ("caller", &b"abcd"[..]),
+        ("seq", b"0"),
+        ("job", b"cluster::square"),
+        ("count", b"1"),
+        ("items", &[3]),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+    .collect();
+    xadd(&mut conn, &stream, &forged);
+    eventually("the worker to drop the forged task", || {
+        stat(&mut conn, "nologger", "forged_tasks") == 1
+    });
+    let mut pipe = worker.0.stderr.take().unwrap();
+    kill(worker.0.id(), libc::SIGTERM);
+    // To the end: the worker finishes and exits on SIGTERM.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    assert!(
+        stderr.contains("dropped task") && stderr.contains("does not match this queue's key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tls_certificate_checks_are_off_only_with_tls_insecure() {
+    let redis = RedisServer::with_args(&[], true);
+    // The server's certificate is from the test's own CA, which nothing
+    // trusts unless told: `#insecure` is refused, tls_insecure=true works.
+    let fragment = format!("{}#insecure", redis.url("queue=insecure"));
+    match Pool::builder().cluster(&fragment).build() {
+        Err(Error::Config(message)) => assert!(message.contains("tls_insecure=true"), "{message}"),
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
+    let url = redis.url("queue=insecure&tls_insecure=true");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.map(square, 0..3).unwrap(), vec![0, 1, 4]);
+}
+
 /// `n` items of 1 MiB each.
 fn mebibytes(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| vec![i as u8; 1 << 20]).collect()

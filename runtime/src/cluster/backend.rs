@@ -705,17 +705,39 @@ impl Shared {
                 continue;
             }
             unserved.remove(job);
-            let others = self.other_signatures(link, job, &id, fresh);
-            let error = Error::Registry(format!(
-                "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
-                 {alive} workers are alive, but none has this job with these argument and \
-                 result types{others}, or they use another `key`, for {secs:?} (the URL's \
-                 `unserved` setting). Deploy workers built with this version of the job, or \
-                 give each build its own queue (?queue=name)",
-                queue = self.settings.queue,
-                display = self.settings.display,
-                secs = self.settings.unserved,
-            ));
+            let (others, same) = self.other_versions(link, job, signature, &id, fresh);
+            let error = if same {
+                // The job as this caller has it, under another id: the
+                // workers' key differs (or one side has none), or their
+                // procpool release signs tasks differently.
+                Error::Registry(format!(
+                    "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                     {alive} workers are alive and some have this very job, but their `key` \
+                     differs from this caller's (or one side has none), or they run a procpool \
+                     release with another task format, so they never see this caller's tasks, \
+                     for {secs:?} (the URL's `unserved` setting). Give callers and workers the \
+                     same key (the URL's `key` or PROCPOOL_KEY) and the same procpool release",
+                    queue = self.settings.queue,
+                    display = self.settings.display,
+                    secs = self.settings.unserved,
+                ))
+            } else {
+                let others = if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (live workers have {})", others.join(", "))
+                };
+                Error::Registry(format!(
+                    "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                     {alive} workers are alive, but none has this job with these argument and \
+                     result types{others}, for {secs:?} (the URL's `unserved` setting). Deploy \
+                     workers built with this version of the job, or give each build its own \
+                     queue (?queue=name)",
+                    queue = self.settings.queue,
+                    display = self.settings.display,
+                    secs = self.settings.unserved,
+                ))
+            };
             let failed: Vec<Pending> = self.settle(|state| {
                 let seqs: Vec<u64> = state
                     .pending
@@ -849,13 +871,24 @@ impl Shared {
     }
 
     /// The other versions of `job` that live workers have, for the error
-    /// message: `` (live workers have `job: fn(u32) -> u32`)``, or nothing.
-    fn other_signatures(&self, link: &mut Link, job: &str, id: &str, fresh: u64) -> String {
+    /// message (`` `job: fn(u32) -> u32` ``), and whether live workers have
+    /// this very version (`signature`) under another id: another key, or a
+    /// release with another task format.
+    fn other_versions(
+        &self,
+        link: &mut Link,
+        job: &str,
+        signature: &str,
+        id: &str,
+        fresh: u64,
+    ) -> (Vec<String>, bool) {
         let Ok(known) =
             link.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(self.keys.jobs()))
         else {
-            return String::new();
+            return (Vec::new(), false);
         };
+        let mine = format!("{job}: {signature}");
+        let mut same = false;
         let mut versions = Vec::new();
         for (other, text) in known {
             let same_name = text.split_once(": ").is_some_and(|(name, _)| name == job);
@@ -870,16 +903,17 @@ impl Shared {
                         .arg("+inf"),
                 )
                 .unwrap_or(0);
-            if live > 0 {
+            if live == 0 {
+                continue;
+            }
+            if text == mine {
+                same = true;
+            } else {
                 versions.push(format!("`{text}`"));
             }
         }
-        if versions.is_empty() {
-            String::new()
-        } else {
-            versions.sort();
-            format!(" (live workers have {})", versions.join(", "))
-        }
+        versions.sort();
+        (versions, same)
     }
 
     fn fail_all(&self, error: &Error) {

@@ -96,7 +96,11 @@
 //! over its expiry and watermark: nobody without the key can revive a
 //! caller that is gone or reopen its settled tasks. Without a key, workers
 //! still drop plain copies of a task, but nothing is authenticated. Protect the database too, with a password or ACL user
-//! (`redis://user:password@host`) and TLS (`rediss://`). A worker runs
+//! (`redis://user:password@host`) and TLS (`rediss://`; the server's
+//! certificate goes unchecked only with `tls_insecure=true`, which every
+//! process warns about, never by the redis crate's `#insecure` fragment).
+//! Dropped forged or replayed tasks and forged results are reported through
+//! the `log` crate, or on stderr when no logger would show them. A worker runs
 //! only `#[pool_job]` functions registered in its own binary and refuses
 //! tasks and results over `max_payload`. A caller's presence key expires
 //! `presence` seconds (10) after its last refresh, and workers then drop
