@@ -43,6 +43,19 @@ const SERVED_EVERY: Duration = Duration::from_secs(2);
 /// removed: a worker trusts a presence it read for up to a second, so it
 /// never relies on a claim removed under a watermark it has not seen yet.
 const PRUNE_AFTER: Duration = Duration::from_secs(3);
+/// How long a job waits with no live worker able to run it before the
+/// caller says so (or `unserved`, if shorter): long enough that a caller
+/// built just before its workers says nothing.
+const NOTICE_UNSERVED: Duration = Duration::from_secs(10);
+
+/// Since when a job with queued tasks has had no live worker able to run
+/// it, and whether that was said.
+struct Unserved {
+    since: Instant,
+    /// No worker of the queue alive at all (rather than none with this job).
+    none_alive: bool,
+    reported: bool,
+}
 
 struct Pending {
     /// The task, its items taken out to be sent.
@@ -400,7 +413,7 @@ impl Shared {
         let mut reconciled = Instant::now();
         let mut reconcile_owed = false;
         let mut served = Instant::now();
-        let mut unserved = HashMap::new();
+        let mut unserved: HashMap<&'static str, Unserved> = HashMap::new();
         let mut generation = None;
         let mut down_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
@@ -657,26 +670,30 @@ impl Shared {
         Ok(found)
     }
 
-    /// Fails the queued tasks of every job that no live worker could run
-    /// for `unserved` seconds while other workers were alive: the call
-    /// would otherwise wait forever. With no worker alive at all, calls
-    /// wait for one (workers may be starting).
-    fn check_served(&self, link: &mut Link, unserved: &mut HashMap<&'static str, Instant>) {
-        let jobs: HashSet<&'static str> = lock(&self.state)
-            .pending
-            .values()
-            .filter(|p| p.entry.is_some())
-            .map(|p| p.task.job)
-            .collect();
-        unserved.retain(|job, _| jobs.contains(job));
+    /// Watches the jobs this caller has tasks queued for: once no live
+    /// worker could run one for a while, says so (through `log`, or on
+    /// stderr), and `inspect` shows it (the caller describes its jobs in
+    /// the queue's `jobs` hash). If workers are alive but none can run it
+    /// for `unserved` seconds, its calls fail with `Error::Registry`: they
+    /// would otherwise wait forever. With no worker alive at all, calls wait
+    /// for one (autoscaling may be starting them), unless the URL sets
+    /// `no_workers`: then they fail with `Error::Cluster` after that long.
+    fn check_served(&self, link: &mut Link, unserved: &mut HashMap<&'static str, Unserved>) {
+        let mut jobs: HashMap<&'static str, usize> = HashMap::new();
+        for pending in lock(&self.state).pending.values() {
+            if pending.entry.is_some() {
+                *jobs.entry(pending.task.job).or_default() += 1;
+            }
+        }
+        unserved.retain(|job, _| jobs.contains_key(job));
         if jobs.is_empty() {
             return;
         }
-        let jobs: Vec<(&'static str, String, &'static str)> = jobs
+        let jobs: Vec<(&'static str, String, &'static str, usize)> = jobs
             .into_iter()
-            .filter_map(|job| {
+            .filter_map(|(job, tasks)| {
                 let (id, signature) = self.job_id(job).ok()?;
-                Some((job, id, signature))
+                Some((job, id, signature, tasks))
             })
             .collect();
         let fresh = fresh_since(&self.settings);
@@ -685,58 +702,121 @@ impl Shared {
             .arg(self.keys.workers())
             .arg(fresh)
             .arg("+inf");
-        for (_, id, _) in &jobs {
+        for (_, id, _, _) in &jobs {
             pipe.cmd("ZCOUNT")
                 .arg(self.keys.serves(id))
                 .arg(fresh)
                 .arg("+inf");
         }
+        for (job, id, signature, _) in &jobs {
+            // What the job id stands for, for `inspect`, also when no
+            // worker ever described it.
+            pipe.cmd("HSETNX")
+                .arg(self.keys.jobs())
+                .arg(id)
+                .arg(format!("{job}: {signature}"))
+                .ignore();
+        }
         let Ok(counts) = link.run(|conn| pipe.query::<Vec<u64>>(conn)) else {
             return;
         };
         let alive = counts.first().copied().unwrap_or(0);
-        for ((job, id, signature), serving) in jobs.into_iter().zip(counts.into_iter().skip(1)) {
-            if serving > 0 || alive == 0 {
+        for ((job, id, signature, tasks), serving) in
+            jobs.into_iter().zip(counts.into_iter().skip(1))
+        {
+            if serving > 0 {
                 unserved.remove(job);
                 continue;
             }
-            let since = *unserved.entry(job).or_insert_with(Instant::now);
-            if since.elapsed() < self.settings.unserved {
+            let none_alive = alive == 0;
+            let watch = unserved.entry(job).or_insert_with(|| Unserved {
+                since: Instant::now(),
+                none_alive,
+                reported: false,
+            });
+            if watch.none_alive != none_alive {
+                // Workers came or went: the other limit applies, from now.
+                *watch = Unserved {
+                    since: Instant::now(),
+                    none_alive,
+                    reported: false,
+                };
+            }
+            let limit = if none_alive {
+                self.settings.no_workers
+            } else {
+                Some(self.settings.unserved)
+            };
+            let notice = limit.map_or(NOTICE_UNSERVED, |limit| limit.min(NOTICE_UNSERVED));
+            if !watch.reported && watch.since.elapsed() >= notice {
+                watch.reported = true;
+                let why = if none_alive {
+                    "no worker of the queue is alive".to_owned()
+                } else {
+                    format!("{alive} workers are alive, but none can run it")
+                };
+                let then = match limit {
+                    Some(limit) => format!("its calls fail after {limit:?} of this"),
+                    None => "its calls wait for a worker (set the URL's `no_workers` to fail \
+                             them instead)"
+                        .to_owned(),
+                };
+                super::warn(format_args!(
+                    "procpool cluster caller {}: {tasks} tasks of job `{job}: {signature}` on \
+                     queue `{}` have waited {:.1?}: {why}; {then}",
+                    self.caller,
+                    self.settings.queue,
+                    watch.since.elapsed(),
+                ));
+            }
+            let Some(limit) = limit else { continue };
+            if watch.since.elapsed() < limit {
                 continue;
             }
             unserved.remove(job);
-            let (others, same) = self.other_versions(link, job, signature, &id, fresh);
-            let error = if same {
-                // The job as this caller has it, under another id: the
-                // workers' key differs (or one side has none), or their
-                // procpool release signs tasks differently.
-                Error::Registry(format!(
-                    "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
-                     {alive} workers are alive and some have this very job, but their `key` \
-                     differs from this caller's (or one side has none), or they run a procpool \
-                     release with another task format, so they never see this caller's tasks, \
-                     for {secs:?} (the URL's `unserved` setting). Give callers and workers the \
-                     same key (the URL's `key` or PROCPOOL_KEY) and the same procpool release",
+            let error = if none_alive {
+                Error::Cluster(format!(
+                    "no worker of queue `{queue}` ({display}) was alive to run job \
+                     `{job}: {signature}` for {limit:?} (the URL's `no_workers` setting). \
+                     Start workers for this queue (procpool::cluster::run_workers), or leave \
+                     `no_workers` out to let calls wait for them",
                     queue = self.settings.queue,
                     display = self.settings.display,
-                    secs = self.settings.unserved,
                 ))
             } else {
-                let others = if others.is_empty() {
-                    String::new()
+                let (others, same) = self.other_versions(link, job, signature, &id, fresh);
+                if same {
+                    // The job as this caller has it, under another id: the
+                    // workers' key differs (or one side has none), or their
+                    // procpool release signs tasks differently.
+                    Error::Registry(format!(
+                        "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                         {alive} workers are alive and some have this very job, but their `key` \
+                         differs from this caller's (or one side has none), or they run a procpool \
+                         release with another task format, so they never see this caller's tasks, \
+                         for {secs:?} (the URL's `unserved` setting). Give callers and workers the \
+                         same key (the URL's `key` or PROCPOOL_KEY) and the same procpool release",
+                        queue = self.settings.queue,
+                        display = self.settings.display,
+                        secs = self.settings.unserved,
+                    ))
                 } else {
-                    format!(" (live workers have {})", others.join(", "))
-                };
-                Error::Registry(format!(
-                    "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
-                     {alive} workers are alive, but none has this job with these argument and \
-                     result types{others}, for {secs:?} (the URL's `unserved` setting). Deploy \
-                     workers built with this version of the job, or give each build its own \
-                     queue (?queue=name)",
-                    queue = self.settings.queue,
-                    display = self.settings.display,
-                    secs = self.settings.unserved,
-                ))
+                    let others = if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (live workers have {})", others.join(", "))
+                    };
+                    Error::Registry(format!(
+                        "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                         {alive} workers are alive, but none has this job with these argument and \
+                         result types{others}, for {secs:?} (the URL's `unserved` setting). Deploy \
+                         workers built with this version of the job, or give each build its own \
+                         queue (?queue=name)",
+                        queue = self.settings.queue,
+                        display = self.settings.display,
+                        secs = self.settings.unserved,
+                    ))
+                }
             };
             let failed: Vec<Pending> = self.settle(|state| {
                 let seqs: Vec<u64> = state

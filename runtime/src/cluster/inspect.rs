@@ -68,7 +68,10 @@ pub struct JobReport {
     /// Tasks taken by a worker and not finished yet (running, or held by a
     /// dead worker until recovered).
     pub taken: u64,
-    /// Live workers that can run it.
+    /// Live workers that can run it. With tasks waiting and none, its
+    /// callers wait for one (or fail after `unserved` seconds if other
+    /// workers are alive, or after `no_workers` if none is and the URL sets
+    /// it); the report says "no live worker can run it".
     pub workers: u64,
 }
 
@@ -249,11 +252,16 @@ impl fmt::Display for QueueReport {
         }
         writeln!(f, "jobs: {}", self.jobs.len())?;
         for j in &self.jobs {
-            writeln!(
+            write!(
                 f,
                 "  {}: {} waiting, {} taken, {} workers",
                 j.job, j.waiting, j.taken, j.workers
             )?;
+            if j.workers == 0 && j.waiting + j.taken > 0 {
+                // Calls wait (or fail after `unserved` / `no_workers`).
+                write!(f, ", no live worker can run it")?;
+            }
+            writeln!(f)?;
         }
         writeln!(f, "dead consumers: {}", self.dead_consumers.len())?;
         for d in &self.dead_consumers {

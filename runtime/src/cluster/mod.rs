@@ -71,8 +71,14 @@
 //!   run it, and jobs that did not change run on old and new workers alike.
 //!   If workers are alive but none can run a job for `unserved` seconds
 //!   (30 by default), its calls fail with [`Error::Registry`], which names
-//!   the job and the versions live workers have. A changed `struct` that
-//!   keeps its name is not detected: give such a build its own queue.
+//!   the job and the versions live workers have (or says that their key
+//!   differs). A changed `struct` that keeps its name is not detected: give
+//!   such a build its own queue.
+//! - With no worker alive at all, calls wait for one (autoscaling may be
+//!   starting them). After 10 seconds (or `unserved`, if shorter) the
+//!   caller says so, through `log` or on stderr, and [`inspect`] shows the
+//!   job with no live worker; `no_workers=<seconds>` in the URL makes such
+//!   calls fail with [`Error::Cluster`] after that long instead.
 //!
 //! # Resources
 //!

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `tasks:<job id>` | stream, group `workers`, with a TTL | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `expires` (ms since the epoch, Redis' clock), `items`, with a `task_timeout` `timeout` (ms), and with a key `tag` |
 //! | `serves:<job id>` | sorted set | workers | the live workers that can run that job, scored by the time each was last seen |
-//! | `jobs` | hash | workers | job id → `name: signature`, for messages and inspection |
+//! | `jobs` | hash | workers, and callers for jobs with tasks queued | job id → `name: signature`, for messages and inspection |
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
 //! | `caller:<caller>` | string, with a TTL of `presence` | callers | `p1:<expires>:<low>:<tag>` while the caller lives: until when it counts as present, the number below which all its tasks are settled, and with a key the HMAC of both; workers skip the tasks of a caller that is gone, and drop those numbered below `low` |
 //! | `claims:<caller>` | hash, with a TTL of `ttl` | workers | task number → the stream entry id that runs it: a second entry with the same number (a copy) never runs; the caller removes numbers below its `low` |

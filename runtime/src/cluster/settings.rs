@@ -52,6 +52,10 @@ pub(crate) struct Settings {
     /// How long a call waits while workers are alive but none can run its
     /// job, before it fails with `Error::Registry`. Read by callers.
     pub(crate) unserved: Duration,
+    /// How long a call waits while no worker of the queue is alive at all
+    /// before it fails with `Error::Cluster`; by default it waits (workers
+    /// may be starting). Read by callers.
+    pub(crate) no_workers: Option<Duration>,
     /// Whether the URL names a seed node of a Redis Cluster.
     pub(crate) cluster: bool,
     /// Signs and checks tasks and results with the queue's key, if any.
@@ -68,7 +72,7 @@ const MIN_PRESENCE: Duration = Duration::from_millis(500);
 
 /// procpool's query parameters, with what each means, for error messages.
 const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, window, max_deliveries, reconnect, \
-                          tls_ca, tls_cert, tls_key, tls_insecure, key, unserved, cluster";
+                          tls_ca, tls_cert, tls_key, tls_insecure, key, unserved, no_workers, cluster";
 
 impl Settings {
     /// Reads `url`, with the key from `PROCPOOL_KEY` if the URL has none.
@@ -113,6 +117,7 @@ impl Settings {
             tls_key: None,
             tls_insecure: false,
             unserved: Duration::from_secs(30),
+            no_workers: None,
             cluster: false,
             auth: Auth::new(None),
         };
@@ -131,6 +136,7 @@ impl Settings {
                 "presence" => presence = Some(seconds()?),
                 "reconnect" => settings.reconnect = seconds()?,
                 "unserved" => settings.unserved = seconds()?,
+                "no_workers" => settings.no_workers = Some(seconds()?),
                 "max_payload" => {
                     settings.max_payload = parse_number(&key, &value).map_err(invalid)?;
                 }
@@ -287,8 +293,11 @@ mod tests {
         assert_eq!(s.max_payload, 1000);
         assert_eq!(s.max_deliveries, 5);
         assert_eq!(s.reconnect, Duration::from_secs(3));
-        let s =
-            Settings::parse("redis://h?cluster=true&window=1000&unserved=5&presence=2").unwrap();
+        let s = Settings::parse(
+            "redis://h?cluster=true&window=1000&unserved=5&presence=2&no_workers=7.5",
+        )
+        .unwrap();
+        assert_eq!(s.no_workers, Some(Duration::from_millis(7500)));
         assert!(s.cluster);
         assert_eq!(s.window, 1000);
         assert_eq!(s.unserved, Duration::from_secs(5));
@@ -323,6 +332,7 @@ mod tests {
         assert_eq!(s.presence, Duration::from_secs(10));
         assert!(s.unserved <= Duration::from_secs(58));
         assert_eq!(s.display, "redis://127.0.0.1");
+        assert_eq!(s.no_workers, None, "calls wait for workers by default");
     }
 
     #[test]
