@@ -1398,14 +1398,19 @@ fn with_a_key_a_replayed_task_never_runs_again() {
         call.get_timeout(Duration::from_secs(60)).unwrap(),
         vec![1, 4, 9]
     );
-    // Three more of each once they ran, while the caller lives.
+    // Three more of each once they ran, while the caller lives, and one
+    // of each in another job's stream.
     for _ in 0..3 {
         for (_, fields) in &captured {
             xadd(&mut conn, &stream, fields);
         }
     }
+    let elsewhere = stream_of(&mut conn, "replay", "cluster::square: fn(u64) -> u64");
+    for (_, fields) in &captured {
+        xadd(&mut conn, &elsewhere, fields);
+    }
     eventually("the workers to take every copy off the queue", || {
-        queued_in(&mut conn, &stream) == 0
+        queued_in(&mut conn, &stream) == 0 && queued_in(&mut conn, &elsewhere) == 0
     });
     let mut lines: Vec<String> = std::fs::read_to_string(&log)
         .unwrap()
@@ -1415,12 +1420,12 @@ fn with_a_key_a_replayed_task_never_runs_again() {
     lines.sort();
     assert_eq!(lines, ["1", "2", "3"], "each task ran once");
     eventually("every copy to be counted", || {
-        stat(&mut conn, "replay", "replayed_tasks") == 15
+        stat(&mut conn, "replay", "replayed_tasks") == 18
     });
     assert_eq!(stat(&mut conn, "replay", "forged_tasks"), 0);
     let report = procpool::cluster::inspect(&url).unwrap();
-    assert_eq!(report.replayed_tasks, 15);
-    assert!(report.to_string().contains("15 replayed tasks"), "{report}");
+    assert_eq!(report.replayed_tasks, 18);
+    assert!(report.to_string().contains("18 replayed tasks"), "{report}");
     // The pool still works, and nothing ran again meanwhile.
     assert_eq!(
         pool.apply(logged_square, (4, log_text.clone())).unwrap(),
@@ -1532,6 +1537,45 @@ fn a_worker_with_another_key_never_runs_the_callers_tasks() {
         "never even read"
     );
     drop((wrong, unkeyed));
+}
+
+#[test]
+fn a_copy_that_won_the_claim_runs_the_task_and_the_call_gets_its_result() {
+    // Two workers race for a task and its copy, and the copy's worker
+    // claims it first (simulated: its claim is written before any worker
+    // starts). The caller's own entry is then dropped as the copy, while
+    // the copy runs for longer than the caller's check for lost tasks
+    // (every 10 s): the call must get the result, not "lost".
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=copywins&key={KEY}"));
+    let mut conn = redis_conn(&redis, "");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool.apply_async(slow_square, (7, 12_000)).unwrap();
+    let stream = task_stream(&mut conn, "copywins");
+    let (_, fields) = stream_entries(&mut conn, &stream).remove(0);
+    let mut again = redis::cmd("XADD");
+    again.arg(&stream).arg("*");
+    for (name, value) in &fields {
+        again.arg(name).arg(value);
+    }
+    let copy: String = again.query(&mut conn).unwrap();
+    let caller = fields
+        .iter()
+        .find(|(n, _)| n == "caller")
+        .unwrap()
+        .1
+        .clone();
+    let caller = String::from_utf8(caller).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("procpool:{{copywins}}:claims:{caller}"))
+        .arg(0)
+        .arg(&copy)
+        .query(&mut conn)
+        .unwrap();
+    let _workers = Workers::start(&url, 1).unwrap();
+    let (squared, _) = call.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(squared, 49);
+    assert_eq!(stat(&mut conn, "copywins", "replayed_tasks"), 1);
 }
 
 #[test]

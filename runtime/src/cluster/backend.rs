@@ -528,6 +528,14 @@ impl Shared {
         if gone.is_empty() {
             return true;
         }
+        // A copy of a task (added again by someone else) may hold its claim
+        // and run, while workers dropped this caller's own entry as the
+        // copy: the task is not lost while the entry holding its claim is
+        // in the stream. Looked up before the results are read, so a copy
+        // that finishes meanwhile has its result read below.
+        let Some(moved) = self.claimed_elsewhere(link, &sent, &gone) else {
+            return false;
+        };
         loop {
             match self.read(link, reader, None) {
                 Ok(0) => break,
@@ -535,8 +543,17 @@ impl Shared {
                 Err(_) => return false,
             }
         }
-        let lost: Vec<Pending> =
-            self.settle(|state| gone.iter().filter_map(|seq| state.take(*seq)).collect());
+        let lost: Vec<Pending> = self.settle(|state| {
+            for (seq, entry) in &moved {
+                if let Some(pending) = state.pending.get_mut(seq) {
+                    pending.entry = Some(entry.clone());
+                }
+            }
+            gone.iter()
+                .filter(|seq| !moved.iter().any(|(moved, _)| moved == *seq))
+                .filter_map(|seq| state.take(*seq))
+                .collect()
+        });
         for Pending { task, .. } in lost {
             let error = Error::Cluster(format!(
                 "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
@@ -551,6 +568,39 @@ impl Shared {
             task.fail(error);
         }
         true
+    }
+
+    /// Of the tasks `gone` (their entries among `sent` are no longer in
+    /// Redis), those whose claim another entry of the same stream holds and
+    /// that entry is still there (running or waiting), with that entry; or
+    /// `None` if Redis cannot say now.
+    fn claimed_elsewhere(
+        &self,
+        link: &mut Link,
+        sent: &[(u64, (String, String))],
+        gone: &[u64],
+    ) -> Option<Vec<(u64, (String, String))>> {
+        let claims = self.keys.claims(&self.caller);
+        let gone: Vec<&(u64, (String, String))> =
+            sent.iter().filter(|(seq, _)| gone.contains(seq)).collect();
+        let mut pipe = redis::pipe();
+        for (seq, _) in &gone {
+            pipe.cmd("HGET").arg(&claims).arg(*seq);
+        }
+        let holders: Vec<Option<String>> = link.run(|conn| pipe.query(conn)).ok()?;
+        let mut moved = Vec::new();
+        for ((seq, (stream, id)), holder) in gone.into_iter().zip(holders) {
+            let Some(holder) = holder.filter(|holder| holder != id) else {
+                continue;
+            };
+            let found: Vec<redis::Value> = link
+                .query(redis::cmd("XRANGE").arg(stream).arg(&holder).arg(&holder))
+                .ok()?;
+            if !found.is_empty() {
+                moved.push((*seq, (stream.clone(), holder)));
+            }
+        }
+        Some(moved)
     }
 
     /// Whether a result carries a valid tag for a task pending under its

@@ -473,11 +473,25 @@ impl Worker {
             self.acknowledge(&entry.stream, &entry.id);
             return;
         }
+        // Callers never put a job into another job's stream. With a key the
+        // tag is valid, so this is a copy of a genuine task, moved: it must
+        // not take the task's claim (and fail it) before the real entry.
+        let misplaced = job != served_name;
+        if misplaced && self.settings.auth.keyed() {
+            self.drop_replay(
+                &entry,
+                &caller,
+                seq,
+                &job,
+                &format!("it was added to the stream of job `{served_name}`"),
+            );
+            return;
+        }
         // A caller that ended or was terminated reads no result: its tasks
         // do not run. One that is only late learns why from the refusal.
         let presence = self.caller_present(&caller);
         let mut unclaimed = None;
-        if let Some(presence) = presence {
+        if let Some(presence) = presence.filter(|_| !misplaced) {
             // Each task runs once: a copy of its entry (same signed fields,
             // another entry id) is dropped unrun, whether the task is
             // settled (below the caller's signed watermark) or not (another
@@ -536,8 +550,8 @@ impl Worker {
             Err(Refusal::Lost {
                 deliveries: deliveries - 1,
             })
-        } else if job != served_name {
-            // Only a forger puts a job into another job's stream.
+        } else if misplaced {
+            // Without a key, anyone may put a job into another job's stream.
             Err(Refusal::Failed(Failure::new(
                 FailureKind::UnknownJob,
                 format!("{job} (the task was in the stream of `{served_name}`)"),
