@@ -219,6 +219,8 @@ pub(crate) fn warn(message: std::fmt::Arguments<'_>) {
     if log::log_enabled!(log::Level::Warn) {
         log::warn!("{message}");
     } else {
-        eprintln!("{message}");
+        // One write: workers sharing a terminal do not interleave lines.
+        let line = format!("{message}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }
 }

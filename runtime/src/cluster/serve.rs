@@ -372,23 +372,27 @@ impl Worker {
     fn claim(&mut self, caller: &str, seq: u64, id: &str) -> Result<bool, redis::RedisError> {
         let claims = self.keys.claims(caller);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
+        // HSETNX is atomic by itself; the holder is read only when the
+        // number was claimed already (a re-delivery or a copy), so a task
+        // costs two commands in one round trip.
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSETNX")
+        pipe.cmd("HSETNX")
             .arg(&claims)
             .arg(seq)
             .arg(id)
-            .ignore()
-            .cmd("HGET")
-            .arg(&claims)
-            .arg(seq)
             .cmd("PEXPIRE")
             .arg(&claims)
             .arg(ttl)
             .ignore();
-        let (holder,): (Option<String>,) = self
+        let (fresh,): (bool,) = self
             .link
             .run_retrying(None, &stopping, |conn| pipe.query(conn))?;
+        if fresh {
+            return Ok(true);
+        }
+        let holder: Option<String> = self.link.run_retrying(None, &stopping, |conn| {
+            redis::cmd("HGET").arg(&claims).arg(seq).query(conn)
+        })?;
         Ok(holder.as_deref() == Some(id))
     }
 
