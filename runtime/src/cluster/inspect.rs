@@ -89,7 +89,10 @@ pub struct DeadConsumer {
 
 /// Reads the state of the queue named by `url` (the URL callers and
 /// workers use): workers alive with their host and pid and what they run,
-/// tasks waiting and taken per job, dead consumers, connected callers.
+/// tasks waiting and taken per job and the live workers that can run each
+/// (callers describe their jobs too, so a job no worker ever had shows
+/// up), dead consumers, connected callers, and the tasks and results
+/// dropped as forged or replayed.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), procpool::Error> {
