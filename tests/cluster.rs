@@ -78,6 +78,20 @@ fn tagged_add(a: i64, b: i64) -> (i64, u32) {
     (a + b, std::process::id())
 }
 
+/// Appends a line `<x>` to the file `path` (a side effect a test can
+/// count), and returns `x * x`.
+#[pool_job]
+fn logged_square(x: u64, path: String) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "{x}").unwrap();
+    x * x
+}
+
 #[pool_job]
 fn worker_name() -> String {
     procpool::current_process().name().to_owned()
@@ -416,6 +430,48 @@ fn a_job_no_live_worker_can_run_fails_with_a_registry_error_naming_it() {
     );
     // Its tasks were taken off the queue.
     assert_eq!(queued(&mut conn, "mismatch"), 0);
+}
+
+#[test]
+fn a_call_with_no_worker_at_all_is_reported_and_fails_only_with_no_workers_set() {
+    let redis = RedisServer::start();
+    // Opted in: no worker alive for 2 s fails the call.
+    let url = redis.url("queue=nobody&no_workers=2&unserved=1");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let started = Instant::now();
+    let mut call = pool.apply_async(square, 3).unwrap();
+    // Meanwhile `inspect` shows the job waiting with no worker for it.
+    eventually("inspect to show the job no worker can run", || {
+        let report = procpool::cluster::inspect(&url).unwrap();
+        report.jobs.iter().any(|job| {
+            job.job == "cluster::square: fn(u64) -> u64" && job.waiting == 1 && job.workers == 0
+        }) && report.to_string().contains("no live worker can run it")
+    });
+    match call.get_timeout(Duration::from_secs(60)) {
+        Err(Error::Cluster(message)) => {
+            for needle in [
+                "`cluster::square: fn(u64) -> u64`",
+                "no worker",
+                "`no_workers`",
+            ] {
+                assert!(message.contains(needle), "no {needle} in: {message}");
+            }
+        }
+        other => panic!("expected a cluster error, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let mut conn = redis_conn(&redis, "");
+    assert_eq!(queued(&mut conn, "nobody"), 0, "its task was withdrawn");
+    // By default a call waits for workers (autoscaling may start them).
+    let patient = redis.url("queue=patient&unserved=1");
+    let pool = Pool::builder().cluster(&patient).build().unwrap();
+    let mut call = pool.apply_async(square, 4).unwrap();
+    assert!(matches!(
+        call.get_timeout(Duration::from_secs(4)),
+        Err(Error::Timeout(_))
+    ));
+    let _workers = Workers::start(&patient, 1).unwrap();
+    assert_eq!(call.get_timeout(Duration::from_secs(60)).unwrap(), 16);
 }
 
 /// The ids of the connections whose name starts with `prefix`.
@@ -1294,15 +1350,88 @@ fn with_a_key_tasks_without_a_valid_tag_never_run() {
     });
     assert_eq!(queued_in(&mut conn, &stream), 0, "acknowledged and deleted");
     assert!(traces(&dir, "started").is_empty(), "none of them ran");
-    // The same task with its own tag runs (here, replayed as it was).
+    // The same task with its own tag, but its caller is gone: a presence
+    // key set without the key does not revive it, so it does not run.
     xadd(&mut conn, &stream, first);
-    eventually("the genuine task to run", || {
-        traces(&dir, "started").contains_key(&1)
+    let results = format!("procpool:{{keyed}}:results:{caller}");
+    eventually("the worker to take the task", || {
+        queued_in(&mut conn, &stream) == 0
     });
+    assert!(traces(&dir, "started").is_empty(), "it did not run");
+    // Its refusal went to the caller's results (read and dropped there).
+    assert!(keys(&mut conn, &results).contains(&results));
     assert_eq!(
         stat(&mut conn, "keyed", "forged_tasks"),
         forged.len() as u64
     );
+    assert_eq!(workers.restarts(), 0);
+}
+
+#[test]
+fn with_a_key_a_replayed_task_never_runs_again() {
+    // Someone without the key copies a live caller's genuine task entries
+    // (XRANGE) and adds them again (XADD of the same fields), before and
+    // after they ran: each task's side effect happens once, and every copy
+    // is dropped unrun and counted.
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=replay&key={KEY}"));
+    let dir = scratch_dir("replay");
+    let log = dir.join("side-effects");
+    let log_text = log.to_str().unwrap().to_owned();
+    let mut conn = redis_conn(&redis, "");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool
+        .chunksize(1)
+        .map_async(logged_square, (1..4).map(|x| (x, log_text.clone())))
+        .unwrap();
+    let stream = task_stream(&mut conn, "replay");
+    let captured = stream_entries(&mut conn, &stream);
+    assert_eq!(captured.len(), 3);
+    // Two copies of each before any worker runs: they race the originals.
+    for _ in 0..2 {
+        for (_, fields) in &captured {
+            xadd(&mut conn, &stream, fields);
+        }
+    }
+    let workers = Workers::start(&url, 2).unwrap();
+    assert_eq!(
+        call.get_timeout(Duration::from_secs(60)).unwrap(),
+        vec![1, 4, 9]
+    );
+    // Three more of each once they ran, while the caller lives, and one
+    // of each in another job's stream.
+    for _ in 0..3 {
+        for (_, fields) in &captured {
+            xadd(&mut conn, &stream, fields);
+        }
+    }
+    let elsewhere = stream_of(&mut conn, "replay", "cluster::square: fn(u64) -> u64");
+    for (_, fields) in &captured {
+        xadd(&mut conn, &elsewhere, fields);
+    }
+    eventually("the workers to take every copy off the queue", || {
+        queued_in(&mut conn, &stream) == 0 && queued_in(&mut conn, &elsewhere) == 0
+    });
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["1", "2", "3"], "each task ran once");
+    eventually("every copy to be counted", || {
+        stat(&mut conn, "replay", "replayed_tasks") == 18
+    });
+    assert_eq!(stat(&mut conn, "replay", "forged_tasks"), 0);
+    let report = procpool::cluster::inspect(&url).unwrap();
+    assert_eq!(report.replayed_tasks, 18);
+    assert!(report.to_string().contains("18 replayed tasks"), "{report}");
+    // The pool still works, and nothing ran again meanwhile.
+    assert_eq!(
+        pool.apply(logged_square, (4, log_text.clone())).unwrap(),
+        16
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 4);
     assert_eq!(workers.restarts(), 0);
 }
 
@@ -1408,6 +1537,156 @@ fn a_worker_with_another_key_never_runs_the_callers_tasks() {
         "never even read"
     );
     drop((wrong, unkeyed));
+}
+
+#[test]
+fn a_copy_that_won_the_claim_runs_the_task_and_the_call_gets_its_result() {
+    // Two workers race for a task and its copy, and the copy's worker
+    // claims it first (simulated: its claim is written before any worker
+    // starts). The caller's own entry is then dropped as the copy, while
+    // the copy runs for longer than the caller's check for lost tasks
+    // (every 10 s): the call must get the result, not "lost".
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=copywins&key={KEY}"));
+    let mut conn = redis_conn(&redis, "");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool.apply_async(slow_square, (7, 12_000)).unwrap();
+    let stream = task_stream(&mut conn, "copywins");
+    let (_, fields) = stream_entries(&mut conn, &stream).remove(0);
+    let mut again = redis::cmd("XADD");
+    again.arg(&stream).arg("*");
+    for (name, value) in &fields {
+        again.arg(name).arg(value);
+    }
+    let copy: String = again.query(&mut conn).unwrap();
+    let caller = fields
+        .iter()
+        .find(|(n, _)| n == "caller")
+        .unwrap()
+        .1
+        .clone();
+    let caller = String::from_utf8(caller).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("procpool:{{copywins}}:claims:{caller}"))
+        .arg(0)
+        .arg(&copy)
+        .query(&mut conn)
+        .unwrap();
+    let _workers = Workers::start(&url, 1).unwrap();
+    let (squared, _) = call.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(squared, 49);
+    assert_eq!(stat(&mut conn, "copywins", "replayed_tasks"), 1);
+}
+
+#[test]
+fn a_call_only_workers_with_another_key_could_run_names_the_key_mismatch() {
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=keymismatch&unserved=1&key={KEY}"));
+    let _wrong = Workers::start(
+        &redis.url("queue=keymismatch&key=another-key-of-enough-length"),
+        1,
+    )
+    .unwrap();
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "keymismatch", 1);
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let mut call = pool.apply_async(square, 3).unwrap();
+    match call.get_timeout(Duration::from_secs(60)) {
+        Err(Error::Registry(message)) => {
+            for needle in [
+                "`cluster::square: fn(u64) -> u64`",
+                "this very job",
+                "`key` differs",
+            ] {
+                assert!(message.contains(needle), "no {needle} in: {message}");
+            }
+            // Not "live workers have" the signature it says none has.
+            assert!(!message.contains("live workers have"), "{message}");
+        }
+        other => panic!("expected a registry error, got {other:?}"),
+    }
+}
+
+/// Run as a child process by
+/// `a_worker_without_a_logger_reports_dropped_tasks_on_stderr`: one cluster
+/// worker, with no logger installed, until SIGTERM.
+#[test]
+#[ignore = "helper: started by another test, then stopped"]
+fn helper_worker_without_a_logger() {
+    let url = std::env::var("PROCPOOL_TEST_URL").unwrap();
+    procpool::cluster::serve(&url).unwrap();
+}
+
+#[test]
+fn a_worker_without_a_logger_reports_dropped_tasks_on_stderr() {
+    let redis = RedisServer::start();
+    let url = redis.url(&format!("queue=nologger&key={KEY}"));
+    let worker = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_worker_without_a_logger",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PROCPOOL_TEST_URL", &url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut worker = KillOnDrop(worker);
+    let mut conn = redis_conn(&redis, "");
+    wait_for_workers(&mut conn, "nologger", 1);
+    // A task without a tag, in the stream the worker reads.
+    let stream = keys(&mut conn, "procpool:{nologger}:tasks:*")
+        .into_iter()
+        .find(|s| {
+            let described: Option<String> = redis::cmd("HGET")
+                .arg("procpool:{nologger}:jobs")
+                .arg(s.rsplit(':').next().unwrap())
+                .query(&mut conn)
+                .unwrap();
+            described.is_some_and(|d| d.starts_with("cluster::square: "))
+        })
+        .unwrap();
+    let forged: Vec<(String, Vec<u8>)> = [
+        ("caller", &b"abcd"[..]),
+        ("seq", b"0"),
+        ("job", b"cluster::square"),
+        ("count", b"1"),
+        ("items", &[3]),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+    .collect();
+    xadd(&mut conn, &stream, &forged);
+    eventually("the worker to drop the forged task", || {
+        stat(&mut conn, "nologger", "forged_tasks") == 1
+    });
+    let mut pipe = worker.0.stderr.take().unwrap();
+    kill(worker.0.id(), libc::SIGTERM);
+    // To the end: the worker finishes and exits on SIGTERM.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    assert!(
+        stderr.contains("dropped task") && stderr.contains("does not match this queue's key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tls_certificate_checks_are_off_only_with_tls_insecure() {
+    let redis = RedisServer::with_args(&[], true);
+    // The server's certificate is from the test's own CA, which nothing
+    // trusts unless told: `#insecure` is refused, tls_insecure=true works.
+    let fragment = format!("{}#insecure", redis.url("queue=insecure"));
+    match Pool::builder().cluster(&fragment).build() {
+        Err(Error::Config(message)) => assert!(message.contains("tls_insecure=true"), "{message}"),
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
+    let url = redis.url("queue=insecure&tls_insecure=true");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.map(square, 0..3).unwrap(), vec![0, 1, 4]);
 }
 
 /// `n` items of 1 MiB each.

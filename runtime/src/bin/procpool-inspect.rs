@@ -1,6 +1,7 @@
 //! Prints the state of a procpool cluster queue: workers alive with host,
-//! pid and current job, tasks waiting and taken per job, dead consumers,
-//! connected callers. Like `rq info` or `celery inspect`.
+//! pid and current job, tasks waiting and taken per job (and the jobs no
+//! live worker can run), dead consumers, connected callers, and the forged
+//! and replayed tasks workers dropped. Like `rq info` or `celery inspect`.
 //!
 //! ```sh
 //! procpool-inspect 'redis://:password@10.0.0.5:6379/0?queue=images'

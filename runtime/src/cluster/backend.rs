@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use redis::streams::StreamRangeReply;
 
-use super::auth::{ResultFields, TaskFields};
+use super::auth::{Presence, ResultFields, TaskFields};
 use super::link::{Link, is_connection_error};
-use super::protocol::{self, Entry, GROUP, Keys, Refusal};
+use super::protocol::{self, Clock, Entry, GROUP, Keys, Refusal, TASK_LIFETIME};
 use super::settings::Settings;
 use crate::Error;
 use crate::transport::{Backend, Task};
@@ -39,6 +39,23 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// How often the caller checks that some live worker can run each job it
 /// has tasks queued for.
 const SERVED_EVERY: Duration = Duration::from_secs(2);
+/// How old a published watermark must be before the claims below it are
+/// removed: a worker trusts a presence it read for up to a second, so it
+/// never relies on a claim removed under a watermark it has not seen yet.
+const PRUNE_AFTER: Duration = Duration::from_secs(3);
+/// How long a job waits with no live worker able to run it before the
+/// caller says so (or `unserved`, if shorter): long enough that a caller
+/// built just before its workers says nothing.
+const NOTICE_UNSERVED: Duration = Duration::from_secs(10);
+
+/// Since when a job with queued tasks has had no live worker able to run
+/// it, and whether that was said.
+struct Unserved {
+    since: Instant,
+    /// No worker of the queue alive at all (rather than none with this job).
+    none_alive: bool,
+    reported: bool,
+}
 
 struct Pending {
     /// The task, its items taken out to be sent.
@@ -56,6 +73,8 @@ struct Queued {
     count: usize,
     stream: String,
     items: Vec<u8>,
+    /// When the task stops being valid (signed with it).
+    expires_ms: u64,
     tag: Option<Vec<u8>>,
 }
 
@@ -67,6 +86,10 @@ struct State {
     /// Bytes of tasks sent to Redis whose results did not come back yet.
     in_flight: usize,
     next_seq: u64,
+    /// Every task numbered below this is settled (see [`State::low`]).
+    low: u64,
+    /// Settled tasks whose claims in Redis were not removed yet.
+    settled: Vec<u64>,
     closed: bool,
 }
 
@@ -75,6 +98,7 @@ impl State {
     fn take(&mut self, seq: u64) -> Option<Pending> {
         let pending = self.pending.remove(&seq)?;
         self.in_flight -= pending.in_flight;
+        self.settled.push(seq);
         Some(pending)
     }
 
@@ -82,7 +106,19 @@ impl State {
     fn take_all(&mut self) -> Vec<Pending> {
         self.in_flight = 0;
         self.backlog.clear();
+        self.settled.extend(self.pending.keys().copied());
         self.pending.drain().map(|(_, p)| p).collect()
+    }
+
+    /// The watermark: the lowest task number still pending, or the next
+    /// one. Every task below it is settled (its result came, or its call
+    /// ended), so workers drop any task numbered below it unrun. Numbers
+    /// only grow, so this moves forward only, in O(1) amortized.
+    fn low(&mut self) -> u64 {
+        while self.low < self.next_seq && !self.pending.contains_key(&self.low) {
+            self.low += 1;
+        }
+        self.low
     }
 
     /// Whether a task of `bytes` may go to Redis now: the window always
@@ -120,6 +156,8 @@ struct Shared {
     /// The builder's `task_timeout`, in milliseconds (0: none); workers
     /// enforce it.
     timeout_ms: u64,
+    /// Redis' clock, which signed expiries follow.
+    clock: Clock,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,12 +215,13 @@ impl ClusterBackend {
             timeout_ms: task_timeout
                 .and_then(|t| u64::try_from(t.as_millis()).ok())
                 .map_or(0, |ms| ms.max(1)),
+            clock: Clock::default(),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.
         {
             let mut link = lock(&shared.submitter);
-            let result = link.run(|conn| shared.announce(conn));
+            let result = link.run(|conn| shared.announce(conn, 0));
             result.map_err(|err| link.error("cannot register the caller", &err))?;
         }
         let collector = {
@@ -250,28 +289,66 @@ pub(crate) fn ensure_group(link: &mut Link, stream: &str) -> Result<(), redis::R
 
 impl Shared {
     /// Adds to `pipe` the command that marks this caller present for
-    /// another `presence`.
-    fn mark_present<'p>(&self, pipe: &'p mut redis::Pipeline) -> &'p mut redis::Pipeline {
+    /// another `presence`: the value says until when (Redis' clock) and the
+    /// watermark, signed with the key, so that nobody without it can revive
+    /// a caller that is gone or lower its watermark. Returns the watermark.
+    fn mark_present(&self, pipe: &mut redis::Pipeline) -> u64 {
+        let presence = self.settings.presence.as_millis().max(1) as u64;
+        let low = lock(&self.state).low();
+        let value = self.settings.auth.presence_value(
+            &self.settings.queue,
+            &self.caller,
+            Presence {
+                expires_ms: self.clock.now() + presence,
+                low,
+            },
+        );
         pipe.cmd("SET")
             .arg(self.keys.caller(&self.caller))
-            .arg(1)
+            .arg(value)
             .arg("PX")
-            .arg(self.settings.presence.as_millis().max(1) as u64)
+            .arg(presence)
+            .ignore();
+        low
     }
 
-    /// Marks this caller present, and keeps its results and the streams
-    /// holding its tasks for one more `ttl`.
-    fn announce(&self, conn: &mut dyn redis::ConnectionLike) -> redis::RedisResult<()> {
+    /// Marks this caller present, keeps its results, claims and the
+    /// streams holding its tasks for one more `ttl`, and removes the claims
+    /// of settled tasks numbered below `prune_below` (a watermark published
+    /// at least [`PRUNE_AFTER`] ago). Returns the watermark it published.
+    fn announce(
+        &self,
+        conn: &mut dyn redis::ConnectionLike,
+        prune_below: u64,
+    ) -> redis::RedisResult<u64> {
+        self.clock.learn(protocol::redis_time_ms(conn)?);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        let streams: HashSet<String> = lock(&self.state)
-            .pending
-            .values()
-            .filter_map(|p| Some(p.entry.as_ref()?.0.clone()))
-            .collect();
+        let (streams, prune): (HashSet<String>, Vec<u64>) = {
+            let state = lock(&self.state);
+            let streams = state
+                .pending
+                .values()
+                .filter_map(|p| Some(p.entry.as_ref()?.0.clone()))
+                .collect();
+            let prune = state
+                .settled
+                .iter()
+                .copied()
+                .filter(|seq| *seq < prune_below)
+                .collect();
+            (streams, prune)
+        };
         let now = protocol::now_ms();
         let presence = self.settings.presence.as_millis() as u64;
         let mut pipe = redis::pipe();
-        self.mark_present(&mut pipe)
+        let low = self.mark_present(&mut pipe);
+        let claims = self.keys.claims(&self.caller);
+        if !prune.is_empty() {
+            pipe.cmd("HDEL").arg(&claims).arg(&prune).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&claims)
+            .arg(ttl)
             .ignore()
             .cmd("PEXPIRE")
             .arg(self.keys.results(&self.caller))
@@ -294,7 +371,11 @@ impl Shared {
         for stream in streams {
             pipe.cmd("PEXPIRE").arg(stream).arg(ttl).ignore();
         }
-        pipe.query(conn)
+        pipe.query::<()>(conn)?;
+        if !prune.is_empty() {
+            lock(&self.state).settled.retain(|seq| *seq >= prune_below);
+        }
+        Ok(low)
     }
 
     /// The presence thread: announces this caller four times per
@@ -303,8 +384,20 @@ impl Shared {
     /// key it kept alive expires `ttl` later.
     fn keep_present(&self, mut link: Link) {
         let period = self.settings.presence / 4;
+        // The watermarks published, and when: claims are removed only
+        // below one that every worker has seen (see PRUNE_AFTER).
+        let mut published: VecDeque<(Instant, u64)> = VecDeque::new();
+        let mut prune_below = 0;
         while !self.stop.load(Ordering::Acquire) {
-            let _ = link.run(|conn| self.announce(conn));
+            while let Some((at, low)) = published.front()
+                && at.elapsed() >= PRUNE_AFTER
+            {
+                prune_below = *low;
+                published.pop_front();
+            }
+            if let Ok(low) = link.run(|conn| self.announce(conn, prune_below)) {
+                published.push_back((Instant::now(), low));
+            }
             let announced = Instant::now();
             while announced.elapsed() < period && !self.stop.load(Ordering::Acquire) {
                 thread::sleep(Duration::from_millis(20).min(period));
@@ -324,7 +417,7 @@ impl Shared {
         let mut reconciled = Instant::now();
         let mut reconcile_owed = false;
         let mut served = Instant::now();
-        let mut unserved = HashMap::new();
+        let mut unserved: HashMap<&'static str, Unserved> = HashMap::new();
         let mut generation = None;
         let mut down_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
@@ -439,6 +532,14 @@ impl Shared {
         if gone.is_empty() {
             return true;
         }
+        // A copy of a task (added again by someone else) may hold its claim
+        // and run, while workers dropped this caller's own entry as the
+        // copy: the task is not lost while the entry holding its claim is
+        // in the stream. Looked up before the results are read, so a copy
+        // that finishes meanwhile has its result read below.
+        let Some(moved) = self.claimed_elsewhere(link, &sent, &gone) else {
+            return false;
+        };
         loop {
             match self.read(link, reader, None) {
                 Ok(0) => break,
@@ -446,8 +547,17 @@ impl Shared {
                 Err(_) => return false,
             }
         }
-        let lost: Vec<Pending> =
-            self.settle(|state| gone.iter().filter_map(|seq| state.take(*seq)).collect());
+        let lost: Vec<Pending> = self.settle(|state| {
+            for (seq, entry) in &moved {
+                if let Some(pending) = state.pending.get_mut(seq) {
+                    pending.entry = Some(entry.clone());
+                }
+            }
+            gone.iter()
+                .filter(|seq| !moved.iter().any(|(moved, _)| moved == *seq))
+                .filter_map(|seq| state.take(*seq))
+                .collect()
+        });
         for Pending { task, .. } in lost {
             let error = Error::Cluster(format!(
                 "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
@@ -462,6 +572,39 @@ impl Shared {
             task.fail(error);
         }
         true
+    }
+
+    /// Of the tasks `gone` (their entries among `sent` are no longer in
+    /// Redis), those whose claim another entry of the same stream holds and
+    /// that entry is still there (running or waiting), with that entry; or
+    /// `None` if Redis cannot say now.
+    fn claimed_elsewhere(
+        &self,
+        link: &mut Link,
+        sent: &[(u64, (String, String))],
+        gone: &[u64],
+    ) -> Option<Vec<(u64, (String, String))>> {
+        let claims = self.keys.claims(&self.caller);
+        let gone: Vec<&(u64, (String, String))> =
+            sent.iter().filter(|(seq, _)| gone.contains(seq)).collect();
+        let mut pipe = redis::pipe();
+        for (seq, _) in &gone {
+            pipe.cmd("HGET").arg(&claims).arg(*seq);
+        }
+        let holders: Vec<Option<String>> = link.run(|conn| pipe.query(conn)).ok()?;
+        let mut moved = Vec::new();
+        for ((seq, (stream, id)), holder) in gone.into_iter().zip(holders) {
+            let Some(holder) = holder.filter(|holder| holder != id) else {
+                continue;
+            };
+            let found: Vec<redis::Value> = link
+                .query(redis::cmd("XRANGE").arg(stream).arg(&holder).arg(&holder))
+                .ok()?;
+            if !found.is_empty() {
+                moved.push((*seq, (stream.clone(), holder)));
+            }
+        }
+        Some(moved)
     }
 
     /// Whether a result carries a valid tag for a task pending under its
@@ -496,13 +639,13 @@ impl Shared {
         if auth.result_valid(&fields, entry.field("tag")) {
             return true;
         }
-        log::warn!(
+        super::warn(format_args!(
             "procpool cluster caller {}: dropped result {} for task {seq} (job `{job}`): its tag \
              does not match this queue's key; someone without the key wrote to {}",
             self.caller,
             entry.id,
             self.keys.results(&self.caller)
-        );
+        ));
         let _ = link.query::<()>(
             redis::cmd("HINCRBY")
                 .arg(self.keys.stats())
@@ -581,26 +724,30 @@ impl Shared {
         Ok(found)
     }
 
-    /// Fails the queued tasks of every job that no live worker could run
-    /// for `unserved` seconds while other workers were alive: the call
-    /// would otherwise wait forever. With no worker alive at all, calls
-    /// wait for one (workers may be starting).
-    fn check_served(&self, link: &mut Link, unserved: &mut HashMap<&'static str, Instant>) {
-        let jobs: HashSet<&'static str> = lock(&self.state)
-            .pending
-            .values()
-            .filter(|p| p.entry.is_some())
-            .map(|p| p.task.job)
-            .collect();
-        unserved.retain(|job, _| jobs.contains(job));
+    /// Watches the jobs this caller has tasks queued for: once no live
+    /// worker could run one for a while, says so (through `log`, or on
+    /// stderr), and `inspect` shows it (the caller describes its jobs in
+    /// the queue's `jobs` hash). If workers are alive but none can run it
+    /// for `unserved` seconds, its calls fail with `Error::Registry`: they
+    /// would otherwise wait forever. With no worker alive at all, calls wait
+    /// for one (autoscaling may be starting them), unless the URL sets
+    /// `no_workers`: then they fail with `Error::Cluster` after that long.
+    fn check_served(&self, link: &mut Link, unserved: &mut HashMap<&'static str, Unserved>) {
+        let mut jobs: HashMap<&'static str, usize> = HashMap::new();
+        for pending in lock(&self.state).pending.values() {
+            if pending.entry.is_some() {
+                *jobs.entry(pending.task.job).or_default() += 1;
+            }
+        }
+        unserved.retain(|job, _| jobs.contains_key(job));
         if jobs.is_empty() {
             return;
         }
-        let jobs: Vec<(&'static str, String, &'static str)> = jobs
+        let jobs: Vec<(&'static str, String, &'static str, usize)> = jobs
             .into_iter()
-            .filter_map(|job| {
+            .filter_map(|(job, tasks)| {
                 let (id, signature) = self.job_id(job).ok()?;
-                Some((job, id, signature))
+                Some((job, id, signature, tasks))
             })
             .collect();
         let fresh = fresh_since(&self.settings);
@@ -609,37 +756,122 @@ impl Shared {
             .arg(self.keys.workers())
             .arg(fresh)
             .arg("+inf");
-        for (_, id, _) in &jobs {
+        for (_, id, _, _) in &jobs {
             pipe.cmd("ZCOUNT")
                 .arg(self.keys.serves(id))
                 .arg(fresh)
                 .arg("+inf");
         }
+        for (job, id, signature, _) in &jobs {
+            // What the job id stands for, for `inspect`, also when no
+            // worker ever described it.
+            pipe.cmd("HSETNX")
+                .arg(self.keys.jobs())
+                .arg(id)
+                .arg(format!("{job}: {signature}"))
+                .ignore();
+        }
         let Ok(counts) = link.run(|conn| pipe.query::<Vec<u64>>(conn)) else {
             return;
         };
         let alive = counts.first().copied().unwrap_or(0);
-        for ((job, id, signature), serving) in jobs.into_iter().zip(counts.into_iter().skip(1)) {
-            if serving > 0 || alive == 0 {
+        for ((job, id, signature, tasks), serving) in
+            jobs.into_iter().zip(counts.into_iter().skip(1))
+        {
+            if serving > 0 {
                 unserved.remove(job);
                 continue;
             }
-            let since = *unserved.entry(job).or_insert_with(Instant::now);
-            if since.elapsed() < self.settings.unserved {
+            let none_alive = alive == 0;
+            let watch = unserved.entry(job).or_insert_with(|| Unserved {
+                since: Instant::now(),
+                none_alive,
+                reported: false,
+            });
+            if watch.none_alive != none_alive {
+                // Workers came or went: the other limit applies, from now.
+                *watch = Unserved {
+                    since: Instant::now(),
+                    none_alive,
+                    reported: false,
+                };
+            }
+            let limit = if none_alive {
+                self.settings.no_workers
+            } else {
+                Some(self.settings.unserved)
+            };
+            let notice = limit.map_or(NOTICE_UNSERVED, |limit| limit.min(NOTICE_UNSERVED));
+            if !watch.reported && watch.since.elapsed() >= notice {
+                watch.reported = true;
+                let why = if none_alive {
+                    "no worker of the queue is alive".to_owned()
+                } else {
+                    format!("{alive} workers are alive, but none can run it")
+                };
+                let then = match limit {
+                    Some(limit) => format!("its calls fail after {limit:?} of this"),
+                    None => "its calls wait for a worker (set the URL's `no_workers` to fail \
+                             them instead)"
+                        .to_owned(),
+                };
+                super::warn(format_args!(
+                    "procpool cluster caller {}: {tasks} tasks of job `{job}: {signature}` on \
+                     queue `{}` have waited {:.1?}: {why}; {then}",
+                    self.caller,
+                    self.settings.queue,
+                    watch.since.elapsed(),
+                ));
+            }
+            let Some(limit) = limit else { continue };
+            if watch.since.elapsed() < limit {
                 continue;
             }
             unserved.remove(job);
-            let others = self.other_signatures(link, job, &id, fresh);
-            let error = Error::Registry(format!(
-                "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
-                 {alive} workers are alive, but none has this job with these argument and \
-                 result types{others}, or they use another `key`, for {secs:?} (the URL's \
-                 `unserved` setting). Deploy workers built with this version of the job, or \
-                 give each build its own queue (?queue=name)",
-                queue = self.settings.queue,
-                display = self.settings.display,
-                secs = self.settings.unserved,
-            ));
+            let error = if none_alive {
+                Error::Cluster(format!(
+                    "no worker of queue `{queue}` ({display}) was alive to run job \
+                     `{job}: {signature}` for {limit:?} (the URL's `no_workers` setting). \
+                     Start workers for this queue (procpool::cluster::run_workers), or leave \
+                     `no_workers` out to let calls wait for them",
+                    queue = self.settings.queue,
+                    display = self.settings.display,
+                ))
+            } else {
+                let (others, same) = self.other_versions(link, job, signature, &id, fresh);
+                if same {
+                    // The job as this caller has it, under another id: the
+                    // workers' key differs (or one side has none), or their
+                    // procpool release signs tasks differently.
+                    Error::Registry(format!(
+                        "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                         {alive} workers are alive and some have this very job, but their `key` \
+                         differs from this caller's (or one side has none), or they run a procpool \
+                         release with another task format, so they never see this caller's tasks, \
+                         for {secs:?} (the URL's `unserved` setting). Give callers and workers the \
+                         same key (the URL's `key` or PROCPOOL_KEY) and the same procpool release",
+                        queue = self.settings.queue,
+                        display = self.settings.display,
+                        secs = self.settings.unserved,
+                    ))
+                } else {
+                    let others = if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (live workers have {})", others.join(", "))
+                    };
+                    Error::Registry(format!(
+                        "no worker of queue `{queue}` ({display}) can run job `{job}: {signature}`: \
+                         {alive} workers are alive, but none has this job with these argument and \
+                         result types{others}, for {secs:?} (the URL's `unserved` setting). Deploy \
+                         workers built with this version of the job, or give each build its own \
+                         queue (?queue=name)",
+                        queue = self.settings.queue,
+                        display = self.settings.display,
+                        secs = self.settings.unserved,
+                    ))
+                }
+            };
             let failed: Vec<Pending> = self.settle(|state| {
                 let seqs: Vec<u64> = state
                     .pending
@@ -680,9 +912,8 @@ impl Shared {
         // Presence first, in the same round trip: a worker never sees this
         // task without it, even right after Redis restarted.
         let mut pipe = redis::pipe();
-        let add = self
-            .mark_present(&mut pipe)
-            .ignore()
+        self.mark_present(&mut pipe);
+        let add = pipe
             .cmd("XADD")
             .arg(&task.stream)
             .arg("*")
@@ -694,6 +925,8 @@ impl Shared {
             .arg(task.job)
             .arg("count")
             .arg(task.count)
+            .arg("expires")
+            .arg(task.expires_ms)
             .arg("items")
             .arg(&task.items);
         if self.timeout_ms > 0 {
@@ -772,13 +1005,24 @@ impl Shared {
     }
 
     /// The other versions of `job` that live workers have, for the error
-    /// message: `` (live workers have `job: fn(u32) -> u32`)``, or nothing.
-    fn other_signatures(&self, link: &mut Link, job: &str, id: &str, fresh: u64) -> String {
+    /// message (`` `job: fn(u32) -> u32` ``), and whether live workers have
+    /// this very version (`signature`) under another id: another key, or a
+    /// release with another task format.
+    fn other_versions(
+        &self,
+        link: &mut Link,
+        job: &str,
+        signature: &str,
+        id: &str,
+        fresh: u64,
+    ) -> (Vec<String>, bool) {
         let Ok(known) =
             link.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(self.keys.jobs()))
         else {
-            return String::new();
+            return (Vec::new(), false);
         };
+        let mine = format!("{job}: {signature}");
+        let mut same = false;
         let mut versions = Vec::new();
         for (other, text) in known {
             let same_name = text.split_once(": ").is_some_and(|(name, _)| name == job);
@@ -793,16 +1037,17 @@ impl Shared {
                         .arg("+inf"),
                 )
                 .unwrap_or(0);
-            if live > 0 {
+            if live == 0 {
+                continue;
+            }
+            if text == mine {
+                same = true;
+            } else {
                 versions.push(format!("`{text}`"));
             }
         }
-        if versions.is_empty() {
-            String::new()
-        } else {
-            versions.sort();
-            format!(" (live workers have {})", versions.join(", "))
-        }
+        versions.sort();
+        (versions, same)
     }
 
     fn fail_all(&self, error: &Error) {
@@ -841,6 +1086,7 @@ impl Backend for ClusterBackend {
             }
             let seq = state.next_seq;
             state.next_seq += 1;
+            let expires_ms = shared.clock.now() + TASK_LIFETIME.as_millis() as u64;
             let tag = shared.settings.auth.task_tag(&TaskFields {
                 queue: &shared.settings.queue,
                 caller: &shared.caller,
@@ -848,6 +1094,7 @@ impl Backend for ClusterBackend {
                 job,
                 count: count as u64,
                 timeout_ms: shared.timeout_ms,
+                expires_ms,
                 items: &items,
             });
             let queued = Queued {
@@ -856,6 +1103,7 @@ impl Backend for ClusterBackend {
                 count,
                 stream,
                 items,
+                expires_ms,
                 tag,
             };
             // Behind the tasks already waiting, or when the window is full,

@@ -33,6 +33,10 @@ pub struct QueueReport {
     pub callers: Vec<String>,
     /// Tasks that workers dropped because their tag did not match the key.
     pub forged_tasks: u64,
+    /// Copies of genuine tasks (the same signed fields added again) that
+    /// workers dropped unrun, because the task ran or runs from another
+    /// entry, or its caller settled it already.
+    pub replayed_tasks: u64,
     /// Results that callers dropped because their tag did not match the key.
     pub forged_results: u64,
 }
@@ -64,7 +68,10 @@ pub struct JobReport {
     /// Tasks taken by a worker and not finished yet (running, or held by a
     /// dead worker until recovered).
     pub taken: u64,
-    /// Live workers that can run it.
+    /// Live workers that can run it. With tasks waiting and none, its
+    /// callers wait for one (or fail after `unserved` seconds if other
+    /// workers are alive, or after `no_workers` if none is and the URL sets
+    /// it); the report says "no live worker can run it".
     pub workers: u64,
 }
 
@@ -82,7 +89,10 @@ pub struct DeadConsumer {
 
 /// Reads the state of the queue named by `url` (the URL callers and
 /// workers use): workers alive with their host and pid and what they run,
-/// tasks waiting and taken per job, dead consumers, connected callers.
+/// tasks waiting and taken per job and the live workers that can run each
+/// (callers describe their jobs too, so a job no worker ever had shows
+/// up), dead consumers, connected callers, and the tasks and results
+/// dropped as forged or replayed.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), procpool::Error> {
@@ -207,6 +217,7 @@ pub fn inspect(url: &str) -> Result<QueueReport, Error> {
         dead_consumers,
         callers,
         forged_tasks: stats.get("forged_tasks").copied().unwrap_or(0),
+        replayed_tasks: stats.get("replayed_tasks").copied().unwrap_or(0),
         forged_results: stats.get("forged_results").copied().unwrap_or(0),
     })
 }
@@ -244,11 +255,16 @@ impl fmt::Display for QueueReport {
         }
         writeln!(f, "jobs: {}", self.jobs.len())?;
         for j in &self.jobs {
-            writeln!(
+            write!(
                 f,
                 "  {}: {} waiting, {} taken, {} workers",
                 j.job, j.waiting, j.taken, j.workers
             )?;
+            if j.workers == 0 && j.waiting + j.taken > 0 {
+                // Calls wait (or fail after `unserved` / `no_workers`).
+                write!(f, ", no live worker can run it")?;
+            }
+            writeln!(f)?;
         }
         writeln!(f, "dead consumers: {}", self.dead_consumers.len())?;
         for d in &self.dead_consumers {
@@ -266,8 +282,8 @@ impl fmt::Display for QueueReport {
         }
         write!(
             f,
-            "dropped for a wrong tag: {} tasks, {} results",
-            self.forged_tasks, self.forged_results
+            "dropped for a wrong tag: {} tasks, {} results; dropped as copies: {} replayed tasks",
+            self.forged_tasks, self.forged_results, self.replayed_tasks
         )
     }
 }

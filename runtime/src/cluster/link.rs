@@ -54,6 +54,14 @@ impl Link {
         if let Err(err) = link.connection() {
             return Err(link.error("cannot connect", &err));
         }
+        if settings.tls_insecure {
+            super::warn(format_args!(
+                "procpool: {}: the URL says tls_insecure=true, so the certificate of {} is \
+                 not checked: anyone on the network path can read and change this traffic, \
+                 the queue's key and tasks included. Trust the server's CA with tls_ca instead",
+                link.name, link.display
+            ));
+        }
         Ok(link)
     }
 
@@ -355,12 +363,22 @@ fn client(settings: &Settings, url: &str) -> Result<Client, Error> {
     .map_err(bad)
 }
 
-/// rustls needs a process-wide crypto provider; ring is the one procpool
-/// builds with. Another part of the program may have installed its own,
-/// which then serves us too.
+/// rustls needs a process-wide crypto provider. One the program installed
+/// serves us too; otherwise procpool installs ring, the one it builds with.
+/// (Leaving the choice to rustls' crate features is not enough: a program
+/// that also enables aws-lc-rs makes them ambiguous, and rustls panics.)
 fn install_crypto_provider() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        if rustls::crypto::CryptoProvider::get_default().is_some() {
+            return;
+        }
+        // rustls 0.23.48 deprecates this (ring has no post-quantum key
+        // exchange) without another way to name ring in 0.23 (0.24 moves
+        // it to the `rustls-ring` crate); the lint is allowed here alone,
+        // so that builds resolving 0.23.48 stay free of warnings.
+        #[allow(deprecated)]
+        let ring = rustls::crypto::ring::default_provider();
+        let _ = ring.install_default();
     });
 }

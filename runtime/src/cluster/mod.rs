@@ -46,6 +46,15 @@
 //!   fails the task with [`Error::TaskTimedOut`] and exits, to be replaced.
 //! - Tasks therefore run **at least once**: a job whose worker died after a
 //!   side effect repeats it. Make cluster jobs idempotent.
+//! - A task never runs from two stream entries: before running one, a
+//!   worker claims the caller's task number for its entry, in Redis, where
+//!   every worker of the queue sees the claim. A copy of the entry added
+//!   again (the same fields, another entry id) is dropped unrun and counted
+//!   as `replayed_tasks`; the same entry delivered again after its worker
+//!   died holds the claim, and runs. So "once" is about copies: crash
+//!   recovery stays at-least-once. A caller's presence key carries a
+//!   watermark (every task numbered below it is settled), below which
+//!   tasks are dropped too, and claims under it are removed.
 //! - The caller receives each result **exactly once**: results carry the
 //!   task's number, and a second result for a task is dropped.
 //! - Nothing is lost when a connection drops: tasks and results wait in
@@ -62,8 +71,14 @@
 //!   run it, and jobs that did not change run on old and new workers alike.
 //!   If workers are alive but none can run a job for `unserved` seconds
 //!   (30 by default), its calls fail with [`Error::Registry`], which names
-//!   the job and the versions live workers have. A changed `struct` that
-//!   keeps its name is not detected: give such a build its own queue.
+//!   the job and the versions live workers have (or says that their key
+//!   differs). A changed `struct` that keeps its name is not detected: give
+//!   such a build its own queue.
+//! - With no worker alive at all, calls wait for one (autoscaling may be
+//!   starting them). After 10 seconds (or `unserved`, if shorter) the
+//!   caller says so, through `log` or on stderr, and [`inspect`] shows the
+//!   job with no live worker; `no_workers=<seconds>` in the URL makes such
+//!   calls fail with [`Error::Cluster`] after that long instead.
 //!
 //! # Resources
 //!
@@ -82,8 +97,16 @@
 //! results, unless the queue has a `key` (URL parameter, or the environment
 //! variable `PROCPOOL_KEY`): then every task and result carries an
 //! HMAC-SHA256 tag, and workers drop tasks, callers results, without a
-//! valid one. Protect the database too, with a password or ACL user
-//! (`redis://user:password@host`) and TLS (`rediss://`). A worker runs
+//! valid one. A task's tag also covers its expiry (a day after it was
+//! signed, on Redis' clock), and the caller's presence key carries a tag
+//! over its expiry and watermark: nobody without the key can revive a
+//! caller that is gone or reopen its settled tasks. Without a key, workers
+//! still drop plain copies of a task, but nothing is authenticated. Protect the database too, with a password or ACL user
+//! (`redis://user:password@host`) and TLS (`rediss://`; the server's
+//! certificate goes unchecked only with `tls_insecure=true`, which every
+//! process warns about, never by the redis crate's `#insecure` fragment).
+//! Dropped forged or replayed tasks and forged results are reported through
+//! the `log` crate, or on stderr when no logger would show them. A worker runs
 //! only `#[pool_job]` functions registered in its own binary and refuses
 //! tasks and results over `max_payload`. A caller's presence key expires
 //! `presence` seconds (10) after its last refresh, and workers then drop
@@ -191,4 +214,18 @@ pub(crate) fn bootstrap() {
         }
     };
     std::process::exit(code);
+}
+
+/// Reports something an operator must know (a dropped forged or replayed
+/// task, a forged result, certificate checks turned off) through the `log`
+/// crate, or on stderr when no logger would show a warning: a worker binary
+/// that installed no logger still says it.
+pub(crate) fn warn(message: std::fmt::Arguments<'_>) {
+    if log::log_enabled!(log::Level::Warn) {
+        log::warn!("{message}");
+    } else {
+        // One write: workers sharing a terminal do not interleave lines.
+        let line = format!("{message}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }
 }

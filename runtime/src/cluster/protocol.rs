@@ -5,16 +5,17 @@
 //!
 //! | key | type | written by | holds |
 //! |---|---|---|---|
-//! | `tasks:<job id>` | stream, group `workers`, with a TTL | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `items`, with a `task_timeout` `timeout` (ms), and with a key `tag` |
+//! | `tasks:<job id>` | stream, group `workers`, with a TTL | callers | one entry per task of that job: `caller`, `seq`, `job`, `count`, `expires` (ms since the epoch, Redis' clock), `items`, with a `task_timeout` `timeout` (ms), and with a key `tag` |
 //! | `serves:<job id>` | sorted set | workers | the live workers that can run that job, scored by the time each was last seen |
-//! | `jobs` | hash | workers | job id → `name: signature`, for messages and inspection |
+//! | `jobs` | hash | workers, and callers for jobs with tasks queued | job id → `name: signature`, for messages and inspection |
 //! | `results:<caller>` | stream | workers | one entry per finished task: `seq`, then `ok` (the encoded outcomes) or `err`, and with a key `tag` |
-//! | `caller:<caller>` | string, with a TTL of `presence` | callers | present while the caller lives; workers skip the tasks of a caller that is gone |
+//! | `caller:<caller>` | string, with a TTL of `presence` | callers | `p1:<expires>:<low>:<tag>` while the caller lives: until when it counts as present, the number below which all its tasks are settled, and with a key the HMAC of both; workers skip the tasks of a caller that is gone, and drop those numbered below `low` |
+//! | `claims:<caller>` | hash, with a TTL of `ttl` | workers | task number → the stream entry id that runs it: a second entry with the same number (a copy) never runs; the caller removes numbers below its `low` |
 //! | `callers` | sorted set, with a TTL | callers | each live caller, scored by its last refresh |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
 //! | `running` | hash | workers | worker → when its current task started and its job, refreshed with each heartbeat |
 //! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
-//! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `forged_results` (dropped by callers) |
+//! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `replayed_tasks` (copies of a task dropped by workers), `forged_results` (dropped by callers) |
 //!
 //! A job's id is derived from its name, its argument and result types as
 //! written, and the queue's key (see [`Keys::job_id`]): a worker reads the
@@ -92,6 +93,10 @@ impl Keys {
     pub(crate) fn caller(&self, caller: &str) -> String {
         format!("{}caller:{caller}", self.prefix)
     }
+    /// Task number → the entry id that claimed it, for `caller`'s tasks.
+    pub(crate) fn claims(&self, caller: &str) -> String {
+        format!("{}claims:{caller}", self.prefix)
+    }
     pub(crate) fn workers(&self) -> String {
         format!("{}workers", self.prefix)
     }
@@ -115,6 +120,11 @@ pub(crate) enum Refusal {
     /// The job ran past the caller's `task_timeout`; its worker process
     /// exited, to be replaced.
     TimedOut { timeout_ms: u64 },
+    /// The task waited in Redis past its signed expiry; it did not run.
+    /// (Last, so that the encoding of the others is unchanged.)
+    Expired { lifetime_ms: u64 },
+    /// Redis refused the claim that makes a task run once; it did not run.
+    Unclaimed { reason: String },
 }
 
 impl Refusal {
@@ -140,6 +150,20 @@ impl Refusal {
                 count,
                 timeout: Duration::from_millis(timeout_ms),
             },
+            Refusal::Expired { lifetime_ms } => Error::Cluster(format!(
+                "job `{job}`: the task for items {first}..{end} waited in Redis longer than \
+                 its lifetime of {lifetime:?} before a worker took it, so it was dropped \
+                 unrun (an older task could be a replayed copy). Run the call again, and \
+                 start workers for this queue",
+                end = first + count,
+                lifetime = Duration::from_millis(lifetime_ms)
+            )),
+            Refusal::Unclaimed { reason } => Error::Cluster(format!(
+                "job `{job}`: a worker did not run the task for items {first}..{end}: Redis \
+                 refused the claim that makes each task run once ({reason}). Allow procpool's \
+                 user the hash commands (HSETNX, HGET, HDEL) on the queue's keys",
+                end = first + count
+            )),
             Refusal::Abandoned => Error::Cluster(format!(
                 "job `{job}`: a worker dropped the task for items {first}..{end} without running \
                  it, because this caller's presence key had expired: the caller did not refresh \
@@ -270,6 +294,42 @@ pub(crate) fn text(value: Value) -> Option<String> {
 pub(crate) fn random_id() -> Result<String, Error> {
     crate::sys::random_hex()
         .map_err(|e| Error::Cluster(format!("cannot read /dev/urandom for an id: {e}")))
+}
+
+/// How long a task is valid after its caller signed it: a worker drops it
+/// unrun after that (with [`Refusal::Expired`]). It bounds how long a copy
+/// of a task could run if Redis lost (or someone deleted) the claim records
+/// that otherwise stop it; a task waits in Redis this long at most.
+pub(crate) const TASK_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Redis' clock, in ms since the epoch: one clock for every host, so that
+/// signed expiries mean the same to callers and workers whose own clocks
+/// disagree.
+pub(crate) fn redis_time_ms(conn: &mut dyn redis::ConnectionLike) -> redis::RedisResult<u64> {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(conn)?;
+    Ok(seconds * 1000 + micros / 1000)
+}
+
+/// The difference between Redis' clock and this host's, in ms, learnt from
+/// `TIME` now and then: `now()` is then Redis' time without asking.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    /// Learns the offset from a `TIME` reply `redis_ms` read just now.
+    pub(crate) fn learn(&self, redis_ms: u64) {
+        let offset = redis_ms as i64 - now_ms() as i64;
+        self.offset_ms
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Redis' time now, in ms since the epoch, as of the last `learn`.
+    pub(crate) fn now(&self) -> u64 {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        now_ms().saturating_add_signed(offset)
+    }
 }
 
 /// Milliseconds since the Unix epoch, for the workers' last-seen scores.

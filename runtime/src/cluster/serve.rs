@@ -12,10 +12,10 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use redis::Value;
 use redis::streams::StreamPendingCountReply;
 
-use super::auth::{ResultFields, TaskFields};
+use super::auth::{Presence, ResultFields, TaskFields};
 use super::backend::ensure_group;
 use super::link::{Link, is_connection_error};
-use super::protocol::{self, Entry, GROUP, Keys, Refusal};
+use super::protocol::{self, Clock, Entry, GROUP, Keys, Refusal, TASK_LIFETIME};
 use super::recover::{Recovery, Scope, deliveries};
 use super::settings::Settings;
 use crate::Error;
@@ -144,6 +144,7 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
         beat,
         recovery_failed: false,
         present: HashMap::new(),
+        clock: Clock::default(),
         generation: 0,
     };
     let outcome = worker.run();
@@ -176,8 +177,11 @@ struct Worker {
     recovery: Recovery,
     /// Whether a failure of recovery was reported already (once is enough).
     recovery_failed: bool,
-    /// Callers recently seen present, and when (see `caller_present`).
-    present: HashMap<String, Instant>,
+    /// Callers recently seen present, when, and what their presence said
+    /// (see `caller_present`).
+    present: HashMap<String, (Instant, Presence)>,
+    /// Redis' clock, which signed expiries follow.
+    clock: Clock,
     /// The link's connection count when this worker last found nothing of
     /// its own pending.
     generation: u64,
@@ -316,27 +320,99 @@ impl Worker {
         Err(self.link.error("cannot read tasks", &err))
     }
 
-    /// Whether `caller`'s presence key exists. A caller seen present less
-    /// than `PRESENCE_CACHE` ago counts as present without asking again,
-    /// which saves a round trip per task in a stream of tasks from one
-    /// caller; its tasks then stop within `presence` plus that.
-    fn caller_present(&mut self, caller: &str) -> bool {
+    /// What `caller`'s presence key says, or `None` if the caller is gone:
+    /// no key, a value not signed with the queue's key (anyone can set a
+    /// key; only the caller can sign it), or one whose signed expiry passed
+    /// on Redis' clock (a copy of an old value set again). A caller seen
+    /// present less than `PRESENCE_CACHE` ago counts as present without
+    /// asking again, which saves a round trip per task in a stream of tasks
+    /// from one caller; its tasks then stop within `presence` plus that.
+    fn caller_present(&mut self, caller: &str) -> Option<Presence> {
         let now = Instant::now();
         self.present
-            .retain(|_, seen| now.duration_since(*seen) < PRESENCE_CACHE);
-        if self.present.contains_key(caller) {
-            return true;
+            .retain(|_, (seen, _)| now.duration_since(*seen) < PRESENCE_CACHE);
+        if let Some((_, presence)) = self.present.get(caller) {
+            return Some(*presence);
         }
-        let exists = self
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.keys.caller(caller)).cmd("TIME");
+        let read = self
             .link
-            .query::<bool>(redis::cmd("EXISTS").arg(self.keys.caller(caller)));
-        // Unknown (Redis unreachable) counts as present: the store that
-        // follows waits for Redis anyway.
-        if exists.as_ref().is_ok_and(|found| !found) {
-            return false;
+            .run(|conn| pipe.query::<(Option<Vec<u8>>, (u64, u64))>(conn));
+        let presence = match read {
+            Ok((value, (seconds, micros))) => {
+                let redis_now = seconds * 1000 + micros / 1000;
+                self.clock.learn(redis_now);
+                let presence =
+                    self.settings
+                        .auth
+                        .presence(&self.settings.queue, caller, &value?)?;
+                if presence.expires_ms <= redis_now {
+                    return None;
+                }
+                presence
+            }
+            // Unknown (Redis unreachable) counts as present: the claim and
+            // the store that follow wait for Redis anyway.
+            Err(_) => Presence {
+                expires_ms: u64::MAX,
+                low: 0,
+            },
+        };
+        self.present.insert(caller.to_owned(), (now, presence));
+        Some(presence)
+    }
+
+    /// Claims task `seq` of `caller` for stream entry `id`: true if this
+    /// entry holds the claim (now, or since an earlier delivery of the same
+    /// entry, whose worker died), false if another entry does (a copy). The
+    /// claims are shared by every worker of the queue, in the caller's hash
+    /// `claims:<caller>` (same hash tag, so one slot of a Redis Cluster),
+    /// which expires `ttl` after the caller's last refresh.
+    fn claim(&mut self, caller: &str, seq: u64, id: &str) -> Result<bool, redis::RedisError> {
+        let claims = self.keys.claims(caller);
+        let ttl = self.settings.ttl.as_millis().max(1) as u64;
+        // HSETNX is atomic by itself; the holder is read only when the
+        // number was claimed already (a re-delivery or a copy), so a task
+        // costs two commands in one round trip.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSETNX")
+            .arg(&claims)
+            .arg(seq)
+            .arg(id)
+            .cmd("PEXPIRE")
+            .arg(&claims)
+            .arg(ttl)
+            .ignore();
+        let (fresh,): (bool,) = self
+            .link
+            .run_retrying(None, &stopping, |conn| pipe.query(conn))?;
+        if fresh {
+            return Ok(true);
         }
-        self.present.insert(caller.to_owned(), now);
-        true
+        let holder: Option<String> = self.link.run_retrying(None, &stopping, |conn| {
+            redis::cmd("HGET").arg(&claims).arg(seq).query(conn)
+        })?;
+        Ok(holder.as_deref() == Some(id))
+    }
+
+    /// Drops a copy of a task that ran (or runs) from another entry: never
+    /// run, acknowledged and deleted, counted in the queue's `stats` as
+    /// `replayed_tasks` and reported.
+    fn drop_replay(&mut self, entry: &Entry, caller: &str, seq: u64, job: &str, why: &str) {
+        super::warn(format_args!(
+            "procpool cluster worker {}: dropped task {} (job `{job}`, task {seq} of caller \
+             {caller}) without running it: {why}. Someone added a copy of a genuine task to \
+             the queue",
+            self.name, entry.id
+        ));
+        let _ = self.link.query::<()>(
+            redis::cmd("HINCRBY")
+                .arg(self.keys.stats())
+                .arg("replayed_tasks")
+                .arg(1),
+        );
+        self.acknowledge(&entry.stream, &entry.id);
     }
 
     /// Runs (or refuses) one task and stores the outcome.
@@ -366,6 +442,8 @@ impl Worker {
         };
         let items = entry.take("items").unwrap_or_default();
         let timeout_ms = entry.number("timeout").unwrap_or(0);
+        // Absent only from an older release's (unkeyed) caller: no expiry.
+        let expires_ms = entry.number("expires");
         let task = TaskFields {
             queue: &self.settings.queue,
             caller: &caller,
@@ -373,15 +451,16 @@ impl Worker {
             job: &job,
             count,
             timeout_ms,
+            expires_ms: expires_ms.unwrap_or(0),
             items: &items,
         };
         if !self.settings.auth.task_valid(&task, entry.field("tag")) {
-            log::warn!(
+            super::warn(format_args!(
                 "procpool cluster worker {}: dropped task {} (job `{job}`) without running it: \
-                 its tag does not match this queue's key, so someone without the key added it",
-                self.name,
-                entry.id
-            );
+                 its tag does not match this queue's key, so someone without the key added it \
+                 (or a caller of an older procpool release signed it)",
+                self.name, entry.id
+            ));
             let stats = self.keys.stats();
             let _ = self
                 .link
@@ -398,18 +477,85 @@ impl Worker {
             self.acknowledge(&entry.stream, &entry.id);
             return;
         }
+        // Callers never put a job into another job's stream. With a key the
+        // tag is valid, so this is a copy of a genuine task, moved: it must
+        // not take the task's claim (and fail it) before the real entry.
+        let misplaced = job != served_name;
+        if misplaced && self.settings.auth.keyed() {
+            self.drop_replay(
+                &entry,
+                &caller,
+                seq,
+                &job,
+                &format!("it was added to the stream of job `{served_name}`"),
+            );
+            return;
+        }
         // A caller that ended or was terminated reads no result: its tasks
         // do not run. One that is only late learns why from the refusal.
-        let absent = !self.caller_present(&caller);
+        let presence = self.caller_present(&caller);
+        let mut unclaimed = None;
+        if let Some(presence) = presence.filter(|_| !misplaced) {
+            // Each task runs once: a copy of its entry (same signed fields,
+            // another entry id) is dropped unrun, whether the task is
+            // settled (below the caller's signed watermark) or not (another
+            // entry holds its claim). A re-delivery of the same entry (its
+            // worker died) holds the claim already, and runs.
+            if seq < presence.low {
+                // Settled. The entry is gone if another worker stored its
+                // result (or the caller withdrew it) after this one read it:
+                // nothing to count then.
+                let exists = self
+                    .link
+                    .query::<Vec<redis::Value>>(
+                        redis::cmd("XRANGE")
+                            .arg(&entry.stream)
+                            .arg(&entry.id)
+                            .arg(&entry.id),
+                    )
+                    .map_or(true, |found| !found.is_empty());
+                if exists {
+                    self.drop_replay(&entry, &caller, seq, &job, "its caller settled it already");
+                } else {
+                    self.acknowledge(&entry.stream, &entry.id);
+                }
+                return;
+            }
+            match self.claim(&caller, seq, &entry.id) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.drop_replay(
+                        &entry,
+                        &caller,
+                        seq,
+                        &job,
+                        "another entry of the same task holds its claim",
+                    );
+                    return;
+                }
+                // Stopping: unclaimed, so not run; it goes to another worker.
+                Err(_) if stopping() => return,
+                // Redis refused the claim (an ACL without hash commands):
+                // running it could run a copy too, so it fails, saying why.
+                Err(err) => unclaimed = Some(err.to_string()),
+            }
+        }
         let limit = self.settings.max_payload as u64;
-        let outcome = if absent {
+        let expired = expires_ms.is_some_and(|at| self.clock.now() >= at);
+        let outcome = if presence.is_none() {
             Err(Refusal::Abandoned)
+        } else if let Some(reason) = unclaimed {
+            Err(Refusal::Unclaimed { reason })
+        } else if expired {
+            Err(Refusal::Expired {
+                lifetime_ms: TASK_LIFETIME.as_millis() as u64,
+            })
         } else if deliveries > self.settings.max_deliveries {
             Err(Refusal::Lost {
                 deliveries: deliveries - 1,
             })
-        } else if job != served_name {
-            // Only a forger puts a job into another job's stream.
+        } else if misplaced {
+            // Without a key, anyone may put a job into another job's stream.
             Err(Refusal::Failed(Failure::new(
                 FailureKind::UnknownJob,
                 format!("{job} (the task was in the stream of `{served_name}`)"),

@@ -46,9 +46,16 @@ pub(crate) struct Settings {
     pub(crate) tls_ca: Option<PathBuf>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    /// Whether the server's certificate goes unchecked (`tls_insecure=true`):
+    /// only when the URL says so, and with a warning.
+    pub(crate) tls_insecure: bool,
     /// How long a call waits while workers are alive but none can run its
     /// job, before it fails with `Error::Registry`. Read by callers.
     pub(crate) unserved: Duration,
+    /// How long a call waits while no worker of the queue is alive at all
+    /// before it fails with `Error::Cluster`; by default it waits (workers
+    /// may be starting). Read by callers.
+    pub(crate) no_workers: Option<Duration>,
     /// Whether the URL names a seed node of a Redis Cluster.
     pub(crate) cluster: bool,
     /// Signs and checks tasks and results with the queue's key, if any.
@@ -65,7 +72,7 @@ const MIN_PRESENCE: Duration = Duration::from_millis(500);
 
 /// procpool's query parameters, with what each means, for error messages.
 const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, window, max_deliveries, reconnect, \
-                          tls_ca, tls_cert, tls_key, key, unserved, cluster";
+                          tls_ca, tls_cert, tls_key, tls_insecure, key, unserved, no_workers, cluster";
 
 impl Settings {
     /// Reads `url`, with the key from `PROCPOOL_KEY` if the URL has none.
@@ -108,7 +115,9 @@ impl Settings {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            tls_insecure: false,
             unserved: Duration::from_secs(30),
+            no_workers: None,
             cluster: false,
             auth: Auth::new(None),
         };
@@ -127,6 +136,7 @@ impl Settings {
                 "presence" => presence = Some(seconds()?),
                 "reconnect" => settings.reconnect = seconds()?,
                 "unserved" => settings.unserved = seconds()?,
+                "no_workers" => settings.no_workers = Some(seconds()?),
                 "max_payload" => {
                     settings.max_payload = parse_number(&key, &value).map_err(invalid)?;
                 }
@@ -138,12 +148,9 @@ impl Settings {
                 "tls_cert" => settings.tls_cert = Some(PathBuf::from(value)),
                 "tls_key" => settings.tls_key = Some(PathBuf::from(value)),
                 "key" => url_key = Some(value),
-                "cluster" => {
-                    settings.cluster = match value.as_str() {
-                        "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
-                        _ => return Err(invalid(format!("cluster={value}: use true or false"))),
-                    };
+                "cluster" => settings.cluster = parse_bool(&key, &value).map_err(invalid)?,
+                "tls_insecure" => {
+                    settings.tls_insecure = parse_bool(&key, &value).map_err(invalid)?;
                 }
                 other => {
                     return Err(invalid(format!(
@@ -183,10 +190,19 @@ impl Settings {
             ));
         }
         let uses_files = settings.tls_ca.is_some() || settings.tls_cert.is_some();
-        if uses_files && parsed.scheme() != "rediss" {
+        if (uses_files || settings.tls_insecure) && parsed.scheme() != "rediss" {
             return Err(invalid(
-                "tls_ca, tls_cert and tls_key need a rediss:// URL".into(),
+                "tls_ca, tls_cert, tls_key and tls_insecure need a rediss:// URL".into(),
             ));
+        }
+        // The redis crate reads `#insecure` as "check no certificate": a
+        // fragment is easy to miss in a URL, so only the parameter says it.
+        if let Some(fragment) = parsed.fragment() {
+            return Err(invalid(format!(
+                "the URL ends in `#{fragment}`; procpool takes no fragment. To turn the \
+                 server's certificate checks off (anyone on the network path can then read \
+                 and change the traffic), say tls_insecure=true"
+            )));
         }
         let key = match (url_key, env_key) {
             (Some(a), Some(b)) if a != b => {
@@ -207,6 +223,9 @@ impl Settings {
         }
         settings.auth = Auth::new(key.as_deref().map(str::as_bytes));
         parsed.set_query(None);
+        if settings.tls_insecure {
+            parsed.set_fragment(Some("insecure"));
+        }
         settings.redis_url = parsed.to_string();
         if parsed.password().is_some() {
             let _ = parsed.set_password(Some("***"));
@@ -228,6 +247,14 @@ fn queue_name(value: &str) -> Result<String, String> {
         Err(format!(
             "queue `{value}`: use 1 to 64 letters, digits, `_`, `-` or `.`"
         ))
+    }
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{key}={value}: use true or false")),
     }
 }
 
@@ -266,8 +293,11 @@ mod tests {
         assert_eq!(s.max_payload, 1000);
         assert_eq!(s.max_deliveries, 5);
         assert_eq!(s.reconnect, Duration::from_secs(3));
-        let s =
-            Settings::parse("redis://h?cluster=true&window=1000&unserved=5&presence=2").unwrap();
+        let s = Settings::parse(
+            "redis://h?cluster=true&window=1000&unserved=5&presence=2&no_workers=7.5",
+        )
+        .unwrap();
+        assert_eq!(s.no_workers, Some(Duration::from_millis(7500)));
         assert!(s.cluster);
         assert_eq!(s.window, 1000);
         assert_eq!(s.unserved, Duration::from_secs(5));
@@ -275,6 +305,17 @@ mod tests {
         // Without `presence`, a `ttl` under 10 s sets it.
         let s = Settings::parse("redis://h?ttl=5&reconnect=1").unwrap();
         assert_eq!(s.presence, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn certificate_checks_are_off_only_when_the_url_says_so() {
+        let checked = Settings::parse("rediss://:pw@h:6380/0?queue=q").unwrap();
+        assert!(!checked.tls_insecure);
+        assert_eq!(checked.redis_url, "rediss://:pw@h:6380/0");
+        let unchecked = Settings::parse("rediss://:pw@h:6380/0?tls_insecure=true").unwrap();
+        assert!(unchecked.tls_insecure);
+        // What the redis crate reads as "check no certificate".
+        assert_eq!(unchecked.redis_url, "rediss://:pw@h:6380/0#insecure");
     }
 
     #[test]
@@ -291,6 +332,7 @@ mod tests {
         assert_eq!(s.presence, Duration::from_secs(10));
         assert!(s.unserved <= Duration::from_secs(58));
         assert_eq!(s.display, "redis://127.0.0.1");
+        assert_eq!(s.no_workers, None, "calls wait for workers by default");
     }
 
     #[test]
@@ -313,6 +355,10 @@ mod tests {
             ("redis://h?cluster=maybe", "use true or false"),
             ("redis://h?window=0", "window must be at least 1"),
             ("redis://h?unserved=-1", "above 0"),
+            ("rediss://h#insecure", "say tls_insecure=true"),
+            ("rediss://h?queue=q#anything", "takes no fragment"),
+            ("redis://h?tls_insecure=true", "rediss://"),
+            ("rediss://h?tls_insecure=perhaps", "use true or false"),
         ] {
             let err = Settings::parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");
