@@ -45,14 +45,23 @@ impl ExitCause {
     }
 }
 
+impl From<crate::sys::Exit> for ExitCause {
+    fn from(exit: crate::sys::Exit) -> Self {
+        match exit {
+            crate::sys::Exit::Code(code) => ExitCause::Code(code),
+            crate::sys::Exit::Signal(signal) => ExitCause::Signal(signal),
+            crate::sys::Exit::Unknown => ExitCause::Unknown,
+            crate::sys::Exit::SigchldIgnored => ExitCause::SigchldIgnored,
+        }
+    }
+}
+
 impl fmt::Display for ExitCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitCause::Code(code) => write!(f, "exited with code {code}"),
             ExitCause::Signal(sig) => {
-                let name = nix::sys::signal::Signal::try_from(sig)
-                    .map(|s| s.as_str())
-                    .unwrap_or("unknown signal");
+                let name = crate::sys::signal_name(sig).unwrap_or("unknown signal");
                 write!(f, "killed by signal {sig} ({name})")
             }
             ExitCause::Unknown => f.write_str("ended with an unknown status"),

@@ -27,7 +27,7 @@ pub(crate) fn process_name() -> Option<&'static str> {
 pub(crate) fn become_worker(name: String) {
     let _ = PROCESS_NAME.set(name);
     install_panic_hook();
-    keep_freed_memory();
+    crate::sys::keep_freed_memory();
 }
 
 /// Runs `job` over a chunk of `count` encoded items, looked up in the
@@ -92,25 +92,6 @@ fn run_into(
     let count = usize::try_from(count)
         .map_err(|_| Failure::new(FailureKind::DecodeArguments, "item count too large"))?;
     (entry.invoke)(count, items, output)
-}
-
-/// Tells glibc's allocator to keep freed memory instead of returning it to
-/// the kernel after every task.
-///
-/// A worker allocates and frees the same large buffers (decoded items, the
-/// encoded reply) task after task. By default glibc serves blocks over
-/// 128 KiB with `mmap` and trims the heap top, so every task paid a page
-/// fault per 4 KiB again: measured, 4 400 faults per `map` of 10⁶ integers,
-/// nearly all in workers. Like a Python worker, a procpool worker now keeps
-/// its peak heap; `max_memory_per_child` bounds it.
-fn keep_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator parameters; it is called once,
-    // before the worker runs any job.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
 }
 
 thread_local! {

@@ -196,9 +196,16 @@
 //   wire      messages between parent and worker, Payload, Failure -> sys
 //   codec     the encoding of items and outcomes      -> wire (Failure)
 //   job       the registry #[pool_job] fills, Job handles -> stream, wire
-//   sys       OS calls: exec command and its variables, tokens, fd flags,
-//             memfd regions, fork as a sibling, fd passing, error texts
-//             (imports nothing of the crate)
+//   sys/      the OS layer (rustix; libc only where rustix has no call;
+//             imports nothing of the crate)
+//     mod       the command that starts a worker and its variables,
+//               tokens, error texts that say what to do
+//     process   fork as a sibling, watch/signal/reap a child by its pidfd,
+//               signal names, parent-death signal, the fork guard, the
+//               spawner thread, what a child inherits
+//     region    the memfd regions a worker and its parent share, and
+//               their access and memory-ordering contract
+//     fd        passing a descriptor beside a datagram, fds above stdio
 //   error     Error, ExitCause, IoCause               -> sys (error texts)
 //   deadline  the one place a user's duration becomes an Instant:
 //             Duration::MAX is no deadline (imports nothing of the crate)

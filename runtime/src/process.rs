@@ -3,13 +3,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use crate::Error;
 use crate::error::ExitCause;
 use crate::job::{Decode, IntoJob, JobArgs};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
-use crate::sys::CopyFailed;
+use crate::sys::{self, CopyFailed};
 use crate::wire::{FromWorker, ToWorker};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
@@ -186,12 +184,12 @@ impl<R: 'static> Process<R> {
 
     /// Asks the process to stop (SIGTERM).
     pub fn terminate(&self) {
-        self.worker.signal(Signal::SIGTERM);
+        self.worker.signal(sys::Signal::TERM);
     }
 
     /// Kills the process (SIGKILL).
     pub fn kill(&self) {
-        self.worker.signal(Signal::SIGKILL);
+        self.worker.signal(sys::Signal::KILL);
     }
 
     /// Waits for the job to finish and returns its value.

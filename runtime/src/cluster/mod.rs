@@ -193,7 +193,7 @@ pub(crate) fn bootstrap() {
         std::env::remove_var(crate::sys::PARENT_ENV);
     }
     // Stop with the supervisor, even if it is killed with SIGKILL.
-    if !crate::sys::tie_to_parent(nix::sys::signal::Signal::SIGTERM, parent) {
+    if !crate::sys::tie_to_parent(crate::sys::Signal::TERM, parent) {
         eprintln!(
             "procpool cluster worker {}: the process that started it is gone; exiting",
             std::process::id()

@@ -8,7 +8,6 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use redis::Value;
 use redis::streams::StreamPendingCountReply;
 
@@ -31,38 +30,29 @@ const STALE_WORKER_MS: u64 = 3_600_000;
 const SWEEP_SETS_EVERY: u64 = 30;
 
 /// Set by SIGINT or SIGTERM: finish the current task, then return.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop(_: nix::libc::c_int) {
-    STOP.store(true, Ordering::Release);
-}
+static STOP: std::sync::LazyLock<std::sync::Arc<AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
 
 pub(crate) fn stopping() -> bool {
     STOP.load(Ordering::Acquire)
 }
 
-/// The first SIGINT or SIGTERM asks for a clean stop; the handler is reset
-/// by it (`SA_RESETHAND`), so a second one ends the process at once.
+/// The first SIGINT or SIGTERM asks for a clean stop; a second one, with
+/// the stop already asked for, ends the process at once (the signal's
+/// default action), through `signal-hook`.
 pub(crate) fn install_stop_handlers() {
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop),
-        SaFlags::SA_RESETHAND | SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        let _ = unsafe { sigaction(signal, &action) };
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag before the second handler
+        // sets it: only a signal that finds it set already ends the process.
+        let _ = signal_hook::flag::register_conditional_default(signal, STOP.clone());
+        let _ = signal_hook::flag::register(signal, STOP.clone());
     }
 }
 
 /// How the consumer name of the worker with process id `pid` on this host
 /// starts: `<host>-<pid>-`, then a random suffix (pids are reused).
 pub(crate) fn name_prefix(pid: u32) -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "host".to_owned());
+    let host = crate::sys::host_name();
     format!("{host}-{pid}-")
 }
 
@@ -779,9 +769,9 @@ fn time_out(link: &mut Link, settings: &Settings, keys: &Keys, name: &str, dog: 
         dog.task.job,
         Duration::from_millis(dog.timeout_ms)
     );
-    // SAFETY: _exit ends the process at once, without running exit
-    // handlers that could wait for locks the still-running job holds.
-    unsafe { nix::libc::_exit(TIMED_OUT_EXIT) }
+    // At once, without running exit handlers that could wait for locks
+    // the still-running job holds.
+    crate::sys::exit_now(TIMED_OUT_EXIT)
 }
 
 impl Heartbeat {

@@ -8,9 +8,6 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
 use super::link::Link;
 use super::protocol::Keys;
 use super::settings::Settings;
@@ -264,9 +261,8 @@ impl Shared {
     fn stop_children(&self) {
         let mut children: Vec<Child> = self.lock().drain(..).flatten().collect();
         for child in &children {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
+            // Not reaped yet (`Child` reaps on `wait`): the pid is its own.
+            crate::sys::signal_unreaped_child(child.id(), crate::sys::Signal::TERM);
         }
         let deadline = Instant::now() + STOP_GRACE;
         while !children.is_empty() {

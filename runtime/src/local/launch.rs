@@ -16,11 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
 use rustix::event::{PollFd, PollFlags};
-use rustix::process::PidfdFlags;
 use serde_bytes::ByteBuf;
 
 use crate::Error;
@@ -82,25 +78,28 @@ pub(crate) struct Initializer {
     pub(crate) timeout: Option<Duration>,
 }
 
-/// Where another thread can find a worker's pid to kill it.
+/// Where another thread can find a worker to kill it, and its pid.
 ///
-/// The owning [`WorkerProcess`] holds the lock while it reaps and clears the
-/// pid before releasing it, so [`PidSlot::kill`] never signals a pid that
-/// was reaped and possibly reused.
+/// The owning [`WorkerProcess`] holds the lock while it reaps and clears
+/// the slot before releasing it; the slot holds the worker's pidfd, so
+/// [`PidSlot::kill`] can never signal another process.
 #[derive(Debug, Default)]
-pub(crate) struct PidSlot(Mutex<Option<u32>>);
+pub(crate) struct PidSlot(Mutex<Option<(u32, Arc<OwnedFd>)>>);
 
 impl PidSlot {
     /// The registered worker's pid, if one is running.
     pub(crate) fn get(&self) -> Option<u32> {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(pid, _)| *pid)
     }
 
     /// Sends SIGKILL to the registered worker, if any.
     pub(crate) fn kill(&self) {
-        let pid = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Some((_, pidfd)) = &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            sys::send_signal(pidfd.as_fd(), sys::Signal::KILL);
         }
     }
 }
@@ -110,7 +109,8 @@ pub(crate) struct WorkerProcess {
     pid: u32,
     channel: Channel,
     /// Readable once the process has exited (whoever holds its socket).
-    pidfd: OwnedFd,
+    /// Shared with the [`PidSlot`] it is registered in.
+    pidfd: Arc<OwnedFd>,
     reaped: Option<ExitCause>,
     slot: Option<Arc<PidSlot>>,
     /// Replies, written by the worker as each item finishes (see
@@ -198,16 +198,11 @@ impl WorkerProcess {
     /// The handle on a new child `pid` (not reaped, so its pid cannot have
     /// been reused): opens its pidfd, or kills and reaps it.
     fn watch(pid: u32, channel: Channel) -> Result<Self, Error> {
-        let pidfd = i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .ok_or(rustix::io::Errno::SRCH)
-            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()));
-        match pidfd {
+        match sys::open_pidfd(pid) {
             Ok(pidfd) => Ok(WorkerProcess {
                 pid,
                 channel,
-                pidfd,
+                pidfd: Arc::new(pidfd),
                 reaped: None,
                 slot: None,
                 replies: None,
@@ -216,11 +211,8 @@ impl WorkerProcess {
                 forked_copy: None,
             }),
             Err(err) => {
-                kill_and_wait(pid);
-                Err(launch_error(
-                    "watch the worker process (pidfd_open)",
-                    err.into(),
-                ))
+                sys::kill_and_reap(pid);
+                Err(launch_error("watch the worker process (pidfd_open)", err))
             }
         }
     }
@@ -385,7 +377,8 @@ impl WorkerProcess {
 
     /// Publishes this worker's pid in `slot` until it is reaped.
     pub(crate) fn register(&mut self, slot: Arc<PidSlot>) {
-        *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.pid);
+        *slot.0.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((self.pid, Arc::clone(&self.pidfd)));
         self.slot = Some(slot);
     }
 
@@ -600,14 +593,7 @@ impl WorkerProcess {
         if let Some(cause) = self.reaped {
             return Some(cause);
         }
-        let pid = Pid::from_raw(i32::try_from(self.pid).ok()?);
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        match waitid(Id::Pid(pid), flags) {
-            Ok(WaitStatus::Exited(_, code)) => Some(ExitCause::Code(code)),
-            Ok(WaitStatus::Signaled(_, signal, _)) => Some(ExitCause::Signal(signal as i32)),
-            Ok(_) => None,
-            Err(_) => Some(unreadable_exit()),
-        }
+        sys::peek_exit(self.pidfd.as_fd()).map(ExitCause::from)
     }
 
     /// Whether the process is still running (not exited, whether reaped or not).
@@ -625,23 +611,12 @@ impl WorkerProcess {
         Some(kib * 1024)
     }
 
-    /// Sends `signal` unless the process has already been reaped.
-    pub(crate) fn signal(&self, signal: Signal) {
-        if self.reaped.is_some() {
-            return;
-        }
-        // Through the pidfd: a program that ignores SIGCHLD has its
-        // children reaped by the kernel, and a pid may then be reused by
-        // a stranger while this handle still holds it.
-        match rustix::process::Signal::from_named_raw(signal as i32) {
-            Some(signal) => {
-                let _ = rustix::process::pidfd_send_signal(&self.pidfd, signal);
-            }
-            None => {
-                if let Ok(pid) = i32::try_from(self.pid) {
-                    let _ = kill(Pid::from_raw(pid), signal);
-                }
-            }
+    /// Sends `signal` unless the process has already been reaped; through
+    /// the pidfd, so that a pid the kernel reaped (a program that ignores
+    /// SIGCHLD) and gave to a stranger is never signalled.
+    pub(crate) fn signal(&self, signal: sys::Signal) {
+        if self.reaped.is_none() {
+            sys::send_signal(self.pidfd.as_fd(), signal);
         }
     }
 
@@ -675,7 +650,7 @@ impl WorkerProcess {
 
     /// SIGKILL through the pidfd, which cannot reach another process.
     fn kill(&self) {
-        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+        sys::send_signal(self.pidfd.as_fd(), sys::Signal::KILL);
     }
 
     /// Waits up to [`EXIT_GRACE`] for the child to end, kills it if it
@@ -691,7 +666,7 @@ impl WorkerProcess {
         if !channel::wait(&self.pidfd, PollFlags::IN, Some(EXIT_GRACE)).unwrap_or(false) {
             self.kill();
         }
-        let cause = wait_for_exit(self.pid);
+        let cause = ExitCause::from(sys::reap(self.pidfd.as_fd()));
         self.reaped = Some(cause);
         if let Some(pid) = registered.as_deref_mut() {
             *pid = None;
@@ -745,7 +720,7 @@ fn put_down_orphan(channel: &mut Channel, deadline: Instant) {
                 log::debug!(
                     "procpool: put down worker {pid}, forked by a template that died before answering"
                 );
-                kill_and_wait(pid);
+                sys::kill_and_reap(pid);
                 return;
             }
             Err(ChannelError::WouldBlock) => {}
@@ -755,48 +730,6 @@ fn put_down_orphan(channel: &mut Channel, deadline: Instant) {
         if left.is_zero() || channel::wait(&channel.fd(), PollFlags::IN, Some(left)).is_err() {
             return;
         }
-    }
-}
-
-/// Kills and reaps `pid`, a child of this process that nothing else reaps.
-fn kill_and_wait(pid: u32) {
-    if let Ok(raw) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-        wait_for_exit(pid);
-    }
-}
-
-/// Reaps the child `pid`, waiting for it to end; how it ended.
-fn wait_for_exit(pid: u32) -> ExitCause {
-    let Ok(raw) = i32::try_from(pid) else {
-        return ExitCause::Unknown;
-    };
-    loop {
-        match waitid(Id::Pid(Pid::from_raw(raw)), WaitPidFlag::WEXITED) {
-            Ok(WaitStatus::Exited(_, code)) => return ExitCause::Code(code),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return ExitCause::Signal(signal as i32),
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => return unreadable_exit(),
-        }
-    }
-}
-
-/// Why a child's exit status could not be read: most often because this
-/// program ignores `SIGCHLD` (or set `SA_NOCLDWAIT`), so the kernel reaped
-/// the child itself and kept no status; that is worth saying, as it is
-/// the program's setting and it can change it.
-fn unreadable_exit() -> ExitCause {
-    // SAFETY: an all-zero `sigaction` is a valid value to be overwritten.
-    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: with a null new action, sigaction only reads the current one
-    // into `current`, which outlives the call.
-    let read = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) };
-    let reaped_by_kernel =
-        current.sa_sigaction == libc::SIG_IGN || current.sa_flags & libc::SA_NOCLDWAIT != 0;
-    if read == 0 && reaped_by_kernel {
-        ExitCause::SigchldIgnored
-    } else {
-        ExitCause::Unknown
     }
 }
 

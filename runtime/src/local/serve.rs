@@ -15,7 +15,7 @@ pub(crate) const EXIT_BOOTSTRAP_FAILED: i32 = 86;
 
 /// Serves the parent over the channel it passed as stdin; the exit code.
 pub(crate) fn run(parent: Option<String>) -> i32 {
-    if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
+    if !sys::tie_to_parent(sys::Signal::KILL, parent) {
         return EXIT_BOOTSTRAP_FAILED;
     }
     match take_channel_from_stdin() {
@@ -33,7 +33,7 @@ pub(crate) fn run(parent: Option<String>) -> i32 {
 pub(crate) fn run_forked(parent: Option<String>, socket: OwnedFd) -> i32 {
     // A fork clears the parent-death signal: set it again, and check that
     // the parent did not die before.
-    if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
+    if !sys::tie_to_parent(sys::Signal::KILL, parent) {
         return EXIT_BOOTSTRAP_FAILED;
     }
     serve(socket)
@@ -96,9 +96,9 @@ fn forked_copy_exits() -> ! {
         let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
         let _ = rustix::net::send(fd, &bytes, flags);
     }
-    // SAFETY: `_exit` ends this copy at once: no destructor, atexit handler
-    // or buffered output of the worker's runs twice.
-    unsafe { libc::_exit(0) }
+    // At once: no destructor, atexit handler or buffered output of the
+    // worker's runs twice.
+    sys::exit_now(0)
 }
 
 /// Greets the parent, then runs its tasks; the exit code.

@@ -541,7 +541,7 @@ pub(crate) enum Role {
 /// answer would be read for the wrong request. The parent reaps it and
 /// starts a new one on its next request.
 pub(crate) fn run(parent: Option<String>) -> Role {
-    if !sys::tie_to_parent(nix::sys::signal::Signal::SIGKILL, parent) {
+    if !sys::tie_to_parent(sys::Signal::KILL, parent) {
         return Role::Exit(EXIT_BOOTSTRAP_FAILED);
     }
     let socket = match serve::take_channel_from_stdin() {
