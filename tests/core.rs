@@ -622,3 +622,25 @@ fn duration_max_means_no_limit() {
     ));
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
 }
+
+/// What `ps`, `top` and `pgrep` call this process.
+#[pool_job]
+fn process_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
+}
+
+#[test]
+fn workers_carry_the_programs_name() {
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    let expected: String = name.chars().take(15).collect();
+    let pool = Pool::with_processes(2).unwrap();
+    for comm in pool.map(process_comm, vec![(); 4]).unwrap() {
+        assert_eq!(comm, expected, "a pool worker");
+    }
+    let process = procpool::Process::spawn(process_comm, ()).unwrap();
+    assert_eq!(process.join().unwrap(), expected, "a Process");
+}

@@ -59,6 +59,9 @@ unsafe extern "C" fn procpool_bootstrap(
     if marker.is_none() && !cluster {
         return;
     }
+    // Under the program's own name, not `exe` (workers forked from the
+    // template inherit its name).
+    sys::name_after_program();
     // SAFETY: this is the loader's call of the hook, before `main`, with
     // the loader's arguments; this process never returns from the hook
     // (it serves and exits below), so the loader never calls them again.

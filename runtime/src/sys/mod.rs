@@ -17,8 +17,8 @@ mod region;
 pub(crate) use fd::{Received, above_stdio, recv_with_fd, send_with_fd};
 pub(crate) use process::{
     Exit, Forked, Inherited, arm_fork_guard, check_fork_guard, exit_now, fork_sibling,
-    is_unreaped_child, keep_freed_memory, kill_and_reap, open_pidfd, peek_exit, reap, send_signal,
-    signal_name, spawn_from_long_lived_thread, tie_to_parent,
+    is_unreaped_child, keep_freed_memory, kill_and_reap, name_after_program, open_pidfd, peek_exit,
+    reap, send_signal, signal_name, spawn_from_long_lived_thread, tie_to_parent,
 };
 #[cfg(feature = "cluster")]
 pub(crate) use process::{host_name, signal_unreaped_child};

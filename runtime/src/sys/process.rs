@@ -207,6 +207,27 @@ pub(crate) fn keep_freed_memory() {
     }
 }
 
+/// Names this process (its `comm`: what `ps`, `top` and `pgrep` show)
+/// after the program's executable, up to the kernel's 15 bytes. A worker
+/// is started through `/proc/self/exe`, which would otherwise name it
+/// `exe`, so `pgrep myservice` missed a program's workers.
+pub(crate) fn name_after_program() {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Some(name) = path.file_name() else {
+        return;
+    };
+    // A replaced executable reads as "name (deleted)".
+    let name = name.as_bytes();
+    let name = name.strip_suffix(b" (deleted)").unwrap_or(name);
+    let name = &name[..name.len().min(15)];
+    if let Ok(name) = std::ffi::CString::new(name) {
+        let _ = rustix::thread::set_name(&name);
+    }
+}
+
 /// This machine's host name, as the kernel has it.
 #[cfg(feature = "cluster")]
 pub(crate) fn host_name() -> String {
