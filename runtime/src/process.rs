@@ -43,6 +43,7 @@ static NEVER: AtomicBool = AtomicBool::new(false);
 ///
 /// Dropping a `Process` that was not joined kills it (SIGKILL) and reaps
 /// it, so no process outlives its handle.
+#[must_use = "dropping a Process kills it at once; keep the handle and call .join() for its result"]
 pub struct Process<R> {
     worker: WorkerProcess,
     name: String,

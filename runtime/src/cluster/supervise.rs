@@ -45,6 +45,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// # }
 /// ```
 #[derive(Debug)]
+#[must_use = "dropping Workers stops its worker processes at once; keep it while they should serve"]
 pub struct Workers {
     shared: Arc<Shared>,
     supervisor: Option<JoinHandle<()>>,
