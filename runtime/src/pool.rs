@@ -7,7 +7,9 @@ use crate::Error;
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::codec::ChunkWriter;
 use crate::imap::{Chunking, Imap};
-use crate::job::{Decode, Encode, IntoJob, ItemFor, JobArgs, encode_one};
+use crate::job::{
+    Decode, Encode, IntoJob, ItemFor, JobArgs, encode_arg_tuples, encode_items, encode_one,
+};
 use crate::local::launch::Initializer;
 use crate::local::{LocalBackend, LocalConfig};
 use crate::progress::Progress;
@@ -124,11 +126,11 @@ impl PoolBuilder {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
-        let encoded = encode_one(&job, &arg).map_err(|message| {
+        let encoded = encode_one(&job, &arg).map_err(|problem| {
             crate::codec::error_for(
                 job.name(),
                 "serialize the initializer's argument".to_owned(),
-                message,
+                problem,
             )
         });
         self.initializer = Some(encoded.map(|arg| Initializer {
@@ -437,7 +439,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
         )
     }
@@ -450,7 +452,7 @@ impl Pool {
         job: &'static str,
         items: I,
         chunksize: Option<usize>,
-        encode: Encode<X>,
+        encode: impl Encode<X>,
         decode: Decode<R>,
     ) -> Result<Vec<R>, Error>
     where
@@ -480,7 +482,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::arg_tuples(&job),
+            encode_arg_tuples(&job),
             Decode::of(&job),
         )
     }
@@ -513,7 +515,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
             None,
         )
@@ -527,7 +529,7 @@ impl Pool {
         job: &'static str,
         items: I,
         chunksize: Option<usize>,
-        encode: Encode<X>,
+        encode: impl Encode<X>,
         decode: Decode<R>,
         window: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>, Error>
@@ -539,11 +541,11 @@ impl Pool {
         let (low, high) = items.size_hint();
         let waiting = window.map_or(Waiting::Here(false), Waiting::Window);
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All>(job, low, items, chunksize, (encode, decode), waiting)?
+            self.submit::<_, _, All, _>(job, low, items, chunksize, (encode, decode), waiting)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
             let items: Vec<X> = items.collect();
-            self.submit::<_, _, All>(job, items.len(), items, None, (encode, decode), waiting)?
+            self.submit::<_, _, All, _>(job, items.len(), items, None, (encode, decode), waiting)?
         };
         Ok(AsyncResult::new(call))
     }
@@ -632,7 +634,7 @@ impl Pool {
             items.into_iter(),
             chunking,
             ordered,
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
         )
     }
@@ -676,7 +678,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::arg_tuples(&job),
+            encode_arg_tuples(&job),
             Decode::of(&job),
             None,
         )
@@ -705,12 +707,12 @@ impl Pool {
         A: JobArgs,
         R: Send + 'static,
     {
-        let call = self.submit::<_, _, One>(
+        let call = self.submit::<_, _, One, _>(
             job.name(),
             1,
             std::iter::once(item),
             Some(1),
-            (Encode::items(&job), Decode::of(&job)),
+            (encode_items(&job), Decode::of(&job)),
             Waiting::Here(drive_here),
         )?;
         Ok(AsyncResult::new(call))
@@ -736,18 +738,19 @@ impl Pool {
 
     /// Encodes `items` into chunks and queues them as they fill, so workers
     /// start while later items are still being encoded.
-    fn submit<X, R, M>(
+    fn submit<X, R, M, E>(
         &self,
         job: &'static str,
         expected: usize,
         items: impl IntoIterator<Item = X>,
         chunksize: Option<usize>,
-        (encode, decode): (Encode<X>, Decode<R>),
+        (encode, decode): (E, Decode<R>),
         waiting: Waiting,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
         R: Send + 'static,
         M: Finish<R>,
+        E: Encode<X>,
     {
         if self.backend.is_closed() {
             return Err(Error::Closed);
@@ -775,15 +778,15 @@ impl Pool {
         // A backend's hard limit (a cluster's `max_payload`): a chunk that
         // an item would take over it goes without that item.
         let byte_limit = self.backend.max_chunk_bytes();
-        let serialization = |index: usize, message: String| {
+        let serialization = |index: usize, problem: crate::codec::Problem| {
             let error =
-                crate::codec::error_for(job, format!("serialize argument {index}"), message);
+                crate::codec::error_for(job, format!("serialize argument {index}"), problem);
             call.abandon(error.clone());
             error
         };
         for (index, item) in items.into_iter().enumerate() {
-            if let Err(message) = encode.push(&mut chunk.items, &item) {
-                return Err(serialization(index, message));
+            if let Err(problem) = encode(&item, &mut chunk.items) {
+                return Err(serialization(index, problem));
             }
             if byte_limit.is_some_and(|limit| chunk.items.byte_len() > limit)
                 && chunk.items.len() > 1
@@ -793,8 +796,8 @@ impl Pool {
                     break;
                 }
                 // A single item over the limit is the backend's to refuse.
-                if let Err(message) = encode.push(&mut chunk.items, &item) {
-                    return Err(serialization(index, message));
+                if let Err(problem) = encode(&item, &mut chunk.items) {
+                    return Err(serialization(index, problem));
                 }
             }
             if (chunk.items.len() == chunksize || chunk.items.byte_len() >= max_bytes)
@@ -900,7 +903,7 @@ impl<'pool> Chunked<'pool> {
             job.name(),
             items,
             Some(self.checked()?),
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
         )
     }
@@ -918,7 +921,7 @@ impl<'pool> Chunked<'pool> {
             job.name(),
             items,
             Some(self.checked()?),
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
             None,
         )
@@ -937,7 +940,7 @@ impl<'pool> Chunked<'pool> {
             job.name(),
             items,
             Some(self.checked()?),
-            Encode::arg_tuples(&job),
+            encode_arg_tuples(&job),
             Decode::of(&job),
         )
     }
@@ -981,7 +984,7 @@ impl<'pool> Chunked<'pool> {
                 items.into_iter(),
                 Chunking::Fixed(size),
                 ordered,
-                Encode::items(&job),
+                encode_items(&job),
                 Decode::of(&job),
             ),
             Err(error) => Imap::failed(
@@ -989,19 +992,19 @@ impl<'pool> Chunked<'pool> {
                 job.name(),
                 items.into_iter(),
                 error,
-                Encode::items(&job),
+                encode_items(&job),
                 Decode::of(&job),
             ),
         }
     }
 }
 
-/// A chunk being filled; its writer's item type is erased (see `job::Encode`).
+/// A chunk being filled.
 #[derive(Default)]
 struct ChunkBuilder {
     number: usize,
     first: usize,
-    items: ChunkWriter<()>,
+    items: ChunkWriter,
     /// The caller waits for this (single-chunk) call at once: the backend
     /// may run it on the caller's thread.
     drive_here: bool,
