@@ -1,5 +1,9 @@
 //! Typed job handles and the link-time job registry.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts.
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;

@@ -195,7 +195,8 @@
 //             item, read back whole or after a crash -> codec, sys, wire
 //   wire      messages between parent and worker, Payload, Failure -> sys
 //   codec     the encoding of items and outcomes      -> wire (Failure)
-//   job       the registry #[pool_job] fills, Job handles -> stream, wire
+//   job       the registry #[pool_job] fills, Job handles, typed item
+//             encoders and result decoders -> codec, stream, wire
 //   sys       OS calls: exec command and its variables, tokens, fd flags,
 //             memfd regions, fork as a sibling, fd passing, error texts
 //             (imports nothing of the crate)
@@ -346,6 +347,7 @@ pub fn current_process() -> CurrentProcess {
 /// ([`ItemEncoder`](crate::job::ItemEncoder) and the decoders), so a job's
 /// encoder can only ever be called with its own item type.
 #[doc(hidden)]
+#[forbid(unsafe_code)]
 pub mod __private {
     use std::marker::PhantomData;
 

@@ -1,5 +1,11 @@
 //! The pool: cuts calls into chunks, hands them to a backend, collects results.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts. (`deny`,
+// not `forbid`: the test jobs below are registered by linkme, whose entry
+// is a `link_section` static, which the lint counts as unsafe.)
+#![deny(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1067,6 +1073,7 @@ mod tests {
 
 /// Pools work inside a library's own unit tests: the test binary is re-run as the worker.
 #[cfg(test)]
+#[allow(unsafe_code)] // linkme's registry entry of a #[pool_job] (see the top)
 mod unit_tests_can_use_pools {
     use crate::{Pool, pool_job};
 
@@ -1087,6 +1094,7 @@ mod unit_tests_can_use_pools {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // linkme's registry entry of a #[pool_job] (see the top)
 #[crate::pool_job]
 fn tests_pid() -> u32 {
     std::process::id()

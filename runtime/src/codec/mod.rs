@@ -15,6 +15,10 @@
 //! reported as a [`Problem`] (it must not unwind into a worker's loop or
 //! a pool thread), and nesting is limited to [`format::MAX_DEPTH`] levels.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts.
+#![forbid(unsafe_code)]
+
 mod de;
 mod error;
 mod format;
