@@ -219,7 +219,7 @@ impl<R> Copy for Decode<R> {}
 
 impl<R> Decode<R> {
     pub(crate) fn of<J: IntoJob<Output = R>>(job: &J) -> Self {
-        let (values, outcomes) = job.__decoders();
+        let (values, outcomes) = job.decoders();
         Decode { values, outcomes }
     }
 
@@ -278,7 +278,7 @@ where
     J: IntoJob,
     X: ItemFor<<J::Args as JobArgs>::Item>,
 {
-    let encoder = job.__encoder();
+    let encoder = job.encoder();
     move |item: &X, chunk: &mut ChunkWriter| push(chunk, item.as_item(), encoder)
 }
 
@@ -288,7 +288,7 @@ where
     J: IntoJob,
     X: ItemFor<J::Args>,
 {
-    let encoder = job.__encoder();
+    let encoder = job.encoder();
     move |item: &X, chunk: &mut ChunkWriter| {
         push(chunk, JobArgs::as_item(ItemFor::as_item(item)), encoder)
     }
@@ -318,7 +318,7 @@ pub(crate) fn encode_one<J: IntoJob>(
     item: &<J::Args as JobArgs>::Item,
 ) -> Result<Vec<u8>, Problem> {
     let mut chunk = ChunkWriter::default();
-    push(&mut chunk, item, job.__encoder())?;
+    push(&mut chunk, item, job.encoder())?;
     Ok(chunk.finish())
 }
 
@@ -398,17 +398,39 @@ pub trait IntoJob: sealed::Sealed {
     type Output;
     /// The name the job is registered under.
     fn name(&self) -> &'static str;
-    /// Encodes one of the job's items; written by `#[pool_job]`.
-    #[doc(hidden)]
-    fn __encoder(&self) -> ItemEncoder<<Self::Args as JobArgs>::Item>;
-    /// Decodes the job's results; written by `#[pool_job]`.
-    #[doc(hidden)]
-    fn __decoders(&self) -> (ValuesDecoder<Self::Output>, OutcomesDecoder<Self::Output>);
 }
 
 mod sealed {
-    pub trait Sealed {}
-    impl<F, A: super::JobArgs, R> Sealed for super::Job<F, A, R> {}
+    use super::{IntoJob, ItemEncoder, JobArgs, OutcomesDecoder, ValuesDecoder};
+
+    /// Where the pool finds a job's encoder and decoders: on this
+    /// supertrait of [`IntoJob`], which users cannot import or implement
+    /// and rustdoc does not show, rather than as hidden methods of
+    /// `IntoJob` itself. (Both are safe to call: typed function pointers.)
+    pub trait Sealed {
+        /// Encodes one of the job's items; written by `#[pool_job]`.
+        fn encoder(&self) -> ItemEncoder<<Self::Args as JobArgs>::Item>
+        where
+            Self: IntoJob;
+        /// Decodes the job's results; written by `#[pool_job]`.
+        fn decoders(&self) -> (ValuesDecoder<Self::Output>, OutcomesDecoder<Self::Output>)
+        where
+            Self: IntoJob;
+    }
+
+    impl<F, A: JobArgs, R> Sealed for super::Job<F, A, R> {
+        fn encoder(&self) -> ItemEncoder<<<Self as IntoJob>::Args as JobArgs>::Item> {
+            self.encoder
+        }
+        fn decoders(
+            &self,
+        ) -> (
+            ValuesDecoder<<Self as IntoJob>::Output>,
+            OutcomesDecoder<<Self as IntoJob>::Output>,
+        ) {
+            (self.values, self.outcomes)
+        }
+    }
 
     pub trait Item<T> {}
     impl<T> Item<T> for T {}
@@ -420,12 +442,6 @@ impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {
     type Output = R;
     fn name(&self) -> &'static str {
         self.entry.name
-    }
-    fn __encoder(&self) -> ItemEncoder<A::Item> {
-        self.encoder
-    }
-    fn __decoders(&self) -> (ValuesDecoder<R>, OutcomesDecoder<R>) {
-        (self.values, self.outcomes)
     }
 }
 
