@@ -152,7 +152,7 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                 },
             };
 
-            #krate::Job::<#fn_type, #tuple, #output>::__new(
+            #krate::__private::new_job::<#fn_type, #tuple, #output>(
                 #hidden as #fn_type,
                 &__PROCPOOL_ENTRY,
                 // The pool encodes items through this, so its methods need

@@ -351,27 +351,27 @@ pub struct Job<F, A: JobArgs, R> {
     types: PhantomData<fn(A) -> R>,
 }
 
-impl<F, A: JobArgs, R> Job<F, A, R> {
-    #[doc(hidden)]
-    /// Written by `#[pool_job]` only, with the encoder and decoders it
-    /// picked for the job's item and result types.
-    pub const fn __new(
-        function: F,
-        entry: &'static JobEntry,
-        encoder: ItemEncoder<A::Item>,
-        values: ValuesDecoder<R>,
-        outcomes: OutcomesDecoder<R>,
-    ) -> Self {
-        Job {
-            function,
-            entry,
-            encoder,
-            values,
-            outcomes,
-            types: PhantomData,
-        }
+/// A job's handle; written by `#[pool_job]` only (through `__private`,
+/// so the public `Job` has no hidden constructor), with the encoder and
+/// decoders it picked for the job's item and result types.
+pub const fn new_job<F, A: JobArgs, R>(
+    function: F,
+    entry: &'static JobEntry,
+    encoder: ItemEncoder<A::Item>,
+    values: ValuesDecoder<R>,
+    outcomes: OutcomesDecoder<R>,
+) -> Job<F, A, R> {
+    Job {
+        function,
+        entry,
+        encoder,
+        values,
+        outcomes,
+        types: PhantomData,
     }
+}
 
+impl<F, A: JobArgs, R> Job<F, A, R> {
     /// The name the job is registered under: the module path plus the
     /// function name, or the `name = "..."` given to the attribute.
     pub fn name(&self) -> &'static str {

@@ -361,7 +361,9 @@ pub mod __private {
     #[doc(hidden)]
     pub use crate::codec::{ChunkWriter, Problem};
     #[doc(hidden)]
-    pub use crate::job::{InvokeFn, ItemEncoder, JOBS, JobEntry, OutcomesDecoder, ValuesDecoder};
+    pub use crate::job::{
+        InvokeFn, ItemEncoder, JOBS, JobEntry, OutcomesDecoder, ValuesDecoder, new_job,
+    };
     #[doc(hidden)]
     pub use crate::stream::Output;
     #[doc(hidden)]
