@@ -152,47 +152,33 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
                 },
             };
 
-            // SAFETY: the encoder is made for `#item`, the item type of
-            // the job's argument tuple.
-            unsafe {
-                #krate::Job::__new(
-                    #hidden as #fn_type,
-                    &__PROCPOOL_ENTRY,
-                    // The pool encodes items through this, so its methods need
-                    // no serde bound of their own: a type that cannot cross is
-                    // reported once, by `__procpool_check_types`, and resolves
-                    // to a stub here.
-                    |__item, __chunk| {
-                        #[allow(unused_imports)]
-                        use #krate::__private::{EncodeItem as _, NeverEncode as _};
-                        // SAFETY: `Job` calls it with a `#item` and a chunk
-                        // writer for `#item` only (see `AnyEncoder`).
-                        unsafe { (&&#krate::__private::Probe::<#item>::new()).encode(__item, __chunk) }
-                    },
-                    // Likewise for the result: a type that cannot cross
-                    // resolves to stubs here, so calls add no error.
-                    #krate::__private::Decoders {
-                        values: |__job, __first, __count, __bytes, __out| {
-                            #[allow(unused_imports)]
-                            use #krate::__private::{DecodeResult as _, NeverDecode as _};
-                            // SAFETY: `Job` passes a `Vec<#output>` only.
-                            unsafe {
-                                (&&#krate::__private::Probe::<#output>::new())
-                                    .decode(false, __job, __first, __count, __bytes, __out)
-                            }
-                        },
-                        outcomes: |__job, __first, __count, __bytes, __out| {
-                            #[allow(unused_imports)]
-                            use #krate::__private::{DecodeResult as _, NeverDecode as _};
-                            // SAFETY: `Job` passes a `Vec<Result<#output, Error>>` only.
-                            unsafe {
-                                (&&#krate::__private::Probe::<#output>::new())
-                                    .decode(true, __job, __first, __count, __bytes, __out)
-                            }
-                        },
-                    },
-                )
-            }
+            #krate::__private::new_job::<#fn_type, #tuple, #output>(
+                #hidden as #fn_type,
+                &__PROCPOOL_ENTRY,
+                // The pool encodes items through this, so its methods need
+                // no serde bound of their own: a type that cannot cross is
+                // reported once, by `__procpool_check_types`, and resolves
+                // to a stub here.
+                |__item, __chunk| {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{EncodeItem as _, NeverEncode as _};
+                    (&&#krate::__private::Probe::<#item>::new()).encode(__item, __chunk)
+                },
+                // Likewise for the result: a type that cannot cross
+                // resolves to stubs here, so calls add no error.
+                |__job, __first, __count, __bytes, __out| {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{DecodeResult as _, NeverDecode as _};
+                    (&&#krate::__private::Probe::<#output>::new())
+                        .decode_values(__job, __first, __count, __bytes, __out)
+                },
+                |__job, __first, __count, __bytes, __out| {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{DecodeResult as _, NeverDecode as _};
+                    (&&#krate::__private::Probe::<#output>::new())
+                        .decode_outcomes(__job, __first, __count, __bytes, __out)
+                },
+            )
         };
     }
 }
@@ -463,6 +449,30 @@ mod tests {
             two.contains("Probe :: < ((i64 , i64 ,) , i64) > :: new ())"),
             "{two}"
         );
+    }
+
+    #[test]
+    fn the_expansion_holds_no_unsafe() {
+        // The encoder and decoders are typed function pointers: nothing in
+        // the expansion asks the user's crate to trust a pointer cast.
+        for function in [
+            quote!(
+                fn square(x: u64) -> u64 {
+                    x * x
+                }
+            ),
+            quote!(
+                fn add(a: i64, b: String) -> Result<String, String> {
+                    todo!()
+                }
+            ),
+            quote!(
+                fn f() {}
+            ),
+        ] {
+            let out = expand(quote!(), function);
+            assert!(!out.contains("unsafe"), "{out}");
+        }
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! One call's results as they come back, and the handle the caller waits on.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts.
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -104,40 +108,42 @@ pub(crate) fn decode_values<R: DeserializeOwned + 'static>(
         .map_err(|p| undecodable(job, task.first + task.count, p))
 }
 
-/// [`decode_values`] (or with `outcomes`, [`decode_items`] collecting
-/// every item's outcome) behind a job's type-erased decoder
-/// (`job::AnyDecoder`).
-///
-/// # Safety
-///
-/// `out` points to a live `Vec<R>`, or with `outcomes` a
-/// `Vec<Result<R, Error>>`.
-pub(crate) unsafe fn decode_any<R: DeserializeOwned + 'static>(
-    outcomes: bool,
-    job: &str,
-    first: usize,
-    count: usize,
-    bytes: &[u8],
-    out: *mut (),
-) -> Result<(), Error> {
-    let task = TaskInfo {
+/// Items `first..first + count` of a call, as the decoders see them.
+fn part(first: usize, count: usize) -> TaskInfo {
+    TaskInfo {
         chunk: 0,
         first,
         count,
         reported: 0,
-    };
-    if outcomes {
-        // SAFETY: the caller's contract.
-        let out = unsafe { &mut *out.cast::<Vec<Result<R, Error>>>() };
-        decode_items(job, task, bytes, |item| {
-            out.push(item);
-            Ok(())
-        })
-    } else {
-        // SAFETY: the caller's contract.
-        let out = unsafe { &mut *out.cast::<Vec<R>>() };
-        decode_values(job, task, bytes, out)
     }
+}
+
+/// [`decode_values`] for items `first..first + count`: a job's values
+/// decoder (see `job::Decoders`), picked by `#[pool_job]` where `R` is
+/// known to be deserializable.
+pub(crate) fn decode_values_of<R: DeserializeOwned + 'static>(
+    job: &str,
+    first: usize,
+    count: usize,
+    bytes: &[u8],
+    out: &mut Vec<R>,
+) -> Result<(), Error> {
+    decode_values(job, part(first, count), bytes, out)
+}
+
+/// [`decode_items`] for items `first..first + count`, collecting every
+/// item's outcome: a job's outcomes decoder (see `job::Decoders`).
+pub(crate) fn decode_outcomes_of<R: DeserializeOwned + 'static>(
+    job: &str,
+    first: usize,
+    count: usize,
+    bytes: &[u8],
+    out: &mut Vec<Result<R, Error>>,
+) -> Result<(), Error> {
+    decode_items(job, part(first, count), bytes, |item| {
+        out.push(item);
+        Ok(())
+    })
 }
 
 /// The error of the first item that failed in a reply (or of the reply
@@ -157,11 +163,7 @@ fn failed_item<R>(decode: &Decode<R>, job: &str, task: TaskInfo, bytes: &[u8]) -
 }
 
 fn undecodable(job: &str, index: usize, problem: codec::Problem) -> Error {
-    codec::error_for(
-        job,
-        format!("decode the result of item {index}"),
-        problem.into(),
-    )
+    codec::error_for(job, format!("decode the result of item {index}"), problem)
 }
 
 /// Some consecutive items of a chunk: their reply, or why they all failed.
@@ -358,7 +360,7 @@ where
         if chunk.chunk != state.next_chunk {
             // Kept until its turn: a copy as large as the reply, which may
             // not fit; that fails the call, not the process.
-            let parts: Result<Vec<_>, String> = parts
+            let parts: Result<Vec<_>, codec::Problem> = parts
                 .map(|(task, bytes)| Ok((task, codec::try_to_vec(bytes)?)))
                 .collect();
             match parts {
@@ -366,13 +368,13 @@ where
                     state.early.insert(chunk.chunk, parts);
                     return self.complete_if_done(state);
                 }
-                Err(message) => {
+                Err(problem) => {
                     let direction = format!(
                         "keep the results of items {}..{} until their turn",
                         chunk.first,
                         chunk.first + chunk.count
                     );
-                    return self.fail(state, codec::error_for(self.job, direction, message));
+                    return self.fail(state, codec::error_for(self.job, direction, problem));
                 }
             }
         }

@@ -137,7 +137,7 @@ where
     R: Serialize + 'static,
 {
     let bad_input = |problem: codec::Problem, at: String| {
-        let kind = if problem.panicked {
+        let kind = if problem.panicked() {
             FailureKind::Panicked
         } else {
             FailureKind::DecodeArguments

@@ -10,6 +10,10 @@
 //! `chunksize(1000)`, while a fixed large chunk would delay the first
 //! results and unbalance slow items.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts.
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -17,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::codec::ChunkWriter;
-use crate::job::{Decode, Encode};
+use crate::job::{BoxedEncode, Decode, Encode};
 use crate::progress::Progress;
 use crate::transport::{Part, Sink, Task, TaskInfo};
 use crate::{Error, Pool};
@@ -273,7 +277,7 @@ pub struct Imap<'pool, R, I: Iterator> {
     pool: &'pool Pool,
     job: &'static str,
     input: Option<I>,
-    encode: Encode<I::Item>,
+    encode: BoxedEncode<I::Item>,
     stream: Arc<Stream<R>>,
     sizer: ChunkSizer,
     /// The backend's hard limit on a chunk's bytes (a cluster's
@@ -317,14 +321,14 @@ where
         input: I,
         chunking: Chunking,
         ordered: bool,
-        encode: Encode<I::Item>,
+        encode: impl Encode<I::Item>,
         decode: Decode<R>,
     ) -> Self {
         Imap {
             pool,
             job,
             input: Some(input),
-            encode,
+            encode: Box::new(encode),
             stream: Arc::new(Stream {
                 job,
                 decode,
@@ -359,7 +363,7 @@ where
         job: &'static str,
         input: I,
         error: Error,
-        encode: Encode<I::Item>,
+        encode: impl Encode<I::Item>,
         decode: Decode<R>,
     ) -> Self {
         let mut imap = Imap::new(pool, job, input, Chunking::Fixed(1), true, encode, decode);
@@ -383,7 +387,7 @@ where
             };
             let first = self.next_item;
             let started = adaptive.then(Instant::now);
-            let mut items = ChunkWriter::<()>::default();
+            let mut items = ChunkWriter::default();
             let mut bad_item = None;
             while items.len() < size {
                 let item = match self.carried.take() {
@@ -396,11 +400,11 @@ where
                         }
                     },
                 };
-                if let Err(message) = self.encode.push(&mut items, &item) {
+                if let Err(problem) = (self.encode)(&item, &mut items) {
                     bad_item = Some(crate::codec::error_for(
                         self.job,
                         format!("serialize argument {}", first + items.len()),
-                        message,
+                        problem,
                     ));
                     break;
                 }

@@ -1,15 +1,17 @@
 //! Typed job handles and the link-time job registry.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts.
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::OnceLock;
 
-use serde::Serialize;
-
 use crate::Error;
-use crate::codec::ChunkWriter;
+use crate::codec::{ChunkWriter, Problem};
 
 /// One registered job. Written by `#[pool_job]`, read by workers.
 #[doc(hidden)]
@@ -174,53 +176,37 @@ impl<T> ItemFor<T> for &T {
     }
 }
 
-/// A job's item encoder, type-erased so that no serde bound reaches the
-/// pool's methods: `#[pool_job]` writes it where the item type is known and
-/// checked.
+/// A job's item encoder: appends one item of type `T` to a chunk; on
+/// error the chunk is as it was.
 ///
-/// # Safety
-///
-/// Call it only with `item` pointing to a valid value of the job's item
-/// type `T` and `chunk` to a live `ChunkWriter<T>` of the same `T`, the
-/// type the encoder was made for ([`Encode`] pairs them from one job).
-/// It is one indirect call per item: no `dyn Any` downcast, which costs a
-/// virtual call per item on the hot path of a large `map`.
-#[doc(hidden)]
-pub type AnyEncoder = unsafe fn(item: *const (), chunk: *mut ()) -> Result<(), String>;
+/// `#[pool_job]` writes it where `T` is known and checked, so no serde
+/// bound reaches the pool's methods. An encoder that ran out of memory says
+/// so by its [`Problem`]'s kind, which the pool reports as
+/// [`Error::System`].
+pub type ItemEncoder<T> = fn(item: &T, chunk: &mut ChunkWriter) -> Result<(), Problem>;
 
-/// A job's result decoder, type-erased like [`AnyEncoder`] so that no
-/// serde bound reaches the pool's methods: decodes the `count` outcomes of
-/// a worker's reply for items `first..`, into `out`.
-///
-/// # Safety
-///
-/// `out` points to a live `Vec<R>` (for [`Decoders::values`]) or
-/// `Vec<Result<R, Error>>` (for [`Decoders::outcomes`]), where `R` is the
-/// job's result type, the type the decoders were made for ([`Decode`]
-/// pairs them from one job).
-#[doc(hidden)]
-pub type AnyDecoder = unsafe fn(
+/// A job's result decoder into `Vec<R>`: decodes the `count` values of a
+/// worker's reply for items `first..`, or fails with the first failed
+/// item's error (`map`, `apply`).
+pub type ValuesDecoder<R> =
+    fn(job: &str, first: usize, count: usize, bytes: &[u8], out: &mut Vec<R>) -> Result<(), Error>;
+
+/// A job's result decoder into `Vec<Result<R, Error>>`: decodes each of the
+/// `count` outcomes of a worker's reply for items `first..` (`imap`,
+/// `Process`); `Err` if the reply cannot be read.
+pub type OutcomesDecoder<R> = fn(
     job: &str,
     first: usize,
     count: usize,
     bytes: &[u8],
-    out: *mut (),
+    out: &mut Vec<Result<R, Error>>,
 ) -> Result<(), Error>;
 
-/// A job's two result decoders; written by `#[pool_job]`.
-#[doc(hidden)]
-#[derive(Clone, Copy)]
-pub struct Decoders {
-    /// Every value, or the first item's error (`map`, `apply`).
-    pub values: AnyDecoder,
-    /// Each item's value or error (`imap`, `Process`).
-    pub outcomes: AnyDecoder,
-}
-
-/// The decoders of a job whose result type is `R`.
+/// The decoders of a job whose result type is `R`; written by `#[pool_job]`
+/// (like [`ItemEncoder`], so that no serde bound reaches the pool's methods).
 pub(crate) struct Decode<R> {
-    decoders: Decoders,
-    result: PhantomData<fn() -> R>,
+    values: ValuesDecoder<R>,
+    outcomes: OutcomesDecoder<R>,
 }
 
 impl<R> Clone for Decode<R> {
@@ -233,10 +219,8 @@ impl<R> Copy for Decode<R> {}
 
 impl<R> Decode<R> {
     pub(crate) fn of<J: IntoJob<Output = R>>(job: &J) -> Self {
-        Decode {
-            decoders: job.__decoders(),
-            result: PhantomData,
-        }
+        let (values, outcomes) = job.decoders();
+        Decode { values, outcomes }
     }
 
     /// Appends the reply's values to `out`, or fails with the first
@@ -249,9 +233,7 @@ impl<R> Decode<R> {
         bytes: &[u8],
         out: &mut Vec<R>,
     ) -> Result<(), Error> {
-        // SAFETY: the decoders were made for the job whose result type is
-        // `R` (`of`), and `out` is a `Vec<R>`.
-        unsafe { (self.decoders.values)(job, first, count, bytes, (out as *mut Vec<R>).cast()) }
+        (self.values)(job, first, count, bytes, out)
     }
 
     /// Appends each item's outcome to `out`; `Err` if the reply cannot be read.
@@ -263,110 +245,70 @@ impl<R> Decode<R> {
         bytes: &[u8],
         out: &mut Vec<Result<R, Error>>,
     ) -> Result<(), Error> {
-        // SAFETY: as in `values`, with a `Vec<Result<R, Error>>`.
-        unsafe {
-            (self.decoders.outcomes)(
-                job,
-                first,
-                count,
-                bytes,
-                (out as *mut Vec<Result<R, Error>>).cast(),
-            )
-        }
+        (self.outcomes)(job, first, count, bytes, out)
     }
 }
 
-/// The encoder for item type `T`, which `#[pool_job]`'s expansion picks
-/// (through `__private::EncodeItem`) when `T` is serializable.
+/// Appends an item of a call, of type `X`, to a chunk; on error the chunk
+/// is as it was. Made by [`encode_items`] or [`encode_arg_tuples`].
 ///
-/// # Safety
-///
-/// As [`AnyEncoder`]: `item` points to a `T`, `chunk` to a `ChunkWriter<T>`.
-pub(crate) unsafe fn encode_any<T: Serialize + 'static>(
-    item: *const (),
-    chunk: *mut (),
-) -> Result<(), String> {
-    // SAFETY: the caller's contract (see `AnyEncoder`).
-    let (item, chunk) = unsafe { (&*item.cast::<T>(), &mut *chunk.cast::<ChunkWriter<T>>()) };
-    chunk.push(item).map_err(String::from)
+/// A closure, so the pool's loops call it directly: it borrows the job's
+/// item out of `X` (statically: `X` may be a reference, or an argument
+/// tuple for `starmap`), writes a plain number in place, and calls the
+/// job's [`ItemEncoder`] (the one indirect call) for anything else.
+pub(crate) trait Encode<X>:
+    Fn(&X, &mut ChunkWriter) -> Result<(), Problem> + Copy + Send + Sync + 'static
+{
 }
 
-/// Appends the items of a call, of type `X`, to a chunk: borrows the job's
-/// item out of each (`X` may be a reference, or an argument tuple for
-/// `starmap`), then runs the job's encoder.
-///
-/// The chunk is a [`ChunkWriter`] whose item type is erased to `()`: its
-/// layout does not depend on its type parameter (`repr(C)`, the parameter
-/// only in a `PhantomData`), and the job's encoder treats it as the writer
-/// for the job's item type.
-pub(crate) struct Encode<X> {
-    item: fn(&X) -> *const (),
-    encode: AnyEncoder,
-    /// For items written as their own bytes, how many (see `codec::raw_width`).
-    raw_width: Option<usize>,
+impl<X, F> Encode<X> for F where
+    F: Fn(&X, &mut ChunkWriter) -> Result<(), Problem> + Copy + Send + Sync + 'static
+{
 }
 
-impl<X> Clone for Encode<X> {
-    fn clone(&self) -> Self {
-        *self
+/// An [`Encode`] that a type not generic over the job's item type can hold
+/// (an [`Imap`](crate::Imap)): one virtual call per item, in place of the
+/// direct call.
+pub(crate) type BoxedEncode<X> =
+    Box<dyn Fn(&X, &mut ChunkWriter) -> Result<(), Problem> + Send + Sync>;
+
+/// For `map`-like calls: each item is the job's item or a reference to one.
+pub(crate) fn encode_items<J, X>(job: &J) -> impl Encode<X> + use<J, X>
+where
+    J: IntoJob,
+    X: ItemFor<<J::Args as JobArgs>::Item>,
+{
+    let encoder = job.encoder();
+    move |item: &X, chunk: &mut ChunkWriter| push(chunk, item.as_item(), encoder)
+}
+
+/// For `starmap`: each item is an argument tuple or a reference to one.
+pub(crate) fn encode_arg_tuples<J, X>(job: &J) -> impl Encode<X> + use<J, X>
+where
+    J: IntoJob,
+    X: ItemFor<J::Args>,
+{
+    let encoder = job.encoder();
+    move |item: &X, chunk: &mut ChunkWriter| {
+        push(chunk, JobArgs::as_item(ItemFor::as_item(item)), encoder)
     }
 }
 
-impl<X> Copy for Encode<X> {}
-
-impl<X> Encode<X> {
-    /// For `map`-like calls: each item is the job's item or a reference to one.
-    pub(crate) fn items<J>(job: &J) -> Self
-    where
-        J: IntoJob,
-        X: ItemFor<<J::Args as JobArgs>::Item>,
-    {
-        fn item<X: ItemFor<T>, T>(x: &X) -> *const () {
-            (x.as_item() as *const T).cast()
-        }
-        Encode {
-            item: item::<X, <J::Args as JobArgs>::Item>,
-            encode: job.__encoder(),
-            raw_width: crate::codec::raw_width::<<J::Args as JobArgs>::Item>(),
-        }
+/// Appends `item` to `chunk`: in place if it is a plain number, else
+/// through the job's encoder.
+// Always inlined into the caller's loop: a raw item is a store and a count
+// (left to the compiler, it stayed a call per item in the benchmark's
+// binary, 14 % of the caller's time).
+#[inline(always)]
+fn push<T: 'static>(
+    chunk: &mut ChunkWriter,
+    item: &T,
+    encoder: ItemEncoder<T>,
+) -> Result<(), Problem> {
+    if chunk.push_raw(item) {
+        return Ok(());
     }
-
-    /// For `starmap`: each item is an argument tuple or a reference to one.
-    pub(crate) fn arg_tuples<J>(job: &J) -> Self
-    where
-        J: IntoJob,
-        X: ItemFor<J::Args>,
-    {
-        fn item<X: ItemFor<A>, A: JobArgs>(x: &X) -> *const () {
-            (x.as_item().as_item() as *const A::Item).cast()
-        }
-        Encode {
-            item: item::<X, J::Args>,
-            encode: job.__encoder(),
-            raw_width: crate::codec::raw_width::<<J::Args as JobArgs>::Item>(),
-        }
-    }
-
-    /// Appends `item` to `chunk`; on error the chunk is as it was.
-    // Always inlined into the caller's loop: a raw item is a pointer, an
-    // 8-byte copy and a count (left to the compiler, it stayed a call per
-    // item in the benchmark's binary, 14 % of the caller's time).
-    #[inline(always)]
-    pub(crate) fn push(&self, chunk: &mut ChunkWriter<()>, item: &X) -> Result<(), String> {
-        if let Some(width) = self.raw_width {
-            // SAFETY: `item` points to the job's item type `T`, whose
-            // `width` bytes of memory are its encoding (`raw_width`).
-            let bytes =
-                unsafe { std::slice::from_raw_parts((self.item)(item).cast::<u8>(), width) };
-            if chunk.push_raw(bytes) {
-                return Ok(());
-            }
-        }
-        // SAFETY: `item` points to the job's item type `T` (both function
-        // pointers come from one job, in `items` / `arg_tuples`), and a
-        // `ChunkWriter<()>` is laid out as a `ChunkWriter<T>` (see the type).
-        unsafe { (self.encode)((self.item)(item), (chunk as *mut ChunkWriter<()>).cast()) }
-    }
+    encoder(item, chunk)
 }
 
 /// One item of `job` on its own, as a chunk (`apply`, an initializer, a
@@ -374,9 +316,9 @@ impl<X> Encode<X> {
 pub(crate) fn encode_one<J: IntoJob>(
     job: &J,
     item: &<J::Args as JobArgs>::Item,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, Problem> {
     let mut chunk = ChunkWriter::default();
-    Encode::items(job).push(&mut chunk, item)?;
+    push(&mut chunk, item, job.encoder())?;
     Ok(chunk.finish())
 }
 
@@ -400,37 +342,36 @@ pub(crate) fn encode_one<J: IntoJob>(
 /// assert_eq!(square(4), 16);
 /// assert!(square.name().ends_with("::square"));
 /// ```
-pub struct Job<F, A, R> {
+pub struct Job<F, A: JobArgs, R> {
     function: F,
     entry: &'static JobEntry,
-    encoder: AnyEncoder,
-    decoders: Decoders,
+    encoder: ItemEncoder<A::Item>,
+    values: ValuesDecoder<R>,
+    outcomes: OutcomesDecoder<R>,
     types: PhantomData<fn(A) -> R>,
 }
 
-impl<F, A, R> Job<F, A, R> {
-    #[doc(hidden)]
-    /// Written by `#[pool_job]` only.
-    ///
-    /// # Safety
-    ///
-    /// `encoder` must encode the item type of `A` (see [`AnyEncoder`]),
-    /// and `decoders` decode `R` (see [`AnyDecoder`]).
-    pub const unsafe fn __new(
-        function: F,
-        entry: &'static JobEntry,
-        encoder: AnyEncoder,
-        decoders: Decoders,
-    ) -> Self {
-        Job {
-            function,
-            entry,
-            encoder,
-            decoders,
-            types: PhantomData,
-        }
+/// A job's handle; written by `#[pool_job]` only (through `__private`,
+/// so the public `Job` has no hidden constructor), with the encoder and
+/// decoders it picked for the job's item and result types.
+pub const fn new_job<F, A: JobArgs, R>(
+    function: F,
+    entry: &'static JobEntry,
+    encoder: ItemEncoder<A::Item>,
+    values: ValuesDecoder<R>,
+    outcomes: OutcomesDecoder<R>,
+) -> Job<F, A, R> {
+    Job {
+        function,
+        entry,
+        encoder,
+        values,
+        outcomes,
+        types: PhantomData,
     }
+}
 
+impl<F, A: JobArgs, R> Job<F, A, R> {
     /// The name the job is registered under: the module path plus the
     /// function name, or the `name = "..."` given to the attribute.
     pub fn name(&self) -> &'static str {
@@ -457,17 +398,39 @@ pub trait IntoJob: sealed::Sealed {
     type Output;
     /// The name the job is registered under.
     fn name(&self) -> &'static str;
-    /// Encodes one of the job's items; written by `#[pool_job]`.
-    #[doc(hidden)]
-    fn __encoder(&self) -> AnyEncoder;
-    /// Decodes the job's results; written by `#[pool_job]`.
-    #[doc(hidden)]
-    fn __decoders(&self) -> Decoders;
 }
 
 mod sealed {
-    pub trait Sealed {}
-    impl<F, A, R> Sealed for super::Job<F, A, R> {}
+    use super::{IntoJob, ItemEncoder, JobArgs, OutcomesDecoder, ValuesDecoder};
+
+    /// Where the pool finds a job's encoder and decoders: on this
+    /// supertrait of [`IntoJob`], which users cannot import or implement
+    /// and rustdoc does not show, rather than as hidden methods of
+    /// `IntoJob` itself. (Both are safe to call: typed function pointers.)
+    pub trait Sealed {
+        /// Encodes one of the job's items; written by `#[pool_job]`.
+        fn encoder(&self) -> ItemEncoder<<Self::Args as JobArgs>::Item>
+        where
+            Self: IntoJob;
+        /// Decodes the job's results; written by `#[pool_job]`.
+        fn decoders(&self) -> (ValuesDecoder<Self::Output>, OutcomesDecoder<Self::Output>)
+        where
+            Self: IntoJob;
+    }
+
+    impl<F, A: JobArgs, R> Sealed for super::Job<F, A, R> {
+        fn encoder(&self) -> ItemEncoder<<<Self as IntoJob>::Args as JobArgs>::Item> {
+            self.encoder
+        }
+        fn decoders(
+            &self,
+        ) -> (
+            ValuesDecoder<<Self as IntoJob>::Output>,
+            OutcomesDecoder<<Self as IntoJob>::Output>,
+        ) {
+            (self.values, self.outcomes)
+        }
+    }
 
     pub trait Item<T> {}
     impl<T> Item<T> for T {}
@@ -480,30 +443,24 @@ impl<F, A: JobArgs, R> IntoJob for Job<F, A, R> {
     fn name(&self) -> &'static str {
         self.entry.name
     }
-    fn __encoder(&self) -> AnyEncoder {
-        self.encoder
-    }
-    fn __decoders(&self) -> Decoders {
-        self.decoders
-    }
 }
 
-impl<F, A, R> Deref for Job<F, A, R> {
+impl<F, A: JobArgs, R> Deref for Job<F, A, R> {
     type Target = F;
     fn deref(&self) -> &F {
         &self.function
     }
 }
 
-impl<F: Copy, A, R> Clone for Job<F, A, R> {
+impl<F: Copy, A: JobArgs, R> Clone for Job<F, A, R> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<F: Copy, A, R> Copy for Job<F, A, R> {}
+impl<F: Copy, A: JobArgs, R> Copy for Job<F, A, R> {}
 
-impl<F, A, R> fmt::Debug for Job<F, A, R> {
+impl<F, A: JobArgs, R> fmt::Debug for Job<F, A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
             .field("name", &self.entry.name)

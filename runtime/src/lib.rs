@@ -195,7 +195,8 @@
 //             item, read back whole or after a crash -> codec, sys, wire
 //   wire      messages between parent and worker, Payload, Failure -> sys
 //   codec     the encoding of items and outcomes      -> wire (Failure)
-//   job       the registry #[pool_job] fills, Job handles -> stream, wire
+//   job       the registry #[pool_job] fills, Job handles, typed item
+//             encoders and result decoders -> codec, stream, wire
 //   sys/      the OS layer (rustix; libc only where rustix has no call;
 //             imports nothing of the crate)
 //     mod       the command that starts a worker and its variables,
@@ -345,18 +346,36 @@ pub fn current_process() -> CurrentProcess {
 /// says what to add, instead of one error per unsatisfied serde bound
 /// pointing into generated code.
 ///
-/// The worker-side entry point goes through the same kind of probe
-/// (`Run`): when a type is not transferable it resolves to a stub
-/// (`NeverRun`) instead of failing a second time inside the expansion.
+/// The worker-side entry point (`Run`), the item encoder (`EncodeItem`)
+/// and the result decoders (`DecodeResult`) go through the same kind of
+/// probe: when a type is not transferable they resolve to stubs
+/// (`NeverRun`, `NeverEncode`, `NeverDecode`) instead of failing a second
+/// time inside the expansion. They are typed function pointers
+/// ([`ItemEncoder`](crate::job::ItemEncoder) and the decoders), so a job's
+/// encoder can only ever be called with its own item type.
 #[doc(hidden)]
+#[forbid(unsafe_code)]
 pub mod __private {
     use std::marker::PhantomData;
 
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    pub use crate::job::{Decoders, JOBS, JobEntry};
+    // Everything generated code names or meets in a signature, re-exported
+    // under this hidden module only (as thiserror does): the items live in
+    // private modules, so this is the one path to them, and none of it is
+    // in the public docs.
+    #[doc(hidden)]
+    pub use crate::codec::{ChunkWriter, Problem};
+    #[doc(hidden)]
+    pub use crate::job::{
+        InvokeFn, ItemEncoder, JOBS, JobEntry, OutcomesDecoder, ValuesDecoder, new_job,
+    };
+    #[doc(hidden)]
+    pub use crate::stream::Output;
+    #[doc(hidden)]
     pub use crate::wire::Failure;
+    #[doc(hidden)]
     pub use linkme;
 
     /// The receiver of the checks' method calls; see the module docs.
@@ -555,91 +574,106 @@ pub mod __private {
 
     /// The item encoder of a job whose item type `T` is serializable.
     pub trait EncodeItem<T> {
-        /// Appends `item` to `chunk`.
-        ///
-        /// # Safety
-        ///
-        /// `item` points to a `T` and `chunk` to the pool's chunk writer for
-        /// `T` (see `AnyEncoder`).
-        unsafe fn encode(&self, item: *const (), chunk: *mut ()) -> Result<(), String>;
+        /// Appends `item` to `chunk` (see [`ItemEncoder`]).
+        fn encode(&self, item: &T, chunk: &mut ChunkWriter) -> Result<(), Problem>;
     }
 
     impl<T: Serialize + 'static> EncodeItem<T> for &Probe<T> {
-        unsafe fn encode(&self, item: *const (), chunk: *mut ()) -> Result<(), String> {
-            // SAFETY: this method's own contract.
-            unsafe { crate::job::encode_any::<T>(item, chunk) }
+        #[inline(always)]
+        fn encode(&self, item: &T, chunk: &mut ChunkWriter) -> Result<(), Problem> {
+            chunk.push(item)
         }
     }
 
-    /// The result decoder of a job whose result type `R` is deserializable.
+    /// The result decoders of a job whose result type `R` is deserializable.
     pub trait DecodeResult<R> {
-        /// Decodes a reply into `out`: a `Vec<R>` of the values, or with
-        /// `outcomes`, a `Vec<Result<R, Error>>` of every item's outcome.
-        ///
-        /// # Safety
-        ///
-        /// `out` points to a live vector of that type (see `job::AnyDecoder`).
-        unsafe fn decode(
+        /// Appends a reply's values to `out` (see [`ValuesDecoder`]).
+        fn decode_values(
             &self,
-            outcomes: bool,
             job: &str,
             first: usize,
             count: usize,
             bytes: &[u8],
-            out: *mut (),
+            out: &mut Vec<R>,
+        ) -> Result<(), crate::Error>;
+
+        /// Appends each item's outcome to `out` (see [`OutcomesDecoder`]).
+        fn decode_outcomes(
+            &self,
+            job: &str,
+            first: usize,
+            count: usize,
+            bytes: &[u8],
+            out: &mut Vec<Result<R, crate::Error>>,
         ) -> Result<(), crate::Error>;
     }
 
     impl<R: DeserializeOwned + 'static> DecodeResult<R> for &Probe<R> {
-        unsafe fn decode(
+        fn decode_values(
             &self,
-            outcomes: bool,
             job: &str,
             first: usize,
             count: usize,
             bytes: &[u8],
-            out: *mut (),
+            out: &mut Vec<R>,
         ) -> Result<(), crate::Error> {
-            // SAFETY: this method's own contract.
-            unsafe { crate::call::decode_any::<R>(outcomes, job, first, count, bytes, out) }
+            crate::call::decode_values_of(job, first, count, bytes, out)
+        }
+
+        fn decode_outcomes(
+            &self,
+            job: &str,
+            first: usize,
+            count: usize,
+            bytes: &[u8],
+            out: &mut Vec<Result<R, crate::Error>>,
+        ) -> Result<(), crate::Error> {
+            crate::call::decode_outcomes_of(job, first, count, bytes, out)
         }
     }
 
-    /// The decoder chosen when `R` cannot be deserialized. Such a job has
-    /// already failed to compile with a clear message, so it never runs.
+    /// The decoders chosen when `R` cannot be deserialized. Such a job has
+    /// already failed to compile with a clear message, so they never run.
     pub trait NeverDecode<R> {
         /// Never called: the crate does not compile.
-        ///
-        /// # Safety
-        ///
-        /// None needed: it touches no pointer.
-        unsafe fn decode(
+        fn decode_values(
             &self,
-            _: bool,
             _: &str,
             _: usize,
             _: usize,
             _: &[u8],
-            _: *mut (),
+            _: &mut Vec<R>,
         ) -> Result<(), crate::Error> {
-            Err(crate::Error::Misuse(
-                "a #[pool_job] whose result cannot be deserialized does not compile".into(),
-            ))
+            Err(never_decoded())
+        }
+
+        /// Never called: the crate does not compile.
+        fn decode_outcomes(
+            &self,
+            _: &str,
+            _: usize,
+            _: usize,
+            _: &[u8],
+            _: &mut Vec<Result<R, crate::Error>>,
+        ) -> Result<(), crate::Error> {
+            Err(never_decoded())
         }
     }
 
     impl<R> NeverDecode<R> for Probe<R> {}
 
+    fn never_decoded() -> crate::Error {
+        crate::Error::Misuse(
+            "a #[pool_job] whose result cannot be deserialized does not compile".into(),
+        )
+    }
+
     /// The encoder chosen when `T` is not serializable. Such a job has
     /// already failed to compile with a clear message, so this never runs.
     pub trait NeverEncode<T> {
         /// Never called: the crate does not compile.
-        ///
-        /// # Safety
-        ///
-        /// None needed: it touches neither pointer.
-        unsafe fn encode(&self, _: *const (), _: *mut ()) -> Result<(), String> {
-            Err("a #[pool_job] with a type that cannot be serialized does not compile".into())
+        fn encode(&self, _: &T, _: &mut ChunkWriter) -> Result<(), Problem> {
+            Err(Problem::never_encoded())
         }
     }
 

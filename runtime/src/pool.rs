@@ -1,5 +1,11 @@
 //! The pool: cuts calls into chunks, hands them to a backend, collects results.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts. (`deny`,
+// not `forbid`: the test jobs below are registered by linkme, whose entry
+// is a `link_section` static, which the lint counts as unsafe.)
+#![deny(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +13,9 @@ use crate::Error;
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::codec::ChunkWriter;
 use crate::imap::{Chunking, Imap};
-use crate::job::{Decode, Encode, IntoJob, ItemFor, JobArgs, encode_one};
+use crate::job::{
+    Decode, Encode, IntoJob, ItemFor, JobArgs, encode_arg_tuples, encode_items, encode_one,
+};
 use crate::local::launch::Initializer;
 use crate::local::{LocalBackend, LocalConfig};
 use crate::progress::Progress;
@@ -124,11 +132,11 @@ impl PoolBuilder {
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
     {
-        let encoded = encode_one(&job, &arg).map_err(|message| {
+        let encoded = encode_one(&job, &arg).map_err(|problem| {
             crate::codec::error_for(
                 job.name(),
                 "serialize the initializer's argument".to_owned(),
-                message,
+                problem,
             )
         });
         self.initializer = Some(encoded.map(|arg| Initializer {
@@ -437,7 +445,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
         )
     }
@@ -450,7 +458,7 @@ impl Pool {
         job: &'static str,
         items: I,
         chunksize: Option<usize>,
-        encode: Encode<X>,
+        encode: impl Encode<X>,
         decode: Decode<R>,
     ) -> Result<Vec<R>, Error>
     where
@@ -480,7 +488,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::arg_tuples(&job),
+            encode_arg_tuples(&job),
             Decode::of(&job),
         )
     }
@@ -513,7 +521,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
             None,
         )
@@ -527,7 +535,7 @@ impl Pool {
         job: &'static str,
         items: I,
         chunksize: Option<usize>,
-        encode: Encode<X>,
+        encode: impl Encode<X>,
         decode: Decode<R>,
         window: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>, Error>
@@ -539,11 +547,11 @@ impl Pool {
         let (low, high) = items.size_hint();
         let waiting = window.map_or(Waiting::Here(false), Waiting::Window);
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All>(job, low, items, chunksize, (encode, decode), waiting)?
+            self.submit::<_, _, All, _>(job, low, items, chunksize, (encode, decode), waiting)?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
             let items: Vec<X> = items.collect();
-            self.submit::<_, _, All>(job, items.len(), items, None, (encode, decode), waiting)?
+            self.submit::<_, _, All, _>(job, items.len(), items, None, (encode, decode), waiting)?
         };
         Ok(AsyncResult::new(call))
     }
@@ -632,7 +640,7 @@ impl Pool {
             items.into_iter(),
             chunking,
             ordered,
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
         )
     }
@@ -676,7 +684,7 @@ impl Pool {
             job.name(),
             items,
             None,
-            Encode::arg_tuples(&job),
+            encode_arg_tuples(&job),
             Decode::of(&job),
             None,
         )
@@ -705,12 +713,12 @@ impl Pool {
         A: JobArgs,
         R: Send + 'static,
     {
-        let call = self.submit::<_, _, One>(
+        let call = self.submit::<_, _, One, _>(
             job.name(),
             1,
             std::iter::once(item),
             Some(1),
-            (Encode::items(&job), Decode::of(&job)),
+            (encode_items(&job), Decode::of(&job)),
             Waiting::Here(drive_here),
         )?;
         Ok(AsyncResult::new(call))
@@ -736,18 +744,19 @@ impl Pool {
 
     /// Encodes `items` into chunks and queues them as they fill, so workers
     /// start while later items are still being encoded.
-    fn submit<X, R, M>(
+    fn submit<X, R, M, E>(
         &self,
         job: &'static str,
         expected: usize,
         items: impl IntoIterator<Item = X>,
         chunksize: Option<usize>,
-        (encode, decode): (Encode<X>, Decode<R>),
+        (encode, decode): (E, Decode<R>),
         waiting: Waiting,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
         R: Send + 'static,
         M: Finish<R>,
+        E: Encode<X>,
     {
         if self.backend.is_closed() {
             return Err(Error::Closed);
@@ -775,15 +784,15 @@ impl Pool {
         // A backend's hard limit (a cluster's `max_payload`): a chunk that
         // an item would take over it goes without that item.
         let byte_limit = self.backend.max_chunk_bytes();
-        let serialization = |index: usize, message: String| {
+        let serialization = |index: usize, problem: crate::codec::Problem| {
             let error =
-                crate::codec::error_for(job, format!("serialize argument {index}"), message);
+                crate::codec::error_for(job, format!("serialize argument {index}"), problem);
             call.abandon(error.clone());
             error
         };
         for (index, item) in items.into_iter().enumerate() {
-            if let Err(message) = encode.push(&mut chunk.items, &item) {
-                return Err(serialization(index, message));
+            if let Err(problem) = encode(&item, &mut chunk.items) {
+                return Err(serialization(index, problem));
             }
             if byte_limit.is_some_and(|limit| chunk.items.byte_len() > limit)
                 && chunk.items.len() > 1
@@ -793,8 +802,8 @@ impl Pool {
                     break;
                 }
                 // A single item over the limit is the backend's to refuse.
-                if let Err(message) = encode.push(&mut chunk.items, &item) {
-                    return Err(serialization(index, message));
+                if let Err(problem) = encode(&item, &mut chunk.items) {
+                    return Err(serialization(index, problem));
                 }
             }
             if (chunk.items.len() == chunksize || chunk.items.byte_len() >= max_bytes)
@@ -900,7 +909,7 @@ impl<'pool> Chunked<'pool> {
             job.name(),
             items,
             Some(self.checked()?),
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
         )
     }
@@ -918,7 +927,7 @@ impl<'pool> Chunked<'pool> {
             job.name(),
             items,
             Some(self.checked()?),
-            Encode::items(&job),
+            encode_items(&job),
             Decode::of(&job),
             None,
         )
@@ -937,7 +946,7 @@ impl<'pool> Chunked<'pool> {
             job.name(),
             items,
             Some(self.checked()?),
-            Encode::arg_tuples(&job),
+            encode_arg_tuples(&job),
             Decode::of(&job),
         )
     }
@@ -981,7 +990,7 @@ impl<'pool> Chunked<'pool> {
                 items.into_iter(),
                 Chunking::Fixed(size),
                 ordered,
-                Encode::items(&job),
+                encode_items(&job),
                 Decode::of(&job),
             ),
             Err(error) => Imap::failed(
@@ -989,19 +998,19 @@ impl<'pool> Chunked<'pool> {
                 job.name(),
                 items.into_iter(),
                 error,
-                Encode::items(&job),
+                encode_items(&job),
                 Decode::of(&job),
             ),
         }
     }
 }
 
-/// A chunk being filled; its writer's item type is erased (see `job::Encode`).
+/// A chunk being filled.
 #[derive(Default)]
 struct ChunkBuilder {
     number: usize,
     first: usize,
-    items: ChunkWriter<()>,
+    items: ChunkWriter,
     /// The caller waits for this (single-chunk) call at once: the backend
     /// may run it on the caller's thread.
     drive_here: bool,
@@ -1064,6 +1073,7 @@ mod tests {
 
 /// Pools work inside a library's own unit tests: the test binary is re-run as the worker.
 #[cfg(test)]
+#[allow(unsafe_code)] // linkme's registry entry of a #[pool_job] (see the top)
 mod unit_tests_can_use_pools {
     use crate::{Pool, pool_job};
 
@@ -1084,6 +1094,7 @@ mod unit_tests_can_use_pools {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // linkme's registry entry of a #[pool_job] (see the top)
 #[crate::pool_job]
 fn tests_pid() -> u32 {
     std::process::id()

@@ -97,8 +97,8 @@ impl ProcessBuilder {
                 PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
             )
         });
-        let items = crate::job::encode_one(&job, &arg).map_err(|message| {
-            crate::codec::error_for(job.name(), "serialize the argument".to_owned(), message)
+        let items = crate::job::encode_one(&job, &arg).map_err(|problem| {
+            crate::codec::error_for(job.name(), "serialize the argument".to_owned(), problem)
         })?;
         let mut worker = WorkerProcess::spawn(
             &name,

@@ -105,7 +105,7 @@ impl<'de> Decoder<'de> {
     }
 
     fn unexpected(&self, tag: u8, expected: &str) -> CodecError {
-        CodecError(format!("expected {expected}, found {}", describe(tag)))
+        CodecError::new(format!("expected {expected}, found {}", describe(tag)))
     }
 
     /// Runs `f` one level deeper.
@@ -184,7 +184,7 @@ impl<'de> Decoder<'de> {
     fn expect_end(&mut self) -> Result<()> {
         match self.byte()? {
             tag::END => Ok(()),
-            other => Err(CodecError(format!(
+            other => Err(CodecError::new(format!(
                 "a Deserialize impl stopped before the end of a sequence or map (found {})",
                 describe(other)
             ))),
@@ -257,7 +257,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
             tag::UNIT_VARIANT | tag::NEWTYPE_VARIANT | tag::TUPLE_VARIANT | tag::STRUCT_VARIANT => {
                 self.visit_variant_as_any(tag, visitor)
             }
-            other => Err(CodecError(format!(
+            other => Err(CodecError::new(format!(
                 "unknown tag {other:#04x}: the data is corrupt"
             ))),
         }
@@ -348,7 +348,7 @@ impl Counted<'_, '_> {
         if self.left == 0 {
             Ok(())
         } else {
-            Err(CodecError(format!(
+            Err(CodecError::new(format!(
                 "a Deserialize impl stopped with {} elements left",
                 self.left
             )))

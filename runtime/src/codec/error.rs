@@ -4,17 +4,26 @@
 use std::fmt::{self, Display};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CodecError(pub(crate) String);
+pub(crate) struct CodecError {
+    pub(crate) message: String,
+    /// A buffer could not be allocated ([`out_of_memory`]): the value may
+    /// be fine, the system refused the memory. Carried as a flag, not as
+    /// words in the message, so that a user's message cannot pass for it.
+    pub(crate) no_memory: bool,
+}
 
 impl CodecError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        CodecError(message.into())
+        CodecError {
+            message: message.into(),
+            no_memory: false,
+        }
     }
 }
 
 impl Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -22,24 +31,24 @@ impl std::error::Error for CodecError {}
 
 impl serde::ser::Error for CodecError {
     fn custom<T: Display>(msg: T) -> Self {
-        CodecError(msg.to_string())
+        CodecError::new(msg.to_string())
     }
 }
 
 impl serde::de::Error for CodecError {
     fn custom<T: Display>(msg: T) -> Self {
-        CodecError(msg.to_string())
+        CodecError::new(msg.to_string())
     }
 }
 
 impl From<CodecError> for String {
     fn from(error: CodecError) -> String {
-        error.0
+        error.message
     }
 }
 
 pub(crate) fn too_deep() -> CodecError {
-    CodecError(format!(
+    CodecError::new(format!(
         "the value nests deeper than {} levels (options, sequences, maps, structs and enums \
          inside each other); procpool refuses it so that decoding cannot overflow a thread's \
          stack: flatten the structure (e.g. a Vec of nodes with indices instead of nested boxes)",
@@ -47,15 +56,15 @@ pub(crate) fn too_deep() -> CodecError {
     ))
 }
 
-/// How every message of a failed allocation begins: the pool tells it from
-/// a user's error by this once the message is a `String` (see
-/// [`super::is_out_of_memory`]), and reports it as the system's refusal.
-pub(crate) const NO_MEMORY: &str = "not enough memory (or address space) for";
-
-/// A buffer of `bytes` could not be allocated.
+/// A buffer of `bytes` could not be allocated: an error marked
+/// [`no_memory`](CodecError::no_memory), which the pool reports as the
+/// system's refusal ([`crate::Error::System`]), not as a bad value.
 #[cold]
 pub(crate) fn out_of_memory(bytes: usize) -> CodecError {
-    CodecError(format!("{NO_MEMORY} a buffer of {bytes} bytes"))
+    CodecError {
+        message: format!("not enough memory (or address space) for a buffer of {bytes} bytes"),
+        no_memory: true,
+    }
 }
 
 /// Makes room for `more` bytes at the end of `out`, growing it as a push

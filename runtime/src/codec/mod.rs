@@ -15,6 +15,10 @@
 //! reported as a [`Problem`] (it must not unwind into a worker's loop or
 //! a pool thread), and nesting is limited to [`format::MAX_DEPTH`] levels.
 
+// Nothing here touches the OS or shared memory, so nothing here needs
+// `unsafe`: types are checked by the compiler, not by contracts.
+#![forbid(unsafe_code)]
+
 mod de;
 mod error;
 mod format;
@@ -33,38 +37,48 @@ use self::plain::{Kind, PlainDecoder, PlainEncoder, PlainError};
 use crate::wire::Failure;
 
 /// Why a value could not be encoded or decoded.
+///
+/// `pub` (in this private module) because a job's item encoder returns it
+/// (see [`crate::job::ItemEncoder`]); the code `#[pool_job]` generates
+/// reaches it through `__private` only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Problem {
+pub struct Problem {
     /// Names the type and says what went wrong, with the user's own
     /// message when their impl gave one.
     pub(crate) message: String,
+    pub(crate) cause: Cause,
+}
+
+/// What kind of failure a [`Problem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The value is wrong: its impl refused it, or the bytes are corrupt.
+    Value,
     /// The user's `Serialize`/`Deserialize` impl panicked.
-    pub(crate) panicked: bool,
+    Panicked,
+    /// A buffer could not be allocated: the system's refusal, nobody's bug.
+    NoMemory,
 }
 
 impl Problem {
-    fn encode<T: ?Sized>(error: impl Into<String>) -> Self {
+    fn encode<T: ?Sized>(error: CodecError) -> Self {
         Problem {
-            message: format!(
-                "cannot serialize a `{}`: {}",
-                type_name::<T>(),
-                error.into()
-            ),
-            panicked: false,
+            message: format!("cannot serialize a `{}`: {}", type_name::<T>(), error),
+            cause: Cause::of(&error),
         }
     }
 
-    fn decode<T: ?Sized>(error: impl Into<String>) -> Self {
+    fn decode<T: ?Sized>(error: CodecError) -> Self {
         Problem {
-            message: format!("cannot decode a `{}`: {}", type_name::<T>(), error.into()),
-            panicked: false,
+            message: format!("cannot decode a `{}`: {}", type_name::<T>(), error),
+            cause: Cause::of(&error),
         }
     }
 
     fn corrupt(message: impl Into<String>) -> Self {
         Problem {
             message: message.into(),
-            panicked: false,
+            cause: Cause::Value,
         }
     }
 
@@ -75,17 +89,36 @@ impl Problem {
                 "the {direction} impl of `{}` panicked: {text}",
                 type_name::<T>()
             ),
-            panicked: true,
+            cause: Cause::Panicked,
         }
+    }
+
+    /// What the encoder of a job that does not compile would return (see
+    /// `__private::NeverEncode`).
+    pub(crate) fn never_encoded() -> Self {
+        Problem::corrupt("a #[pool_job] with a type that cannot be serialized does not compile")
+    }
+
+    /// The user's `Serialize`/`Deserialize` impl panicked.
+    pub(crate) fn panicked(&self) -> bool {
+        self.cause == Cause::Panicked
+    }
+
+    /// Memory ran out rather than a value being wrong: the pool reports
+    /// it as the system's refusal ([`crate::Error::System`]).
+    pub(crate) fn is_out_of_memory(&self) -> bool {
+        self.cause == Cause::NoMemory
     }
 }
 
-/// Whether an encoding or decoding error's message (a [`Problem`]'s, or
-/// one made from it) says that memory ran out rather than that a value was
-/// wrong: the pool reports those as the system's refusal
-/// ([`crate::Error::System`]), as they are nobody's bug.
-pub(crate) fn is_out_of_memory(message: &str) -> bool {
-    message.contains(error::NO_MEMORY)
+impl Cause {
+    fn of(error: &CodecError) -> Self {
+        if error.no_memory {
+            Cause::NoMemory
+        } else {
+            Cause::Value
+        }
+    }
 }
 
 /// The caller's error for a value of `job` that could not be encoded or
@@ -93,33 +126,30 @@ pub(crate) fn is_out_of_memory(message: &str) -> bool {
 /// [`crate::Error::System`] naming memory, with an `ENOMEM` `io::Error`
 /// as its source, when a buffer could not be allocated; else
 /// [`crate::Error::Serialization`] with the message.
-pub(crate) fn error_for(job: &str, direction: String, message: String) -> crate::Error {
-    if is_out_of_memory(&message) {
-        crate::Error::system(
+pub(crate) fn error_for(job: &str, direction: String, problem: Problem) -> crate::Error {
+    let message = problem.message;
+    match problem.cause {
+        Cause::NoMemory => crate::Error::system(
             format!(
                 "job `{job}`: cannot {direction}: {message}; the pool is still usable, with \
                  smaller payloads or more memory (check `ulimit -v`)"
             ),
             std::io::Error::from_raw_os_error(libc::ENOMEM),
-        )
-    } else {
-        crate::Error::Serialization {
+        ),
+        Cause::Value | Cause::Panicked => crate::Error::Serialization {
             job: job.to_owned(),
             direction,
             message,
-        }
+        },
     }
 }
 
-/// `bytes` in a new vector, or [`out_of_memory`]'s text.
-pub(crate) fn try_to_vec(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    error::owned_bytes(bytes).map_err(String::from)
-}
-
-impl From<Problem> for String {
-    fn from(problem: Problem) -> String {
-        problem.message
-    }
+/// `bytes` in a new vector, or the [`Problem`] of memory running out.
+pub(crate) fn try_to_vec(bytes: &[u8]) -> Result<Vec<u8>, Problem> {
+    error::owned_bytes(bytes).map_err(|error| Problem {
+        cause: Cause::of(&error),
+        message: error.message,
+    })
 }
 
 /// First byte of a chunk: items in the tagged format follow.
@@ -128,7 +158,9 @@ const TAGGED: u8 = 0;
 const SHAPED: u8 = 1;
 
 /// The shape of a type written as raw little-endian bytes without going
-/// through serde (the same bytes serde's calls would produce).
+/// through serde (the same bytes serde's calls would produce: serde writes
+/// a `usize` as a `u64` and an `isize` as an `i64` on every target, so the
+/// shape is the same on 32-bit and 64-bit machines).
 fn raw_kind<T: 'static>() -> Option<Kind> {
     let id = TypeId::of::<T>();
     [
@@ -145,31 +177,19 @@ fn raw_kind<T: 'static>() -> Option<Kind> {
     .find_map(|(other, kind)| (other == id).then_some(kind))
 }
 
-/// The size of `T`'s encoding when it is written raw and that encoding is
-/// `T`'s own memory (a [`raw_kind`] on a little-endian target): the pool
-/// then copies an item's bytes without calling its job's encoder.
-pub(crate) fn raw_width<T: 'static>() -> Option<usize> {
-    if cfg!(target_endian = "little") {
-        raw_kind::<T>().map(|_| std::mem::size_of::<T>())
-    } else {
-        None
-    }
-}
-
-/// Appends `item` as raw bytes if its type has a [`raw_kind`].
+/// Appends `item` as raw bytes if its type has a [`raw_kind`], converted to
+/// that kind's width (a `usize` is 8 bytes on the wire, also where it is 4
+/// in memory).
 ///
-/// `TypeId::of::<T>()` is known at compile time, so each check folds to a
-/// constant and the item costs one store (a `dyn Any` downcast would cost
-/// a virtual call per item: measured, 37 % of a worker's CPU in a map of
-/// trivial items).
+/// `TypeId::of::<T>()` is known at compile time, and so is the vtable of
+/// `&T as &dyn Any`: after inlining each check folds to a constant and the
+/// item costs one store.
 #[inline(always)]
 fn put_raw<T: 'static>(item: &T, out: &mut Vec<u8>) -> bool {
+    let any = item as &dyn Any;
     macro_rules! try_types {
         ($($ty:ty => $conv:expr;)*) => {$(
-            if TypeId::of::<T>() == TypeId::of::<$ty>() {
-                // SAFETY: `T` is `$ty` (same TypeId), so `item` points to a
-                // valid `$ty`, which is `Copy`.
-                let v = unsafe { *(item as *const T).cast::<$ty>() };
+            if let Some(&v) = any.downcast_ref::<$ty>() {
                 let conv: fn($ty) -> _ = $conv;
                 out.extend_from_slice(&conv(v).to_le_bytes());
                 return true;
@@ -184,7 +204,9 @@ fn put_raw<T: 'static>(item: &T, out: &mut Vec<u8>) -> bool {
 }
 
 /// Reads `count` raw items of type `T` straight into `out`, if `T` has a
-/// [`raw_kind`]; `None` otherwise.
+/// [`raw_kind`] whose width is `T`'s own; `None` otherwise (the caller
+/// reads them through serde, which rejects a `usize` that does not fit
+/// where `usize` is 4 bytes instead of cutting it).
 // A `Vec`, not a slice: it is downcast to the concrete `Vec<u64>` (etc.) it is.
 #[allow(clippy::ptr_arg)]
 fn take_raw<T: 'static>(
@@ -195,7 +217,9 @@ fn take_raw<T: 'static>(
     let any = out as &mut dyn Any;
     macro_rules! try_types {
         ($($ty:ty: $width:literal => $conv:expr;)*) => {$(
-            if let Some(out) = any.downcast_mut::<Vec<$ty>>() {
+            if std::mem::size_of::<$ty>() == $width
+                && let Some(out) = any.downcast_mut::<Vec<$ty>>()
+            {
                 let len = count * $width;
                 let Some(data) = bytes.get(..len) else {
                     return Some(Err(Problem::corrupt("the data ends in the middle of a chunk")));
@@ -210,6 +234,8 @@ fn take_raw<T: 'static>(
             }
         )*};
     }
+    // `as` on `usize`/`isize` only where they are 8 bytes (checked above),
+    // so it never cuts a value.
     try_types! {
         u64: 8 => u64::from_le_bytes;
         usize: 8 => |w| u64::from_le_bytes(w) as usize;
@@ -223,8 +249,10 @@ fn take_raw<T: 'static>(
     None
 }
 
+#[derive(Debug, Default)]
 enum Mode {
     /// Nothing written yet: the first item decides.
+    #[default]
     Empty,
     Shaped {
         shape: Vec<u8>,
@@ -235,12 +263,12 @@ enum Mode {
 
 /// Writes the items of one chunk.
 ///
-/// `repr(C)` with `T` only in a `PhantomData`: the layout is the same for
-/// every `T`, which lets the pool hold a `ChunkWriter<()>` that a job's
-/// type-erased encoder uses as the writer of its own item type
-/// (`job::Encode`).
-#[repr(C)]
-pub(crate) struct ChunkWriter<T> {
+/// Not generic over the item type: each push names its own, so the pool
+/// holds one writer per chunk whatever the job, and a job's typed encoder
+/// ([`crate::job::ItemEncoder`]) writes into it. `pub` (in this private
+/// module) because that encoder's type names it.
+#[derive(Debug, Default)]
+pub struct ChunkWriter {
     out: Vec<u8>,
     mode: Mode,
     count: usize,
@@ -249,23 +277,9 @@ pub(crate) struct ChunkWriter<T> {
     /// Counts the times bytes already written were replaced (the chunk
     /// went tagged, or lost its first item), for readers of a prefix.
     generation: u64,
-    item: PhantomData<fn(&T)>,
 }
 
-impl<T> Default for ChunkWriter<T> {
-    fn default() -> Self {
-        ChunkWriter {
-            out: Vec::new(),
-            mode: Mode::Empty,
-            count: 0,
-            last_start: 0,
-            generation: 0,
-            item: PhantomData,
-        }
-    }
-}
-
-impl<T> ChunkWriter<T> {
+impl ChunkWriter {
     /// Items written so far.
     pub(crate) fn len(&self) -> usize {
         self.count
@@ -283,24 +297,25 @@ impl<T> ChunkWriter<T> {
         (&self.out, self.generation)
     }
 
-    /// Appends an item's raw bytes (see [`raw_width`]) once the chunk has
-    /// its shape from the first item; `false` before that.
+    /// Appends `item` as raw bytes if its type is written raw (a plain
+    /// number, see [`raw_kind`]) and the chunk has its shape from the
+    /// first item; `false` otherwise, with nothing written. Asks nothing of
+    /// `T` but `'static`, so the pool tries it before calling a job's
+    /// encoder.
+    // Always inlined into the caller's loop: for a raw item it is a store
+    // and a count (measured: a call per item here was 30 % of a worker's
+    // CPU in a map of trivial items).
     #[inline(always)]
-    pub(crate) fn push_raw(&mut self, bytes: &[u8]) -> bool {
-        if let Mode::Shaped { .. } = self.mode {
-            self.last_start = self.out.len();
-            // Fixed-size copies: a `memcpy` call per 8-byte item was a
-            // tenth of the caller's time in a map of trivial items.
-            match *bytes {
-                [a, b, c, d, e, f, g, h] => self.out.extend_from_slice(&[a, b, c, d, e, f, g, h]),
-                [a, b, c, d] => self.out.extend_from_slice(&[a, b, c, d]),
-                _ => self.out.extend_from_slice(bytes),
-            }
+    pub(crate) fn push_raw<T: 'static>(&mut self, item: &T) -> bool {
+        let start = self.out.len();
+        if let Mode::Shaped { .. } = self.mode
+            && put_raw(item, &mut self.out)
+        {
+            self.last_start = start;
             self.count += 1;
-            true
-        } else {
-            false
+            return true;
         }
+        false
     }
 
     /// Removes the last item written, if the chunk holds more than one
@@ -320,35 +335,26 @@ impl<T> ChunkWriter<T> {
         }
         self.out
     }
-}
 
-impl<T: Serialize + 'static> ChunkWriter<T> {
     /// Appends one item; on error the chunk is as it was.
-    // Always inlined: for a raw item it is a store and a count (measured: a
-    // call per item here was 30 % of a worker's CPU in a map of trivial
-    // items); everything else is out of line in `push_through_serde`.
+    // Always inlined: a raw item is `push_raw`; everything else is out of
+    // line in `push_through_serde`.
     #[inline(always)]
-    pub(crate) fn push(&mut self, item: &T) -> Result<(), Problem> {
-        // Inlined into the caller's loop: a raw item is one store.
-        let start = self.out.len();
-        if let Mode::Shaped { .. } = self.mode
-            && put_raw(item, &mut self.out)
-        {
-            self.last_start = start;
-            self.count += 1;
+    pub(crate) fn push<T: Serialize + 'static>(&mut self, item: &T) -> Result<(), Problem> {
+        if self.push_raw(item) {
             return Ok(());
         }
         self.push_through_serde(item)
     }
 
     #[inline(never)]
-    fn push_through_serde(&mut self, item: &T) -> Result<(), Problem> {
+    fn push_through_serde<T: Serialize + 'static>(&mut self, item: &T) -> Result<(), Problem> {
         let start = self.out.len();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             // A byte vector is a byte string, not a sequence of numbers.
             match (item as &dyn Any).downcast_ref::<Vec<u8>>() {
-                Some(bytes) => self.push_value(serde_bytes::Bytes::new(bytes)),
-                None => self.push_value(item),
+                Some(bytes) => self.push_value::<T, _>(serde_bytes::Bytes::new(bytes)),
+                None => self.push_value::<T, _>(item),
             }
         }));
         let outcome = match outcome {
@@ -373,7 +379,8 @@ impl<T: Serialize + 'static> ChunkWriter<T> {
         }
     }
 
-    fn push_value<S: Serialize + ?Sized>(&mut self, value: &S) -> Result<(), Problem> {
+    /// Appends `value`, an item of type `T` (or its byte string).
+    fn push_value<T: 'static, S: Serialize + ?Sized>(&mut self, value: &S) -> Result<(), Problem> {
         loop {
             match &mut self.mode {
                 Mode::Empty => {
@@ -582,8 +589,10 @@ pub(crate) fn chunk_rest(chunk: &[u8], skip: usize) -> Result<Vec<u8>, Problem> 
     }
     let tail = chunk.get(reader.pos..).unwrap_or_default();
     let mut rest = Vec::new();
-    error::reserve(&mut rest, header + tail.len())
-        .map_err(|e| Problem::corrupt(format!("cannot copy the items left: {e}")))?;
+    error::reserve(&mut rest, header + tail.len()).map_err(|e| Problem {
+        message: format!("cannot copy the items left: {e}"),
+        cause: Cause::of(&e),
+    })?;
     rest.extend_from_slice(&chunk[..header]);
     rest.extend_from_slice(tail);
     Ok(rest)
@@ -598,7 +607,7 @@ fn cast<T: 'static, U: 'static>(value: U) -> Option<T> {
 }
 
 /// Encodes `value` as a chunk of one item. (The pool encodes through each
-/// job's type-erased encoder, `job::Encode`.)
+/// job's encoder, `job::Encode`.)
 #[cfg(test)]
 pub(crate) fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, Problem> {
     let mut chunk = ChunkWriter::default();
@@ -608,9 +617,10 @@ pub(crate) fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, Probl
 
 /// A worker's reply to a chunk: each item's result or failure.
 pub(crate) struct ReplyWriter<R> {
-    values: ChunkWriter<R>,
+    values: ChunkWriter,
     failures: Vec<(usize, Failure)>,
     index: usize,
+    result: PhantomData<fn(&R)>,
 }
 
 impl<R: Serialize + 'static> Default for ReplyWriter<R> {
@@ -619,6 +629,7 @@ impl<R: Serialize + 'static> Default for ReplyWriter<R> {
             values: ChunkWriter::default(),
             failures: Vec::new(),
             index: 0,
+            result: PhantomData,
         }
     }
 }
@@ -638,7 +649,7 @@ impl<R: Serialize + 'static> ReplyWriter<R> {
 
     #[cold]
     fn unencodable(&mut self, problem: &Problem) {
-        let kind = if problem.panicked {
+        let kind = if problem.panicked() {
             crate::wire::FailureKind::Panicked
         } else {
             crate::wire::FailureKind::EncodeResult

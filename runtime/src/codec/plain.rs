@@ -90,7 +90,7 @@ impl std::error::Error for PlainError {}
 
 impl ser::Error for PlainError {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
-        PlainError::User(CodecError(msg.to_string()))
+        PlainError::User(CodecError::new(msg.to_string()))
     }
 }
 

@@ -133,7 +133,7 @@ impl Compound<'_, '_> {
     fn end(self, what: &str) -> Result {
         self.enc.depth -= 1;
         match self.declared {
-            Some(declared) if declared != self.written => Err(CodecError(format!(
+            Some(declared) if declared != self.written => Err(CodecError::new(format!(
                 "a Serialize impl announced {declared} {what} and wrote {}",
                 self.written
             ))),

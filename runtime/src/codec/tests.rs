@@ -72,7 +72,7 @@ fn a_lying_length_is_an_error_not_a_shift() {
     }
     let mut out = Vec::new();
     let error = ser::encode_into(&Liar, &mut out).unwrap_err();
-    assert!(error.0.contains("announced 3"), "{error}");
+    assert!(error.message.contains("announced 3"), "{error}");
 }
 
 #[test]
@@ -205,7 +205,7 @@ fn random_bytes_are_values_or_errors() {
         // from the codec itself.
         let no_panic = |result: Result<(), Problem>| {
             if let Err(problem) = result {
-                assert!(!problem.panicked, "{bytes:?}: {}", problem.message);
+                assert!(!problem.panicked(), "{bytes:?}: {}", problem.message);
             }
         };
         let read = |f: &dyn Fn(&mut ChunkReader<'_>) -> Result<(), Problem>| {
@@ -266,7 +266,7 @@ fn rest_of<T>(values: &[T], skip: usize) -> Vec<T>
 where
     T: Serialize + DeserializeOwned + 'static,
 {
-    let mut chunk = ChunkWriter::<T>::default();
+    let mut chunk = ChunkWriter::default();
     for value in values {
         chunk.push(value).unwrap();
     }
@@ -301,7 +301,7 @@ fn the_rest_of_a_chunk_holds_exactly_the_items_after_the_cut() {
         .collect();
     assert_eq!(rest_of(&structs, 3), structs[3..]);
     // More items to skip than the chunk holds is an error, not a short chunk.
-    let mut chunk = ChunkWriter::<u64>::default();
+    let mut chunk = ChunkWriter::default();
     chunk.push(&1).unwrap();
     assert!(chunk_rest(&chunk.finish(), 2).is_err());
 }
@@ -311,9 +311,9 @@ fn a_buffer_that_cannot_be_allocated_is_the_systems_refusal_not_a_bad_value() {
     // What a `try_reserve` beyond the address space gives.
     let mut out = Vec::new();
     let error = super::error::reserve(&mut out, usize::MAX / 2).unwrap_err();
-    let message = String::from(Problem::encode::<Vec<u8>>(error));
-    assert!(super::is_out_of_memory(&message), "{message}");
-    match super::error_for("j", "serialize argument 0".into(), message) {
+    let problem = Problem::encode::<Vec<u8>>(error);
+    assert!(problem.is_out_of_memory(), "{problem:?}");
+    match super::error_for("j", "serialize argument 0".into(), problem) {
         crate::Error::System { context, cause } => {
             assert!(context.contains("not enough memory"), "{context}");
             assert_eq!(
@@ -324,12 +324,16 @@ fn a_buffer_that_cannot_be_allocated_is_the_systems_refusal_not_a_bad_value() {
         }
         other => panic!("expected Error::System, got {other:?}"),
     }
-    // A user's own message stays a serialization error.
-    let user = super::error_for("j", "serialize argument 0".into(), "evil".into());
-    assert!(
-        matches!(user, crate::Error::Serialization { .. }),
-        "{user:?}"
-    );
+    // A user's own message stays a serialization error, even one that
+    // reads like the codec's: memory is told by the error's kind, not text.
+    for text in ["evil", &super::error::out_of_memory(8).message] {
+        let problem = Problem::encode::<u8>(super::error::CodecError::new(text));
+        let user = super::error_for("j", "serialize argument 0".into(), problem);
+        assert!(
+            matches!(user, crate::Error::Serialization { .. }),
+            "{user:?}"
+        );
+    }
     // Strings and byte strings decoded into owned values go through the
     // fallible copies and arrive whole.
     let text = "x".repeat(100_000);
@@ -351,4 +355,42 @@ fn a_buffer_that_cannot_be_allocated_is_the_systems_refusal_not_a_bad_value() {
         none: None,
     }];
     assert_eq!(round_trip(&tagged), tagged);
+}
+
+#[test]
+fn usize_and_isize_are_written_as_serde_writes_them_on_every_target() {
+    // serde writes a `usize` as a `u64` and an `isize` as an `i64`, also
+    // where they are 4 bytes in memory: the raw path (every item after
+    // the first) must write the same 8 bytes, and read them back.
+    let sizes = [1usize, 2, usize::MAX];
+    let mut raw = ChunkWriter::default();
+    let mut wide = ChunkWriter::default();
+    for size in sizes {
+        raw.push(&size).unwrap();
+        wide.push(&(size as u64)).unwrap();
+    }
+    let raw = raw.finish();
+    assert_eq!(raw, wide.finish());
+    let mut out = Vec::<usize>::new();
+    ChunkReader::new(&raw)
+        .unwrap()
+        .read_into(3, &mut out)
+        .unwrap();
+    assert_eq!(out, sizes);
+
+    let offsets = [-1isize, 0, isize::MIN];
+    let mut raw = ChunkWriter::default();
+    let mut wide = ChunkWriter::default();
+    for offset in offsets {
+        raw.push(&offset).unwrap();
+        wide.push(&(offset as i64)).unwrap();
+    }
+    let raw = raw.finish();
+    assert_eq!(raw, wide.finish());
+    let mut out = Vec::<isize>::new();
+    ChunkReader::new(&raw)
+        .unwrap()
+        .read_into(3, &mut out)
+        .unwrap();
+    assert_eq!(out, offsets);
 }

@@ -754,7 +754,7 @@ impl Driver {
                 task.retried = retried;
                 self.shared.retry(task);
             }
-            Err(problem) if codec::is_out_of_memory(&problem.message) => {
+            Err(problem) if problem.is_out_of_memory() => {
                 let error = Error::system(
                     format!(
                         "cannot keep the items {rest}..{end} of job `{}` that a dead worker \
