@@ -331,12 +331,18 @@ impl<'de> PlainDecoder<'de, '_> {
         Kind::from_byte(byte).ok_or_else(bad_shape)
     }
 
-    /// A varint of the shape (a tuple's length).
-    fn shape_varint(&mut self) -> DResult<usize> {
+    /// A tuple's length, from the shape. Each element takes at least one
+    /// more byte of the shape, so a length beyond what is left of it is
+    /// refused here, before a `Deserialize` impl takes it as a size hint
+    /// (and perhaps preallocates by it).
+    fn tuple_len(&mut self) -> DResult<usize> {
         let rest = self.shape.get(self.at..).unwrap_or_default();
         let (value, len) = read_varint(rest).map_err(|_| bad_shape())?;
         self.at += len;
-        usize::try_from(value).map_err(|_| bad_shape())
+        match usize::try_from(value) {
+            Ok(value) if value <= self.shape.len() - self.at => Ok(value),
+            _ => Err(bad_shape()),
+        }
     }
 
     #[inline]
@@ -407,7 +413,7 @@ impl<'de> de::Deserializer<'de> for &mut PlainDecoder<'de, '_> {
                 visitor.visit_borrowed_bytes(self.take(len)?)
             }
             Kind::Tuple => {
-                let len = self.shape_varint()?;
+                let len = self.tuple_len()?;
                 let mut access = Elements {
                     de: self,
                     left: len,
@@ -568,7 +574,7 @@ fn transcode_one(de: &mut PlainDecoder<'_, '_>, out: &mut Vec<u8>) -> DResult<()
             out.extend_from_slice(de.take(len)?);
         }
         Kind::Tuple => {
-            let len = de.shape_varint()?;
+            let len = de.tuple_len()?;
             out.push(tag::SEQ);
             push_varint(out, len as u64);
             for _ in 0..len {

@@ -492,3 +492,47 @@ fn a_forged_deep_shape_is_an_error_not_a_stack_overflow() {
     let error = outcome.unwrap_err();
     assert!(error.message.contains("shape"), "{}", error.message);
 }
+
+/// A plain tuple's length comes from the chunk's shape, which is input
+/// like any other: it is checked against what is left of the shape (each
+/// element takes a byte of it) before a `Deserialize` impl sees it as a
+/// size hint. It used to reach the impl unchecked: 2^60 made serde's
+/// `Vec` preallocate 1 MiB, and an impl that trusts the hint panicked.
+#[test]
+fn a_plain_tuples_length_is_checked_before_it_is_a_size_hint() {
+    struct Trusting;
+    impl<'de> Deserialize<'de> for Trusting {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Trusting;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a tuple")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Trusting, A::Error> {
+                    let mut all: Vec<u64> = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                    while let Some(item) = seq.next_element()? {
+                        all.push(item);
+                    }
+                    Ok(Trusting)
+                }
+            }
+            d.deserialize_tuple(2, Visit)
+        }
+    }
+    let mut shape = vec![plain::Kind::Tuple as u8];
+    format::push_varint(&mut shape, 1 << 60);
+    shape.push(plain::Kind::U64 as u8);
+    let mut chunk = vec![SHAPED];
+    format::push_varint(&mut chunk, shape.len() as u64);
+    chunk.extend(&shape);
+    chunk.extend(7u64.to_le_bytes());
+    let error = ChunkReader::new(&chunk)
+        .and_then(|mut r| r.next::<Trusting>().map(drop))
+        .unwrap_err();
+    assert!(!error.panicked, "{}", error.message);
+    assert!(error.message.contains("shape"), "{}", error.message);
+}
