@@ -3,10 +3,11 @@
 //! read past the input, a value from a cut encoding, or an allocation
 //! larger than the input justifies.
 //!
-//! Case counts are bounded ([`cases`]) so `cargo test` stays fast on a
-//! slow machine; `PROPTEST_CASES` does not raise them (the fuzz targets in
-//! `fuzz/` are for long runs). No failure persistence files are written:
-//! a case proptest finds is turned into a unit test in `tests.rs`.
+//! Case counts are bounded ([`cases`]: 256 a property) so `cargo test`
+//! stays fast on a slow machine; `PROPTEST_CASES=100000` asks for a long
+//! run, and the fuzz targets in `fuzz/` (which call the same oracle,
+//! [`super::fuzz`]) for longer ones. No failure persistence files are
+//! written: a case proptest finds becomes a unit test in `tests.rs`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -418,13 +419,15 @@ fn chunk_round_trip(values: &[Value]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The bounded number of cases of a property: `PROPTEST_CASES` does not
-/// change it, and nothing is written to disk.
+/// `cases` cases of a property, unless `PROPTEST_CASES` asks for another
+/// number (a long local run); nothing is written to disk.
 fn cases(cases: u32) -> ProptestConfig {
+    // The default reads `PROPTEST_CASES` (and the other PROPTEST_ variables).
+    let default = ProptestConfig::default();
     ProptestConfig {
-        cases,
+        cases: std::env::var_os("PROPTEST_CASES").map_or(cases, |_| default.cases),
         failure_persistence: None,
-        ..ProptestConfig::default()
+        ..default
     }
 }
 
