@@ -200,14 +200,21 @@ fn check_chunk<T: Serialize + DeserializeOwned + 'static>(data: &[u8]) {
         return;
     };
     let mut items: Vec<T> = Vec::new();
+    // Every byte read, by items that each took some: one more is an error.
+    // (A plain item may take none: a shape of `()`s, read as `Option`s by
+    // serde, which takes a unit for `None`; those never run out.)
     let mut complete = false;
     while items.len() < MAX_ITEMS {
+        let before = reader.pos;
         match reader.next::<T>() {
             Ok(item) => items.push(item),
             Err(problem) => {
                 not_a_panic(&problem);
                 break;
             }
+        }
+        if reader.pos == before {
+            break;
         }
         if reader.bytes.len() <= reader.pos {
             complete = true;

@@ -536,3 +536,21 @@ fn a_plain_tuples_length_is_checked_before_it_is_a_size_hint() {
     assert!(!error.panicked, "{}", error.message);
     assert!(error.message.contains("shape"), "{}", error.message);
 }
+
+/// Inputs the fuzz targets (`fuzz/`) stopped on, kept passing through
+/// their checks.
+#[test]
+fn fuzz_finds_stay_fixed() {
+    // A shape of one-element tuples of `()`: items of no bytes, which
+    // `Vec<Option<u64>>` reads as `[None]` forever (serde takes a unit
+    // for `None`). Not a decoder bug: the check took it for a read past
+    // the end.
+    fuzz::chunk_reader(&[
+        SHAPED,
+        3,
+        plain::Kind::Tuple as u8,
+        1,
+        plain::Kind::Unit as u8,
+    ]);
+    fuzz::plain_reader(&[0x43, plain::Kind::Tuple as u8, 1, plain::Kind::Unit as u8]);
+}
