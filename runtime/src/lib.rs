@@ -243,8 +243,17 @@ mod progress;
 mod stats;
 mod stream;
 mod sys;
+#[cfg(test)]
+mod test_alloc;
 mod transport;
 mod wire;
+
+/// Not public API, and not compiled in a normal build: the codec's
+/// decoders fed arbitrary bytes, for procpool's fuzz targets (`fuzz/` in
+/// the repository, built by cargo-fuzz with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use codec::fuzz as __fuzz;
 
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause, IoCause};

@@ -102,7 +102,10 @@ impl Keys {
     }
 }
 
-/// Why a worker stored no outcomes for a task; the `err` field of a result.
+/// Why a worker stored no outcomes for a task; the `err` field of a result,
+/// in postcard (a fixed procpool type, as the worker channel's messages:
+/// see runtime/Cargo.toml), decoded with an error, never a panic, whatever
+/// Redis holds.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Refusal {
     /// No item ran: unknown job, undecodable chunk.

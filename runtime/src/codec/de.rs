@@ -4,7 +4,7 @@
 use serde::de::{self, DeserializeSeed, Visitor};
 
 use super::error::{CodecError, owned_bytes, owned_str, too_deep};
-use super::format::{self as tag, MAX_DEPTH, describe, unzigzag};
+use super::format::{self as tag, MAX_DEPTH, VarintError, describe, read_varint, unzigzag};
 
 type Result<T> = std::result::Result<T, CodecError>;
 
@@ -17,6 +17,17 @@ pub(crate) struct Decoder<'de> {
 
 fn cut_short() -> CodecError {
     CodecError::new("the data ends in the middle of a value")
+}
+
+/// The error of a varint [`read_varint`] refused, as the decoders say it.
+pub(crate) fn varint_error(error: VarintError) -> CodecError {
+    match error {
+        VarintError::CutShort => cut_short(),
+        VarintError::Malformed => CodecError::new(
+            "a number is not a valid varint (longer than 64 bits, or not in its shortest form): \
+             the data is corrupt",
+        ),
+    }
 }
 
 impl<'de> Decoder<'de> {
@@ -60,20 +71,12 @@ impl<'de> Decoder<'de> {
         Ok(array)
     }
 
+    /// A varint, as [`tag::read_varint`] accepts it.
     #[inline]
     pub(crate) fn varint(&mut self) -> Result<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            if shift == 63 && byte > 1 {
-                break;
-            }
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Ok(value);
-            }
-        }
-        Err(CodecError::new("a number is longer than 64 bits"))
+        let (value, len) = read_varint(self.rest()).map_err(varint_error)?;
+        self.pos += len;
+        Ok(value)
     }
 
     /// A length or count, checked against what is left (each element takes

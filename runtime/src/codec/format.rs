@@ -91,7 +91,10 @@ pub(crate) fn describe(tag: u8) -> &'static str {
     }
 }
 
-/// Appends `value` as a LEB128 varint.
+/// Appends `value` as a varint: unsigned LEB128, seven bits a byte, least
+/// significant first, the high bit set on every byte but the last. It is
+/// always the shortest encoding (1 to [`MAX_VARINT`] bytes), which
+/// [`read_varint`] relies on.
 #[inline]
 pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
@@ -99,6 +102,64 @@ pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: u64) {
         value >>= 7;
     }
     out.push(value as u8);
+}
+
+/// The longest varint: 64 bits at 7 a byte.
+pub(crate) const MAX_VARINT: usize = 10;
+
+/// Why [`read_varint`] found no number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VarintError {
+    /// The input ends before the varint's last byte (its high bit clear).
+    CutShort,
+    /// The bytes are not what [`push_varint`] writes for any `u64`: see
+    /// [`read_varint`].
+    Malformed,
+}
+
+/// Reads the varint at the start of `input`: its value and its length in
+/// bytes. The one varint reader of the codec (tagged values, plain items,
+/// chunk headers, replies), so every decoder agrees on what a varint is.
+///
+/// Only what [`push_varint`] writes is accepted, so that each `u64` has
+/// exactly one encoding and a corrupted varint is an error rather than
+/// another spelling of some number:
+///
+/// - the 10th byte may only carry bit 63 (be 0 or 1): anything more would
+///   be bits beyond a `u64`, silently dropped by a lenient reader, and it
+///   must end the varint (so an 11-byte run is refused too);
+/// - the last byte of a varint longer than one byte is never 0: that would
+///   be a non-minimal encoding (`0x80 0x00` for 0), which the writer never
+///   produces.
+///
+/// A run of bytes with the high bit set that reaches the end of `input` is
+/// [`VarintError::CutShort`] (it may be a prefix of a valid varint), unless
+/// it is already too long to be one.
+#[inline]
+pub(crate) fn read_varint(input: &[u8]) -> Result<(u64, usize), VarintError> {
+    // The common case: one byte, below 128.
+    if let Some(&byte) = input.first()
+        && byte < 0x80
+    {
+        return Ok((u64::from(byte), 1));
+    }
+    let mut value = 0u64;
+    for (index, &byte) in input.iter().enumerate().take(MAX_VARINT) {
+        let bits = u64::from(byte & 0x7f);
+        if index == MAX_VARINT - 1 && byte > 1 {
+            return Err(VarintError::Malformed);
+        }
+        value |= bits << (7 * index);
+        if byte < 0x80 {
+            if byte == 0 && index > 0 {
+                return Err(VarintError::Malformed);
+            }
+            return Ok((value, index + 1));
+        }
+    }
+    // Fewer than 10 bytes, all with the high bit set (a 10th byte either
+    // ends the varint or fails above).
+    Err(VarintError::CutShort)
 }
 
 #[inline]

@@ -807,3 +807,12 @@ impl<'a> ReplyReader<'a> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;
+
+// Not public API: re-exported as `procpool::__fuzz` for the fuzz targets
+// (`fuzz/`, built with cargo-fuzz's `--cfg fuzzing`); the property tests
+// use it too.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;

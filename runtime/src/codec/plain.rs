@@ -13,8 +13,9 @@
 use serde::de::{self, Visitor};
 use serde::ser::{self, Serialize};
 
+use super::de::varint_error;
 use super::error::{CodecError, owned_bytes, owned_str, reserve};
-use super::format::{self as tag, push_varint, zigzag};
+use super::format::{self as tag, push_varint, read_varint, zigzag};
 
 /// One step of a shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,22 +320,29 @@ fn bad_shape() -> CodecError {
 
 impl<'de> PlainDecoder<'de, '_> {
     fn kind(&mut self) -> DResult<Kind> {
+        // The writer keeps shapes to MAX_SHAPE bytes; a longer one is forged.
+        // Refusing it bounds the recursion into nested tuples (each level
+        // takes two shape bytes) on the decoding thread's stack.
+        if self.shape.len() > MAX_SHAPE {
+            return Err(bad_shape());
+        }
         let byte = *self.shape.get(self.at).ok_or_else(bad_shape)?;
         self.at += 1;
         Kind::from_byte(byte).ok_or_else(bad_shape)
     }
 
-    fn shape_varint(&mut self) -> DResult<usize> {
-        let mut value = 0usize;
-        for shift in (0..35).step_by(7) {
-            let byte = *self.shape.get(self.at).ok_or_else(bad_shape)?;
-            self.at += 1;
-            value |= usize::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Ok(value);
-            }
+    /// A tuple's length, from the shape. Each element takes at least one
+    /// more byte of the shape, so a length beyond what is left of it is
+    /// refused here, before a `Deserialize` impl takes it as a size hint
+    /// (and perhaps preallocates by it).
+    fn tuple_len(&mut self) -> DResult<usize> {
+        let rest = self.shape.get(self.at..).unwrap_or_default();
+        let (value, len) = read_varint(rest).map_err(|_| bad_shape())?;
+        self.at += len;
+        match usize::try_from(value) {
+            Ok(value) if value <= self.shape.len() - self.at => Ok(value),
+            _ => Err(bad_shape()),
         }
-        Err(bad_shape())
     }
 
     #[inline]
@@ -354,16 +362,12 @@ impl<'de> PlainDecoder<'de, '_> {
         Ok(array)
     }
 
+    /// A varint of the data (a string's or byte string's length).
     fn varint(&mut self) -> DResult<usize> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1)?[0];
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return usize::try_from(value).map_err(|_| bad_shape());
-            }
-        }
-        Err(bad_shape())
+        let rest = self.input.get(self.pos..).unwrap_or_default();
+        let (value, len) = read_varint(rest).map_err(varint_error)?;
+        self.pos += len;
+        usize::try_from(value).map_err(|_| bad_shape())
     }
 }
 
@@ -409,7 +413,7 @@ impl<'de> de::Deserializer<'de> for &mut PlainDecoder<'de, '_> {
                 visitor.visit_borrowed_bytes(self.take(len)?)
             }
             Kind::Tuple => {
-                let len = self.shape_varint()?;
+                let len = self.tuple_len()?;
                 let mut access = Elements {
                     de: self,
                     left: len,
@@ -570,7 +574,7 @@ fn transcode_one(de: &mut PlainDecoder<'_, '_>, out: &mut Vec<u8>) -> DResult<()
             out.extend_from_slice(de.take(len)?);
         }
         Kind::Tuple => {
-            let len = de.shape_varint()?;
+            let len = de.tuple_len()?;
             out.push(tag::SEQ);
             push_varint(out, len as u64);
             for _ in 0..len {

@@ -133,6 +133,9 @@ impl Channel {
         message: &M,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ChannelError> {
+        // postcard, not the codec: messages are procpool's own fixed types
+        // (users' values travel inside them as opaque codec bytes), and
+        // postcard needs no tags for them (see runtime/Cargo.toml).
         let bytes = postcard::to_stdvec(message)
             .map_err(|err| ChannelError::Io(std::io::Error::other(err)))?;
         if bytes.len() > FRAME_MAX {
