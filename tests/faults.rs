@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use procpool::{Error, ExitCause, Pool, pool_job};
-use procpool_tests::{eventually, read_reported_pids, running};
+use procpool_tests::{eventually, own_sockets, read_reported_pids, running};
 
 #[pool_job]
 fn crash(how: String) -> u32 {
@@ -675,26 +675,10 @@ fn a_panicking_result_decoder_fails_the_call_and_keeps_every_worker() {
     assert_ne!(pids[0], pids[1], "{pids:?}");
 }
 
-/// The sockets among this process's open file descriptors.
-fn open_sockets() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let target = std::fs::read_link(entry.path()).ok()?;
-            target
-                .to_string_lossy()
-                .starts_with("socket:")
-                .then_some(())?;
-            entry.file_name().to_str()?.parse().ok()
-        })
-        .collect()
-}
-
 /// Writes garbage into every socket the worker has, then waits long.
 #[pool_job]
 fn scribble(garbage: Vec<u8>) -> u32 {
-    for fd in open_sockets() {
+    for fd in own_sockets() {
         // SAFETY: writes a buffer we own to a descriptor of this process.
         unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
     }
@@ -770,7 +754,7 @@ fn sockets_held() -> (usize, usize) {
     let in_shell = String::from_utf8_lossy(&shell.stdout)
         .matches("socket:")
         .count();
-    (open_sockets().len(), in_shell)
+    (own_sockets().len(), in_shell)
 }
 
 #[test]
@@ -1003,9 +987,9 @@ fn out_of_fds_for_a_large_payload_fails_that_call_only() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// Inodes of this process's sockets that another process could connect to:
-/// bound to a path or listening (`/proc/net/unix`, flag `__SO_ACCEPTCON`).
-fn connectable_sockets() -> Vec<String> {
+/// This process's Unix sockets, each as its line of `/proc/net/unix`
+/// split into fields (flags at 3, inode at 6, the address, if bound, at 7).
+fn own_unix_sockets() -> Vec<Vec<String>> {
     let ours: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
@@ -1023,48 +1007,42 @@ fn connectable_sockets() -> Vec<String> {
         .unwrap()
         .lines()
         .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (flags, inode) = (fields.get(3)?, fields.get(6)?);
-            let listening = u32::from_str_radix(flags, 16).ok()? & 0x0001_0000 != 0;
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|fields| fields.get(6).is_some_and(|inode| ours.contains(inode)))
+        .collect()
+}
+
+/// This process's sockets that another process could connect to: bound to
+/// a path or listening (flag `__SO_ACCEPTCON`), as their lines.
+fn connectable_sockets() -> Vec<String> {
+    own_unix_sockets()
+        .into_iter()
+        .filter(|fields| {
+            let listening = fields
+                .get(3)
+                .and_then(|flags| u32::from_str_radix(flags, 16).ok())
+                .is_some_and(|flags| flags & 0x0001_0000 != 0);
             // Bound to a path. The parent's end of a worker's socket pair
             // asks for the sender's pid on every message (SO_PASSCRED), so
             // the kernel binds it to an abstract address (`@xxxxx`) when it
             // first sends; a socket that is not listening refuses every
-            // connect there (ECONNREFUSED).
+            // connect there (ECONNREFUSED), as the test below checks.
             let bound_to_path = fields.get(7).is_some_and(|path| path.starts_with('/'));
-            (ours.iter().any(|o| o == inode) && (listening || bound_to_path))
-                .then(|| line.to_owned())
+            listening || bound_to_path
         })
+        .map(|fields| fields.join(" "))
         .collect()
 }
 
 /// Abstract addresses (without the `@`) of this process's sockets.
 fn abstract_names() -> Vec<String> {
-    let ours: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect();
-    std::fs::read_to_string("/proc/net/unix")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let name = fields.get(7)?.strip_prefix('@')?;
-            ours.iter()
-                .any(|o| Some(&o.as_str()) == fields.get(6))
-                .then(|| name.to_owned())
-        })
+    own_unix_sockets()
+        .into_iter()
+        .filter_map(|fields| Some(fields.get(7)?.strip_prefix('@')?.to_owned()))
         .collect()
 }
 
