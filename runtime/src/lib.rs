@@ -70,6 +70,8 @@
 //!   [`Error::Serialization`] before they are sent or decoded, so decoding
 //!   never overflows a thread's stack.
 //!
+//! Every case, tested, is in [`guide::what_crosses`].
+//!
 //! # When things fail
 //!
 //! A job's panic, a worker's death (abort, segfault, `kill -9`, OOM kill),
