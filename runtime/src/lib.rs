@@ -34,7 +34,8 @@
 //!
 //! The calls mirror Python's: [`Pool::map`], [`Pool::starmap`],
 //! [`Pool::apply`], their `_async` forms returning an [`AsyncResult`]
-//! (also a `Future`; dropping it cancels the call's queued tasks),
+//! (also a `Future`; dropping one without a callback cancels the call's
+//! queued tasks),
 //! [`Pool::imap`] and [`Pool::imap_unordered`] (lazy iterators, or async
 //! streams with [`Imap::into_stream`]), and [`Process`] for a single job.
 //! `map`-like calls take items or references to them:
