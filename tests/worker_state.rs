@@ -1,6 +1,7 @@
-//! Per-worker state with `initializer` and a `static OnceLock` (README,
-//! "Worker state"): built once in every worker process, replacements
-//! included, and shared by every task that worker runs.
+//! Per-worker state with `initializer` and a `static OnceLock` (the guide's
+//! page `procpool::guide::worker_state`): built once in every worker
+//! process, replacements included, and shared by every task that worker
+//! runs.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

@@ -34,7 +34,8 @@
 //!
 //! The calls mirror Python's: [`Pool::map`], [`Pool::starmap`],
 //! [`Pool::apply`], their `_async` forms returning an [`AsyncResult`]
-//! (also a `Future`; dropping it cancels the call's queued tasks),
+//! (also a `Future`; dropping one without a callback cancels the call's
+//! queued tasks),
 //! [`Pool::imap`] and [`Pool::imap_unordered`] (lazy iterators, or async
 //! streams with [`Imap::into_stream`]), and [`Process`] for a single job.
 //! `map`-like calls take items or references to them:
@@ -70,25 +71,16 @@
 //!   [`Error::Serialization`] before they are sent or decoded, so decoding
 //!   never overflows a thread's stack.
 //!
+//! Every case, tested, is in [`guide::what_crosses`].
+//!
 //! # When things fail
 //!
-//! | What happens | What the caller gets | Then |
-//! |---|---|---|
-//! | A job panics | [`Error::Panicked`] with the job, the item's index and the message | the worker survives; with `imap` the other items still arrive |
-//! | A worker dies mid-task (abort, segfault, `exit`, `kill -9`, OOM kill) | [`Error::WorkerDied`] with the pid and exit code or signal, in milliseconds | the pool starts a replacement; [`PoolBuilder::retries`] re-runs the task instead |
-//! | A worker dies while your program ignores `SIGCHLD` | [`Error::WorkerDied`] with [`ExitCause::SigchldIgnored`], which says so | a [`Process`] reports `is_alive() == false` and that cause |
-//! | A task runs past [`PoolBuilder::task_timeout`] | [`Error::TaskTimedOut`] | the worker is killed and replaced |
-//! | A value cannot be serialized or decoded | [`Error::Serialization`] saying which and why | the pool is usable |
-//! | A worker cannot start or connect | [`Error::Spawn`] within [`PoolBuilder::spawn_timeout`] | |
-//! | The system refuses a resource: file descriptors, memory, processes or threads | [`Error::System`] naming the limit to raise (`ulimit -n`, `ulimit -u`), with the OS error as its `source()` | no panic, nothing left behind |
-//! | A payload needs more memory than the process may have | [`Error::System`] naming memory (`source()` is ENOMEM): procpool's payload-sized buffers are reserved with `try_reserve` | no abort; the pool serves the next call |
-//! | The initializer panics | [`Error::InitializerFailed`] from [`PoolBuilder::build`] | no endless restarts |
-//! | The initializer runs past [`PoolBuilder::initializer_timeout`] | [`Error::InitializerFailed`] saying so | the worker is killed; no endless restarts |
-//! | A call after `close`, `join` or `terminate` | [`Error::Closed`] | |
-//! | `terminate` or drop while calls are pending | [`Error::Terminated`] for each, at once | every worker killed and reaped |
-//! | [`AsyncResult::cancel`] | [`Error::Cancelled`] | queued tasks skipped |
-//! | Two jobs under one name | [`Error::Registry`] from `build` | |
-//! | Your program is killed, even with SIGKILL | — | every worker exits at once |
+//! A job's panic, a worker's death (abort, segfault, `kill -9`, OOM kill),
+//! a task past its timeout, a value that cannot cross: each is an [`Err`]
+//! for the call ([`Error::Panicked`], [`Error::WorkerDied`],
+//! [`Error::TaskTimedOut`], [`Error::Serialization`]), never a hang, and the
+//! pool replaces what it lost and goes on. The full table, with what
+//! happens next in each case, is [`guide::failures`].
 //!
 //! Nothing hangs: every wait has a bound or ends when a worker dies, but
 //! one: an initializer that never returns blocks `build()` for ever
@@ -167,6 +159,16 @@
 //! through Redis to workers on any number of hosts:
 //! `Pool::builder().cluster("redis://host/0").build()`, and workers that
 //! call `procpool::cluster::run_workers(url, n)` (see the `cluster` module).
+//!
+//! # Guide
+//!
+//! The [`guide`] module holds the rest of the documentation, page by page:
+//! [usage](guide::usage), [what crosses the process
+//! boundary](guide::what_crosses), [worker state](guide::worker_state),
+//! [when things fail](guide::failures), [the Python
+//! correspondence](guide::python) and [how workers
+//! start](guide::how_workers_start). The `cluster` module's page is the
+//! guide to scaling out.
 
 // Module map, for contributors. Edges go one way (a module imports only
 // those listed after its arrow; none imports one that imports it back):
@@ -232,6 +234,7 @@ mod error;
 mod exec;
 #[cfg(test)]
 mod fake;
+pub mod guide;
 mod imap;
 mod job;
 #[cfg(test)]

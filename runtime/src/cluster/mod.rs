@@ -115,6 +115,8 @@
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user
 //! can read.
+//!
+#![doc = include_str!("guide.md")]
 
 mod auth;
 mod backend;
