@@ -7,7 +7,7 @@ use crate::Error;
 use crate::error::ExitCause;
 use crate::job::{Decode, IntoJob, JobArgs};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
-use crate::sys::{self, CopyFailed};
+use crate::sys::{self, CopyFailed, ReplyCopy};
 use crate::wire::{FromWorker, ToWorker};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
@@ -234,7 +234,7 @@ impl<R: 'static> Process<R> {
             FromWorker::Done { task: 1, len } => {
                 let mut outcomes = Vec::with_capacity(1);
                 let (job, decode) = (self.job, self.decode);
-                let mut copy = Vec::new();
+                let mut copy = ReplyCopy::default();
                 self.worker
                     .reply(1, len, &mut copy)
                     .map_err(|failed| match failed {
@@ -246,7 +246,7 @@ impl<R: 'static> Process<R> {
                             Error::Ipc(format!("the process's reply: {why}"))
                         }
                     })
-                    .and_then(|()| decode.outcomes(job, 0, 1, &copy, &mut outcomes))
+                    .and_then(|()| decode.outcomes(job, 0, 1, copy.bytes(), &mut outcomes))
                     .and_then(|()| {
                         outcomes.pop().unwrap_or_else(|| {
                             Err(Error::Ipc("the process's reply held no result".into()))

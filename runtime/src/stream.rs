@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::codec;
-use crate::sys::{self, CopyFailed, Region};
+use crate::sys::{self, CopyFailed, Region, ReplyCopy};
 use crate::wire::Failure;
 
 /// The task whose counters follow (0: none yet).
@@ -285,8 +285,8 @@ impl Output<'_> {
     }
 }
 
-/// The parent's side: appends to `into` a private copy of the reply of
-/// `len` bytes that the worker announced for task number `task`.
+/// The parent's side: makes `into` a private copy of the reply of `len`
+/// bytes that the worker announced for task number `task`.
 /// Fails with [`CopyFailed::Outside`] when the worker's counters do not
 /// hold up (a protocol violation), [`CopyFailed::NoMemory`] when this
 /// process cannot hold the copy (the reply itself may be fine).
@@ -294,8 +294,9 @@ pub(crate) fn reply(
     region: &mut Region,
     task: u64,
     len: u64,
-    into: &mut Vec<u8>,
+    into: &mut ReplyCopy,
 ) -> Result<(), CopyFailed> {
+    into.clear();
     let found = load(region, TASK);
     if found != task {
         return Err(CopyFailed::Outside(format!(
@@ -313,7 +314,7 @@ pub(crate) fn reply(
             ))
         })?;
     region.view(end).map_err(CopyFailed::Outside)?;
-    region.copy_out(values_at, len, into)
+    into.fill(region, values_at, len)
 }
 
 /// The header word at `offset`, as the other process last wrote it.
@@ -442,9 +443,9 @@ mod tests {
     fn a_whole_reply_is_copied_out_whole() {
         let mut region = Region::create().unwrap();
         let len = run(&mut region, 7, 100_000, &[3, 99_999], None).unwrap();
-        let mut bytes = Vec::new();
-        reply(&mut region, 7, len, &mut bytes).unwrap();
-        let got = outcomes(&bytes, 100_000);
+        let mut copy = ReplyCopy::default();
+        reply(&mut region, 7, len, &mut copy).unwrap();
+        let got = outcomes(copy.bytes(), 100_000);
         for (index, outcome) in got.iter().enumerate() {
             match outcome {
                 Ok(value) => assert_eq!(*value, index as u64 * 10),
@@ -452,15 +453,18 @@ mod tests {
             }
         }
         assert!(got[3].is_err() && got[99_999].is_err());
-        let mut other = Vec::new();
         assert!(
-            reply(&mut region, 8, len, &mut other)
+            reply(&mut region, 8, len, &mut copy)
                 .unwrap_err()
                 .to_string()
                 .contains("task 7")
         );
-        assert!(reply(&mut region, 7, u64::MAX, &mut other).is_err());
-        assert!(other.is_empty());
+        assert!(copy.bytes().is_empty());
+        assert!(reply(&mut region, 7, u64::MAX, &mut copy).is_err());
+        // A small reply after a large one is copied whole too.
+        let small = run(&mut region, 9, 3, &[], None).unwrap();
+        reply(&mut region, 9, small, &mut copy).unwrap();
+        assert_eq!(outcomes(copy.bytes(), 3).len(), 3);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::error::{ExitCause, panic_message};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
 use crate::stats::Departure;
 use crate::stream::Partial;
-use crate::sys::CopyFailed;
+use crate::sys::{CopyFailed, ReplyCopy};
 use crate::transport::{Part, Task};
 use crate::wire::{Failure, FailureKind, FromWorker, ToWorker};
 
@@ -35,7 +35,7 @@ pub(super) struct Driver {
     /// Between tasks it holds `NoWorker` or `Idle`.
     hand: Mutex<State>,
     /// The last reply, copied out of the worker's region; reused.
-    copy: Mutex<Vec<u8>>,
+    copy: Mutex<ReplyCopy>,
     /// The number of the last task this driver sent.
     last_id: AtomicU64,
     /// The slot's own thread, which outlives the workers it starts.
@@ -76,11 +76,6 @@ fn may_spin() -> bool {
 
 /// How often a driver looks at how many items of a running task finished.
 const PROGRESS_STEP: Duration = Duration::from_millis(100);
-
-/// A driver keeps the memory of its last reply's copy, reused so that a
-/// reply costs no allocation and no page faults; beyond this size only
-/// while replies stay about as large.
-const KEEP_COPY_MAX: usize = 1 << 20;
 
 /// Checks that `reply` answers task number `id`.
 fn matches_task(reply: &FromWorker, id: u64) -> Result<(), String> {
@@ -247,14 +242,8 @@ impl Driver {
                 // so the worker can run its next task while this one is
                 // decoded.
                 let mut copy = lock(&self.copy);
-                copy.clear();
-                if copy.capacity() > KEEP_COPY_MAX && (len as usize) < copy.capacity() / 4 {
-                    // Large replies have stopped coming: free the copy's
-                    // memory rather than keep it for the pool's life.
-                    *copy = Vec::new();
-                }
                 let outcome = match current.worker.reply(sent.id, len, &mut copy) {
-                    Ok(()) => Ok(&copy[..]),
+                    Ok(()) => Ok(copy.bytes()),
                     // The worker did its part: only this call fails.
                     Err(CopyFailed::NoMemory(_)) => Err(Failure::new(
                         FailureKind::System(Some(libc::ENOMEM)),

@@ -24,7 +24,7 @@ use crate::error::ExitCause;
 use crate::local::channel::{self, Channel, ChannelError, Incoming, poll_any};
 use crate::local::template::{self, Start};
 use crate::stream::{self, Partial};
-use crate::sys::{self, CopyFailed, Region, WORKER_ENV, WORKER_ON_STDIN};
+use crate::sys::{self, CopyFailed, Region, ReplyCopy, WORKER_ENV, WORKER_ON_STDIN};
 use crate::wire::{FromWorker, INLINE_MAX, Message, Payload, ToWorker};
 
 /// The longest single `poll`: how often a wait looks at its abort flag.
@@ -343,13 +343,13 @@ impl WorkerProcess {
         })
     }
 
-    /// Appends to `into` a private copy of the reply of `len` bytes the
-    /// worker announced for task number `task`.
+    /// Makes `into` a private copy of the reply of `len` bytes the worker
+    /// announced for task number `task`.
     pub(crate) fn reply(
         &mut self,
         task: u64,
         len: u64,
-        into: &mut Vec<u8>,
+        into: &mut ReplyCopy,
     ) -> Result<(), CopyFailed> {
         let replies = self.replies.as_mut().ok_or_else(|| {
             CopyFailed::Outside("a reply before the worker was initialised".to_owned())

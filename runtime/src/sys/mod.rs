@@ -22,7 +22,7 @@ pub(crate) use process::{
 };
 #[cfg(feature = "cluster")]
 pub(crate) use process::{host_name, signal_unreaped_child};
-pub(crate) use region::{CopyFailed, Region};
+pub(crate) use region::{CopyFailed, Region, ReplyCopy};
 pub(crate) use rustix::process::Signal;
 
 use std::os::unix::process::CommandExt;
