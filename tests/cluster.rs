@@ -88,7 +88,9 @@ fn logged_square(x: u64, path: String) -> u64 {
         .append(true)
         .open(&path)
         .unwrap();
-    writeln!(file, "{x}").unwrap();
+    // One write of the whole line: with O_APPEND, two workers' lines never
+    // interleave (`writeln!` may write "2" and "\n" separately).
+    file.write_all(format!("{x}\n").as_bytes()).unwrap();
     x * x
 }
 
