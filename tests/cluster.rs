@@ -82,15 +82,7 @@ fn tagged_add(a: i64, b: i64) -> (i64, u32) {
 /// count), and returns `x * x`.
 #[pool_job]
 fn logged_square(x: u64, path: String) -> u64 {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap();
-    // One write of the whole line: with O_APPEND, two workers' lines never
-    // interleave (`writeln!` may write "2" and "\n" separately).
-    file.write_all(format!("{x}\n").as_bytes()).unwrap();
+    procpool_tests::append_line(&path, x);
     x * x
 }
 

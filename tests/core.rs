@@ -509,13 +509,7 @@ fn unserializable_argument_is_reported_and_pool_survives() {
 
 #[pool_job]
 fn record_run(path: String, i: u64) -> u64 {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .unwrap();
-    writeln!(file, "{i}").unwrap();
+    procpool_tests::append_line(path, i);
     i
 }
 

@@ -102,17 +102,11 @@ fn parent_killed_with_sigkill_takes_workers_with_it() {
 /// Kills its own worker while `marker` has fewer than `deaths` lines, appending one each time.
 #[pool_job]
 fn die_n_times(marker: String, deaths: usize) -> usize {
-    use std::io::Write;
     let seen = std::fs::read_to_string(&marker)
         .map(|s| s.lines().count())
         .unwrap_or(0);
     if seen < deaths {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&marker)
-            .unwrap();
-        writeln!(file, "died").unwrap();
+        procpool_tests::append_line(&marker, "died");
         // SAFETY: plain libc calls; the process dies here.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
@@ -1106,14 +1100,7 @@ fn starting_workers_opens_nothing_another_process_could_connect_to() {
 /// while the file `path.hang` exists, never returns.
 #[pool_job]
 fn note_pid_then_hang_while_marked(path: String) {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap();
-    writeln!(file, "{}", std::process::id()).unwrap();
-    drop(file);
+    procpool_tests::append_line(&path, std::process::id());
     while std::path::Path::new(&format!("{path}.hang")).exists() {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -394,3 +394,16 @@ pub fn own_sockets() -> Vec<i32> {
         })
         .unwrap_or_default()
 }
+
+/// Appends `line` and a newline to the file at `path` in one `write`
+/// (O_APPEND), so that lines from several worker processes never
+/// interleave (`writeln!` may write the text and the newline apart).
+pub fn append_line(path: impl AsRef<std::path::Path>, line: impl std::fmt::Display) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()))
+        .unwrap();
+}

@@ -2,7 +2,6 @@
 //! running: the items it finished keep their results, the items it had not
 //! started run on another worker, and no item runs twice.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,13 +29,7 @@ fn run_item_once(dir: String, index: u64, crash_at: u64, how: String) -> u64 {
 }
 
 fn record_and_maybe_crash(dir: &str, index: u64, crash: bool, how: &str) -> u64 {
-    let mut runs = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(Path::new(dir).join(index.to_string()))
-        .unwrap();
-    writeln!(runs, "{}", std::process::id()).unwrap();
-    drop(runs);
+    procpool_tests::append_line(Path::new(dir).join(index.to_string()), std::process::id());
     if crash {
         match how {
             // SAFETY: deliberately ending this worker process.
