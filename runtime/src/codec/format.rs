@@ -104,6 +104,12 @@ pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// How many bytes [`push_varint`] writes for `value`.
+#[inline]
+pub(crate) fn varint_len(value: u64) -> usize {
+    (u64::BITS - value.leading_zeros()).div_ceil(7).max(1) as usize
+}
+
 /// The longest varint: 64 bits at 7 a byte.
 pub(crate) const MAX_VARINT: usize = 10;
 

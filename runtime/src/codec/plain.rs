@@ -15,7 +15,7 @@ use serde::ser::{self, Serialize};
 
 use super::de::varint_error;
 use super::error::{CodecError, owned_bytes, owned_str, reserve};
-use super::format::{self as tag, push_varint, read_varint, zigzag};
+use super::format::{self as tag, push_varint, read_varint, varint_len, zigzag};
 
 /// One step of a shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,11 @@ impl PlainEncoder<'_> {
         if self.dry {
             return Ok(());
         }
-        reserve(self.out, len.saturating_add(10)).map_err(PlainError::User)
+        // Exactly the length's varint and the bytes: slack here left the
+        // buffer a few bytes off the size glibc had just freed, and every
+        // large call then faulted fresh pages in (echo of 16 MiB: 24 ms
+        // instead of 17.5 ms after an echo of 1 MiB in the same process).
+        reserve(self.out, len.saturating_add(varint_len(len as u64))).map_err(PlainError::User)
     }
 
     fn put_len(&mut self, len: usize) {
@@ -564,7 +568,7 @@ fn transcode_one(de: &mut PlainDecoder<'_, '_>, out: &mut Vec<u8>) -> DResult<()
         }
         Kind::Str | Kind::Bytes => {
             let len = de.varint()?;
-            reserve(out, len.saturating_add(11))?;
+            reserve(out, len.saturating_add(1 + varint_len(len as u64)))?;
             out.push(if kind == Kind::Str {
                 tag::STR
             } else {

@@ -3,7 +3,7 @@
 use serde::ser::{self, Serialize};
 
 use super::error::{CodecError, reserve, too_deep};
-use super::format::{self as tag, MAX_DEPTH, push_varint, zigzag};
+use super::format::{self as tag, MAX_DEPTH, push_varint, varint_len, zigzag};
 
 type Result<T = ()> = std::result::Result<T, CodecError>;
 
@@ -25,10 +25,11 @@ impl<'b> Encoder<'b> {
     }
 
     /// A string or byte string: its size is the user's, so its room is
-    /// reserved fallibly (tag and length take at most 11 bytes).
+    /// reserved fallibly, exactly (see `plain`'s `room` for why no slack).
     #[inline]
     fn bytes(&mut self, tag: u8, bytes: &[u8]) -> Result {
-        reserve(self.out, bytes.len().saturating_add(11))?;
+        let len = bytes.len();
+        reserve(self.out, len.saturating_add(1 + varint_len(len as u64)))?;
         self.out.push(tag);
         push_varint(self.out, bytes.len() as u64);
         self.out.extend_from_slice(bytes);

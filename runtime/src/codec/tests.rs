@@ -596,3 +596,17 @@ fn fuzz_finds_stay_fixed() {
     ]);
     fuzz::plain_reader(&[0x43, plain::Kind::Tuple as u8, 1, plain::Kind::Unit as u8]);
 }
+
+/// The room reserved for a string or byte string is exactly what is
+/// written: `varint_len` agrees with `push_varint` at every width.
+#[test]
+fn varint_len_is_what_push_varint_writes() {
+    let mut values = vec![0u64, 1, u64::MAX];
+    values.extend((0..64).map(|bit| 1u64 << bit));
+    values.extend((1..64).map(|bit| (1u64 << bit) - 1));
+    for value in values {
+        let mut bytes = Vec::new();
+        format::push_varint(&mut bytes, value);
+        assert_eq!(format::varint_len(value), bytes.len(), "{value}");
+    }
+}
