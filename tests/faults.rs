@@ -517,18 +517,7 @@ fn helper_payload_over_the_file_limit() {
 
 #[test]
 fn a_refused_payload_fails_that_call_only() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_payload_over_the_file_limit",
-            "--ignored",
-            "--nocapture",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stdout, stderr) = run_helper_test("helper_payload_over_the_file_limit");
     assert!(
         stdout.contains("FIRST ERR System")
             && stdout.contains(&format!("SOURCE Some({})", libc::EFBIG)),
@@ -840,6 +829,21 @@ fn helper_pool_in_its_environment() {
     }
 }
 
+/// Runs the ignored test `name` of this binary in a child process (a helper
+/// that changes process-wide state); its exit status, stdout and stderr.
+fn run_helper_test(name: &str) -> (std::process::ExitStatus, String, String) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Runs the helper through `sh -c "<prefix> exec helper"` with `TMPDIR`
 /// set to `tmpdir`; its stdout and stderr.
 fn run_helper(prefix: &str, tmpdir: &std::path::Path) -> (String, String) {
@@ -961,18 +965,7 @@ fn helper_large_payload_without_fds() {
 
 #[test]
 fn out_of_fds_for_a_large_payload_fails_that_call_only() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_large_payload_without_fds",
-            "--ignored",
-            "--nocapture",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stdout, stderr) = run_helper_test("helper_large_payload_without_fds");
     assert!(
         stdout.contains("FIRST ERR") && stdout.contains("ulimit -n"),
         "{stdout}\n{stderr}"
@@ -1215,18 +1208,7 @@ fn helper_sigchld_ignored() {
 
 #[test]
 fn sigchld_ignored_a_dead_worker_does_not_look_alive() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_sigchld_ignored",
-            "--ignored",
-            "--nocapture",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stdout, stderr) = run_helper_test("helper_sigchld_ignored");
     let report = format!("{stdout}\n{stderr}");
     assert!(stdout.contains("PROCESS ALIVE false"), "{report}");
     assert!(
@@ -1294,20 +1276,9 @@ fn helper_payload_without_memory() {
 
 #[test]
 fn a_payload_too_large_for_memory_fails_that_call_only() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_payload_without_memory",
-            "--ignored",
-            "--nocapture",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report = format!("{:?}\n{stdout}\n{stderr}", output.status);
-    assert!(output.status.success(), "{report}");
+    let (status, stdout, stderr) = run_helper_test("helper_payload_without_memory");
+    let report = format!("{status:?}\n{stdout}\n{stderr}");
+    assert!(status.success(), "{report}");
     assert!(
         stdout.contains("FIRST ERR") && stdout.contains("memory"),
         "{report}"
