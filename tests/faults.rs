@@ -428,19 +428,21 @@ fn a_forked_copy_of_a_worker_never_answers_for_it() {
     }
 }
 
-/// The OS error number found along `err`'s `source` chain.
-fn os_error(err: &Error) -> Option<i32> {
+/// The `std::io::Error` found along `err`'s standard `source` chain.
+fn io_error(err: &Error) -> Option<&std::io::Error> {
     let mut cause = std::error::Error::source(err);
     while let Some(inner) = cause {
-        if let Some(code) = inner
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::raw_os_error)
-        {
-            return Some(code);
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return Some(io);
         }
         cause = inner.source();
     }
     None
+}
+
+/// The OS error number found along `err`'s `source` chain.
+fn os_error(err: &Error) -> Option<i32> {
+    io_error(err).and_then(std::io::Error::raw_os_error)
 }
 
 /// Sets this process's `RLIMIT_FSIZE` (`None`: no limit), with `SIGXFSZ`
@@ -814,17 +816,8 @@ fn helper_pool_in_its_environment() {
     match outcome {
         Ok(sum) => println!("OK {sum}"),
         Err(err) => {
-            // The OS error, found through the standard `source` chain.
-            let mut os_error = None;
-            let mut cause = std::error::Error::source(&err);
-            while let Some(inner) = cause {
-                if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-                    os_error = io.raw_os_error();
-                }
-                cause = inner.source();
-            }
             println!("ERR {err}");
-            println!("OS ERROR {os_error:?}");
+            println!("OS ERROR {:?}", os_error(&err));
         }
     }
 }
@@ -1255,17 +1248,11 @@ fn helper_payload_without_memory() {
     match pool.apply(byte_len, payload) {
         Ok(len) => println!("FIRST OK {len}"),
         Err(err) => {
-            // The OS error, found through the standard `source` chain.
-            let mut io = None;
-            let mut cause = std::error::Error::source(&err);
-            while let Some(inner) = cause {
-                if let Some(found) = inner.downcast_ref::<std::io::Error>() {
-                    io = Some(found.kind());
-                }
-                cause = inner.source();
-            }
             println!("FIRST ERR {err}");
-            println!("FIRST SOURCE {io:?}");
+            println!(
+                "FIRST SOURCE {:?}",
+                io_error(&err).map(std::io::Error::kind)
+            );
         }
     }
     match pool.apply(add, (2, 3)) {
