@@ -410,6 +410,7 @@ fn a_forked_copy_of_a_worker_never_answers_for_it() {
             }
             Err(Error::Ipc(message)) => {
                 assert!(message.contains("fork"), "{message}");
+                assert!(message.contains("a copy of the worker"), "{message}");
                 failed += 1;
             }
             Err(other) => panic!("call {x}: {other:?}"),
@@ -443,6 +444,33 @@ fn io_error(err: &Error) -> Option<&std::io::Error> {
 /// The OS error number found along `err`'s `source` chain.
 fn os_error(err: &Error) -> Option<i32> {
     io_error(err).and_then(std::io::Error::raw_os_error)
+}
+
+/// Forks; the copy returns at once, the worker only 300 ms later, so the
+/// copy reaches procpool first.
+#[pool_job]
+fn fork_and_answer_late(x: u64) -> u64 {
+    // SAFETY: as in `fork_and_answer_twice`.
+    if unsafe { libc::fork() } != 0 {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    x
+}
+
+#[test]
+fn a_copy_seen_before_the_workers_answer_fails_that_call_and_says_why() {
+    let pool = Pool::with_processes(1).unwrap();
+    match pool.apply(fork_and_answer_late, 7) {
+        Err(Error::Ipc(message)) => {
+            assert!(
+                message.contains("a job forked a copy of the worker"),
+                "{message}"
+            )
+        }
+        other => panic!("expected Error::Ipc, got {other:?}"),
+    }
+    assert_eq!(pool.stats().workers_broke_protocol, 1);
+    assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);
 }
 
 /// Sets this process's `RLIMIT_FSIZE` (`None`: no limit), with `SIGXFSZ`

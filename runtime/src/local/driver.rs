@@ -80,7 +80,13 @@ const PROGRESS_STEP: Duration = Duration::from_millis(100);
 /// Checks that `reply` answers task number `id`.
 fn matches_task(reply: &FromWorker, id: u64) -> Result<(), String> {
     match reply {
-        FromWorker::Done { task, .. } | FromWorker::Failed { task, .. } if *task == id => Ok(()),
+        FromWorker::Done { task, .. }
+        | FromWorker::Failed { task, .. }
+        | FromWorker::Forked { task }
+            if *task == id =>
+        {
+            Ok(())
+        }
         FromWorker::Done { task, .. } | FromWorker::Failed { task, .. } => Err(format!(
             "it answered task {task} while task {id} was running"
         )),
@@ -228,8 +234,12 @@ impl Driver {
         let answer = match matches_task(&reply, sent.id).map(|()| reply) {
             Ok(FromWorker::Done { len, .. }) => Ok(len),
             Ok(FromWorker::Failed { failure, .. }) => Err(failure),
-            Ok(FromWorker::Forked { .. }) => {
-                let violation = current.worker.forked_copy().unwrap_or_default();
+            // A copy of the worker, forked during this task, came back into
+            // procpool (from the worker's own pid, the notice is a forgery).
+            Ok(FromWorker::Forked { task }) => {
+                let violation = current.worker.forked_copy().unwrap_or_else(|| {
+                    format!("its own process sent a forked copy's notice for task {task}")
+                });
                 return self.broke_protocol(current, sent, violation);
             }
             Ok(other) => return self.broke_protocol(current, sent, format!("it sent {other:?}")),
