@@ -17,15 +17,15 @@
 //! so one that starts a thread still makes workers start by exec.
 //!
 //! The variables it reads are defined in [`crate::sys`], beside the command
-//! that sets them; the loops are [`crate::local::serve`], the worker
+//! that sets them; the loops are [`crate::local::worker_loop`], the worker
 //! template's [`crate::local::template::run`] (whose forked workers come
 //! back here to serve) and, with the `cluster` feature,
 //! `crate::cluster::bootstrap`.
 
 use std::ffi::{c_char, c_int};
 
-use crate::local::serve::{self, EXIT_BOOTSTRAP_FAILED};
 use crate::local::template::{self, Role};
+use crate::local::worker_loop::{self, EXIT_BOOTSTRAP_FAILED};
 use crate::sys::{self, PARENT_ENV, WORKER_ENV, WORKER_ON_STDIN, WORKER_TEMPLATE};
 
 /// An `.init_array` entry as glibc calls it: `(argc, argv, envp)`.
@@ -82,11 +82,11 @@ unsafe extern "C" fn procpool_bootstrap(
         std::env::remove_var(PARENT_ENV);
     }
     let code = if marker == WORKER_ON_STDIN {
-        serve::run(parent)
+        worker_loop::run(parent)
     } else if marker == WORKER_TEMPLATE {
         // Each worker the template forks returns here, with its channel.
         match template::run(parent.clone()) {
-            Role::Worker(channel) => serve::run_forked(parent, channel),
+            Role::Worker(channel) => worker_loop::run_forked(parent, channel),
             Role::Exit(code) => code,
         }
     } else {

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::backend::{Part, Sink, TaskInfo};
 use crate::job::Decode;
 use crate::progress::Progress;
-use crate::transport::{Part, Sink, TaskInfo};
 use crate::{Error, codec};
 
 /// How a finished call turns its items into the value the caller gets.

@@ -20,10 +20,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::backend::{Part, Sink, Task, TaskInfo};
 use crate::codec::ChunkWriter;
 use crate::job::{BoxedEncode, Decode, Encode};
 use crate::progress::Progress;
-use crate::transport::{Part, Sink, Task, TaskInfo};
 use crate::{Error, Pool};
 
 struct State<R> {

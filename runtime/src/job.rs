@@ -33,8 +33,8 @@ pub struct JobEntry {
 pub type InvokeFn = fn(
     usize,
     &[u8],
-    &mut crate::stream::Output<'_>,
-) -> Result<Option<crate::wire::Failure>, crate::wire::Failure>;
+    &mut crate::reply_log::Output<'_>,
+) -> Result<Option<crate::failure::Failure>, crate::failure::Failure>;
 
 impl fmt::Debug for JobEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -476,8 +476,8 @@ mod tests {
     fn noop(
         _: usize,
         _: &[u8],
-        _: &mut crate::stream::Output<'_>,
-    ) -> Result<Option<crate::wire::Failure>, crate::wire::Failure> {
+        _: &mut crate::reply_log::Output<'_>,
+    ) -> Result<Option<crate::failure::Failure>, crate::failure::Failure> {
         Ok(None)
     }
 

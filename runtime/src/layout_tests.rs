@@ -93,8 +93,8 @@ fn no_module_imports_one_that_imports_it_back() {
     // The leaves stay leaves.
     assert!(graph["sys"].is_empty(), "sys imports {:?}", graph["sys"]);
     assert!(
-        graph["transport"].is_empty(),
-        "transport imports {:?}",
-        graph["transport"]
+        graph["backend"].is_empty(),
+        "backend imports {:?}",
+        graph["backend"]
     );
 }

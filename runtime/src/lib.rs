@@ -174,11 +174,11 @@
 // those listed after its arrow; none imports one that imports it back):
 //
 //   pool      the public Pool: cuts calls into tasks -> call, imap, local, cluster
-//   call      one call's results and AsyncResult     -> transport, codec
-//   imap      the Imap iterator                      -> call, transport
-//   transport the Backend/Sink seam between the pool and where tasks run
+//   call      one call's results and AsyncResult     -> backend, codec
+//   imap      the Imap iterator                      -> call, backend
+//   backend   the Backend/Sink seam between the pool and where tasks run
 //   stats     PoolStats: counters a backend keeps (imports nothing of the crate)
-//   local/    the local backend                      -> transport, wire, exec, stream, sys
+//   local/    the local backend                      -> backend, worker, reply_log, sys
 //     mod       the task queue and the backend
 //     driver    one per worker: its state machine; a waiting caller may
 //               drive an idle worker from its own thread
@@ -188,17 +188,19 @@
 //               that forks new workers; its loop runs in that process
 //     channel   the socket pair: one datagram per message, descriptors only
 //               where a message expects them
-//     serve     the worker's loop (runs in the worker process)
-//   cluster/  the Redis backend and its workers      -> transport, wire, exec, sys
-//   process   the public Process (one job, one process) -> local, wire, codec
+//     messages  what parent and worker say over the channel, Payload
+//     worker_loop the worker's loop (runs in the worker process)
+//   cluster/  the Redis backend and its workers      -> backend, worker, failure, sys
+//   process   the public Process (one job, one process) -> local, codec
 //   bootstrap the constructor that diverts a worker before main -> local, cluster
-//   exec      running a chunk inside a worker (both loops) -> codec, job, stream, wire
-//   stream    a chunk's outcomes streamed into a worker's reply region per
-//             item, read back whole or after a crash -> codec, sys, wire
-//   wire      messages between parent and worker, Payload, Failure -> sys
-//   codec     the encoding of items and outcomes      -> wire (Failure)
+//   worker    inside a worker process (both loops): becoming one, running
+//             a chunk of a job             -> codec, job, reply_log, failure
+//   reply_log a chunk's outcomes streamed into a worker's reply region per
+//             item, read back whole or after a crash -> codec, sys, failure
+//   failure   why an item failed in a worker, and the Error it becomes -> error
+//   codec     the encoding of items and outcomes      -> failure
 //   job       the registry #[pool_job] fills, Job handles, typed item
-//             encoders and result decoders -> codec, stream, wire
+//             encoders and result decoders -> codec, reply_log, failure
 //   sys/      the OS layer (rustix; libc only where rustix has no call;
 //             imports nothing of the crate)
 //     mod       the command that starts a worker and its variables,
@@ -224,6 +226,7 @@ compile_error!(
 // Lets `#[pool_job]`'s `::procpool::...` paths resolve inside this crate's own tests.
 extern crate self as procpool;
 
+mod backend;
 mod bootstrap;
 mod call;
 #[cfg(feature = "cluster")]
@@ -231,9 +234,9 @@ pub mod cluster;
 mod codec;
 mod deadline;
 mod error;
-mod exec;
+mod failure;
 #[cfg(test)]
-mod fake;
+mod fake_backend;
 pub mod guide;
 mod imap;
 mod job;
@@ -243,13 +246,12 @@ mod local;
 mod pool;
 mod process;
 mod progress;
+mod reply_log;
 mod stats;
-mod stream;
 mod sys;
 #[cfg(test)]
 mod test_alloc;
-mod transport;
-mod wire;
+mod worker;
 
 /// Not public API, and not compiled in a normal build: the codec's
 /// decoders fed arbitrary bytes, for procpool's fuzz targets (`fuzz/` in
@@ -329,7 +331,7 @@ impl CurrentProcess {
 /// ```
 pub fn current_process() -> CurrentProcess {
     CurrentProcess {
-        name: exec::process_name().unwrap_or("MainProcess"),
+        name: worker::process_name().unwrap_or("MainProcess"),
         pid: std::process::id(),
     }
 }
@@ -380,13 +382,13 @@ pub mod __private {
     #[doc(hidden)]
     pub use crate::codec::{ChunkWriter, Problem};
     #[doc(hidden)]
+    pub use crate::failure::Failure;
+    #[doc(hidden)]
     pub use crate::job::{
         InvokeFn, ItemEncoder, JOBS, JobEntry, OutcomesDecoder, ValuesDecoder, new_job,
     };
     #[doc(hidden)]
-    pub use crate::stream::Output;
-    #[doc(hidden)]
-    pub use crate::wire::Failure;
+    pub use crate::reply_log::Output;
     #[doc(hidden)]
     pub use linkme;
 
@@ -555,7 +557,7 @@ pub mod __private {
         type Output;
     }
 
-    impl<O> Returns for fn(usize, &[u8], &mut crate::stream::Output<'_>) -> O {
+    impl<O> Returns for fn(usize, &[u8], &mut crate::reply_log::Output<'_>) -> O {
         type Output = O;
     }
 
@@ -567,7 +569,7 @@ pub mod __private {
             &self,
             count: usize,
             input: &[u8],
-            output: &mut crate::stream::Output<'_>,
+            output: &mut crate::reply_log::Output<'_>,
             f: F,
         ) -> InvokeOutput;
     }
@@ -577,10 +579,10 @@ pub mod __private {
             &self,
             count: usize,
             input: &[u8],
-            output: &mut crate::stream::Output<'_>,
+            output: &mut crate::reply_log::Output<'_>,
             f: F,
         ) -> InvokeOutput {
-            crate::exec::invoke(count, input, output, f)
+            crate::worker::invoke(count, input, output, f)
         }
     }
 
@@ -699,7 +701,7 @@ pub mod __private {
             &self,
             count: usize,
             input: &[u8],
-            output: &mut crate::stream::Output<'_>,
+            output: &mut crate::reply_log::Output<'_>,
             f: F,
         ) -> InvokeOutput;
     }
@@ -709,7 +711,7 @@ pub mod __private {
             &self,
             _: usize,
             _: &[u8],
-            _: &mut crate::stream::Output<'_>,
+            _: &mut crate::reply_log::Output<'_>,
             _: F,
         ) -> InvokeOutput {
             unreachable!("a #[pool_job] with a non-transferable type does not compile")

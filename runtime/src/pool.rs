@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Error;
+use crate::backend::{Backend, Task};
 use crate::call::{All, AsyncResult, Call, Finish, One};
 use crate::codec::ChunkWriter;
 use crate::imap::{Chunking, Imap};
@@ -19,7 +20,6 @@ use crate::job::{
 use crate::local::launch::Initializer;
 use crate::local::{LocalBackend, LocalConfig};
 use crate::progress::Progress;
-use crate::transport::{Backend, Task};
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
 ///
@@ -859,7 +859,7 @@ impl Pool {
             first: chunk.first,
             count,
             items: items.finish(),
-            sink: Arc::clone(call) as Arc<dyn crate::transport::Sink>,
+            sink: Arc::clone(call) as Arc<dyn crate::backend::Sink>,
             retried: 0,
             before: Vec::new(),
         };

@@ -7,8 +7,8 @@ use crate::Error;
 use crate::error::ExitCause;
 use crate::job::{Decode, IntoJob, JobArgs};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
+use crate::local::messages::{FromWorker, ToWorker};
 use crate::sys::{self, CopyFailed, ReplyCopy};
-use crate::wire::{FromWorker, ToWorker};
 
 /// Python numbers processes across the whole program: `Process-1`, `Process-2`, ...
 static PROCESS_NUMBER: AtomicU64 = AtomicU64::new(0);

@@ -18,7 +18,7 @@ use super::link::{Link, is_connection_error};
 use super::protocol::{self, Clock, Entry, GROUP, Keys, Refusal, TASK_LIFETIME};
 use super::settings::Settings;
 use crate::Error;
-use crate::transport::{Backend, Task};
+use crate::backend::{Backend, Task};
 
 /// How long the collector blocks in one `XREAD`.
 const READ_BLOCK: Duration = Duration::from_millis(500);

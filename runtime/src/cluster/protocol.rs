@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Auth;
 use super::settings::Settings;
 use crate::Error;
-use crate::wire::Failure;
+use crate::failure::Failure;
 
 /// The consumer group every worker of a queue reads through.
 pub(crate) const GROUP: &str = "workers";

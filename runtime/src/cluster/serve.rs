@@ -18,7 +18,7 @@ use super::protocol::{self, Clock, Entry, GROUP, Keys, Refusal, TASK_LIFETIME};
 use super::recover::{Recovery, Scope, deliveries};
 use super::settings::Settings;
 use crate::Error;
-use crate::wire::{Failure, FailureKind};
+use crate::failure::{Failure, FailureKind};
 
 /// How long a caller seen present counts as present without asking again.
 const PRESENCE_CACHE: Duration = Duration::from_secs(1);
@@ -114,7 +114,7 @@ pub(crate) fn serve(url: &str, suffix: Option<String>) -> Result<(), Error> {
     link.query::<()>(&describe)
         .map_err(|err| link.error("cannot describe this worker's jobs", &err))?;
     install_stop_handlers();
-    crate::exec::become_worker(format!("ClusterWorker-{name}"));
+    crate::worker::become_worker(format!("ClusterWorker-{name}"));
     let beat = Heartbeat::start(
         link.sibling(format!("procpool-worker-{name}-beat")),
         &keys,
@@ -580,7 +580,7 @@ impl Worker {
                 });
             }
             self.beat.running(Some(&job));
-            let ran = crate::exec::run_chunk(&job, count, &items);
+            let ran = crate::worker::run_chunk(&job, count, &items);
             self.beat.running(None);
             self.beat.disarm();
             self.beat.watch(waiting.to_vec());

@@ -22,7 +22,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{ChunkReader, ChunkWriter, Problem, ReplyReader, ReplyWriter, SHAPED, chunk_rest};
 use super::{de, format, ser};
-use crate::wire::Failure;
+use crate::failure::Failure;
 
 /// Items read from one chunk at most: enough to cross every format's
 /// boundaries, few enough to keep a case fast.

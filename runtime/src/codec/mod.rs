@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 
 use self::error::CodecError;
 use self::plain::{Kind, PlainDecoder, PlainEncoder, PlainError};
-use crate::wire::Failure;
+use crate::failure::Failure;
 
 /// Why a value could not be encoded or decoded.
 ///
@@ -650,9 +650,9 @@ impl<R: Serialize + 'static> ReplyWriter<R> {
     #[cold]
     fn unencodable(&mut self, problem: &Problem) {
         let kind = if problem.panicked() {
-            crate::wire::FailureKind::Panicked
+            crate::failure::FailureKind::Panicked
         } else {
-            crate::wire::FailureKind::EncodeResult
+            crate::failure::FailureKind::EncodeResult
         };
         self.failure(Failure::new(kind, problem.message.clone()));
     }

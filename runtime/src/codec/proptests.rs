@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fuzz::{self, decode_chunk, decode_one, encode_chunk, encode_one, encode_reply};
 use super::{ChunkReader, ReplyReader, SHAPED, TAGGED, chunk_rest, format};
-use crate::wire::{Failure, FailureKind};
+use crate::failure::{Failure, FailureKind};
 
 /// Runs `f` on `input`, failing if any single allocation meanwhile was
 /// larger than the input can justify: each decoded element takes at least

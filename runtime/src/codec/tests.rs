@@ -95,7 +95,7 @@ fn garbage_is_an_error() {
 fn replies_keep_failures_in_place() {
     let mut reply = ReplyWriter::<u64>::default();
     reply.value(&1).unwrap();
-    reply.failure(Failure::new(crate::wire::FailureKind::Panicked, "boom"));
+    reply.failure(Failure::new(crate::failure::FailureKind::Panicked, "boom"));
     reply.value(&3).unwrap();
     let bytes = reply.finish();
     let mut reader = ReplyReader::new(&bytes).unwrap();

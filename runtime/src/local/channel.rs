@@ -29,7 +29,7 @@ use rustix::net::{
     sendmsg, socketpair,
 };
 
-use crate::wire::{INLINE_MAX, Message};
+use crate::local::messages::{INLINE_MAX, Message};
 
 /// The largest datagram either side accepts: an inline payload and its message.
 const FRAME_MAX: usize = INLINE_MAX + 4096;
@@ -304,8 +304,8 @@ pub(crate) fn poll_any(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local::messages::{FromWorker, Payload, ToWorker};
     use crate::sys::Region;
-    use crate::wire::{FromWorker, Payload, ToWorker};
 
     fn raw_send(to: &Channel, bytes: &[u8], fd: Option<BorrowedFd<'_>>) {
         let fds;

@@ -16,14 +16,15 @@ use std::time::{Duration, Instant};
 
 use super::{LocalConfig, Shared, lock, next_worker_name};
 use crate::Error;
+use crate::backend::{Part, Task};
 use crate::codec;
 use crate::error::{ExitCause, panic_message};
+use crate::failure::{Failure, FailureKind};
 use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
+use crate::local::messages::{FromWorker, ToWorker};
+use crate::reply_log::Partial;
 use crate::stats::Departure;
-use crate::stream::Partial;
 use crate::sys::{CopyFailed, ReplyCopy};
-use crate::transport::{Part, Task};
-use crate::wire::{Failure, FailureKind, FromWorker, ToWorker};
 
 /// One worker slot: its worker, and the thread that runs queued tasks on it.
 pub(super) struct Driver {

@@ -22,10 +22,10 @@ use serde_bytes::ByteBuf;
 use crate::Error;
 use crate::error::ExitCause;
 use crate::local::channel::{self, Channel, ChannelError, Incoming, poll_any};
+use crate::local::messages::{FromWorker, INLINE_MAX, Message, Payload, ToWorker};
 use crate::local::template::{self, Start};
-use crate::stream::{self, Partial};
+use crate::reply_log::{self, Partial};
 use crate::sys::{self, CopyFailed, Region, ReplyCopy, WORKER_ENV, WORKER_ON_STDIN};
-use crate::wire::{FromWorker, INLINE_MAX, Message, Payload, ToWorker};
 
 /// The longest single `poll`: how often a wait looks at its abort flag.
 const STEP: Duration = Duration::from_millis(100);
@@ -114,7 +114,7 @@ pub(crate) struct WorkerProcess {
     reaped: Option<ExitCause>,
     slot: Option<Arc<PidSlot>>,
     /// Replies, written by the worker as each item finishes (see
-    /// [`crate::stream`]), read here; made at `init`, kept for the
+    /// [`crate::reply_log`]), read here; made at `init`, kept for the
     /// worker's life (see [`crate::sys::Region`]).
     replies: Option<Region>,
     /// Large chunks of items, written here, read by the worker; made for
@@ -354,25 +354,25 @@ impl WorkerProcess {
         let replies = self.replies.as_mut().ok_or_else(|| {
             CopyFailed::Outside("a reply before the worker was initialised".to_owned())
         })?;
-        stream::reply(replies, task, len, into)
+        reply_log::reply(replies, task, len, into)
     }
 
     /// Whether the worker says it sent its answer to task number `task`.
     pub(crate) fn answered(&self, task: u64) -> bool {
         self.replies
             .as_ref()
-            .is_some_and(|replies| stream::is_answered(replies, task))
+            .is_some_and(|replies| reply_log::is_answered(replies, task))
     }
 
     /// Items of task number `task` finished so far, while it runs.
     pub(crate) fn items_done(&self, task: u64) -> Option<usize> {
-        stream::items_done(self.replies.as_ref()?, task)
+        reply_log::items_done(self.replies.as_ref()?, task)
     }
 
     /// What the worker had finished of task number `task` (of `count`
     /// items) when it died.
     pub(crate) fn partial(&mut self, task: u64, count: usize) -> Option<Partial> {
-        stream::partial(self.replies.as_mut()?, task, count)
+        reply_log::partial(self.replies.as_mut()?, task, count)
     }
 
     /// Publishes this worker's pid in `slot` until it is reaped.
@@ -736,7 +736,7 @@ fn put_down_orphan(channel: &mut Channel, deadline: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Payload;
+    use crate::local::messages::Payload;
 
     static NEVER: AtomicBool = AtomicBool::new(false);
 

@@ -4,14 +4,15 @@
 //! reply, and when the worker dies it reports what was lost, reaps the
 //! process and starts a replacement. `launch` starts and watches a worker,
 //! `template` is the process that forks workers,
-//! `channel` carries the messages, `serve` is the loop that runs in the
+//! `channel` carries the `messages`, `worker_loop` is the loop that runs in the
 //! worker process.
 
 pub(crate) mod channel;
 mod driver;
 pub(crate) mod launch;
-pub(crate) mod serve;
+pub(crate) mod messages;
 pub(crate) mod template;
+pub(crate) mod worker_loop;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,10 +21,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::Error;
+use crate::backend::{Backend, Task};
 use crate::local::driver::Driver;
 use crate::local::launch::{Initializer, PidSlot};
 use crate::stats::{Counters, PoolStats};
-use crate::transport::{Backend, Task};
 
 /// Settings the local backend needs.
 #[derive(Debug, Clone)]
@@ -280,7 +281,7 @@ mod tests {
     use std::os::fd::BorrowedFd;
     use std::time::Duration;
 
-    use crate::wire::FromWorker;
+    use crate::local::messages::FromWorker;
     use crate::{Error, Pool, pool_job};
 
     /// Sends, on its worker's channel, a well-formed reply to task 0 (no

@@ -14,7 +14,7 @@
 //! before this process reaps it, and it dies when the program does (its
 //! parent-death signal follows the thread that started the template).
 //! The worker closes the template's socket first thing, then serves
-//! exactly as an exec'd worker does (`local::serve`), starting with the
+//! exactly as an exec'd worker does (`local::worker_loop`), starting with the
 //! greeting that carries its pid.
 //!
 //! A worker forked from the template inherits what the template inherited
@@ -53,7 +53,7 @@ use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType, socketpair}
 use crate::Error;
 use crate::error::ExitCause;
 use crate::local::channel::{self, poll_any};
-use crate::local::serve::{self, EXIT_BOOTSTRAP_FAILED};
+use crate::local::worker_loop::{self, EXIT_BOOTSTRAP_FAILED};
 use crate::sys::{self, Forked, Inherited, WORKER_ENV, WORKER_TEMPLATE};
 
 /// The longest single wait: how often a waiting caller looks at its abort flag.
@@ -544,7 +544,7 @@ pub(crate) fn run(parent: Option<String>) -> Role {
     if !sys::tie_to_parent(sys::Signal::KILL, parent) {
         return Role::Exit(EXIT_BOOTSTRAP_FAILED);
     }
-    let socket = match serve::take_channel_from_stdin() {
+    let socket = match worker_loop::take_channel_from_stdin() {
         Ok(socket) => socket,
         Err(why) => {
             eprintln!("procpool worker template: {why}; exiting");

@@ -24,8 +24,8 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::codec;
+use crate::failure::Failure;
 use crate::sys::{self, CopyFailed, Region, ReplyCopy};
-use crate::wire::Failure;
 
 /// The task whose counters follow (0: none yet).
 const TASK: usize = 0;
@@ -192,7 +192,7 @@ impl<'a> ReplyStream<'a> {
     }
 }
 
-/// Where a job's chunk puts its outcomes. Filled by `exec::invoke`.
+/// Where a job's chunk puts its outcomes. Filled by `worker::invoke`.
 #[doc(hidden)]
 pub enum Output<'a> {
     /// The whole reply, once every item ran (cluster workers, tests).
@@ -397,7 +397,7 @@ pub(crate) fn partial(region: &mut Region, task: u64, count: usize) -> Option<Pa
 mod tests {
     use super::*;
     use crate::codec::{ReplyReader, ReplyWriter};
-    use crate::wire::FailureKind;
+    use crate::failure::FailureKind;
 
     fn outcomes(reply: &[u8], count: usize) -> Vec<Result<u64, Failure>> {
         let mut reader = ReplyReader::new(reply).unwrap();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::transport::{Backend, Task};
+use crate::backend::{Backend, Task};
 use crate::{Error, Pool, pool_job};
 
 /// How the fake answers one task.
@@ -31,7 +31,8 @@ struct Fake {
 impl Fake {
     fn answer(&self, task: Task) {
         match (self.script)(&task) {
-            Answer::Run => match crate::exec::run_chunk(task.job, task.count as u64, &task.items) {
+            Answer::Run => match crate::worker::run_chunk(task.job, task.count as u64, &task.items)
+            {
                 Ok((output, _)) => task.sink.deliver(task.info(), Ok(&output)),
                 Err(failure) => {
                     let error = failure.into_error(task.job, task.first);

@@ -4,11 +4,12 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-use crate::exec;
+use crate::failure::{Failure, FailureKind};
 use crate::local::channel::{Channel, ChannelError};
-use crate::stream;
+use crate::local::messages::{FromWorker, Payload, ToWorker};
+use crate::reply_log;
 use crate::sys::{self, Region};
-use crate::wire::{Failure, FailureKind, FromWorker, Payload, ToWorker};
+use crate::worker;
 
 /// Exit code of a worker that could not connect back to its parent.
 pub(crate) const EXIT_BOOTSTRAP_FAILED: i32 = 86;
@@ -144,9 +145,9 @@ fn serve(socket: OwnedFd) -> i32 {
                         return EXIT_BOOTSTRAP_FAILED;
                     }
                 }
-                exec::become_worker(name);
+                worker::become_worker(name);
                 let failure = initializer.and_then(|(job, arg)| {
-                    exec::run_chunk(&job, 1, &arg).map_or_else(Some, |(_, failure)| failure)
+                    worker::run_chunk(&job, 1, &arg).map_or_else(Some, |(_, failure)| failure)
                 });
                 match failure {
                     None => (FromWorker::Ready, None),
@@ -193,7 +194,7 @@ fn serve(socket: OwnedFd) -> i32 {
         if let (Some(regions), FromWorker::Done { task, .. } | FromWorker::Failed { task, .. }) =
             (&regions, &reply)
         {
-            stream::answered(&regions.replies, *task);
+            reply_log::answered(&regions.replies, *task);
         }
         if let Some(code) = exit {
             return code;
@@ -242,7 +243,7 @@ fn run_task(
             }
         }
     };
-    match exec::run_chunk_streaming(job, count, items, &mut regions.replies, task) {
+    match worker::run_chunk_streaming(job, count, items, &mut regions.replies, task) {
         Ok((len, failure)) => (FromWorker::Done { task, len }, failure),
         Err(failure) => failed(failure),
     }

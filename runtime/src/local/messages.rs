@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::Error;
+use crate::failure::Failure;
 
 /// Payloads up to this size travel inside their message; larger ones in
 /// the worker's request region.
@@ -60,7 +60,7 @@ pub(crate) enum FromWorker {
     /// `Init` was processed.
     Ready,
     /// Task number `task` ran: its reply, `len` bytes, is in the worker's
-    /// reply region (read through `crate::stream::reply`).
+    /// reply region (read through `crate::reply_log::reply`).
     Done { task: u64, len: u64 },
     /// Task number `task` failed as a whole before any item ran (or, with
     /// `task` 0, the initializer failed).
@@ -108,67 +108,6 @@ impl std::fmt::Debug for Payload {
         match self {
             Payload::Inline(bytes) => write!(f, "Inline({} bytes)", bytes.len()),
             Payload::Shared { len, .. } => write!(f, "Shared({len} bytes)"),
-        }
-    }
-}
-
-/// Why one item (or a whole task) failed inside a worker.
-#[doc(hidden)]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    pub(crate) kind: FailureKind,
-    pub(crate) message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum FailureKind {
-    Panicked,
-    DecodeArguments,
-    EncodeResult,
-    UnknownJob,
-    /// The worker's system refused what the results needed (shared memory
-    /// past a file size or memory limit): the OS error number, if any.
-    System(Option<i32>),
-}
-
-impl Failure {
-    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Failure {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// The caller-facing error, for the item at `index` of the call's input.
-    pub(crate) fn into_error(self, job: &str, index: usize) -> Error {
-        let job = job.to_owned();
-        match self.kind {
-            FailureKind::Panicked => Error::Panicked {
-                job,
-                index,
-                message: self.message,
-            },
-            FailureKind::DecodeArguments => Error::Serialization {
-                job,
-                direction: format!("decode the arguments of item {index} in the worker"),
-                message: self.message,
-            },
-            FailureKind::EncodeResult => Error::Serialization {
-                job,
-                direction: format!("serialize the result of item {index} in the worker"),
-                message: self.message,
-            },
-            FailureKind::UnknownJob => Error::UnknownJob(job),
-            FailureKind::System(errno) => Error::system(
-                format!(
-                    "job `{job}`, item {index}: the worker {}; the worker is kept",
-                    self.message
-                ),
-                errno.map_or_else(
-                    || std::io::Error::other(self.message.clone()),
-                    std::io::Error::from_raw_os_error,
-                ),
-            ),
         }
     }
 }

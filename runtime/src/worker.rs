@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::stream::{Output, Streaming};
+use crate::failure::{Failure, FailureKind};
+use crate::reply_log::{Output, Streaming};
 use crate::sys::Region;
-use crate::wire::{Failure, FailureKind};
 
 static PROCESS_NAME: OnceLock<String> = OnceLock::new();
 
@@ -51,7 +51,7 @@ pub(crate) fn run_chunk(
 }
 
 /// Like [`run_chunk`], but writes the outcomes into `region` as each item
-/// finishes (see [`crate::stream`]), as the reply to task number `task`.
+/// finishes (see [`crate::reply_log`]), as the reply to task number `task`.
 /// `Ok` holds the reply's length.
 pub(crate) fn run_chunk_streaming(
     job: &str,
