@@ -138,6 +138,57 @@ fn an_explicit_chunksize_is_kept_exactly() {
 }
 
 #[test]
+fn an_optional_chunksize_takes_no_branch_and_none_lets_the_pool_choose() {
+    let pool = pool();
+    // What a command-line flag gives: one expression for both cases.
+    // Without one, map's own rule for 100 items on 2 workers:
+    // max(ceil(100 / 32), min(ceil(100 / 8), 256)) = 13 items, 8 tasks.
+    for (flag, expected_tasks) in [(Some(7), 15), (None, 8)] {
+        let before = tasks(&pool);
+        let got = pool.chunksize(flag).map(square, 0..100u64).unwrap();
+        assert_eq!(got, (0..100).map(|x| x * x).collect::<Vec<_>>());
+        assert_eq!(tasks(&pool) - before, expected_tasks, "chunksize {flag:?}");
+    }
+    // A handle with a chunk size shares the workers: the chosen size
+    // applies to its calls only.
+    let coarse = pool.chunksize(50);
+    let before = tasks(&pool);
+    coarse.map(square, 0..100u64).unwrap();
+    assert_eq!(tasks(&pool) - before, 2);
+    let before = tasks(&pool);
+    pool.map(square, 0..100u64).unwrap();
+    assert_eq!(tasks(&pool) - before, 8);
+}
+
+#[test]
+fn a_chunksize_of_zero_fails_each_kind_of_call_with_a_config_error() {
+    let pool = pool();
+    let zero = pool.chunksize(0);
+    let said = |result: Result<Vec<u64>, procpool::Error>, call: &str| match result {
+        Err(procpool::Error::Config(message)) => {
+            assert!(
+                message.contains("chunksize must be at least 1"),
+                "{call}: {message}"
+            )
+        }
+        other => panic!("{call}: {other:?}"),
+    };
+    said(zero.map(square, 0..4u64), "map");
+    said(zero.starmap(square, vec![(1u64,)]), "starmap");
+    said(
+        zero.map_async(square, 0..4u64).map(|_| Vec::new()),
+        "map_async",
+    );
+    said(zero.imap(square, 0..4u64).collect(), "imap");
+    said(
+        zero.imap_unordered(square, 0..4u64).collect(),
+        "imap_unordered",
+    );
+    // The pool itself is untouched.
+    assert_eq!(pool.map(square, 0..3u64).unwrap(), vec![0, 1, 4]);
+}
+
+#[test]
 fn a_pool_with_a_task_timeout_keeps_one_item_per_task() {
     // A timeout fails its whole task: one item per task fails only the
     // item that hung.

@@ -111,3 +111,80 @@ fn an_empty_input_ends_the_stream_at_once() {
     let (items, _) = collect_with_ticker(pool.imap(slow_square, Vec::<u64>::new()).into_stream());
     assert!(items.is_empty());
 }
+
+/// Compiles only for values that can go to another thread or a `'static`
+/// task (a response body, `tokio::spawn`).
+fn owned<T: Send + 'static>(value: T) -> T {
+    value
+}
+
+/// A stream built where the pool is, returned after the `Pool` variable is
+/// gone, as an axum handler returns `Body::from_stream(...)`.
+fn squares_stream(n: u64) -> impl Stream<Item = Result<u64, Error>> + Send + Unpin + 'static {
+    let pool = Pool::with_processes(2).expect("a pool");
+    owned(pool.imap(slow_square, 0..n).into_stream())
+}
+
+#[test]
+fn imap_iterators_and_streams_outlive_the_pool_variable_and_move_between_threads() {
+    // The stream, built and its pool variable dropped on this thread, then
+    // moved to another thread and into a `tokio::spawn`ed task there
+    // (which demands `Send + 'static`).
+    let stream = squares_stream(6);
+    let items = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async move {
+            let task = tokio::spawn(async move {
+                let mut stream = stream;
+                let mut items = Vec::new();
+                while let Some(item) = next(&mut stream).await {
+                    items.push(item.expect("a square"));
+                }
+                items
+            });
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the stream ended within 30 s")
+                .expect("the task did not panic")
+        })
+    })
+    .join()
+    .expect("the thread did not panic");
+    assert_eq!(items, vec![0, 1, 4, 9, 16, 25]);
+
+    // The iterator, moved to a thread after the pool variable was dropped:
+    // its own handle keeps the workers until it has yielded every item.
+    let pool = Pool::with_processes(2).expect("a pool");
+    let iterator = owned(pool.imap_unordered(slow_square, 0..6u64));
+    drop(pool);
+    let mut values: Vec<u64> =
+        std::thread::spawn(move || iterator.map(|item| item.expect("a square")).collect())
+            .join()
+            .expect("the thread did not panic");
+    values.sort_unstable();
+    assert_eq!(values, vec![0, 1, 4, 9, 16, 25]);
+}
+
+#[test]
+fn a_pool_handle_clone_shares_the_workers_and_their_close() {
+    let pool = Pool::with_processes(1).expect("a pool");
+    let other = owned(pool.clone());
+    let worker = std::thread::spawn(move || other.map(slow_square, 0..2u64));
+    assert_eq!(worker.join().expect("no panic").expect("map"), vec![0, 1]);
+    assert_eq!(
+        pool.stats().tasks_done,
+        2,
+        "the clone ran on the same worker"
+    );
+    let closer = pool.clone();
+    closer.close();
+    assert!(
+        matches!(pool.apply(slow_square, 2), Err(Error::Closed)),
+        "close on one handle closes the pool for every handle"
+    );
+    drop(closer);
+    pool.join().expect("join");
+}

@@ -273,8 +273,10 @@ impl ChunkSizer {
 /// ahead of what has been consumed. Dropping the iterator early skips the
 /// chunks that were queued but not started.
 #[must_use = "iterators are lazy: nothing runs until the Imap is iterated"]
-pub struct Imap<'pool, R, I: Iterator> {
-    pool: &'pool Pool,
+pub struct Imap<R, I: Iterator> {
+    /// A handle of its own: the iterator may outlive the caller's `Pool`
+    /// value (moved to another thread, or a response's stream).
+    pool: Pool,
     job: &'static str,
     input: Option<I>,
     encode: BoxedEncode<I::Item>,
@@ -298,7 +300,7 @@ pub struct Imap<'pool, R, I: Iterator> {
     ready: std::vec::IntoIter<Result<R, Error>>,
 }
 
-impl<R, I: Iterator> std::fmt::Debug for Imap<'_, R, I> {
+impl<R, I: Iterator> std::fmt::Debug for Imap<R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Imap")
             .field("job", &self.job)
@@ -310,13 +312,13 @@ impl<R, I: Iterator> std::fmt::Debug for Imap<'_, R, I> {
     }
 }
 
-impl<'pool, R, I> Imap<'pool, R, I>
+impl<R, I> Imap<R, I>
 where
     R: Send + 'static,
     I: Iterator,
 {
     pub(crate) fn new(
-        pool: &'pool Pool,
+        pool: Pool,
         job: &'static str,
         input: I,
         chunking: Chunking,
@@ -324,6 +326,10 @@ where
         encode: impl Encode<I::Item>,
         decode: Decode<R>,
     ) -> Self {
+        let progress = Progress::new(pool.shows_progress(), job, None);
+        let byte_limit = pool.max_chunk_bytes();
+        // One chunk running and one queued per worker keeps every worker busy.
+        let max_in_flight = 2 * pool.processes().max(1);
         Imap {
             pool,
             job,
@@ -332,7 +338,7 @@ where
             stream: Arc::new(Stream {
                 job,
                 decode,
-                progress: Progress::new(pool.shows_progress(), job, None),
+                progress,
                 state: Mutex::new(State {
                     finished: HashMap::new(),
                     completion: VecDeque::new(),
@@ -344,10 +350,9 @@ where
                 arrived: Condvar::new(),
             }),
             sizer: ChunkSizer::new(chunking),
-            byte_limit: pool.max_chunk_bytes(),
+            byte_limit,
             carried: None,
-            // One chunk running and one queued per worker keeps every worker busy.
-            max_in_flight: 2 * pool.processes().max(1),
+            max_in_flight,
             in_flight: 0,
             next_chunk: 0,
             next_item: 0,
@@ -357,19 +362,12 @@ where
         }
     }
 
-    /// An iterator that yields `error` once, reading no input.
-    pub(crate) fn failed(
-        pool: &'pool Pool,
-        job: &'static str,
-        input: I,
-        error: Error,
-        encode: impl Encode<I::Item>,
-        decode: Decode<R>,
-    ) -> Self {
-        let mut imap = Imap::new(pool, job, input, Chunking::Fixed(1), true, encode, decode);
-        imap.input = None;
-        imap.ready = vec![Err(error)].into_iter();
-        imap
+    /// The iterator of a call refused before it starts (a chunk size of
+    /// 0): it yields `error` once and reads no input.
+    pub(crate) fn refused(mut self, error: Error) -> Self {
+        self.input = None;
+        self.ready = vec![Err(error)].into_iter();
+        self
     }
 
     /// Pulls input until enough chunks are in flight or the input ends.
@@ -544,12 +542,12 @@ where
     /// # Ok(())
     /// # }
     /// ```
-    pub fn into_stream(self) -> ImapStream<'pool, R, I> {
+    pub fn into_stream(self) -> ImapStream<R, I> {
         ImapStream { imap: self }
     }
 }
 
-impl<R, I> Iterator for Imap<'_, R, I>
+impl<R, I> Iterator for Imap<R, I>
 where
     R: Send + 'static,
     I: Iterator,
@@ -571,7 +569,7 @@ where
     }
 }
 
-impl<R, I: Iterator> Drop for Imap<'_, R, I> {
+impl<R, I: Iterator> Drop for Imap<R, I> {
     fn drop(&mut self) {
         self.stream.progress.finish();
         self.stream
@@ -585,11 +583,11 @@ impl<R, I: Iterator> Drop for Imap<'_, R, I> {
 /// The results of [`Pool::imap`] or [`Pool::imap_unordered`] as a
 /// [`Stream`](futures_core::Stream). Created by [`Imap::into_stream`].
 #[must_use = "streams are lazy: nothing runs until the stream is polled"]
-pub struct ImapStream<'pool, R, I: Iterator> {
-    imap: Imap<'pool, R, I>,
+pub struct ImapStream<R, I: Iterator> {
+    imap: Imap<R, I>,
 }
 
-impl<R, I: Iterator> std::fmt::Debug for ImapStream<'_, R, I> {
+impl<R, I: Iterator> std::fmt::Debug for ImapStream<R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImapStream")
             .field("imap", &self.imap)
@@ -599,9 +597,9 @@ impl<R, I: Iterator> std::fmt::Debug for ImapStream<'_, R, I> {
 
 // Nothing in the stream is ever pinned in place (the input iterator is only
 // called through `&mut`), so it may move freely whatever `I` is.
-impl<R, I: Iterator> Unpin for ImapStream<'_, R, I> {}
+impl<R, I: Iterator> Unpin for ImapStream<R, I> {}
 
-impl<R, I> futures_core::Stream for ImapStream<'_, R, I>
+impl<R, I> futures_core::Stream for ImapStream<R, I>
 where
     R: Send + 'static,
     I: Iterator,

@@ -264,7 +264,7 @@ pub use call::AsyncResult;
 pub use error::{Error, ExitCause, IoCause};
 pub use imap::{Imap, ImapStream};
 pub use job::{IntoJob, ItemFor, Job, JobArgs};
-pub use pool::{Chunked, Pool, PoolBuilder};
+pub use pool::{Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder};
 pub use stats::{PoolStats, WorkerStats};
 

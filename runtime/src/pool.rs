@@ -25,7 +25,8 @@ use crate::progress::Progress;
 ///
 /// Jobs are functions marked [`#[pool_job]`](crate::pool_job). Results come
 /// back in input order. The pool is `Send + Sync`: share it between threads
-/// (by reference or in an `Arc`) and submit from all of them at once.
+/// (by reference, or a [`clone`](Clone::clone) of the handle) and submit
+/// from all of them at once.
 ///
 /// ```
 /// use procpool::{pool_job, Pool};
@@ -44,10 +45,27 @@ use crate::progress::Progress;
 /// # }
 /// ```
 ///
-/// Dropping a pool stops its workers at once (like Python's `terminate`)
-/// and reaps them; call [`close`](Pool::close) and [`join`](Pool::join)
-/// first to let queued work finish.
+/// A pool is a handle: [`clone`](Clone::clone) it (cheaply) to share its
+/// workers with another thread, a server's state or a `'static` task; the
+/// iterators of [`imap`](Pool::imap) and [`imap_unordered`](Pool::imap_unordered)
+/// hold one too, so they can outlive the `pool` variable (be moved into
+/// another thread, or returned as a response body's stream).
+///
+/// [`close`](Pool::close), [`join`](Pool::join) and
+/// [`terminate`](Pool::terminate) act on the workers every handle shares.
+/// Dropping the last handle stops the workers at once (like Python's
+/// `terminate`) and reaps them; call `close` and `join` first to let queued
+/// work finish. While an `Imap` is alive its handle keeps the workers, and
+/// it finishes its items.
 pub struct Pool {
+    workers: Arc<Workers>,
+    /// The chunk size this handle's calls use; `None`: the pool chooses.
+    /// Set by [`Pool::chunksize`].
+    chunksize: Option<usize>,
+}
+
+/// What every handle to one pool shares.
+struct Workers {
     backend: Box<dyn Backend>,
     progress: bool,
     /// Set, it keeps an untuned `imap` at one item per task: a timeout
@@ -55,10 +73,21 @@ pub struct Pool {
     task_timeout: Option<Duration>,
 }
 
+impl Clone for Pool {
+    /// Another handle to the same workers (and the same chunk size).
+    fn clone(&self) -> Pool {
+        Pool {
+            workers: Arc::clone(&self.workers),
+            chunksize: self.chunksize,
+        }
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("processes", &self.backend.processes())
+            .field("processes", &self.workers.backend.processes())
+            .field("chunksize", &self.chunksize)
             .finish()
     }
 }
@@ -337,11 +366,11 @@ impl PoolBuilder {
             }
             let backend =
                 crate::cluster::ClusterBackend::start(url, self.processes, self.task_timeout)?;
-            return Ok(Pool {
-                backend: Box::new(backend),
-                progress: self.progress,
-                task_timeout: self.task_timeout,
-            });
+            return Ok(Pool::over(
+                Box::new(backend),
+                self.progress,
+                self.task_timeout,
+            ));
         }
         let backend = LocalBackend::start(LocalConfig {
             processes,
@@ -352,11 +381,11 @@ impl PoolBuilder {
             retries: self.retries,
             max_memory_per_child: self.max_memory_per_child,
         })?;
-        Ok(Pool {
-            backend: Box::new(backend),
-            progress: self.progress,
-            task_timeout: self.task_timeout,
-        })
+        Ok(Pool::over(
+            Box::new(backend),
+            self.progress,
+            self.task_timeout,
+        ))
     }
 }
 
@@ -364,10 +393,17 @@ impl Pool {
     /// A pool over any backend: the in-process fake of the unit tests.
     #[cfg(test)]
     pub(crate) fn from_backend(backend: Box<dyn Backend>) -> Pool {
+        Pool::over(backend, false, None)
+    }
+
+    fn over(backend: Box<dyn Backend>, progress: bool, task_timeout: Option<Duration>) -> Pool {
         Pool {
-            backend,
-            progress: false,
-            task_timeout: None,
+            workers: Arc::new(Workers {
+                backend,
+                progress,
+                task_timeout,
+            }),
+            chunksize: None,
         }
     }
 
@@ -409,7 +445,7 @@ impl Pool {
     /// A cluster pool's workers are other programs: its counters stay at
     /// zero (see `procpool::cluster::inspect` for a queue's state).
     pub fn stats(&self) -> crate::PoolStats {
-        self.backend.stats()
+        self.workers.backend.stats()
     }
 
     /// A builder for a pool with more settings.
@@ -420,7 +456,7 @@ impl Pool {
     /// The number of worker processes; for a cluster pool, the number of
     /// workers its chunks are sized for (see `PoolBuilder::cluster`).
     pub fn processes(&self) -> usize {
-        self.backend.processes()
+        self.workers.backend.processes()
     }
 
     /// Runs `job` on every item and returns the results in input order.
@@ -444,7 +480,7 @@ impl Pool {
         self.map_blocking(
             job.name(),
             items,
-            None,
+            self.chosen_chunksize()?,
             encode_items(&job),
             Decode::of(&job),
         )
@@ -487,7 +523,7 @@ impl Pool {
         self.map_blocking(
             job.name(),
             items,
-            None,
+            self.chosen_chunksize()?,
             encode_arg_tuples(&job),
             Decode::of(&job),
         )
@@ -520,7 +556,7 @@ impl Pool {
         self.map_encoded(
             job.name(),
             items,
-            None,
+            self.chosen_chunksize()?,
             encode_items(&job),
             Decode::of(&job),
             None,
@@ -595,7 +631,7 @@ impl Pool {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn imap<J, A, R, I>(&self, job: J, items: I) -> Imap<'_, R, I::IntoIter>
+    pub fn imap<J, A, R, I>(&self, job: J, items: I) -> Imap<R, I::IntoIter>
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
@@ -608,7 +644,7 @@ impl Pool {
 
     /// Like [`imap`](Pool::imap), but yields results as they complete,
     /// whatever their input order. Chunks are sized as for `imap`.
-    pub fn imap_unordered<J, A, R, I>(&self, job: J, items: I) -> Imap<'_, R, I::IntoIter>
+    pub fn imap_unordered<J, A, R, I>(&self, job: J, items: I) -> Imap<R, I::IntoIter>
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
@@ -619,8 +655,8 @@ impl Pool {
         self.lazy(job, items, false)
     }
 
-    /// `imap` or `imap_unordered` with the pool's own chunk sizes.
-    fn lazy<J, A, R, I>(&self, job: J, items: I, ordered: bool) -> Imap<'_, R, I::IntoIter>
+    /// `imap` or `imap_unordered`, with this handle's chunk size.
+    fn lazy<J, A, R, I>(&self, job: J, items: I, ordered: bool) -> Imap<R, I::IntoIter>
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
@@ -628,47 +664,91 @@ impl Pool {
         I: IntoIterator,
         I::Item: ItemFor<A::Item>,
     {
-        let chunking = match self.task_timeout {
-            Some(_) => Chunking::Fixed(1),
-            None => Chunking::Adaptive {
-                max_bytes: MAX_AUTO_CHUNK_BYTES,
+        let (chunking, refused) = match self.chosen_chunksize() {
+            Ok(Some(size)) => (Chunking::Fixed(size), None),
+            Ok(None) => match self.workers.task_timeout {
+                Some(_) => (Chunking::Fixed(1), None),
+                None => (
+                    Chunking::Adaptive {
+                        max_bytes: MAX_AUTO_CHUNK_BYTES,
+                    },
+                    None,
+                ),
             },
+            Err(error) => (Chunking::Fixed(1), Some(error)),
         };
-        Imap::new(
-            self,
+        let imap = Imap::new(
+            self.clone(),
             job.name(),
             items.into_iter(),
             chunking,
             ordered,
             encode_items(&job),
             Decode::of(&job),
-        )
+        );
+        match refused {
+            Some(error) => imap.refused(error),
+            None => imap,
+        }
     }
 
-    /// Sets the chunk size for one call (Python's `chunksize=` argument):
+    /// A handle to the same workers whose calls cut their input into
+    /// chunks of `chunksize` items (Python's `chunksize=` argument):
     /// `pool.chunksize(1000).imap_unordered(square, 0..100_000)`.
     ///
     /// `chunksize` items travel to a worker in one message. Large chunks cut
-    /// per-message costs; small ones balance uneven work. A chunk size of 0
-    /// makes the call fail with [`Error::Config`].
-    pub fn chunksize(&self, chunksize: usize) -> Chunked<'_> {
-        Chunked {
-            pool: self,
-            chunksize,
+    /// per-message costs; small ones balance uneven work. `None` lets the
+    /// pool choose, as a pool's calls do unless told, so an optional value
+    /// (a command-line flag) needs no branch:
+    /// `pool.chunksize(args.chunksize).map(...)`. A chunk size of 0 makes
+    /// the calls fail with [`Error::Config`].
+    ///
+    /// ```
+    /// use procpool::{pool_job, Pool};
+    ///
+    /// #[pool_job]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = Pool::with_processes(2)?;
+    /// let flag: Option<usize> = None; // say, from the command line
+    /// assert_eq!(pool.chunksize(flag).map(square, 0..4)?, vec![0, 1, 4, 9]);
+    /// assert_eq!(pool.chunksize(2).map(square, 0..4)?, vec![0, 1, 4, 9]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use = "chunksize returns a handle for the calls that follow: pool.chunksize(n).map(...)"]
+    pub fn chunksize(&self, chunksize: impl Into<Option<usize>>) -> Pool {
+        Pool {
+            workers: Arc::clone(&self.workers),
+            chunksize: chunksize.into(),
+        }
+    }
+
+    /// This handle's chunk size, if one was chosen; 0 is refused here, at
+    /// the call, where the error can be returned.
+    fn chosen_chunksize(&self) -> Result<Option<usize>, Error> {
+        match self.chunksize {
+            Some(0) => Err(Error::Config(
+                "chunksize must be at least 1 (or None to let the pool choose)".into(),
+            )),
+            chosen => Ok(chosen),
         }
     }
 
     pub(crate) fn shows_progress(&self) -> bool {
-        self.progress
+        self.workers.progress
     }
 
     pub(crate) fn submit_task(&self, task: Task) -> Result<(), Error> {
-        self.backend.submit(task)
+        self.workers.backend.submit(task)
     }
 
     /// The backend's hard limit on a chunk's encoded size, if it has one.
     pub(crate) fn max_chunk_bytes(&self) -> Option<usize> {
-        self.backend.max_chunk_bytes()
+        self.workers.backend.max_chunk_bytes()
     }
 
     /// Like [`starmap`](Pool::starmap), but returns at once with an [`AsyncResult`].
@@ -683,7 +763,7 @@ impl Pool {
         self.map_encoded(
             job.name(),
             items,
-            None,
+            self.chosen_chunksize()?,
             encode_arg_tuples(&job),
             Decode::of(&job),
             None,
@@ -727,19 +807,19 @@ impl Pool {
     /// Stops accepting work. Queued and running tasks still finish; later
     /// calls fail with [`Error::Closed`].
     pub fn close(&self) {
-        self.backend.close();
+        self.workers.backend.close();
     }
 
     /// Waits for all queued work to finish and every worker to exit.
     /// Closes the pool first if [`close`](Pool::close) was not called.
     pub fn join(&self) -> Result<(), Error> {
-        self.backend.join()
+        self.workers.backend.join()
     }
 
     /// Stops the workers now (SIGKILL). Calls still running or queued fail
     /// promptly with [`Error::Terminated`]; later calls fail with [`Error::Closed`].
     pub fn terminate(&self) {
-        self.backend.terminate();
+        self.workers.backend.terminate();
     }
 
     /// Encodes `items` into chunks and queues them as they fill, so workers
@@ -758,7 +838,7 @@ impl Pool {
         M: Finish<R>,
         E: Encode<X>,
     {
-        if self.backend.is_closed() {
+        if self.workers.backend.is_closed() {
             return Err(Error::Closed);
         }
         // A chunk size the caller chose is kept as is (Python's meaning).
@@ -771,7 +851,7 @@ impl Pool {
             .unwrap_or_else(|| default_chunksize(expected, self.processes()))
             .max(1);
         // A bar for a single `apply` would only flicker.
-        let progress = Progress::new(self.progress && expected > 1, job, Some(expected));
+        let progress = Progress::new(self.workers.progress && expected > 1, job, Some(expected));
         let call = Call::<R, M>::new(job, decode, progress, expected);
         let (window, drive_here) = match waiting {
             Waiting::Window(window) => (Some(window), false),
@@ -783,7 +863,7 @@ impl Pool {
         };
         // A backend's hard limit (a cluster's `max_payload`): a chunk that
         // an item would take over it goes without that item.
-        let byte_limit = self.backend.max_chunk_bytes();
+        let byte_limit = self.workers.backend.max_chunk_bytes();
         let serialization = |index: usize, problem: crate::codec::Problem| {
             let error =
                 crate::codec::error_for(job, format!("serialize argument {index}"), problem);
@@ -867,141 +947,15 @@ impl Pool {
         chunk.first += count;
         call.expect_chunk();
         let submitted = if chunk.drive_here {
-            self.backend.submit_and_drive(task)
+            self.workers.backend.submit_and_drive(task)
         } else {
-            self.backend.submit(task)
+            self.workers.backend.submit(task)
         };
         if let Err(error) = submitted {
             call.abandon(error.clone());
             return Err(error);
         }
         Ok(())
-    }
-}
-
-/// A [`Pool`] with a chunk size chosen for the next call. Created by [`Pool::chunksize`].
-#[derive(Debug, Clone, Copy)]
-#[must_use = "call map, imap, ... on it"]
-pub struct Chunked<'pool> {
-    pool: &'pool Pool,
-    chunksize: usize,
-}
-
-impl<'pool> Chunked<'pool> {
-    fn checked(&self) -> Result<usize, Error> {
-        if self.chunksize == 0 {
-            Err(Error::Config("chunksize must be at least 1".into()))
-        } else {
-            Ok(self.chunksize)
-        }
-    }
-
-    /// [`Pool::map`] with this chunk size.
-    pub fn map<J, A, R, I>(&self, job: J, items: I) -> Result<Vec<R>, Error>
-    where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
-        R: Send + 'static,
-        I: IntoIterator,
-        I::Item: ItemFor<A::Item>,
-    {
-        self.pool.map_blocking(
-            job.name(),
-            items,
-            Some(self.checked()?),
-            encode_items(&job),
-            Decode::of(&job),
-        )
-    }
-
-    /// [`Pool::map_async`] with this chunk size.
-    pub fn map_async<J, A, R, I>(&self, job: J, items: I) -> Result<AsyncResult<Vec<R>>, Error>
-    where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
-        R: Send + 'static,
-        I: IntoIterator,
-        I::Item: ItemFor<A::Item>,
-    {
-        self.pool.map_encoded(
-            job.name(),
-            items,
-            Some(self.checked()?),
-            encode_items(&job),
-            Decode::of(&job),
-            None,
-        )
-    }
-
-    /// [`Pool::starmap`] with this chunk size.
-    pub fn starmap<J, A, R, I>(&self, job: J, items: I) -> Result<Vec<R>, Error>
-    where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
-        R: Send + 'static,
-        I: IntoIterator,
-        I::Item: ItemFor<A>,
-    {
-        self.pool.map_blocking(
-            job.name(),
-            items,
-            Some(self.checked()?),
-            encode_arg_tuples(&job),
-            Decode::of(&job),
-        )
-    }
-
-    /// [`Pool::imap`] with this chunk size.
-    pub fn imap<J, A, R, I>(&self, job: J, items: I) -> Imap<'pool, R, I::IntoIter>
-    where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
-        R: Send + 'static,
-        I: IntoIterator,
-        I::Item: ItemFor<A::Item>,
-    {
-        self.lazy(job, items, true)
-    }
-
-    /// [`Pool::imap_unordered`] with this chunk size.
-    pub fn imap_unordered<J, A, R, I>(&self, job: J, items: I) -> Imap<'pool, R, I::IntoIter>
-    where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
-        R: Send + 'static,
-        I: IntoIterator,
-        I::Item: ItemFor<A::Item>,
-    {
-        self.lazy(job, items, false)
-    }
-
-    fn lazy<J, A, R, I>(&self, job: J, items: I, ordered: bool) -> Imap<'pool, R, I::IntoIter>
-    where
-        J: IntoJob<Args = A, Output = R>,
-        A: JobArgs,
-        R: Send + 'static,
-        I: IntoIterator,
-        I::Item: ItemFor<A::Item>,
-    {
-        match self.checked() {
-            Ok(size) => Imap::new(
-                self.pool,
-                job.name(),
-                items.into_iter(),
-                Chunking::Fixed(size),
-                ordered,
-                encode_items(&job),
-                Decode::of(&job),
-            ),
-            Err(error) => Imap::failed(
-                self.pool,
-                job.name(),
-                items.into_iter(),
-                error,
-                encode_items(&job),
-                Decode::of(&job),
-            ),
-        }
     }
 }
 
