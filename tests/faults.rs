@@ -433,8 +433,8 @@ fn a_forked_copy_of_a_worker_never_answers_for_it() {
 fn io_error(err: &Error) -> Option<&std::io::Error> {
     let mut cause = std::error::Error::source(err);
     while let Some(inner) = cause {
-        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            return Some(io);
+        if let Some(io) = inner.downcast_ref::<procpool::IoCause>() {
+            return Some(io.io_error());
         }
         cause = inner.source();
     }

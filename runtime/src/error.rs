@@ -155,7 +155,11 @@ pub enum Error {
         message: String,
     },
 
-    /// A worker process could not be started or did not connect back.
+    /// A worker process could not be started or did not connect back: it
+    /// died or timed out while starting, or its greeting was wrong. When
+    /// the operating system refused what a start needed (processes, file
+    /// descriptors, memory), the error is [`Error::System`] instead, with
+    /// the OS error as its source.
     #[error("could not start a worker process: {0}")]
     Spawn(String),
 
@@ -256,15 +260,18 @@ pub enum Error {
     },
 
     /// Communication with a worker failed in an unexpected way, or a
-    /// worker broke the protocol (a job wrote to the worker's channel or
+    /// worker broke the protocol (an OS error on the way is
+    /// [`Error::System`] instead) (a job wrote to the worker's channel or
     /// forked a process that answered); the worker was replaced.
     #[error("inter-process communication failed: {0}")]
     Ipc(String),
 
     /// The operating system refused something procpool needed (file
-    /// descriptors, memory, processes). [`source`](std::error::Error::source)
-    /// is the [`std::io::Error`]; the text says what to change.
-    #[error("{context}: {cause}")]
+    /// descriptors, memory, processes). The text says what procpool was
+    /// doing and, where there is something to change, what;
+    /// [`source`](std::error::Error::source) is the operating system's
+    /// error (print the chain, e.g. anyhow's `{:#}`, to see both).
+    #[error("{context}{advice}", advice = cause.advice())]
     System {
         /// What procpool was doing, e.g. "could not start a worker process".
         context: String,
@@ -319,8 +326,8 @@ impl Error {
 }
 
 /// An operating-system error kept by [`Error::System`]: shared, so that
-/// `Error` stays `Clone`; its text adds what to do where there is
-/// something to do (`ulimit -n` for "too many open files").
+/// `Error` stays `Clone`. It displays as the OS error itself (the system's
+/// text and number); the `System` error it belongs to says what to do.
 #[derive(Debug, Clone)]
 pub struct IoCause(Arc<std::io::Error>);
 
@@ -329,17 +336,25 @@ impl IoCause {
     pub fn io_error(&self) -> &std::io::Error {
         &self.0
     }
+
+    /// `": what to do"`, when there is something to do, for
+    /// [`Error::System`]'s text.
+    fn advice(&self) -> String {
+        crate::sys::io_advice(&self.0).map_or_else(String::new, |advice| format!(": {advice}"))
+    }
 }
 
 impl fmt::Display for IoCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::sys::describe_io(&self.0))
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
+// The io::Error's own source, not the io::Error again: its text is this
+// cause's text, and a printed chain says each thing once.
 impl std::error::Error for IoCause {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+        std::error::Error::source(&*self.0)
     }
 }
 
@@ -351,3 +366,50 @@ impl PartialEq for IoCause {
 }
 
 impl Eq for IoCause {}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    /// `err` and its causes, as anyhow's `{:#}` prints them.
+    fn chain(err: &Error) -> String {
+        let mut text = err.to_string();
+        let mut cause = std::error::Error::source(err);
+        while let Some(inner) = cause {
+            text += &format!(": {inner}");
+            cause = inner.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_system_errors_chain_says_the_os_error_once_and_what_to_do_once() {
+        for (errno, advice) in [
+            (libc::EMFILE, Some("ulimit -n")),
+            (libc::EAGAIN, Some("ulimit -u")),
+            (libc::EACCES, None),
+        ] {
+            let os = std::io::Error::from_raw_os_error(errno).to_string();
+            let err = Error::system(
+                "could not start a worker process",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            let printed = chain(&err);
+            assert_eq!(printed.matches(&os).count(), 1, "{printed}");
+            assert_eq!(
+                printed.matches("could not start a worker process").count(),
+                1,
+                "{printed}"
+            );
+            if let Some(advice) = advice {
+                assert_eq!(printed.matches(advice).count(), 1, "{printed}");
+                assert!(err.to_string().contains(advice), "{err}");
+            }
+            // The cause is reachable for code, with its number.
+            let cause = std::error::Error::source(&err)
+                .and_then(|cause| cause.downcast_ref::<super::IoCause>())
+                .map(|cause| cause.io_error().raw_os_error());
+            assert_eq!(cause, Some(Some(errno)), "{printed}");
+        }
+    }
+}

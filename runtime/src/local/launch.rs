@@ -578,10 +578,7 @@ impl WorkerProcess {
                 Ok(_) => continue,
                 Err(err) => {
                     self.kill_and_reap();
-                    return Err(Lost::Protocol(format!(
-                        "waiting for it failed: {}",
-                        sys::describe_io(&err)
-                    )));
+                    return Err(Lost::System(err));
                 }
             }
         }

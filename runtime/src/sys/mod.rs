@@ -94,25 +94,37 @@ pub(crate) fn random_hex() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// `err` as a sentence that says what to do when there is something to do.
-pub(crate) fn describe_io(err: &std::io::Error) -> String {
+/// What to do about `err`, when there is something to do, as a sentence
+/// that does not repeat the OS error's own text (an [`Error::System`]
+/// returns that from `source()`).
+///
+/// [`Error::System`]: crate::Error::System
+pub(crate) fn io_advice(err: &std::io::Error) -> Option<&'static str> {
     match err.raw_os_error().map(Errno::from_raw_os_error) {
-        Some(Errno::MFILE) => format!(
-            "too many open files in this process ({err}): raise its limit with `ulimit -n` \
-             (RLIMIT_NOFILE), or close files it no longer needs"
+        Some(Errno::MFILE) => Some(
+            "too many open files in this process: raise its limit with `ulimit -n` \
+             (RLIMIT_NOFILE), or close files it no longer needs",
         ),
-        Some(Errno::NFILE) => {
-            format!("too many open files on this system ({err}): raise fs.file-max")
-        }
-        Some(Errno::NOMEM) => format!("out of memory or address space ({err})"),
+        Some(Errno::NFILE) => Some("too many open files on this system: raise fs.file-max"),
+        Some(Errno::NOMEM) => Some("out of memory or address space"),
         // What fork, clone and pthread_create say at the limit on
         // processes and threads (RLIMIT_NPROC counts both), or when the
         // system has no more tasks or memory for one.
-        Some(Errno::AGAIN) => format!(
-            "the limit on processes and threads was reached ({err}): raise this user's limit \
-             with `ulimit -u` (RLIMIT_NPROC), or end processes it no longer needs; otherwise \
-             the system is out of memory or process ids (kernel.threads-max, a cgroup's pids.max)"
+        Some(Errno::AGAIN) => Some(
+            "the limit on processes and threads was reached: raise this user's limit with \
+             `ulimit -u` (RLIMIT_NPROC), or end processes it no longer needs; otherwise the \
+             system is out of memory or process ids (kernel.threads-max, a cgroup's pids.max)",
         ),
-        _ => err.to_string(),
+        _ => None,
+    }
+}
+
+/// `err` as one line of text, with what to do when there is something to
+/// do: for messages that can only carry text (a worker's report to its
+/// parent).
+pub(crate) fn describe_io(err: &std::io::Error) -> String {
+    match io_advice(err) {
+        Some(advice) => format!("{advice} ({err})"),
+        None => err.to_string(),
     }
 }
