@@ -624,7 +624,7 @@ fn a_very_deep_value_fails_cleanly() {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_very_deep_value",
+            "fidelity::helper_very_deep_value",
             "--ignored",
             "--nocapture",
         ])

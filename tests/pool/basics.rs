@@ -287,7 +287,10 @@ fn jobs_in_nested_modules_and_other_crates() {
         .unwrap(),
         vec!["A", "BC"]
     );
-    assert_eq!(nested::deeper::shout.name(), "core::nested::deeper::shout");
+    assert_eq!(
+        nested::deeper::shout.name(),
+        "pool::basics::nested::deeper::shout"
+    );
     assert_eq!(pool.apply(manhattan, Point { x: -3, y: 4 }).unwrap(), 7);
     assert_eq!(manhattan(Point { x: 1, y: -1 }), 2);
     let pid = pool.apply(procpool_test_jobs::worker_pid, ()).unwrap();
@@ -297,7 +300,7 @@ fn jobs_in_nested_modules_and_other_crates() {
 #[test]
 fn name_option_registers_under_that_name() {
     assert_eq!(renamed.name(), "custom.registered.name");
-    assert_eq!(square.name(), "core::square");
+    assert_eq!(square.name(), "pool::basics::square");
     let pool = pool(1);
     assert_eq!(pool.map(renamed, vec![1, 2]).unwrap(), vec![2, 3]);
 }
@@ -329,7 +332,7 @@ fn panic_is_reported_and_pool_survives() {
             index,
             message,
         } => {
-            assert_eq!(job, "core::panics_on_three");
+            assert_eq!(job, "pool::basics::panics_on_three");
             assert_eq!(*index, 3);
             assert!(message.contains("three is not allowed"), "{message}");
         }
@@ -358,7 +361,7 @@ fn killed_worker_is_reported_and_replaced() {
         } => {
             assert!(before.contains(pid), "{pid} not in {before:?}");
             assert_eq!(*cause, procpool::ExitCause::Signal(9));
-            assert_eq!(job, "core::kill_self");
+            assert_eq!(job, "pool::basics::kill_self");
         }
         other => panic!("expected WorkerDied, got {other:?}"),
     }
@@ -495,11 +498,11 @@ fn unserializable_argument_is_reported_and_pool_survives() {
         .unwrap_err();
     match &err {
         Error::Serialization { job, message, .. } => {
-            assert_eq!(job, "core::takes_unserializable");
+            assert_eq!(job, "pool::basics::takes_unserializable");
             // The impl's own words, and the type they are about.
             assert_eq!(
                 message,
-                "cannot serialize a `core::Unserializable`: Unserializable holds a file handle"
+                "cannot serialize a `pool::basics::Unserializable`: Unserializable holds a file handle"
             );
         }
         other => panic!("expected Serialization, got {other:?}"),

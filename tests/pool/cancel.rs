@@ -66,7 +66,7 @@ fn cancel_skips_queued_tasks_and_the_call_fails_with_cancelled() {
     let waited = next_apply(&pool);
     assert!(waited < BOUND, "the next apply waited {waited:?}");
     match pending.get() {
-        Err(Error::Cancelled { job }) => assert_eq!(job, "cancel::sleepy"),
+        Err(Error::Cancelled { job }) => assert_eq!(job, "pool::cancel::sleepy"),
         other => panic!("expected Cancelled, got {other:?}"),
     }
 }
