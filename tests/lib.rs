@@ -190,6 +190,7 @@ impl RedisServer {
         &self.dir
     }
 
+    /// The loopback port it listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -305,10 +306,12 @@ fn make_certificates(dir: &std::path::Path) {
 /// made with `redis-server --cluster-enabled yes` and
 /// `redis-cli --cluster create`; every node is killed when dropped.
 pub struct RedisCluster {
+    /// The masters, in the order they were started.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Starts the three nodes and joins them into one cluster.
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {

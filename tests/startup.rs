@@ -41,6 +41,7 @@ fn with_hook<T>(mode: &str, f: impl FnOnce() -> T) -> T {
     // pool reads it only while spawning, inside `f`.
     unsafe { std::env::set_var(HOOK, mode) };
     let result = f();
+    // SAFETY: as above, still under ENV.
     unsafe { std::env::remove_var(HOOK) };
     result
 }

@@ -253,23 +253,26 @@ fn helper_killed_template() {
             .iter()
             .all(|o| o.constructed_in != old && o.constructed_in != o.pid)
     };
-    // SAFETY (all kill calls below): plain kill(2) on the template, a
-    // child of this process.
     let old = template_pid();
+    // SAFETY: plain kill(2) on the template, a child of this process;
+    // no memory is involved (the same for the kill calls below).
     unsafe { libc::kill(old as i32, libc::SIGKILL) };
     eventually("the template to die", || !running(old));
     println!("AFTER DEATH {}", new_pool_works(old));
 
     // Asked at once: the request may reach it while it dies.
     let old = template_pid();
+    // SAFETY: as above.
     unsafe { libc::kill(old as i32, libc::SIGKILL) };
     println!("AT ONCE {}", new_pool_works(old));
 
     // Killed with a request in its queue: whether it forked is unknown.
     let old = template_pid();
+    // SAFETY: as above.
     unsafe { libc::kill(old as i32, libc::SIGSTOP) };
     let starting = std::thread::spawn(move || new_pool_works(old));
     std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
     unsafe { libc::kill(old as i32, libc::SIGKILL) };
     println!("HOLDING A REQUEST {}", starting.join().unwrap());
 }
@@ -448,6 +451,7 @@ fn helper_changing_environment() {
     // no pool runs while the environment changes.
     unsafe { std::env::set_var(var, "first") };
     report("SET");
+    // SAFETY: as above.
     unsafe { std::env::set_var(var, "second") };
     report("CHANGED");
     std::env::set_current_dir("/").unwrap();

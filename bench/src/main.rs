@@ -28,7 +28,10 @@ use systems::{System, Workload};
 /// One measured cell: a workload under a system.
 #[derive(Debug, Clone)]
 pub struct Measured {
+    /// The median of the runs, in the workload's unit (seconds, or bytes
+    /// for memory rows).
     pub median: f64,
+    /// Every run's figure, in the order they ran.
     pub runs: Vec<f64>,
 }
 

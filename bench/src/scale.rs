@@ -149,7 +149,7 @@ fn measure(workers: usize, tasks: u64) -> Result<String, String> {
 }
 
 /// Prints the table for each worker count in `counts`.
-pub fn run(counts: &[usize], tasks: u64) {
+pub(crate) fn run(counts: &[usize], tasks: u64) {
     println!(
         "| workers | tasks/s | Redis commands per task | Redis µs in commands per task | \
          Redis CPU µs per task | idle commands/s | idle Redis CPU |"

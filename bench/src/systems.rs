@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::{Measured, since, three};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum System {
+pub(crate) enum System {
     Procpool,
     /// procpool with `.cluster(url)`: 2 cluster workers on this host,
     /// through a redis-server the benchmark starts on loopback.
@@ -26,7 +26,7 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 7] = [
+    pub(crate) const ALL: [System; 7] = [
         System::Procpool,
         System::Cluster,
         System::Python,
@@ -36,7 +36,7 @@ impl System {
         System::Pipe,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             System::Procpool => "procpool",
             System::Cluster => "procpool_redis",
@@ -50,7 +50,7 @@ impl System {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Workload {
+pub(crate) enum Workload {
     Startup,
     ApplyRtt,
     MapTrivial,
@@ -71,7 +71,7 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 10] = [
+    pub(crate) const ALL: [Workload; 10] = [
         Workload::Startup,
         Workload::ApplyRtt,
         Workload::MapTrivial,
@@ -85,7 +85,7 @@ impl Workload {
     ];
 
     /// The name `python_pool.py` reports.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Workload::Startup => "startup_ms",
             Workload::ApplyRtt => "apply_rtt_us",
@@ -109,7 +109,7 @@ impl Workload {
         }
     }
 
-    pub fn unit(self) -> &'static str {
+    pub(crate) fn unit(self) -> &'static str {
         match self {
             Workload::Startup | Workload::Echo1MiB | Workload::Echo16MiB => "ms",
             Workload::ApplyRtt => "us",
@@ -122,7 +122,7 @@ impl Workload {
     /// The goal for procpool in this row, procpool's ratios to the
     /// systems the goal names, and whether it was met. `median` gives any
     /// cell of the run (the untuned imap row is judged against the tuned one).
-    pub fn verdict(self, median: &dyn Fn(Workload, System) -> Option<f64>) -> Verdict {
+    pub(crate) fn verdict(self, median: &dyn Fn(Workload, System) -> Option<f64>) -> Verdict {
         let cell = |system| median(self, system);
         let ours = cell(System::Procpool);
         let python = cell(System::Python);
@@ -193,7 +193,7 @@ impl Workload {
 }
 
 /// One row's goal, procpool's measured ratios, and whether the goal was met.
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub goal: String,
     pub ratios: String,
     pub met: String,
@@ -246,7 +246,7 @@ fn spin_plain(n: u64) -> u64 {
 }
 
 /// Iterations of `spin` that take about 5 ms here, like Python's calibration.
-pub fn spin_iterations() -> u64 {
+pub(crate) fn spin_iterations() -> u64 {
     static N: OnceLock<u64> = OnceLock::new();
     *N.get_or_init(|| {
         // Median of 5 timings of a ~20 ms run: one short run misjudges
@@ -264,7 +264,7 @@ pub fn spin_iterations() -> u64 {
     })
 }
 
-pub fn machine_description() -> String {
+pub(crate) fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -346,7 +346,7 @@ fn na(why: &str) -> Result<Measured, String> {
     Err(why.to_owned())
 }
 
-pub fn run(system: System, workload: Workload) -> Result<Measured, String> {
+pub(crate) fn run(system: System, workload: Workload) -> Result<Measured, String> {
     match system {
         System::Procpool => Ok(procpool_run(workload, &|| {
             Pool::with_processes(2).expect("pool")
@@ -466,7 +466,7 @@ fn procpool_run(workload: Workload, new_pool: &dyn Fn() -> Pool) -> Measured {
 
 // ---- procpool over Redis --------------------------------------------------
 
-pub mod cluster {
+pub(crate) mod cluster {
     use std::process::{Child, Command, Stdio};
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -483,7 +483,7 @@ pub mod cluster {
 
     /// The URL of a queue served by 2 cluster workers on this host, through
     /// a redis-server started for this run (no persistence, loopback only).
-    pub fn url() -> Result<String, String> {
+    pub(crate) fn url() -> Result<String, String> {
         let mut cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
         cluster
             .get_or_insert_with(start)
@@ -521,7 +521,7 @@ pub mod cluster {
     }
 
     /// Stops the workers and the server, if they were started.
-    pub fn finish() {
+    pub(crate) fn finish() {
         let taken = CLUSTER.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(taken);
     }
@@ -744,7 +744,7 @@ fn sequential_run(workload: Workload) -> Result<Measured, String> {
 // ---- the floor: a raw pipe ping-pong with a child process ----------------
 
 /// The child side: echo 8-byte messages until stdin closes.
-pub fn pong() {
+pub(crate) fn pong() {
     let mut stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
     let mut buf = [0u8; 8];
@@ -761,7 +761,7 @@ pub fn pong() {
 
 /// The child side of the echo floor: reads a message (an 8-byte length,
 /// then the bytes) whole, then writes it back, until stdin closes.
-pub fn echo_child() {
+pub(crate) fn echo_child() {
     let mut stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
     let mut header = [0u8; 8];
@@ -840,7 +840,7 @@ fn pipe_rtt_us() -> f64 {
 // ---- Python -----------------------------------------------------------------
 
 /// Runs `python_pool.py fork --json` and reads its medians and runs.
-pub fn python(workloads: &[Workload]) -> HashMap<&'static str, Result<Measured, String>> {
+pub(crate) fn python(workloads: &[Workload]) -> HashMap<&'static str, Result<Measured, String>> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python_pool.py");
     let output = Command::new("python3")
         .args([script, "fork", "--json"])

@@ -215,8 +215,6 @@
 //   deadline  the one place a user's duration becomes an Instant:
 //             Duration::MAX is no deadline (imports nothing of the crate)
 
-#![deny(missing_docs)]
-
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "procpool supports Linux only: it relies on pidfds, memfds, SOCK_SEQPACKET socket \

@@ -126,7 +126,7 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// and reported like a panic in the job: it never unwinds into the worker
 /// loop, which would abort the worker.
 #[doc(hidden)]
-pub fn invoke<T, R>(
+pub(crate) fn invoke<T, R>(
     count: usize,
     input: &[u8],
     output: &mut Output<'_>,

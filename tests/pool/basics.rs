@@ -88,7 +88,7 @@ fn kill_self(x: u64) -> u64 {
 }
 
 mod nested {
-    pub mod deeper {
+    pub(super) mod deeper {
         use procpool::pool_job;
 
         #[pool_job]

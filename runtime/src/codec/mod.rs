@@ -813,6 +813,8 @@ mod proptests;
 
 // Not public API: re-exported as `procpool::__fuzz` for the fuzz targets
 // (`fuzz/`, built with cargo-fuzz's `--cfg fuzzing`); the property tests
-// use it too.
+// use it too. Its items are `pub` for that re-export, which exists only
+// under `fuzzing`.
 #[cfg(any(test, fuzzing))]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub mod fuzz;
