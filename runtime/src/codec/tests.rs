@@ -1,4 +1,6 @@
 use super::*;
+use crate::failure::Failure;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 fn round_trip<T>(values: &[T]) -> Vec<T>
