@@ -19,7 +19,7 @@ pub(super) struct State<R> {
     /// Chunk numbers in the order they finished.
     pub(super) completion: VecDeque<usize>,
     pub(super) cancelled: bool,
-    /// The task polling an [`ImapStream`], woken when a chunk arrives.
+    /// The task polling an [`ImapStream`](super::ImapStream), woken when a chunk arrives.
     pub(super) waker: Option<Waker>,
     /// When each chunk still out began to be filled (adaptive sizing only).
     pub(super) started: HashMap<usize, Instant>,
