@@ -29,7 +29,62 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
     let ident = &function.sig.ident;
     let vis = &function.vis;
     let hidden = format_ident!("__procpool_job_{}", ident, span = ident.span());
+    let renamed = renamed(function, &hidden);
+    let documented = documented(job);
+    let const_attrs = function.attrs.iter().filter(|a| belongs_on_const(a));
+    let (fn_type, tuple, output) = job_types(job);
+    let checks = type_checks(&krate, job);
+    let entry = registry_entry(&krate, options, job, &hidden);
+    let codec = codec_functions(&krate, job);
 
+    quote! {
+        #[cfg(doc)]
+        #documented
+
+        #[cfg(not(doc))]
+        #(#const_attrs)*
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: #krate::Job<#fn_type, #tuple, #output> = {
+            #[allow(non_snake_case)]
+            #renamed
+
+            #checks
+
+            #entry
+
+            #krate::__private::new_job::<#fn_type, #tuple, #output>(
+                #hidden as #fn_type,
+                &__PROCPOOL_ENTRY,
+                #codec
+            )
+        };
+    }
+}
+
+/// The job's `fn(A, B) -> R` type, its argument tuple `(A, B,)` and its
+/// output type, as the `Job` handle names them.
+fn job_types(job: &Job) -> (TokenStream, TokenStream, &Type) {
+    let args = &job.args;
+    let output = &job.output;
+    (
+        quote!(fn(#(#args),*) -> #output),
+        quote!((#(#args,)*)),
+        output,
+    )
+}
+
+/// The item type a call of the job consumes: the bare argument for one
+/// argument, the tuple otherwise (as `JobArgs::Item`).
+fn item_type(job: &Job) -> TokenStream {
+    match job.args.as_slice() {
+        [single] => quote!(#single),
+        _ => job_types(job).1,
+    }
+}
+
+/// The user's function as it goes inside the constant: under the hidden
+/// name, private, without the attributes that belong to the constant.
+fn renamed(function: &syn::ItemFn, hidden: &syn::Ident) -> syn::ItemFn {
     let mut renamed = function.clone();
     renamed.sig.ident = hidden.clone();
     renamed.vis = syn::Visibility::Inherited;
@@ -39,53 +94,35 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
     renamed
         .attrs
         .retain(|attr| !attr.path().is_ident("deprecated") && !attr.path().is_ident("doc"));
+    renamed
+}
 
-    let const_attrs: Vec<&Attribute> = function
+/// What rustdoc shows (`cfg(doc)` is set only while documenting this
+/// crate): the function as written, listed under Functions with its own
+/// signature and a note on running it in a pool. Doctests are collected
+/// without `cfg(doc)`, from the constant's docs, so each runs once.
+fn documented(job: &Job) -> syn::ItemFn {
+    let how_to_call = how_to_call(job);
+    let mut documented = job.function.clone();
+    documented.attrs.retain(belongs_on_const);
+    documented.attrs.push(syn::parse_quote!(#[doc = ""]));
+    documented
         .attrs
-        .iter()
-        .filter(|a| belongs_on_const(a))
-        .collect();
-    let args = &job.args;
-    let output = &job.output;
-    let fn_type = quote!(fn(#(#args),*) -> #output);
-    let tuple = quote!((#(#args,)*));
+        .push(syn::parse_quote!(#[doc = #how_to_call]));
+    documented
+}
 
-    let name = match &options.name {
-        Some(name) => quote!(#name),
-        None => quote!(::core::concat!(
-            ::core::module_path!(),
-            "::",
-            ::core::stringify!(#ident)
-        )),
-    };
-
-    let vars: Vec<_> = (0..args.len())
-        .map(|i| format_ident!("__arg{}", i))
-        .collect();
-    let trampoline = match args.len() {
-        0 => quote!(|(): ()| #hidden()),
-        1 => {
-            let ty = &args[0];
-            quote!(|__arg0: #ty| #hidden(__arg0))
-        }
-        _ => quote!(|(#(#vars,)*): #tuple| #hidden(#(#vars),*)),
-    };
-
-    // The item type a call of the job consumes: the bare argument for one
-    // argument, the tuple otherwise (as `JobArgs::Item`).
-    let item = match args.as_slice() {
-        [single] => quote!(#single),
-        _ => tuple.clone(),
-    };
-
+/// A function that is type-checked, never called: one error per type that
+/// cannot cross the process boundary, on that type.
+fn type_checks(krate: &TokenStream, job: &Job) -> TokenStream {
     // A `Result` return type is checked as its two halves, so that an error
     // type that cannot cross (`Box<dyn Error>`) is reported on itself, with
     // advice for error types, rather than on the whole `Result`.
-    let (values, error) = match result_halves(output) {
+    let (values, error) = match result_halves(&job.output) {
         Some((ok, err)) => (ok, Some(err)),
-        None => (output, None),
+        None => (&job.output, None),
     };
-    let checks = distinct(args.iter().chain(std::iter::once(values))).map(|ty| {
+    let checks = distinct(job.args.iter().chain(std::iter::once(values))).map(|ty| {
         // Spanned on the user's type: that is where a missing `Serialize`
         // is reported, with the message of `__private`'s marker traits.
         quote_spanned! {ty.span()=>
@@ -99,87 +136,95 @@ pub(crate) fn job(options: &Options, job: &Job) -> TokenStream {
             #krate::__private::require_error::<#ty, _>(__verdict);
         }
     });
-
-    let how_to_call = how_to_call(job);
-    // What rustdoc shows (`cfg(doc)` is set only while documenting this
-    // crate): the function as written, listed under Functions with its own
-    // signature and a note on running it in a pool. Doctests are collected
-    // without `cfg(doc)`, from the constant's docs, so each runs once.
-    let mut documented = function.clone();
-    documented.attrs.retain(belongs_on_const);
-    documented.attrs.push(syn::parse_quote!(#[doc = ""]));
-    documented
-        .attrs
-        .push(syn::parse_quote!(#[doc = #how_to_call]));
-
     quote! {
-        #[cfg(doc)]
-        #documented
-
-        #[cfg(not(doc))]
-        #(#const_attrs)*
-        #[allow(non_upper_case_globals)]
-        #vis const #ident: #krate::Job<#fn_type, #tuple, #output> = {
-            #[allow(non_snake_case)]
-            #renamed
-
-            // Type-checked, never called: one error per type that cannot
-            // cross the process boundary, on that type.
-            #[allow(dead_code)]
-            fn __procpool_check_types() {
-                #[allow(unused_imports)]
-                use #krate::__private::{
-                    ViaNoDeserialize as _, ViaNoSerde as _, ViaNoSerialize as _, ViaNotSend as _,
-                    ViaTransferable as _,
-                };
-                #(#checks)*
-                #error_check
-            }
-
-            #[#krate::__private::linkme::distributed_slice(#krate::__private::JOBS)]
-            #[linkme(crate = #krate::__private::linkme)]
-            static __PROCPOOL_ENTRY: #krate::__private::JobEntry = #krate::__private::JobEntry {
-                name: #name,
-                function: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
-                signature: ::core::stringify!(#fn_type),
-                invoke: |count, input, output| {
-                    #[allow(unused_imports)]
-                    use #krate::__private::{NeverRun as _, Run as _};
-                    // Resolves to a stub when a type is not transferable, so
-                    // the only error is the one `__procpool_check_types` reports.
-                    (&&#krate::__private::Probe::<(#item, #output)>::new())
-                        .run(count, input, output, #trampoline)
-                },
+        #[allow(dead_code)]
+        fn __procpool_check_types() {
+            #[allow(unused_imports)]
+            use #krate::__private::{
+                ViaNoDeserialize as _, ViaNoSerde as _, ViaNoSerialize as _, ViaNotSend as _,
+                ViaTransferable as _,
             };
+            #(#checks)*
+            #error_check
+        }
+    }
+}
 
-            #krate::__private::new_job::<#fn_type, #tuple, #output>(
-                #hidden as #fn_type,
-                &__PROCPOOL_ENTRY,
-                // The pool encodes items through this, so its methods need
-                // no serde bound of their own: a type that cannot cross is
-                // reported once, by `__procpool_check_types`, and resolves
-                // to a stub here.
-                |__item, __chunk| {
-                    #[allow(unused_imports)]
-                    use #krate::__private::{EncodeItem as _, NeverEncode as _};
-                    (&&#krate::__private::Probe::<#item>::new()).encode(__item, __chunk)
-                },
-                // Likewise for the result: a type that cannot cross
-                // resolves to stubs here, so calls add no error.
-                |__job, __first, __count, __bytes, __out| {
-                    #[allow(unused_imports)]
-                    use #krate::__private::{DecodeResult as _, NeverDecode as _};
-                    (&&#krate::__private::Probe::<#output>::new())
-                        .decode_values(__job, __first, __count, __bytes, __out)
-                },
-                |__job, __first, __count, __bytes, __out| {
-                    #[allow(unused_imports)]
-                    use #krate::__private::{DecodeResult as _, NeverDecode as _};
-                    (&&#krate::__private::Probe::<#output>::new())
-                        .decode_outcomes(__job, __first, __count, __bytes, __out)
-                },
-            )
+/// The registry entry `#[pool_job]` adds to `JOBS`: the job's name, and the
+/// worker-side trampoline that runs a chunk of its items.
+fn registry_entry(
+    krate: &TokenStream,
+    options: &Options,
+    job: &Job,
+    hidden: &syn::Ident,
+) -> TokenStream {
+    let ident = &job.function.sig.ident;
+    let (fn_type, tuple, output) = job_types(job);
+    let item = item_type(job);
+    let name = match &options.name {
+        Some(name) => quote!(#name),
+        None => quote!(::core::concat!(
+            ::core::module_path!(),
+            "::",
+            ::core::stringify!(#ident)
+        )),
+    };
+    let vars: Vec<_> = (0..job.args.len())
+        .map(|i| format_ident!("__arg{}", i))
+        .collect();
+    let trampoline = match job.args.as_slice() {
+        [] => quote!(|(): ()| #hidden()),
+        [ty] => quote!(|__arg0: #ty| #hidden(__arg0)),
+        _ => quote!(|(#(#vars,)*): #tuple| #hidden(#(#vars),*)),
+    };
+    quote! {
+        #[#krate::__private::linkme::distributed_slice(#krate::__private::JOBS)]
+        #[linkme(crate = #krate::__private::linkme)]
+        static __PROCPOOL_ENTRY: #krate::__private::JobEntry = #krate::__private::JobEntry {
+            name: #name,
+            function: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+            signature: ::core::stringify!(#fn_type),
+            invoke: |count, input, output| {
+                #[allow(unused_imports)]
+                use #krate::__private::{NeverRun as _, Run as _};
+                // Resolves to a stub when a type is not transferable, so
+                // the only error is the one `__procpool_check_types` reports.
+                (&&#krate::__private::Probe::<(#item, #output)>::new())
+                    .run(count, input, output, #trampoline)
+            },
         };
+    }
+}
+
+/// The caller-side encoder of one item and the two decoders of a reply,
+/// as arguments of `new_job`.
+fn codec_functions(krate: &TokenStream, job: &Job) -> TokenStream {
+    let item = item_type(job);
+    let output = &job.output;
+    quote! {
+        // The pool encodes items through this, so its methods need
+        // no serde bound of their own: a type that cannot cross is
+        // reported once, by `__procpool_check_types`, and resolves
+        // to a stub here.
+        |__item, __chunk| {
+            #[allow(unused_imports)]
+            use #krate::__private::{EncodeItem as _, NeverEncode as _};
+            (&&#krate::__private::Probe::<#item>::new()).encode(__item, __chunk)
+        },
+        // Likewise for the result: a type that cannot cross
+        // resolves to stubs here, so calls add no error.
+        |__job, __first, __count, __bytes, __out| {
+            #[allow(unused_imports)]
+            use #krate::__private::{DecodeResult as _, NeverDecode as _};
+            (&&#krate::__private::Probe::<#output>::new())
+                .decode_values(__job, __first, __count, __bytes, __out)
+        },
+        |__job, __first, __count, __bytes, __out| {
+            #[allow(unused_imports)]
+            use #krate::__private::{DecodeResult as _, NeverDecode as _};
+            (&&#krate::__private::Probe::<#output>::new())
+                .decode_outcomes(__job, __first, __count, __bytes, __out)
+        },
     }
 }
 
