@@ -167,16 +167,7 @@ pub(crate) fn fork_worker(
     let mut turn = Turn::take(deadline, timeout, abort)?;
     let inherited = Inherited::now();
     let own_pid = std::process::id();
-    if let Some(template) = turn.template.take() {
-        if template.owner != own_pid {
-            // Not ours to kill or reap: drop this process's copy of the socket only.
-            drop(template.socket);
-        } else if template.inherited == inherited {
-            turn.template = Some(template);
-        } else {
-            template.retire();
-        }
-    }
+    keep_if_fit(&mut turn, &inherited, own_pid);
     loop {
         let template = match turn.template.as_mut() {
             Some(template) => template,
@@ -185,96 +176,136 @@ pub(crate) fn fork_worker(
                 .insert(Template::start(inherited.clone(), own_pid)?),
         };
         let pid = template.child.id();
-        match template.request(theirs, deadline, abort) {
-            Reply::Forked(worker) => {
-                template.answered = true;
-                if sys::is_unreaped_child(worker) {
-                    return Ok(Start::Forked(worker));
-                }
+        let reply = template.request(theirs, deadline, abort);
+        if let Some(outcome) = settle(&mut turn, reply, pid, timeout) {
+            return outcome;
+        }
+    }
+}
+
+/// Keeps the template of `turn` only if this process started it and it
+/// inherited what this process would give a new one now; retires it
+/// otherwise, so the next request starts a fresh one.
+fn keep_if_fit(turn: &mut Turn, inherited: &Inherited, own_pid: u32) {
+    if let Some(template) = turn.template.take() {
+        if template.owner != own_pid {
+            // Not ours to kill or reap: drop this process's copy of the socket only.
+            drop(template.socket);
+        } else if template.inherited == *inherited {
+            turn.template = Some(template);
+        } else {
+            template.retire();
+        }
+    }
+}
+
+/// What a request's `reply` from template `pid` means for the worker start:
+/// `Some` outcome to return, or `None` to ask again (a template that died
+/// between requests is replaced transparently).
+fn settle(
+    turn: &mut Turn,
+    reply: Reply,
+    pid: u32,
+    timeout: Duration,
+) -> Option<Result<Start, Error>> {
+    let answered = turn.template.as_ref().is_some_and(|t| t.answered);
+    let mark_answered = |turn: &mut Turn| {
+        if let Some(template) = turn.template.as_mut() {
+            template.answered = true;
+        }
+    };
+    Some(match reply {
+        Reply::Forked(worker) => {
+            mark_answered(turn);
+            if sys::is_unreaped_child(worker) {
+                Ok(Start::Forked(worker))
+            } else {
                 // CLONE_PARENT did not make it our child: nothing here could
                 // watch or reap it. It exits when its channel closes, that
                 // is when the caller drops it with this error.
                 EXEC_ONLY.store(true, Ordering::Release);
-                retire(&mut turn);
-                return Err(Error::Spawn(format!(
+                retire(turn);
+                Err(Error::Spawn(format!(
                     "the worker template forked process {worker}, which is not a child of this \
                      process; later workers start by exec"
-                )));
-            }
-            Reply::Refused(Errno::NOTSUP) => {
-                EXEC_ONLY.store(true, Ordering::Release);
-                retire(&mut turn);
-                log::debug!(
-                    "procpool: the worker template has more than one thread (a constructor \
-                     started one), so it cannot fork safely; starting workers by exec from now on"
-                );
-                return Ok(Start::Exec);
-            }
-            Reply::Refused(errno @ (Errno::PERM | Errno::NOSYS | Errno::INVAL)) => {
-                EXEC_ONLY.store(true, Ordering::Release);
-                retire(&mut turn);
-                log::debug!(
-                    "procpool: this system refused clone(CLONE_PARENT) ({errno}); starting \
-                     workers by exec from now on"
-                );
-                return Ok(Start::Exec);
-            }
-            Reply::Refused(errno) => {
-                template.answered = true;
-                return Err(Error::system(
-                    "could not start a worker process: the worker template could not fork",
-                    errno.into(),
-                ));
-            }
-            Reply::Died {
-                cause,
-                took_request,
-            } => {
-                let answered = template.answered;
-                turn.template = None;
-                if !answered {
-                    // A new template that dies does what a worker started by
-                    // exec would: reported as such, not tried again.
-                    return Err(Error::Spawn(format!(
-                        "the worker template process {pid} {cause} before connecting back (its \
-                         stderr, above, may say why)"
-                    )));
-                }
-                // Died since its last answer (killed, say): replaced,
-                // transparently, by the next turn of this loop.
-                if took_request {
-                    return Ok(Start::Unknown);
-                }
-            }
-            Reply::Garbled(why) => {
-                // Nothing it says can be trusted, not even whether it forked
-                // a worker: killed and reaped, and the caller puts down any
-                // worker that greets on this channel, then tries again with
-                // a new template.
-                log::debug!("procpool: the worker template process {pid} {why}; replacing it");
-                retire(&mut turn);
-                return Ok(Start::Unknown);
-            }
-            Reply::Silent => {
-                retire(&mut turn);
-                return Err(Error::Spawn(format!(
-                    "the worker template process {pid} did not connect back within {timeout:?}; \
-                     it was killed, and the next worker start begins a new one"
-                )));
-            }
-            Reply::Aborted => {
-                retire(&mut turn);
-                return Err(Error::Spawn("the pool was terminated".into()));
-            }
-            Reply::Io(err) => {
-                retire(&mut turn);
-                return Err(Error::system(
-                    "could not start a worker process: the worker template is unreachable",
-                    err,
-                ));
+                )))
             }
         }
-    }
+        Reply::Refused(Errno::NOTSUP) => {
+            EXEC_ONLY.store(true, Ordering::Release);
+            retire(turn);
+            log::debug!(
+                "procpool: the worker template has more than one thread (a constructor \
+                 started one), so it cannot fork safely; starting workers by exec from now on"
+            );
+            Ok(Start::Exec)
+        }
+        Reply::Refused(errno @ (Errno::PERM | Errno::NOSYS | Errno::INVAL)) => {
+            EXEC_ONLY.store(true, Ordering::Release);
+            retire(turn);
+            log::debug!(
+                "procpool: this system refused clone(CLONE_PARENT) ({errno}); starting \
+                 workers by exec from now on"
+            );
+            Ok(Start::Exec)
+        }
+        Reply::Refused(errno) => {
+            mark_answered(turn);
+            Err(Error::system(
+                "could not start a worker process: the worker template could not fork",
+                errno.into(),
+            ))
+        }
+        Reply::Died {
+            cause,
+            took_request,
+        } => {
+            turn.template = None;
+            if !answered {
+                // A new template that dies does what a worker started by
+                // exec would: reported as such, not tried again.
+                Err(Error::Spawn(format!(
+                    "the worker template process {pid} {cause} before connecting back (its \
+                     stderr, above, may say why)"
+                )))
+            } else if took_request {
+                // Died since its last answer (killed, say) after it took
+                // this request: whether it forked is unknown.
+                Ok(Start::Unknown)
+            } else {
+                // Died since its last answer, before this request: replaced,
+                // transparently, by the caller's next turn.
+                return None;
+            }
+        }
+        Reply::Garbled(why) => {
+            // Nothing it says can be trusted, not even whether it forked
+            // a worker: killed and reaped, and the caller puts down any
+            // worker that greets on this channel, then tries again with
+            // a new template.
+            log::debug!("procpool: the worker template process {pid} {why}; replacing it");
+            retire(turn);
+            Ok(Start::Unknown)
+        }
+        Reply::Silent => {
+            retire(turn);
+            Err(Error::Spawn(format!(
+                "the worker template process {pid} did not connect back within {timeout:?}; \
+                 it was killed, and the next worker start begins a new one"
+            )))
+        }
+        Reply::Aborted => {
+            retire(turn);
+            Err(Error::Spawn("the pool was terminated".into()))
+        }
+        Reply::Io(err) => {
+            retire(turn);
+            Err(Error::system(
+                "could not start a worker process: the worker template is unreachable",
+                err,
+            ))
+        }
+    })
 }
 
 /// The reaper of template number `generation`, whose pidfd is `pidfd`:
