@@ -137,6 +137,14 @@ pub(crate) trait Backend: Send + Sync {
     fn max_chunk_bytes(&self) -> Option<usize> {
         None
     }
+    /// Whether the pool's `task_timeout` limits each item of a chunk (an
+    /// item that runs over fails alone, the rest of its chunk runs on), or
+    /// only whole tasks, as a broker's visibility does: then an `imap`
+    /// without a chunk size sends one item per task, so that a timeout
+    /// still fails only the item that ran over.
+    fn limits_each_item(&self) -> bool {
+        false
+    }
     /// What the backend has done so far. Backends whose workers are other
     /// programs (a cluster) report nothing here.
     fn stats(&self) -> PoolStats {

@@ -183,19 +183,22 @@ pub enum Error {
         message: String,
     },
 
-    /// A task ran longer than the pool's `task_timeout`; its worker was
-    /// killed and replaced.
+    /// An item ran longer than the pool's `task_timeout` (on a local pool,
+    /// `count` is 1: the limit is per item); its worker was killed and
+    /// replaced. On a cluster pool the limit applies to a whole task, and
+    /// `first..first + count` are its items.
     #[error(
-        "job `{job}` on items {first}..{end} ran longer than the task timeout of {timeout:?}; \
-         its worker was killed and replaced",
-        end = first + count
+        "job `{job}` on {items} ran longer than the task timeout of {timeout:?}; its worker \
+         was killed and replaced",
+        items = item_range(*first, *count)
     )]
     TaskTimedOut {
         /// Registered name of the job.
         job: String,
-        /// Index of the first input item of the task.
+        /// Index of the first input item that ran over (of the task's
+        /// items, on a cluster pool).
         first: usize,
-        /// Number of input items in the task.
+        /// Number of input items that failed (1 on a local pool).
         count: usize,
         /// The configured limit.
         timeout: std::time::Duration,
@@ -285,6 +288,15 @@ pub enum Error {
     /// returned it.
     #[error("procpool used incorrectly: {0}")]
     Misuse(String),
+}
+
+/// "item 7", or "items 3..9".
+fn item_range(first: usize, count: usize) -> String {
+    if count == 1 {
+        format!("item {first}")
+    } else {
+        format!("items {first}..{}", first + count)
+    }
 }
 
 /// The end of a [`Error::WorkerDied`] message: what to do, given how many

@@ -127,7 +127,7 @@
 //! let pool = Pool::builder()
 //!     .processes(2)
 //!     .initializer(load_table, 100) // runs in every new worker
-//!     .task_timeout(Duration::from_secs(1)) // kills a task that runs longer
+//!     .task_timeout(Duration::from_secs(1)) // kills an item that runs longer
 //!     .retries(1) // re-runs a task whose worker died, once
 //!     .build()?;
 //! assert_eq!(pool.map(lookup, [3, 9])?, vec![9, 81]);

@@ -15,4 +15,5 @@ mod one_item;
 mod process;
 mod stats;
 mod streams;
+mod timeouts;
 mod worker_state;

@@ -52,7 +52,13 @@ struct Active {
 /// A task that was sent to the worker and awaits its reply.
 struct Sent {
     task: Task,
+    /// When the item running now exceeds the pool's `task_timeout` (which
+    /// limits each item, not the whole chunk): reset each time the driver
+    /// sees an item finish.
     deadline: Option<Instant>,
+    /// Items the driver has seen finished, for the deadline (`reported` is
+    /// the progress counted for the caller).
+    seen_done: usize,
     /// Whether the task may be re-run if the worker dies (`retries`).
     may_retry: bool,
     /// The number the worker must echo in its reply.
@@ -61,6 +67,15 @@ struct Sent {
     sent_at: Instant,
     /// Items of it counted as progress so far.
     reported: usize,
+}
+
+/// How the item a worker was running when it was lost ended.
+#[derive(Debug, Clone, Copy)]
+enum ItemEnd {
+    /// The worker died (crashed, was killed by someone else).
+    Died(ExitCause),
+    /// The driver killed it: the item ran longer than `task_timeout`.
+    TimedOut,
 }
 
 /// How long a caller running its own task watches for the reply before it
@@ -336,20 +351,40 @@ impl Driver {
                 // worker itself (which is replaced after it).
                 Some(FromWorker::Forked { task }) if task != sent.id => {}
                 Some(reply) => return Ok(reply),
-                None if sent
-                    .deadline
-                    .is_some_and(|deadline| Instant::now() >= deadline) =>
-                {
-                    current.worker.kill_and_reap();
-                    return Err(Lost::TimedOut);
-                }
                 None => {
-                    if let Some(done) = current.worker.items_done(sent.id) {
+                    let done = current.worker.items_done(sent.id);
+                    if let Some(done) = done {
                         self.report(sent, done);
+                    }
+                    if self.item_ran_over(sent, done) {
+                        current.worker.kill_and_reap();
+                        return Err(Lost::TimedOut);
                     }
                 }
             }
         }
+    }
+
+    /// Whether the item `sent`'s worker runs now has passed the pool's
+    /// `task_timeout`, given `done`, the items its worker says it finished.
+    ///
+    /// The limit is per item: when more items are done than at the last
+    /// look, the next one started since, so its limit runs from now. The
+    /// driver looks every [`PROGRESS_STEP`], so an item may run up to that
+    /// much past the limit, never less than the limit. A worker cannot buy
+    /// time by claiming progress: `done` counts at most the chunk's items,
+    /// so a chunk runs at most `count` limits.
+    fn item_ran_over(&self, sent: &mut Sent, done: Option<usize>) -> bool {
+        let Some(deadline) = sent.deadline else {
+            return false;
+        };
+        let done = done.unwrap_or(0).min(sent.task.count);
+        if done > sent.seen_done {
+            sent.seen_done = done;
+            sent.deadline = self.config.task_timeout.and_then(crate::deadline::after);
+            return false;
+        }
+        Instant::now() >= deadline
     }
 
     /// `done` items of `sent` have finished: counts the new ones.
@@ -508,6 +543,7 @@ impl Driver {
         let mut sent = Sent {
             task,
             deadline,
+            seen_done: 0,
             may_retry,
             id,
             sent_at: Instant::now(),
@@ -598,15 +634,21 @@ impl Driver {
         if let Some(departure) = departure {
             self.shared.counters.worker_left(departure);
         }
-        // A worker that died part-way through its chunk costs only the
-        // item it was running; it must have got somewhere, or a crash
-        // outside any item could send the same items round for ever.
-        if let Lost::Died(cause) = &lost
+        // A worker that died, or was killed for running over its time,
+        // part-way through its chunk costs only the item it was running;
+        // it must have got somewhere, or a crash outside any item could
+        // send the same items round for ever.
+        let item_end = match &lost {
+            Lost::Died(cause) => Some(ItemEnd::Died(*cause)),
+            Lost::TimedOut => Some(ItemEnd::TimedOut),
+            _ => None,
+        };
+        if let Some(item_end) = item_end
             && let Some(partial) = partial
             && !terminated
             && (partial.done > 0 || partial.crashed)
         {
-            return self.split(sent, pid, *cause, partial);
+            return self.split(sent, pid, item_end, partial);
         }
         let Sent {
             mut task,
@@ -667,7 +709,7 @@ impl Driver {
     /// one item (or lets it run again, under `retries`), and queues the
     /// items not started, for any worker. Those never ran: sending them is
     /// not a retry.
-    fn split(&self, sent: Sent, pid: u32, cause: ExitCause, partial: Partial) {
+    fn split(&self, sent: Sent, pid: u32, item_end: ItemEnd, partial: Partial) {
         let Sent {
             mut task,
             sent_at,
@@ -697,19 +739,29 @@ impl Driver {
         let mut retry = false;
         if crashed {
             // The item that crashed ran as often as the task's first item
-            // did if it is that item, else once.
+            // did if it is that item, else once. One that ran over its
+            // time is not run again: it would most likely hang again.
             let attempts = if done == 0 { task.retried + 1 } else { 1 };
-            if attempts <= self.config.retries {
+            if attempts <= self.config.retries && matches!(item_end, ItemEnd::Died(_)) {
                 retried = attempts;
                 retry = true;
             } else {
-                let error = Error::WorkerDied {
-                    job: task.job.to_owned(),
-                    pid,
-                    cause,
-                    first: rest,
-                    count: 1,
-                    attempts,
+                let job = task.job.to_owned();
+                let error = match item_end {
+                    ItemEnd::Died(cause) => Error::WorkerDied {
+                        job,
+                        pid,
+                        cause,
+                        first: rest,
+                        count: 1,
+                        attempts,
+                    },
+                    ItemEnd::TimedOut => Error::TaskTimedOut {
+                        job,
+                        first: rest,
+                        count: 1,
+                        timeout: self.config.task_timeout.unwrap_or_default(),
+                    },
                 };
                 if rest + 1 == end || !task.sink.per_item() {
                     // Nothing left to run, or a call that this failure

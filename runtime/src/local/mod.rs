@@ -188,6 +188,10 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
+    fn limits_each_item(&self) -> bool {
+        true
+    }
+
     fn submit(&self, task: Task) -> Result<(), Error> {
         let mut queue = lock(&self.shared.queue);
         if queue.closed || self.shared.terminated.load(Ordering::Acquire) {

@@ -140,12 +140,16 @@ impl PoolBuilder {
         self
     }
 
-    /// Kills a worker whose task runs longer than `timeout` and fails that
-    /// task with [`Error::TaskTimedOut`]; the pool starts a replacement.
-    /// The limit applies to a whole chunk: use small chunks with it. With
-    /// a cluster pool, the worker that runs it enforces it, and exits to
-    /// be replaced. `Duration::MAX` (or any limit too far away to reach)
-    /// is no limit.
+    /// Kills a worker whose current item runs longer than `timeout`, and
+    /// fails that item with [`Error::TaskTimedOut`]; the pool starts a
+    /// replacement. The limit applies to each item, whatever the chunk
+    /// size: the items of the chunk that finished before it keep their
+    /// results, and the rest of the chunk runs on another worker (an item
+    /// may run up to a tenth of a second past the limit, never less). With
+    /// a cluster pool the limit applies to a whole task, enforced by the
+    /// worker that runs it, which exits to be replaced; an `imap` without a
+    /// chunk size then sends one item per task. `Duration::MAX` (or any
+    /// limit too far away to reach) is no limit.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self

@@ -71,8 +71,8 @@ pub struct Pool {
 struct Workers {
     backend: Box<dyn Backend>,
     progress: bool,
-    /// Set, it keeps an untuned `imap` at one item per task: a timeout
-    /// fails its whole task, and then it fails only the item that hung.
+    /// Set, on a backend that limits whole tasks (a cluster), it keeps an
+    /// untuned `imap` at one item per task (see `Backend::limits_each_item`).
     task_timeout: Option<Duration>,
 }
 
@@ -313,12 +313,10 @@ impl Pool {
     /// millisecond or more stay at one per chunk and so balance across
     /// workers; tiny items travel thousands at a time (10⁵ trivial items
     /// took 1.0 to 1.3 times as long as with `chunksize(1000)`, against
-    /// 200 times with one item per task). A chunk is one task: a worker
-    /// that dies fails its chunk's items (see
-    /// [`retries`](PoolBuilder::retries)). A pool with a
-    /// [`task_timeout`](PoolBuilder::task_timeout) keeps one item per
-    /// chunk, so that a timeout fails only the item that ran too long.
-    /// With [`chunksize(n)`](Pool::chunksize), chunks hold exactly `n`
+    /// 200 times with one item per task). A worker that dies, or an item
+    /// that runs past the [`task_timeout`](PoolBuilder::task_timeout),
+    /// fails only that item: the rest of its chunk runs on (see
+    /// [`retries`](PoolBuilder::retries)). With [`chunksize(n)`](Pool::chunksize), chunks hold exactly `n`
     /// items (the last one fewer; on a cluster pool, also a chunk that `n`
     /// items would take over its `max_payload`, as in `map`).
     ///
@@ -372,15 +370,21 @@ impl Pool {
     {
         let (chunking, refused) = match self.chosen_chunksize() {
             Ok(Some(size)) => (Chunking::Fixed(size), None),
-            Ok(None) => match self.workers.task_timeout {
-                Some(_) => (Chunking::Fixed(1), None),
-                None => (
-                    Chunking::Adaptive {
-                        max_bytes: MAX_AUTO_CHUNK_BYTES,
-                    },
-                    None,
-                ),
-            },
+            // A time limit on whole tasks (a cluster's) fails a whole
+            // chunk: one item per task keeps a timeout to the item that
+            // ran over.
+            Ok(None)
+                if self.workers.task_timeout.is_some()
+                    && !self.workers.backend.limits_each_item() =>
+            {
+                (Chunking::Fixed(1), None)
+            }
+            Ok(None) => (
+                Chunking::Adaptive {
+                    max_bytes: MAX_AUTO_CHUNK_BYTES,
+                },
+                None,
+            ),
             Err(error) => (Chunking::Fixed(1), Some(error)),
         };
         let imap = Imap::new(
