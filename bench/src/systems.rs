@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use procpool::{Pool, pool_job};
 use rayon::prelude::*;
@@ -68,10 +68,14 @@ pub(crate) enum Workload {
     Echo1MiB,
     /// The same with 16 MiB.
     Echo16MiB,
+    /// `imap_unordered` of 2 × 10^5 trivial items without a chunk size in a
+    /// pool with a `task_timeout`, over the same without one: what a time
+    /// limit costs (a ratio, procpool only).
+    ImapTimeoutCost,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 10] = [
+    pub(crate) const ALL: [Workload; 11] = [
         Workload::Startup,
         Workload::ApplyRtt,
         Workload::MapTrivial,
@@ -82,6 +86,7 @@ impl Workload {
         Workload::MapPeakMemory,
         Workload::Echo1MiB,
         Workload::Echo16MiB,
+        Workload::ImapTimeoutCost,
     ];
 
     /// The name `python_pool.py` reports.
@@ -97,6 +102,7 @@ impl Workload {
             Workload::MapPeakMemory => "map_1e7_peak_x_result",
             Workload::Echo1MiB => "echo_1MiB_ms",
             Workload::Echo16MiB => "echo_16MiB_ms",
+            Workload::ImapTimeoutCost => "imap_2e5_timeout_x_untimed",
         }
     }
 
@@ -114,7 +120,7 @@ impl Workload {
             Workload::Startup | Workload::Echo1MiB | Workload::Echo16MiB => "ms",
             Workload::ApplyRtt => "us",
             Workload::Bytes => "MiB/s",
-            Workload::MapPeakMemory => "x",
+            Workload::MapPeakMemory | Workload::ImapTimeoutCost => "x",
             _ => "s",
         }
     }
@@ -143,6 +149,7 @@ impl Workload {
         };
         let (goal, ok) = match self {
             Workload::MapPeakMemory => ("<= 1.1", ours.map(|ratio| ratio <= 1.1)),
+            Workload::ImapTimeoutCost => ("<= 2", ours.map(|ratio| ratio <= 2.0)),
             Workload::Startup => ("<= 0.15 x python", within(python, "python", 0.15)),
             Workload::ApplyRtt => {
                 let vs_python = within(python, "python", 0.1);
@@ -461,6 +468,27 @@ fn procpool_run(workload: Workload, new_pool: &dyn Fn() -> Pool) -> Measured {
                 echo_ms(&blob, |arg| pool.apply(echo, arg).expect("apply"))
             })
         }
+        Workload::ImapTimeoutCost => {
+            let limited = Pool::builder()
+                .processes(2)
+                .task_timeout(Duration::from_secs(60))
+                .build()
+                .expect("pool");
+            let free = new_pool();
+            let run = |pool: &Pool| {
+                pool.map(square, 0..10).expect("map");
+                let start = Instant::now();
+                let sum: u64 = pool
+                    .imap_unordered(square, 0..200_000u64)
+                    .map(|r| r.expect("item"))
+                    .sum();
+                let dt = since(start);
+                assert_eq!(sum, (0..200_000u64).map(|x| x.wrapping_mul(x)).sum::<u64>());
+                dt
+            };
+            // Alternating, so both see the same machine.
+            three(|| run(&limited) / run(&free))
+        }
     }
 }
 
@@ -643,6 +671,7 @@ fn procspawn_run(workload: Workload) -> Result<Measured, String> {
             return na("no lazy iteration");
         }
         Workload::MapPeakMemory => return na("no map"),
+        Workload::ImapTimeoutCost => return na("no per-item time limit"),
     })
 }
 
@@ -702,6 +731,7 @@ fn rayon_run(workload: Workload) -> Result<Measured, String> {
         Workload::Bytes | Workload::MapPeakMemory | Workload::Echo1MiB | Workload::Echo16MiB => {
             return na("nothing crosses a process");
         }
+        Workload::ImapTimeoutCost => return na("no time limit"),
         // In-process, there is no chunk size to tune: the same bound for both rows.
         Workload::ImapUnordered | Workload::ImapUnorderedUntuned => {
             let pool = pool(2);
