@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 
 /// A snapshot of a pool's counters. A task is one chunk of a call (an
 /// `apply` is one task; a `map` is cut into several).
+///
+/// # When the counts are exact
+///
+/// Counters move while the pool's threads work, so a snapshot taken while
+/// calls run is a view of one moment. What a caller has already seen is
+/// counted by the time it sees it: when a call returns, an `imap` yields
+/// an item or an `AsyncResult` is ready, `tasks_done`, `tasks_failed`,
+/// `items_done` and the departures (`workers_died`, `workers_timed_out`,
+/// `workers_broke_protocol`, `workers_retired`) include that call's tasks,
+/// items and workers. Replacements come after: a worker that left is
+/// replaced once its task's outcome is delivered, so right after an error
+/// such as [`Error::TaskTimedOut`](crate::Error::TaskTimedOut),
+/// `workers_replaced` may be below the departures and that slot's `pid`
+/// `None` for as long as a worker takes to start (at most the pool's
+/// `spawn_timeout`); `workers_replaced` then catches up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
@@ -21,9 +36,11 @@ pub struct PoolStats {
     pub tasks_failed: u64,
     /// Tasks queued again after their worker died (`retries`).
     pub tasks_retried: u64,
-    /// Items finished, counted as each one finishes inside its chunk (an
-    /// item that failed, or whose worker died on it, counts too): what a
-    /// progress display shows.
+    /// Items a worker got to, counted as each one finishes inside its chunk
+    /// (an item that failed, or whose worker died or ran out of time on
+    /// it, counts too): what a progress display shows. Items that never
+    /// reached a worker (the pool was terminated, no worker could start)
+    /// do not count.
     pub items_done: u64,
     /// Worker processes started, the first ones included.
     pub workers_started: u64,

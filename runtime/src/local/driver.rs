@@ -588,7 +588,11 @@ impl Driver {
         let sink = Arc::clone(&task.sink);
         let info = task.info();
         let job = task.job;
-        let items = task.count.saturating_sub(reported);
+        // Counted before the caller can see them: `stats()` right after a
+        // call ends includes all of its items.
+        self.shared
+            .counters
+            .items_done(task.count.saturating_sub(reported));
         let delivered = catch_unwind(AssertUnwindSafe(move || match outcome {
             Ok(bytes) => task.deliver(Ok(bytes), reported),
             Err(failure) => {
@@ -596,7 +600,6 @@ impl Driver {
                 task.deliver(Err(error), reported);
             }
         }));
-        self.shared.counters.items_done(items);
         if let Err(panic) = delivered {
             log::error!(
                 "procpool: delivering the results of job `{job}` panicked: {}",
@@ -666,6 +669,13 @@ impl Driver {
             task.retried += 1;
             self.shared.retry(task);
             return;
+        }
+        if !terminated && !matches!(lost, Lost::Aborted) {
+            // The worker got to these items: they are done, as failures,
+            // and counted before the caller sees them.
+            self.shared
+                .counters
+                .items_done(task.count.saturating_sub(reported));
         }
         let error = match lost {
             _ if terminated => Error::Terminated { job },
@@ -817,6 +827,7 @@ impl Driver {
                 );
                 task.count = end - rest;
                 task.first = rest;
+                self.shared.counters.items_done(task.count);
                 task.deliver(Err(error), 0);
             }
             Err(problem) => {
@@ -826,6 +837,7 @@ impl Driver {
                 ));
                 task.count = end - rest;
                 task.first = rest;
+                self.shared.counters.items_done(task.count);
                 task.deliver(Err(error), 0);
             }
         }
