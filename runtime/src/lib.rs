@@ -264,6 +264,7 @@ pub use imap::{Imap, ImapStream};
 pub use job::{IntoJob, ItemFor, Job, JobArgs};
 pub use pool::{Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder};
+pub use progress::ShowProgress;
 pub use stats::{PoolStats, WorkerStats};
 
 /// Registers a function as a job that a [`Pool`] can run in worker processes.

@@ -6,7 +6,7 @@
 
 #[cfg(feature = "progress")]
 mod bar {
-    use indicatif::{ProgressBar, ProgressStyle};
+    use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
     /// Done/total, rate and ETA for one call.
     #[derive(Debug, Clone)]
@@ -19,11 +19,17 @@ mod bar {
                 return Progress(None);
             }
             let template = match total {
-                Some(_) => "{msg} [{bar:40}] {pos}/{len} items, {per_sec}, ETA {eta}",
-                None => "{msg} {spinner} {pos} items, {per_sec}",
+                Some(_) => "{msg} [{bar:40}] {pos}/{len} items, {rate}, ETA {eta}",
+                None => "{msg} {spinner} {pos} items, {rate}",
             };
             let style = ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key(
+                    "rate",
+                    |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                        let _ = out.write_str(&super::rate(state.per_sec()));
+                    },
+                )
                 .progress_chars("=> ");
             let bar = match total {
                 Some(total) => ProgressBar::new(total as u64),
@@ -37,7 +43,10 @@ mod bar {
         }
 
         pub(crate) fn advance(&self, items: usize) {
-            if let Some(bar) = &self.0 {
+            // Chunks still running when an `imap` is dropped report in
+            // after its bar was finished: they would draw it again below
+            // whatever the program printed since.
+            if let Some(bar) = self.0.as_ref().filter(|bar| !bar.is_finished()) {
                 bar.inc(items as u64);
             }
         }
@@ -73,8 +82,57 @@ mod bar {
 
 pub(crate) use bar::Progress;
 
-#[cfg(all(test, feature = "progress"))]
+/// What [`PoolBuilder::progress`](crate::PoolBuilder::progress) takes: a
+/// `bool`, with the cargo feature `progress` on. Without the feature no type
+/// implements it, so `.progress(true)` is a compile error naming the
+/// feature rather than a missing method.
+#[diagnostic::on_unimplemented(
+    message = "progress bars need procpool's cargo feature `progress`",
+    label = "`.progress(..)` needs the feature `progress`",
+    note = "enable it in Cargo.toml: procpool = {{ version = \"0.1\", features = [\"progress\"] }}"
+)]
+pub trait ShowProgress {
+    /// Whether to show the bars.
+    fn show(self) -> bool;
+}
+
+#[cfg(feature = "progress")]
+impl ShowProgress for bool {
+    fn show(self) -> bool {
+        self
+    }
+}
+
+/// Items per second as a person reads it: `850 items/s`, `33.7k items/s`,
+/// `1.2M items/s` (indicatif's own `{per_sec}` prints `33,694.7474/s`).
+#[cfg_attr(not(feature = "progress"), allow(dead_code))]
+fn rate(per_sec: f64) -> String {
+    match per_sec {
+        r if !r.is_finite() || r <= 0.0 => "- items/s".to_owned(),
+        r if r >= 1e6 => format!("{:.1}M items/s", r / 1e6),
+        r if r >= 1e4 => format!("{:.0}k items/s", r / 1e3),
+        r if r >= 1e3 => format!("{:.1}k items/s", r / 1e3),
+        r if r >= 10.0 => format!("{r:.0} items/s"),
+        r => format!("{r:.1} items/s"),
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    #[test]
+    fn rates_read_as_a_person_reads_them() {
+        assert_eq!(super::rate(33_694.7474), "34k items/s");
+        assert_eq!(super::rate(3_369.47), "3.4k items/s");
+        assert_eq!(super::rate(850.2), "850 items/s");
+        assert_eq!(super::rate(2.25), "2.2 items/s");
+        assert_eq!(super::rate(1_234_567.0), "1.2M items/s");
+        assert_eq!(super::rate(0.0), "- items/s");
+        assert_eq!(super::rate(f64::NAN), "- items/s");
+    }
+}
+
+#[cfg(all(test, feature = "progress"))]
+mod bar_tests {
     use super::Progress;
     use std::io::IsTerminal;
 

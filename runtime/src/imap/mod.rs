@@ -93,7 +93,12 @@ where
         encode: impl Encode<I::Item>,
         decode: Decode<R>,
     ) -> Self {
-        let progress = Progress::new(pool.shows_progress(), job, None);
+        // A total for the bar (and its ETA) when the input knows its length.
+        let total = match input.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        let progress = Progress::new(pool.shows_progress(), job, total);
         let byte_limit = pool.max_chunk_bytes();
         // One chunk running and one queued per worker keeps every worker busy.
         let max_in_flight = 2 * pool.processes().max(1);

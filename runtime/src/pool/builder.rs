@@ -174,11 +174,15 @@ impl PoolBuilder {
     }
 
     /// Shows a progress bar on stderr for each `map`-like call and `imap`:
-    /// items done out of the total, rate and ETA. Drawn only when stderr is a
-    /// terminal. Needs the cargo feature `progress`.
-    #[cfg(feature = "progress")]
-    pub fn progress(mut self, show: bool) -> Self {
-        self.progress = show;
+    /// items done out of the total, rate and ETA (an `imap` over an input
+    /// of unknown length shows the count and rate). Drawn only when stderr
+    /// is a terminal.
+    ///
+    /// Needs the cargo feature `progress`: `show` is a `bool` then, and
+    /// without the feature a call is a compile error that says so
+    /// ([`ShowProgress`](crate::ShowProgress)).
+    pub fn progress(mut self, show: impl crate::ShowProgress) -> Self {
+        self.progress = show.show();
         self
     }
 
