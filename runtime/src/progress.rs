@@ -121,7 +121,7 @@ fn rate(per_sec: f64) -> String {
 mod tests {
     #[test]
     fn rates_read_as_a_person_reads_them() {
-        assert_eq!(super::rate(33_694.7474), "34k items/s");
+        assert_eq!(super::rate(33_694.747_4), "34k items/s");
         assert_eq!(super::rate(3_369.47), "3.4k items/s");
         assert_eq!(super::rate(850.2), "850 items/s");
         assert_eq!(super::rate(2.25), "2.2 items/s");
