@@ -38,7 +38,7 @@ fn main() -> Result<(), procpool::Error> {
     let processes = (0..3)
         .map(|i| Process::spawn(worker, i))
         .collect::<Result<Vec<_>, _>>()?;
-    for process in processes {
+    for mut process in processes {
         process.join()?;
     }
     println!("All Done.");

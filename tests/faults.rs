@@ -1206,7 +1206,7 @@ fn a_replacement_whose_initializer_hangs_fails_its_task_and_the_pool_recovers() 
 fn helper_sigchld_ignored() {
     // SAFETY: a signal disposition of this helper process alone.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
-    let process = procpool::Process::spawn(sleep_then_pid, 60_000).unwrap();
+    let mut process = procpool::Process::spawn(sleep_then_pid, 60_000).unwrap();
     process.kill();
     eventually("the process to end", || !process.is_alive());
     println!("PROCESS ALIVE {}", process.is_alive());

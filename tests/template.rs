@@ -342,7 +342,7 @@ fn helper_forked_program() {
     // while idle.
     let child = unsafe { libc::fork() };
     if child == 0 {
-        let outcome = Process::spawn(whoami, ()).and_then(|process| process.join());
+        let outcome = Process::spawn(whoami, ()).and_then(|mut process| process.join());
         let own = matches!(&outcome, Ok(o) if o.parent == std::process::id()
             && o.constructed_in != first.constructed_in);
         println!("CHILD {own} {outcome:?}");
@@ -653,7 +653,7 @@ fn helper_garbage_in_own_sockets() {
             Ok(_) => println!("NEW POOL {round} OK"),
             Err(err) => println!("NEW POOL {round} ERR {err}"),
         }
-        match Process::spawn(whoami, ()).and_then(|process| process.join()) {
+        match Process::spawn(whoami, ()).and_then(|mut process| process.join()) {
             Ok(_) => println!("PROCESS {round} OK"),
             Err(err) => println!("PROCESS {round} ERR {err}"),
         }
@@ -680,7 +680,7 @@ fn helper_template_answers_garbage() {
         ),
         Err(err) => println!("POOL ERR {err}"),
     }
-    match Process::spawn(whoami, ()).and_then(|process| process.join()) {
+    match Process::spawn(whoami, ()).and_then(|mut process| process.join()) {
         Ok(_) => println!("PROCESS OK"),
         Err(err) => println!("PROCESS ERR {err}"),
     }

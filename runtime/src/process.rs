@@ -49,6 +49,8 @@ pub struct Process<R> {
     name: String,
     job: &'static str,
     decode: Decode<R>,
+    /// Whether `join` returned the job's outcome: it is returned once.
+    joined: bool,
 }
 
 impl<R> std::fmt::Debug for Process<R> {
@@ -124,6 +126,7 @@ impl ProcessBuilder {
             name,
             job: job.name(),
             decode: Decode::of(&job),
+            joined: false,
         })
     }
 }
@@ -193,11 +196,26 @@ impl<R: 'static> Process<R> {
         self.worker.signal(sys::Signal::KILL);
     }
 
-    /// Waits for the job to finish and returns its value.
+    /// Waits for the job to finish and returns its value; the process has
+    /// exited when this returns, so [`exit_code`](Process::exit_code) tells
+    /// how, as Python's `p.join(); p.exitcode` does:
+    ///
+    /// ```
+    /// # use procpool::{pool_job, Process};
+    /// # #[pool_job]
+    /// # fn double(x: u64) -> u64 { x * 2 }
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let mut process = Process::spawn(double, 21)?;
+    /// assert_eq!(process.join()?, 42);
+    /// assert_eq!(process.exit_code(), Some(0));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// [`Error::Panicked`] if the job panicked, [`Error::WorkerDied`] if the
-    /// process was killed or exited before answering.
-    pub fn join(mut self) -> Result<R, Error> {
+    /// process was killed or exited before answering. The outcome is
+    /// returned once: a second `join` is [`Error::Misuse`].
+    pub fn join(&mut self) -> Result<R, Error> {
         self.wait_result(None)
     }
 
@@ -210,6 +228,20 @@ impl<R: 'static> Process<R> {
     }
 
     fn wait_result(&mut self, timeout: Option<Duration>) -> Result<R, Error> {
+        if self.joined {
+            return Err(Error::Misuse(format!(
+                "process {} ({}) was joined already and its outcome returned then; an \
+                 outcome is returned once (keep the value, or clone it)",
+                self.worker.pid(),
+                self.name
+            )));
+        }
+        let outcome = self.wait_outcome(timeout);
+        self.joined = !matches!(outcome, Err(Error::Timeout(_)));
+        outcome
+    }
+
+    fn wait_outcome(&mut self, timeout: Option<Duration>) -> Result<R, Error> {
         // `Duration::MAX` is no deadline (see `crate::deadline`).
         let deadline = timeout.and_then(crate::deadline::after);
         let reply = match self.worker.recv_until(deadline, &NEVER) {

@@ -638,6 +638,6 @@ fn workers_carry_the_programs_name() {
     for comm in pool.map(process_comm, vec![(); 4]).unwrap() {
         assert_eq!(comm, expected, "a pool worker");
     }
-    let process = procpool::Process::spawn(process_comm, ()).unwrap();
+    let mut process = procpool::Process::spawn(process_comm, ()).unwrap();
     assert_eq!(process.join().unwrap(), expected, "a Process");
 }

@@ -24,7 +24,7 @@ fn add(a: i32, b: i32) -> i32 {
 
 #[test]
 fn join_returns_the_value_from_another_process() {
-    let process = Process::spawn(whoami, 0).unwrap();
+    let mut process = Process::spawn(whoami, 0).unwrap();
     let pid = process.pid();
     let name = process.name().to_owned();
     assert_ne!(pid, std::process::id());
@@ -35,8 +35,8 @@ fn join_returns_the_value_from_another_process() {
 
 #[test]
 fn names_are_numbered_and_unique_or_chosen() {
-    let a = Process::spawn(whoami, 0).unwrap();
-    let b = Process::spawn(whoami, 0).unwrap();
+    let mut a = Process::spawn(whoami, 0).unwrap();
+    let mut b = Process::spawn(whoami, 0).unwrap();
     for process in [&a, &b] {
         let number = process
             .name()
@@ -45,7 +45,7 @@ fn names_are_numbered_and_unique_or_chosen() {
         assert!(number.parse::<u32>().unwrap() >= 1);
     }
     assert_ne!(a.name(), b.name());
-    let named = Process::builder()
+    let mut named = Process::builder()
         .name("cruncher")
         .spawn(whoami, 0)
         .unwrap();
@@ -67,7 +67,7 @@ fn main_process_and_cpu_count() {
 
 #[test]
 fn alive_then_exit_code_zero() {
-    let process = Process::spawn(whoami, 300).unwrap();
+    let mut process = Process::spawn(whoami, 300).unwrap();
     assert!(process.is_alive());
     assert_eq!(process.exit_code(), None);
     eventually("the process to exit", || !process.is_alive());
@@ -79,7 +79,7 @@ fn alive_then_exit_code_zero() {
 
 #[test]
 fn kill_gives_minus_nine_and_worker_died() {
-    let process = Process::spawn(whoami, 60_000).unwrap();
+    let mut process = Process::spawn(whoami, 60_000).unwrap();
     process.kill();
     eventually("the process to die", || !process.is_alive());
     assert_eq!(process.exit_code(), Some(-9));
@@ -93,7 +93,7 @@ fn kill_gives_minus_nine_and_worker_died() {
 
 #[test]
 fn terminate_sends_sigterm() {
-    let process = Process::spawn(whoami, 60_000).unwrap();
+    let mut process = Process::spawn(whoami, 60_000).unwrap();
     process.terminate();
     eventually("the process to stop", || !process.is_alive());
     assert_eq!(process.exit_code(), Some(-15));
@@ -102,7 +102,7 @@ fn terminate_sends_sigterm() {
 
 #[test]
 fn panic_exits_with_one_and_join_reports_it() {
-    let process = Process::spawn(explode, "kaboom".to_string()).unwrap();
+    let mut process = Process::spawn(explode, "kaboom".to_string()).unwrap();
     eventually("the process to exit", || !process.is_alive());
     assert_eq!(process.exit_code(), Some(1));
     match process.join() {
@@ -139,4 +139,25 @@ fn duration_max_means_no_limit() {
     assert_eq!(process.join_timeout(Duration::MAX).unwrap(), 5);
     let mut slow = Process::spawn(whoami, 200).unwrap();
     assert_eq!(slow.join_timeout(Duration::MAX).unwrap().1, slow.pid());
+}
+
+#[test]
+fn exit_code_after_join_as_python_reads_it_and_a_second_join_is_misuse() {
+    let mut process = Process::spawn(add, (20, 22)).unwrap();
+    assert_eq!(process.join().unwrap(), 42);
+    // `p.join(); p.exitcode`: the process has exited when join returns.
+    assert!(!process.is_alive());
+    assert_eq!(process.exit_code(), Some(0));
+    match process.join() {
+        Err(Error::Misuse(message)) => assert!(message.contains("joined already"), "{message}"),
+        other => panic!("expected Misuse, got {other:?}"),
+    }
+    // A join that timed out leaves the outcome to a later join.
+    let mut slow = Process::spawn(whoami, 500).unwrap();
+    assert!(matches!(
+        slow.join_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout(_))
+    ));
+    assert_eq!(slow.join().unwrap().0, slow.name());
+    assert_eq!(slow.exit_code(), Some(0));
 }

@@ -19,7 +19,7 @@ fn main() -> Result<(), procpool::Error> {
     assert_eq!(sum, 3);
     let lazy: Vec<u64> = pool.imap(brightness, images).collect::<Result<_, _>>()?;
     assert_eq!(lazy, [3]);
-    let process = procpool::Process::spawn(brightness, Image { pixels: vec![] })?;
+    let mut process = procpool::Process::spawn(brightness, Image { pixels: vec![] })?;
     assert_eq!(process.join()?, 0);
     Ok(())
 }

@@ -24,7 +24,7 @@ fn main() -> Result<(), procpool::Error> {
     assert_eq!(lazy.len(), 1);
     let pending = pool.map_async(histogram, vec![vec![5]])?;
     assert_eq!(pending.get()?.len(), 1);
-    let process = procpool::Process::spawn(histogram, vec![])?;
+    let mut process = procpool::Process::spawn(histogram, vec![])?;
     assert_eq!(process.join()?.counts.len(), 256);
     Ok(())
 }
