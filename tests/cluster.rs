@@ -2094,3 +2094,116 @@ fn a_queue_follows_its_slot_to_another_node_of_a_redis_cluster() {
     drop(pool);
     workers.stop().unwrap();
 }
+
+/// A Redis Cluster of three masters, each with a replica: six
+/// `redis-server --cluster-enabled yes` made into one with `redis-cli
+/// --cluster create ... --cluster-replicas 1`. A master's replica takes
+/// over 2 s after the master stops answering (`cluster-node-timeout`).
+fn replicated_cluster() -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..6)
+        .map(|_| {
+            RedisServer::with_args(
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+                false,
+            )
+        })
+        .collect();
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("127.0.0.1:{}", node.port()))
+        .collect();
+    let output = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    for node in &nodes {
+        let port = node.port();
+        eventually("the cluster to be ready on every node", || {
+            redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        });
+        // Replicas in sync, so that one can take over from its master.
+        eventually("every replica to be in sync", || {
+            let info = redis_cli(port, &["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        });
+    }
+    nodes
+}
+
+#[test]
+fn a_pool_and_its_workers_carry_on_when_the_node_in_their_url_dies() {
+    let mut nodes = replicated_cluster();
+    let ports: Vec<u16> = nodes.iter().map(RedisServer::port).collect();
+    // The master that owns the queue's slot answers a read of it (nil:
+    // empty output); the other masters and the replicas answer MOVED.
+    let owner = (0..6)
+        .find(|i| redis_cli(ports[*i], &["GET", "procpool:{failover}:x"]).is_empty())
+        .unwrap();
+    let seeds: Vec<String> = (0..6)
+        .filter(|i| *i != owner)
+        .map(|i| format!("127.0.0.1:{}", ports[i]))
+        .collect();
+    // The URL names the owner first: the node that dies. The workers' URL
+    // names it alone: they carry on with the nodes the cluster named.
+    let lone = format!(
+        "redis://127.0.0.1:{}/0?queue=failover&cluster=true&visibility=2",
+        ports[owner]
+    );
+    let url = format!("{lone}&seeds={}", seeds.join(","));
+    let workers = Workers::start(&lone, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    let mut call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..80).map(|x| (x, 50)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[owner].stop();
+    let killed = Instant::now();
+    let out = call.get_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..80).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    eprintln!(
+        "the map finished {:?} after its node died",
+        killed.elapsed()
+    );
+    // The slot's new owner: a replica that took over.
+    let survivors: Vec<usize> = (0..6).filter(|i| *i != owner).collect();
+    let new_owner = *survivors
+        .iter()
+        .find(|i| redis_cli(ports[**i], &["GET", "procpool:{failover}:x"]).is_empty())
+        .unwrap_or_else(|| panic!("no node owns the slot"));
+    // A pool built now with the same URL finds the cluster through a seed.
+    let again = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(again.map(square, 0..10).unwrap()[9], 81);
+    assert_eq!(pool.apply(add, (20, 22)).unwrap(), 42);
+    // Both workers beat on the new owner, connected there.
+    eventually("both workers to be alive on the new owner", || {
+        procpool::cluster::inspect(&url)
+            .map(|report| report.workers.len() == 2)
+            .unwrap_or(false)
+    });
+    let clients = redis_cli(ports[new_owner], &["CLIENT", "LIST"]);
+    assert!(
+        clients.matches("name=procpool-worker-").count() >= 2,
+        "{clients}"
+    );
+    drop((again, pool));
+    workers.stop().unwrap();
+}

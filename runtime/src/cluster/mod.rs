@@ -85,9 +85,11 @@
 //! - A caller keeps at most `window` bytes (32 MiB) of its tasks in Redis;
 //!   the rest waits in the caller until results come back. Chunks are cut
 //!   past 4 MiB or `max_payload`, and sized for the live workers.
-//! - With `cluster=true` the URL names any node of a Redis Cluster: a
-//!   queue's keys share one hash slot (`procpool:{queue}:...`) and callers
-//!   and workers talk to the node that owns it.
+//! - With `cluster=true` the URL names any node of a Redis Cluster (and
+//!   `seeds=host:port,...` more): a queue's keys share one hash slot
+//!   (`procpool:{queue}:...`) and callers and workers talk to the node
+//!   that owns it, found through any node they know, so the death of the
+//!   node in the URL stops nothing once a replica took over.
 //! - [`inspect`] reports a queue's workers, tasks, dead consumers and
 //!   callers; the `procpool-inspect` binary prints it.
 //!
