@@ -2207,3 +2207,67 @@ fn a_pool_and_its_workers_carry_on_when_the_node_in_their_url_dies() {
     drop((again, pool));
     workers.stop().unwrap();
 }
+
+#[test]
+fn the_tasks_of_many_killed_workers_are_recovered_in_parallel() {
+    // 12 workers each run one 3 s task; 8 of them are killed mid-task.
+    // Their 8 tasks go back where every live worker (the 4 left and the
+    // supervisor's replacements) can take them, so they finish in about
+    // one task's time after the visibility timeout, not one after another
+    // as each scanner (a lock of half a visibility timeout, 3 s) took one:
+    // 33 s that way.
+    const TASK_MS: u64 = 3000;
+    let redis = RedisServer::start();
+    let url = redis.url("queue=parallel&visibility=6");
+    let workers = Workers::start(&url, 12).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("parallel");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let items: Vec<(u64, u64, String)> = (0..12).map(|x| (x, TASK_MS, dir_text.clone())).collect();
+    let started_at = Instant::now();
+    let mut call = pool.chunksize(1).map_async(traced_square, items).unwrap();
+    eventually("each of the 12 workers to start a task", || {
+        let pids: HashSet<u32> = traces(&dir, "started")
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        pids.len() == 12
+    });
+    let victims: Vec<u32> = traces(&dir, "started")
+        .values()
+        .flatten()
+        .copied()
+        .take(8)
+        .collect();
+    for victim in &victims {
+        kill(*victim, libc::SIGKILL);
+    }
+    let killed = Instant::now();
+    let out = call.get_timeout(Duration::from_secs(120)).unwrap();
+    let recovery = killed.elapsed();
+    assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
+    eprintln!(
+        "8 killed workers' tasks finished {recovery:?} after the kill ({:?} after the map began)",
+        started_at.elapsed()
+    );
+    // Each lost task ran again on a live worker.
+    let finished = traces(&dir, "finished");
+    assert_eq!(finished.len(), 12, "{finished:?}");
+    for pids in finished.values() {
+        assert!(
+            pids.iter().all(|pid| !victims.contains(pid)),
+            "{finished:?}"
+        );
+    }
+    // One task (3 s) after the dead workers' silence (visibility + 1 s:
+    // 7 s), a scan (every 3 s) and a heartbeat of the takers (every 2 s):
+    // 10 to 15 s. Bounded generously for a busy machine, and still far
+    // below 8 tasks in turn.
+    assert!(
+        recovery < Duration::from_secs(22),
+        "the lost tasks took {recovery:?}"
+    );
+    drop(pool);
+    workers.stop().unwrap();
+}

@@ -39,7 +39,9 @@
 //!   another worker once the dead worker's heartbeat has been silent for the
 //!   visibility timeout (plus a second), up to `max_deliveries` times in
 //!   all; then the call fails with [`Error::TaskLost`]. One worker at a time
-//!   looks for dead workers, and forgets those that hold nothing any more.
+//!   looks for dead workers, hands their tasks to every live worker (each
+//!   takes one before any new task, so many lost tasks run at once), and
+//!   forgets dead workers that hold nothing any more.
 //!   A live worker renews its claim while the job runs, however long that
 //!   takes, unless the caller set a
 //!   [`task_timeout`](crate::PoolBuilder::task_timeout): then the worker

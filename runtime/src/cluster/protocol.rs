@@ -15,6 +15,7 @@
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
 //! | `running` | hash | workers | worker → when its current task started and its job, refreshed with each heartbeat |
 //! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
+//! | `lost:<job id>` | set, with a TTL of `ttl` | the scanning worker | entry ids of that job's tasks pending under dead workers, idle past the visibility timeout: any worker of the job takes one (`SPOP`, then `XCLAIM`) before reading new tasks |
 //! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `replayed_tasks` (copies of a task dropped by workers), `forged_results` (dropped by callers) |
 //!
 //! A job's id is derived from its name, its argument and result types as
@@ -64,6 +65,10 @@ impl Keys {
     pub(crate) fn tasks(&self, job_id: &str) -> String {
         format!("{}tasks:{job_id}", self.prefix)
     }
+    /// The id of the job whose tasks stream is `stream`.
+    pub(crate) fn job_of<'s>(&self, stream: &'s str) -> Option<&'s str> {
+        stream.strip_prefix(&self.prefix)?.strip_prefix("tasks:")
+    }
     /// The live workers that can run the job with id `job_id`.
     pub(crate) fn serves(&self, job_id: &str) -> String {
         format!("{}serves:{job_id}", self.prefix)
@@ -75,6 +80,11 @@ impl Keys {
     /// last heartbeat.
     pub(crate) fn running(&self) -> String {
         format!("{}running", self.prefix)
+    }
+    /// The lost tasks (entry ids) of the job with id `job_id`: pending under
+    /// a dead worker, for any live worker to take (see `recover`).
+    pub(crate) fn lost(&self, job_id: &str) -> String {
+        format!("{}lost:{job_id}", self.prefix)
     }
     /// Held by the worker that looks for dead workers' tasks (see `recover`).
     pub(crate) fn scanner(&self) -> String {

@@ -15,7 +15,7 @@ use super::auth::{Presence, ResultFields, TaskFields};
 use super::backend::ensure_group;
 use super::link::{Link, is_connection_error};
 use super::protocol::{self, Clock, Entry, GROUP, Keys, Refusal, TASK_LIFETIME};
-use super::recover::{Recovery, Scope, deliveries};
+use super::recover::{Recovery, Scope, deliveries, take_lost};
 use super::settings::Settings;
 use crate::Error;
 use crate::failure::{Failure, FailureKind};
@@ -221,27 +221,20 @@ impl Worker {
                 streams: &self.streams,
                 job_ids: &self.job_ids,
             };
+            let mut lost = self.beat.lost();
             match self.recovery.step(&mut self.link, &scope) {
-                // Look again at once: a dead worker may have left several.
-                Ok(Some((entry, deliveries))) => {
-                    self.handle(entry, deliveries, &[]);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(err) if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) => {
-                    self.recover(err)?;
-                }
-                // A dropped connection is waited out by the read below.
-                Err(err) if is_connection_error(&err) => {}
-                Err(err) => {
-                    if !self.recovery_failed {
-                        eprintln!(
-                            "procpool cluster worker {}: cannot recover the tasks of dead \
-                             workers: {err}; they wait for another worker",
-                            self.name
-                        );
-                        self.recovery_failed = true;
+                Ok(published) => lost |= published,
+                Err(err) => self.recovery_failed(err)?,
+            }
+            // Lost tasks first: they are older than any new one.
+            if lost {
+                match self.take_lost() {
+                    Ok(Some((entry, deliveries))) => {
+                        self.handle(entry, deliveries, &[]);
+                        continue;
                     }
+                    Ok(None) => self.beat.set_lost(false),
+                    Err(err) => self.recovery_failed(err)?,
                 }
             }
             // After a new connection, first the tasks already delivered to
@@ -292,6 +285,42 @@ impl Worker {
                 }
                 Err(err) => self.recover(err)?,
             }
+        }
+        Ok(())
+    }
+
+    /// One task from the lost sets of this worker's jobs (see
+    /// [`super::recover`]), claimed by this worker, if any is left.
+    fn take_lost(&mut self) -> Result<Option<(Entry, u64)>, redis::RedisError> {
+        let scope = Scope {
+            settings: &self.settings,
+            keys: &self.keys,
+            name: &self.name,
+            streams: &self.streams,
+            job_ids: &self.job_ids,
+        };
+        for index in 0..self.jobs.len() {
+            if let Some(found) = take_lost(&mut self.link, &scope, index)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// After recovery failed: the queue was deleted (recreate it), the
+    /// connection dropped (the read that follows waits it out), or Redis
+    /// refused (said once; the tasks wait for another worker).
+    fn recovery_failed(&mut self, err: redis::RedisError) -> Result<(), Error> {
+        if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) {
+            return self.recover(err);
+        }
+        if !is_connection_error(&err) && !self.recovery_failed {
+            eprintln!(
+                "procpool cluster worker {}: cannot recover the tasks of dead workers: {err}; \
+                 they wait for another worker",
+                self.name
+            );
+            self.recovery_failed = true;
         }
         Ok(())
     }
@@ -717,6 +746,9 @@ struct Beat {
     /// The running task's job and when it started (ms since the epoch),
     /// for [`super::inspect`].
     running: Option<(String, u64)>,
+    /// Whether the last beat found lost tasks of this worker's jobs (see
+    /// [`super::recover`]).
+    lost: bool,
     stop: bool,
 }
 
@@ -735,7 +767,13 @@ const TIMED_OUT_EXIT: i32 = 3;
 
 /// Fails the task with `Refusal::TimedOut` and ends the process, whose
 /// job may never return: a supervisor ([`super::Workers`]) starts another.
-fn time_out(link: &mut Link, settings: &Settings, keys: &Keys, name: &str, dog: &Watchdog) -> ! {
+fn time_out(
+    link: &mut Link,
+    settings: &Settings,
+    keys: &Keys,
+    (name, job_ids): (&str, &[String]),
+    dog: &Watchdog,
+) -> ! {
     let started = Instant::now();
     let patience = || started.elapsed() >= Duration::from_secs(10);
     let refusal = Refusal::TimedOut {
@@ -747,8 +785,11 @@ fn time_out(link: &mut Link, settings: &Settings, keys: &Keys, name: &str, dog: 
             dog.task.id
         );
     }
-    // The tasks it held but did not start look idle for a day, so the next
-    // scan of any worker takes them, instead of after the visibility timeout.
+    // The tasks it held but did not start look idle for a day and go to
+    // their jobs' lost sets, so that the next worker to beat takes them.
+    // This worker counts as dead from now on (a heartbeat past the limit,
+    // not zero, which the hourly sweep of stale workers would remove
+    // before the scanner forgets it): `inspect` lists it as such.
     let mut pipe = redis::pipe();
     for (stream, id) in &dog.waiting {
         pipe.cmd("XCLAIM")
@@ -761,7 +802,21 @@ fn time_out(link: &mut Link, settings: &Settings, keys: &Keys, name: &str, dog: 
             .arg(86_400_000)
             .arg("JUSTID")
             .ignore();
+        if let Some(job_id) = keys.job_of(stream) {
+            pipe.cmd("SADD").arg(keys.lost(job_id)).arg(id).ignore();
+        }
     }
+    let dead_since =
+        protocol::now_ms().saturating_sub(2 * settings.visibility.as_millis() as u64 + 1000);
+    pipe.cmd("ZADD")
+        .arg(keys.workers())
+        .arg(dead_since)
+        .arg(name)
+        .ignore();
+    for id in job_ids {
+        pipe.cmd("ZREM").arg(keys.serves(id)).arg(name).ignore();
+    }
+    pipe.cmd("HDEL").arg(keys.running()).arg(name).ignore();
     let _ = link.run(|conn| pipe.query::<()>(conn));
     eprintln!(
         "procpool cluster worker {name}: job `{}` ran past its task_timeout of {:?}; \
@@ -786,6 +841,7 @@ impl Heartbeat {
         let settings = settings.clone();
         let shared = Arc::new((Mutex::new(Beat::default()), Condvar::new()));
         let (keys, name, beat) = (keys.clone(), name.to_owned(), Arc::clone(&shared));
+        let lost_sets: Vec<String> = job_ids.iter().map(|id| keys.lost(id)).collect();
         let period = visibility / 3;
         let thread = thread::Builder::new()
             .name("procpool-cluster-heartbeat".into())
@@ -801,11 +857,11 @@ impl Heartbeat {
                     {
                         let dog = dog.clone();
                         drop(guard);
-                        time_out(&mut link, &settings, &keys, &name, &dog);
+                        time_out(&mut link, &settings, &keys, (&name, &job_ids), &dog);
                     }
                     drop(guard);
                     beats += 1;
-                    let _ = link.run(|conn| {
+                    let beaten = link.run(|conn| {
                         let mut pipe = redis::pipe();
                         let now = protocol::now_ms();
                         let stale = now.saturating_sub(STALE_WORKER_MS);
@@ -845,9 +901,15 @@ impl Heartbeat {
                                 .arg("JUSTID")
                                 .ignore();
                         }
-                        pipe.query::<()>(conn)
+                        // Lost tasks of this worker's jobs, for it to take
+                        // (one command, whatever the number of jobs).
+                        pipe.cmd("EXISTS").arg(&lost_sets);
+                        pipe.query::<(u64,)>(conn)
                     });
                     guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Ok((lost,)) = beaten {
+                        guard.lost = lost > 0;
+                    }
                     if !guard.stop {
                         let wait = match &guard.watchdog {
                             Some(dog) => {
@@ -888,6 +950,18 @@ impl Heartbeat {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .watching = held;
+    }
+
+    /// Whether the last beat found lost tasks to take.
+    fn lost(&self) -> bool {
+        let (state, _) = &*self.shared;
+        state.lock().unwrap_or_else(PoisonError::into_inner).lost
+    }
+
+    /// Takes note that lost tasks are there (or that none are left).
+    fn set_lost(&self, lost: bool) {
+        let (state, _) = &*self.shared;
+        state.lock().unwrap_or_else(PoisonError::into_inner).lost = lost;
     }
 
     /// The job now running, if any, for inspection.
