@@ -693,14 +693,12 @@ fn helper_caller_that_stalls() {
     println!("OUTCOME {:?}", call.get_timeout(Duration::from_secs(60)));
 }
 
-#[test]
-fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
-    // A caller stopped longer than `presence` (SIGSTOP: it cannot refresh
-    // its presence key) looks dead: workers drop its tasks unrun. When it
-    // goes on, its call fails and says why.
-    let redis = RedisServer::start();
-    let url = redis.url("queue=vanished&presence=1");
-    let dir = scratch_dir("vanished");
+/// Starts `helper_caller_that_stalls` on `url`; returns it, once it has
+/// sent its tasks, with the lines of its stdout still to come.
+fn start_stalling_caller(
+    url: &str,
+    dir: &Path,
+) -> (KillOnDrop, impl Iterator<Item = String> + use<>) {
     let mut caller = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -708,15 +706,27 @@ fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
             "--ignored",
             "--nocapture",
         ])
-        .env("PROCPOOL_TEST_URL", &url)
+        .env("PROCPOOL_TEST_URL", url)
         .env("PROCPOOL_TEST_DIR", dir.to_str().unwrap())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = caller.stdout.take().unwrap();
-    let caller = KillOnDrop(caller);
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    assert!(lines.any(|line| line.unwrap().contains("SUBMITTED")));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout)).map(Result::unwrap);
+    assert!(lines.any(|line| line.contains("SUBMITTED")));
+    (KillOnDrop(caller), lines)
+}
+
+#[test]
+fn a_caller_paused_past_its_presence_sends_the_dropped_tasks_again() {
+    // A caller stopped longer than `presence` (SIGSTOP: it cannot refresh
+    // its presence key) looks dead: workers drop its tasks unrun. Those
+    // provably never ran, so when it goes on it sends them again, and its
+    // call succeeds, each task run once.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=vanished&presence=1");
+    let dir = scratch_dir("vanished");
+    let (caller, mut lines) = start_stalling_caller(&url, &dir);
     kill(caller.0.id(), libc::SIGSTOP);
     let mut conn = redis_conn(&redis, "");
     eventually("the stopped caller's presence to expire", || {
@@ -726,16 +736,42 @@ fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
     eventually("the worker to drop the tasks", || {
         queued(&mut conn, "vanished") == 0
     });
+    assert!(traces(&dir, "started").is_empty(), "the dropped tasks ran");
     kill(caller.0.id(), libc::SIGCONT);
-    let outcome = lines
-        .map(Result::unwrap)
-        .find(|line| line.starts_with("OUTCOME"))
-        .unwrap();
+    let outcome = lines.find(|line| line.starts_with("OUTCOME")).unwrap();
+    assert_eq!(outcome, "OUTCOME Ok([0, 1, 4, 9])");
+    let started = traces(&dir, "started");
+    assert_eq!(started.len(), 4, "{started:?}");
+    assert!(started.values().all(|pids| pids.len() == 1), "{started:?}");
+}
+
+#[test]
+fn a_caller_paused_past_ttl_fails_the_tasks_that_may_have_run_naming_them() {
+    // Stopped longer than `ttl`, a caller finds neither its tasks (a worker
+    // ran them) nor their results (expired unread): those tasks may have
+    // run, so their calls fail, naming the items and the pause.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=paused&presence=1&ttl=3&reconnect=1");
+    let dir = scratch_dir("paused");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let (caller, mut lines) = start_stalling_caller(&url, &dir);
+    kill(caller.0.id(), libc::SIGSTOP);
+    eventually("the worker to run a task", || {
+        !traces(&dir, "finished").is_empty()
+    });
+    let mut conn = redis_conn(&redis, "");
+    eventually("the results to expire", || {
+        keys(&mut conn, "procpool:{paused}:results:*").is_empty()
+    });
+    kill(caller.0.id(), libc::SIGCONT);
+    let outcome = lines.find(|line| line.starts_with("OUTCOME")).unwrap();
     assert!(
-        outcome.contains("Err(Cluster(") && outcome.contains("presence"),
+        outcome.contains("Err(Cluster(")
+            && outcome.contains("may have run")
+            && outcome.contains("for items ")
+            && outcome.contains("without refreshing its presence"),
         "{outcome}"
     );
-    assert!(traces(&dir, "started").is_empty());
 }
 
 #[test]

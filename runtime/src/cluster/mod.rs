@@ -114,7 +114,8 @@
 //! only `#[pool_job]` functions registered in its own binary and refuses
 //! tasks and results over `max_payload`. A caller's presence key expires
 //! `presence` seconds (10) after its last refresh, and workers then drop
-//! its queued tasks unrun; its results and the task streams it used expire
+//! its queued tasks unrun (a caller that was only paused sends those again
+//! when it comes back); its results and the task streams it used expire
 //! `ttl` seconds after, even if no worker runs.
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user

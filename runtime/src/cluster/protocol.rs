@@ -180,8 +180,8 @@ impl Refusal {
             Refusal::Abandoned => Error::Cluster(format!(
                 "job `{job}`: a worker dropped the task for items {first}..{end} without running \
                  it, because this caller's presence key had expired: the caller did not refresh \
-                 it for `presence` seconds (it was stalled, cut off from Redis, or Redis lost the key). \
-                 Run the call again",
+                 it for `presence` seconds (it was stalled, cut off from Redis, or Redis lost the key), \
+                 each time it sent the task again (`max_deliveries` times). Run the call again",
                 end = first + count
             )),
         }
