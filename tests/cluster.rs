@@ -2307,3 +2307,124 @@ fn the_tasks_of_many_killed_workers_are_recovered_in_parallel() {
     drop(pool);
     workers.stop().unwrap();
 }
+
+/// The pids `inspect` lists alive, and those it shows running a task.
+fn inspected_pids(url: &str) -> (HashSet<u32>, HashSet<u32>) {
+    let report = procpool::cluster::inspect(url).unwrap();
+    let alive = report.workers.iter().map(|w| w.pid).collect();
+    let busy = report
+        .workers
+        .iter()
+        .filter(|w| w.running.is_some())
+        .map(|w| w.pid)
+        .collect();
+    (alive, busy)
+}
+
+#[test]
+fn inspect_is_current_about_busy_timed_out_and_killed_workers() {
+    // Heartbeats every 10 s (a third of the visibility timeout): what
+    // inspect shows must not wait for them.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=current&visibility=30");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    // A worker busy with a 3 s task shows as busy while it runs, and idle
+    // once its result is in.
+    let started = Instant::now();
+    let mut call = pool.apply_async(slow_square, (1, 3000)).unwrap();
+    let mut busy = HashSet::new();
+    eventually("inspect to show the worker running the task", || {
+        busy = inspected_pids(&url).1;
+        !busy.is_empty()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "seen only after the task"
+    );
+    let (_, pid) = call.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(busy, HashSet::from([pid]));
+    assert!(inspected_pids(&url).1.is_empty(), "still shown running");
+    // A worker that exited on `task_timeout` is neither alive nor running.
+    let timed = Pool::builder()
+        .cluster(&url)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut call = timed.apply_async(slow_square, (2, 8000)).unwrap();
+    let mut busy = HashSet::new();
+    eventually("the task to run", || {
+        busy = inspected_pids(&url).1;
+        !busy.is_empty()
+    });
+    assert!(matches!(
+        call.get_timeout(Duration::from_secs(30)),
+        Err(Error::TaskTimedOut { .. })
+    ));
+    let timed_out = busy.into_iter().next().unwrap();
+    eventually("the timed-out worker to leave the report", || {
+        let (alive, busy) = inspected_pids(&url);
+        !alive.contains(&timed_out) && busy.is_empty()
+    });
+    // A worker killed with SIGKILL leaves it within seconds (its
+    // supervisor says so), not after the visibility timeout (31 s).
+    eventually("the replacement to be listed", || {
+        inspected_pids(&url).0.len() == 2
+    });
+    let victim = workers.pids()[0];
+    kill(victim, libc::SIGKILL);
+    let killed = Instant::now();
+    eventually("the killed worker to leave the report", || {
+        !inspected_pids(&url).0.contains(&victim)
+    });
+    eprintln!(
+        "a killed worker left the report {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    drop((timed, pool));
+    workers.stop().unwrap();
+}
+
+#[test]
+fn inspect_shows_the_oldest_waiting_task_each_callers_backlog_and_redis_memory() {
+    // No worker; a window of 1000 bytes: one task of 600 bytes in Redis,
+    // the other 19 waiting in the caller.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=backlog&window=1000");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let _call = pool
+        .chunksize(1)
+        .map_async(length, (0..20).map(|_| vec![7u8; 600]))
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut report = None;
+    eventually("the job and the caller's backlog to be reported", || {
+        let found = procpool::cluster::inspect(&url).unwrap();
+        let ready = found.jobs.iter().any(|job| {
+            job.oldest_waiting
+                .is_some_and(|age| age >= Duration::from_secs(1))
+        }) && found.callers.iter().any(|c| c.backlog == 19);
+        report = Some(found);
+        ready
+    });
+    let report = report.unwrap();
+    let job = &report.jobs[0];
+    assert_eq!((job.waiting, job.taken, job.workers), (1, 0, 0), "{report}");
+    assert!(job.oldest_waiting.unwrap() < Duration::from_secs(60));
+    let caller = &report.callers[0];
+    assert_eq!(caller.host.as_deref(), Some(host.trim()));
+    assert_eq!((caller.pid, caller.in_redis), (std::process::id(), 1));
+    assert!(
+        report.used_memory.is_some_and(|bytes| bytes > 100_000),
+        "{report}"
+    );
+    let text = report.to_string();
+    for needle in [
+        "1 waiting, 0 taken, 0 workers, oldest waiting ",
+        &format!("{} pid {}", host.trim(), std::process::id()),
+        "1 tasks in Redis, 19 waiting in the caller",
+        "redis memory: ",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
+}

@@ -334,8 +334,14 @@ impl Shared {
     ) -> redis::RedisResult<u64> {
         self.clock.learn(protocol::redis_time_ms(conn)?);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        let (streams, prune): (HashSet<String>, Vec<u64>) = {
+        let (streams, prune, about): (HashSet<String>, Vec<u64>, protocol::CallerAbout) = {
             let state = lock(&self.state);
+            let about = protocol::CallerAbout {
+                host: crate::sys::host_name(),
+                pid: std::process::id(),
+                in_redis: state.pending.values().filter(|p| p.entry.is_some()).count() as u64,
+                backlog: state.backlog.len() as u64,
+            };
             let streams = state
                 .pending
                 .values()
@@ -347,12 +353,18 @@ impl Shared {
                 .copied()
                 .filter(|seq| *seq < prune_below)
                 .collect();
-            (streams, prune)
+            (streams, prune, about)
         };
         let now = protocol::now_ms();
         let presence = self.settings.presence.as_millis() as u64;
         let mut pipe = redis::pipe();
         let low = self.mark_present(&mut pipe);
+        pipe.cmd("SET")
+            .arg(self.keys.about(&self.caller))
+            .arg(about.encode())
+            .arg("PX")
+            .arg(presence.max(1))
+            .ignore();
         let claims = self.keys.claims(&self.caller);
         if !prune.is_empty() {
             pipe.cmd("HDEL").arg(&claims).arg(&prune).ignore();
@@ -1278,6 +1290,7 @@ impl Backend for ClusterBackend {
                 .ignore()
                 .cmd("DEL")
                 .arg(shared.keys.caller(&shared.caller))
+                .arg(shared.keys.about(&shared.caller))
                 .arg(shared.keys.results(&shared.caller))
                 .ignore()
                 .query::<()>(conn)

@@ -92,8 +92,10 @@
 //!   (`procpool:{queue}:...`) and callers and workers talk to the node
 //!   that owns it, found through any node they know, so the death of the
 //!   node in the URL stops nothing once a replica took over.
-//! - [`inspect`] reports a queue's workers, tasks, dead consumers and
-//!   callers; the `procpool-inspect` binary prints it.
+//! - [`inspect`] reports a queue's workers (what each runs, as of now),
+//!   tasks (and the oldest waiting task's age), dead consumers, callers
+//!   (host, pid, backlog) and Redis' memory; the `procpool-inspect` binary
+//!   prints it.
 //!
 //! # Security
 //!
@@ -134,7 +136,7 @@ mod settings;
 mod supervise;
 
 pub(crate) use backend::ClusterBackend;
-pub use inspect::{DeadConsumer, JobReport, QueueReport, WorkerReport, inspect};
+pub use inspect::{CallerReport, DeadConsumer, JobReport, QueueReport, WorkerReport, inspect};
 pub use supervise::Workers;
 
 use crate::Error;

@@ -388,7 +388,11 @@ impl Worker {
     /// claims are shared by every worker of the queue, in the caller's hash
     /// `claims:<caller>` (same hash tag, so one slot of a Redis Cluster),
     /// which expires `ttl` after the caller's last refresh.
-    fn claim(&mut self, caller: &str, seq: u64, id: &str) -> Result<bool, redis::RedisError> {
+    fn claim(
+        &mut self,
+        (caller, seq, job): (&str, u64, &str),
+        id: &str,
+    ) -> Result<bool, redis::RedisError> {
         let claims = self.keys.claims(caller);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
         // HSETNX is atomic by itself; the holder is read only when the
@@ -402,6 +406,14 @@ impl Worker {
             .cmd("PEXPIRE")
             .arg(&claims)
             .arg(ttl)
+            .ignore()
+            // What this worker runs, for `inspect`, in the same round trip:
+            // current from the task's start (the heartbeat comes every
+            // third of the visibility timeout), removed with its result.
+            .cmd("HSET")
+            .arg(self.keys.running())
+            .arg(&self.name)
+            .arg(format!("{} {job}", protocol::now_ms()))
             .ignore();
         let (fresh,): (bool,) = self
             .link
@@ -540,7 +552,7 @@ impl Worker {
                 }
                 return;
             }
-            match self.claim(&caller, seq, &entry.id) {
+            match self.claim((&caller, seq, &job), &entry.id) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.drop_replay(
@@ -608,9 +620,7 @@ impl Worker {
                     waiting: waiting.to_vec(),
                 });
             }
-            self.beat.running(Some(&job));
             let ran = crate::worker::run_chunk(&job, count, &items);
-            self.beat.running(None);
             self.beat.disarm();
             self.beat.watch(waiting.to_vec());
             match ran {
@@ -632,8 +642,7 @@ impl Worker {
         };
         if let Err(err) = store(
             &mut self.link,
-            &self.settings,
-            &self.keys,
+            (&self.settings, &self.keys, &self.name),
             &task,
             outcome,
             &stopping,
@@ -646,10 +655,17 @@ impl Worker {
         }
     }
 
-    /// Removes a task that will not run from the group and the stream.
+    /// Removes a task that will not run from the group and the stream (and
+    /// from what `inspect` shows this worker running, if it was claimed).
     fn acknowledge(&mut self, stream: &str, id: &str) {
+        let running = self.keys.running();
         let _ = self.link.run_retrying(None, &stopping, |conn| {
-            retire(&mut redis::pipe(), stream, id).query::<()>(conn)
+            retire(&mut redis::pipe(), stream, id)
+                .cmd("HDEL")
+                .arg(&running)
+                .arg(&self.name)
+                .ignore()
+                .query::<()>(conn)
         });
     }
 }
@@ -670,8 +686,7 @@ struct Delivery {
 /// another worker runs it again.
 fn store(
     link: &mut Link,
-    settings: &Settings,
-    keys: &Keys,
+    (settings, keys, worker): (&Settings, &Keys, &str),
     task: &Delivery,
     outcome: Result<Vec<u8>, Refusal>,
     give_up: &dyn Fn() -> bool,
@@ -708,7 +723,12 @@ fn store(
             add.arg("tag").arg(tag);
         }
         add.ignore().cmd("PEXPIRE").arg(&results).arg(ttl).ignore();
-        retire(&mut pipe, &task.stream, &task.id).query::<()>(conn)
+        retire(&mut pipe, &task.stream, &task.id)
+            .cmd("HDEL")
+            .arg(keys.running())
+            .arg(worker)
+            .ignore()
+            .query::<()>(conn)
     })
     .map_err(|err| err.to_string())
 }
@@ -743,9 +763,6 @@ struct Beat {
     watching: Vec<(String, String)>,
     /// The running task's deadline, if its caller set a `task_timeout`.
     watchdog: Option<Watchdog>,
-    /// The running task's job and when it started (ms since the epoch),
-    /// for [`super::inspect`].
-    running: Option<(String, u64)>,
     /// Whether the last beat found lost tasks of this worker's jobs (see
     /// [`super::recover`]).
     lost: bool,
@@ -779,7 +796,13 @@ fn time_out(
     let refusal = Refusal::TimedOut {
         timeout_ms: dog.timeout_ms,
     };
-    if let Err(err) = store(link, settings, keys, &dog.task, Err(refusal), &patience) {
+    if let Err(err) = store(
+        link,
+        (settings, keys, name),
+        &dog.task,
+        Err(refusal),
+        &patience,
+    ) {
         eprintln!(
             "procpool cluster worker {name}: cannot store the timeout of task {}: {err}",
             dog.task.id
@@ -851,7 +874,6 @@ impl Heartbeat {
                 let mut beats: u64 = 0;
                 while !guard.stop {
                     let watching = guard.watching.clone();
-                    let running = guard.running.clone();
                     if let Some(dog) = &guard.watchdog
                         && Instant::now() >= dog.at
                     {
@@ -882,15 +904,6 @@ impl Heartbeat {
                                     .ignore();
                             }
                         }
-                        match &running {
-                            Some((job, started)) => pipe
-                                .cmd("HSET")
-                                .arg(keys.running())
-                                .arg(&name)
-                                .arg(format!("{started} {job}")),
-                            None => pipe.cmd("HDEL").arg(keys.running()).arg(&name),
-                        }
-                        .ignore();
                         for (stream, id) in &watching {
                             pipe.cmd("XCLAIM")
                                 .arg(stream)
@@ -962,13 +975,6 @@ impl Heartbeat {
     fn set_lost(&self, lost: bool) {
         let (state, _) = &*self.shared;
         state.lock().unwrap_or_else(PoisonError::into_inner).lost = lost;
-    }
-
-    /// The job now running, if any, for inspection.
-    fn running(&self, job: Option<&str>) {
-        let (state, _) = &*self.shared;
-        state.lock().unwrap_or_else(PoisonError::into_inner).running =
-            job.map(|job| (job.to_owned(), protocol::now_ms()));
     }
 
     /// Starts the running task's deadline.
