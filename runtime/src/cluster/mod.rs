@@ -127,6 +127,7 @@
 
 mod auth;
 mod backend;
+mod heartbeat;
 mod inspect;
 mod link;
 mod protocol;
