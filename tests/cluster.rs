@@ -693,14 +693,12 @@ fn helper_caller_that_stalls() {
     println!("OUTCOME {:?}", call.get_timeout(Duration::from_secs(60)));
 }
 
-#[test]
-fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
-    // A caller stopped longer than `presence` (SIGSTOP: it cannot refresh
-    // its presence key) looks dead: workers drop its tasks unrun. When it
-    // goes on, its call fails and says why.
-    let redis = RedisServer::start();
-    let url = redis.url("queue=vanished&presence=1");
-    let dir = scratch_dir("vanished");
+/// Starts `helper_caller_that_stalls` on `url`; returns it, once it has
+/// sent its tasks, with the lines of its stdout still to come.
+fn start_stalling_caller(
+    url: &str,
+    dir: &Path,
+) -> (KillOnDrop, impl Iterator<Item = String> + use<>) {
     let mut caller = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -708,15 +706,27 @@ fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
             "--ignored",
             "--nocapture",
         ])
-        .env("PROCPOOL_TEST_URL", &url)
+        .env("PROCPOOL_TEST_URL", url)
         .env("PROCPOOL_TEST_DIR", dir.to_str().unwrap())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = caller.stdout.take().unwrap();
-    let caller = KillOnDrop(caller);
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    assert!(lines.any(|line| line.unwrap().contains("SUBMITTED")));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout)).map(Result::unwrap);
+    assert!(lines.any(|line| line.contains("SUBMITTED")));
+    (KillOnDrop(caller), lines)
+}
+
+#[test]
+fn a_caller_paused_past_its_presence_sends_the_dropped_tasks_again() {
+    // A caller stopped longer than `presence` (SIGSTOP: it cannot refresh
+    // its presence key) looks dead: workers drop its tasks unrun. Those
+    // provably never ran, so when it goes on it sends them again, and its
+    // call succeeds, each task run once.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=vanished&presence=1");
+    let dir = scratch_dir("vanished");
+    let (caller, mut lines) = start_stalling_caller(&url, &dir);
     kill(caller.0.id(), libc::SIGSTOP);
     let mut conn = redis_conn(&redis, "");
     eventually("the stopped caller's presence to expire", || {
@@ -726,16 +736,42 @@ fn a_stalled_caller_learns_that_its_tasks_were_dropped() {
     eventually("the worker to drop the tasks", || {
         queued(&mut conn, "vanished") == 0
     });
+    assert!(traces(&dir, "started").is_empty(), "the dropped tasks ran");
     kill(caller.0.id(), libc::SIGCONT);
-    let outcome = lines
-        .map(Result::unwrap)
-        .find(|line| line.starts_with("OUTCOME"))
-        .unwrap();
+    let outcome = lines.find(|line| line.starts_with("OUTCOME")).unwrap();
+    assert_eq!(outcome, "OUTCOME Ok([0, 1, 4, 9])");
+    let started = traces(&dir, "started");
+    assert_eq!(started.len(), 4, "{started:?}");
+    assert!(started.values().all(|pids| pids.len() == 1), "{started:?}");
+}
+
+#[test]
+fn a_caller_paused_past_ttl_fails_the_tasks_that_may_have_run_naming_them() {
+    // Stopped longer than `ttl`, a caller finds neither its tasks (a worker
+    // ran them) nor their results (expired unread): those tasks may have
+    // run, so their calls fail, naming the items and the pause.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=paused&presence=1&ttl=3&reconnect=1");
+    let dir = scratch_dir("paused");
+    let _workers = Workers::start(&url, 1).unwrap();
+    let (caller, mut lines) = start_stalling_caller(&url, &dir);
+    kill(caller.0.id(), libc::SIGSTOP);
+    eventually("the worker to run a task", || {
+        !traces(&dir, "finished").is_empty()
+    });
+    let mut conn = redis_conn(&redis, "");
+    eventually("the results to expire", || {
+        keys(&mut conn, "procpool:{paused}:results:*").is_empty()
+    });
+    kill(caller.0.id(), libc::SIGCONT);
+    let outcome = lines.find(|line| line.starts_with("OUTCOME")).unwrap();
     assert!(
-        outcome.contains("Err(Cluster(") && outcome.contains("presence"),
+        outcome.contains("Err(Cluster(")
+            && outcome.contains("may have run")
+            && outcome.contains("for items ")
+            && outcome.contains("without refreshing its presence"),
         "{outcome}"
     );
-    assert!(traces(&dir, "started").is_empty());
 }
 
 #[test]
@@ -2093,4 +2129,302 @@ fn a_queue_follows_its_slot_to_another_node_of_a_redis_cluster() {
     assert!(!keys(&mut conn, "procpool:{moving}:*").is_empty());
     drop(pool);
     workers.stop().unwrap();
+}
+
+/// A Redis Cluster of three masters, each with a replica: six
+/// `redis-server --cluster-enabled yes` made into one with `redis-cli
+/// --cluster create ... --cluster-replicas 1`. A master's replica takes
+/// over 2 s after the master stops answering (`cluster-node-timeout`).
+fn replicated_cluster() -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..6)
+        .map(|_| {
+            RedisServer::with_args(
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+                false,
+            )
+        })
+        .collect();
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("127.0.0.1:{}", node.port()))
+        .collect();
+    let output = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    for node in &nodes {
+        let port = node.port();
+        eventually("the cluster to be ready on every node", || {
+            redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        });
+        // Replicas in sync, so that one can take over from its master.
+        eventually("every replica to be in sync", || {
+            let info = redis_cli(port, &["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        });
+    }
+    nodes
+}
+
+#[test]
+fn a_pool_and_its_workers_carry_on_when_the_node_in_their_url_dies() {
+    let mut nodes = replicated_cluster();
+    let ports: Vec<u16> = nodes.iter().map(RedisServer::port).collect();
+    // The master that owns the queue's slot answers a read of it (nil:
+    // empty output); the other masters and the replicas answer MOVED.
+    let owner = (0..6)
+        .find(|i| redis_cli(ports[*i], &["GET", "procpool:{failover}:x"]).is_empty())
+        .unwrap();
+    let seeds: Vec<String> = (0..6)
+        .filter(|i| *i != owner)
+        .map(|i| format!("127.0.0.1:{}", ports[i]))
+        .collect();
+    // The URL names the owner first: the node that dies. The workers' URL
+    // names it alone: they carry on with the nodes the cluster named.
+    let lone = format!(
+        "redis://127.0.0.1:{}/0?queue=failover&cluster=true&visibility=2",
+        ports[owner]
+    );
+    let url = format!("{lone}&seeds={}", seeds.join(","));
+    let workers = Workers::start(&lone, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    let mut call = pool
+        .chunksize(1)
+        .map_async(slow_square, (0..80).map(|x| (x, 50)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[owner].stop();
+    let killed = Instant::now();
+    let out = call.get_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        out.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (0..80).map(|x| x * x).collect::<Vec<u64>>()
+    );
+    eprintln!(
+        "the map finished {:?} after its node died",
+        killed.elapsed()
+    );
+    // The slot's new owner: a replica that took over.
+    let survivors: Vec<usize> = (0..6).filter(|i| *i != owner).collect();
+    let new_owner = *survivors
+        .iter()
+        .find(|i| redis_cli(ports[**i], &["GET", "procpool:{failover}:x"]).is_empty())
+        .unwrap_or_else(|| panic!("no node owns the slot"));
+    // A pool built now with the same URL finds the cluster through a seed.
+    let again = Pool::builder().cluster(&url).build().unwrap();
+    assert_eq!(again.map(square, 0..10).unwrap()[9], 81);
+    assert_eq!(pool.apply(add, (20, 22)).unwrap(), 42);
+    // Both workers beat on the new owner, connected there.
+    eventually("both workers to be alive on the new owner", || {
+        procpool::cluster::inspect(&url)
+            .map(|report| report.workers.len() == 2)
+            .unwrap_or(false)
+    });
+    let clients = redis_cli(ports[new_owner], &["CLIENT", "LIST"]);
+    assert!(
+        clients.matches("name=procpool-worker-").count() >= 2,
+        "{clients}"
+    );
+    drop((again, pool));
+    workers.stop().unwrap();
+}
+
+#[test]
+fn the_tasks_of_many_killed_workers_are_recovered_in_parallel() {
+    // 12 workers each run one 3 s task; 8 of them are killed mid-task.
+    // Their 8 tasks go back where every live worker (the 4 left and the
+    // supervisor's replacements) can take them, so they finish in about
+    // one task's time after the visibility timeout, not one after another
+    // as each scanner (a lock of half a visibility timeout, 3 s) took one:
+    // 33 s that way.
+    const TASK_MS: u64 = 3000;
+    let redis = RedisServer::start();
+    let url = redis.url("queue=parallel&visibility=6");
+    let workers = Workers::start(&url, 12).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let dir = scratch_dir("parallel");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let items: Vec<(u64, u64, String)> = (0..12).map(|x| (x, TASK_MS, dir_text.clone())).collect();
+    let started_at = Instant::now();
+    let mut call = pool.chunksize(1).map_async(traced_square, items).unwrap();
+    eventually("each of the 12 workers to start a task", || {
+        let pids: HashSet<u32> = traces(&dir, "started")
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        pids.len() == 12
+    });
+    let victims: Vec<u32> = traces(&dir, "started")
+        .values()
+        .flatten()
+        .copied()
+        .take(8)
+        .collect();
+    for victim in &victims {
+        kill(*victim, libc::SIGKILL);
+    }
+    let killed = Instant::now();
+    let out = call.get_timeout(Duration::from_secs(120)).unwrap();
+    let recovery = killed.elapsed();
+    assert_eq!(out, (0..12).map(|x| x * x).collect::<Vec<u64>>());
+    eprintln!(
+        "8 killed workers' tasks finished {recovery:?} after the kill ({:?} after the map began)",
+        started_at.elapsed()
+    );
+    // Each lost task ran again on a live worker.
+    let finished = traces(&dir, "finished");
+    assert_eq!(finished.len(), 12, "{finished:?}");
+    for pids in finished.values() {
+        assert!(
+            pids.iter().all(|pid| !victims.contains(pid)),
+            "{finished:?}"
+        );
+    }
+    // One task (3 s) after the dead workers' silence (visibility + 1 s:
+    // 7 s), a scan (every 3 s) and a heartbeat of the takers (every 2 s):
+    // 10 to 15 s. Bounded generously for a busy machine, and still far
+    // below 8 tasks in turn.
+    assert!(
+        recovery < Duration::from_secs(22),
+        "the lost tasks took {recovery:?}"
+    );
+    drop(pool);
+    workers.stop().unwrap();
+}
+
+/// The pids `inspect` lists alive, and those it shows running a task.
+fn inspected_pids(url: &str) -> (HashSet<u32>, HashSet<u32>) {
+    let report = procpool::cluster::inspect(url).unwrap();
+    let alive = report.workers.iter().map(|w| w.pid).collect();
+    let busy = report
+        .workers
+        .iter()
+        .filter(|w| w.running.is_some())
+        .map(|w| w.pid)
+        .collect();
+    (alive, busy)
+}
+
+#[test]
+fn inspect_is_current_about_busy_timed_out_and_killed_workers() {
+    // Heartbeats every 10 s (a third of the visibility timeout): what
+    // inspect shows must not wait for them.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=current&visibility=30");
+    let workers = Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    // A worker busy with a 3 s task shows as busy while it runs, and idle
+    // once its result is in.
+    let started = Instant::now();
+    let mut call = pool.apply_async(slow_square, (1, 3000)).unwrap();
+    let mut busy = HashSet::new();
+    eventually("inspect to show the worker running the task", || {
+        busy = inspected_pids(&url).1;
+        !busy.is_empty()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "seen only after the task"
+    );
+    let (_, pid) = call.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(busy, HashSet::from([pid]));
+    assert!(inspected_pids(&url).1.is_empty(), "still shown running");
+    // A worker that exited on `task_timeout` is neither alive nor running.
+    let timed = Pool::builder()
+        .cluster(&url)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut call = timed.apply_async(slow_square, (2, 8000)).unwrap();
+    let mut busy = HashSet::new();
+    eventually("the task to run", || {
+        busy = inspected_pids(&url).1;
+        !busy.is_empty()
+    });
+    assert!(matches!(
+        call.get_timeout(Duration::from_secs(30)),
+        Err(Error::TaskTimedOut { .. })
+    ));
+    let timed_out = busy.into_iter().next().unwrap();
+    eventually("the timed-out worker to leave the report", || {
+        let (alive, busy) = inspected_pids(&url);
+        !alive.contains(&timed_out) && busy.is_empty()
+    });
+    // A worker killed with SIGKILL leaves it within seconds (its
+    // supervisor says so), not after the visibility timeout (31 s).
+    eventually("the replacement to be listed", || {
+        inspected_pids(&url).0.len() == 2
+    });
+    let victim = workers.pids()[0];
+    kill(victim, libc::SIGKILL);
+    let killed = Instant::now();
+    eventually("the killed worker to leave the report", || {
+        !inspected_pids(&url).0.contains(&victim)
+    });
+    eprintln!(
+        "a killed worker left the report {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    drop((timed, pool));
+    workers.stop().unwrap();
+}
+
+#[test]
+fn inspect_shows_the_oldest_waiting_task_each_callers_backlog_and_redis_memory() {
+    // No worker; a window of 1000 bytes: one task of 600 bytes in Redis,
+    // the other 19 waiting in the caller.
+    let redis = RedisServer::start();
+    let url = redis.url("queue=backlog&window=1000");
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    let _call = pool
+        .chunksize(1)
+        .map_async(length, (0..20).map(|_| vec![7u8; 600]))
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut report = None;
+    eventually("the job and the caller's backlog to be reported", || {
+        let found = procpool::cluster::inspect(&url).unwrap();
+        let ready = found.jobs.iter().any(|job| {
+            job.oldest_waiting
+                .is_some_and(|age| age >= Duration::from_secs(1))
+        }) && found.callers.iter().any(|c| c.backlog == 19);
+        report = Some(found);
+        ready
+    });
+    let report = report.unwrap();
+    let job = &report.jobs[0];
+    assert_eq!((job.waiting, job.taken, job.workers), (1, 0, 0), "{report}");
+    assert!(job.oldest_waiting.unwrap() < Duration::from_secs(60));
+    let caller = &report.callers[0];
+    assert_eq!(caller.host.as_deref(), Some(host.trim()));
+    assert_eq!((caller.pid, caller.in_redis), (std::process::id(), 1));
+    assert!(
+        report.used_memory.is_some_and(|bytes| bytes > 100_000),
+        "{report}"
+    );
+    let text = report.to_string();
+    for needle in [
+        "1 waiting, 0 taken, 0 workers, oldest waiting ",
+        &format!("{} pid {}", host.trim(), std::process::id()),
+        "1 tasks in Redis, 19 waiting in the caller",
+        "redis memory: ",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
 }

@@ -1,7 +1,9 @@
 //! Prints the state of a procpool cluster queue: workers alive with host,
-//! pid and current job, tasks waiting and taken per job (and the jobs no
-//! live worker can run), dead consumers, connected callers, and the forged
-//! and replayed tasks workers dropped. Like `rq info` or `celery inspect`.
+//! pid and current job (and whether their heartbeat is late), tasks waiting
+//! and taken per job with the oldest waiting task's age (and the jobs no
+//! live worker can run), dead consumers, connected callers with their host,
+//! pid and backlog, Redis' memory, and the forged and replayed tasks
+//! workers dropped. Like `rq info` or `celery inspect`.
 //!
 //! ```sh
 //! procpool-inspect 'redis://:password@10.0.0.5:6379/0?queue=images'

@@ -64,6 +64,12 @@ struct Pending {
     entry: Option<(String, String)>,
     /// Its bytes, while they count towards the window (sent, or being sent).
     in_flight: usize,
+    /// The task as sent, kept while it is in Redis (so at most `window`
+    /// bytes of them, and one larger task), to send it again if a worker
+    /// drops it unrun (see [`Shared::resend`]).
+    sent: Option<Queued>,
+    /// How many times it was sent again.
+    resent: u64,
 }
 
 /// A task waiting in this process for room in the window.
@@ -158,6 +164,10 @@ struct Shared {
     timeout_ms: u64,
     /// Redis' clock, which signed expiries follow.
     clock: Clock,
+    /// The longest time this caller went without refreshing its presence,
+    /// if it was longer than `presence` (the process was stopped or
+    /// starved): said in the errors of tasks lost meanwhile.
+    stalled: Mutex<Option<Duration>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,6 +226,7 @@ impl ClusterBackend {
                 .and_then(|t| u64::try_from(t.as_millis()).ok())
                 .map_or(0, |ms| ms.max(1)),
             clock: Clock::default(),
+            stalled: Mutex::new(None),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.
@@ -323,8 +334,14 @@ impl Shared {
     ) -> redis::RedisResult<u64> {
         self.clock.learn(protocol::redis_time_ms(conn)?);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
-        let (streams, prune): (HashSet<String>, Vec<u64>) = {
+        let (streams, prune, about): (HashSet<String>, Vec<u64>, protocol::CallerAbout) = {
             let state = lock(&self.state);
+            let about = protocol::CallerAbout {
+                host: crate::sys::host_name(),
+                pid: std::process::id(),
+                in_redis: state.pending.values().filter(|p| p.entry.is_some()).count() as u64,
+                backlog: state.backlog.len() as u64,
+            };
             let streams = state
                 .pending
                 .values()
@@ -336,12 +353,18 @@ impl Shared {
                 .copied()
                 .filter(|seq| *seq < prune_below)
                 .collect();
-            (streams, prune)
+            (streams, prune, about)
         };
         let now = protocol::now_ms();
         let presence = self.settings.presence.as_millis() as u64;
         let mut pipe = redis::pipe();
         let low = self.mark_present(&mut pipe);
+        pipe.cmd("SET")
+            .arg(self.keys.about(&self.caller))
+            .arg(about.encode())
+            .arg("PX")
+            .arg(presence.max(1))
+            .ignore();
         let claims = self.keys.claims(&self.caller);
         if !prune.is_empty() {
             pipe.cmd("HDEL").arg(&claims).arg(&prune).ignore();
@@ -388,7 +411,14 @@ impl Shared {
         // below one that every worker has seen (see PRUNE_AFTER).
         let mut published: VecDeque<(Instant, u64)> = VecDeque::new();
         let mut prune_below = 0;
+        let mut last = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
+            let gap = last.elapsed();
+            last = Instant::now();
+            if gap > self.settings.presence {
+                let mut stalled = lock(&self.stalled);
+                *stalled = Some(stalled.map_or(gap, |longest| longest.max(gap)));
+            }
             while let Some((at, low)) = published.front()
                 && at.elapsed() >= PRUNE_AFTER
             {
@@ -493,7 +523,7 @@ impl Shared {
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         for entry in entries {
             if self.authentic(link, &entry) {
-                self.receive(entry);
+                self.receive(link, entry);
             }
         }
         if !ids.is_empty() {
@@ -558,12 +588,24 @@ impl Shared {
                 .filter_map(|seq| state.take(*seq))
                 .collect()
         });
+        let stalled = *lock(&self.stalled);
         for Pending { task, .. } in lost {
+            let why = match stalled {
+                // A worker may have run it and its result expired unread.
+                Some(gap) if gap >= self.settings.ttl => format!(
+                    "this caller went {gap:?} without refreshing its presence (the process \
+                     was stopped or starved), longer than `ttl` ({:?}): the task may have run, \
+                     and its result expired unread, or Redis lost data",
+                    self.settings.ttl
+                ),
+                _ => "Redis lost data (a restart without persistence, a flush, an eviction, \
+                      a failover). Enable Redis persistence (appendonly yes), keep procpool's \
+                      keys from eviction"
+                    .to_owned(),
+            };
             let error = Error::Cluster(format!(
                 "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
-                 came back: Redis lost data (a restart without persistence, a flush, an eviction, \
-                 a failover). Enable Redis persistence (appendonly yes), keep procpool's keys \
-                 from eviction, and run the call again",
+                 came back; it may have run: {why}. Run the call again",
                 task.job,
                 task.first,
                 task.first + task.count,
@@ -655,11 +697,23 @@ impl Shared {
         false
     }
 
-    /// Hands one result to its call, unless it was delivered already.
-    fn receive(&self, mut entry: Entry) {
+    /// Hands one result to its call, unless it was delivered already, or
+    /// sends its task again if a worker dropped it unrun while this caller
+    /// counted as gone.
+    fn receive(&self, link: &mut Link, mut entry: Entry) {
         let Some(seq) = entry.number("seq") else {
             return;
         };
+        let abandoned = entry.field("ok").is_none()
+            && entry.field("err").is_some_and(|bytes| {
+                matches!(
+                    postcard::from_bytes::<Refusal>(bytes),
+                    Ok(Refusal::Abandoned)
+                )
+            });
+        if abandoned && self.resend(link, seq) {
+            return;
+        }
         let Some(Pending { task, .. }) = self.settle(|state| state.take(seq)) else {
             return; // A duplicate from a re-run task, or a terminated call.
         };
@@ -945,19 +999,58 @@ impl Shared {
         Ok(id)
     }
 
-    /// Records that task `seq` went out as `entry`, or withdraws it if its
+    /// Records that `task` went out as entry `id`, or withdraws it if its
     /// call ended meanwhile (terminated, failed): no task nobody waits for.
-    fn sent(&self, link: &mut Link, seq: u64, stream: &str, id: String) {
-        let recorded = match lock(&self.state).pending.get_mut(&seq) {
-            Some(pending) => {
-                pending.entry = Some((stream.to_owned(), id.clone()));
-                true
+    fn sent(&self, link: &mut Link, task: Queued, id: String) {
+        let withdraw = {
+            let mut state = lock(&self.state);
+            match state.pending.get_mut(&task.seq) {
+                Some(pending) => {
+                    pending.entry = Some((task.stream.clone(), id));
+                    pending.sent = Some(task);
+                    None
+                }
+                None => Some((task.stream, id)),
             }
-            None => false,
         };
-        if !recorded {
+        if let Some((stream, id)) = withdraw {
             let _ = link.query::<()>(redis::cmd("XDEL").arg(stream).arg(&id));
         }
+    }
+
+    /// Sends task `seq` again after a worker dropped it unrun because this
+    /// caller's presence had expired (it was stalled: SIGSTOP, a long
+    /// pause, a laptop lid): the task provably did not run, and with this
+    /// caller present again it will. Up to `max_deliveries` times per
+    /// task; false when the task is not pending or was sent that often
+    /// (its call then fails, saying why). A task that Redis cannot take
+    /// now waits in the backlog, sent with the others.
+    fn resend(&self, link: &mut Link, seq: u64) -> bool {
+        let task = {
+            let mut state = lock(&self.state);
+            let Some(pending) = state.pending.get_mut(&seq) else {
+                return false;
+            };
+            if pending.resent >= self.settings.max_deliveries {
+                return false;
+            }
+            let Some(task) = pending.sent.take() else {
+                return false;
+            };
+            pending.resent += 1;
+            task
+        };
+        match link.run(|conn| self.add(conn, &task)) {
+            Ok(id) => self.sent(link, task, id),
+            Err(_) => {
+                let mut state = lock(&self.state);
+                if let Some(pending) = state.pending.get_mut(&seq) {
+                    state.in_flight -= std::mem::take(&mut pending.in_flight);
+                    state.backlog.push_front(task);
+                }
+            }
+        }
+        true
     }
 
     /// Sends the tasks waiting for room in the window, as room frees up.
@@ -989,7 +1082,7 @@ impl Shared {
             };
             let Some(task) = next else { return };
             match link.run(|conn| self.add(conn, &task)) {
-                Ok(id) => self.sent(link, task.seq, &task.stream, id),
+                Ok(id) => self.sent(link, task, id),
                 Err(_) => {
                     // Tried again on the next round; a Redis down for
                     // `reconnect` fails every pending call meanwhile.
@@ -1118,6 +1211,8 @@ impl Backend for ClusterBackend {
                     task,
                     entry: None,
                     in_flight,
+                    sent: None,
+                    resent: 0,
                 },
             );
             if !now {
@@ -1140,7 +1235,7 @@ impl Backend for ClusterBackend {
         );
         match added {
             Ok(id) => {
-                shared.sent(&mut link, seq, &queued.stream, id);
+                shared.sent(&mut link, queued, id);
                 Ok(())
             }
             Err(err) => {
@@ -1195,6 +1290,7 @@ impl Backend for ClusterBackend {
                 .ignore()
                 .cmd("DEL")
                 .arg(shared.keys.caller(&shared.caller))
+                .arg(shared.keys.about(&shared.caller))
                 .arg(shared.keys.results(&shared.caller))
                 .ignore()
                 .query::<()>(conn)

@@ -1,6 +1,6 @@
 //! One connection to Redis that comes back by itself after it drops.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, FromRedisValue, RedisError, Value};
@@ -18,15 +18,16 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A named connection: `CLIENT LIST` shows which process and role holds it.
 ///
-/// With `cluster=true` the URL names a seed node of a Redis Cluster. Every
+/// With `cluster=true` the URL names seed nodes of a Redis Cluster. Every
 /// key of a queue is in one hash slot, so the link connects to the node
-/// that owns that slot (asking the seed), and asks again after `MOVED`, a
+/// that owns that slot (asking any node it knows: the seeds, then every
+/// node the cluster told it about), and asks again after `MOVED`, a
 /// failover or a lost connection: one node serves everything, so pipelines
 /// and transactions work as on a single server.
 pub(crate) struct Link {
     client: Client,
-    /// What a cluster link needs to find the queue's node again.
-    cluster: Option<ClusterSeed>,
+    /// The cluster's nodes, shared with this link's siblings.
+    cluster: Option<Arc<ClusterNodes>>,
     conn: Option<Connection>,
     name: String,
     display: String,
@@ -42,10 +43,9 @@ impl Link {
     pub(crate) fn open(settings: &Settings, name: String) -> Result<Link, Error> {
         let mut link = Link {
             client: client(settings, &settings.redis_url)?,
-            cluster: settings.cluster.then(|| ClusterSeed {
-                settings: settings.clone(),
-                slot_key: Keys::new(settings).workers(),
-            }),
+            cluster: settings
+                .cluster
+                .then(|| Arc::new(ClusterNodes::new(settings))),
             conn: None,
             name,
             display: settings.display.clone(),
@@ -86,7 +86,7 @@ impl Link {
         if self.conn.is_none() {
             let mut conn = match &self.cluster {
                 None => self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?,
-                Some(seed) => seed.connect_to_owner(&self.client)?,
+                Some(nodes) => nodes.connect_to_owner()?,
             };
             conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
             conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
@@ -270,62 +270,177 @@ fn slot_moving(err: &RedisError) -> bool {
     })
 }
 
-/// How a cluster link finds the node that owns its queue's slot.
-#[derive(Clone)]
-struct ClusterSeed {
+/// A node's address: host (an IPv6 address in brackets) and port.
+type Node = (String, u16);
+
+/// The nodes of a Redis Cluster a process knows, shared by its links: the
+/// URL's host and `seeds` first, then every node (master or replica) that
+/// `CLUSTER SLOTS` named. Any of them answers which node owns the queue's
+/// slot, so the death of the node in the URL, or of the slot's owner
+/// (once a replica took over), stops nothing.
+pub(crate) struct ClusterNodes {
     settings: Settings,
     /// A key of the queue: its slot is the queue's.
     slot_key: String,
+    /// Asked in this order; one that cannot be reached goes to the back,
+    /// so a dead node costs one failed attempt per round, not every one.
+    known: Mutex<Vec<Node>>,
 }
 
-impl ClusterSeed {
-    /// Asks the seed which node owns the queue's slot and connects there,
-    /// with the URL's credentials and TLS settings.
-    fn connect_to_owner(&self, seed: &Client) -> Result<Connection, RedisError> {
-        let mut conn = seed.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+/// At most this many nodes are remembered (a cluster's masters and replicas).
+const MAX_NODES: usize = 64;
+
+impl ClusterNodes {
+    fn new(settings: &Settings) -> ClusterNodes {
+        let mut known = Vec::new();
+        if let Ok(url) = url::Url::parse(&settings.redis_url)
+            && let Some(host) = url.host_str()
+        {
+            known.push((host.to_owned(), url.port().unwrap_or(6379)));
+        }
+        for seed in &settings.seeds {
+            if !known.contains(seed) {
+                known.push(seed.clone());
+            }
+        }
+        ClusterNodes {
+            settings: settings.clone(),
+            slot_key: Keys::new(settings).workers(),
+            known: Mutex::new(known),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Vec<Node>> {
+        // Every critical section is one whole update of the list.
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the known nodes in turn which node owns the queue's slot, and
+    /// connects there, with the URL's credentials and TLS settings. Each
+    /// attempt is bounded by `CONNECT_TIMEOUT`, so one call takes at most
+    /// that much per known node (twice: connect, then the reply).
+    fn connect_to_owner(&self) -> Result<Connection, RedisError> {
+        let candidates = self.known().clone();
+        let mut failure = None;
+        for node in candidates {
+            match self.ask(&node) {
+                Ok((owner, learnt)) => {
+                    self.learn(&node, learnt);
+                    let Some(owner) = owner else {
+                        let slot = &self.slot_key;
+                        return Err(RedisError::from(std::io::Error::other(format!(
+                            "no node of the Redis Cluster owns the slot of {slot} yet"
+                        ))));
+                    };
+                    return self
+                        .client(&owner)?
+                        .get_connection_with_timeout(CONNECT_TIMEOUT);
+                }
+                Err(err) => {
+                    self.demote(&node);
+                    failure = Some(err);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            RedisError::from(std::io::Error::other(
+                "no node of the Redis Cluster is known",
+            ))
+        }))
+    }
+
+    /// `node`'s answer: the address of the slot's owner (if any node owns
+    /// it), and every node it named.
+    fn ask(&self, node: &Node) -> Result<(Option<Node>, Vec<Node>), RedisError> {
+        let mut conn = self
+            .client(node)?
+            .get_connection_with_timeout(CONNECT_TIMEOUT)?;
         conn.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        conn.set_write_timeout(Some(CONNECT_TIMEOUT))?;
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(&self.slot_key)
             .query(&mut conn)?;
         let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
-        let Some((host, port)) = owner(slots, slot) else {
-            return Err(RedisError::from(std::io::Error::other(format!(
-                "no node of the Redis Cluster owns slot {slot} yet"
-            ))));
-        };
-        let mut url = url::Url::parse(&self.settings.redis_url)
-            .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
-        // An empty host means "the address you reached me at".
-        if !host.is_empty() && host != "?" {
-            url.set_host(Some(&host))
-                .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
+        Ok(slot_map(slots, slot, &node.0))
+    }
+
+    /// Moves `answered` to the front and adds the nodes it named.
+    fn learn(&self, answered: &Node, learnt: Vec<Node>) {
+        let mut known = self.known();
+        known.retain(|node| node != answered);
+        known.insert(0, answered.clone());
+        for node in learnt {
+            if known.len() < MAX_NODES && !known.contains(&node) {
+                known.push(node);
+            }
         }
-        let _ = url.set_port(Some(port));
-        let owner = client(&self.settings, url.as_str())
-            .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
-        owner.get_connection_with_timeout(CONNECT_TIMEOUT)
+    }
+
+    /// Moves `unreachable` to the back.
+    fn demote(&self, unreachable: &Node) {
+        let mut known = self.known();
+        if let Some(at) = known.iter().position(|node| node == unreachable) {
+            let node = known.remove(at);
+            known.push(node);
+        }
+    }
+
+    /// A client for `node`: the URL with its host and port.
+    fn client(&self, (host, port): &Node) -> Result<Client, RedisError> {
+        let fail = |e: String| RedisError::from(std::io::Error::other(e));
+        let mut url = url::Url::parse(&self.settings.redis_url).map_err(|e| fail(e.to_string()))?;
+        url.set_host(Some(host)).map_err(|e| fail(e.to_string()))?;
+        url.set_port(Some(*port))
+            .map_err(|()| fail(format!("cannot set port {port}")))?;
+        client(&self.settings, url.as_str()).map_err(|e| fail(e.to_string()))
     }
 }
 
-/// The address of the master that owns `slot`, from a `CLUSTER SLOTS`
-/// reply: `[[start, end, [host, port, id, ...], replicas...], ...]`.
-fn owner(slots: Value, slot: i64) -> Option<(String, u16)> {
-    protocol::into_items(slots).into_iter().find_map(|range| {
-        let mut parts = protocol::into_items(range).into_iter();
-        let number = |v: Option<Value>| match v {
-            Some(Value::Int(n)) => Some(n),
-            _ => None,
+/// From a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id, ...],
+/// replicas...], ...]`, from a node reached at `asked`): the master that
+/// owns `slot`, and every node named. An empty host (or `?`) means "the
+/// address you reached me at". Anything malformed is skipped.
+pub(crate) fn slot_map(slots: Value, slot: i64, asked: &str) -> (Option<Node>, Vec<Node>) {
+    let number = |v: Option<Value>| match v {
+        Some(Value::Int(n)) => Some(n),
+        _ => None,
+    };
+    let address = |value: Value| -> Option<Node> {
+        let mut parts = protocol::into_items(value).into_iter();
+        let host = protocol::text(parts.next()?)?;
+        let port = u16::try_from(number(parts.next())?)
+            .ok()
+            .filter(|p| *p > 0)?;
+        let host = if host.is_empty() || host == "?" {
+            asked.to_owned()
+        } else if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]") // An IPv6 address, as a URL writes it.
+        } else {
+            host
         };
-        let (start, end) = (number(parts.next())?, number(parts.next())?);
-        if !(start..=end).contains(&slot) {
-            return None;
-        }
-        let mut master = protocol::into_items(parts.next()?).into_iter();
-        let host = protocol::text(master.next()?)?;
-        let port = u16::try_from(number(master.next())?).ok()?;
         Some((host, port))
-    })
+    };
+    let mut owner = None;
+    let mut nodes: Vec<Node> = Vec::new();
+    for range in protocol::into_items(slots) {
+        let mut parts = protocol::into_items(range).into_iter();
+        let (Some(start), Some(end)) = (number(parts.next()), number(parts.next())) else {
+            continue;
+        };
+        let named = parts
+            .enumerate()
+            .filter_map(|(index, value)| Some((index, address(value)?)));
+        for (index, node) in named {
+            if index == 0 && owner.is_none() && (start..=end).contains(&slot) {
+                owner = Some(node.clone());
+            }
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+    (owner, nodes)
 }
 
 fn client(settings: &Settings, url: &str) -> Result<Client, Error> {
@@ -381,4 +496,81 @@ fn install_crypto_provider() {
         let ring = rustls::crypto::ring::default_provider();
         let _ = ring.install_default();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![bulk(host), Value::Int(port), bulk("id")])
+    }
+
+    #[test]
+    fn cluster_slots_give_the_owner_and_every_node() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("", 7001),
+                node("::1", 7004),
+            ]),
+            // Malformed ranges and nodes are skipped.
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Int(10923), Value::Int(16383), node("x", 0)]),
+        ]);
+        let (owner, nodes) = slot_map(reply.clone(), 6000, "seed.example");
+        assert_eq!(owner, Some(("seed.example".to_owned(), 7001)));
+        assert_eq!(
+            nodes,
+            vec![
+                ("10.0.0.1".to_owned(), 7000),
+                ("10.0.0.4".to_owned(), 7003),
+                ("seed.example".to_owned(), 7001),
+                ("[::1]".to_owned(), 7004),
+            ]
+        );
+        // A slot whose master is malformed has no owner (never a replica).
+        assert_eq!(slot_map(reply, 12000, "s").0, None);
+        assert_eq!(slot_map(Value::Nil, 1, "s"), (None, Vec::new()));
+    }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            any::<i64>().prop_map(Value::Int),
+            (0i64..20000).prop_map(Value::Int),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(Value::BulkString),
+            "[a-z0-9.:?]{0,12}".prop_map(Value::SimpleString),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            proptest::collection::vec(inner, 0..6).prop_map(Value::Array)
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a node answers, reading it never panics, and every
+        /// address it yields has a port.
+        #[test]
+        fn any_cluster_slots_reply_is_read_without_panicking(
+            reply in any_value(),
+            slot in 0i64..16384,
+        ) {
+            let (owner, nodes) = slot_map(reply, slot, "asked");
+            for (_, port) in owner.iter().chain(&nodes) {
+                proptest::prop_assert!(*port > 0);
+            }
+        }
+    }
 }

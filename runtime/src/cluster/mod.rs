@@ -39,7 +39,9 @@
 //!   another worker once the dead worker's heartbeat has been silent for the
 //!   visibility timeout (plus a second), up to `max_deliveries` times in
 //!   all; then the call fails with [`Error::TaskLost`]. One worker at a time
-//!   looks for dead workers, and forgets those that hold nothing any more.
+//!   looks for dead workers, hands their tasks to every live worker (each
+//!   takes one before any new task, so many lost tasks run at once), and
+//!   forgets dead workers that hold nothing any more.
 //!   A live worker renews its claim while the job runs, however long that
 //!   takes, unless the caller set a
 //!   [`task_timeout`](crate::PoolBuilder::task_timeout): then the worker
@@ -85,11 +87,15 @@
 //! - A caller keeps at most `window` bytes (32 MiB) of its tasks in Redis;
 //!   the rest waits in the caller until results come back. Chunks are cut
 //!   past 4 MiB or `max_payload`, and sized for the live workers.
-//! - With `cluster=true` the URL names any node of a Redis Cluster: a
-//!   queue's keys share one hash slot (`procpool:{queue}:...`) and callers
-//!   and workers talk to the node that owns it.
-//! - [`inspect`] reports a queue's workers, tasks, dead consumers and
-//!   callers; the `procpool-inspect` binary prints it.
+//! - With `cluster=true` the URL names any node of a Redis Cluster (and
+//!   `seeds=host:port,...` more): a queue's keys share one hash slot
+//!   (`procpool:{queue}:...`) and callers and workers talk to the node
+//!   that owns it, found through any node they know, so the death of the
+//!   node in the URL stops nothing once a replica took over.
+//! - [`inspect`] reports a queue's workers (what each runs, as of now),
+//!   tasks (and the oldest waiting task's age), dead consumers, callers
+//!   (host, pid, backlog) and Redis' memory; the `procpool-inspect` binary
+//!   prints it.
 //!
 //! # Security
 //!
@@ -110,7 +116,8 @@
 //! only `#[pool_job]` functions registered in its own binary and refuses
 //! tasks and results over `max_payload`. A caller's presence key expires
 //! `presence` seconds (10) after its last refresh, and workers then drop
-//! its queued tasks unrun; its results and the task streams it used expire
+//! its queued tasks unrun (a caller that was only paused sends those again
+//! when it comes back); its results and the task streams it used expire
 //! `ttl` seconds after, even if no worker runs.
 //! The URL, password included, reaches the worker processes that
 //! [`Workers`] starts through their environment, which only the same user
@@ -120,6 +127,7 @@
 
 mod auth;
 mod backend;
+mod heartbeat;
 mod inspect;
 mod link;
 mod protocol;
@@ -129,7 +137,7 @@ mod settings;
 mod supervise;
 
 pub(crate) use backend::ClusterBackend;
-pub use inspect::{DeadConsumer, JobReport, QueueReport, WorkerReport, inspect};
+pub use inspect::{CallerReport, DeadConsumer, JobReport, QueueReport, WorkerReport, inspect};
 pub use supervise::Workers;
 
 use crate::Error;

@@ -12,9 +12,11 @@
 //! | `caller:<caller>` | string, with a TTL of `presence` | callers | `p1:<expires>:<low>:<tag>` while the caller lives: until when it counts as present, the number below which all its tasks are settled, and with a key the HMAC of both; workers skip the tasks of a caller that is gone, and drop those numbered below `low` |
 //! | `claims:<caller>` | hash, with a TTL of `ttl` | workers | task number → the stream entry id that runs it: a second entry with the same number (a copy) never runs; the caller removes numbers below its `low` |
 //! | `callers` | sorted set, with a TTL | callers | each live caller, scored by its last refresh |
+//! | `about:<caller>` | string, with a TTL of `presence` | callers | `<host> <pid> <tasks in Redis> <tasks waiting in the caller>`, for `inspect` |
 //! | `workers` | sorted set | workers | each live worker, scored by the time it was last seen |
-//! | `running` | hash | workers | worker → when its current task started and its job, refreshed with each heartbeat |
+//! | `running` | hash | workers | worker → when its current task started and its job: set with the task's claim, removed with its result |
 //! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
+//! | `lost:<job id>` | set, with a TTL of `ttl` | the scanning worker | entry ids of that job's tasks pending under dead workers, idle past the visibility timeout: any worker of the job takes one (`SPOP`, then `XCLAIM`) before reading new tasks |
 //! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `replayed_tasks` (copies of a task dropped by workers), `forged_results` (dropped by callers) |
 //!
 //! A job's id is derived from its name, its argument and result types as
@@ -64,6 +66,10 @@ impl Keys {
     pub(crate) fn tasks(&self, job_id: &str) -> String {
         format!("{}tasks:{job_id}", self.prefix)
     }
+    /// The id of the job whose tasks stream is `stream`.
+    pub(crate) fn job_of<'s>(&self, stream: &'s str) -> Option<&'s str> {
+        stream.strip_prefix(&self.prefix)?.strip_prefix("tasks:")
+    }
     /// The live workers that can run the job with id `job_id`.
     pub(crate) fn serves(&self, job_id: &str) -> String {
         format!("{}serves:{job_id}", self.prefix)
@@ -75,6 +81,11 @@ impl Keys {
     /// last heartbeat.
     pub(crate) fn running(&self) -> String {
         format!("{}running", self.prefix)
+    }
+    /// The lost tasks (entry ids) of the job with id `job_id`: pending under
+    /// a dead worker, for any live worker to take (see `recover`).
+    pub(crate) fn lost(&self, job_id: &str) -> String {
+        format!("{}lost:{job_id}", self.prefix)
     }
     /// Held by the worker that looks for dead workers' tasks (see `recover`).
     pub(crate) fn scanner(&self) -> String {
@@ -92,6 +103,10 @@ impl Keys {
     }
     pub(crate) fn caller(&self, caller: &str) -> String {
         format!("{}caller:{caller}", self.prefix)
+    }
+    /// What `caller` tells operators about itself (see [`CallerAbout`]).
+    pub(crate) fn about(&self, caller: &str) -> String {
+        format!("{}about:{caller}", self.prefix)
     }
     /// Task number → the entry id that claimed it, for `caller`'s tasks.
     pub(crate) fn claims(&self, caller: &str) -> String {
@@ -170,11 +185,48 @@ impl Refusal {
             Refusal::Abandoned => Error::Cluster(format!(
                 "job `{job}`: a worker dropped the task for items {first}..{end} without running \
                  it, because this caller's presence key had expired: the caller did not refresh \
-                 it for `presence` seconds (it was stalled, cut off from Redis, or Redis lost the key). \
-                 Run the call again",
+                 it for `presence` seconds (it was stalled, cut off from Redis, or Redis lost the key), \
+                 each time it sent the task again (`max_deliveries` times). Run the call again",
                 end = first + count
             )),
         }
+    }
+}
+
+/// What a caller says about itself in `about:<caller>`, for inspection:
+/// where it runs and how much work it has. Read back defensively (anyone
+/// who can write to Redis can write it): `None` unless all four parts are there.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CallerAbout {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    /// Tasks sent to Redis whose results did not come back yet.
+    pub(crate) in_redis: u64,
+    /// Tasks waiting in the caller for room in its window.
+    pub(crate) backlog: u64,
+}
+
+impl CallerAbout {
+    pub(crate) fn encode(&self) -> String {
+        // A host name has no spaces; one that had would be cut there.
+        let host: String = self
+            .host
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+            .to_owned();
+        format!("{host} {} {} {}", self.pid, self.in_redis, self.backlog)
+    }
+
+    pub(crate) fn decode(text: &str) -> Option<CallerAbout> {
+        let mut parts = text.split(' ');
+        let about = CallerAbout {
+            host: parts.next().filter(|h| !h.is_empty())?.to_owned(),
+            pid: parts.next()?.parse().ok()?,
+            in_redis: parts.next()?.parse().ok()?,
+            backlog: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(about)
     }
 }
 
@@ -346,6 +398,40 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_caller_says_about_itself_reads_back() {
+        let about = CallerAbout {
+            host: "web-01".into(),
+            pid: 4242,
+            in_redis: 12,
+            backlog: 300,
+        };
+        assert_eq!(about.encode(), "web-01 4242 12 300");
+        assert_eq!(CallerAbout::decode(&about.encode()), Some(about));
+        for bad in [
+            "",
+            "h",
+            "h 1 2",
+            "h 1 2 3 4",
+            "h x 2 3",
+            " 1 2 3",
+            "h -1 2 3",
+        ] {
+            assert_eq!(CallerAbout::decode(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever Redis holds, decoding answers without panicking, and
+        /// what it accepts encodes back to the same text.
+        #[test]
+        fn any_about_text_decodes_or_is_refused(text in "\\PC{0,40}") {
+            if let Some(about) = CallerAbout::decode(&text) {
+                proptest::prop_assert_eq!(CallerAbout::decode(&about.encode()), Some(about));
+            }
+        }
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

@@ -1,18 +1,25 @@
 //! Recovery of the tasks of dead workers, at a cost that grows with the
-//! dead workers, not with the live ones or the tasks in flight.
+//! dead workers, not with the live ones or the tasks in flight, and run by
+//! every live worker at once.
 //!
 //! Every worker keeps its heartbeat in the queue's `workers` set. One worker
 //! at a time (whoever takes the `scanner` lock for half a visibility
-//! timeout) looks for workers whose heartbeat stopped, claims their pending
-//! tasks once idle for the visibility timeout, and once a dead worker holds
-//! nothing any more, removes it from the consumer groups and the worker
-//! sets. A full `XAUTOCLAIM` sweep of the pending lists, for consumers that
-//! never had a heartbeat, runs only every ten visibility timeouts.
+//! timeout) looks for workers whose heartbeat stopped, and puts their
+//! pending tasks, once idle for the visibility timeout, into the job's
+//! `lost:<job id>` set; once a dead worker holds nothing any more, it
+//! removes it from the consumer groups and the worker sets. Every worker's
+//! heartbeat asks whether a lost set of its jobs has members, and a worker
+//! that learns so takes one task from there ([`take_lost`]: `SPOP`, then
+//! `XCLAIM` with the visibility timeout as minimum idle time, so that one
+//! worker alone gets it) before it reads new tasks. The tasks of eight dead
+//! workers thus run on eight live ones at once. A full sweep of the pending
+//! lists, for consumers that never had a heartbeat, runs only every ten
+//! visibility timeouts.
 
 use std::time::{Duration, Instant};
 
 use redis::RedisError;
-use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamPendingCountReply};
+use redis::streams::{StreamClaimReply, StreamPendingCountReply};
 
 use super::link::Link;
 use super::protocol::{self, Entry, GROUP, Keys};
@@ -20,6 +27,9 @@ use super::settings::Settings;
 
 /// How many dead workers one round looks at, at most.
 const DEAD_BATCH: usize = 256;
+/// How many pending tasks of one dead worker in one stream (or of one
+/// sweep step) go to the lost set per round, at most.
+const LOST_BATCH: usize = 256;
 /// The full sweep runs once per this many visibility timeouts.
 const SWEEP_EVERY: u32 = 10;
 
@@ -55,7 +65,8 @@ pub(crate) struct Recovery {
     /// Until when this worker holds the scanner lock.
     held_until: Option<Instant>,
     next_sweep: Instant,
-    /// The stream the current sweep is at, and where in its pending list.
+    /// The stream the current sweep is at, and where in its pending list
+    /// (`-`, or `(<id>` after the last entry looked at).
     sweep_stream: usize,
     sweep_from: String,
 }
@@ -68,21 +79,18 @@ impl Recovery {
             held_until: None,
             next_sweep: now + visibility * SWEEP_EVERY,
             sweep_stream: 0,
-            sweep_from: "0-0".to_owned(),
+            sweep_from: "-".to_owned(),
         }
     }
 
-    /// Does the next bit of recovery, if it is time: a task claimed from a
-    /// dead worker, with how many times it has been delivered, to run now
-    /// (then call again at once: there may be more).
-    pub(crate) fn step(
-        &mut self,
-        link: &mut Link,
-        scope: &Scope<'_>,
-    ) -> Result<Option<(Entry, u64)>, RedisError> {
+    /// Does the next bit of recovery, if it is time and this worker holds
+    /// the scanner lock: puts the lost tasks it finds into their jobs' lost
+    /// sets. Returns whether it put any there (this worker then takes one
+    /// at once; the others learn it from their heartbeats).
+    pub(crate) fn step(&mut self, link: &mut Link, scope: &Scope<'_>) -> Result<bool, RedisError> {
         let now = Instant::now();
         if now < self.next_scan {
-            return Ok(None);
+            return Ok(false);
         }
         let period = scope.settings.visibility / 2;
         if self.held_until.is_none_or(|until| now >= until) {
@@ -96,34 +104,30 @@ impl Recovery {
             )?;
             if taken.is_none() {
                 self.next_scan = now + period;
-                return Ok(None);
+                return Ok(false);
             }
             self.held_until = Some(now + period);
         }
-        if let Some(found) = self.claim_from_dead(link, scope)? {
-            return Ok(Some(found));
-        }
+        let mut published = self.publish_from_dead(link, scope)?;
         if now >= self.next_sweep {
-            if let Some(found) = self.sweep(link, scope)? {
-                return Ok(Some(found));
-            }
+            published |= self.sweep(link, scope)?;
             if self.sweep_stream < scope.streams.len() {
-                return Ok(None); // More to sweep; the next step goes on.
+                return Ok(published); // More to sweep; the next step goes on.
             }
             self.sweep_stream = 0;
             self.next_sweep = now + scope.settings.visibility * SWEEP_EVERY;
         }
         self.next_scan = now + period;
-        Ok(None)
+        Ok(published)
     }
 
-    /// Claims one idle task of a worker whose heartbeat stopped, and
-    /// forgets the dead workers that hold nothing any more.
-    fn claim_from_dead(
+    /// Puts the idle tasks of workers whose heartbeat stopped into the lost
+    /// sets, and forgets the dead workers that hold nothing any more.
+    fn publish_from_dead(
         &mut self,
         link: &mut Link,
         scope: &Scope<'_>,
-    ) -> Result<Option<(Entry, u64)>, RedisError> {
+    ) -> Result<bool, RedisError> {
         let visibility = scope.settings.visibility.as_millis() as u64;
         let cutoff = protocol::now_ms().saturating_sub(visibility + 1000);
         let dead: Vec<String> = link.query(
@@ -135,79 +139,147 @@ impl Recovery {
                 .arg(0)
                 .arg(DEAD_BATCH),
         )?;
+        let mut published = false;
         for worker in dead.iter().filter(|w| *w != scope.name) {
             let mut holds = false;
-            for stream in scope.streams {
+            for (stream, job_id) in scope.streams.iter().zip(scope.job_ids) {
                 let pending: StreamPendingCountReply = link.query(
                     redis::cmd("XPENDING")
                         .arg(stream)
                         .arg(GROUP)
                         .arg("-")
                         .arg("+")
-                        .arg(1)
+                        .arg(LOST_BATCH)
                         .arg(worker),
                 )?;
-                let Some(task) = pending.ids.first() else {
-                    continue;
-                };
-                holds = true;
-                if (task.last_delivered_ms as u64) < visibility {
-                    continue; // Its claim is recent: wait.
-                }
-                let claimed: StreamClaimReply = link.query(
-                    redis::cmd("XCLAIM")
-                        .arg(stream)
-                        .arg(GROUP)
-                        .arg(scope.name)
-                        .arg(visibility)
-                        .arg(&task.id),
-                )?;
-                if let Some(entry) = claimed.ids.into_iter().next() {
-                    // XCLAIM counted one more delivery.
-                    let deliveries = task.times_delivered as u64 + 1;
-                    return Ok(Some((Entry::from_stream_id(stream, entry), deliveries)));
-                }
+                holds |= !pending.ids.is_empty();
+                // A task claimed recently (its worker's last beat) waits.
+                let idle: Vec<&str> = pending
+                    .ids
+                    .iter()
+                    .filter(|task| task.last_delivered_ms as u64 >= visibility)
+                    .map(|task| task.id.as_str())
+                    .collect();
+                published |= publish(link, scope, job_id, &idle)?;
             }
             if !holds {
-                // Best effort (an ACL may deny EVAL): claiming matters more.
+                // Best effort (an ACL may deny EVAL): recovering matters more.
                 let _ = forget(link, scope, worker);
             }
         }
-        Ok(None)
+        Ok(published)
     }
 
-    /// Claims one task idle past the visibility timeout anywhere in the
-    /// pending list of the stream the sweep is at.
-    fn sweep(
-        &mut self,
-        link: &mut Link,
-        scope: &Scope<'_>,
-    ) -> Result<Option<(Entry, u64)>, RedisError> {
-        let Some(stream) = scope.streams.get(self.sweep_stream) else {
+    /// Puts the tasks idle past the visibility timeout anywhere in the
+    /// pending list of the stream the sweep is at into its lost set.
+    fn sweep(&mut self, link: &mut Link, scope: &Scope<'_>) -> Result<bool, RedisError> {
+        let (Some(stream), Some(job_id)) = (
+            scope.streams.get(self.sweep_stream),
+            scope.job_ids.get(self.sweep_stream),
+        ) else {
+            return Ok(false);
+        };
+        let reply: StreamPendingCountReply = link.query(
+            redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(GROUP)
+                .arg("IDLE")
+                .arg(scope.settings.visibility.as_millis() as u64)
+                .arg(&self.sweep_from)
+                .arg("+")
+                .arg(LOST_BATCH),
+        )?;
+        match reply.ids.last() {
+            Some(last) if reply.ids.len() == LOST_BATCH => {
+                self.sweep_from = format!("({}", last.id);
+            }
+            _ => {
+                self.sweep_from = "-".to_owned();
+                self.sweep_stream += 1;
+            }
+        }
+        let ids: Vec<&str> = reply.ids.iter().map(|task| task.id.as_str()).collect();
+        publish(link, scope, job_id, &ids)
+    }
+}
+
+/// Adds `ids` (lost tasks of the job `job_id`) to its lost set, which
+/// expires with the job's stream if no worker is left to take them.
+fn publish(
+    link: &mut Link,
+    scope: &Scope<'_>,
+    job_id: &str,
+    ids: &[&str],
+) -> Result<bool, RedisError> {
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    let lost = scope.keys.lost(job_id);
+    let mut pipe = redis::pipe();
+    pipe.cmd("SADD")
+        .arg(&lost)
+        .arg(ids)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&lost)
+        .arg(scope.settings.ttl.as_millis().max(1) as u64)
+        .ignore();
+    link.run(|conn| pipe.query::<()>(conn))?;
+    Ok(true)
+}
+
+/// Takes one task from the lost set of the job at `index` in `scope`, if
+/// one is there and no other worker took it meanwhile: the entry, claimed
+/// by this worker, with how many times it has been delivered. `None` when
+/// the set is empty. Ids that are not pending any more (the task finished,
+/// or another worker took it) are skipped, as are malformed ones.
+pub(crate) fn take_lost(
+    link: &mut Link,
+    scope: &Scope<'_>,
+    index: usize,
+) -> Result<Option<(Entry, u64)>, RedisError> {
+    let (Some(stream), Some(job_id)) = (scope.streams.get(index), scope.job_ids.get(index)) else {
+        return Ok(None);
+    };
+    let lost = scope.keys.lost(job_id);
+    // Bounded: a set of stale ids costs a few rounds, then it is empty.
+    for _ in 0..LOST_BATCH {
+        let Some(id) = link.query::<Option<String>>(redis::cmd("SPOP").arg(&lost))? else {
             return Ok(None);
         };
-        let reply: StreamAutoClaimReply = link.query(
-            redis::cmd("XAUTOCLAIM")
+        if !is_entry_id(&id) {
+            continue;
+        }
+        // Only a task idle for the visibility timeout: if another worker
+        // claimed it since (or its worker was alive after all), that
+        // claim reset its idle time, and this one gets nothing.
+        let claimed: StreamClaimReply = link.query(
+            redis::cmd("XCLAIM")
                 .arg(stream)
                 .arg(GROUP)
                 .arg(scope.name)
                 .arg(scope.settings.visibility.as_millis() as u64)
-                .arg(&self.sweep_from)
-                .arg("COUNT")
-                .arg(1),
+                .arg(&id),
         )?;
-        self.sweep_from = reply.next_stream_id;
-        if self.sweep_from == "0-0" {
-            self.sweep_stream += 1;
+        if let Some(entry) = claimed.ids.into_iter().next() {
+            let entry = Entry::from_stream_id(stream, entry);
+            // Claimed, so delivered at least twice.
+            let deliveries = deliveries(link, stream, &entry.id).unwrap_or(2);
+            return Ok(Some((entry, deliveries)));
         }
-        let Some(entry) = reply.claimed.into_iter().next() else {
-            return Ok(None);
-        };
-        let entry = Entry::from_stream_id(stream, entry);
-        // Claimed, so delivered at least twice.
-        let deliveries = deliveries(link, stream, &entry.id).unwrap_or(2);
-        Ok(Some((entry, deliveries)))
     }
+    Ok(None)
+}
+
+/// Whether `id` reads as a stream entry id (`<ms>-<seq>`).
+fn is_entry_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.len() <= 20
+            && seq.len() <= 20
+            && ms.bytes().chain(seq.bytes()).all(|b| b.is_ascii_digit())
+    })
 }
 
 /// Removes dead `worker` from the consumer groups of this worker's streams
@@ -271,4 +343,17 @@ pub(crate) fn deliveries(link: &mut Link, stream: &str, id: &str) -> Option<u64>
         .ok()?;
     let count = reply.ids.first()?.times_delivered;
     u64::try_from(count).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_entry_id;
+
+    #[test]
+    fn only_stream_entry_ids_are_taken_from_a_lost_set() {
+        assert!(is_entry_id("1718000000000-0") && is_entry_id("1-12"));
+        for bad in ["", "-", "1-", "-1", "1", "a-1", "1-0-0", "1 -0", "+", "$"] {
+            assert!(!is_entry_id(bad), "{bad}");
+        }
+    }
 }

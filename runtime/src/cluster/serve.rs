@@ -1,11 +1,12 @@
-//! The worker's side: take tasks from the queue's consumer group, run
-//! registered jobs, store each result and acknowledge the task in one
-//! transaction.
+//! The worker's side: take tasks from the queue's consumer group (lost
+//! tasks of dead workers first), check each (`read_task`: fields and tag;
+//! `admit`: the caller's presence and the claim that makes a task run once),
+//! run registered jobs (`run_task`), store each result and acknowledge the
+//! task in one transaction (`store`). The heartbeat thread is in
+//! `heartbeat.rs`, recovery of dead workers' tasks in `recover.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -13,21 +14,16 @@ use redis::streams::StreamPendingCountReply;
 
 use super::auth::{Presence, ResultFields, TaskFields};
 use super::backend::ensure_group;
+use super::heartbeat::{Heartbeat, Watchdog};
 use super::link::{Link, is_connection_error};
 use super::protocol::{self, Clock, Entry, GROUP, Keys, Refusal, TASK_LIFETIME};
-use super::recover::{Recovery, Scope, deliveries};
+use super::recover::{Recovery, Scope, deliveries, take_lost};
 use super::settings::Settings;
 use crate::Error;
 use crate::failure::{Failure, FailureKind};
 
 /// How long a caller seen present counts as present without asking again.
 const PRESENCE_CACHE: Duration = Duration::from_secs(1);
-
-/// A worker not seen for an hour is dropped from the queue's `workers` set.
-const STALE_WORKER_MS: u64 = 3_600_000;
-/// The per-job worker sets are swept of such workers once per this many
-/// heartbeats (and on the first).
-const SWEEP_SETS_EVERY: u64 = 30;
 
 /// Set by SIGINT or SIGTERM: finish the current task, then return.
 static STOP: std::sync::LazyLock<std::sync::Arc<AtomicBool>> =
@@ -221,27 +217,20 @@ impl Worker {
                 streams: &self.streams,
                 job_ids: &self.job_ids,
             };
+            let mut lost = self.beat.lost();
             match self.recovery.step(&mut self.link, &scope) {
-                // Look again at once: a dead worker may have left several.
-                Ok(Some((entry, deliveries))) => {
-                    self.handle(entry, deliveries, &[]);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(err) if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) => {
-                    self.recover(err)?;
-                }
-                // A dropped connection is waited out by the read below.
-                Err(err) if is_connection_error(&err) => {}
-                Err(err) => {
-                    if !self.recovery_failed {
-                        eprintln!(
-                            "procpool cluster worker {}: cannot recover the tasks of dead \
-                             workers: {err}; they wait for another worker",
-                            self.name
-                        );
-                        self.recovery_failed = true;
+                Ok(published) => lost |= published,
+                Err(err) => self.recovery_failed(err)?,
+            }
+            // Lost tasks first: they are older than any new one.
+            if lost {
+                match self.take_lost() {
+                    Ok(Some((entry, deliveries))) => {
+                        self.handle(entry, deliveries, &[]);
+                        continue;
                     }
+                    Ok(None) => self.beat.set_lost(false),
+                    Err(err) => self.recovery_failed(err)?,
                 }
             }
             // After a new connection, first the tasks already delivered to
@@ -292,6 +281,42 @@ impl Worker {
                 }
                 Err(err) => self.recover(err)?,
             }
+        }
+        Ok(())
+    }
+
+    /// One task from the lost sets of this worker's jobs (see
+    /// [`super::recover`]), claimed by this worker, if any is left.
+    fn take_lost(&mut self) -> Result<Option<(Entry, u64)>, redis::RedisError> {
+        let scope = Scope {
+            settings: &self.settings,
+            keys: &self.keys,
+            name: &self.name,
+            streams: &self.streams,
+            job_ids: &self.job_ids,
+        };
+        for index in 0..self.jobs.len() {
+            if let Some(found) = take_lost(&mut self.link, &scope, index)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// After recovery failed: the queue was deleted (recreate it), the
+    /// connection dropped (the read that follows waits it out), or Redis
+    /// refused (said once; the tasks wait for another worker).
+    fn recovery_failed(&mut self, err: redis::RedisError) -> Result<(), Error> {
+        if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED")) {
+            return self.recover(err);
+        }
+        if !is_connection_error(&err) && !self.recovery_failed {
+            eprintln!(
+                "procpool cluster worker {}: cannot recover the tasks of dead workers: {err}; \
+                 they wait for another worker",
+                self.name
+            );
+            self.recovery_failed = true;
         }
         Ok(())
     }
@@ -359,7 +384,11 @@ impl Worker {
     /// claims are shared by every worker of the queue, in the caller's hash
     /// `claims:<caller>` (same hash tag, so one slot of a Redis Cluster),
     /// which expires `ttl` after the caller's last refresh.
-    fn claim(&mut self, caller: &str, seq: u64, id: &str) -> Result<bool, redis::RedisError> {
+    fn claim(
+        &mut self,
+        (caller, seq, job): (&str, u64, &str),
+        id: &str,
+    ) -> Result<bool, redis::RedisError> {
         let claims = self.keys.claims(caller);
         let ttl = self.settings.ttl.as_millis().max(1) as u64;
         // HSETNX is atomic by itself; the holder is read only when the
@@ -373,6 +402,14 @@ impl Worker {
             .cmd("PEXPIRE")
             .arg(&claims)
             .arg(ttl)
+            .ignore()
+            // What this worker runs, for `inspect`, in the same round trip:
+            // current from the task's start (the heartbeat comes every
+            // third of the visibility timeout), removed with its result.
+            .cmd("HSET")
+            .arg(self.keys.running())
+            .arg(&self.name)
+            .arg(format!("{} {job}", protocol::now_ms()))
             .ignore();
         let (fresh,): (bool,) = self
             .link
@@ -389,12 +426,12 @@ impl Worker {
     /// Drops a copy of a task that ran (or runs) from another entry: never
     /// run, acknowledged and deleted, counted in the queue's `stats` as
     /// `replayed_tasks` and reported.
-    fn drop_replay(&mut self, entry: &Entry, caller: &str, seq: u64, job: &str, why: &str) {
+    fn drop_replay(&mut self, entry: &Entry, task: &Task, why: &str) {
         super::warn(format_args!(
-            "procpool cluster worker {}: dropped task {} (job `{job}`, task {seq} of caller \
-             {caller}) without running it: {why}. Someone added a copy of a genuine task to \
+            "procpool cluster worker {}: dropped task {} (job `{}`, task {} of caller \
+             {}) without running it: {why}. Someone added a copy of a genuine task to \
              the queue",
-            self.name, entry.id
+            self.name, entry.id, task.job, task.seq, task.caller
         ));
         let _ = self.link.query::<()>(
             redis::cmd("HINCRBY")
@@ -412,199 +449,50 @@ impl Worker {
             return; // Not read from one of this worker's streams.
         };
         let served_name = served.name;
-        if entry.fields.is_empty() {
-            // Withdrawn by its caller after it was delivered.
-            self.acknowledge(&entry.stream, &entry.id);
-            return;
-        }
-        let (Some(caller), Some(seq), Some(job), Some(count)) = (
-            entry.text("caller").map(str::to_owned),
-            entry.number("seq"),
-            entry.text("job").map(str::to_owned),
-            entry.number("count"),
-        ) else {
-            eprintln!(
-                "procpool cluster worker {}: dropping malformed task {}",
-                self.name, entry.id
-            );
-            self.acknowledge(&entry.stream, &entry.id);
+        let Some(task) = self.read_task(&mut entry) else {
             return;
         };
-        let items = entry.take("items").unwrap_or_default();
-        let timeout_ms = entry.number("timeout").unwrap_or(0);
-        // Absent only from an older release's (unkeyed) caller: no expiry.
-        let expires_ms = entry.number("expires");
-        let task = TaskFields {
-            queue: &self.settings.queue,
-            caller: &caller,
-            seq,
-            job: &job,
-            count,
-            timeout_ms,
-            expires_ms: expires_ms.unwrap_or(0),
-            items: &items,
-        };
-        if !self.settings.auth.task_valid(&task, entry.field("tag")) {
-            super::warn(format_args!(
-                "procpool cluster worker {}: dropped task {} (job `{job}`) without running it: \
-                 its tag does not match this queue's key, so someone without the key added it \
-                 (or a caller of an older procpool release signed it)",
-                self.name, entry.id
-            ));
-            let stats = self.keys.stats();
-            let _ = self
-                .link
-                .query::<()>(redis::cmd("HINCRBY").arg(stats).arg("forged_tasks").arg(1));
-            self.acknowledge(&entry.stream, &entry.id);
-            return;
-        }
-        // The caller id becomes part of a key name: only ids procpool makes.
-        if caller.is_empty() || !caller.bytes().all(|b| b.is_ascii_hexdigit()) {
-            eprintln!(
-                "procpool cluster worker {}: dropping task {} with an invalid caller id",
-                self.name, entry.id
-            );
-            self.acknowledge(&entry.stream, &entry.id);
-            return;
-        }
         // Callers never put a job into another job's stream. With a key the
         // tag is valid, so this is a copy of a genuine task, moved: it must
         // not take the task's claim (and fail it) before the real entry.
-        let misplaced = job != served_name;
+        let misplaced = task.job != served_name;
         if misplaced && self.settings.auth.keyed() {
-            self.drop_replay(
-                &entry,
-                &caller,
-                seq,
-                &job,
-                &format!("it was added to the stream of job `{served_name}`"),
-            );
+            let why = format!("it was added to the stream of job `{served_name}`");
+            self.drop_replay(&entry, &task, &why);
             return;
         }
         // A caller that ended or was terminated reads no result: its tasks
         // do not run. One that is only late learns why from the refusal.
-        let presence = self.caller_present(&caller);
-        let mut unclaimed = None;
-        if let Some(presence) = presence.filter(|_| !misplaced) {
-            // Each task runs once: a copy of its entry (same signed fields,
-            // another entry id) is dropped unrun, whether the task is
-            // settled (below the caller's signed watermark) or not (another
-            // entry holds its claim). A re-delivery of the same entry (its
-            // worker died) holds the claim already, and runs.
-            if seq < presence.low {
-                // Settled. The entry is gone if another worker stored its
-                // result (or the caller withdrew it) after this one read it:
-                // nothing to count then.
-                let exists = self
-                    .link
-                    .query::<Vec<redis::Value>>(
-                        redis::cmd("XRANGE")
-                            .arg(&entry.stream)
-                            .arg(&entry.id)
-                            .arg(&entry.id),
-                    )
-                    .map_or(true, |found| !found.is_empty());
-                if exists {
-                    self.drop_replay(&entry, &caller, seq, &job, "its caller settled it already");
-                } else {
-                    self.acknowledge(&entry.stream, &entry.id);
-                }
-                return;
-            }
-            match self.claim(&caller, seq, &entry.id) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.drop_replay(
-                        &entry,
-                        &caller,
-                        seq,
-                        &job,
-                        "another entry of the same task holds its claim",
-                    );
-                    return;
-                }
-                // Stopping: unclaimed, so not run; it goes to another worker.
-                Err(_) if stopping() => return,
-                // Redis refused the claim (an ACL without hash commands):
-                // running it could run a copy too, so it fails, saying why.
-                Err(err) => unclaimed = Some(err.to_string()),
-            }
-        }
-        let limit = self.settings.max_payload as u64;
-        let expired = expires_ms.is_some_and(|at| self.clock.now() >= at);
-        let outcome = if presence.is_none() {
-            Err(Refusal::Abandoned)
-        } else if let Some(reason) = unclaimed {
-            Err(Refusal::Unclaimed { reason })
-        } else if expired {
-            Err(Refusal::Expired {
-                lifetime_ms: TASK_LIFETIME.as_millis() as u64,
-            })
-        } else if deliveries > self.settings.max_deliveries {
-            Err(Refusal::Lost {
-                deliveries: deliveries - 1,
-            })
-        } else if misplaced {
-            // Without a key, anyone may put a job into another job's stream.
-            Err(Refusal::Failed(Failure::new(
-                FailureKind::UnknownJob,
-                format!("{job} (the task was in the stream of `{served_name}`)"),
-            )))
-        } else if items.len() as u64 > limit {
-            Err(Refusal::TooLarge {
-                what: format!("the task for {count} items"),
-                bytes: items.len() as u64,
-                limit,
-            })
-        } else {
-            let mut held = waiting.to_vec();
-            held.push((entry.stream.clone(), entry.id.clone()));
-            self.beat.watch(held);
-            // A limit no `Instant` can hold (a caller's `Duration::MAX`,
-            // or a forged task's) is no limit: nothing to arm.
-            let deadline = (timeout_ms > 0)
-                .then(|| crate::deadline::after(Duration::from_millis(timeout_ms)))
-                .flatten();
-            if let Some(at) = deadline {
-                self.beat.arm(Watchdog {
-                    at,
-                    timeout_ms,
-                    task: Delivery {
-                        stream: entry.stream.clone(),
-                        id: entry.id.clone(),
-                        caller: caller.clone(),
-                        seq,
-                        job: job.clone(),
-                    },
-                    waiting: waiting.to_vec(),
-                });
-            }
-            self.beat.running(Some(&job));
-            let ran = crate::worker::run_chunk(&job, count, &items);
-            self.beat.running(None);
-            self.beat.disarm();
-            self.beat.watch(waiting.to_vec());
-            match ran {
-                Ok((output, _)) if output.len() as u64 > limit => Err(Refusal::TooLarge {
-                    what: format!("the result of {count} items"),
-                    bytes: output.len() as u64,
-                    limit,
-                }),
-                Ok((output, _)) => Ok(output),
-                Err(failure) => Err(Refusal::Failed(failure)),
+        let presence = self.caller_present(&task.caller);
+        let outcome = match presence.filter(|_| !misplaced) {
+            Some(presence) => match self.admit(&entry, &task, presence) {
+                Admission::Run => None,
+                Admission::Dropped => return,
+                Admission::Unclaimed(reason) => Some(Err(Refusal::Unclaimed { reason })),
+            },
+            None if presence.is_none() => Some(Err(Refusal::Abandoned)),
+            None => {
+                // Without a key, anyone may put a job into another job's stream.
+                Some(Err(Refusal::Failed(Failure::new(
+                    FailureKind::UnknownJob,
+                    format!(
+                        "{} (the task was in the stream of `{served_name}`)",
+                        task.job
+                    ),
+                ))))
             }
         };
+        let outcome = outcome.unwrap_or_else(|| self.run_task(&entry, &task, deliveries, waiting));
         let task = Delivery {
             stream: entry.stream,
             id: entry.id,
-            caller,
-            seq,
-            job,
+            caller: task.caller,
+            seq: task.seq,
+            job: task.job,
         };
         if let Err(err) = store(
             &mut self.link,
-            &self.settings,
-            &self.keys,
+            (&self.settings, &self.keys, &self.name),
             &task,
             outcome,
             &stopping,
@@ -617,32 +505,237 @@ impl Worker {
         }
     }
 
-    /// Removes a task that will not run from the group and the stream.
+    /// The task in `entry`, its signed fields checked; `None` (the entry
+    /// acknowledged, and reported if it was forged) when it was withdrawn,
+    /// is malformed, has no valid tag or an invalid caller id.
+    fn read_task(&mut self, entry: &mut Entry) -> Option<Task> {
+        if entry.fields.is_empty() {
+            // Withdrawn by its caller after it was delivered.
+            self.acknowledge(&entry.stream, &entry.id);
+            return None;
+        }
+        let (Some(caller), Some(seq), Some(job), Some(count)) = (
+            entry.text("caller").map(str::to_owned),
+            entry.number("seq"),
+            entry.text("job").map(str::to_owned),
+            entry.number("count"),
+        ) else {
+            eprintln!(
+                "procpool cluster worker {}: dropping malformed task {}",
+                self.name, entry.id
+            );
+            self.acknowledge(&entry.stream, &entry.id);
+            return None;
+        };
+        let task = Task {
+            items: entry.take("items").unwrap_or_default(),
+            timeout_ms: entry.number("timeout").unwrap_or(0),
+            // Absent only from an older release's (unkeyed) caller: no expiry.
+            expires_ms: entry.number("expires"),
+            caller,
+            seq,
+            job,
+            count,
+        };
+        let fields = TaskFields {
+            queue: &self.settings.queue,
+            caller: &task.caller,
+            seq,
+            job: &task.job,
+            count,
+            timeout_ms: task.timeout_ms,
+            expires_ms: task.expires_ms.unwrap_or(0),
+            items: &task.items,
+        };
+        if !self.settings.auth.task_valid(&fields, entry.field("tag")) {
+            super::warn(format_args!(
+                "procpool cluster worker {}: dropped task {} (job `{}`) without running it: \
+                 its tag does not match this queue's key, so someone without the key added it \
+                 (or a caller of an older procpool release signed it)",
+                self.name, entry.id, task.job
+            ));
+            let stats = self.keys.stats();
+            let _ = self
+                .link
+                .query::<()>(redis::cmd("HINCRBY").arg(stats).arg("forged_tasks").arg(1));
+            self.acknowledge(&entry.stream, &entry.id);
+            return None;
+        }
+        // The caller id becomes part of a key name: only ids procpool makes.
+        if task.caller.is_empty() || !task.caller.bytes().all(|b| b.is_ascii_hexdigit()) {
+            eprintln!(
+                "procpool cluster worker {}: dropping task {} with an invalid caller id",
+                self.name, entry.id
+            );
+            self.acknowledge(&entry.stream, &entry.id);
+            return None;
+        }
+        Some(task)
+    }
+
+    /// Whether the task of a present caller may run: each task runs once,
+    /// so a copy of its entry (same signed fields, another entry id) is
+    /// dropped unrun, whether the task is settled (below the caller's
+    /// signed watermark) or not (another entry holds its claim). A
+    /// re-delivery of the same entry (its worker died) holds the claim
+    /// already, and runs.
+    fn admit(&mut self, entry: &Entry, task: &Task, presence: Presence) -> Admission {
+        if task.seq < presence.low {
+            // Settled. The entry is gone if another worker stored its
+            // result (or the caller withdrew it) after this one read it:
+            // nothing to count then.
+            let exists = self
+                .link
+                .query::<Vec<redis::Value>>(
+                    redis::cmd("XRANGE")
+                        .arg(&entry.stream)
+                        .arg(&entry.id)
+                        .arg(&entry.id),
+                )
+                .map_or(true, |found| !found.is_empty());
+            if exists {
+                self.drop_replay(entry, task, "its caller settled it already");
+            } else {
+                self.acknowledge(&entry.stream, &entry.id);
+            }
+            return Admission::Dropped;
+        }
+        match self.claim((&task.caller, task.seq, &task.job), &entry.id) {
+            Ok(true) => Admission::Run,
+            Ok(false) => {
+                self.drop_replay(
+                    entry,
+                    task,
+                    "another entry of the same task holds its claim",
+                );
+                Admission::Dropped
+            }
+            // Stopping: unclaimed, so not run; it goes to another worker.
+            Err(_) if stopping() => Admission::Dropped,
+            // Redis refused the claim (an ACL without hash commands):
+            // running it could run a copy too, so it fails, saying why.
+            Err(err) => Admission::Unclaimed(err.to_string()),
+        }
+    }
+
+    /// Runs an admitted task, unless it expired, was delivered too often
+    /// or is too large; the heartbeat keeps its claim, and its watchdog
+    /// enforces the caller's `task_timeout`.
+    fn run_task(
+        &mut self,
+        entry: &Entry,
+        task: &Task,
+        deliveries: u64,
+        waiting: &[(String, String)],
+    ) -> Result<Vec<u8>, Refusal> {
+        let limit = self.settings.max_payload as u64;
+        if task.expires_ms.is_some_and(|at| self.clock.now() >= at) {
+            return Err(Refusal::Expired {
+                lifetime_ms: TASK_LIFETIME.as_millis() as u64,
+            });
+        }
+        if deliveries > self.settings.max_deliveries {
+            return Err(Refusal::Lost {
+                deliveries: deliveries - 1,
+            });
+        }
+        if task.items.len() as u64 > limit {
+            return Err(Refusal::TooLarge {
+                what: format!("the task for {} items", task.count),
+                bytes: task.items.len() as u64,
+                limit,
+            });
+        }
+        let mut held = waiting.to_vec();
+        held.push((entry.stream.clone(), entry.id.clone()));
+        self.beat.watch(held);
+        // A limit no `Instant` can hold (a caller's `Duration::MAX`, or a
+        // forged task's) is no limit: nothing to arm.
+        let deadline = (task.timeout_ms > 0)
+            .then(|| crate::deadline::after(Duration::from_millis(task.timeout_ms)))
+            .flatten();
+        if let Some(at) = deadline {
+            self.beat.arm(Watchdog {
+                at,
+                timeout_ms: task.timeout_ms,
+                task: Delivery {
+                    stream: entry.stream.clone(),
+                    id: entry.id.clone(),
+                    caller: task.caller.clone(),
+                    seq: task.seq,
+                    job: task.job.clone(),
+                },
+                waiting: waiting.to_vec(),
+            });
+        }
+        let ran = crate::worker::run_chunk(&task.job, task.count, &task.items);
+        self.beat.disarm();
+        self.beat.watch(waiting.to_vec());
+        match ran {
+            Ok((output, _)) if output.len() as u64 > limit => Err(Refusal::TooLarge {
+                what: format!("the result of {} items", task.count),
+                bytes: output.len() as u64,
+                limit,
+            }),
+            Ok((output, _)) => Ok(output),
+            Err(failure) => Err(Refusal::Failed(failure)),
+        }
+    }
+
+    /// Removes a task that will not run from the group and the stream (and
+    /// from what `inspect` shows this worker running, if it was claimed).
     fn acknowledge(&mut self, stream: &str, id: &str) {
+        let running = self.keys.running();
         let _ = self.link.run_retrying(None, &stopping, |conn| {
-            retire(&mut redis::pipe(), stream, id).query::<()>(conn)
+            retire(&mut redis::pipe(), stream, id)
+                .cmd("HDEL")
+                .arg(&running)
+                .arg(&self.name)
+                .ignore()
+                .query::<()>(conn)
         });
     }
 }
 
-/// Which task an outcome belongs to, and who waits for it.
-#[derive(Clone)]
-struct Delivery {
-    stream: String,
-    id: String,
+/// A task as its entry says, its tag checked.
+struct Task {
     caller: String,
     seq: u64,
     job: String,
+    count: u64,
+    items: Vec<u8>,
+    /// The caller's `task_timeout` in ms (0: none).
+    timeout_ms: u64,
+    /// Its signed expiry (Redis' clock), if it has one.
+    expires_ms: Option<u64>,
+}
+
+/// Whether a task of a present caller may run (see [`Worker::admit`]).
+enum Admission {
+    Run,
+    /// Dropped unrun: a copy, settled already, or the worker is stopping.
+    Dropped,
+    /// Redis refused the claim that makes it run once.
+    Unclaimed(String),
+}
+
+/// Which task an outcome belongs to, and who waits for it.
+#[derive(Clone)]
+pub(super) struct Delivery {
+    pub(super) stream: String,
+    pub(super) id: String,
+    pub(super) caller: String,
+    pub(super) seq: u64,
+    pub(super) job: String,
 }
 
 /// Stores the outcome and acknowledges the task in one transaction, so a
 /// task is never acknowledged without its result. Retries while Redis is
 /// unreachable, until `give_up` says so; then the task stays pending, and
 /// another worker runs it again.
-fn store(
+pub(super) fn store(
     link: &mut Link,
-    settings: &Settings,
-    keys: &Keys,
+    (settings, keys, worker): (&Settings, &Keys, &str),
     task: &Delivery,
     outcome: Result<Vec<u8>, Refusal>,
     give_up: &dyn Fn() -> bool,
@@ -679,7 +772,12 @@ fn store(
             add.arg("tag").arg(tag);
         }
         add.ignore().cmd("PEXPIRE").arg(&results).arg(ttl).ignore();
-        retire(&mut pipe, &task.stream, &task.id).query::<()>(conn)
+        retire(&mut pipe, &task.stream, &task.id)
+            .cmd("HDEL")
+            .arg(keys.running())
+            .arg(worker)
+            .ignore()
+            .query::<()>(conn)
     })
     .map_err(|err| err.to_string())
 }
@@ -696,232 +794,4 @@ fn retire<'p>(pipe: &'p mut redis::Pipeline, tasks: &str, id: &str) -> &'p mut r
         .arg(tasks)
         .arg(id)
         .ignore()
-}
-
-/// A thread that shows this worker is alive: it keeps the worker in the
-/// queue's `workers` set and, while a task runs, claims that task again
-/// every third of the visibility timeout, which resets its idle time, so
-/// no other worker takes a long task from a live worker.
-struct Heartbeat {
-    shared: Arc<(Mutex<Beat>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct Beat {
-    /// The tasks (stream, id) this worker holds: the one running and those
-    /// read with it.
-    watching: Vec<(String, String)>,
-    /// The running task's deadline, if its caller set a `task_timeout`.
-    watchdog: Option<Watchdog>,
-    /// The running task's job and when it started (ms since the epoch),
-    /// for [`super::inspect`].
-    running: Option<(String, u64)>,
-    stop: bool,
-}
-
-/// What the heartbeat does when a task runs past its caller's `task_timeout`.
-#[derive(Clone)]
-struct Watchdog {
-    at: Instant,
-    timeout_ms: u64,
-    task: Delivery,
-    /// Tasks read with it, not started yet: handed back to other workers.
-    waiting: Vec<(String, String)>,
-}
-
-/// The exit code of a worker whose task ran past its `task_timeout`.
-const TIMED_OUT_EXIT: i32 = 3;
-
-/// Fails the task with `Refusal::TimedOut` and ends the process, whose
-/// job may never return: a supervisor ([`super::Workers`]) starts another.
-fn time_out(link: &mut Link, settings: &Settings, keys: &Keys, name: &str, dog: &Watchdog) -> ! {
-    let started = Instant::now();
-    let patience = || started.elapsed() >= Duration::from_secs(10);
-    let refusal = Refusal::TimedOut {
-        timeout_ms: dog.timeout_ms,
-    };
-    if let Err(err) = store(link, settings, keys, &dog.task, Err(refusal), &patience) {
-        eprintln!(
-            "procpool cluster worker {name}: cannot store the timeout of task {}: {err}",
-            dog.task.id
-        );
-    }
-    // The tasks it held but did not start look idle for a day, so the next
-    // scan of any worker takes them, instead of after the visibility timeout.
-    let mut pipe = redis::pipe();
-    for (stream, id) in &dog.waiting {
-        pipe.cmd("XCLAIM")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(name)
-            .arg(0)
-            .arg(id)
-            .arg("IDLE")
-            .arg(86_400_000)
-            .arg("JUSTID")
-            .ignore();
-    }
-    let _ = link.run(|conn| pipe.query::<()>(conn));
-    eprintln!(
-        "procpool cluster worker {name}: job `{}` ran past its task_timeout of {:?}; \
-         exiting, to be replaced",
-        dog.task.job,
-        Duration::from_millis(dog.timeout_ms)
-    );
-    // At once, without running exit handlers that could wait for locks
-    // the still-running job holds.
-    crate::sys::exit_now(TIMED_OUT_EXIT)
-}
-
-impl Heartbeat {
-    fn start(
-        mut link: Link,
-        keys: &Keys,
-        settings: &Settings,
-        name: &str,
-        job_ids: Vec<String>,
-    ) -> Result<Heartbeat, Error> {
-        let visibility = settings.visibility;
-        let settings = settings.clone();
-        let shared = Arc::new((Mutex::new(Beat::default()), Condvar::new()));
-        let (keys, name, beat) = (keys.clone(), name.to_owned(), Arc::clone(&shared));
-        let period = visibility / 3;
-        let thread = thread::Builder::new()
-            .name("procpool-cluster-heartbeat".into())
-            .spawn(move || {
-                let (state, wake) = &*beat;
-                let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut beats: u64 = 0;
-                while !guard.stop {
-                    let watching = guard.watching.clone();
-                    let running = guard.running.clone();
-                    if let Some(dog) = &guard.watchdog
-                        && Instant::now() >= dog.at
-                    {
-                        let dog = dog.clone();
-                        drop(guard);
-                        time_out(&mut link, &settings, &keys, &name, &dog);
-                    }
-                    drop(guard);
-                    beats += 1;
-                    let _ = link.run(|conn| {
-                        let mut pipe = redis::pipe();
-                        let now = protocol::now_ms();
-                        let stale = now.saturating_sub(STALE_WORKER_MS);
-                        let sets = std::iter::once(keys.workers())
-                            .chain(job_ids.iter().map(|id| keys.serves(id)));
-                        for (index, set) in sets.enumerate() {
-                            pipe.cmd("ZADD").arg(&set).arg(now).arg(&name).ignore();
-                            // Killed workers never remove themselves, and the
-                            // scanner forgets them only from the sets of its
-                            // own build's jobs. The job sets are swept now
-                            // and then: readers count fresh members anyway,
-                            // and a beat then costs one command per job.
-                            if index == 0 || beats % SWEEP_SETS_EVERY == 1 {
-                                pipe.cmd("ZREMRANGEBYSCORE")
-                                    .arg(&set)
-                                    .arg("-inf")
-                                    .arg(stale)
-                                    .ignore();
-                            }
-                        }
-                        match &running {
-                            Some((job, started)) => pipe
-                                .cmd("HSET")
-                                .arg(keys.running())
-                                .arg(&name)
-                                .arg(format!("{started} {job}")),
-                            None => pipe.cmd("HDEL").arg(keys.running()).arg(&name),
-                        }
-                        .ignore();
-                        for (stream, id) in &watching {
-                            pipe.cmd("XCLAIM")
-                                .arg(stream)
-                                .arg(GROUP)
-                                .arg(&name)
-                                .arg(0)
-                                .arg(id)
-                                .arg("JUSTID")
-                                .ignore();
-                        }
-                        pipe.query::<()>(conn)
-                    });
-                    guard = state.lock().unwrap_or_else(PoisonError::into_inner);
-                    if !guard.stop {
-                        let wait = match &guard.watchdog {
-                            Some(dog) => {
-                                period.min(dog.at.saturating_duration_since(Instant::now()))
-                            }
-                            None => period,
-                        };
-                        guard = wake
-                            .wait_timeout(guard, wait)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                    }
-                }
-                drop(guard);
-                let mut pipe = redis::pipe();
-                let sets =
-                    std::iter::once(keys.workers()).chain(job_ids.iter().map(|id| keys.serves(id)));
-                for set in sets {
-                    pipe.cmd("ZREM").arg(set).arg(&name).ignore();
-                }
-                pipe.cmd("HDEL").arg(keys.running()).arg(&name).ignore();
-                let _ = link.run(|conn| pipe.query::<()>(conn));
-            })
-            .map_err(|e| Error::system("cannot start the cluster worker's heartbeat thread", e))?;
-        Ok(Heartbeat {
-            shared,
-            thread: Some(thread),
-        })
-    }
-
-    /// The task now running, whose claim must be kept fresh. No need to
-    /// claim it at once: delivering a task (or claiming it from a lost
-    /// worker) resets its idle time, and the next beat comes within a third
-    /// of the visibility timeout.
-    fn watch(&self, held: Vec<(String, String)>) {
-        let (state, _) = &*self.shared;
-        state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .watching = held;
-    }
-
-    /// The job now running, if any, for inspection.
-    fn running(&self, job: Option<&str>) {
-        let (state, _) = &*self.shared;
-        state.lock().unwrap_or_else(PoisonError::into_inner).running =
-            job.map(|job| (job.to_owned(), protocol::now_ms()));
-    }
-
-    /// Starts the running task's deadline.
-    fn arm(&self, dog: Watchdog) {
-        let (state, wake) = &*self.shared;
-        state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .watchdog = Some(dog);
-        wake.notify_all();
-    }
-
-    /// The task ended in time.
-    fn disarm(&self) {
-        let (state, _) = &*self.shared;
-        state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .watchdog = None;
-    }
-
-    fn stop(&mut self) {
-        let (state, wake) = &*self.shared;
-        state.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
-        wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

@@ -58,6 +58,9 @@ pub(crate) struct Settings {
     pub(crate) no_workers: Option<Duration>,
     /// Whether the URL names a seed node of a Redis Cluster.
     pub(crate) cluster: bool,
+    /// More seed nodes of the Redis Cluster (`seeds=host:port,...`), tried
+    /// after the URL's own host, with its credentials and TLS settings.
+    pub(crate) seeds: Vec<(String, u16)>,
     /// Signs and checks tasks and results with the queue's key, if any.
     pub(crate) auth: Auth,
 }
@@ -72,7 +75,7 @@ const MIN_PRESENCE: Duration = Duration::from_millis(500);
 
 /// procpool's query parameters, with what each means, for error messages.
 const PARAMETERS: &str = "queue, visibility, ttl, presence, max_payload, window, max_deliveries, reconnect, \
-                          tls_ca, tls_cert, tls_key, tls_insecure, key, unserved, no_workers, cluster";
+                          tls_ca, tls_cert, tls_key, tls_insecure, key, unserved, no_workers, cluster, seeds";
 
 impl Settings {
     /// Reads `url`, with the key from `PROCPOOL_KEY` if the URL has none.
@@ -89,7 +92,6 @@ impl Settings {
 
     /// Reads `url`; `env_key` is the key from the environment, if set.
     pub(crate) fn parse_with_key(url: &str, env_key: Option<String>) -> Result<Settings, Error> {
-        let invalid = |why: String| Error::Config(format!("invalid cluster URL: {why}"));
         let mut parsed = url::Url::parse(url).map_err(|e| {
             invalid(format!(
                 "{e}; expected redis://[:password@]host[:port][/db][?queue=name] or rediss://..."
@@ -101,26 +103,7 @@ impl Settings {
                 parsed.scheme()
             )));
         }
-        let mut settings = Settings {
-            redis_url: String::new(),
-            display: String::new(),
-            queue: "default".to_owned(),
-            visibility: Duration::from_secs(30),
-            ttl: Duration::from_secs(120),
-            presence: Duration::from_secs(10),
-            max_payload: 64 << 20,
-            window: 32 << 20,
-            max_deliveries: 3,
-            reconnect: Duration::from_secs(60),
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_insecure: false,
-            unserved: Duration::from_secs(30),
-            no_workers: None,
-            cluster: false,
-            auth: Auth::new(None),
-        };
+        let mut settings = Settings::defaults();
         let mut url_key = None;
         let mut presence = None;
         let pairs: Vec<(String, String)> = parsed
@@ -128,82 +111,14 @@ impl Settings {
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         for (key, value) in pairs {
-            let seconds = || parse_seconds(&key, &value).map_err(invalid);
             match key.as_str() {
-                "queue" => settings.queue = queue_name(&value).map_err(invalid)?,
-                "visibility" => settings.visibility = seconds()?,
-                "ttl" => settings.ttl = seconds()?,
-                "presence" => presence = Some(seconds()?),
-                "reconnect" => settings.reconnect = seconds()?,
-                "unserved" => settings.unserved = seconds()?,
-                "no_workers" => settings.no_workers = Some(seconds()?),
-                "max_payload" => {
-                    settings.max_payload = parse_number(&key, &value).map_err(invalid)?;
-                }
-                "window" => settings.window = parse_number(&key, &value).map_err(invalid)?,
-                "max_deliveries" => {
-                    settings.max_deliveries = parse_number(&key, &value).map_err(invalid)?;
-                }
-                "tls_ca" => settings.tls_ca = Some(PathBuf::from(value)),
-                "tls_cert" => settings.tls_cert = Some(PathBuf::from(value)),
-                "tls_key" => settings.tls_key = Some(PathBuf::from(value)),
                 "key" => url_key = Some(value),
-                "cluster" => settings.cluster = parse_bool(&key, &value).map_err(invalid)?,
-                "tls_insecure" => {
-                    settings.tls_insecure = parse_bool(&key, &value).map_err(invalid)?;
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "unknown parameter `{other}`; procpool understands {PARAMETERS}"
-                    )));
-                }
+                "presence" => presence = Some(parse_seconds(&key, &value).map_err(invalid)?),
+                _ => settings.set(&key, &value).map_err(invalid)?,
             }
         }
-        if settings.ttl <= settings.reconnect {
-            return Err(invalid(format!(
-                "ttl ({:?}) must be longer than reconnect ({:?}): a caller that reconnects \
-                 within `reconnect` still needs its keys",
-                settings.ttl, settings.reconnect
-            )));
-        }
         settings.presence = presence.unwrap_or(settings.presence.min(settings.ttl));
-        if settings.presence < MIN_PRESENCE || settings.presence > settings.ttl {
-            return Err(invalid(format!(
-                "presence ({:?}) must be at least {MIN_PRESENCE:?} and at most ttl ({:?})",
-                settings.presence, settings.ttl
-            )));
-        }
-        if settings.visibility < MIN_VISIBILITY {
-            return Err(invalid(format!(
-                "visibility must be at least {MIN_VISIBILITY:?}: below that, tasks are taken \
-                 from live workers"
-            )));
-        }
-        if settings.max_deliveries == 0 || settings.max_payload == 0 || settings.window == 0 {
-            return Err(invalid(
-                "max_deliveries, max_payload and window must be at least 1".into(),
-            ));
-        }
-        if settings.tls_cert.is_some() != settings.tls_key.is_some() {
-            return Err(invalid(
-                "tls_cert and tls_key go together (a client certificate and its key)".into(),
-            ));
-        }
-        let uses_files = settings.tls_ca.is_some() || settings.tls_cert.is_some();
-        if (uses_files || settings.tls_insecure) && parsed.scheme() != "rediss" {
-            return Err(invalid(
-                "tls_ca, tls_cert, tls_key and tls_insecure need a rediss:// URL".into(),
-            ));
-        }
-        // The redis crate reads `#insecure` as "check no certificate": a
-        // fragment is easy to miss in a URL, so only the parameter says it.
-        if let Some(fragment) = parsed.fragment() {
-            return Err(invalid(format!(
-                "the URL ends in `#{fragment}`; procpool takes no fragment. To turn the \
-                 server's certificate checks off (anyone on the network path can then read \
-                 and change the traffic), say tls_insecure=true"
-            )));
-        }
+        settings.check(&parsed).map_err(invalid)?;
         let key = match (url_key, env_key) {
             (Some(a), Some(b)) if a != b => {
                 return Err(invalid(format!(
@@ -233,6 +148,150 @@ impl Settings {
         settings.display = parsed.to_string();
         Ok(settings)
     }
+
+    /// Every setting at its default.
+    fn defaults() -> Settings {
+        Settings {
+            redis_url: String::new(),
+            display: String::new(),
+            queue: "default".to_owned(),
+            visibility: Duration::from_secs(30),
+            ttl: Duration::from_secs(120),
+            presence: Duration::from_secs(10),
+            max_payload: 64 << 20,
+            window: 32 << 20,
+            max_deliveries: 3,
+            reconnect: Duration::from_secs(60),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_insecure: false,
+            unserved: Duration::from_secs(30),
+            no_workers: None,
+            cluster: false,
+            seeds: Vec::new(),
+            auth: Auth::new(None),
+        }
+    }
+
+    /// Sets the parameter `key` (all but `key` and `presence`) from `value`.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let seconds = || parse_seconds(key, value);
+        match key {
+            "queue" => self.queue = queue_name(value)?,
+            "visibility" => self.visibility = seconds()?,
+            "ttl" => self.ttl = seconds()?,
+            "reconnect" => self.reconnect = seconds()?,
+            "unserved" => self.unserved = seconds()?,
+            "no_workers" => self.no_workers = Some(seconds()?),
+            "max_payload" => self.max_payload = parse_number(key, value)?,
+            "window" => self.window = parse_number(key, value)?,
+            "max_deliveries" => self.max_deliveries = parse_number(key, value)?,
+            "tls_ca" => self.tls_ca = Some(PathBuf::from(value)),
+            "tls_cert" => self.tls_cert = Some(PathBuf::from(value)),
+            "tls_key" => self.tls_key = Some(PathBuf::from(value)),
+            "cluster" => self.cluster = parse_bool(key, value)?,
+            "seeds" => self.seeds = parse_seeds(value)?,
+            "tls_insecure" => self.tls_insecure = parse_bool(key, value)?,
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}`; procpool understands {PARAMETERS}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the settings read from `parsed` agree with each other.
+    fn check(&self, parsed: &url::Url) -> Result<(), String> {
+        if self.ttl <= self.reconnect {
+            return Err(format!(
+                "ttl ({:?}) must be longer than reconnect ({:?}): a caller that reconnects \
+                 within `reconnect` still needs its keys",
+                self.ttl, self.reconnect
+            ));
+        }
+        if self.presence < MIN_PRESENCE || self.presence > self.ttl {
+            return Err(format!(
+                "presence ({:?}) must be at least {MIN_PRESENCE:?} and at most ttl ({:?})",
+                self.presence, self.ttl
+            ));
+        }
+        if self.visibility < MIN_VISIBILITY {
+            return Err(format!(
+                "visibility must be at least {MIN_VISIBILITY:?}: below that, tasks are taken \
+                 from live workers"
+            ));
+        }
+        if self.max_deliveries == 0 || self.max_payload == 0 || self.window == 0 {
+            return Err("max_deliveries, max_payload and window must be at least 1".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(
+                "tls_cert and tls_key go together (a client certificate and its key)".into(),
+            );
+        }
+        let uses_files = self.tls_ca.is_some() || self.tls_cert.is_some();
+        if (uses_files || self.tls_insecure) && parsed.scheme() != "rediss" {
+            return Err("tls_ca, tls_cert, tls_key and tls_insecure need a rediss:// URL".into());
+        }
+        if !self.seeds.is_empty() && !self.cluster {
+            return Err(
+                "seeds names more nodes of a Redis Cluster: add cluster=true to the URL".into(),
+            );
+        }
+        // The redis crate reads `#insecure` as "check no certificate": a
+        // fragment is easy to miss in a URL, so only the parameter says it.
+        if let Some(fragment) = parsed.fragment() {
+            return Err(format!(
+                "the URL ends in `#{fragment}`; procpool takes no fragment. To turn the \
+                 server's certificate checks off (anyone on the network path can then read \
+                 and change the traffic), say tls_insecure=true"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(why: String) -> Error {
+    Error::Config(format!("invalid cluster URL: {why}"))
+}
+
+/// `seeds=host:port,host:port,...`: more nodes of a Redis Cluster to ask
+/// when the URL's own host is unreachable. An IPv6 address goes in
+/// brackets (`[::1]:7000`); the port is required.
+pub(crate) fn parse_seeds(value: &str) -> Result<Vec<(String, u16)>, String> {
+    let bad = |seed: &str, why: &str| {
+        format!("seeds: `{seed}` {why}; write seeds=host:port,host:port (IPv6 as [::1]:7000)")
+    };
+    let mut seeds = Vec::new();
+    for seed in value.split(',') {
+        let Some((host, port)) = seed.rsplit_once(':') else {
+            return Err(bad(seed, "has no port"));
+        };
+        let port: u16 = match port.parse() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(bad(seed, "has no valid port (1 to 65535)")),
+        };
+        let host = match host.strip_prefix('[') {
+            Some(v6) => match v6.strip_suffix(']') {
+                Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => host,
+                _ => return Err(bad(seed, "is not a bracketed IPv6 address")),
+            },
+            None => host,
+        };
+        // What `url` accepts as a host (no `:`, `/`, `@`, spaces, ...).
+        let valid = !host.is_empty()
+            && (host.starts_with('[')
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
+        if !valid {
+            return Err(bad(seed, "has no valid host name"));
+        }
+        seeds.push((host.to_owned(), port));
+    }
+    Ok(seeds)
 }
 
 fn queue_name(value: &str) -> Result<String, String> {
@@ -359,10 +418,63 @@ mod tests {
             ("rediss://h?queue=q#anything", "takes no fragment"),
             ("redis://h?tls_insecure=true", "rediss://"),
             ("rediss://h?tls_insecure=perhaps", "use true or false"),
+            ("redis://h?seeds=a:1", "add cluster=true"),
+            ("redis://h?cluster=true&seeds=a", "has no port"),
+            ("redis://h?cluster=true&seeds=a:0", "no valid port"),
+            ("redis://h?cluster=true&seeds=a:1,", "has no port"),
+            ("redis://h?cluster=true&seeds=a%2Fb:1", "no valid host"),
+            ("redis://h?cluster=true&seeds=[zz]:1", "bracketed IPv6"),
         ] {
             let err = Settings::parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");
             assert!(err.starts_with("invalid pool configuration: invalid cluster URL"));
+        }
+    }
+
+    #[test]
+    fn seeds_name_more_nodes_of_a_redis_cluster() {
+        let s = Settings::parse(
+            "redis://:pw@10.0.0.1:7000/0?cluster=true&seeds=10.0.0.2:7001,node-3.example:7002,[::1]:7003",
+        )
+        .unwrap();
+        assert_eq!(
+            s.seeds,
+            vec![
+                ("10.0.0.2".to_owned(), 7001),
+                ("node-3.example".to_owned(), 7002),
+                ("[::1]".to_owned(), 7003)
+            ]
+        );
+        assert_eq!(s.redis_url, "redis://:pw@10.0.0.1:7000/0");
+        assert!(
+            Settings::parse("redis://h?cluster=true")
+                .unwrap()
+                .seeds
+                .is_empty()
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, `parse_seeds` answers without panicking, and
+        /// every seed it accepts makes a URL with that host and port.
+        #[test]
+        fn any_seeds_text_is_refused_or_gives_usable_addresses(text in "\\PC{0,40}") {
+            if let Ok(seeds) = parse_seeds(&text) {
+                for (host, port) in seeds {
+                    let mut url = url::Url::parse("redis://h:1/0").unwrap();
+                    proptest::prop_assert!(url.set_host(Some(&host)).is_ok(), "{host}");
+                    proptest::prop_assert!(url.set_port(Some(port)).is_ok());
+                }
+            }
+        }
+
+        /// Well-formed lists read back exactly.
+        #[test]
+        fn well_formed_seeds_read_back(
+            seeds in proptest::collection::vec(("[a-z0-9][a-z0-9.-]{0,20}", 1u16..), 1..5)
+        ) {
+            let text: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            proptest::prop_assert_eq!(parse_seeds(&text.join(",")).unwrap(), seeds);
         }
     }
 

@@ -80,6 +80,7 @@ impl Workers {
         let settings = Settings::parse(url)?;
         let link = Link::open(&settings, "procpool-workers-supervisor".into())?;
         let keys = Keys::new(&settings);
+        let visibility = settings.visibility;
         let shared = Arc::new(Shared {
             url: url.to_owned(),
             children: Mutex::new((0..processes).map(|_| None).collect()),
@@ -94,7 +95,7 @@ impl Workers {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name("procpool-cluster-supervisor".into())
-                .spawn(move || shared.supervise(started_tx, link, &keys))
+                .spawn(move || shared.supervise(started_tx, link, (&keys, visibility)))
                 .map_err(|e| {
                     Error::system("cannot start the cluster workers' supervisor thread", e)
                 })?
@@ -163,16 +164,21 @@ impl Shared {
         Ok((child, name))
     }
 
-    fn supervise(&self, started: mpsc::Sender<Result<(), Error>>, mut link: Link, keys: &Keys) {
+    fn supervise(
+        &self,
+        started: mpsc::Sender<Result<(), Error>>,
+        mut link: Link,
+        (keys, visibility): (&Keys, Duration),
+    ) {
         let slots = self.lock().len();
         let mut born = vec![Instant::now(); slots];
         let mut ready = Ok(());
-        let mut names = Vec::with_capacity(slots);
-        for slot in 0..slots {
+        let mut names = vec![String::new(); slots];
+        for (slot, name) in names.iter_mut().enumerate() {
             match self.spawn() {
-                Ok((child, name)) => {
+                Ok((child, named)) => {
                     self.lock()[slot] = Some(child);
-                    names.push(name);
+                    *name = named;
                 }
                 Err(err) => {
                     ready = Err(err);
@@ -181,9 +187,8 @@ impl Shared {
             }
         }
         if ready.is_ok() {
-            ready = self.wait_ready(&mut link, keys, names);
+            ready = self.wait_ready(&mut link, keys, names.clone());
         }
-        drop(link);
         if ready.is_err() {
             self.stop.store(true, Ordering::Release);
         }
@@ -207,10 +212,12 @@ impl Shared {
                         "procpool: cluster worker {} {cause}; starting another",
                         old.id()
                     );
+                    mark_dead(&mut link, keys, visibility, &names[slot]);
                 }
                 match self.spawn() {
-                    Ok((child, _)) => {
+                    Ok((child, name)) => {
                         children[slot] = Some(child);
+                        names[slot] = name;
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(err) => eprintln!("procpool: {err}"),
@@ -278,4 +285,26 @@ impl Shared {
             thread::sleep(POLL);
         }
     }
+}
+
+/// Makes the worker `name`, which exited, count as dead at once (its last
+/// heartbeat moved past the limit, if it is still listed: `XX`), so that
+/// `inspect` stops listing it alive and the scanner looks at its tasks
+/// without waiting for its heartbeat to go stale. Best effort: without
+/// Redis, its heartbeat goes stale by itself within the visibility timeout.
+fn mark_dead(link: &mut Link, keys: &Keys, visibility: Duration, name: &str) {
+    let dead_since =
+        super::protocol::now_ms().saturating_sub(2 * visibility.as_millis() as u64 + 1000);
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZADD")
+        .arg(keys.workers())
+        .arg("XX")
+        .arg(dead_since)
+        .arg(name)
+        .ignore()
+        .cmd("HDEL")
+        .arg(keys.running())
+        .arg(name)
+        .ignore();
+    let _ = link.run(|conn| pipe.query::<()>(conn));
 }
