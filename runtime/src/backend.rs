@@ -6,6 +6,7 @@
 //! this machine; another backend (a broker) only has to implement the same
 //! trait.
 
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use crate::Error;
@@ -28,6 +29,20 @@ pub(crate) struct Task {
     /// rest of a chunk whose worker died part-way (empty otherwise): they
     /// are delivered with this task's, as one chunk.
     pub(crate) before: Vec<Part>,
+    /// Handles among the items (a `Queue`, a `Shared`, ...): descriptors
+    /// that travel beside the task's bytes, which name them by index
+    /// (`crate::codec::attach`). Empty for almost every task.
+    pub(crate) attached: Vec<Arc<dyn Attachment>>,
+}
+
+/// A descriptor that travels beside a task's bytes (see `crate::exchange`).
+pub(crate) trait Attachment: Send + Sync {
+    /// The descriptor to send.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// The task carrying it is being sent to process `pid`.
+    fn sent_to(&self, pid: u32) {
+        let _ = pid;
+    }
 }
 
 /// The outcome of some consecutive items of a chunk.

@@ -19,6 +19,7 @@
 // `unsafe`: types are checked by the compiler, not by contracts.
 #![forbid(unsafe_code)]
 
+pub(crate) mod attach;
 mod de;
 mod error;
 mod format;
@@ -91,6 +92,11 @@ impl Problem {
             ),
             cause: Cause::Panicked,
         }
+    }
+
+    /// A value that cannot go where it was sent (described).
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
+        Problem::corrupt(message)
     }
 
     /// What the encoder of a job that does not compile would return (see
@@ -277,6 +283,8 @@ pub struct ChunkWriter {
     /// Counts the times bytes already written were replaced (the chunk
     /// went tagged, or lost its first item), for readers of a prefix.
     generation: u64,
+    /// Descriptors of the handles among the items ([`attach`]).
+    attached: attach::Held,
 }
 
 impl ChunkWriter {
@@ -323,9 +331,16 @@ impl ChunkWriter {
     /// format it is in; the items before are untouched.
     pub(crate) fn undo_last(&mut self) {
         if self.count > 1 {
+            self.attached.undo_last();
             self.out.truncate(self.last_start);
             self.count -= 1;
         }
+    }
+
+    /// The descriptors of the handles among the items, to send beside the
+    /// chunk (see [`attach`]); the chunk keeps none.
+    pub(crate) fn take_attached(&mut self) -> attach::Attached {
+        std::mem::take(&mut self.attached.all)
     }
 
     /// The encoded chunk.
@@ -350,13 +365,28 @@ impl ChunkWriter {
     #[inline(never)]
     fn push_through_serde<T: Serialize + 'static>(&mut self, item: &T) -> Result<(), Problem> {
         let start = self.out.len();
+        let mut attached = std::mem::take(&mut self.attached.all);
+        let kept = attached.len();
+        let refuse = self.attached.refuse;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            // A byte vector is a byte string, not a sequence of numbers.
-            match (item as &dyn Any).downcast_ref::<Vec<u8>>() {
-                Some(bytes) => self.push_value::<T, _>(serde_bytes::Bytes::new(bytes)),
-                None => self.push_value::<T, _>(item),
+            let push = || {
+                // A byte vector is a byte string, not a sequence of numbers.
+                match (item as &dyn Any).downcast_ref::<Vec<u8>>() {
+                    Some(bytes) => self.push_value::<T, _>(serde_bytes::Bytes::new(bytes)),
+                    None => self.push_value::<T, _>(item),
+                }
+            };
+            if refuse {
+                attach::refusing(push)
+            } else {
+                attach::collecting(&mut attached, push)
             }
         }));
+        if outcome.as_ref().map_or(true, Result::is_err) {
+            attach::truncate(&mut attached, kept);
+        }
+        self.attached.all = attached;
+        self.attached.before_last = kept;
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(payload) => Err(Problem::panic::<T>("Serialize", &*payload)),
@@ -626,7 +656,11 @@ pub(crate) struct ReplyWriter<R> {
 impl<R: Serialize + 'static> Default for ReplyWriter<R> {
     fn default() -> Self {
         ReplyWriter {
-            values: ChunkWriter::default(),
+            values: ChunkWriter {
+                // A result cannot carry a handle: nothing sends its descriptors.
+                attached: attach::Held::refusing(),
+                ..ChunkWriter::default()
+            },
             failures: Vec::new(),
             index: 0,
             result: PhantomData,

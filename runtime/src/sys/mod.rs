@@ -13,6 +13,7 @@
 mod fd;
 mod process;
 mod region;
+mod shm;
 
 pub(crate) use fd::{Received, above_stdio, recv_with_fd, send_with_fd};
 pub(crate) use process::{
@@ -23,6 +24,10 @@ pub(crate) use process::{
 #[cfg(feature = "cluster")]
 pub(crate) use process::{host_name, signal_unreaped_child};
 pub(crate) use region::{CopyFailed, Region, ReplyCopy};
+pub(crate) use shm::{
+    Ready, Sealed, SharedWords, file_identity, futex_wait, futex_wake_all,
+    packet_pair, process_start, recv_packet, send_packet, wait_for, widen_send_buffer,
+};
 pub(crate) use rustix::process::Signal;
 
 use std::os::unix::process::CommandExt;
