@@ -42,6 +42,7 @@ pub(crate) use shared::sweep_cache;
 use crate::Error;
 
 /// The error of a task for a cluster pool that carries a handle.
+#[cfg(feature = "cluster")]
 pub(crate) fn refused_by_cluster(job: &str) -> Error {
     Error::Misuse(format!(
         "job `{job}`: a Queue, Pipe, Event or Shared cannot be sent to a cluster pool: it is \
