@@ -68,10 +68,13 @@ pub enum Workload {
     Echo1MiB,
     /// The same with 16 MiB.
     Echo16MiB,
+    /// 1 000 applies that each read a 64 MiB `Shared<[u64]>`, over 1 000
+    /// plain applies (a ratio). procpool only.
+    SharedApply,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Startup,
         Workload::ApplyRtt,
         Workload::MapTrivial,
@@ -82,6 +85,7 @@ impl Workload {
         Workload::MapPeakMemory,
         Workload::Echo1MiB,
         Workload::Echo16MiB,
+        Workload::SharedApply,
     ];
 
     /// The name `python_pool.py` reports.
@@ -97,6 +101,7 @@ impl Workload {
             Workload::MapPeakMemory => "map_1e7_peak_x_result",
             Workload::Echo1MiB => "echo_1MiB_ms",
             Workload::Echo16MiB => "echo_16MiB_ms",
+            Workload::SharedApply => "shared_64MiB_apply_x_plain",
         }
     }
 
@@ -114,7 +119,7 @@ impl Workload {
             Workload::Startup | Workload::Echo1MiB | Workload::Echo16MiB => "ms",
             Workload::ApplyRtt => "us",
             Workload::Bytes => "MiB/s",
-            Workload::MapPeakMemory => "x",
+            Workload::MapPeakMemory | Workload::SharedApply => "x",
             _ => "s",
         }
     }
@@ -143,6 +148,7 @@ impl Workload {
         };
         let (goal, ok) = match self {
             Workload::MapPeakMemory => ("<= 1.1", ours.map(|ratio| ratio <= 1.1)),
+            Workload::SharedApply => ("<= 3 x plain apply", ours.map(|ratio| ratio <= 3.0)),
             Workload::Startup => ("<= 0.15 x python", within(python, "python", 0.15)),
             Workload::ApplyRtt => {
                 let vs_python = within(python, "python", 0.1);
@@ -351,6 +357,8 @@ pub fn run(system: System, workload: Workload) -> Result<Measured, String> {
         System::Procpool => Ok(procpool_run(workload, &|| {
             Pool::with_processes(2).expect("pool")
         })),
+        // A cluster pool refuses a Shared (descriptors of this host).
+        System::Cluster if workload == Workload::SharedApply => na("-"),
         System::Cluster => {
             let url = cluster::url()?;
             Ok(procpool_run(workload, &|| {
@@ -461,7 +469,39 @@ fn procpool_run(workload: Workload, new_pool: &dyn Fn() -> Pool) -> Measured {
                 echo_ms(&blob, |arg| pool.apply(echo, arg).expect("apply"))
             })
         }
+        Workload::SharedApply => {
+            let items: Vec<u64> = (0..(64u64 << 20) / 8).collect();
+            let table = procpool::Shared::from_slice(&items).expect("shared");
+            drop(items);
+            three(|| {
+                let pool = new_pool();
+                for i in 0..50 {
+                    pool.apply(ident, 1).expect("apply");
+                    pool.apply(read_shared, (table.clone(), i)).expect("apply");
+                }
+                let start = Instant::now();
+                for _ in 0..1000 {
+                    pool.apply(ident, 1).expect("apply");
+                }
+                let plain = since(start);
+                let len = table.len();
+                let start = Instant::now();
+                for i in 0..1000 {
+                    // Spread over the whole table.
+                    let at = i * (len / 1000) + i % 7;
+                    let got = pool.apply(read_shared, (table.clone(), at)).expect("apply");
+                    assert_eq!(got, at as u64);
+                }
+                since(start) / plain
+            })
+        }
     }
+}
+
+/// One item of a shared table, read in place by the worker.
+#[pool_job]
+fn read_shared(table: procpool::Shared<[u64]>, at: usize) -> u64 {
+    table[at]
 }
 
 // ---- procpool over Redis --------------------------------------------------
@@ -643,6 +683,7 @@ fn procspawn_run(workload: Workload) -> Result<Measured, String> {
             return na("no lazy iteration");
         }
         Workload::MapPeakMemory => return na("no map"),
+        Workload::SharedApply => return na("procpool only"),
     })
 }
 
@@ -657,6 +698,7 @@ fn rayon_run(workload: Workload) -> Result<Measured, String> {
             .expect("rayon pool")
     };
     Ok(match workload {
+        Workload::SharedApply => return na("procpool only"),
         Workload::Startup => three(|| {
             let start = Instant::now();
             let pool = pool(2);
