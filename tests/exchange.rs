@@ -40,7 +40,9 @@ fn put_for_ever(queue: Queue<(u64, Vec<u8>)>, pad: usize) {
 fn a_process_streams_through_a_queue() {
     let queue = Queue::new().unwrap();
     let process = Process::spawn(produce, (queue.clone(), 1000)).unwrap();
-    let got: Vec<u64> = (0..1000).map(|_| queue.get_timeout(LONG).unwrap()).collect();
+    let got: Vec<u64> = (0..1000)
+        .map(|_| queue.get_timeout(LONG).unwrap())
+        .collect();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
     process.join().unwrap();
 }
@@ -157,7 +159,10 @@ fn a_put_nobody_can_make_room_for_is_an_error_not_a_hang() {
     let process = Process::spawn(put_into_a_full_queue, queue).unwrap();
     // This process dropped its handle: no other process can get.
     let why = process.join().unwrap();
-    assert!(why.contains("full") && why.contains("no other live process"), "{why}");
+    assert!(
+        why.contains("full") && why.contains("no other live process"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -252,7 +257,10 @@ fn an_event_stops_jobs_in_other_processes() {
     let mut running = pool
         .starmap_async(
             spin_until,
-            [(stop.clone(), started.clone()), (stop.clone(), started.clone())],
+            [
+                (stop.clone(), started.clone()),
+                (stop.clone(), started.clone()),
+            ],
         )
         .unwrap();
     for _ in 0..2 {
@@ -304,7 +312,10 @@ fn shared_data_reaches_pool_and_process_jobs() {
     let table = Shared::from_slice(&numbers).unwrap();
     let pool = Pool::with_processes(2).unwrap();
     let sums = pool
-        .starmap(sum_range, (0..10).map(|i| (table.clone(), i * 10_000, (i + 1) * 10_000)))
+        .starmap(
+            sum_range,
+            (0..10).map(|i| (table.clone(), i * 10_000, (i + 1) * 10_000)),
+        )
         .unwrap();
     assert_eq!(sums.iter().sum::<u64>(), numbers.iter().sum::<u64>());
     let alone = Process::spawn(sum_range, (table.clone(), 0, 3)).unwrap();
@@ -325,7 +336,11 @@ fn a_shared_value_is_decoded_once_per_worker() {
         assert_eq!(*value, Some(i as u64));
         assert_eq!(*decodes, 1, "decoded more than once in one worker");
     }
-    assert_eq!(DECODES.load(Ordering::SeqCst), 0, "the caller keeps its own value");
+    assert_eq!(
+        DECODES.load(Ordering::SeqCst),
+        0,
+        "the caller keeps its own value"
+    );
     assert_eq!(table.0.len(), 1000);
 }
 
@@ -431,7 +446,10 @@ fn a_cluster_pool_refuses_handles_at_submit() {
     refused(pool.map(takes_a_connection, [end]));
     let queue = Queue::<u8>::new().unwrap();
     let mut refused_in_imap = pool.imap(takes_a_queue, [queue]);
-    assert!(matches!(refused_in_imap.next(), Some(Err(Error::Misuse(_)))));
+    assert!(matches!(
+        refused_in_imap.next(),
+        Some(Err(Error::Misuse(_)))
+    ));
 }
 
 #[test]
@@ -464,7 +482,7 @@ fn a_job_cannot_return_a_handle() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // The worker goes on.
-    assert_eq!(pool.apply(takes_an_event, Event::new().unwrap()).unwrap(), false);
+    assert!(!pool.apply(takes_an_event, Event::new().unwrap()).unwrap());
 }
 
 /// `(anonymous KiB, PSS KiB)` of this process after reading every item.
@@ -505,6 +523,9 @@ fn four_workers_read_256_mib_without_copies_of_their_own() {
     for (sum, anonymous_kib, pss_kib) in measured {
         assert_eq!(sum, expected);
         eprintln!("worker: anonymous {anonymous_kib} KiB, PSS {pss_kib} KiB");
-        assert!(anonymous_kib < 64 << 10, "a worker holds {anonymous_kib} KiB of its own");
+        assert!(
+            anonymous_kib < 64 << 10,
+            "a worker holds {anonymous_kib} KiB of its own"
+        );
     }
 }

@@ -41,7 +41,9 @@ fn procpool_memory() -> usize {
 }
 
 fn dev_shm() -> usize {
-    std::fs::read_dir("/dev/shm").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[pool_job]
@@ -78,7 +80,13 @@ fn the_last_handle_frees_everything_everywhere() {
         let event = Event::new().unwrap();
         let table = Shared::from_slice(&[1u32; 10_000]).unwrap();
         let value = Shared::new("shared text".to_string()).unwrap();
-        let args = (queue.clone(), there, event.clone(), table.clone(), value.clone());
+        let args = (
+            queue.clone(),
+            there,
+            event.clone(),
+            table.clone(),
+            value.clone(),
+        );
         let got = if round % 2 == 0 {
             pool.apply(use_all, args).unwrap()
         } else {

@@ -314,7 +314,8 @@ fn shared_table() {
     let square_sum = |n: u64| (n - 1) * n * (2 * n - 1) / 6;
     let mut expected: Vec<String> = (0..4u64)
         .map(|i| {
-            let part = square_sum((i + 1) * 250_000) - if i == 0 { 0 } else { square_sum(i * 250_000) };
+            let part =
+                square_sum((i + 1) * 250_000) - if i == 0 { 0 } else { square_sum(i * 250_000) };
             format!("[Main]: part {i}: {part}")
         })
         .collect();

@@ -32,7 +32,33 @@ pub(crate) struct Task {
     /// Handles among the items (a `Queue`, a `Shared`, ...): descriptors
     /// that travel beside the task's bytes, which name them by index
     /// (`crate::codec::attach`). Empty for almost every task.
-    pub(crate) attached: Vec<Arc<dyn Attachment>>,
+    pub(crate) attached: Attached,
+}
+
+/// A task's [`Attachment`]s: one pointer wide, as almost every task has
+/// none (a `Vec` would make every `Task` two words larger).
+#[derive(Default)]
+#[allow(clippy::box_collection)]
+pub(crate) struct Attached(Option<Box<Vec<Arc<dyn Attachment>>>>);
+
+impl Attached {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<dyn Attachment>> {
+        self.0.iter().flat_map(|all| all.iter())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |all| all.len())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<Arc<dyn Attachment>>> for Attached {
+    fn from(all: Vec<Arc<dyn Attachment>>) -> Self {
+        Attached((!all.is_empty()).then(|| Box::new(all)))
+    }
 }
 
 /// A descriptor that travels beside a task's bytes (see `crate::exchange`).

@@ -470,7 +470,7 @@ where
             sink: Arc::clone(&self.stream) as Arc<dyn Sink>,
             retried: 0,
             before: Vec::new(),
-            attached,
+            attached: attached.into(),
         };
         if let Err(error) = self.pool.submit_task(task) {
             // This chunk fails. A closed pool takes no more input; after any

@@ -863,7 +863,7 @@ impl Pool {
             sink: Arc::clone(call) as Arc<dyn crate::backend::Sink>,
             retried: 0,
             before: Vec::new(),
-            attached,
+            attached: attached.into(),
         };
         chunk.number += 1;
         chunk.first += count;

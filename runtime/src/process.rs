@@ -97,10 +97,9 @@ impl ProcessBuilder {
                 PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
             )
         });
-        let (items, attached) =
-            crate::job::encode_one_attached(&job, &arg).map_err(|problem| {
-                crate::codec::error_for(job.name(), "serialize the argument".to_owned(), problem)
-            })?;
+        let (items, attached) = crate::job::encode_one_attached(&job, &arg).map_err(|problem| {
+            crate::codec::error_for(job.name(), "serialize the argument".to_owned(), problem)
+        })?;
         let mut worker = WorkerProcess::spawn(
             &name,
             self.spawn_timeout,

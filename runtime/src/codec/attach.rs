@@ -43,7 +43,8 @@ struct Restore<'a> {
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        let mine = COLLECTOR.with(|collector| std::mem::replace(&mut *collector.borrow_mut(), previous));
+        let mine =
+            COLLECTOR.with(|collector| std::mem::replace(&mut *collector.borrow_mut(), previous));
         *self.attached = mine.unwrap_or_default();
     }
 }
@@ -77,7 +78,10 @@ pub(crate) fn attach(attachment: &Arc<dyn Attachment>) -> Result<u32, String> {
         // The same descriptor once: an item may be serialized more than
         // once (a dry run finds its shape), each time with new attachments.
         let fd = attachment.fd().as_raw_fd();
-        let index = match attached.iter().position(|known| known.fd().as_raw_fd() == fd) {
+        let index = match attached
+            .iter()
+            .position(|known| known.fd().as_raw_fd() == fd)
+        {
             Some(index) => index,
             None if attached.len() >= MAX_ATTACHED => {
                 return Err(format!(

@@ -37,9 +37,8 @@ pub(super) struct Outgoing {
 
 /// Encodes `value` for `what` (named in errors, e.g. `procpool::Queue::put`).
 pub(super) fn encode<T: Serialize + 'static>(value: &T, what: &str) -> Result<Outgoing, Error> {
-    let fail = |problem: Problem| {
-        crate::codec::error_for(what, "serialize the value".to_owned(), problem)
-    };
+    let fail =
+        |problem: Problem| crate::codec::error_for(what, "serialize the value".to_owned(), problem);
     let mut chunk = ChunkWriter::default();
     chunk.push(value).map_err(fail)?;
     let attached = chunk.take_attached();
@@ -56,7 +55,10 @@ pub(super) fn encode<T: Serialize + 'static>(value: &T, what: &str) -> Result<Ou
     }
     let sealed = Sealed::create("procpool-value", &bytes).map_err(|err| {
         super::system(
-            &format!("{what}: cannot put a value of {} bytes in shared memory", bytes.len()),
+            &format!(
+                "{what}: cannot put a value of {} bytes in shared memory",
+                bytes.len()
+            ),
             err,
         )
     })?;
@@ -85,7 +87,8 @@ pub(super) fn decode<T: DeserializeOwned + 'static>(
     fds: Vec<OwnedFd>,
     what: &str,
 ) -> Result<T, Error> {
-    let corrupt = |why: String| Error::Ipc(format!("{what}: a value that is not procpool's: {why}"));
+    let corrupt =
+        |why: String| Error::Ipc(format!("{what}: a value that is not procpool's: {why}"));
     let mut fds = fds.into_iter();
     let sealed;
     let body = match bytes.split_first() {

@@ -99,7 +99,9 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
                 Err(rustix::io::Errno::AGAIN) => {
                     match sys::wait_for(self.inner.as_fd(), PollFlags::OUT, super::LOOK_AGAIN) {
                         Ok(_) => {}
-                        Err(err) => return Err(super::system("Connection::send could not wait", err)),
+                        Err(err) => {
+                            return Err(super::system("Connection::send could not wait", err));
+                        }
                     }
                 }
                 Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {

@@ -413,9 +413,8 @@ mod tests {
         assert_eq!(got, [0, 1, 2, 3]);
         // A consumer thread with its own clone makes room as it goes.
         let consumer = queue.clone();
-        let thread = std::thread::spawn(move || {
-            (0..50).map(|_| consumer.get().unwrap()).sum::<u64>()
-        });
+        let thread =
+            std::thread::spawn(move || (0..50).map(|_| consumer.get().unwrap()).sum::<u64>());
         for i in 0..50 {
             queue.put(i).unwrap();
         }

@@ -186,9 +186,8 @@ impl<T: Plain> Shared<[T]> {
     pub fn from_slice(items: &[T]) -> Result<Shared<[T]>, Error> {
         // SAFETY: `T: Plain` has no padding, so its items' memory is
         // `size_of_val(items)` initialised bytes, borrowed for this call.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), size_of_val(items))
-        };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), size_of_val(items)) };
         let sealed = Sealed::create("procpool-shared", bytes).map_err(|err| {
             super::system(
                 &format!("cannot put {} bytes in shared memory", bytes.len()),
@@ -206,7 +205,7 @@ impl<T: Plain> Shared<[T]> {
     ) -> Result<Shared<[T]>, String> {
         let size = size_of::<T>();
         let bytes = sealed.bytes();
-        if size == 0 || bytes.len() % size != 0 || align_of::<T>() > 4096 {
+        if size == 0 || !bytes.len().is_multiple_of(size) || align_of::<T>() > 4096 {
             return Err(format!(
                 "{} bytes of shared memory are not a slice of `{}`",
                 bytes.len(),
@@ -264,7 +263,12 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared<T> {
             )
         })?;
         let (creator, alive) = liveness()?;
-        Ok(Shared::value_in(sealed, alive, Some(creator), Box::new(value)))
+        Ok(Shared::value_in(
+            sealed,
+            alive,
+            Some(creator),
+            Box::new(value),
+        ))
     }
 
     fn value_in(
@@ -354,7 +358,11 @@ fn cached<S: Clone + Send + Sync + 'static>(file: (u64, u64)) -> Option<S> {
 
 /// Keeps `handle` for the next tasks, in a worker process only (elsewhere
 /// the caller's handles decide how long it lives).
-fn remember<S: Clone + Send + Sync + 'static>(file: (u64, u64), handle: &S, backing: &Arc<Backing>) {
+fn remember<S: Clone + Send + Sync + 'static>(
+    file: (u64, u64),
+    handle: &S,
+    backing: &Arc<Backing>,
+) {
     if crate::worker::process_name().is_none() {
         return;
     }
@@ -367,12 +375,12 @@ fn remember<S: Clone + Send + Sync + 'static>(file: (u64, u64), handle: &S, back
     });
 }
 
-/// The descriptors of a received `Shared` of `kind`: the memfd, its
-/// identity, and the liveness end.
-fn received<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    kind: u8,
-) -> Result<(OwnedFd, (u64, u64), OwnedFd, [u64; 2]), D::Error> {
+/// A received `Shared`: its memfd, the memfd's identity, its liveness
+/// end, and its numbers.
+type Received = (OwnedFd, (u64, u64), OwnedFd, [u64; 2]);
+
+/// The descriptors of a received `Shared` of `kind`.
+fn received<'de, D: Deserializer<'de>>(deserializer: D, kind: u8) -> Result<Received, D::Error> {
     use serde::de::Error;
     let (fds, words) = wire::deserialize(deserializer, kind, 2, 2, "Shared")?;
     let mut fds = fds.into_iter();

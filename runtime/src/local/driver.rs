@@ -515,7 +515,7 @@ impl Driver {
             reported: 0,
         };
         let pid = current.worker.pid();
-        for attachment in &sent.task.attached {
+        for attachment in sent.task.attached.iter() {
             attachment.sent_to(pid);
         }
         let attached: Vec<_> = sent.task.attached.iter().map(|a| a.fd()).collect();
@@ -536,7 +536,7 @@ impl Driver {
                 // or received): this process holds no copy for a task that
                 // will not run again, so a Pipe's other end sees its close.
                 if !sent.may_retry {
-                    sent.task.attached = Vec::new();
+                    sent.task.attached = Default::default();
                 }
                 State::Busy(current, sent)
             }

@@ -24,11 +24,11 @@ pub(crate) use process::{
 #[cfg(feature = "cluster")]
 pub(crate) use process::{host_name, signal_unreaped_child};
 pub(crate) use region::{CopyFailed, Region, ReplyCopy};
-pub(crate) use shm::{
-    Ready, Sealed, SharedWords, file_identity, futex_wait, futex_wake_all,
-    packet_pair, process_start, recv_packet, send_packet, wait_for, widen_send_buffer,
-};
 pub(crate) use rustix::process::Signal;
+pub(crate) use shm::{
+    Ready, Sealed, SharedWords, file_identity, futex_wait, futex_wake_all, packet_pair,
+    process_start, recv_packet, send_packet, wait_for, widen_send_buffer,
+};
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
