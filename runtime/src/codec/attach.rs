@@ -220,7 +220,12 @@ mod tests {
         let too_many: Vec<_> = (0..=MAX_ATTACHED).map(|_| fd()).collect();
         let mut attached = Attached::new();
         let last = collecting(&mut attached, || {
-            too_many.iter().map(attach).last().unwrap()
+            too_many
+                .iter()
+                .map(attach)
+                .collect::<Vec<_>>()
+                .pop()
+                .unwrap()
         });
         assert!(last.unwrap_err().contains("more than"));
     }
