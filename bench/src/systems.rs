@@ -72,10 +72,13 @@ pub(crate) enum Workload {
     /// pool with a `task_timeout`, over the same without one: what a time
     /// limit costs (a ratio, procpool only).
     ImapTimeoutCost,
+    /// 1 000 applies that each read a 64 MiB `Shared<[u64]>`, over 1 000
+    /// plain applies (a ratio). procpool only.
+    SharedApply,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 11] = [
+    pub(crate) const ALL: [Workload; 12] = [
         Workload::Startup,
         Workload::ApplyRtt,
         Workload::MapTrivial,
@@ -87,6 +90,7 @@ impl Workload {
         Workload::Echo1MiB,
         Workload::Echo16MiB,
         Workload::ImapTimeoutCost,
+        Workload::SharedApply,
     ];
 
     /// The name `python_pool.py` reports.
@@ -103,6 +107,7 @@ impl Workload {
             Workload::Echo1MiB => "echo_1MiB_ms",
             Workload::Echo16MiB => "echo_16MiB_ms",
             Workload::ImapTimeoutCost => "imap_2e5_timeout_x_untimed",
+            Workload::SharedApply => "shared_64MiB_apply_x_plain",
         }
     }
 
@@ -120,7 +125,7 @@ impl Workload {
             Workload::Startup | Workload::Echo1MiB | Workload::Echo16MiB => "ms",
             Workload::ApplyRtt => "us",
             Workload::Bytes => "MiB/s",
-            Workload::MapPeakMemory | Workload::ImapTimeoutCost => "x",
+            Workload::MapPeakMemory | Workload::ImapTimeoutCost | Workload::SharedApply => "x",
             _ => "s",
         }
     }
@@ -150,6 +155,7 @@ impl Workload {
         let (goal, ok) = match self {
             Workload::MapPeakMemory => ("<= 1.1", ours.map(|ratio| ratio <= 1.1)),
             Workload::ImapTimeoutCost => ("<= 2", ours.map(|ratio| ratio <= 2.0)),
+            Workload::SharedApply => ("<= 3 x plain apply", ours.map(|ratio| ratio <= 3.0)),
             Workload::Startup => ("<= 0.15 x python", within(python, "python", 0.15)),
             Workload::ApplyRtt => {
                 let vs_python = within(python, "python", 0.1);
@@ -358,6 +364,8 @@ pub(crate) fn run(system: System, workload: Workload) -> Result<Measured, String
         System::Procpool => Ok(procpool_run(workload, &|| {
             Pool::with_processes(2).expect("pool")
         })),
+        // A cluster pool refuses a Shared (descriptors of this host).
+        System::Cluster if workload == Workload::SharedApply => na("-"),
         System::Cluster => {
             let url = cluster::url()?;
             Ok(procpool_run(workload, &|| {
@@ -489,7 +497,39 @@ fn procpool_run(workload: Workload, new_pool: &dyn Fn() -> Pool) -> Measured {
             // Alternating, so both see the same machine.
             three(|| run(&limited) / run(&free))
         }
+        Workload::SharedApply => {
+            let items: Vec<u64> = (0..(64u64 << 20) / 8).collect();
+            let table = procpool::Shared::from_slice(&items).expect("shared");
+            drop(items);
+            three(|| {
+                let pool = new_pool();
+                for i in 0..50 {
+                    pool.apply(ident, 1).expect("apply");
+                    pool.apply(read_shared, (table.clone(), i)).expect("apply");
+                }
+                let start = Instant::now();
+                for _ in 0..1000 {
+                    pool.apply(ident, 1).expect("apply");
+                }
+                let plain = since(start);
+                let len = table.len();
+                let start = Instant::now();
+                for i in 0..1000 {
+                    // Spread over the whole table.
+                    let at = i * (len / 1000) + i % 7;
+                    let got = pool.apply(read_shared, (table.clone(), at)).expect("apply");
+                    assert_eq!(got, at as u64);
+                }
+                since(start) / plain
+            })
+        }
     }
+}
+
+/// One item of a shared table, read in place by the worker.
+#[pool_job]
+fn read_shared(table: procpool::Shared<[u64]>, at: usize) -> u64 {
+    table[at]
 }
 
 // ---- procpool over Redis --------------------------------------------------
@@ -672,6 +712,7 @@ fn procspawn_run(workload: Workload) -> Result<Measured, String> {
         }
         Workload::MapPeakMemory => return na("no map"),
         Workload::ImapTimeoutCost => return na("no per-item time limit"),
+        Workload::SharedApply => return na("procpool only"),
     })
 }
 
@@ -686,6 +727,7 @@ fn rayon_run(workload: Workload) -> Result<Measured, String> {
             .expect("rayon pool")
     };
     Ok(match workload {
+        Workload::SharedApply => return na("procpool only"),
         Workload::Startup => three(|| {
             let start = Instant::now();
             let pool = pool(2);

@@ -297,3 +297,28 @@ fn worker_state() {
         lines[1]
     );
 }
+
+#[test]
+fn queue_progress() {
+    let run = run("queue_progress");
+    let mut expected: Vec<String> = (1..=5)
+        .map(|step| format!("[Main]: progress {step}/5"))
+        .collect();
+    expected.push("[Main]: done, total 15".to_owned());
+    assert_eq!(run.lines, expected);
+}
+
+#[test]
+fn shared_table() {
+    let run = run("shared_table");
+    let square_sum = |n: u64| (n - 1) * n * (2 * n - 1) / 6;
+    let mut expected: Vec<String> = (0..4u64)
+        .map(|i| {
+            let part =
+                square_sum((i + 1) * 250_000) - if i == 0 { 0 } else { square_sum(i * 250_000) };
+            format!("[Main]: part {i}: {part}")
+        })
+        .collect();
+    expected.push(format!("[Main]: total {}", square_sum(1_000_000)));
+    assert_eq!(run.lines, expected);
+}

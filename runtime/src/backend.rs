@@ -6,6 +6,7 @@
 //! this machine; another backend (a broker) only has to implement the same
 //! trait.
 
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use crate::Error;
@@ -28,6 +29,48 @@ pub(crate) struct Task {
     /// rest of a chunk whose worker died part-way (empty otherwise): they
     /// are delivered with this task's, as one chunk.
     pub(crate) before: Vec<Part>,
+    /// Handles among the items (a `Queue`, a `Shared`, ...): descriptors
+    /// that travel beside the task's bytes, which name them by index
+    /// (`crate::codec::attach`). Empty for almost every task.
+    pub(crate) attached: Attached,
+}
+
+/// A task's [`Attachment`]s: one pointer wide, as almost every task has
+/// none (a `Vec` would make every `Task` two words larger).
+#[derive(Default)]
+#[allow(clippy::box_collection)]
+pub(crate) struct Attached(Option<Box<Vec<Arc<dyn Attachment>>>>);
+
+impl Attached {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<dyn Attachment>> {
+        self.0.iter().flat_map(|all| all.iter())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |all| all.len())
+    }
+
+    // Asked by the cluster backend, which cannot send descriptors.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<Arc<dyn Attachment>>> for Attached {
+    fn from(all: Vec<Arc<dyn Attachment>>) -> Self {
+        Attached((!all.is_empty()).then(|| Box::new(all)))
+    }
+}
+
+/// A descriptor that travels beside a task's bytes (see `crate::exchange`).
+pub(crate) trait Attachment: Send + Sync {
+    /// The descriptor to send.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// The task carrying it is being sent to process `pid`.
+    fn sent_to(&self, pid: u32) {
+        let _ = pid;
+    }
 }
 
 /// The outcome of some consecutive items of a chunk.

@@ -283,6 +283,14 @@ pub enum Error {
         cause: IoCause,
     },
 
+    /// A [`Queue`](crate::Queue), [`Connection`](crate::Connection) or
+    /// other exchange handle can make no more progress, so a wait on it
+    /// ended instead of hanging: the other end of a pipe is closed, or no
+    /// other live process holds a queue that is empty (for `get`) or full
+    /// (for `put`). The text says which.
+    #[error("{0}")]
+    Disconnected(String),
+
     /// The API was used in a way that cannot work, e.g. taking a call's
     /// result a second time after [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout)
     /// returned it.

@@ -9,6 +9,7 @@
 //! - [`worker_state`]: load something expensive once in each worker.
 //! - [`failures`]: what happens when things fail, the full table.
 //! - [`python`]: Python's `multiprocessing` calls and their counterparts.
+//! - [`exchange`]: queues, pipes, events and shared memory between processes.
 //! - [`how_workers_start`]: the worker template, and what a worker inherits.
 //!
 //! Pools whose workers run on other hosts, through Redis (cargo feature
@@ -38,6 +39,10 @@ pub mod failures {
 
 pub mod python {
     #![doc = include_str!("guide/python.md")]
+}
+
+pub mod exchange {
+    #![doc = include_str!("guide/exchange.md")]
 }
 
 pub mod how_workers_start {

@@ -317,9 +317,23 @@ pub(crate) fn encode_one<J: IntoJob>(
     job: &J,
     item: &<J::Args as JobArgs>::Item,
 ) -> Result<Vec<u8>, Problem> {
+    let (bytes, attached) = encode_one_attached(job, item)?;
+    if !attached.is_empty() {
+        return Err(Problem::refused(crate::codec::attach::NOT_HERE));
+    }
+    Ok(bytes)
+}
+
+/// [`encode_one`], with the descriptors of the handles in `item` (a
+/// `Process`'s argument; see [`crate::codec::attach`]).
+pub(crate) fn encode_one_attached<J: IntoJob>(
+    job: &J,
+    item: &<J::Args as JobArgs>::Item,
+) -> Result<(Vec<u8>, crate::codec::attach::Attached), Problem> {
     let mut chunk = ChunkWriter::default();
     push(&mut chunk, item, job.encoder())?;
-    Ok(chunk.finish())
+    let attached = chunk.take_attached();
+    Ok((chunk.finish(), attached))
 }
 
 /// A function registered with [`#[pool_job]`](crate::pool_job).

@@ -178,7 +178,8 @@
 //   imap      the Imap iterator                      -> call, backend
 //   backend   the Backend/Sink seam between the pool and where tasks run
 //   stats     PoolStats: counters a backend keeps (imports nothing of the crate)
-//   local/    the local backend                      -> backend, worker, reply_log, sys
+//   local/    the local backend                      -> backend, worker, reply_log, sys,
+//                                                       codec, exchange
 //     mod       the task queue and the backend
 //     driver    one per worker: its state machine; a waiting caller may
 //               drive an idle worker from its own thread
@@ -190,7 +191,8 @@
 //               where a message expects them
 //     messages  what parent and worker say over the channel, Payload
 //     worker_loop the worker's loop (runs in the worker process)
-//   cluster/  the Redis backend and its workers      -> backend, worker, failure, sys
+//   cluster/  the Redis backend and its workers      -> backend, worker, failure, sys,
+//                                                       exchange (its refusal of handles)
 //   process   the public Process (one job, one process) -> local, codec
 //   bootstrap the constructor that diverts a worker before main -> local, cluster
 //   worker    inside a worker process (both loops): becoming one, running
@@ -198,7 +200,11 @@
 //   reply_log a chunk's outcomes streamed into a worker's reply region per
 //             item, read back whole or after a crash -> codec, sys, failure
 //   failure   why an item failed in a worker, and the Error it becomes -> error
-//   codec     the encoding of items and outcomes      -> failure
+//   exchange/ Queue, Pipe, Event, Shared: handles made of descriptors that
+//             travel beside a task's bytes -> codec, backend, worker, sys, error
+//   codec     the encoding of items and outcomes      -> failure, backend
+//     attach    handles' descriptors collected while encoding, taken back
+//               by index while decoding
 //   job       the registry #[pool_job] fills, Job handles, typed item
 //             encoders and result decoders -> codec, reply_log, failure
 //   sys/      the OS layer (rustix; libc only where rustix has no call;
@@ -211,6 +217,8 @@
 //     region    the memfd regions a worker and its parent share, and
 //               their access and memory-ordering contract
 //     fd        passing a descriptor beside a datagram, fds above stdio
+//     shm       sealed memfds, shared pages of atomics and futexes,
+//               datagrams with descriptors, process liveness (exchange)
 //   error     Error, ExitCause, IoCause               -> sys (error texts)
 //   deadline  the one place a user's duration becomes an Instant:
 //             Duration::MAX is no deadline (imports nothing of the crate)
@@ -232,6 +240,7 @@ pub mod cluster;
 mod codec;
 mod deadline;
 mod error;
+mod exchange;
 mod failure;
 #[cfg(test)]
 mod fake_backend;
@@ -260,6 +269,7 @@ pub use codec::fuzz as __fuzz;
 
 pub use call::AsyncResult;
 pub use error::{Error, ExitCause, IoCause};
+pub use exchange::{Connection, Event, Pipe, Plain, Queue, Shared};
 pub use imap::{Imap, ImapStream};
 pub use job::{IntoJob, ItemFor, Job, JobArgs};
 pub use pool::{Pool, PoolBuilder};

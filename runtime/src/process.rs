@@ -99,7 +99,7 @@ impl ProcessBuilder {
                 PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed) + 1
             )
         });
-        let items = crate::job::encode_one(&job, &arg).map_err(|problem| {
+        let (items, attached) = crate::job::encode_one_attached(&job, &arg).map_err(|problem| {
             crate::codec::error_for(job.name(), "serialize the argument".to_owned(), problem)
         })?;
         let mut worker = WorkerProcess::spawn(
@@ -118,9 +118,18 @@ impl ProcessBuilder {
             count: 1,
             items,
             last: true,
+            attached: u32::try_from(attached.len()).unwrap_or(u32::MAX),
         };
+        for attachment in &attached {
+            attachment.sent_to(worker.pid());
+        }
+        let fds: Vec<_> = attached.iter().map(|a| a.fd()).collect();
         // A send fails only if the process is already gone; join reports how.
-        let _ = worker.send(run, None, &NEVER);
+        let _ = worker.send_attached(run, &fds, None, &NEVER);
+        // The handles' descriptors are the process's now: none stays here,
+        // so a Pipe's end given to it closes when it ends.
+        drop(fds);
+        drop(attached);
         Ok(Process {
             worker,
             name,

@@ -1153,6 +1153,10 @@ impl Shared {
 
 impl Backend for ClusterBackend {
     fn submit(&self, mut task: Task) -> Result<(), Error> {
+        if !task.attached.is_empty() {
+            // A Queue, Pipe, Event or Shared is descriptors on this host.
+            return Err(crate::exchange::refused_by_cluster(task.job));
+        }
         let shared = &self.shared;
         let limit = shared.settings.max_payload;
         if task.items.len() > limit {

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::error::CodecError;
 use super::plain::{Kind, PlainDecoder, PlainEncoder, PlainError};
 use super::problem::{Cause, Problem};
-use super::{de, error, format, plain, ser};
+use super::{attach, de, error, format, plain, ser};
 
 /// First byte of a chunk: items in the tagged format follow.
 pub(super) const TAGGED: u8 = 0;
@@ -138,6 +138,8 @@ pub struct ChunkWriter {
     /// Counts the times bytes already written were replaced (the chunk
     /// went tagged, or lost its first item), for readers of a prefix.
     generation: u64,
+    /// Descriptors of the handles among the items ([`attach`]).
+    pub(super) attached: attach::Held,
 }
 
 impl ChunkWriter {
@@ -184,9 +186,25 @@ impl ChunkWriter {
     /// format it is in; the items before are untouched.
     pub(crate) fn undo_last(&mut self) {
         if self.count > 1 {
+            self.attached.undo_last();
             self.out.truncate(self.last_start);
             self.count -= 1;
         }
+    }
+
+    /// A writer whose items may hold no handle (an exchange handle's
+    /// `Serialize` fails in it): for values nothing sends descriptors with.
+    pub(super) fn refusing_handles() -> ChunkWriter {
+        ChunkWriter {
+            attached: attach::Held::refusing(),
+            ..ChunkWriter::default()
+        }
+    }
+
+    /// The descriptors of the handles among the items, to send beside the
+    /// chunk (see [`attach`]); the chunk keeps none.
+    pub(crate) fn take_attached(&mut self) -> attach::Attached {
+        std::mem::take(&mut self.attached.all)
     }
 
     /// The encoded chunk.
@@ -214,13 +232,28 @@ impl ChunkWriter {
         item: &T,
     ) -> Result<(), Problem> {
         let start = self.out.len();
+        let mut attached = std::mem::take(&mut self.attached.all);
+        let kept = attached.len();
+        let refuse = self.attached.refuse;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            // A byte vector is a byte string, not a sequence of numbers.
-            match (item as &dyn Any).downcast_ref::<Vec<u8>>() {
-                Some(bytes) => self.push_value::<T, _>(serde_bytes::Bytes::new(bytes)),
-                None => self.push_value::<T, _>(item),
+            let push = || {
+                // A byte vector is a byte string, not a sequence of numbers.
+                match (item as &dyn Any).downcast_ref::<Vec<u8>>() {
+                    Some(bytes) => self.push_value::<T, _>(serde_bytes::Bytes::new(bytes)),
+                    None => self.push_value::<T, _>(item),
+                }
+            };
+            if refuse {
+                attach::refusing(push)
+            } else {
+                attach::collecting(&mut attached, push)
             }
         }));
+        if outcome.as_ref().map_or(true, Result::is_err) {
+            attach::truncate(&mut attached, kept);
+        }
+        self.attached.all = attached;
+        self.attached.before_last = kept;
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(payload) => Err(Problem::panic::<T>("Serialize", &*payload)),

@@ -23,6 +23,7 @@
 // `unsafe`: types are checked by the compiler, not by contracts.
 #![forbid(unsafe_code)]
 
+pub(crate) mod attach;
 mod chunk;
 mod de;
 mod error;

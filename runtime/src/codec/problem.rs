@@ -63,6 +63,11 @@ impl Problem {
         }
     }
 
+    /// A value that cannot go where it was sent (described).
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
+        Problem::corrupt(message)
+    }
+
     /// What the encoder of a job that does not compile would return (see
     /// `__private::NeverEncode`).
     pub(crate) fn never_encoded() -> Self {

@@ -24,7 +24,8 @@ pub(crate) struct ReplyWriter<R> {
 impl<R: Serialize + 'static> Default for ReplyWriter<R> {
     fn default() -> Self {
         ReplyWriter {
-            values: ChunkWriter::default(),
+            // A result cannot carry a handle: nothing sends its descriptors.
+            values: ChunkWriter::refusing_handles(),
             failures: Vec::new(),
             index: 0,
             result: PhantomData,

@@ -201,7 +201,8 @@ where
                 }
             }
             if items.len() > 0 {
-                self.submit(first, items.len(), items.finish(), started);
+                let attached = items.take_attached();
+                self.submit(first, items.len(), (items.finish(), attached), started);
             }
             if let Some(error) = bad_item {
                 // The unencodable item keeps its place as an error of its own.
@@ -215,7 +216,13 @@ where
     }
 
     /// `started`: when the chunk began filling, to time it (adaptive only).
-    fn submit(&mut self, first: usize, count: usize, items: Vec<u8>, started: Option<Instant>) {
+    fn submit(
+        &mut self,
+        first: usize,
+        count: usize,
+        (items, attached): (Vec<u8>, crate::codec::attach::Attached),
+        started: Option<Instant>,
+    ) {
         let chunk = self.next_chunk;
         if let Some(started) = started {
             // Before submitting: the reply may come back before `submit_task` returns.
@@ -233,6 +240,7 @@ where
             sink: Arc::clone(&self.stream) as Arc<dyn Sink>,
             retried: 0,
             before: Vec::new(),
+            attached: attached.into(),
         };
         if let Err(error) = self.pool.submit_task(task) {
             // This chunk fails. A closed pool takes no more input; after any

@@ -34,8 +34,8 @@ use crate::local::messages::{INLINE_MAX, Message};
 /// The largest datagram either side accepts: an inline payload and its message.
 const FRAME_MAX: usize = INLINE_MAX + 4096;
 
-/// The most descriptors any message carries.
-const MAX_FDS: usize = 2;
+/// The most descriptors any message carries: a region and a task's handles.
+const MAX_FDS: usize = 1 + crate::codec::attach::MAX_ATTACHED;
 
 /// What went wrong on a channel.
 #[derive(Debug)]
@@ -340,6 +340,7 @@ mod tests {
                 count: 1,
                 items: Payload::Inline(bytes.clone().into()),
                 last: false,
+                attached: 0,
             };
             parent.send(&task).unwrap();
             match worker.recv::<ToWorker>().unwrap() {

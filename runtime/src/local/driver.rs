@@ -538,6 +538,7 @@ impl Driver {
             count: task.count as u64,
             items,
             last: false,
+            attached: u32::try_from(task.attached.len()).unwrap_or(u32::MAX),
         };
         let deadline = self.config.task_timeout.and_then(crate::deadline::after);
         let mut sent = Sent {
@@ -550,16 +551,28 @@ impl Driver {
             reported: 0,
         };
         let pid = current.worker.pid();
-        match current
-            .worker
-            .send(message, deadline, &self.shared.terminated)
-        {
+        for attachment in sent.task.attached.iter() {
+            attachment.sent_to(pid);
+        }
+        let attached: Vec<_> = sent.task.attached.iter().map(|a| a.fd()).collect();
+        let outcome =
+            current
+                .worker
+                .send_attached(message, &attached, deadline, &self.shared.terminated);
+        drop(attached);
+        match outcome {
             Ok(()) => {
                 // A single item that will not run again is needed no more
                 // (it is in the worker's region): a large payload is held
                 // once, not twice, while it runs.
                 if sent.task.count == 1 && !sent.may_retry {
                     sent.task.items = Vec::new();
+                }
+                // Its handles' descriptors are the worker's now (in flight
+                // or received): this process holds no copy for a task that
+                // will not run again, so a Pipe's other end sees its close.
+                if !sent.may_retry {
+                    sent.task.attached = Default::default();
                 }
                 State::Busy(current, sent)
             }

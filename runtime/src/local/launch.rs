@@ -22,7 +22,7 @@ use serde_bytes::ByteBuf;
 use crate::Error;
 use crate::error::ExitCause;
 use crate::local::channel::{self, Channel, ChannelError, Incoming, poll_any};
-use crate::local::messages::{FromWorker, INLINE_MAX, Message, Payload, ToWorker};
+use crate::local::messages::{FromWorker, INLINE_MAX, Payload, ToWorker};
 use crate::local::template::{self, Start};
 use crate::reply_log::{self, Partial};
 use crate::sys::{self, CopyFailed, Region, ReplyCopy, WORKER_ENV, WORKER_ON_STDIN};
@@ -391,28 +391,34 @@ impl WorkerProcess {
         deadline: Option<Instant>,
         abort: &AtomicBool,
     ) -> Result<FromWorker, Lost> {
-        self.send(message, deadline, abort)?;
+        self.send_attached(message, &[], deadline, abort)?;
         self.recv(deadline, abort)
     }
 
     /// Sends one message. Waits while the worker's queue is full (it is not
     /// reading), as long as it lives, until `deadline`, unless `abort`.
-    pub(crate) fn send(
+    ///
+    /// `attached`: the descriptors of the handles among a task's items,
+    /// sent after the request region (see `ToWorker::Run`).
+    pub(crate) fn send_attached(
         &mut self,
         message: ToWorker,
+        attached: &[BorrowedFd<'_>],
         deadline: Option<Instant>,
         abort: &AtomicBool,
     ) -> Result<(), Lost> {
         // The only other message with a descriptor: the first large task,
         // with the request region.
         let region = self.requests.take();
-        let fds: Vec<BorrowedFd<'_>> = match &region {
-            Some(region) if message.descriptors() == 1 => vec![region.fd()],
+        let mut fds: Vec<BorrowedFd<'_>> = match &region {
+            Some(region) if message.carries_region() => vec![region.fd()],
             _ => Vec::new(),
         };
+        let with_region = !fds.is_empty();
+        fds.extend_from_slice(attached);
         let sent = self.send_with(&message, &fds, deadline, abort);
         // The worker has the region once a message carrying it was sent.
-        self.requests_shared |= sent.is_ok() && !fds.is_empty();
+        self.requests_shared |= sent.is_ok() && with_region;
         drop(fds);
         self.requests = region;
         sent
@@ -755,6 +761,7 @@ mod tests {
             count: 1,
             items: Payload::Inline(vec![1, 2, 3].into()),
             last: false,
+            attached: 0,
         }
     }
 

@@ -47,6 +47,10 @@ pub(crate) enum ToWorker {
         count: u64,
         items: Payload,
         last: bool,
+        /// How many descriptors of handles among the items (a `Queue`,
+        /// a `Shared`, ...; see `crate::codec::attach`) follow the
+        /// request region, if that comes too.
+        attached: u32,
     },
     /// Finish and exit with code 0.
     Exit,
@@ -75,15 +79,38 @@ pub(crate) enum FromWorker {
 impl Message for ToWorker {
     fn descriptors(&self) -> usize {
         match self {
-            ToWorker::Init { .. }
-            | ToWorker::Run {
-                items: Payload::Shared {
-                    with_region: true, ..
-                },
-                ..
-            } => 1,
+            ToWorker::Init { .. } => 1,
+            ToWorker::Run {
+                items, attached, ..
+            } => {
+                let region = matches!(
+                    items,
+                    Payload::Shared {
+                        with_region: true,
+                        ..
+                    }
+                );
+                usize::from(region) + usize::try_from(*attached).unwrap_or(usize::MAX)
+            }
             _ => 0,
         }
+    }
+}
+
+impl ToWorker {
+    /// Whether the request region travels with this message (first of its descriptors).
+    pub(crate) fn carries_region(&self) -> bool {
+        matches!(
+            self,
+            ToWorker::Init { .. }
+                | ToWorker::Run {
+                    items: Payload::Shared {
+                        with_region: true,
+                        ..
+                    },
+                    ..
+                }
+        )
     }
 }
 

@@ -127,6 +127,7 @@ fn serve(socket: OwnedFd) -> i32 {
             Err(ChannelError::Io(_)) => return EXIT_BOOTSTRAP_FAILED,
             Err(_) => return 0,
         };
+        let carries_region = message.carries_region();
         let (reply, exit) = match message {
             ToWorker::Init { name, initializer } => {
                 let opened = match fds.into_iter().next() {
@@ -161,13 +162,18 @@ fn serve(socket: OwnedFd) -> i32 {
                 count,
                 items,
                 last,
+                ..
             } => {
                 // Tasks come only after Init.
                 let Some(regions) = regions.as_mut() else {
                     return EXIT_BOOTSTRAP_FAILED;
                 };
                 CURRENT_TASK.store(task, Ordering::Relaxed);
-                if let Some(fd) = fds.into_iter().next() {
+                // The request region first, if it came; then the handles'.
+                let mut fds = fds.into_iter();
+                let region = if carries_region { fds.next() } else { None };
+                let attached: Vec<_> = fds.collect();
+                if let Some(fd) = region {
                     match Region::open(fd, true) {
                         Ok(requests) => regions.requests = Some(requests),
                         Err(why) => {
@@ -176,7 +182,11 @@ fn serve(socket: OwnedFd) -> i32 {
                         }
                     }
                 }
-                let (reply, failure) = run_task(task, &job, count, &items, regions);
+                // Shared values whose creator is gone are not kept for it.
+                crate::exchange::sweep_cache();
+                let (reply, failure) = crate::codec::attach::receiving(attached, || {
+                    run_task(task, &job, count, &items, regions)
+                });
                 (reply, last.then_some(i32::from(failure.is_some())))
             }
             ToWorker::Exit => return 0,

@@ -123,8 +123,9 @@ impl Pool {
         R: Send + 'static,
         M: Finish<R>,
     {
-        let items = std::mem::take(&mut chunk.items);
+        let mut items = std::mem::take(&mut chunk.items);
         let count = items.len();
+        let attached = items.take_attached();
         let task = Task {
             job,
             chunk: chunk.number,
@@ -134,6 +135,7 @@ impl Pool {
             sink: Arc::clone(call) as Arc<dyn crate::backend::Sink>,
             retried: 0,
             before: Vec::new(),
+            attached: attached.into(),
         };
         chunk.number += 1;
         chunk.first += count;

@@ -13,6 +13,7 @@
 mod fd;
 mod process;
 mod region;
+mod shm;
 
 pub(crate) use fd::{Received, above_stdio, recv_with_fd, send_with_fd};
 pub(crate) use process::{
@@ -24,6 +25,10 @@ pub(crate) use process::{
 pub(crate) use process::{host_name, signal_unreaped_child};
 pub(crate) use region::{CopyFailed, Region, ReplyCopy};
 pub(crate) use rustix::process::Signal;
+pub(crate) use shm::{
+    Ready, Sealed, SharedWords, file_identity, futex_wait, futex_wake_all, packet_pair,
+    process_start, recv_packet, send_packet, wait_for, widen_send_buffer,
+};
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
