@@ -155,7 +155,7 @@ tuple_args!(A B C D E F G H I J K L M N O P);
 #[diagnostic::on_unimplemented(
     message = "this job takes items of type `{T}`, not `{Self}`",
     label = "expected items of type `{T}` or `&{T}`",
-    note = "`map`, `imap`, `imap_unordered` and `map_async` take the job's argument (or a reference to it) for each call; `starmap` takes a tuple of the job's arguments"
+    note = "`apply`, `map`, `imap`, `imap_unordered` and `map_async` take the job's argument (or a reference to it) for each call: a job of one argument takes it as is (`7`, not `(7,)`), a job of several takes them as a tuple (`(1, 2)`); `starmap` takes a tuple of the job's arguments, a 1-tuple for a job of one"
 )]
 pub trait ItemFor<T>: sealed::Item<T> {
     /// The item, borrowed.
@@ -390,6 +390,19 @@ impl<F, A: JobArgs, R> Job<F, A, R> {
     /// function name, or the `name = "..."` given to the attribute.
     pub fn name(&self) -> &'static str {
         self.entry.name
+    }
+}
+
+/// The name the job is registered under, as [`name`](Job::name) gives it.
+///
+/// Besides logs, this keeps one mistake to one error: a job is a constant,
+/// so `let total = pool.apply(total, xs)?;` in the job's module is a
+/// pattern against the job, not a new variable. The compiler says so
+/// (E0308, "`total` is interpreted as a constant"); printing `total`
+/// afterwards then adds no second, unrelated error.
+impl<F, A: JobArgs, R> std::fmt::Display for Job<F, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.entry.name)
     }
 }
 

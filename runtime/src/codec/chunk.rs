@@ -25,6 +25,9 @@ pub(super) const SHAPED: u8 = 1;
 pub(super) fn raw_kind<T: 'static>() -> Option<Kind> {
     let id = TypeId::of::<T>();
     [
+        // Zero bytes per item: a map over `()` (a job without arguments,
+        // or one returning nothing) costs a count, not a serde call each.
+        (TypeId::of::<()>(), Kind::Unit),
         (TypeId::of::<u64>(), Kind::U64),
         (TypeId::of::<usize>(), Kind::U64),
         (TypeId::of::<i64>(), Kind::I64),
@@ -48,6 +51,9 @@ pub(super) fn raw_kind<T: 'static>() -> Option<Kind> {
 #[inline(always)]
 pub(super) fn put_raw<T: 'static>(item: &T, out: &mut Vec<u8>) -> bool {
     let any = item as &dyn Any;
+    if any.is::<()>() {
+        return true;
+    }
     macro_rules! try_types {
         ($($ty:ty => $conv:expr;)*) => {$(
             if let Some(&v) = any.downcast_ref::<$ty>() {
@@ -76,6 +82,12 @@ pub(super) fn take_raw<T: 'static>(
     out: &mut Vec<T>,
 ) -> Option<Result<usize, Problem>> {
     let any = out as &mut dyn Any;
+    if let Some(out) = any.downcast_mut::<Vec<()>>() {
+        // `count` is the caller's own (its call's items): a vector of
+        // zero-sized items takes no memory whatever its length.
+        out.resize(out.len().saturating_add(count), ());
+        return Some(Ok(0));
+    }
     macro_rules! try_types {
         ($($ty:ty: $width:literal => $conv:expr;)*) => {$(
             if std::mem::size_of::<$ty>() == $width

@@ -36,6 +36,26 @@ fn plain_items_carry_no_tags() {
 }
 
 #[test]
+fn unit_items_take_the_raw_path_with_no_bytes_each() {
+    // A map of a job without arguments, or returning nothing, goes
+    // through the same store-and-count path as numbers, not serde.
+    let mut writer = ChunkWriter::default();
+    writer.push(&()).unwrap();
+    for _ in 0..1000 {
+        assert!(writer.push_raw(&()), "a unit item took the serde path");
+    }
+    let bytes = writer.finish();
+    assert_eq!(bytes.len(), 1 + 2, "header and shape only");
+    let mut out: Vec<()> = Vec::new();
+    assert!(matches!(
+        chunk::take_raw(&bytes[3..], 1001, &mut out),
+        Some(Ok(0))
+    ));
+    assert_eq!(out.len(), 1001);
+    assert_eq!(round_trip(&[(); 5]), vec![(); 5]);
+}
+
+#[test]
 fn structs_are_never_plain() {
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct Point {

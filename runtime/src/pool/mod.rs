@@ -237,11 +237,12 @@ impl Pool {
 
     /// Runs `job` once on `item` in a worker and returns its result.
     /// A job with several arguments takes them as a tuple.
-    pub fn apply<J, A, R>(&self, job: J, item: A::Item) -> Result<R, Error>
+    pub fn apply<J, A, R, X>(&self, job: J, item: X) -> Result<R, Error>
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: Send + 'static,
+        X: ItemFor<A::Item>,
     {
         // The caller waits anyway: its own thread may run the exchange.
         self.apply_call(job, item, true)?.get()
@@ -481,27 +482,29 @@ impl Pool {
     }
 
     /// Like [`apply`](Pool::apply), but returns at once with an [`AsyncResult`].
-    pub fn apply_async<J, A, R>(&self, job: J, item: A::Item) -> Result<AsyncResult<R>, Error>
+    pub fn apply_async<J, A, R, X>(&self, job: J, item: X) -> Result<AsyncResult<R>, Error>
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: Send + 'static,
+        X: ItemFor<A::Item>,
     {
         self.apply_call(job, item, false)
     }
 
     /// `apply_async`; with `drive_here`, for a caller that waits for the
     /// result at once.
-    fn apply_call<J, A, R>(
+    fn apply_call<J, A, R, X>(
         &self,
         job: J,
-        item: A::Item,
+        item: X,
         drive_here: bool,
     ) -> Result<AsyncResult<R>, Error>
     where
         J: IntoJob<Args = A, Output = R>,
         A: JobArgs,
         R: Send + 'static,
+        X: ItemFor<A::Item>,
     {
         let call = self.submit::<_, _, One, _>(
             job.name(),
