@@ -136,9 +136,13 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
         Queue::create(None)
     }
 
-    /// A new queue that holds at most `n` values (1 to 4096): a
+    /// A new queue bounded to `n` values (1 to 4096): a
     /// [`put`](Queue::put) that finds it full places its value, then waits
-    /// until a [`get`](Queue::get) makes room.
+    /// until a [`get`](Queue::get) makes room, so the queue holds at most
+    /// `n` values plus one per producer waiting in `put`. (Unlike Python's
+    /// `put`, which waits first: a producer killed while it waits must not
+    /// take room with it, and one killed between placing and waiting can
+    /// only loosen the bound by one, never stop the values.)
     ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {
