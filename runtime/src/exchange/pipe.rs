@@ -89,19 +89,41 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
 
     /// Sends `value` to the other end. Waits while the other end's unread
     /// values fill the socket's buffer; fails with [`Error::Disconnected`]
-    /// once the other end is closed.
+    /// once the other end is closed. A peer that is alive but never reads
+    /// holds this up for as long as it lives: use
+    /// [`send_timeout`](Connection::send_timeout) to bound the wait.
     pub fn send(&self, value: T) -> Result<(), Error> {
+        self.send_until(value, None)
+    }
+
+    /// Like [`send`](Connection::send), but gives up after `timeout` with
+    /// [`Error::Timeout`], the value not sent, when the other end's unread
+    /// values still fill the buffer.
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), Error> {
+        self.send_until(value, Some((timeout, crate::deadline::after(timeout))))
+    }
+
+    fn send_until(
+        &self,
+        value: T,
+        limit: Option<(Duration, Option<Instant>)>,
+    ) -> Result<(), Error> {
         let out = packet::encode(&value, WHAT)?;
         drop(value);
         loop {
             match out.send(self.inner.as_fd()) {
                 Ok(()) => return Ok(()),
                 Err(rustix::io::Errno::AGAIN) => {
-                    match sys::wait_for(self.inner.as_fd(), PollFlags::OUT, super::LOOK_AGAIN) {
-                        Ok(_) => {}
-                        Err(err) => {
-                            return Err(super::system("Connection::send could not wait", err));
+                    let mut slice = super::LOOK_AGAIN;
+                    if let Some((timeout, Some(deadline))) = limit {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(Error::Timeout(timeout));
                         }
+                        slice = slice.min(left);
+                    }
+                    if let Err(err) = sys::wait_for(self.inner.as_fd(), PollFlags::OUT, slice) {
+                        return Err(super::system("Connection::send could not wait", err));
                     }
                 }
                 Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
@@ -218,5 +240,28 @@ mod tests {
         assert_eq!(a.recv().unwrap(), [4]);
         assert!(matches!(a.recv(), Err(Error::Disconnected(_))));
         assert!(matches!(a.send(vec![5]), Err(Error::Disconnected(_))));
+    }
+
+    #[test]
+    fn a_send_to_a_peer_that_never_reads_ends_at_its_timeout() {
+        let (a, b) = Pipe::new::<Vec<u8>>().unwrap();
+        // Fill the buffer: small values until one would wait.
+        let mut sent = 0;
+        loop {
+            match a.send_timeout(vec![7; 1024], Duration::from_millis(50)) {
+                Ok(()) => sent += 1,
+                Err(Error::Timeout(_)) => break,
+                Err(other) => panic!("after {sent} values: {other:?}"),
+            }
+            assert!(sent < 1_000_000, "the buffer never filled");
+        }
+        assert!(sent > 0);
+        // Once the peer reads, sending goes on; nothing was half sent.
+        assert_eq!(b.recv().unwrap(), vec![7; 1024]);
+        a.send_timeout(vec![8], Duration::from_secs(10)).unwrap();
+        for _ in 1..sent {
+            assert_eq!(b.recv().unwrap(), vec![7; 1024]);
+        }
+        assert_eq!(b.recv().unwrap(), vec![8]);
     }
 }
