@@ -2136,48 +2136,7 @@ fn a_queue_follows_its_slot_to_another_node_of_a_redis_cluster() {
 /// --cluster create ... --cluster-replicas 1`. A master's replica takes
 /// over 2 s after the master stops answering (`cluster-node-timeout`).
 fn replicated_cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..6)
-        .map(|_| {
-            RedisServer::with_args(
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-                false,
-            )
-        })
-        .collect();
-    let addresses: Vec<String> = nodes
-        .iter()
-        .map(|node| format!("127.0.0.1:{}", node.port()))
-        .collect();
-    let output = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addresses)
-        .args(["--cluster-replicas", "1", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "redis-cli --cluster create failed: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    for node in &nodes {
-        let port = node.port();
-        eventually("the cluster to be ready on every node", || {
-            redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-        });
-        // Replicas in sync, so that one can take over from its master.
-        eventually("every replica to be in sync", || {
-            let info = redis_cli(port, &["INFO", "replication"]);
-            info.contains("role:master") || info.contains("master_link_status:up")
-        });
-    }
-    nodes
+    procpool_tests::RedisCluster::with_replicas(1, 2000).nodes
 }
 
 #[test]

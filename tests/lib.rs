@@ -302,18 +302,27 @@ fn make_certificates(dir: &std::path::Path) {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas) on free loopback ports,
-/// made with `redis-server --cluster-enabled yes` and
-/// `redis-cli --cluster create`; every node is killed when dropped.
+/// A Redis Cluster of three masters on free loopback ports, made with
+/// `redis-server --cluster-enabled yes` and `redis-cli --cluster create`;
+/// every node is killed when dropped.
 pub struct RedisCluster {
-    /// The masters, in the order they were started.
+    /// The nodes, in the order they were started (`redis-cli` makes the
+    /// first three the masters).
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    /// Starts the three nodes and joins them into one cluster.
+    /// Three masters without replicas.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::with_replicas(0, 5000)
+    }
+
+    /// Three masters, each with `replicas` replicas in sync with it; a
+    /// replica takes over `node_timeout_ms` after its master stops
+    /// answering (`cluster-node-timeout`).
+    pub fn with_replicas(replicas: usize, node_timeout_ms: u32) -> RedisCluster {
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::with_args(
                     &[
@@ -322,7 +331,7 @@ impl RedisCluster {
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
-                        "5000",
+                        &timeout,
                     ],
                     false,
                 )
@@ -335,7 +344,7 @@ impl RedisCluster {
         let output = std::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap_or_else(|e| {
                 panic!("cannot run redis-cli ({e}); install it with `apt-get install redis-tools`")
@@ -345,18 +354,25 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = RedisCluster { nodes };
-        for node in &cluster.nodes {
+        let cli = |port: u16, args: &[&str]| {
+            std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for node in &nodes {
             eventually("the cluster to be ready on every node", || {
-                let info = std::process::Command::new("redis-cli")
-                    .args(["-p", &node.port().to_string(), "cluster", "info"])
-                    .output()
-                    .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-                    .unwrap_or_default();
-                info.contains("cluster_state:ok")
+                cli(node.port(), &["cluster", "info"]).contains("cluster_state:ok")
+            });
+            // Replicas in sync, so that one can take over from its master.
+            eventually("every replica to be in sync", || {
+                let info = cli(node.port(), &["info", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
             });
         }
-        cluster
+        RedisCluster { nodes }
     }
 }
 
