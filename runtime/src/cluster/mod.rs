@@ -240,7 +240,11 @@ pub(crate) fn bootstrap() {
         Ok(url) => match serve::serve(&url, suffix) {
             Ok(()) => 0,
             Err(err) => {
-                eprintln!("procpool cluster worker {}: {err}", std::process::id());
+                eprintln!(
+                    "procpool cluster worker {}: {}",
+                    std::process::id(),
+                    with_causes(&err)
+                );
                 1
             }
         },
@@ -264,4 +268,18 @@ pub(crate) fn warn(message: std::fmt::Arguments<'_>) {
         let line = format!("{message}\n");
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }
+}
+
+/// `err` and its causes, as anyhow's `{:#}` prints them: for a line on
+/// stderr, where nobody can ask for the source of the error (an
+/// [`Error::Cluster`] says Redis' error only there).
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text += ": ";
+        text += &inner.to_string();
+        cause = inner.source();
+    }
+    text
 }

@@ -82,7 +82,7 @@ impl Shared {
                       keys from eviction"
                     .to_owned(),
             };
-            let error = Error::Cluster(format!(
+            let error = Error::cluster(format!(
                 "job `{}`: the task for items {}..{} is no longer in Redis ({}) and no result \
                  came back; it may have run: {why}. Run the call again",
                 task.job,

@@ -211,9 +211,9 @@ impl Shared {
             (Some(items), _) => Ok(items),
             (None, Some(bytes)) => Err(match postcard::from_bytes::<Refusal>(&bytes) {
                 Ok(refusal) => refusal.into_error(task.job, task.first, task.count),
-                Err(e) => Error::Cluster(format!("cannot decode a worker's refusal: {e}")),
+                Err(e) => Error::cluster(format!("cannot decode a worker's refusal: {e}")),
             }),
-            (None, None) => Err(Error::Cluster(format!(
+            (None, None) => Err(Error::cluster(format!(
                 "result {} has neither `ok` nor `err`",
                 entry.id
             ))),

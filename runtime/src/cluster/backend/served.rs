@@ -198,7 +198,7 @@ impl Shared {
             job, id, signature, ..
         } = waiting;
         if alive == 0 {
-            return Error::Cluster(format!(
+            return Error::cluster(format!(
                 "no worker of queue `{queue}` ({display}) was alive to run job \
                  `{job}: {signature}` for {limit:?} (the URL's `no_workers` setting). \
                  Start workers for this queue (procpool::cluster::run_workers), or leave \
