@@ -219,12 +219,14 @@ pub enum Error {
 
     /// A cluster pool or worker (see `PoolBuilder::cluster`, cargo feature
     /// `cluster`) failed: Redis could not be reached or refused a command,
-    /// or Redis lost a pending call's tasks, or no worker was alive to run
-    /// them for `no_workers`. `message` says what procpool was doing, names
-    /// the server (its password masked) and, where there is something to
-    /// do, what; `source` is the Redis or I/O error underneath, when there
-    /// is one, and is what [`source`](std::error::Error::source) returns:
-    /// print the chain (e.g. anyhow's `{:#}`) to see both.
+    /// Redis lost a pending call's tasks, a worker dropped a task unrun
+    /// (it expired, or its caller's presence was gone), or no worker was
+    /// alive for `no_workers` seconds. `message` says what procpool was
+    /// doing, names the server (its password masked) and, where there is
+    /// something to do, what; `source` is the Redis or I/O error
+    /// underneath, when there is one, and is what
+    /// [`source`](std::error::Error::source) returns: print the chain
+    /// (e.g. anyhow's `{:#}`) to see both.
     #[error("cluster broker error: {message}")]
     Cluster {
         /// What procpool was doing and what to check, e.g. "cannot connect
@@ -232,7 +234,8 @@ pub enum Error {
         /// and is reachable from this host".
         message: String,
         /// The Redis or I/O error that caused it; `None` when nothing
-        /// failed underneath (Redis lost a task, no worker was alive).
+        /// failed underneath (Redis lost a task, a worker dropped one, no
+        /// worker was alive).
         #[source]
         source: Option<ClusterCause>,
     },
