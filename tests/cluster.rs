@@ -105,13 +105,24 @@ fn cluster(params: &str, workers: usize) -> (RedisServer, String, Workers, Pool)
 /// Fails unless `outcome` is an `Error::Cluster` whose message has every one of `needles`.
 fn expect_cluster_error<T: std::fmt::Debug>(outcome: Result<T, Error>, needles: &[&str]) {
     match outcome {
-        Err(Error::Cluster(message)) => {
+        Err(Error::Cluster { message, .. }) => {
             for needle in needles {
                 assert!(message.contains(needle), "no `{needle}` in: {message}");
             }
         }
         other => panic!("expected a cluster error, got {other:?}"),
     }
+}
+
+/// `err` and its causes, as anyhow's `{:#}` prints them.
+fn chain(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        text += &format!(": {inner}");
+        cause = inner.source();
+    }
+    text
 }
 
 fn redis_conn(server: &RedisServer, password: &str) -> redis::Connection {
@@ -442,7 +453,7 @@ fn a_call_with_no_worker_at_all_is_reported_and_fails_only_with_no_workers_set()
         }) && report.to_string().contains("no live worker can run it")
     });
     match call.get_timeout(Duration::from_secs(60)) {
-        Err(Error::Cluster(message)) => {
+        Err(Error::Cluster { message, .. }) => {
             for needle in [
                 "`cluster::square: fn(u64) -> u64`",
                 "no worker",
@@ -542,19 +553,25 @@ fn passwords_are_required_and_checked() {
     let redis = RedisServer::with_args(&["--requirepass", "s3cret"], false);
     let wrong = redis.url_with_password("wrong", "queue=auth");
     let err = Pool::builder().cluster(&wrong).build().unwrap_err();
-    assert!(matches!(err, Error::Cluster(_)), "{err:?}");
+    assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("password"), "{text}");
+    // Redis' refusal is the source, said once, without the password either.
+    let text = chain(&err);
     assert!(
         !text.contains("wrong"),
         "the password must not appear in errors: {text}"
     );
+    assert_eq!(text.matches("authentication failed").count(), 1, "{text}");
     let none = redis.url("queue=auth");
     assert!(matches!(
         Pool::builder().cluster(&none).build(),
-        Err(Error::Cluster(_))
+        Err(Error::Cluster { .. })
     ));
-    assert!(matches!(Workers::start(&wrong, 1), Err(Error::Cluster(_))));
+    assert!(matches!(
+        Workers::start(&wrong, 1),
+        Err(Error::Cluster { .. })
+    ));
 
     let right = redis.url_with_password("s3cret", "queue=auth");
     let _workers = Workers::start(&right, 1).unwrap();
@@ -574,7 +591,7 @@ fn tls_urls_work_end_to_end() {
     // Without the CA the server's certificate is not trusted.
     let untrusted = redis.url("queue=tls");
     let err = Pool::builder().cluster(&untrusted).build().unwrap_err();
-    assert!(matches!(err, Error::Cluster(_)), "{err:?}");
+    assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
 }
 
 #[test]
@@ -766,7 +783,7 @@ fn a_caller_paused_past_ttl_fails_the_tasks_that_may_have_run_naming_them() {
     kill(caller.0.id(), libc::SIGCONT);
     let outcome = lines.find(|line| line.starts_with("OUTCOME")).unwrap();
     assert!(
-        outcome.contains("Err(Cluster(")
+        outcome.contains("Err(Cluster {")
             && outcome.contains("may have run")
             && outcome.contains("for items ")
             && outcome.contains("without refreshing its presence"),
@@ -804,9 +821,24 @@ fn unsupported_options_and_bad_servers_are_clear_errors() {
         .cluster(format!("redis://127.0.0.1:{closed}/0"))
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Cluster(_)), "{err:?}");
     assert!(err.to_string().contains("redis-server"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
+    // The OS error is the source, said once in the printed chain.
+    let printed = chain(&err);
+    let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED).to_string();
+    assert_eq!(printed.matches(&refused).count(), 1, "{printed}");
+    assert!(!err.to_string().contains(&refused), "{err}");
+    match &err {
+        Error::Cluster {
+            source: Some(cause),
+            ..
+        } => assert_eq!(
+            cause.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "{printed}"
+        ),
+        other => panic!("expected a cluster error with its cause, got {other:?}"),
+    }
 }
 
 #[test]
@@ -1137,7 +1169,7 @@ fn tls_client_certificates_are_presented() {
     let without = redis.url(&format!("queue=mtls&{ca}"));
     assert!(matches!(
         Pool::builder().cluster(&without).build(),
-        Err(Error::Cluster(_))
+        Err(Error::Cluster { .. })
     ));
     let with = redis.url(&format!(
         "queue=mtls&{ca}&tls_cert={}&tls_key={}",

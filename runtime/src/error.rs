@@ -217,11 +217,28 @@ pub enum Error {
     #[error("job registry error: {0}")]
     Registry(String),
 
-    /// The cluster's Redis server could not be reached or refused a command
-    /// (see `PoolBuilder::cluster`, cargo feature `cluster`). The
-    /// message names the server and what to check.
-    #[error("cluster broker error: {0}")]
-    Cluster(String),
+    /// A cluster pool or worker (see `PoolBuilder::cluster`, cargo feature
+    /// `cluster`) failed: Redis could not be reached or refused a command,
+    /// Redis lost a pending call's tasks, a worker dropped a task unrun
+    /// (it expired, or its caller's presence was gone), or no worker was
+    /// alive for `no_workers` seconds. `message` says what procpool was
+    /// doing, names the server (its password masked) and, where there is
+    /// something to do, what; `source` is the Redis or I/O error
+    /// underneath, when there is one, and is what
+    /// [`source`](std::error::Error::source) returns: print the chain
+    /// (e.g. anyhow's `{:#}`) to see both.
+    #[error("cluster broker error: {message}")]
+    Cluster {
+        /// What procpool was doing and what to check, e.g. "cannot connect
+        /// (redis://10.0.0.5:6379/0); check that redis-server runs there
+        /// and is reachable from this host".
+        message: String,
+        /// The Redis or I/O error that caused it; `None` when nothing
+        /// failed underneath (Redis lost a task, a worker dropped one, no
+        /// worker was alive).
+        #[source]
+        source: Option<ClusterCause>,
+    },
 
     /// A cluster task was handed to workers again and again, and each one
     /// was lost before it stored a result (it crashed, was killed, or lost
@@ -345,6 +362,138 @@ impl Error {
     }
 }
 
+impl Error {
+    /// An [`Error::Cluster`] with nothing underneath.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster(message: impl Into<String>) -> Self {
+        Error::Cluster {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Cluster`] caused by `cause`, met while doing what
+    /// `message` says.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster_caused(message: impl Into<String>, cause: ClusterCause) -> Self {
+        Error::Cluster {
+            message: message.into(),
+            source: Some(cause),
+        }
+    }
+}
+
+/// The error underneath an [`Error::Cluster`]: Redis' error (a refused
+/// command, or a connection that failed, with its I/O error) or an I/O
+/// error. Shared, so that `Error` stays `Clone`. It displays as that
+/// error's own text; the `Cluster` error it belongs to says what procpool
+/// was doing.
+#[derive(Debug, Clone)]
+pub struct ClusterCause(CauseRepr);
+
+// Without the `cluster` feature nothing makes a cause: the type exists so
+// that `Error` has the same shape with every set of features.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+enum CauseRepr {
+    #[cfg(feature = "cluster")]
+    Redis(Arc<redis::RedisError>),
+    Io(Arc<std::io::Error>),
+}
+
+impl ClusterCause {
+    #[cfg(feature = "cluster")]
+    pub(crate) fn redis(err: redis::RedisError) -> Self {
+        ClusterCause(CauseRepr::Redis(Arc::new(err)))
+    }
+
+    #[cfg(feature = "cluster")]
+    pub(crate) fn io(err: std::io::Error) -> Self {
+        ClusterCause(CauseRepr::Io(Arc::new(err)))
+    }
+
+    /// Redis' error, when the cause is one. Its type is the `redis`
+    /// crate's, of the version procpool depends on.
+    #[cfg(feature = "cluster")]
+    pub fn redis_error(&self) -> Option<&redis::RedisError> {
+        match &self.0 {
+            CauseRepr::Redis(err) => Some(err),
+            CauseRepr::Io(_) => None,
+        }
+    }
+
+    /// The I/O error: the cause itself, or the one under Redis' error
+    /// (a refused connection, a timeout, a TLS failure).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match &self.0 {
+            CauseRepr::Io(err) => Some(err),
+            #[cfg(feature = "cluster")]
+            CauseRepr::Redis(err) => {
+                // Redis keeps the I/O error of a failed connection as an
+                // `Arc<dyn Error>`, which is what its `source()` returns.
+                let inner = std::error::Error::source(&**err)?;
+                inner.downcast_ref::<std::io::Error>().or_else(|| {
+                    inner
+                        .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()?
+                        .downcast_ref::<std::io::Error>()
+                })
+            }
+        }
+    }
+
+    fn inner(&self) -> &(dyn std::error::Error + 'static) {
+        match &self.0 {
+            #[cfg(feature = "cluster")]
+            CauseRepr::Redis(err) => &**err,
+            CauseRepr::Io(err) => &**err,
+        }
+    }
+}
+
+impl fmt::Display for ClusterCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.inner(), f)
+    }
+}
+
+// What lies under the error this cause displays, skipping the errors whose
+// text it displayed already: Redis' error displays the error it wraps (an
+// I/O error, a server's reply) and also returns it from `source()`, and an
+// io::Error does the same with its own, so a printed chain would say the
+// OS error twice.
+impl std::error::Error for ClusterCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let shown = self.inner().to_string();
+        let mut next = self.inner().source();
+        while let Some(err) = next
+            && err.to_string() == shown
+        {
+            next = err.source();
+        }
+        next
+    }
+}
+
+/// Two causes are equal when they are the same kind of error with the same
+/// text (Redis' errors) or the same OS error (I/O errors).
+impl PartialEq for ClusterCause {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            #[cfg(feature = "cluster")]
+            (CauseRepr::Redis(a), CauseRepr::Redis(b)) => {
+                a.kind() == b.kind() && a.to_string() == b.to_string()
+            }
+            (CauseRepr::Io(a), CauseRepr::Io(b)) => {
+                a.kind() == b.kind() && a.raw_os_error() == b.raw_os_error()
+            }
+            #[cfg(feature = "cluster")]
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ClusterCause {}
+
 /// An operating-system error kept by [`Error::System`]: shared, so that
 /// `Error` stays `Clone`. It displays as the OS error itself (the system's
 /// text and number); the `System` error it belongs to says what to do.
@@ -431,5 +580,54 @@ mod tests {
                 .map(|cause| cause.io_error().raw_os_error());
             assert_eq!(cause, Some(Some(errno)), "{printed}");
         }
+    }
+    /// A failed connection to Redis: Redis' error wraps the OS error, and
+    /// both display the same text; the chain says it once, after what
+    /// procpool was doing and what to check, each said once.
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn a_cluster_errors_chain_says_the_redis_error_once() {
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let os = refused.to_string();
+        let err = Error::cluster_caused(
+            "cannot connect (redis://127.0.0.1:1/0); check that redis-server runs there",
+            super::ClusterCause::redis(redis::RedisError::from(refused)),
+        );
+        let printed = chain(&err);
+        assert_eq!(printed.matches(&os).count(), 1, "{printed}");
+        assert_eq!(printed.matches("cannot connect").count(), 1, "{printed}");
+        assert_eq!(printed.matches("redis-server").count(), 1, "{printed}");
+        assert!(!err.to_string().contains(&os), "{err}");
+        // The cause is reachable for code: Redis' error, and the OS error
+        // under it, with its number.
+        let cause = std::error::Error::source(&err)
+            .and_then(|cause| cause.downcast_ref::<super::ClusterCause>())
+            .expect("a ClusterCause");
+        assert!(
+            cause
+                .redis_error()
+                .is_some_and(|e| e.is_connection_refusal())
+        );
+        let errno = cause.io_error().and_then(std::io::Error::raw_os_error);
+        assert_eq!(errno, Some(libc::ECONNREFUSED), "{printed}");
+        assert_eq!(err, err.clone());
+
+        // A command Redis refused: its reply, once.
+        let refused = redis::make_extension_error(
+            "WRONGPASS".into(),
+            Some("invalid username-password pair".into()),
+        );
+        let err = Error::cluster_caused(
+            "cannot connect (redis://127.0.0.1:6379/0); check the user and password",
+            super::ClusterCause::redis(refused),
+        );
+        let printed = chain(&err);
+        assert_eq!(printed.matches("WRONGPASS").count(), 1, "{printed}");
+        assert_eq!(printed.matches("invalid username").count(), 1, "{printed}");
+
+        // With nothing underneath, the chain is the message alone.
+        let err = Error::cluster("no worker was alive");
+        assert_eq!(chain(&err), "cluster broker error: no worker was alive");
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

@@ -219,7 +219,7 @@
 //     fd        passing a descriptor beside a datagram, fds above stdio
 //     shm       sealed memfds, shared pages of atomics and futexes,
 //               datagrams with descriptors, process liveness (exchange)
-//   error     Error, ExitCause, IoCause               -> sys (error texts)
+//   error     Error, ExitCause, IoCause, ClusterCause -> sys (error texts)
 //   deadline  the one place a user's duration becomes an Instant:
 //             Duration::MAX is no deadline (imports nothing of the crate)
 
@@ -268,7 +268,7 @@ mod worker;
 pub use codec::fuzz as __fuzz;
 
 pub use call::AsyncResult;
-pub use error::{Error, ExitCause, IoCause};
+pub use error::{ClusterCause, Error, ExitCause, IoCause};
 pub use exchange::{Connection, Event, Pipe, Plain, Queue, Shared};
 pub use imap::{Imap, ImapStream};
 pub use job::{IntoJob, ItemFor, Job, JobArgs};

@@ -26,7 +26,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("procpool-inspect: {err}");
+            // The error, then its causes (Redis' or the OS's error).
+            let mut text = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(inner) = cause {
+                text += &format!(": {inner}");
+                cause = inner.source();
+            }
+            eprintln!("procpool-inspect: {text}");
             ExitCode::FAILURE
         }
     }

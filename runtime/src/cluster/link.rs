@@ -7,7 +7,7 @@ use redis::{Client, Connection, FromRedisValue, RedisError, Value};
 
 use super::protocol::{self, Keys};
 use super::settings::Settings;
-use crate::Error;
+use crate::{ClusterCause, Error};
 
 /// Longest wait between two attempts to reach Redis again.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -200,7 +200,8 @@ impl Link {
         ))
     }
 
-    /// A caller-facing error for a failed Redis operation.
+    /// A caller-facing error for a failed Redis operation: what failed,
+    /// the server and what to check, with Redis' error as its source.
     pub(crate) fn error(&self, what: &str, err: &RedisError) -> Error {
         let text = err.to_string();
         let moved = matches!(
@@ -219,7 +220,10 @@ impl Link {
         } else {
             ""
         };
-        Error::Cluster(format!("{what} ({}): {err}{hint}", self.display))
+        Error::cluster_caused(
+            format!("{what} ({}){hint}", self.display),
+            ClusterCause::redis(err.clone()),
+        )
     }
 }
 
@@ -543,6 +547,44 @@ mod tests {
         // A slot whose master is malformed has no owner (never a replica).
         assert_eq!(slot_map(reply, 12000, "s").0, None);
         assert_eq!(slot_map(Value::Nil, 1, "s"), (None, Vec::new()));
+    }
+
+    /// Connecting where nothing listens fails at once with an
+    /// `Error::Cluster` whose chain names the server and what to check,
+    /// then says the OS error, once.
+    #[test]
+    fn a_refused_connection_says_the_os_error_once() {
+        let port = {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let settings = Settings::parse(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+        let Err(err) = Link::open(&settings, "test".to_owned()) else {
+            panic!("connected to a port where nothing listens");
+        };
+        let printed = super::super::with_causes(&err);
+        let os = std::io::Error::from_raw_os_error(libc::ECONNREFUSED).to_string();
+        assert_eq!(printed.matches(&os).count(), 1, "{printed}");
+        assert_eq!(printed.matches("cannot connect").count(), 1, "{printed}");
+        assert_eq!(printed.matches("redis-server runs").count(), 1, "{printed}");
+        assert_eq!(
+            printed.matches(&format!("127.0.0.1:{port}")).count(),
+            1,
+            "{printed}"
+        );
+        let Error::Cluster {
+            source: Some(cause),
+            ..
+        } = &err
+        else {
+            panic!("expected Error::Cluster with a cause, got {err:?}");
+        };
+        let kind = cause.io_error().map(std::io::Error::kind);
+        assert_eq!(
+            kind,
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "{printed}"
+        );
     }
 
     fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {

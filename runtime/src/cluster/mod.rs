@@ -1,3 +1,29 @@
+// The files of this module (what a reader looks for → where it is):
+//
+//   mod.rs          serve, run_workers, the worker's start-up hook, warn
+//   settings.rs     the cluster URL: Redis' URL plus procpool's parameters
+//   link.rs         one Redis connection that reconnects by itself, the
+//                   nodes of a Redis Cluster, caller-facing Redis errors
+//   protocol.rs     the keys in Redis and what they hold, stream entries,
+//                   refusals, caller ids, Redis' clock
+//   auth.rs         HMAC tags on tasks, results and presence (the `key`)
+//   backend/        the caller: ClusterBackend, the Backend of a pool
+//     mod.rs        start-up, the Backend impl, terminate, shared state
+//     pending.rs    the pending tasks, the backlog, the window, the watermark
+//     submit.rs     sending tasks, sending them again, withdrawing them
+//     results.rs    the collector thread: reading and delivering results
+//     lost.rs       finding and failing the tasks Redis lost
+//     served.rs     counting live workers; jobs no live worker can run
+//     presence.rs   the presence thread, the caller's presence and about: keys
+//   serve.rs        the worker: its loop, running a task, storing its result
+//   serve/admit.rs  a worker's checks before a task runs: fields and tag,
+//                   the caller's presence, the claim that runs it once
+//   heartbeat.rs    the worker's heartbeat thread and task_timeout watchdog
+//   recover.rs      recovery of dead workers' tasks (the lost sets)
+//   supervise.rs    Workers: several worker processes on one host
+//   inspect.rs      inspect(): a queue's state for operators
+//   guide.md        the user's guide, included in this module's docs
+
 //! Pools whose workers run on any number of hosts, through Redis.
 //!
 //! A caller builds its pool with
@@ -214,7 +240,11 @@ pub(crate) fn bootstrap() {
         Ok(url) => match serve::serve(&url, suffix) {
             Ok(()) => 0,
             Err(err) => {
-                eprintln!("procpool cluster worker {}: {err}", std::process::id());
+                eprintln!(
+                    "procpool cluster worker {}: {}",
+                    std::process::id(),
+                    with_causes(&err)
+                );
                 1
             }
         },
@@ -238,4 +268,18 @@ pub(crate) fn warn(message: std::fmt::Arguments<'_>) {
         let line = format!("{message}\n");
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }
+}
+
+/// `err` and its causes, as anyhow's `{:#}` prints them: for a line on
+/// stderr, where nobody can ask for the source of the error (an
+/// [`Error::Cluster`] says Redis' error only there).
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text += ": ";
+        text += &inner.to_string();
+        cause = inner.source();
+    }
+    text
 }

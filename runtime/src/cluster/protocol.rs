@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
 use super::settings::Settings;
-use crate::Error;
 use crate::failure::Failure;
+use crate::{ClusterCause, Error};
 
 /// The consumer group every worker of a queue reads through.
 pub(crate) const GROUP: &str = "workers";
@@ -168,7 +168,7 @@ impl Refusal {
                 count,
                 timeout: Duration::from_millis(timeout_ms),
             },
-            Refusal::Expired { lifetime_ms } => Error::Cluster(format!(
+            Refusal::Expired { lifetime_ms } => Error::cluster(format!(
                 "job `{job}`: the task for items {first}..{end} waited in Redis longer than \
                  its lifetime of {lifetime:?} before a worker took it, so it was dropped \
                  unrun (an older task could be a replayed copy). Run the call again, and \
@@ -176,13 +176,13 @@ impl Refusal {
                 end = first + count,
                 lifetime = Duration::from_millis(lifetime_ms)
             )),
-            Refusal::Unclaimed { reason } => Error::Cluster(format!(
+            Refusal::Unclaimed { reason } => Error::cluster(format!(
                 "job `{job}`: a worker did not run the task for items {first}..{end}: Redis \
                  refused the claim that makes each task run once ({reason}). Allow procpool's \
                  user the hash commands (HSETNX, HGET, HDEL) on the queue's keys",
                 end = first + count
             )),
-            Refusal::Abandoned => Error::Cluster(format!(
+            Refusal::Abandoned => Error::cluster(format!(
                 "job `{job}`: a worker dropped the task for items {first}..{end} without running \
                  it, because this caller's presence key had expired: the caller did not refresh \
                  it for `presence` seconds (it was stalled, cut off from Redis, or Redis lost the key), \
@@ -347,8 +347,12 @@ pub(crate) fn text(value: Value) -> Option<String> {
 
 /// 128 random bits in hex, for caller and worker names.
 pub(crate) fn random_id() -> Result<String, Error> {
-    crate::sys::random_hex()
-        .map_err(|e| Error::Cluster(format!("cannot read /dev/urandom for an id: {e}")))
+    crate::sys::random_hex().map_err(|e| {
+        Error::cluster_caused(
+            "cannot read the kernel's random source for a caller or worker id",
+            ClusterCause::io(e),
+        )
+    })
 }
 
 /// How long a task is valid after its caller signed it: a worker drops it

@@ -220,7 +220,7 @@ impl Shared {
                         names[slot] = name;
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(err) => eprintln!("procpool: {err}"),
+                    Err(err) => eprintln!("procpool: {}", super::with_causes(&err)),
                 }
                 *born = Instant::now();
             }
