@@ -396,3 +396,73 @@ fn a_screenshot_of_the_page() {
         png.len()
     );
 }
+
+/// The fleet's page (`procpool-inspect --serve`, which runs
+/// `serve_inspection`) over a real redis-server: workers by host with
+/// their pids and what they run, the job's queue, the caller, Redis'
+/// memory; and its `/metrics`.
+#[test]
+fn the_fleet_page_shows_workers_queues_and_callers() {
+    let redis = procpool_tests::RedisServer::start();
+    let url = redis.url("queue=fleet");
+    let workers = procpool::cluster::Workers::start(&url, 2).unwrap();
+    let pool = Pool::builder().cluster(&url).build().unwrap();
+    // More tasks than workers, so some wait while two run.
+    let call = pool.chunksize(1).map_async(nap, vec![400u64; 12]).unwrap();
+    procpool_tests::eventually("both workers busy", || {
+        let report = procpool::cluster::inspect(&url).unwrap();
+        report.workers.len() == 2 && report.workers.iter().all(|w| w.running.is_some())
+    });
+    let pids: Vec<u32> = procpool::cluster::inspect(&url)
+        .unwrap()
+        .workers
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+
+    let page = procpool::cluster::serve_inspection("127.0.0.1:0", &url).unwrap();
+    if let Ok(path) = std::env::var("PROCPOOL_FLEET_SCREENSHOT") {
+        chromium(
+            &format!("{}?every=250", page.url()),
+            &[
+                &format!("--screenshot={path}"),
+                "--window-size=1280,900",
+                "--hide-scrollbars",
+            ],
+        );
+    }
+    let dom = dump_dom(page.url(), 250);
+    for pid in &pids {
+        assert!(
+            dom.contains(&format!("<td class=\"pid\">{pid}</td>")),
+            "worker {pid} is not on the page:\n{dom}"
+        );
+    }
+    assert_eq!(text_of(&dom, "status"), "live");
+    assert_eq!(text_of(&dom, "queue"), "fleet");
+    assert_eq!(text_of(&dom, "workers-count"), "2");
+    assert!(dom.contains("<td class=\"job\">dashboard::nap"), "{dom}");
+    let at = dom.find("id=\"callers\"").unwrap();
+    assert!(
+        dom[at..].contains(&format!("<td>{}</td>", std::process::id())),
+        "{dom}"
+    );
+    assert!(text_of(&dom, "memory").contains("iB"), "{dom}");
+    let at = dom.find("id=\"chart-waiting\"").unwrap();
+    assert!(dom[at..].contains("<polyline"), "{dom}");
+
+    let samples = scrape(page.url());
+    assert_eq!(samples["procpool_fleet_up"], 1.0);
+    assert_eq!(samples["procpool_fleet_workers{queue=\"fleet\"}"], 2.0);
+    assert_eq!(samples["procpool_fleet_callers{queue=\"fleet\"}"], 1.0);
+    assert!(samples["procpool_fleet_redis_used_memory_bytes{queue=\"fleet\"}"] > 0.0);
+    assert!(
+        samples
+            .keys()
+            .any(|k| k
+                .starts_with("procpool_fleet_tasks_waiting{queue=\"fleet\",job=\"dashboard::nap")),
+        "{samples:?}"
+    );
+    assert_eq!(call.get().unwrap().len(), 12);
+    drop(workers);
+}

@@ -198,7 +198,8 @@
 //     messages  what parent and worker say over the channel, Payload
 //     worker_loop the worker's loop (runs in the worker process)
 //   cluster/  the Redis backend and its workers      -> backend, worker, failure, sys,
-//                                                       exchange (its refusal of handles)
+//                                                       exchange (its refusal of handles),
+//                                                       dashboard (the fleet's page)
 //   process   the public Process (one job, one process) -> local, codec
 //   bootstrap the constructor that diverts a worker before main -> local, cluster
 //   worker    inside a worker process (both loops): becoming one, running

@@ -23,7 +23,7 @@ pub(super) fn busy_seconds(stats: &PoolStats) -> f64 {
 }
 
 /// A label value with `\`, `"` and newlines escaped, as the format asks.
-fn label(value: &str) -> String {
+pub(crate) fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -31,7 +31,7 @@ fn label(value: &str) -> String {
 }
 
 /// One metric's `# HELP` and `# TYPE` lines.
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }

@@ -25,11 +25,20 @@ use crate::error::Error;
 use crate::stats::{CallStats, PoolStats};
 
 mod metrics;
+#[cfg(feature = "cluster")]
+pub(crate) use metrics::{head as metric_head, label as metric_label};
 
-/// The page and its assets, embedded in the crate (nothing is downloaded).
+/// The pages and their assets, embedded in the crate (nothing is downloaded).
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("page.js");
+/// What both pages share: helpers and charts, and the style.
+const COMMON: &str = include_str!("common.js");
 const STYLE: &str = include_str!("page.css");
+/// The fleet's page (`procpool-inspect --serve`).
+#[cfg(feature = "cluster")]
+pub(crate) const FLEET_PAGE: &str = include_str!("fleet.html");
+#[cfg(feature = "cluster")]
+pub(crate) const FLEET_SCRIPT: &str = include_str!("fleet.js");
 
 /// What the page and `/metrics` show of a pool at one moment.
 #[derive(Debug, Clone)]
@@ -41,7 +50,33 @@ pub(crate) struct Snapshot {
 }
 
 /// Takes a snapshot; `None` once the pool is gone (the server then stops).
-pub(crate) type Source = Box<dyn Fn() -> Option<Snapshot> + Send + 'static>;
+pub(crate) type Source = Box<dyn Fn() -> Option<Snapshot> + Send + Sync + 'static>;
+
+/// Renders a body from fresh data; `None` once the data's owner is gone.
+pub(crate) type Render = Box<dyn Fn() -> Option<String> + Send + 'static>;
+
+/// What a server serves: a page, its script, the JSON it polls and
+/// `/metrics` (the pool's, or a fleet's).
+pub(crate) struct Site {
+    pub(crate) page: &'static str,
+    pub(crate) script: &'static str,
+    pub(crate) json: Render,
+    pub(crate) metrics: Render,
+}
+
+impl Site {
+    /// A pool's site over its snapshots.
+    pub(crate) fn pool(source: Source) -> Site {
+        let source = std::sync::Arc::new(source);
+        let for_metrics = std::sync::Arc::clone(&source);
+        Site {
+            page: PAGE,
+            script: SCRIPT,
+            json: Box::new(move || Some(to_json(&source()?))),
+            metrics: Box::new(move || Some(metrics::render(&for_metrics()?))),
+        }
+    }
+}
 
 /// A listening socket, bound before the pool starts its workers.
 #[derive(Debug)]
@@ -91,8 +126,8 @@ impl std::fmt::Debug for Dashboard {
 }
 
 impl Dashboard {
-    /// Serves `source` on `bound` from a thread of its own.
-    pub(crate) fn start(bound: Bound, source: Source) -> Result<Dashboard, Error> {
+    /// Serves `site` on `bound` from a thread of its own.
+    pub(crate) fn start(bound: Bound, site: Site) -> Result<Dashboard, Error> {
         let url = match bound.addr {
             SocketAddr::V4(v4) => format!("http://{}:{}/", v4.ip(), v4.port()),
             SocketAddr::V6(v6) => format!("http://[{}]:{}/", v6.ip(), v6.port()),
@@ -110,7 +145,7 @@ impl Dashboard {
             .spawn({
                 let server = Arc::clone(&server);
                 let stop = Arc::clone(&stop);
-                move || serve(&server, &stop, &source)
+                move || serve(&server, &stop, &site)
             })
             .map_err(|err| Error::system("cannot start the dashboard's thread", err))?;
         Ok(Dashboard {
@@ -143,7 +178,7 @@ impl Drop for Dashboard {
 /// The server's loop: one request at a time (a snapshot is quick), until
 /// the pool is dropped. A failure is logged and ends the loop; a panic in
 /// here is caught and logged too, never reaching the pool.
-fn serve(server: &tiny_http::Server, stop: &AtomicBool, source: &Source) {
+fn serve(server: &tiny_http::Server, stop: &AtomicBool, site: &Site) {
     loop {
         let request = match server.recv() {
             Ok(request) => request,
@@ -158,7 +193,7 @@ fn serve(server: &tiny_http::Server, stop: &AtomicBool, source: &Source) {
             return;
         }
         let answered =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| respond(request, source)));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| respond(request, site)));
         match answered {
             Ok(true) => {}
             Ok(false) => return,
@@ -203,7 +238,7 @@ impl Answer {
 
 /// What to answer for `method` on `url` (its path; any query is ignored),
 /// or `None` when the pool is gone.
-fn route(method: &tiny_http::Method, url: &str, source: &Source) -> Option<Answer> {
+fn route(method: &tiny_http::Method, url: &str, site: &Site) -> Option<Answer> {
     use tiny_http::Method;
     if !matches!(method, Method::Get | Method::Head) {
         return Some(Answer::status(
@@ -213,13 +248,14 @@ fn route(method: &tiny_http::Method, url: &str, source: &Source) -> Option<Answe
     }
     let path = url.split(['?', '#']).next().unwrap_or("");
     Some(match path {
-        "/" | "/index.html" => Answer::ok("text/html; charset=utf-8", PAGE),
-        "/page.js" => Answer::ok("text/javascript; charset=utf-8", SCRIPT),
+        "/" | "/index.html" => Answer::ok("text/html; charset=utf-8", site.page),
+        "/page.js" => Answer::ok("text/javascript; charset=utf-8", site.script),
+        "/common.js" => Answer::ok("text/javascript; charset=utf-8", COMMON),
         "/page.css" => Answer::ok("text/css; charset=utf-8", STYLE),
-        "/api/stats" => Answer::ok("application/json", to_json(&source()?)),
+        "/api/stats" => Answer::ok("application/json", (site.json)()?),
         "/metrics" => Answer::ok(
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(&source()?),
+            (site.metrics)()?,
         ),
         _ => Answer::status(
             404,
@@ -229,8 +265,8 @@ fn route(method: &tiny_http::Method, url: &str, source: &Source) -> Option<Answe
 }
 
 /// Answers one request; false once the pool is gone.
-fn respond(request: tiny_http::Request, source: &Source) -> bool {
-    let (answer, live) = match route(request.method(), request.url(), source) {
+fn respond(request: tiny_http::Request, site: &Site) -> bool {
+    let (answer, live) = match route(request.method(), request.url(), site) {
         Some(answer) => (answer, true),
         None => (Answer::status(503, "the pool is gone"), false),
     };
@@ -262,7 +298,7 @@ fn respond(request: tiny_http::Request, source: &Source) -> bool {
 }
 
 /// `s` as a JSON string.
-fn json_string(out: &mut String, s: &str) {
+pub(crate) fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -278,7 +314,7 @@ fn json_string(out: &mut String, s: &str) {
 }
 
 /// A finite number as JSON (seconds, shares).
-fn json_f64(out: &mut String, x: f64) {
+pub(crate) fn json_f64(out: &mut String, x: f64) {
     if x.is_finite() {
         let _ = write!(out, "{x:.6}");
     } else {
@@ -435,15 +471,15 @@ mod tests {
 
     #[test]
     fn only_reads_are_served() {
-        let source: Source = Box::new(|| Some(sample()));
-        let answer = route(&tiny_http::Method::Post, "/api/stats", &source).unwrap();
+        let site = Site::pool(Box::new(|| Some(sample())));
+        let answer = route(&tiny_http::Method::Post, "/api/stats", &site).unwrap();
         assert_eq!(answer.status, 405);
         assert!(answer.allow);
-        let answer = route(&tiny_http::Method::Get, "/api/stats?x=1", &source).unwrap();
+        let answer = route(&tiny_http::Method::Get, "/api/stats?x=1", &site).unwrap();
         assert_eq!(answer.status, 200);
-        let answer = route(&tiny_http::Method::Get, "/etc/passwd", &source).unwrap();
+        let answer = route(&tiny_http::Method::Get, "/etc/passwd", &site).unwrap();
         assert_eq!(answer.status, 404);
-        let gone: Source = Box::new(|| None);
+        let gone = Site::pool(Box::new(|| None));
         assert!(route(&tiny_http::Method::Get, "/metrics", &gone).is_none());
         // The page itself needs no pool.
         assert!(route(&tiny_http::Method::Get, "/", &gone).is_some());

@@ -176,7 +176,8 @@ impl Pool {
                     .unwrap_or_default(),
             })
         });
-        let dashboard = crate::dashboard::Dashboard::start(bound, source)?;
+        let site = crate::dashboard::Site::pool(source);
+        let dashboard = crate::dashboard::Dashboard::start(bound, site)?;
         let _ = pool.workers.dashboard.set(dashboard);
         Ok(pool)
     }
