@@ -34,7 +34,7 @@ static NEVER: AtomicBool = AtomicBool::new(false);
 /// }
 ///
 /// # fn main() -> Result<(), procpool::Error> {
-/// let process = Process::builder().name("greeter").spawn(greet, "Ada".to_string())?;
+/// let mut process = Process::builder().name("greeter").spawn(greet, "Ada".to_string())?;
 /// assert_eq!(process.name(), "greeter");
 /// assert_eq!(process.join()?, "hello Ada from greeter");
 /// # Ok(())
