@@ -344,8 +344,20 @@ fn the_server_stops_with_the_pools_last_handle() {
     let other = pool.clone();
     drop(pool);
     assert_eq!(http(&url, "GET", "/api/stats").0, 200);
-    drop(other);
+    // A client that connected and says nothing, one that sent half a
+    // request: neither keeps the pool's drop waiting.
     let authority = url.strip_prefix("http://").unwrap().trim_end_matches('/');
+    let _silent = TcpStream::connect(authority).unwrap();
+    let mut half = TcpStream::connect(authority).unwrap();
+    half.write_all(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let dropping = Instant::now();
+    drop(other);
+    assert!(
+        dropping.elapsed() < Duration::from_secs(60),
+        "the pool's drop waited {:?}",
+        dropping.elapsed()
+    );
     procpool_tests::eventually("the dashboard's port is closed", || {
         TcpStream::connect(authority).is_err()
     });

@@ -110,6 +110,9 @@ pub(crate) fn bind(addr: &str) -> Result<Bound, Error> {
     Ok(Bound { listener, addr })
 }
 
+/// How long a pool's drop waits for its dashboard's thread to end.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// A running dashboard: stops its server when dropped (with the pool's
 /// last handle).
 pub(crate) struct Dashboard {
@@ -117,6 +120,8 @@ pub(crate) struct Dashboard {
     server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Disconnected when the server's thread ends.
+    ended: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -140,12 +145,16 @@ impl Dashboard {
         })?;
         let server = Arc::new(server);
         let stop = Arc::new(AtomicBool::new(false));
+        let (ending, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("procpool-dashboard".into())
             .spawn({
                 let server = Arc::clone(&server);
                 let stop = Arc::clone(&stop);
-                move || serve(&server, &stop, &site)
+                move || {
+                    let _ending = ending;
+                    serve(&server, &stop, &site);
+                }
             })
             .map_err(|err| Error::system("cannot start the dashboard's thread", err))?;
         Ok(Dashboard {
@@ -153,6 +162,7 @@ impl Dashboard {
             server,
             stop,
             thread: Some(thread),
+            ended: std::sync::Mutex::new(ended),
         })
     }
 
@@ -168,8 +178,26 @@ impl Drop for Dashboard {
         if let Some(thread) = self.thread.take() {
             // The server's own thread may hold the pool's last handle for
             // a moment (taking a snapshot): it must not wait for itself.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
+            // A client that stopped reading can hold the thread in a
+            // write: the pool's drop waits a moment, never for ever (the
+            // thread then ends after that answer, closing the socket).
+            let ended = self
+                .ended
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recv_timeout(STOP_WAIT);
+            match ended {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => log::warn!(
+                    "procpool: the dashboard at {} is still answering a request; \
+                     it stops after it",
+                    self.url
+                ),
+                _ => {
+                    let _ = thread.join();
+                }
             }
         }
     }
