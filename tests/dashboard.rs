@@ -129,13 +129,19 @@ fn text_of(dom: &str, id: &str) -> String {
 /// A plain HTTP/1.0 request: the status code, the headers and the body.
 fn http(url: &str, method: &str, path: &str) -> (u16, String, String) {
     let authority = url.strip_prefix("http://").unwrap().trim_end_matches('/');
+    http_as(url, method, path, authority)
+}
+
+/// Like `http`, with the `Host` header given.
+fn http_as(url: &str, method: &str, path: &str, host: &str) -> (u16, String, String) {
+    let authority = url.strip_prefix("http://").unwrap().trim_end_matches('/');
     let mut stream = TcpStream::connect(authority).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -302,6 +308,17 @@ fn only_reads_are_served_and_no_request_reaches_the_pool() {
     }
     let (status, _, _) = http(&url, "GET", "/../../etc/passwd");
     assert_eq!(status, 404);
+    // A page elsewhere whose name was pointed at 127.0.0.1 (DNS rebinding).
+    let port = url.trim_end_matches('/').rsplit(':').next().unwrap();
+    let (status, _, body) = http_as(
+        &url,
+        "GET",
+        "/api/stats",
+        &format!("rebound.example:{port}"),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, _) = http_as(&url, "GET", "/api/stats", &format!("localhost:{port}"));
+    assert_eq!(status, 200);
     let (status, head, body) = http(&url, "GET", "/api/stats");
     assert_eq!(status, 200);
     assert!(head.contains("application/json"), "{head}");

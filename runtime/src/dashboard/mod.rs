@@ -144,6 +144,7 @@ impl Dashboard {
             )
         })?;
         let server = Arc::new(server);
+        let hosts = Hosts::for_addr(bound.addr);
         let stop = Arc::new(AtomicBool::new(false));
         let (ending, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -153,7 +154,7 @@ impl Dashboard {
                 let stop = Arc::clone(&stop);
                 move || {
                     let _ending = ending;
-                    serve(&server, &stop, &site);
+                    serve(&server, &stop, &site, &hosts);
                 }
             })
             .map_err(|err| Error::system("cannot start the dashboard's thread", err))?;
@@ -206,7 +207,7 @@ impl Drop for Dashboard {
 /// The server's loop: one request at a time (a snapshot is quick), until
 /// the pool is dropped. A failure is logged and ends the loop; a panic in
 /// here is caught and logged too, never reaching the pool.
-fn serve(server: &tiny_http::Server, stop: &AtomicBool, site: &Site) {
+fn serve(server: &tiny_http::Server, stop: &AtomicBool, site: &Site, hosts: &Hosts) {
     loop {
         let request = match server.recv() {
             Ok(request) => request,
@@ -220,8 +221,9 @@ fn serve(server: &tiny_http::Server, stop: &AtomicBool, site: &Site) {
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let answered =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| respond(request, site)));
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            respond(request, site, hosts)
+        }));
         match answered {
             Ok(true) => {}
             Ok(false) => return,
@@ -232,6 +234,41 @@ fn serve(server: &tiny_http::Server, stop: &AtomicBool, site: &Site) {
                 );
                 return;
             }
+        }
+    }
+}
+
+/// The `Host` values a dashboard on a loopback address answers: a page
+/// elsewhere that points its own name at 127.0.0.1 (DNS rebinding) sends
+/// its name, and is refused. On other addresses, any (the operator chose
+/// to listen there, under whatever names the machine has).
+#[derive(Debug)]
+struct Hosts(Option<Vec<String>>);
+
+impl Hosts {
+    fn for_addr(addr: SocketAddr) -> Hosts {
+        if !addr.ip().is_loopback() {
+            return Hosts(None);
+        }
+        let port = addr.port();
+        Hosts(Some(
+            ["127.0.0.1", "localhost", "[::1]"]
+                .iter()
+                .map(|name| format!("{name}:{port}"))
+                .chain(std::iter::once(match addr {
+                    SocketAddr::V4(v4) => format!("{}:{port}", v4.ip()),
+                    SocketAddr::V6(v6) => format!("[{}]:{port}", v6.ip()),
+                }))
+                .collect(),
+        ))
+    }
+
+    fn allows(&self, host: Option<&str>) -> bool {
+        match (&self.0, host) {
+            (None, _) => true,
+            (Some(allowed), Some(host)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(host)),
+            // HTTP/1.0 without a Host: not a browser's request.
+            (Some(_), None) => true,
         }
     }
 }
@@ -293,10 +330,21 @@ fn route(method: &tiny_http::Method, url: &str, site: &Site) -> Option<Answer> {
 }
 
 /// Answers one request; false once the pool is gone.
-fn respond(request: tiny_http::Request, site: &Site) -> bool {
-    let (answer, live) = match route(request.method(), request.url(), site) {
-        Some(answer) => (answer, true),
-        None => (Answer::status(503, "the pool is gone"), false),
+fn respond(request: tiny_http::Request, site: &Site, hosts: &Hosts) -> bool {
+    let host = request
+        .headers()
+        .iter()
+        .find(|header| header.field.equiv("Host"))
+        .map(|header| header.value.as_str().to_owned());
+    let (answer, live) = if !hosts.allows(host.as_deref()) {
+        let refused = "this dashboard listens on a loopback address and answers only \
+                       requests for it (Host: 127.0.0.1, localhost or [::1] with its port)";
+        (Answer::status(403, refused), true)
+    } else {
+        match route(request.method(), request.url(), site) {
+            Some(answer) => (answer, true),
+            None => (Answer::status(503, "the pool is gone"), false),
+        }
     };
     let mut response =
         tiny_http::Response::from_string(answer.body).with_status_code(answer.status);
@@ -511,6 +559,18 @@ mod tests {
         assert!(route(&tiny_http::Method::Get, "/metrics", &gone).is_none());
         // The page itself needs no pool.
         assert!(route(&tiny_http::Method::Get, "/", &gone).is_some());
+    }
+
+    #[test]
+    fn on_loopback_only_its_own_names_are_answered() {
+        let hosts = Hosts::for_addr("127.0.0.1:8123".parse().unwrap());
+        assert!(hosts.allows(Some("127.0.0.1:8123")));
+        assert!(hosts.allows(Some("LOCALHOST:8123")));
+        assert!(hosts.allows(Some("[::1]:8123")));
+        assert!(!hosts.allows(Some("rebound.example:8123")));
+        assert!(!hosts.allows(Some("127.0.0.1:80")));
+        let anywhere = Hosts::for_addr("0.0.0.0:8123".parse().unwrap());
+        assert!(anywhere.allows(Some("build-7.internal:8123")));
     }
 
     #[test]
