@@ -4,10 +4,11 @@
 # the tests need beyond the Rust toolchain.
 #
 # The cluster tests start redis-server processes of their own and make TLS
-# certificates with openssl. On Debian or Ubuntu, missing ones are installed
-# with apt-get (through sudo when not root); elsewhere, or without the right
-# to install, this stops and says what to install. No test is skipped for a
-# missing tool: without them the cluster tests would fail.
+# certificates with openssl; the dashboard's tests load its page in headless
+# Chromium (Debian's `chromium`). On Debian or Ubuntu, missing ones are
+# installed with apt-get (through sudo when not root); elsewhere, or without
+# the right to install, this stops and says what to install. No test is
+# skipped for a missing tool: without them those tests would fail.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,9 +20,10 @@ fail() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v chromium >/dev/null || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
-  wanted="the cluster tests need ${missing[*]} on the PATH"
+  wanted="the tests need ${missing[*]} on the PATH"
   if ! command -v apt-get >/dev/null; then
     fail "$wanted, and this system has no apt-get: install ${missing[*]} with its package manager, then run ./test.sh again"
   fi

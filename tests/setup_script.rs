@@ -79,7 +79,7 @@ fn stderr(output: &Output) -> String {
 /// Makes `name` appear on the PATH when a fake `apt-get install` runs.
 fn installs(dir: &Path) -> String {
     format!(
-        "if [ \"$1\" = install ]; then for t in redis-server openssl; do \
+        "if [ \"$1\" = install ]; then for t in redis-server openssl chromium; do \
          printf '#!/bin/sh\\n' > '{0}'/$t; command -p chmod +x '{0}'/$t; done; fi",
         dir.display()
     )
@@ -132,7 +132,7 @@ fn a_failed_install_stops_before_the_tests() {
     // Install, then update and install again: a fresh machine's lists may be empty.
     assert_eq!(
         path.log("apt-get"),
-        "install -y redis-server openssl\nupdate\n",
+        "install -y redis-server openssl chromium\nupdate\n",
         "{message}"
     );
     assert_eq!(path.log("cargo"), "", "cargo ran: {message}");
@@ -151,7 +151,7 @@ fn as_a_user_with_sudo_it_installs_then_runs_every_test() {
     assert!(output.status.success(), "{message}");
     assert_eq!(
         path.log("sudo"),
-        "apt-get install -y redis-server openssl\n",
+        "apt-get install -y redis-server openssl chromium\n",
         "{message}"
     );
     assert_eq!(
@@ -166,6 +166,7 @@ fn with_everything_installed_it_only_runs_the_tests() {
     let path = FakePath::new("ready");
     path.tool("redis-server", "")
         .tool("openssl", "")
+        .tool("chromium", "")
         .tool("id", "echo 1000")
         .tool("apt-get", "exit 100")
         .tool("cargo", "");
@@ -173,4 +174,21 @@ fn with_everything_installed_it_only_runs_the_tests() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(path.log("apt-get"), "");
     assert_eq!(path.log("cargo"), "test --workspace\n");
+}
+
+#[test]
+fn only_what_is_missing_is_installed() {
+    let path = FakePath::new("only-chromium");
+    let install = installs(&path.dir);
+    path.tool("redis-server", "")
+        .tool("openssl", "")
+        .tool("id", "echo 0")
+        .tool("apt-get", &install)
+        .tool("cargo", "");
+    let output = path.run(&[]);
+    let message = stderr(&output);
+    assert!(output.status.success(), "{message}");
+    assert!(message.contains("the tests need chromium"), "{message}");
+    assert_eq!(path.log("apt-get"), "install -y chromium\n", "{message}");
+    assert_eq!(path.log("cargo"), "test --workspace\n", "{message}");
 }

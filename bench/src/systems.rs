@@ -362,7 +362,11 @@ fn na(why: &str) -> Result<Measured, String> {
 pub(crate) fn run(system: System, workload: Workload) -> Result<Measured, String> {
     match system {
         System::Procpool => Ok(procpool_run(workload, &|| {
-            Pool::with_processes(2).expect("pool")
+            let builder = Pool::builder().processes(2);
+            // With the feature `dashboard`, every pool serves one.
+            #[cfg(feature = "dashboard")]
+            let builder = builder.dashboard("127.0.0.1:0");
+            builder.build().expect("pool")
         })),
         // A cluster pool refuses a Shared (descriptors of this host).
         System::Cluster if workload == Workload::SharedApply => na("-"),

@@ -11,6 +11,8 @@
 //! - [`python`]: Python's `multiprocessing` calls and their counterparts.
 //! - [`exchange`]: queues, pipes, events and shared memory between processes.
 //! - [`how_workers_start`]: the worker template, and what a worker inherits.
+//! - [`dashboard`]: a live page of a pool's workers and calls, and
+//!   Prometheus `/metrics` (cargo feature `dashboard`).
 //!
 //! Pools whose workers run on other hosts, through Redis (cargo feature
 //! `cluster`), have their guide in the
@@ -47,4 +49,8 @@ pub mod exchange {
 
 pub mod how_workers_start {
     #![doc = include_str!("guide/how_workers_start.md")]
+}
+
+pub mod dashboard {
+    #![doc = include_str!("guide/dashboard.md")]
 }

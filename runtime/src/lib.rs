@@ -91,7 +91,8 @@
 //! [`Pool::builder`] sets them; each is a method of [`PoolBuilder`]:
 //! `processes`, `initializer`, `initializer_timeout`, `max_tasks_per_child`, `task_timeout`,
 //! `retries`, `max_memory_per_child`, `spawn_timeout`, and with cargo
-//! features, `progress` and `cluster`.
+//! features, `progress`, `cluster` and `dashboard` (a live page and
+//! Prometheus `/metrics` for the pool: [the guide's page](guide::dashboard)).
 //!
 //! ```
 //! use std::sync::OnceLock;
@@ -173,11 +174,16 @@
 // Module map, for contributors. Edges go one way (a module imports only
 // those listed after its arrow; none imports one that imports it back):
 //
-//   pool      the public Pool: cuts calls into tasks -> call, imap, local, cluster
+//   pool      the public Pool: cuts calls into tasks -> call, imap, local, cluster,
+//                                                       dashboard, stats
+//   dashboard the live page, its JSON and /metrics (feature `dashboard`):
+//             an HTTP server over snapshots the pool hands it -> stats, error
+//   progress  a call's bar and its line on a dashboard's board -> stats
 //   call      one call's results and AsyncResult     -> backend, codec
 //   imap      the Imap iterator                      -> call, backend
 //   backend   the Backend/Sink seam between the pool and where tasks run
-//   stats     PoolStats: counters a backend keeps (imports nothing of the crate)
+//   stats     PoolStats: counters a backend keeps, the calls in flight
+//             (imports nothing of the crate)
 //   local/    the local backend                      -> backend, worker, reply_log, sys,
 //                                                       codec, exchange
 //     mod       the task queue and the backend
@@ -192,7 +198,8 @@
 //     messages  what parent and worker say over the channel, Payload
 //     worker_loop the worker's loop (runs in the worker process)
 //   cluster/  the Redis backend and its workers      -> backend, worker, failure, sys,
-//                                                       exchange (its refusal of handles)
+//                                                       exchange (its refusal of handles),
+//                                                       dashboard (the fleet's page)
 //   process   the public Process (one job, one process) -> local, codec
 //   bootstrap the constructor that diverts a worker before main -> local, cluster
 //   worker    inside a worker process (both loops): becoming one, running
@@ -238,6 +245,8 @@ mod call;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod codec;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod deadline;
 mod error;
 mod exchange;

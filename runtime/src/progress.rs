@@ -8,15 +8,15 @@
 mod bar {
     use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
-    /// Done/total, rate and ETA for one call.
+    /// A bar for one call: done/total, rate and ETA.
     #[derive(Debug, Clone)]
-    pub(crate) struct Progress(Option<ProgressBar>);
+    pub(crate) struct Bar(Option<ProgressBar>);
 
-    impl Progress {
+    impl Bar {
         /// A bar for `job` over `total` items (`None`: unknown, as for `imap`).
         pub(crate) fn new(enabled: bool, job: &str, total: Option<usize>) -> Self {
             if !enabled {
-                return Progress(None);
+                return Bar(None);
             }
             let template = match total {
                 Some(_) => "{msg} [{bar:40}] {pos}/{len} items, {rate}, ETA {eta}",
@@ -39,7 +39,7 @@ mod bar {
             .with_message(job.rsplit("::").next().unwrap_or(job).to_owned());
             // Drawn now, at 0, rather than when the first item finishes.
             bar.tick();
-            Progress(Some(bar))
+            Bar(Some(bar))
         }
 
         pub(crate) fn advance(&self, items: usize) {
@@ -69,18 +69,63 @@ mod bar {
 mod bar {
     /// The `progress` feature is off: nothing to draw.
     #[derive(Debug, Clone)]
-    pub(crate) struct Progress;
+    pub(crate) struct Bar;
 
-    impl Progress {
+    impl Bar {
         pub(crate) fn new(_: bool, _: &str, _: Option<usize>) -> Self {
-            Progress
+            Bar
         }
         pub(crate) fn advance(&self, _: usize) {}
         pub(crate) fn finish(&self) {}
     }
 }
 
-pub(crate) use bar::Progress;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::stats::{CallBoard, LiveCall};
+
+/// One call's progress: its bar (if shown) and its line on a dashboard's
+/// board of calls in flight (if the pool has a dashboard). A call without
+/// either pays a branch per report.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    bar: bar::Bar,
+    live: Option<Arc<LiveCall>>,
+}
+
+impl Progress {
+    /// Progress of a call of `job` over `total` items (`None`: unknown, as
+    /// for `imap`), drawn when `enabled`, shown on `board` if there is one.
+    pub(crate) fn new(
+        enabled: bool,
+        job: &'static str,
+        total: Option<usize>,
+        board: Option<&CallBoard>,
+    ) -> Self {
+        Progress {
+            bar: bar::Bar::new(enabled, job, total),
+            live: board.map(|board| board.enter(job, total)),
+        }
+    }
+
+    pub(crate) fn advance(&self, items: usize) {
+        self.bar.advance(items);
+        if let Some(live) = &self.live {
+            live.done.fetch_add(items as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        self.bar.finish();
+    }
+
+    /// Whether nothing will be drawn (no bar, or stderr is not a terminal).
+    #[cfg(all(test, feature = "progress"))]
+    pub(crate) fn is_hidden(&self) -> bool {
+        self.bar.is_hidden()
+    }
+}
 
 /// What [`PoolBuilder::progress`](crate::PoolBuilder::progress) takes: a
 /// `bool`, with the cargo feature `progress` on. Without the feature no type
@@ -138,10 +183,10 @@ mod bar_tests {
 
     #[test]
     fn drawn_only_on_a_terminal() {
-        let bar = Progress::new(true, "crate::job", Some(10));
+        let bar = Progress::new(true, "crate::job", Some(10), None);
         assert_eq!(bar.is_hidden(), !std::io::stderr().is_terminal());
         bar.advance(10);
         bar.finish();
-        assert!(Progress::new(false, "crate::job", Some(10)).is_hidden());
+        assert!(Progress::new(false, "crate::job", Some(10), None).is_hidden());
     }
 }

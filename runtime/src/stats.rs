@@ -4,8 +4,8 @@
 //! workers were started and why any left, and per worker slot how long it
 //! spent running jobs against waiting for work.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// A snapshot of a pool's counters. A task is one chunk of a call (an
@@ -75,6 +75,11 @@ pub struct WorkerStats {
     /// Time since the pool started not spent busy: waiting for work, or
     /// starting a worker.
     pub idle: Duration,
+    /// The job the slot's worker is running now (`None`: idle, or
+    /// starting). Never its arguments: only the job's registered name.
+    pub running: Option<&'static str>,
+    /// How long the slot's worker has had its current task (zero when idle).
+    pub running_for: Duration,
 }
 
 impl WorkerStats {
@@ -115,6 +120,8 @@ pub(crate) struct Counters {
 struct Slot {
     tasks: u64,
     busy: Duration,
+    /// The task in the worker's hands: its job and when it was sent.
+    running: Option<(&'static str, Instant)>,
 }
 
 impl Counters {
@@ -131,6 +138,17 @@ impl Counters {
         }
     }
 
+    /// A task of `job` went to `slot`'s worker at `sent_at`: one
+    /// uncontended lock per task (the slot's, which `task_done` takes
+    /// too), never one per item.
+    pub(crate) fn task_started(&self, slot: usize, job: &'static str, sent_at: Instant) {
+        if let Some(slot) = self.slots.get(slot) {
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .running = Some((job, sent_at));
+        }
+    }
+
     /// A task of `slot` got its reply after `busy` in the worker's hands.
     pub(crate) fn task_done(&self, slot: usize, busy: Duration) {
         self.tasks_done.fetch_add(1, Ordering::Relaxed);
@@ -140,6 +158,7 @@ impl Counters {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             slot.tasks += 1;
             slot.busy += busy;
+            slot.running = None;
         }
     }
 
@@ -152,9 +171,11 @@ impl Counters {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.slots.get(slot) {
-            slot.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .busy += busy;
+            let mut slot = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            slot.busy += busy;
+            slot.running = None;
         }
     }
 
@@ -200,14 +221,91 @@ impl Counters {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let busy = slot.busy.min(age);
+                    let pid = pids(index);
+                    // A slot without a worker runs nothing, whatever it last sent.
+                    let running = slot.running.filter(|_| pid.is_some());
                     WorkerStats {
-                        pid: pids(index),
+                        pid,
                         tasks: slot.tasks,
                         busy,
                         idle: age - busy,
+                        running: running.map(|(job, _)| job),
+                        running_for: running.map_or(Duration::ZERO, |(_, at)| at.elapsed()),
                     }
                 })
                 .collect(),
         }
+    }
+}
+
+/// The calls in flight, for a pool with a dashboard: each call registers
+/// once (one lock, one allocation per call, only with a dashboard) and
+/// counts its finished items in an atomic it owns.
+#[derive(Debug, Default)]
+pub(crate) struct CallBoard {
+    calls: Mutex<Vec<Weak<LiveCall>>>,
+}
+
+/// One call in flight: what the dashboard shows of it (never its items).
+// Read only by the dashboard.
+#[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+#[derive(Debug)]
+pub(crate) struct LiveCall {
+    pub(crate) job: &'static str,
+    pub(crate) total: Option<u64>,
+    pub(crate) started: Instant,
+    pub(crate) done: AtomicU64,
+}
+
+/// A call in flight as a snapshot shows it.
+#[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CallStats {
+    pub(crate) job: &'static str,
+    pub(crate) done: u64,
+    pub(crate) total: Option<u64>,
+    pub(crate) age: Duration,
+}
+
+impl CallBoard {
+    /// Registers a call; it leaves the board when the returned handle
+    /// (and its clones) drop.
+    pub(crate) fn enter(&self, job: &'static str, total: Option<usize>) -> Arc<LiveCall> {
+        let call = Arc::new(LiveCall {
+            job,
+            total: total.map(|t| t as u64),
+            started: Instant::now(),
+            done: AtomicU64::new(0),
+        });
+        let mut calls = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Ended calls are swept here too, so a board nobody reads stays small.
+        if calls.len() >= 64 && calls.len().is_power_of_two() {
+            calls.retain(|call| call.strong_count() > 0);
+        }
+        calls.push(Arc::downgrade(&call));
+        call
+    }
+
+    /// The calls still in flight, oldest first.
+    #[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+    pub(crate) fn snapshot(&self) -> Vec<CallStats> {
+        let mut calls = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        calls.retain(|call| call.strong_count() > 0);
+        calls
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|call| CallStats {
+                job: call.job,
+                done: call.done.load(Ordering::Relaxed),
+                total: call.total,
+                age: call.started.elapsed(),
+            })
+            .collect()
     }
 }

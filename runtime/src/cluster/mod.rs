@@ -153,6 +153,8 @@
 
 mod auth;
 mod backend;
+#[cfg(feature = "dashboard")]
+mod fleet;
 mod heartbeat;
 mod inspect;
 mod link;
@@ -163,6 +165,8 @@ mod settings;
 mod supervise;
 
 pub(crate) use backend::ClusterBackend;
+#[cfg(feature = "dashboard")]
+pub use fleet::{FleetDashboard, serve_inspection};
 pub use inspect::{CallerReport, DeadConsumer, JobReport, QueueReport, WorkerReport, inspect};
 pub use supervise::Workers;
 

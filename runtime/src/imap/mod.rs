@@ -98,7 +98,7 @@ where
             (low, Some(high)) if low == high => Some(low),
             _ => None,
         };
-        let progress = Progress::new(pool.shows_progress(), job, total);
+        let progress = Progress::new(pool.shows_progress(), job, total, pool.call_board());
         let byte_limit = pool.max_chunk_bytes();
         // One chunk running and one queued per worker keeps every worker busy.
         let max_in_flight = 2 * pool.processes().max(1);

@@ -562,6 +562,11 @@ impl Driver {
         drop(attached);
         match outcome {
             Ok(()) => {
+                // For `WorkerStats::running`: this thread also takes the
+                // reply, so the mark cannot land after the task is done.
+                self.shared
+                    .counters
+                    .task_started(self.slot, sent.task.job, sent.sent_at);
                 // A single item that will not run again is needed no more
                 // (it is in the worker's region): a large payload is held
                 // once, not twice, while it runs.

@@ -27,6 +27,8 @@ pub struct PoolBuilder {
     progress: bool,
     #[cfg(feature = "cluster")]
     cluster: Option<String>,
+    #[cfg(feature = "dashboard")]
+    dashboard: Option<String>,
 }
 
 impl Default for PoolBuilder {
@@ -43,6 +45,8 @@ impl Default for PoolBuilder {
             progress: false,
             #[cfg(feature = "cluster")]
             cluster: None,
+            #[cfg(feature = "dashboard")]
+            dashboard: None,
         }
     }
 }
@@ -239,6 +243,46 @@ impl PoolBuilder {
         self
     }
 
+    /// Serves a live dashboard of this pool on `addr` (cargo feature
+    /// `dashboard`): a page that shows every worker slot (pid, state, the
+    /// job it runs and for how long, tasks done), the items done, why
+    /// workers left, utilization and throughput charts and the calls in
+    /// flight with their progress, updated every second without
+    /// reloading; and `/metrics` in the Prometheus text format. See the
+    /// [guide's dashboard page](crate::guide::dashboard).
+    ///
+    /// `addr` is where to listen, e.g. `"127.0.0.1:0"` (port 0 picks a
+    /// free port; [`Pool::dashboard_url`] says which). It listens only
+    /// there: use a loopback address unless others should see the page.
+    /// The server is read-only (GET only), shows job names and counts,
+    /// never job arguments or results, runs on threads of its own and
+    /// stops when the pool's last handle drops. An address that cannot be
+    /// bound fails [`build`](PoolBuilder::build) with [`Error::System`],
+    /// before any worker starts.
+    ///
+    /// ```
+    /// use procpool::{pool_job, Pool};
+    ///
+    /// #[pool_job]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = Pool::builder().processes(2).dashboard("127.0.0.1:0").build()?;
+    /// let url = pool.dashboard_url().expect("built with a dashboard");
+    /// println!("watch the pool at {url}");
+    /// assert!(url.starts_with("http://127.0.0.1:"));
+    /// pool.map(square, 0..1000)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "dashboard")]
+    pub fn dashboard(mut self, addr: impl Into<String>) -> Self {
+        self.dashboard = Some(addr.into());
+        self
+    }
+
     /// Starts the workers. Returns once every worker is connected.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
@@ -268,6 +312,13 @@ impl PoolBuilder {
                 "initializer_timeout must be longer than zero".into(),
             ));
         }
+        // Bound before any worker starts: a taken port fails here.
+        #[cfg(feature = "dashboard")]
+        let bound = self
+            .dashboard
+            .as_deref()
+            .map(crate::dashboard::bind)
+            .transpose()?;
         let initializer = self.initializer.transpose()?.map(|init| Initializer {
             timeout: self.initializer_timeout,
             ..init
@@ -291,11 +342,13 @@ impl PoolBuilder {
             }
             let backend =
                 crate::cluster::ClusterBackend::start(url, self.processes, self.task_timeout)?;
-            return Ok(Pool::over(
+            return Pool::finish(
                 Box::new(backend),
                 self.progress,
                 self.task_timeout,
-            ));
+                #[cfg(feature = "dashboard")]
+                bound,
+            );
         }
         let backend = LocalBackend::start(LocalConfig {
             processes,
@@ -306,10 +359,12 @@ impl PoolBuilder {
             retries: self.retries,
             max_memory_per_child: self.max_memory_per_child,
         })?;
-        Ok(Pool::over(
+        Pool::finish(
             Box::new(backend),
             self.progress,
             self.task_timeout,
-        ))
+            #[cfg(feature = "dashboard")]
+            bound,
+        )
     }
 }

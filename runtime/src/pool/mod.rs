@@ -23,6 +23,7 @@ use crate::backend::{Backend, Task};
 use crate::call::{All, AsyncResult, One};
 use crate::imap::{Chunking, Imap};
 use crate::job::{Decode, Encode, IntoJob, ItemFor, JobArgs, encode_arg_tuples, encode_items};
+use crate::stats::CallBoard;
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
 ///
@@ -69,6 +70,12 @@ pub struct Pool {
 
 /// What every handle to one pool shares.
 struct Workers {
+    /// The dashboard's server, if one was asked for: first, so it stops
+    /// before the workers do.
+    #[cfg(feature = "dashboard")]
+    dashboard: std::sync::OnceLock<crate::dashboard::Dashboard>,
+    /// The calls in flight, kept only for a dashboard.
+    calls: Option<Arc<CallBoard>>,
     backend: Box<dyn Backend>,
     progress: bool,
     /// Set, on a backend that limits whole tasks (a cluster), it keeps an
@@ -103,14 +110,101 @@ impl Pool {
     }
 
     fn over(backend: Box<dyn Backend>, progress: bool, task_timeout: Option<Duration>) -> Pool {
+        Pool::with_board(backend, progress, task_timeout, None)
+    }
+
+    fn with_board(
+        backend: Box<dyn Backend>,
+        progress: bool,
+        task_timeout: Option<Duration>,
+        calls: Option<Arc<CallBoard>>,
+    ) -> Pool {
         Pool {
             workers: Arc::new(Workers {
+                #[cfg(feature = "dashboard")]
+                dashboard: std::sync::OnceLock::new(),
+                calls,
                 backend,
                 progress,
                 task_timeout,
             }),
             chunksize: None,
         }
+    }
+
+    /// The pool `build()` returns: with its dashboard, if one was bound.
+    fn finish(
+        backend: Box<dyn Backend>,
+        progress: bool,
+        task_timeout: Option<Duration>,
+        #[cfg(feature = "dashboard")] bound: Option<crate::dashboard::Bound>,
+    ) -> Result<Pool, Error> {
+        #[cfg(feature = "dashboard")]
+        if let Some(bound) = bound {
+            return Pool::with_dashboard(backend, progress, task_timeout, bound);
+        }
+        Ok(Pool::over(backend, progress, task_timeout))
+    }
+
+    /// A pool over `backend` whose dashboard serves on `bound`. The
+    /// server holds no handle: it stops when the pool's last one drops.
+    #[cfg(feature = "dashboard")]
+    fn with_dashboard(
+        backend: Box<dyn Backend>,
+        progress: bool,
+        task_timeout: Option<Duration>,
+        bound: crate::dashboard::Bound,
+    ) -> Result<Pool, Error> {
+        let pool = Pool::with_board(
+            backend,
+            progress,
+            task_timeout,
+            Some(Arc::new(CallBoard::default())),
+        );
+        let started = std::time::Instant::now();
+        let weak = Arc::downgrade(&pool.workers);
+        let source: crate::dashboard::Source = Box::new(move || {
+            let workers = weak.upgrade()?;
+            Some(crate::dashboard::Snapshot {
+                processes: workers.backend.processes(),
+                uptime: started.elapsed(),
+                stats: workers.backend.stats(),
+                calls: workers
+                    .calls
+                    .as_ref()
+                    .map(|calls| calls.snapshot())
+                    .unwrap_or_default(),
+            })
+        });
+        let site = crate::dashboard::Site::pool(source);
+        let dashboard = crate::dashboard::Dashboard::start(bound, site)?;
+        let _ = pool.workers.dashboard.set(dashboard);
+        Ok(pool)
+    }
+
+    /// The address of this pool's live dashboard,
+    /// `Some("http://127.0.0.1:PORT/")` with the port it listens on, for a
+    /// pool built with `PoolBuilder::dashboard` (cargo feature
+    /// `dashboard`); `None` otherwise.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// let pool = procpool::Pool::with_processes(1)?;
+    /// assert_eq!(pool.dashboard_url(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dashboard_url(&self) -> Option<String> {
+        #[cfg(feature = "dashboard")]
+        if let Some(dashboard) = self.workers.dashboard.get() {
+            return Some(dashboard.url().to_owned());
+        }
+        None
+    }
+
+    /// Where calls show themselves while in flight (with a dashboard).
+    pub(crate) fn call_board(&self) -> Option<&CallBoard> {
+        self.workers.calls.as_deref()
     }
 
     /// Starts one worker per available CPU ([`std::thread::available_parallelism`]).

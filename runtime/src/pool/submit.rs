@@ -43,7 +43,12 @@ impl Pool {
             .unwrap_or_else(|| default_chunksize(expected, self.processes()))
             .max(1);
         // A bar for a single `apply` would only flicker.
-        let progress = Progress::new(self.workers.progress && expected > 1, job, Some(expected));
+        let progress = Progress::new(
+            self.workers.progress && expected > 1,
+            job,
+            Some(expected),
+            self.call_board(),
+        );
         let call = Call::<R, M>::new(job, decode, progress, expected);
         let (window, drive_here) = match waiting {
             Waiting::Window(window) => (Some(window), false),
