@@ -174,6 +174,77 @@ impl<'a> ReplyStream<'a> {
         Ok(())
     }
 
+    /// Starts values written straight into the region, one raw item at a
+    /// time ([`ReplyStream::push_raw`]), after `header`, the values
+    /// chunk's header (`codec::raw_header`). For results that are plain
+    /// numbers: no private buffer holds them first.
+    pub(crate) fn begin_raw(&mut self, header: &[u8]) {
+        if self.broken.is_some() {
+            return;
+        }
+        match self.publish(header, 0) {
+            // Raw items are never rewritten: no later generation.
+            Ok(()) => self.generation = u64::MAX,
+            Err(err) => self.broken = Some(err),
+        }
+    }
+
+    /// Item `index` finished with the raw value `bytes`, appended to the
+    /// values in the region (after [`ReplyStream::begin_raw`]).
+    #[inline(always)]
+    pub(crate) fn push_raw(&mut self, index: usize, bytes: &[u8]) {
+        // As in `finished`: a forked copy must not write the parent's region.
+        sys::check_fork_guard();
+        if self.broken.is_some() {
+            return;
+        }
+        let at = self.values_at + self.published;
+        if let Err(err) = self
+            .region
+            .reserve(at + bytes.len())
+            .and_then(|()| self.region.write_at(at, bytes))
+        {
+            self.broken = Some(err);
+            return;
+        }
+        self.published += bytes.len();
+        self.store(VALUES_LEN, self.published as u64);
+        self.store(DONE, index as u64 + 1);
+    }
+
+    /// Item `index` failed (after [`ReplyStream::begin_raw`]): logs it.
+    #[cold]
+    pub(crate) fn failed_raw(&mut self, index: usize, failure: &Failure) {
+        sys::check_fork_guard();
+        if self.broken.is_some() {
+            return;
+        }
+        if let Err(err) = self.log(index, failure) {
+            self.broken = Some(err);
+            return;
+        }
+        self.store(DONE, index as u64 + 1);
+    }
+
+    /// Ends a reply whose values are all here (after
+    /// [`ReplyStream::begin_raw`]): appends `tail` (`codec::reply_tail`)
+    /// and returns the reply's length, to be sent in the answer.
+    pub(crate) fn end_raw(mut self, tail: &[u8]) -> std::io::Result<u64> {
+        sys::check_fork_guard();
+        if let Some(err) = self.broken.take() {
+            return Err(err);
+        }
+        let at = self.values_at + self.published;
+        self.region.reserve(at + tail.len())?;
+        self.region.write_at(at, tail)?;
+        Ok((self.published + tail.len()) as u64)
+    }
+
+    /// Bytes of values written into the region so far.
+    pub(crate) fn values_len(&self) -> usize {
+        self.published
+    }
+
     /// Writes the whole reply (`codec::ReplyWriter::finish`, whose values
     /// are already here) and returns its length, to be sent in the answer.
     pub(crate) fn end(mut self, reply: &[u8]) -> std::io::Result<u64> {
@@ -229,7 +300,7 @@ impl<'a> Streaming<'a> {
     }
 }
 
-impl Output<'_> {
+impl<'a> Output<'a> {
     /// The items are decoded and about to run.
     pub(crate) fn begin(&mut self) {
         if let Output::Stream(streaming) = self
@@ -268,6 +339,29 @@ impl Output<'_> {
                 reply.values_written(),
                 reply.last_failure().map(|(_, failure)| failure),
             );
+        }
+    }
+
+    /// The reply stream, when outcomes go into a local worker's region
+    /// (after [`Output::begin`]).
+    pub(crate) fn stream(&mut self) -> Option<&mut ReplyStream<'a>> {
+        match self {
+            Output::Stream(Streaming {
+                stream: Some(stream),
+                ..
+            }) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Every item ran, its values already in the region (see
+    /// [`ReplyStream::begin_raw`]): the rest of the reply, `tail`.
+    pub(crate) fn end_raw(&mut self, tail: &[u8]) {
+        if let Output::Stream(streaming) = self {
+            streaming.written = match streaming.stream.take() {
+                Some(stream) => stream.end_raw(tail),
+                None => Err(std::io::Error::other("the reply stream never began")),
+            };
         }
     }
 
@@ -437,6 +531,76 @@ mod tests {
             );
         }
         Some(stream.end(&writer.finish()).unwrap())
+    }
+
+    /// [`run`] through the raw path (`worker::invoke` for results that
+    /// are plain numbers): values written straight into the region.
+    fn run_raw(
+        region: &mut Region,
+        task: u64,
+        count: usize,
+        failing: &[usize],
+        stop: Option<usize>,
+    ) -> Option<u64> {
+        let mut failures = Vec::new();
+        let mut stream = ReplyStream::begin(region, task);
+        stream.begin_raw(&codec::raw_header::<u64>().unwrap());
+        for index in 0..count {
+            stream.running(index);
+            if stop == Some(index) {
+                return None;
+            }
+            if failing.contains(&index) {
+                let failure = Failure::new(
+                    FailureKind::Panicked,
+                    format!("item {index} {}", "x".repeat(300)),
+                );
+                stream.failed_raw(index, &failure);
+                failures.push((index, failure));
+            } else {
+                let (word, width) = codec::raw_bytes(&(index as u64 * 10)).unwrap();
+                stream.push_raw(index, &word[..width]);
+            }
+        }
+        let tail = codec::reply_tail(stream.values_len(), &failures);
+        Some(stream.end_raw(&tail).unwrap())
+    }
+
+    #[test]
+    fn raw_values_make_the_same_reply_as_the_general_path() {
+        let mut copy = ReplyCopy::default();
+        for failing in [
+            &[][..],
+            &[0],
+            &[3, 99],
+            &(0..100).step_by(3).collect::<Vec<_>>(),
+        ] {
+            let mut region = Region::create().unwrap();
+            let len = run(&mut region, 5, 100, failing, None).unwrap();
+            reply(&mut region, 5, len, &mut copy).unwrap();
+            let general = copy.bytes().to_vec();
+            let mut region = Region::create().unwrap();
+            let len = run_raw(&mut region, 5, 100, failing, None).unwrap();
+            reply(&mut region, 5, len, &mut copy).unwrap();
+            assert_eq!(copy.bytes(), &general[..], "failing {failing:?}");
+            assert_eq!(outcomes(copy.bytes(), 100).len(), 100);
+        }
+    }
+
+    #[test]
+    fn a_crash_leaves_every_finished_raw_item() {
+        let mut region = Region::create().unwrap();
+        let failing: Vec<usize> = (0..40).step_by(2).collect();
+        assert_eq!(run_raw(&mut region, 3, 50, &failing, Some(41)), None);
+        assert_eq!(items_done(&region, 3), Some(41));
+        let partial = partial(&mut region, 3, 50).unwrap();
+        assert_eq!((partial.done, partial.crashed), (41, true));
+        for (index, outcome) in outcomes(&partial.reply, 41).into_iter().enumerate() {
+            match outcome {
+                Ok(value) => assert_eq!(value, index as u64 * 10),
+                Err(_) => assert!(failing.contains(&index)),
+            }
+        }
     }
 
     #[test]

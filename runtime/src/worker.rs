@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::failure::{Failure, FailureKind};
-use crate::reply_log::{Output, Streaming};
+use crate::reply_log::{Output, ReplyStream, Streaming};
 use crate::sys::Region;
 
 static PROCESS_NAME: OnceLock<String> = OnceLock::new();
@@ -153,8 +153,15 @@ where
     reader
         .finish()
         .map_err(|p| bad_input(p, "the chunk".into()))?;
-    let mut reply = codec::ReplyWriter::<R>::default();
     output.begin();
+    if let Some(header) = codec::raw_header::<R>()
+        && let Some(stream) = output.stream()
+    {
+        let (tail, first_failure) = run_raw(items, stream, &header, f);
+        output.end_raw(&tail);
+        return Ok(first_failure);
+    }
+    let mut reply = codec::ReplyWriter::<R>::default();
     for (index, item) in items.into_iter().enumerate() {
         output.running(index);
         match catch_unwind(AssertUnwindSafe(|| f(item))) {
@@ -169,4 +176,50 @@ where
     let first_failure = reply.first_failure().cloned();
     output.end(reply.finish());
     Ok(first_failure)
+}
+
+/// [`invoke`]'s loop for results that are plain numbers in a local worker:
+/// each value goes straight into the reply region as its item finishes.
+///
+/// The general loop encodes each value into a private buffer and then
+/// copies what is new into the region; for a trivial job over numbers that
+/// bookkeeping was the largest share of a worker's time (perf, map of 10⁶
+/// `u64`). The bytes in the region are the same: the values chunk's header,
+/// the raw values, then the failures and the values' length.
+fn run_raw<T, R>(
+    items: Vec<T>,
+    stream: &mut ReplyStream<'_>,
+    header: &[u8],
+    f: impl Fn(T) -> R,
+) -> (Vec<u8>, Option<Failure>)
+where
+    R: 'static,
+{
+    let mut failures: Vec<(usize, Failure)> = Vec::new();
+    stream.begin_raw(header);
+    for (index, item) in items.into_iter().enumerate() {
+        stream.running(index);
+        match catch_unwind(AssertUnwindSafe(|| f(item))) {
+            Ok(value) => match codec::raw_bytes(&value) {
+                Some((word, width)) => stream.push_raw(index, &word[..width]),
+                // Not reached: `R` has a raw kind (checked by the caller).
+                None => {
+                    let failure =
+                        Failure::new(FailureKind::EncodeResult, "internal error: not a raw value");
+                    stream.failed_raw(index, &failure);
+                    failures.push((index, failure));
+                }
+            },
+            Err(payload) => {
+                let failure = Failure::new(FailureKind::Panicked, panic_text(&*payload));
+                stream.failed_raw(index, &failure);
+                failures.push((index, failure));
+            }
+        }
+    }
+    let tail = codec::reply_tail(stream.values_len(), &failures);
+    (
+        tail,
+        failures.into_iter().next().map(|(_, failure)| failure),
+    )
 }

@@ -64,6 +64,37 @@ pub(super) fn put_raw<T: 'static>(item: &T, out: &mut Vec<u8>) -> bool {
     false
 }
 
+/// The header of a chunk of raw items of type `T` (see [`raw_kind`]):
+/// what [`ChunkWriter`] writes before its first such item. A worker that
+/// writes its values straight into shared memory starts with it.
+pub(crate) fn raw_header<T: 'static>() -> Option<[u8; 3]> {
+    // The shape is one byte, so its varint length is that byte's count.
+    raw_kind::<T>().map(|kind| [SHAPED, 1, kind as u8])
+}
+
+/// `item`'s raw bytes, as [`put_raw`] writes them, in the first `width`
+/// bytes of the array: `(bytes, width)`. `None` if `T` has no [`raw_kind`].
+#[inline(always)]
+pub(crate) fn raw_bytes<T: 'static>(item: &T) -> Option<([u8; 8], usize)> {
+    let any = item as &dyn Any;
+    macro_rules! try_types {
+        ($($ty:ty => $conv:expr;)*) => {$(
+            if let Some(&v) = any.downcast_ref::<$ty>() {
+                let conv: fn($ty) -> _ = $conv;
+                let bytes = conv(v).to_le_bytes();
+                let mut word = [0u8; 8];
+                word[..bytes.len()].copy_from_slice(&bytes);
+                return Some((word, bytes.len()));
+            }
+        )*};
+    }
+    try_types! {
+        u64 => |v| v; usize => |v| v as u64; i64 => |v| v; isize => |v| v as i64;
+        u32 => |v| v; i32 => |v| v; f64 => f64::to_bits; f32 => f32::to_bits;
+    }
+    None
+}
+
 /// Reads `count` raw items of type `T` straight into `out`, if `T` has a
 /// [`raw_kind`] whose width is `T`'s own; `None` otherwise (the caller
 /// reads them through serde, which rejects a `usize` that does not fit
