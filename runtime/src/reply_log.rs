@@ -174,10 +174,10 @@ impl<'a> ReplyStream<'a> {
         Ok(())
     }
 
-    /// Starts values written straight into the region, one raw item at a
-    /// time ([`ReplyStream::push_raw`]), after `header`, the values
-    /// chunk's header (`codec::raw_header`). For results that are plain
-    /// numbers: no private buffer holds them first.
+    /// Starts values written straight into the region, one item at a time
+    /// ([`ReplyStream::push_raw`]), after `header`, the values chunk's
+    /// header (`codec::direct_header`). For results that are plain numbers,
+    /// byte vectors or strings: no private buffer holds them first.
     pub(crate) fn begin_raw(&mut self, header: &[u8]) {
         if self.broken.is_some() {
             return;
@@ -189,25 +189,31 @@ impl<'a> ReplyStream<'a> {
         }
     }
 
-    /// Item `index` finished with the raw value `bytes`, appended to the
-    /// values in the region (after [`ReplyStream::begin_raw`]).
+    /// Item `index` finished with the value whose bytes are `head` then
+    /// `body` (`codec::Direct`), appended to the values in the region
+    /// (after [`ReplyStream::begin_raw`]): each byte is written once, from
+    /// the value's own storage.
     #[inline(always)]
-    pub(crate) fn push_raw(&mut self, index: usize, bytes: &[u8]) {
+    pub(crate) fn push_raw(&mut self, index: usize, head: &[u8], body: &[u8]) {
         // As in `finished`: a forked copy must not write the parent's region.
         sys::check_fork_guard();
         if self.broken.is_some() {
             return;
         }
         let at = self.values_at + self.published;
-        if let Err(err) = self
-            .region
-            .reserve(at + bytes.len())
-            .and_then(|()| self.region.write_at(at, bytes))
-        {
+        let len = head.len() + body.len();
+        let written = self.region.reserve(at + len).and_then(|()| {
+            self.region.write_at(at, head)?;
+            if body.is_empty() {
+                return Ok(());
+            }
+            self.region.write_at(at + head.len(), body)
+        });
+        if let Err(err) = written {
             self.broken = Some(err);
             return;
         }
-        self.published += bytes.len();
+        self.published += len;
         self.store(VALUES_LEN, self.published as u64);
         self.store(DONE, index as u64 + 1);
     }
@@ -544,7 +550,7 @@ mod tests {
     ) -> Option<u64> {
         let mut failures = Vec::new();
         let mut stream = ReplyStream::begin(region, task);
-        stream.begin_raw(&codec::raw_header::<u64>().unwrap());
+        stream.begin_raw(&codec::direct_header::<u64>().unwrap());
         for index in 0..count {
             stream.running(index);
             if stop == Some(index) {
@@ -558,8 +564,12 @@ mod tests {
                 stream.failed_raw(index, &failure);
                 failures.push((index, failure));
             } else {
-                let (word, width) = codec::raw_bytes(&(index as u64 * 10)).unwrap();
-                stream.push_raw(index, &word[..width]);
+                let Some(codec::Direct::Word(word, width)) =
+                    codec::direct_value(&(index as u64 * 10))
+                else {
+                    unreachable!()
+                };
+                stream.push_raw(index, &word[..width], &[]);
             }
         }
         let tail = codec::reply_tail(stream.values_len(), &failures);
@@ -585,6 +595,58 @@ mod tests {
             assert_eq!(copy.bytes(), &general[..], "failing {failing:?}");
             assert_eq!(outcomes(copy.bytes(), 100).len(), 100);
         }
+    }
+
+    /// The reply of `values` through the general path and the direct one.
+    fn both_paths<R: Serialize + 'static>(values: &[R]) -> (Vec<u8>, Vec<u8>) {
+        let mut copy = ReplyCopy::default();
+        let mut region = Region::create().unwrap();
+        let mut writer = ReplyWriter::<R>::default();
+        let mut stream = ReplyStream::begin(&mut region, 1);
+        for (index, value) in values.iter().enumerate() {
+            writer.value(value).unwrap();
+            stream.finished(index, writer.values_written(), None);
+        }
+        let len = stream.end(&writer.finish()).unwrap();
+        reply(&mut region, 1, len, &mut copy).unwrap();
+        let general = copy.bytes().to_vec();
+        let mut region = Region::create().unwrap();
+        let mut stream = ReplyStream::begin(&mut region, 1);
+        stream.begin_raw(&codec::direct_header::<R>().unwrap());
+        for (index, value) in values.iter().enumerate() {
+            match codec::direct_value(value).unwrap() {
+                codec::Direct::Word(word, width) => stream.push_raw(index, &word[..width], &[]),
+                codec::Direct::Bytes { length, len, bytes } => {
+                    stream.push_raw(index, &length[..len], bytes)
+                }
+            }
+        }
+        let tail = codec::reply_tail(stream.values_len(), &[]);
+        let len = stream.end_raw(&tail).unwrap();
+        reply(&mut region, 1, len, &mut copy).unwrap();
+        (general, copy.bytes().to_vec())
+    }
+
+    #[test]
+    fn direct_values_of_every_kind_make_the_same_reply() {
+        let (a, b) = both_paths(&[vec![], vec![7u8; 3 << 20], vec![1, 2, 3]]);
+        assert_eq!(a, b);
+        let mut reader = ReplyReader::new(&b).unwrap();
+        assert_eq!(reader.next::<Vec<u8>>().unwrap().unwrap(), Vec::<u8>::new());
+        assert_eq!(
+            reader.next::<Vec<u8>>().unwrap().unwrap(),
+            vec![7u8; 3 << 20]
+        );
+        let (a, b) = both_paths(&["".to_owned(), "é".repeat(200)]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[1.5f64, f64::NAN, -0.0]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[u32::MAX, 0]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[usize::MAX, 3]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[-1i32, 5]);
+        assert_eq!(a, b);
     }
 
     #[test]

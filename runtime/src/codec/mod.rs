@@ -36,7 +36,7 @@ mod ser;
 pub use chunk::ChunkWriter;
 #[cfg(test)]
 pub(crate) use chunk::encode;
-pub(crate) use chunk::{ChunkReader, chunk_rest, raw_bytes, raw_header};
+pub(crate) use chunk::{ChunkReader, Direct, chunk_rest, direct_header, direct_value};
 #[cfg(any(test, fuzzing))]
 use chunk::{SHAPED, TAGGED};
 pub use problem::Problem;
