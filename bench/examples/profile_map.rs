@@ -1,5 +1,6 @@
 //! Steady-state loop for `perf record`: the benchmark's 10⁶-item map and
-//! its 10⁵-item `imap_unordered`, many times on one pool, so a profile
+//! its 10⁵-item `imap_unordered` (`imap`: `chunksize(1000)`; `untuned`:
+//! adaptive chunks), many times on one pool, so a profile
 //! shows the per-item path rather than pool start-up or calibration.
 //!
 //! ```sh
@@ -34,6 +35,13 @@ fn main() {
         }
         let start = Instant::now();
         match what {
+            "untuned" => {
+                let sum: u64 = pool
+                    .imap_unordered(square, 0..100_000u64)
+                    .map(|r| r.expect("item"))
+                    .sum();
+                assert_eq!(sum, (0..100_000u64).map(|x| x * x).sum::<u64>());
+            }
             "imap" => {
                 let sum: u64 = pool
                     .chunksize(1000)
@@ -50,7 +58,7 @@ fn main() {
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    let items = if what == "imap" { 1e5 } else { 1e6 };
+    let items = if what == "map" { 1e6 } else { 1e5 };
     println!(
         "{what}: median {:.2} ms, {:.1} ns/item over {rounds} rounds",
         times[rounds / 2] * 1e3,
