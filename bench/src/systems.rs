@@ -240,7 +240,7 @@ fn ident(x: u64) -> u64 {
 }
 
 #[pool_job]
-fn spin(n: u64) -> u64 {
+pub(crate) fn spin(n: u64) -> u64 {
     spin_plain(n)
 }
 
@@ -250,7 +250,7 @@ fn blob_len(blob: Vec<u8>) -> usize {
 }
 
 #[pool_job]
-fn echo(blob: Vec<u8>) -> Vec<u8> {
+pub(crate) fn echo(blob: Vec<u8>) -> Vec<u8> {
     blob
 }
 
