@@ -13,10 +13,14 @@
 //! Options: `--workloads a,b` and `--systems procpool,rayon,...` to run a
 //! subset; `--out PATH`.
 //!
+//! `--scaling` instead measures how procpool's costs grow against
+//! Python's (see `scaling.rs`): a table, and SVG charts in `bench/scaling/`.
+//!
 //! `--redis-scale 8,16,32,64 [--tasks N]` instead measures what the Redis
 //! backend costs Redis per task as workers grow (see `scale.rs`).
 
 mod scale;
+mod scaling;
 mod systems;
 
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +70,10 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("--echo") {
         systems::echo_child();
+        return;
+    }
+    if args.iter().any(|a| a == "--scaling") {
+        scaling::run();
         return;
     }
     if let Some(counts) = arg_list(&args, "--redis-scale") {

@@ -174,6 +174,83 @@ impl<'a> ReplyStream<'a> {
         Ok(())
     }
 
+    /// Starts values written straight into the region, one item at a time
+    /// ([`ReplyStream::push_raw`]), after `header`, the values chunk's
+    /// header (`codec::direct_header`). For results that are plain numbers,
+    /// byte vectors or strings: no private buffer holds them first.
+    pub(crate) fn begin_raw(&mut self, header: &[u8]) {
+        if self.broken.is_some() {
+            return;
+        }
+        match self.publish(header, 0) {
+            // Raw items are never rewritten: no later generation.
+            Ok(()) => self.generation = u64::MAX,
+            Err(err) => self.broken = Some(err),
+        }
+    }
+
+    /// Item `index` finished with the value whose bytes are `head` then
+    /// `body` (`codec::Direct`), appended to the values in the region
+    /// (after [`ReplyStream::begin_raw`]): each byte is written once, from
+    /// the value's own storage.
+    #[inline(always)]
+    pub(crate) fn push_raw(&mut self, index: usize, head: &[u8], body: &[u8]) {
+        // As in `finished`: a forked copy must not write the parent's region.
+        sys::check_fork_guard();
+        if self.broken.is_some() {
+            return;
+        }
+        let at = self.values_at + self.published;
+        let len = head.len() + body.len();
+        let written = self.region.reserve(at + len).and_then(|()| {
+            self.region.write_at(at, head)?;
+            if body.is_empty() {
+                return Ok(());
+            }
+            self.region.write_at(at + head.len(), body)
+        });
+        if let Err(err) = written {
+            self.broken = Some(err);
+            return;
+        }
+        self.published += len;
+        self.store(VALUES_LEN, self.published as u64);
+        self.store(DONE, index as u64 + 1);
+    }
+
+    /// Item `index` failed (after [`ReplyStream::begin_raw`]): logs it.
+    #[cold]
+    pub(crate) fn failed_raw(&mut self, index: usize, failure: &Failure) {
+        sys::check_fork_guard();
+        if self.broken.is_some() {
+            return;
+        }
+        if let Err(err) = self.log(index, failure) {
+            self.broken = Some(err);
+            return;
+        }
+        self.store(DONE, index as u64 + 1);
+    }
+
+    /// Ends a reply whose values are all here (after
+    /// [`ReplyStream::begin_raw`]): appends `tail` (`codec::reply_tail`)
+    /// and returns the reply's length, to be sent in the answer.
+    pub(crate) fn end_raw(mut self, tail: &[u8]) -> std::io::Result<u64> {
+        sys::check_fork_guard();
+        if let Some(err) = self.broken.take() {
+            return Err(err);
+        }
+        let at = self.values_at + self.published;
+        self.region.reserve(at + tail.len())?;
+        self.region.write_at(at, tail)?;
+        Ok((self.published + tail.len()) as u64)
+    }
+
+    /// Bytes of values written into the region so far.
+    pub(crate) fn values_len(&self) -> usize {
+        self.published
+    }
+
     /// Writes the whole reply (`codec::ReplyWriter::finish`, whose values
     /// are already here) and returns its length, to be sent in the answer.
     pub(crate) fn end(mut self, reply: &[u8]) -> std::io::Result<u64> {
@@ -229,7 +306,7 @@ impl<'a> Streaming<'a> {
     }
 }
 
-impl Output<'_> {
+impl<'a> Output<'a> {
     /// The items are decoded and about to run.
     pub(crate) fn begin(&mut self) {
         if let Output::Stream(streaming) = self
@@ -268,6 +345,29 @@ impl Output<'_> {
                 reply.values_written(),
                 reply.last_failure().map(|(_, failure)| failure),
             );
+        }
+    }
+
+    /// The reply stream, when outcomes go into a local worker's region
+    /// (after [`Output::begin`]).
+    pub(crate) fn stream(&mut self) -> Option<&mut ReplyStream<'a>> {
+        match self {
+            Output::Stream(Streaming {
+                stream: Some(stream),
+                ..
+            }) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Every item ran, its values already in the region (see
+    /// [`ReplyStream::begin_raw`]): the rest of the reply, `tail`.
+    pub(crate) fn end_raw(&mut self, tail: &[u8]) {
+        if let Output::Stream(streaming) = self {
+            streaming.written = match streaming.stream.take() {
+                Some(stream) => stream.end_raw(tail),
+                None => Err(std::io::Error::other("the reply stream never began")),
+            };
         }
     }
 
@@ -437,6 +537,132 @@ mod tests {
             );
         }
         Some(stream.end(&writer.finish()).unwrap())
+    }
+
+    /// [`run`] through the raw path (`worker::invoke` for results that
+    /// are plain numbers): values written straight into the region.
+    fn run_raw(
+        region: &mut Region,
+        task: u64,
+        count: usize,
+        failing: &[usize],
+        stop: Option<usize>,
+    ) -> Option<u64> {
+        let mut failures = Vec::new();
+        let mut stream = ReplyStream::begin(region, task);
+        stream.begin_raw(&codec::direct_header::<u64>().unwrap());
+        for index in 0..count {
+            stream.running(index);
+            if stop == Some(index) {
+                return None;
+            }
+            if failing.contains(&index) {
+                let failure = Failure::new(
+                    FailureKind::Panicked,
+                    format!("item {index} {}", "x".repeat(300)),
+                );
+                stream.failed_raw(index, &failure);
+                failures.push((index, failure));
+            } else {
+                let Some(codec::Direct::Word(word, width)) =
+                    codec::direct_value(&(index as u64 * 10))
+                else {
+                    unreachable!()
+                };
+                stream.push_raw(index, &word[..width], &[]);
+            }
+        }
+        let tail = codec::reply_tail(stream.values_len(), &failures);
+        Some(stream.end_raw(&tail).unwrap())
+    }
+
+    #[test]
+    fn raw_values_make_the_same_reply_as_the_general_path() {
+        let mut copy = ReplyCopy::default();
+        for failing in [
+            &[][..],
+            &[0],
+            &[3, 99],
+            &(0..100).step_by(3).collect::<Vec<_>>(),
+        ] {
+            let mut region = Region::create().unwrap();
+            let len = run(&mut region, 5, 100, failing, None).unwrap();
+            reply(&mut region, 5, len, &mut copy).unwrap();
+            let general = copy.bytes().to_vec();
+            let mut region = Region::create().unwrap();
+            let len = run_raw(&mut region, 5, 100, failing, None).unwrap();
+            reply(&mut region, 5, len, &mut copy).unwrap();
+            assert_eq!(copy.bytes(), &general[..], "failing {failing:?}");
+            assert_eq!(outcomes(copy.bytes(), 100).len(), 100);
+        }
+    }
+
+    /// The reply of `values` through the general path and the direct one.
+    fn both_paths<R: Serialize + 'static>(values: &[R]) -> (Vec<u8>, Vec<u8>) {
+        let mut copy = ReplyCopy::default();
+        let mut region = Region::create().unwrap();
+        let mut writer = ReplyWriter::<R>::default();
+        let mut stream = ReplyStream::begin(&mut region, 1);
+        for (index, value) in values.iter().enumerate() {
+            writer.value(value).unwrap();
+            stream.finished(index, writer.values_written(), None);
+        }
+        let len = stream.end(&writer.finish()).unwrap();
+        reply(&mut region, 1, len, &mut copy).unwrap();
+        let general = copy.bytes().to_vec();
+        let mut region = Region::create().unwrap();
+        let mut stream = ReplyStream::begin(&mut region, 1);
+        stream.begin_raw(&codec::direct_header::<R>().unwrap());
+        for (index, value) in values.iter().enumerate() {
+            match codec::direct_value(value).unwrap() {
+                codec::Direct::Word(word, width) => stream.push_raw(index, &word[..width], &[]),
+                codec::Direct::Bytes { length, len, bytes } => {
+                    stream.push_raw(index, &length[..len], bytes)
+                }
+            }
+        }
+        let tail = codec::reply_tail(stream.values_len(), &[]);
+        let len = stream.end_raw(&tail).unwrap();
+        reply(&mut region, 1, len, &mut copy).unwrap();
+        (general, copy.bytes().to_vec())
+    }
+
+    #[test]
+    fn direct_values_of_every_kind_make_the_same_reply() {
+        let (a, b) = both_paths(&[vec![], vec![7u8; 3 << 20], vec![1, 2, 3]]);
+        assert_eq!(a, b);
+        let mut reader = ReplyReader::new(&b).unwrap();
+        assert_eq!(reader.next::<Vec<u8>>().unwrap().unwrap(), Vec::<u8>::new());
+        assert_eq!(
+            reader.next::<Vec<u8>>().unwrap().unwrap(),
+            vec![7u8; 3 << 20]
+        );
+        let (a, b) = both_paths(&["".to_owned(), "é".repeat(200)]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[1.5f64, f64::NAN, -0.0]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[u32::MAX, 0]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[usize::MAX, 3]);
+        assert_eq!(a, b);
+        let (a, b) = both_paths(&[-1i32, 5]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_crash_leaves_every_finished_raw_item() {
+        let mut region = Region::create().unwrap();
+        let failing: Vec<usize> = (0..40).step_by(2).collect();
+        assert_eq!(run_raw(&mut region, 3, 50, &failing, Some(41)), None);
+        assert_eq!(items_done(&region, 3), Some(41));
+        let partial = partial(&mut region, 3, 50).unwrap();
+        assert_eq!((partial.done, partial.crashed), (41, true));
+        for (index, outcome) in outcomes(&partial.reply, 41).into_iter().enumerate() {
+            match outcome {
+                Ok(value) => assert_eq!(value, index as u64 * 10),
+                Err(_) => assert!(failing.contains(&index)),
+            }
+        }
     }
 
     #[test]

@@ -84,6 +84,20 @@ pub(crate) fn decode_outcomes_of<R: DeserializeOwned + 'static>(
     bytes: &[u8],
     out: &mut Vec<Result<R, Error>>,
 ) -> Result<(), Error> {
+    // A reply without failures takes the bulk path (one copy of raw
+    // numbers rather than a serde call per item: perf put that call at
+    // about a fifth of an `imap_unordered` of 10⁵ numbers). Anything else,
+    // a corrupt reply too, is read item by item, so the items before a bad
+    // one are kept as before.
+    if let Ok(mut reader) = codec::ReplyReader::new(bytes)
+        && reader.all_succeeded()
+    {
+        let mut values = Vec::new();
+        if matches!(reader.values_into(count, &mut values), Ok(true)) && reader.finish().is_ok() {
+            out.extend(values.into_iter().map(Ok));
+            return Ok(());
+        }
+    }
     decode_items(job, part(first, count), bytes, |item| {
         out.push(item);
         Ok(())

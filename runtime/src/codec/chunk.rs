@@ -70,6 +70,72 @@ pub(super) fn put_raw<T: 'static>(item: &T, out: &mut Vec<u8>) -> bool {
     false
 }
 
+/// The header of a chunk whose items of type `T` a worker can write
+/// straight into shared memory ([`direct_value`]): plain numbers (see
+/// [`raw_kind`]), byte vectors and strings. The same bytes [`ChunkWriter`]
+/// writes before its first such item.
+pub(crate) fn direct_header<T: 'static>() -> Option<[u8; 3]> {
+    let id = TypeId::of::<T>();
+    let kind = if id == TypeId::of::<Vec<u8>>() {
+        Kind::Bytes
+    } else if id == TypeId::of::<String>() {
+        Kind::Str
+    } else {
+        raw_kind::<T>()?
+    };
+    // The shape is one byte, so its varint length is that byte's count.
+    Some([SHAPED, 1, kind as u8])
+}
+
+/// An item's bytes in a chunk that [`direct_header`] began.
+pub(crate) enum Direct<'a> {
+    /// A plain number: its raw bytes, in the first `.1` bytes.
+    Word([u8; 8], usize),
+    /// A byte string or string: its length (a varint, in the first `len`
+    /// bytes of `length`), then `bytes`, the value's own storage.
+    Bytes {
+        length: [u8; 10],
+        len: usize,
+        bytes: &'a [u8],
+    },
+}
+
+/// `item` as [`Direct`] bytes, as [`ChunkWriter`] writes it after a
+/// [`direct_header`]; `None` if `T` has none.
+#[inline(always)]
+pub(crate) fn direct_value<T: 'static>(item: &T) -> Option<Direct<'_>> {
+    let any = item as &dyn Any;
+    macro_rules! try_types {
+        ($($ty:ty => $conv:expr;)*) => {$(
+            if let Some(&v) = any.downcast_ref::<$ty>() {
+                let conv: fn($ty) -> _ = $conv;
+                let bytes = conv(v).to_le_bytes();
+                let mut word = [0u8; 8];
+                word[..bytes.len()].copy_from_slice(&bytes);
+                return Some(Direct::Word(word, bytes.len()));
+            }
+        )*};
+    }
+    try_types! {
+        u64 => |v| v; usize => |v| v as u64; i64 => |v| v; isize => |v| v as i64;
+        u32 => |v| v; i32 => |v| v; f64 => f64::to_bits; f32 => f32::to_bits;
+    }
+    let bytes = if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
+        bytes.as_slice()
+    } else {
+        any.downcast_ref::<String>()?.as_bytes()
+    };
+    let mut prefix = Vec::with_capacity(10);
+    format::push_varint(&mut prefix, bytes.len() as u64);
+    let mut length = [0u8; 10];
+    length[..prefix.len()].copy_from_slice(&prefix);
+    Some(Direct::Bytes {
+        length,
+        len: prefix.len(),
+        bytes,
+    })
+}
+
 /// Reads `count` raw items of type `T` straight into `out`, if `T` has a
 /// [`raw_kind`] whose width is `T`'s own; `None` otherwise (the caller
 /// reads them through serde, which rejects a `usize` that does not fit

@@ -114,6 +114,20 @@ pub(crate) fn assemble_reply(mut values: Vec<u8>, failures: usize, log: &[u8]) -
     values
 }
 
+/// What follows a reply's values chunk of `values_len` bytes when the
+/// values were written elsewhere (straight into a worker's reply region):
+/// the failures, by item index, then the values' length, as
+/// [`ReplyWriter::finish`] writes them.
+pub(crate) fn reply_tail(values_len: usize, failures: &[(usize, Failure)]) -> Vec<u8> {
+    let mut tail = Vec::new();
+    format::push_varint(&mut tail, failures.len() as u64);
+    for (index, failure) in failures {
+        push_failure(&mut tail, *index, failure);
+    }
+    tail.extend_from_slice(&(values_len as u64).to_le_bytes());
+    tail
+}
+
 /// Reads a reply written by [`ReplyWriter`].
 pub(crate) struct ReplyReader<'a> {
     values: ChunkReader<'a>,

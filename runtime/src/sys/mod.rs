@@ -23,6 +23,8 @@ pub(crate) use process::{
 };
 #[cfg(feature = "cluster")]
 pub(crate) use process::{host_name, signal_unreaped_child};
+#[cfg(test)]
+pub(crate) use region::bytes_written_here;
 pub(crate) use region::{CopyFailed, Region, ReplyCopy};
 pub(crate) use rustix::process::Signal;
 pub(crate) use shm::{

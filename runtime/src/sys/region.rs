@@ -229,6 +229,8 @@ impl Region {
         if !self.covers(at, bytes.len()) {
             return Err(outside(at, bytes.len(), self.size));
         }
+        #[cfg(test)]
+        WRITTEN.with(|written| written.set(written.get() + bytes.len()));
         // SAFETY: the destination lies in this value's mapping (checked
         // above) and cannot overlap `bytes`, which is private memory; a raw
         // copy creates no reference into the region.
@@ -255,6 +257,8 @@ impl Region {
         if !self.covers(from, len) || !self.covers(to, len) {
             return Err(outside(from.max(to), len, self.size));
         }
+        #[cfg(test)]
+        WRITTEN.with(|written| written.set(written.get() + len));
         // SAFETY: both ranges lie in this value's mapping (checked above);
         // `ptr::copy` allows them to overlap.
         unsafe {
@@ -326,6 +330,20 @@ impl Region {
                 .cast::<[std::sync::atomic::AtomicU64; HEAD_WORDS]>()
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes this thread wrote into regions ([`Region::write_at`],
+    /// [`Region::move_within`]), for tests that pin how often a payload is
+    /// copied in.
+    static WRITTEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes this thread wrote into any region so far (tests only).
+#[cfg(test)]
+pub(crate) fn bytes_written_here() -> usize {
+    WRITTEN.with(std::cell::Cell::get)
 }
 
 /// A private copy of bytes out of a [`Region`] (a reply), in memory mapped
