@@ -67,14 +67,19 @@ impl Shared {
                 .filter_map(|seq| state.take(*seq))
                 .collect()
         });
-        let stalled = *lock(&self.stalled);
+        // The longest pause seen, or the one still going on: after a
+        // SIGCONT this thread may run before the presence thread has
+        // noticed the gap and refreshed.
+        let since_announced = lock(&self.announced_at).elapsed();
+        let stalled = Some(lock(&self.stalled).map_or(since_announced, |g| g.max(since_announced)));
         for Pending { task, .. } in lost {
             let why = match stalled {
                 // A worker may have run it and its result expired unread.
                 Some(gap) if gap >= self.settings.ttl => format!(
                     "this caller went {gap:?} without refreshing its presence (the process \
-                     was stopped or starved), longer than `ttl` ({:?}): the task may have run, \
-                     and its result expired unread, or Redis lost data",
+                     was stopped or starved, or could not reach Redis), longer than `ttl` \
+                     ({:?}): the task may have run, and its result expired unread, or Redis \
+                     lost data",
                     self.settings.ttl
                 ),
                 _ => "Redis lost data (a restart without persistence, a flush, an eviction, \

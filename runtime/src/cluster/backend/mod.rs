@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::link::Link;
 use super::protocol::{self, Clock, Keys};
@@ -70,6 +70,10 @@ struct Shared {
     /// if it was longer than `presence` (the process was stopped or
     /// starved): said in the errors of tasks lost meanwhile.
     stalled: Mutex<Option<Duration>>,
+    /// When the presence thread last refreshed this caller's presence: a
+    /// pause still in progress as far as that thread knows (it may not have
+    /// run yet since the process was continued) shows here.
+    announced_at: Mutex<Instant>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +135,7 @@ impl ClusterBackend {
                 .map_or(0, |ms| ms.max(1)),
             clock: Clock::default(),
             stalled: Mutex::new(None),
+            announced_at: Mutex::new(Instant::now()),
         });
         // Workers skip the tasks of a caller whose presence key is gone, so
         // it must exist before the first task.

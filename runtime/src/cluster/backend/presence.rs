@@ -146,6 +146,7 @@ impl Shared {
             }
             if let Ok(low) = link.run(|conn| self.announce(conn, prune_below)) {
                 published.push_back((Instant::now(), low));
+                *lock(&self.announced_at) = Instant::now();
             }
             let announced = Instant::now();
             while announced.elapsed() < period && !self.stop.load(Ordering::Acquire) {
