@@ -105,6 +105,10 @@ pub(crate) enum Direct<'a> {
 #[inline(always)]
 pub(crate) fn direct_value<T: 'static>(item: &T) -> Option<Direct<'_>> {
     let any = item as &dyn Any;
+    // A unit is a raw kind of no bytes (see `raw_kind`).
+    if any.is::<()>() {
+        return Some(Direct::Word([0; 8], 0));
+    }
     macro_rules! try_types {
         ($($ty:ty => $conv:expr;)*) => {$(
             if let Some(&v) = any.downcast_ref::<$ty>() {

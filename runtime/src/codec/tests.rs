@@ -56,6 +56,30 @@ fn unit_items_take_the_raw_path_with_no_bytes_each() {
 }
 
 #[test]
+fn every_type_with_a_direct_header_has_a_direct_value() {
+    // A worker takes the direct path for a result type with a header and
+    // then needs each value's bytes: a type with one but not the other
+    // failed every item ("not a raw value", seen for `()` results).
+    fn both<T: 'static>(value: T) {
+        let name = std::any::type_name::<T>();
+        assert!(chunk::direct_header::<T>().is_some(), "{name}: no header");
+        assert!(chunk::direct_value(&value).is_some(), "{name}: no value");
+    }
+    both(());
+    both(1u64);
+    both(1usize);
+    both(-1i64);
+    both(-1isize);
+    both(1u32);
+    both(-1i32);
+    both(1.5f64);
+    both(1.5f32);
+    both(vec![1u8]);
+    both(String::from("x"));
+    assert!(chunk::direct_header::<u8>().is_none());
+}
+
+#[test]
 fn structs_are_never_plain() {
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct Point {
