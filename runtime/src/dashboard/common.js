@@ -82,5 +82,30 @@ window.procpoolDash = (function () {
     return 10 * p;
   }
 
-  return { $, text, duration, number, exact, cell, bar, chart, niceMax };
+  // Asks for api/stats every `every` ms, hands each answer to `render`,
+  // and says in the status badge whether the page is live. An answer
+  // with an `error` (the fleet's inspection failed) counts as down.
+  function poll(render, every) {
+    const status = (live, message) => {
+      const el = $("status");
+      el.className = "status " + (live ? "live" : "down");
+      el.textContent = message;
+    };
+    async function once() {
+      try {
+        const response = await fetch("api/stats", { cache: "no-store" });
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        const s = await response.json();
+        if (s.error) throw new Error(s.error);
+        render(s);
+        status(true, "live");
+      } catch (err) {
+        status(false, "disconnected (" + err.message + ")");
+      }
+      setTimeout(once, every);
+    }
+    once();
+  }
+
+  return { $, text, duration, number, exact, cell, bar, chart, niceMax, poll };
 })();

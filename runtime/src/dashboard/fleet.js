@@ -93,24 +93,5 @@
     });
   }
 
-  function status(live, message) {
-    const el = $("status");
-    el.className = "status " + (live ? "live" : "down");
-    el.textContent = message;
-  }
-
-  async function poll() {
-    try {
-      const response = await fetch("api/stats", { cache: "no-store" });
-      if (!response.ok) throw new Error("HTTP " + response.status);
-      const s = await response.json();
-      if (s.error) throw new Error(s.error);
-      render(s);
-      status(true, "live");
-    } catch (err) {
-      status(false, "disconnected (" + err.message + ")");
-    }
-    setTimeout(poll, every);
-  }
-  poll();
+  window.procpoolDash.poll(render, every);
 })();

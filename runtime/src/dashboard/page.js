@@ -89,22 +89,5 @@
     $("no-calls").hidden = s.calls.length > 0;
   }
 
-  function status(live, message) {
-    const el = $("status");
-    el.className = "status " + (live ? "live" : "down");
-    el.textContent = message;
-  }
-
-  async function poll() {
-    try {
-      const response = await fetch("api/stats", { cache: "no-store" });
-      if (!response.ok) throw new Error("HTTP " + response.status);
-      render(await response.json());
-      status(true, "live");
-    } catch (err) {
-      status(false, "disconnected (" + err.message + ")");
-    }
-    setTimeout(poll, every);
-  }
-  poll();
+  window.procpoolDash.poll(render, every);
 })();
