@@ -1003,7 +1003,7 @@ fn the_tasks_of_a_failed_call_are_taken_off_the_queue() {
 
 #[test]
 fn a_task_that_kills_every_worker_fails_after_max_deliveries() {
-    let (_redis, _url, workers, pool) = cluster("queue=poison&visibility=0.5&max_deliveries=2", 2);
+    let (_redis, url, workers, pool) = cluster("queue=poison&visibility=0.5&max_deliveries=2", 2);
     match pool
         .apply_async(crash, 7)
         .unwrap()
@@ -1022,6 +1022,11 @@ fn a_task_that_kills_every_worker_fails_after_max_deliveries() {
         }
         other => panic!("expected TaskLost, got {other:?}"),
     }
+    // Counted for inspection (and the fleet page) by the worker that gave
+    // the task up, before it stored the failure the caller read.
+    let report = procpool::cluster::inspect(&url).unwrap();
+    assert_eq!((report.lost_tasks, report.timed_out_tasks), (1, 0));
+    assert!(report.to_string().contains("1 tasks lost"), "{report}");
     // The two crashed workers were replaced, and the queue still serves.
     assert!(workers.restarts() >= 2);
     assert_eq!(pool.apply(crash, 1234).unwrap(), 1234);

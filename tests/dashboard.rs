@@ -493,5 +493,32 @@ fn the_fleet_page_shows_workers_queues_and_callers() {
         "{samples:?}"
     );
     assert_eq!(call.get().unwrap().len(), 12);
+
+    // A task its worker timed out shows among the failures, live, and in
+    // the metrics.
+    let limited = Pool::builder()
+        .cluster(&url)
+        .task_timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        limited.apply(nap, 5_000),
+        Err(procpool::Error::TaskTimedOut { .. })
+    ));
+    let dom = dump_dom(page.url(), 250);
+    assert_eq!(text_of(&dom, "failed"), "1", "{dom}");
+    assert!(
+        text_of(&dom, "failed-why").contains("timed out (TaskTimedOut) 1"),
+        "{dom}"
+    );
+    let samples = scrape(page.url());
+    assert_eq!(
+        samples["procpool_fleet_timed_out_tasks_total{queue=\"fleet\"}"],
+        1.0
+    );
+    assert_eq!(
+        samples["procpool_fleet_lost_tasks_total{queue=\"fleet\"}"],
+        0.0
+    );
     drop(workers);
 }

@@ -107,8 +107,13 @@ fn to_json(report: Result<QueueReport, Error>) -> String {
     }
     let _ = write!(
         out,
-        ",\"forged_tasks\":{},\"replayed_tasks\":{},\"forged_results\":{}",
-        report.forged_tasks, report.replayed_tasks, report.forged_results
+        ",\"forged_tasks\":{},\"replayed_tasks\":{},\"forged_results\":{},\
+         \"lost_tasks\":{},\"timed_out_tasks\":{}",
+        report.forged_tasks,
+        report.replayed_tasks,
+        report.forged_results,
+        report.lost_tasks,
+        report.timed_out_tasks
     );
     out.push_str(",\"workers\":[");
     for (i, w) in report.workers.iter().enumerate() {
@@ -245,6 +250,16 @@ fn metrics(report: Result<QueueReport, Error>) -> String {
             "procpool_fleet_forged_results_total",
             "Results callers dropped: their tag did not match the key.",
             report.forged_results,
+        ),
+        (
+            "procpool_fleet_lost_tasks_total",
+            "Tasks failed with TaskLost: delivered more than max_deliveries times.",
+            report.lost_tasks,
+        ),
+        (
+            "procpool_fleet_timed_out_tasks_total",
+            "Tasks failed with TaskTimedOut by the worker that ran them.",
+            report.timed_out_tasks,
         ),
     ];
     for (name, help, value) in counters {

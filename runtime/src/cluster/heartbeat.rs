@@ -68,6 +68,14 @@ fn time_out(
     let refusal = Refusal::TimedOut {
         timeout_ms: dog.timeout_ms,
     };
+    // Counted for `inspect` and the fleet page before the caller can read
+    // the failure; a count lost with the connection stops nothing.
+    let _ = link.query::<()>(
+        redis::cmd("HINCRBY")
+            .arg(keys.stats())
+            .arg("timed_out_tasks")
+            .arg(1),
+    );
     if let Err(err) = store(
         link,
         (settings, keys, name),

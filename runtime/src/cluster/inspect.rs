@@ -43,6 +43,12 @@ pub struct QueueReport {
     pub replayed_tasks: u64,
     /// Results that callers dropped because their tag did not match the key.
     pub forged_results: u64,
+    /// Tasks that workers failed with [`Error::TaskLost`](crate::Error::TaskLost):
+    /// delivered more than `max_deliveries` times, each worker lost.
+    pub lost_tasks: u64,
+    /// Tasks that workers failed with
+    /// [`Error::TaskTimedOut`](crate::Error::TaskTimedOut) (each then exited).
+    pub timed_out_tasks: u64,
 }
 
 /// A live worker.
@@ -168,6 +174,8 @@ pub fn inspect(url: &str) -> Result<QueueReport, Error> {
         forged_tasks: stats.get("forged_tasks").copied().unwrap_or(0),
         replayed_tasks: stats.get("replayed_tasks").copied().unwrap_or(0),
         forged_results: stats.get("forged_results").copied().unwrap_or(0),
+        lost_tasks: stats.get("lost_tasks").copied().unwrap_or(0),
+        timed_out_tasks: stats.get("timed_out_tasks").copied().unwrap_or(0),
     })
 }
 
@@ -436,6 +444,11 @@ impl fmt::Display for QueueReport {
             (Some(used), _) => writeln!(f, "redis memory: {:.1} MiB (no limit)", mib(used))?,
             (None, _) => writeln!(f, "redis memory: unknown (INFO denied)")?,
         }
+        writeln!(
+            f,
+            "failed: {} tasks lost (delivered more than max_deliveries times), {} timed out",
+            self.lost_tasks, self.timed_out_tasks
+        )?;
         write!(
             f,
             "dropped for a wrong tag: {} tasks, {} results; dropped as copies: {} replayed tasks",

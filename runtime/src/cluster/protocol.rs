@@ -17,7 +17,7 @@
 //! | `running` | hash | workers | worker → when its current task started and its job: set with the task's claim, removed with its result |
 //! | `scanner` | string, with a TTL | workers | the worker that looks for dead workers' tasks, for half a visibility timeout |
 //! | `lost:<job id>` | set, with a TTL of `ttl` | the scanning worker | entry ids of that job's tasks pending under dead workers, idle past the visibility timeout: any worker of the job takes one (`SPOP`, then `XCLAIM`) before reading new tasks |
-//! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `replayed_tasks` (copies of a task dropped by workers), `forged_results` (dropped by callers) |
+//! | `stats` | hash | both | counters: `forged_tasks` (dropped by workers), `replayed_tasks` (copies of a task dropped by workers), `forged_results` (dropped by callers), `lost_tasks` and `timed_out_tasks` (failed by workers with `TaskLost`, `TaskTimedOut`) |
 //!
 //! A job's id is derived from its name, its argument and result types as
 //! written, and the queue's key (see [`Keys::job_id`]): a worker reads the

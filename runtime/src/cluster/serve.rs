@@ -435,6 +435,12 @@ impl Worker {
             });
         }
         if deliveries > self.settings.max_deliveries {
+            // Counted for `inspect` and the fleet page; a count lost with
+            // the connection is no reason to keep the task.
+            let stats = self.keys.stats();
+            let _ = self
+                .link
+                .query::<()>(redis::cmd("HINCRBY").arg(stats).arg("lost_tasks").arg(1));
             return Err(Refusal::Lost {
                 deliveries: deliveries - 1,
             });

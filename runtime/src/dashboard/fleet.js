@@ -51,6 +51,9 @@
     text("callers-count", exact(s.callers.length));
     text("memory", bytes(s.used_memory));
     text("maxmemory", s.maxmemory ? "of " + bytes(s.maxmemory) : "no maxmemory");
+    text("failed", exact(s.lost_tasks + s.timed_out_tasks));
+    text("failed-why", "lost (TaskLost) " + s.lost_tasks + " · timed out (TaskTimedOut) " +
+      s.timed_out_tasks);
     text("forged", exact(s.forged_tasks + s.forged_results + s.replayed_tasks));
     text("forged-why", "forged tasks " + s.forged_tasks + " · forged results " + s.forged_results +
       " · replayed tasks " + s.replayed_tasks);
