@@ -3,8 +3,6 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use rustix::io::Errno;
-
 /// A duplicate of `fd` numbered 3 or more (close-on-exec), so that setting
 /// up a child's stdin, stdout and stderr cannot overwrite it.
 pub(crate) fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
@@ -48,37 +46,23 @@ pub(crate) struct Received {
 }
 
 /// Reads one datagram into `buffer` (waiting for it unless `flags` has
-/// `DONTWAIT`), with at most one descriptor; retried after signals.
+/// `DONTWAIT`), with at most one descriptor; retried after signals. Any
+/// more that came are closed and reported as dropped.
 pub(crate) fn recv_with_fd(
     socket: BorrowedFd<'_>,
     buffer: &mut [u8],
     flags: rustix::net::RecvFlags,
 ) -> rustix::io::Result<Received> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    loop {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let received = match recvmsg(
-            socket,
-            &mut [std::io::IoSliceMut::new(buffer)],
-            &mut control,
-            flags | RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Err(Errno::INTR) => continue,
-            other => other?,
-        };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        let fds_dropped = received.flags.contains(ReturnFlags::CTRUNC) || fds.len() > 1;
-        let fd = if fds.len() == 1 { fds.pop() } else { None };
-        return Ok(Received {
-            len: received.bytes,
-            fd,
-            fds_dropped,
-        });
-    }
+    let mut packet = super::shm::recv_datagram(socket, buffer, flags)?;
+    let fds_dropped = packet.fds_dropped || packet.fds.len() > 1;
+    let fd = if packet.fds.len() == 1 {
+        packet.fds.pop()
+    } else {
+        None
+    };
+    Ok(Received {
+        len: packet.len,
+        fd,
+        fds_dropped,
+    })
 }

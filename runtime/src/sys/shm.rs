@@ -330,6 +330,18 @@ pub(crate) struct Packet {
 /// Reads one datagram into `buffer` without blocking: `Err(AGAIN)` when
 /// none is there. A closed peer with nothing queued reads as length 0.
 pub(crate) fn recv_packet(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> rustix::io::Result<Packet> {
+    recv_datagram(socket, buffer, rustix::net::RecvFlags::DONTWAIT)
+}
+
+/// Reads one datagram into `buffer` with up to [`PACKET_FDS`] descriptors
+/// (close-on-exec), with `flags`; retried after signals. The one place
+/// procpool takes descriptors from a socket (see also
+/// [`recv_with_fd`](super::recv_with_fd)).
+pub(super) fn recv_datagram(
+    socket: BorrowedFd<'_>,
+    buffer: &mut [u8],
+    flags: rustix::net::RecvFlags,
+) -> rustix::io::Result<Packet> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(PACKET_FDS))];
     loop {
@@ -338,7 +350,7 @@ pub(crate) fn recv_packet(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> rustix::
             socket,
             &mut [std::io::IoSliceMut::new(buffer)],
             &mut control,
-            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            flags | RecvFlags::CMSG_CLOEXEC,
         ) {
             Err(Errno::INTR) => continue,
             other => other?,
