@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::Error;
 use crate::PoolStats;
+use crate::sys::InPlace;
 
 /// One chunk of one call: `count` items of `job`, encoded back to back.
 pub(crate) struct Task {
@@ -88,6 +89,17 @@ pub(crate) trait Sink: Send + Sync {
     /// backend keeps them (a message, shared memory); `Err` means the whole
     /// task was lost (worker died, pool terminated, ...).
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>);
+
+    /// Takes a reply still in the shared memory its worker wrote it in,
+    /// where decoding it is one copy of each value into its own storage
+    /// (see `codec::values_in_place`): `true` once taken (its values
+    /// delivered, or the call failed on it). `false`, with the reply
+    /// untouched, where this sink cannot: the backend then copies the
+    /// reply out and calls `deliver`.
+    fn take_in_place(&self, task: TaskInfo, reply: &InPlace<'_>) -> bool {
+        let _ = (task, reply);
+        false
+    }
 
     /// Like `deliver`, for a chunk whose outcome came in consecutive parts
     /// (its worker died part-way, and another ran the rest).

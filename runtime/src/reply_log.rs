@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::failure::Failure;
-use crate::sys::{self, CopyFailed, Region, ReplyCopy};
+use crate::sys::{self, CopyFailed, InPlace, Region, ReplyCopy};
 
 /// The task whose counters follow (0: none yet).
 const TASK: usize = 0;
@@ -397,6 +397,18 @@ pub(crate) fn reply(
     into: &mut ReplyCopy,
 ) -> Result<(), CopyFailed> {
     into.clear();
+    into.fill_from(&reply_in_place(region, task, len)?)
+}
+
+/// The parent's side: the reply of `len` bytes that the worker announced
+/// for task number `task`, where it lies in the region (read only by
+/// copies, see [`InPlace`]). Fails with [`CopyFailed::Outside`] when the
+/// worker's counters do not hold up (a protocol violation).
+pub(crate) fn reply_in_place(
+    region: &mut Region,
+    task: u64,
+    len: u64,
+) -> Result<InPlace<'_>, CopyFailed> {
     let found = load(region, TASK);
     if found != task {
         return Err(CopyFailed::Outside(format!(
@@ -414,7 +426,7 @@ pub(crate) fn reply(
             ))
         })?;
     region.view(end).map_err(CopyFailed::Outside)?;
-    into.fill(region, values_at, len)
+    InPlace::new(region, values_at, len)
 }
 
 /// The header word at `offset`, as the other process last wrote it.

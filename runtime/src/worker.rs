@@ -283,10 +283,9 @@ mod tests {
         assert!(written < 64, "{written}");
     }
 
-    /// On the caller's side, a large reply costs one private copy out of
-    /// the region (`ReplyCopy`, kept from one reply to the next, so not
-    /// allocated here) and one copy into the value's own storage: the
-    /// decoder allocates the payload once.
+    /// On the caller's side, a large reply of bytes is copied once, from
+    /// the region straight into the value's own storage: no private copy
+    /// of the whole reply first, and the payload allocated once.
     #[test]
     fn a_large_reply_is_decoded_with_one_copy_into_the_value() {
         let payload = vec![9u8; SIZE];
@@ -298,15 +297,17 @@ mod tests {
             unreachable!()
         };
         let len = streaming.written().unwrap();
-        let mut copy = crate::sys::ReplyCopy::default();
         let mut values: Vec<Vec<u8>> = Vec::new();
+        let copied = crate::sys::bytes_copied_out_here();
+        let whole = crate::sys::whole_replies_copied_here();
         let allocated = allocated_during(|| {
-            crate::reply_log::reply(&mut region, 4, len, &mut copy).unwrap();
-            let mut reader = codec::ReplyReader::new(copy.bytes()).unwrap();
-            assert!(reader.values_into(1, &mut values).unwrap());
-            reader.finish().unwrap();
+            let reply = crate::reply_log::reply_in_place(&mut region, 4, len).unwrap();
+            assert!(codec::values_in_place(&reply, 1, &mut values).unwrap());
         });
         assert!(values[0] == payload);
+        let copied = crate::sys::bytes_copied_out_here() - copied;
+        assert_eq!(copied, SIZE, "bytes copied out of the region");
+        assert_eq!(crate::sys::whole_replies_copied_here(), whole);
         assert!(
             allocated < SIZE + (64 << 10),
             "{allocated} bytes allocated for {SIZE}"

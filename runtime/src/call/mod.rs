@@ -22,6 +22,7 @@ pub(crate) use reply::{decode_outcomes_of, decode_values_of};
 use crate::backend::{Part, Sink, TaskInfo};
 use crate::job::Decode;
 use crate::progress::Progress;
+use crate::sys::InPlace;
 use crate::{Error, codec};
 
 /// How a finished call turns its items into the value the caller gets.
@@ -289,6 +290,12 @@ where
                 return self.fail(state, error);
             }
         }
+        self.next_turn(state);
+    }
+
+    /// The chunk whose turn it was is in `items`: appends the chunks that
+    /// arrived early and are next, then completes the call if it is done.
+    fn next_turn(&self, mut state: MutexGuard<'_, State<R, M::Output>>) {
         state.next_chunk += 1;
         loop {
             let turn = state.next_chunk;
@@ -346,6 +353,41 @@ where
 {
     fn deliver(&self, task: TaskInfo, outcome: Result<&[u8], Error>) {
         self.accept(task, &[(task, outcome.as_ref().map(|bytes| *bytes))]);
+    }
+
+    fn take_in_place(&self, task: TaskInfo, reply: &InPlace<'_>) -> bool {
+        if codec::direct_header::<R>().is_none() {
+            return false;
+        }
+        let mut state = self.lock();
+        if !state.finished && task.chunk != state.next_chunk {
+            // Kept until its turn, as a private copy (`accept`).
+            return false;
+        }
+        let taken = if state.finished {
+            Ok(true)
+        } else {
+            codec::values_in_place(reply, task.count, &mut state.items)
+        };
+        match taken {
+            Ok(false) => false,
+            Ok(true) => {
+                state.received += 1;
+                self.wake(&state);
+                if !state.finished {
+                    self.progress
+                        .advance(task.count.saturating_sub(task.reported));
+                    self.next_turn(state);
+                }
+                true
+            }
+            Err(problem) => {
+                state.received += 1;
+                self.wake(&state);
+                self.fail(state, reply::undecodable(self.job, task.first, problem));
+                true
+            }
+        }
     }
 
     fn deliver_parts(&self, chunk: TaskInfo, parts: Vec<Part>) {

@@ -8,6 +8,9 @@
 //!   those) with their shape written once and no tag per value.
 //! - [`chunk`]: chunks of items ([`ChunkWriter`], [`ChunkReader`]), tagged
 //!   or plain.
+//! - [`in_place`]: a reply whose values are copies of bytes (numbers,
+//!   byte vectors, strings) decoded where its worker wrote it, each value
+//!   copied once into its own storage.
 //! - [`reply`]: a worker's reply ([`ReplyWriter`], [`ReplyReader`]): the
 //!   values that succeeded, in order, then the failures by item index, so a
 //!   chunk with no failure carries no per-item result tag.
@@ -28,6 +31,7 @@ mod chunk;
 mod de;
 mod error;
 mod format;
+mod in_place;
 mod plain;
 mod problem;
 mod reply;
@@ -39,6 +43,7 @@ pub(crate) use chunk::encode;
 pub(crate) use chunk::{ChunkReader, Direct, chunk_rest, direct_header, direct_value};
 #[cfg(any(test, fuzzing))]
 use chunk::{SHAPED, TAGGED};
+pub(crate) use in_place::values_in_place;
 pub use problem::Problem;
 pub(crate) use problem::{error_for, try_to_vec};
 pub(crate) use reply::{ReplyReader, ReplyWriter, assemble_reply, push_failure, reply_tail};

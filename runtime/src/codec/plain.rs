@@ -54,7 +54,7 @@ impl Kind {
     }
 
     /// Bytes of a fixed-width value.
-    fn width(self) -> usize {
+    pub(super) fn width(self) -> usize {
         match self {
             Kind::Unit | Kind::Tuple | Kind::Str | Kind::Bytes => 0,
             Kind::Bool | Kind::U8 | Kind::I8 => 1,

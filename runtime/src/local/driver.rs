@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{LocalConfig, Shared, lock, next_worker_name};
 use crate::Error;
-use crate::backend::{Part, Task};
+use crate::backend::{Part, Sink, Task, TaskInfo};
 use crate::codec;
 use crate::error::{ExitCause, panic_message};
 use crate::failure::{Failure, FailureKind};
@@ -24,7 +24,7 @@ use crate::local::launch::{ForkFrom, Lost, WorkerProcess};
 use crate::local::messages::{FromWorker, ToWorker};
 use crate::reply_log::Partial;
 use crate::stats::Departure;
-use crate::sys::{CopyFailed, ReplyCopy};
+use crate::sys::{InPlace, ReplyCopy};
 
 /// One worker slot: its worker, and the thread that runs queued tasks on it.
 pub(super) struct Driver {
@@ -263,30 +263,40 @@ impl Driver {
         };
         let next = match answer {
             Ok(len) => {
-                // The reply is copied out of the worker's region once (the
-                // worker may write there at any time, see `sys::Region`),
-                // so the worker can run its next task while this one is
-                // decoded.
-                let mut copy = lock(&self.copy);
-                let outcome = match current.worker.reply(sent.id, len, &mut copy) {
-                    Ok(()) => Ok(copy.bytes()),
-                    // The worker did its part: only this call fails.
-                    Err(CopyFailed::NoMemory(_)) => Err(Failure::new(
-                        FailureKind::System(Some(libc::ENOMEM)),
-                        format!(
-                            "answered, but this process has no memory for the reply's {len} bytes"
-                        ),
-                    )),
-                    Err(CopyFailed::Outside(why)) => {
-                        drop(copy);
+                let reply = match current.worker.reply_in_place(sent.id, len) {
+                    Ok(reply) => reply,
+                    Err(why) => {
                         let violation = format!("its reply cannot be read: {why}");
                         return self.broke_protocol(current, sent, violation);
                     }
                 };
                 self.answered(&mut current.done, &sent);
-                let next = self.next(current, pipeline);
-                self.deliver(sent.task, sent.reported, outcome);
-                next
+                // Values that are copies of bytes (numbers, byte vectors,
+                // strings) go from the worker's region straight into their
+                // own storage: one copy, taking as long as the private copy
+                // of the reply below would.
+                if self.take_in_place(&sent, &reply) {
+                    self.next(current, pipeline)
+                } else {
+                    // Anything else is copied out of the worker's region
+                    // once (the worker may write there at any time, see
+                    // `sys::Region`), so the worker can run its next task
+                    // while this one is decoded.
+                    let mut copy = lock(&self.copy);
+                    let outcome = match copy.fill_from(&reply) {
+                        Ok(()) => Ok(copy.bytes()),
+                        // The worker did its part: only this call fails.
+                        Err(_) => Err(Failure::new(
+                            FailureKind::System(Some(libc::ENOMEM)),
+                            format!(
+                                "answered, but this process has no memory for the reply's {len} bytes"
+                            ),
+                        )),
+                    };
+                    let next = self.next(current, pipeline);
+                    self.deliver(sent.task, sent.reported, outcome);
+                    next
+                }
             }
             Err(failure) => {
                 self.answered(&mut current.done, &sent);
@@ -301,13 +311,38 @@ impl Driver {
         }
     }
 
-    /// Counts a task its worker answered, before its caller can see the
-    /// outcome (so the caller's `stats()` include it).
+    /// Counts a task its worker answered, and its items, before its caller
+    /// can see the outcome (so the caller's `stats()` include them).
     fn answered(&self, done: &mut usize, sent: &Sent) {
         *done += 1;
         self.shared
             .counters
             .task_done(self.slot, sent.sent_at.elapsed());
+        self.shared
+            .counters
+            .items_done(sent.task.count.saturating_sub(sent.reported));
+    }
+
+    /// Hands the reply of `sent`, still in its worker's region, to the
+    /// task's caller where that caller can take it from there (see
+    /// [`Sink::take_in_place`]); `false` if it cannot.
+    fn take_in_place(&self, sent: &Sent, reply: &InPlace<'_>) -> bool {
+        if !sent.task.before.is_empty() {
+            return false;
+        }
+        let mut info = sent.task.info();
+        info.reported = sent.reported;
+        let sink = &sent.task.sink;
+        // Nothing of the user's decodes here (numbers, bytes, strings), but
+        // a caller's callback may run as the call completes, and this
+        // thread must survive whatever it does.
+        match catch_unwind(AssertUnwindSafe(|| sink.take_in_place(info, reply))) {
+            Ok(taken) => taken,
+            Err(panic) => {
+                self.delivery_panicked(sink, info, sent.task.job, &*panic);
+                true
+            }
+        }
     }
 
     /// Whatever answered is not in step with this driver: a job that
@@ -606,11 +641,6 @@ impl Driver {
         let sink = Arc::clone(&task.sink);
         let info = task.info();
         let job = task.job;
-        // Counted before the caller can see them: `stats()` right after a
-        // call ends includes all of its items.
-        self.shared
-            .counters
-            .items_done(task.count.saturating_sub(reported));
         let delivered = catch_unwind(AssertUnwindSafe(move || match outcome {
             Ok(bytes) => task.deliver(Ok(bytes), reported),
             Err(failure) => {
@@ -619,23 +649,34 @@ impl Driver {
             }
         }));
         if let Err(panic) = delivered {
-            log::error!(
-                "procpool: delivering the results of job `{job}` panicked: {}",
-                panic_message(&*panic)
-            );
-            let error = Error::Serialization {
-                job: job.to_owned(),
-                direction: format!(
-                    "decode the results of items {}..{}",
-                    info.first,
-                    info.first + info.count
-                ),
-                message: format!("decoding panicked: {}", panic_message(&*panic)),
-            };
-            // Failing needs no decoding; a sink that panics even then has
-            // nothing left to tell its caller.
-            let _ = catch_unwind(AssertUnwindSafe(|| sink.deliver(info, Err(error))));
+            self.delivery_panicked(&sink, info, job, &*panic);
         }
+    }
+
+    /// Delivering the results of `info` panicked: fails them instead.
+    fn delivery_panicked(
+        &self,
+        sink: &Arc<dyn Sink>,
+        info: TaskInfo,
+        job: &str,
+        panic: &(dyn std::any::Any + Send),
+    ) {
+        log::error!(
+            "procpool: delivering the results of job `{job}` panicked: {}",
+            panic_message(panic)
+        );
+        let error = Error::Serialization {
+            job: job.to_owned(),
+            direction: format!(
+                "decode the results of items {}..{}",
+                info.first,
+                info.first + info.count
+            ),
+            message: format!("decoding panicked: {}", panic_message(panic)),
+        };
+        // Failing needs no decoding; a sink that panics even then has
+        // nothing left to tell its caller.
+        let _ = catch_unwind(AssertUnwindSafe(|| sink.deliver(info, Err(error))));
     }
 
     /// The worker running `sent` is gone: keeps what it finished (`partial`,

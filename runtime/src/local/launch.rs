@@ -25,7 +25,7 @@ use crate::local::channel::{self, Channel, ChannelError, Incoming, poll_any};
 use crate::local::messages::{FromWorker, INLINE_MAX, Payload, ToWorker};
 use crate::local::template::{self, Start};
 use crate::reply_log::{self, Partial};
-use crate::sys::{self, CopyFailed, Region, ReplyCopy, WORKER_ENV, WORKER_ON_STDIN};
+use crate::sys::{self, CopyFailed, InPlace, Region, ReplyCopy, WORKER_ENV, WORKER_ON_STDIN};
 
 /// The longest single `poll`: how often a wait looks at its abort flag.
 const STEP: Duration = Duration::from_millis(100);
@@ -355,6 +355,19 @@ impl WorkerProcess {
             CopyFailed::Outside("a reply before the worker was initialised".to_owned())
         })?;
         reply_log::reply(replies, task, len, into)
+    }
+
+    /// The reply of `len` bytes the worker announced for task number
+    /// `task`, where it lies in the worker's region (read only by copies).
+    pub(crate) fn reply_in_place(
+        &mut self,
+        task: u64,
+        len: u64,
+    ) -> Result<InPlace<'_>, CopyFailed> {
+        let replies = self.replies.as_mut().ok_or_else(|| {
+            CopyFailed::Outside("a reply before the worker was initialised".to_owned())
+        })?;
+        reply_log::reply_in_place(replies, task, len)
     }
 
     /// Whether the worker says it sent its answer to task number `task`.

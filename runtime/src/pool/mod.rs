@@ -641,6 +641,57 @@ mod unit_tests_can_use_pools {
         x * 3
     }
 
+    #[pool_job]
+    fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+
+    #[pool_job]
+    fn echo_pair(pair: (u8, Vec<u8>)) -> (u8, Vec<u8>) {
+        pair
+    }
+
+    /// Runs `call` until it ran on this thread (an `apply` on an idle
+    /// worker does; one that met its worker busy ran on the slot's thread),
+    /// and returns how many bytes it copied out of replies in place and how
+    /// many replies it copied out whole, on this thread.
+    fn copies_here(mut call: impl FnMut()) -> (usize, usize) {
+        for _ in 0..50 {
+            let (bytes, whole) = (
+                crate::sys::bytes_copied_out_here(),
+                crate::sys::whole_replies_copied_here(),
+            );
+            call();
+            let counted = (
+                crate::sys::bytes_copied_out_here() - bytes,
+                crate::sys::whole_replies_copied_here() - whole,
+            );
+            if counted != (0, 0) {
+                return counted;
+            }
+        }
+        panic!("no apply ran on the caller's thread in 50 tries");
+    }
+
+    /// A reply of bytes goes from the worker's region straight into the
+    /// caller's value, one copy; a reply of another type is copied out
+    /// whole first (to be decoded while the worker runs its next task).
+    #[test]
+    fn a_pools_reply_of_bytes_is_copied_once_into_the_value() {
+        const SIZE: usize = 4 << 20;
+        let pool = Pool::with_processes(1).unwrap();
+        let payload = vec![5u8; SIZE];
+        let (bytes, whole) = copies_here(|| {
+            assert!(pool.apply(echo_bytes, payload.clone()).unwrap() == payload);
+        });
+        assert_eq!((bytes, whole), (SIZE, 0));
+        let (_, whole) = copies_here(|| {
+            let pair = pool.apply(echo_pair, (1, payload.clone())).unwrap();
+            assert!(pair.1 == payload);
+        });
+        assert_eq!(whole, 1);
+    }
+
     #[test]
     fn map_in_a_unit_test() {
         let pool = Pool::with_processes(1).unwrap();

@@ -23,9 +23,9 @@ pub(crate) use process::{
 };
 #[cfg(feature = "cluster")]
 pub(crate) use process::{host_name, signal_unreaped_child};
+pub(crate) use region::{CopyFailed, InPlace, Region, ReplyCopy, Word};
 #[cfg(test)]
-pub(crate) use region::bytes_written_here;
-pub(crate) use region::{CopyFailed, Region, ReplyCopy};
+pub(crate) use region::{bytes_copied_out_here, bytes_written_here, whole_replies_copied_here};
 pub(crate) use rustix::process::Signal;
 pub(crate) use shm::{
     Ready, Sealed, SharedWords, file_identity, futex_wait, futex_wake_all, packet_pair,

@@ -1,0 +1,339 @@
+//! A reply decoded where its worker wrote it: each value copied once, from
+//! the worker's shared region straight into the value's own storage (a
+//! result vector of numbers, a `Vec<u8>`'s or a `String`'s buffer), with no
+//! private copy of the whole reply first.
+//!
+//! Only the replies whose decoding is a copy take this path: values of a
+//! type with a [`direct_header`] (plain numbers, `()`, byte vectors,
+//! strings) and no failed item. Anything else, a reply that does not hold
+//! up included, is left untouched, to be copied out whole and decoded the
+//! usual way ([`super::ReplyReader`]), which also says what is wrong.
+//!
+//! The region stays writable by the worker meanwhile (see
+//! [`crate::sys::InPlace`]): every length is read once into private memory
+//! and checked before it is used, and a string is checked for UTF-8 after
+//! its bytes are in their own buffer.
+
+use std::any::Any;
+
+use super::chunk::direct_header;
+use super::error::out_of_memory;
+use super::format::{MAX_VARINT, read_varint};
+use super::plain::Kind;
+use super::problem::Problem;
+use crate::sys::{CopyFailed, InPlace, Word};
+
+/// Bytes after a reply's values when no item failed: the failure count (a
+/// one-byte varint 0), then where the values end (8 bytes).
+const NO_FAILURES_TAIL: usize = 1 + 8;
+
+/// Appends the `count` values of `reply` to `out`, each copied once out of
+/// the region into its own storage: `Ok(true)`. `Ok(false)`, with nothing
+/// appended, for a reply this path does not take (see the module's docs).
+/// `Err` only when memory for the values cannot be had.
+pub(crate) fn values_in_place<R: 'static>(
+    reply: &InPlace<'_>,
+    count: usize,
+    out: &mut Vec<R>,
+) -> Result<bool, Problem> {
+    let Some(header) = direct_header::<R>() else {
+        return Ok(false);
+    };
+    let Some(end) = values_end(reply) else {
+        return Ok(false);
+    };
+    if end < header.len() || reply.peek::<3>(0) != (header, header.len()) {
+        return Ok(false);
+    }
+    let body = Body {
+        reply,
+        start: header.len(),
+        end,
+        count,
+    };
+    let start = out.len();
+    let taken = body.take(out);
+    if !matches!(taken, Ok(true)) {
+        out.truncate(start);
+    }
+    taken
+}
+
+/// Where the values of a reply without failures end; `None` for any other
+/// reply.
+fn values_end(reply: &InPlace<'_>) -> Option<usize> {
+    let end = reply.len().checked_sub(NO_FAILURES_TAIL)?;
+    let (tail, _) = reply.peek::<NO_FAILURES_TAIL>(end);
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&tail[1..]);
+    (tail[0] == 0 && u64::from_le_bytes(word) == end as u64).then_some(end)
+}
+
+/// The values of a reply, between its header and its tail.
+struct Body<'r, 'a> {
+    reply: &'r InPlace<'a>,
+    start: usize,
+    end: usize,
+    count: usize,
+}
+
+impl Body<'_, '_> {
+    fn take<R: 'static>(&self, out: &mut Vec<R>) -> Result<bool, Problem> {
+        out.try_reserve(self.count)
+            .map_err(|_| no_memory::<R>(self.count.saturating_mul(std::mem::size_of::<R>())))?;
+        let any = out as &mut dyn Any;
+        if let Some(out) = any.downcast_mut::<Vec<()>>() {
+            if self.end != self.start {
+                return Ok(false);
+            }
+            out.resize(out.len() + self.count, ());
+            return Ok(true);
+        }
+        if let Some(out) = any.downcast_mut::<Vec<Vec<u8>>>() {
+            return self.byte_strings(out, Some);
+        }
+        if let Some(out) = any.downcast_mut::<Vec<String>>() {
+            return self.byte_strings(out, |bytes| String::from_utf8(bytes).ok());
+        }
+        macro_rules! try_words {
+            ($($ty:ty: $kind:ident,)*) => {$(
+                if let Some(out) = any.downcast_mut::<Vec<$ty>>() {
+                    return self.words(out, Kind::$kind.width());
+                }
+            )*};
+        }
+        try_words! {
+            u64: U64, usize: U64, i64: I64, isize: I64, u32: U32, i32: I32, f64: F64, f32: F32,
+        }
+        Ok(false)
+    }
+
+    /// Raw numbers, `width` bytes each on the wire.
+    fn words<W: Word>(&self, out: &mut Vec<W>, width: usize) -> Result<bool, Problem> {
+        if Some(self.end - self.start) != self.count.checked_mul(width) {
+            return Ok(false);
+        }
+        match self.reply.append_words(self.start, self.count, width, out) {
+            None | Some(Err(CopyFailed::Outside(_))) => Ok(false),
+            Some(Err(CopyFailed::NoMemory(bytes))) => Err(no_memory::<Vec<W>>(bytes)),
+            Some(Ok(())) => Ok(true),
+        }
+    }
+
+    /// Values that are each a varint length and that many bytes, made into
+    /// a `T` by `make` (`None`: not a valid `T`).
+    fn byte_strings<T: 'static>(
+        &self,
+        out: &mut Vec<T>,
+        make: fn(Vec<u8>) -> Option<T>,
+    ) -> Result<bool, Problem> {
+        let mut at = self.start;
+        for _ in 0..self.count {
+            let (prefix, available) = self.reply.peek::<MAX_VARINT>(at);
+            let Ok((len, prefix_len)) = read_varint(&prefix[..available]) else {
+                return Ok(false);
+            };
+            let room = (self.end - at).checked_sub(prefix_len);
+            let Some(len) = usize::try_from(len)
+                .ok()
+                .filter(|&len| room.is_some_and(|room| len <= room))
+            else {
+                return Ok(false);
+            };
+            at += prefix_len;
+            let mut bytes = Vec::new();
+            bytes
+                .try_reserve_exact(len)
+                .map_err(|_| no_memory::<T>(len))?;
+            match self.reply.append(at, len, &mut bytes) {
+                Ok(()) => {}
+                Err(CopyFailed::Outside(_)) => return Ok(false),
+                Err(CopyFailed::NoMemory(len)) => return Err(no_memory::<T>(len)),
+            }
+            at += len;
+            let Some(value) = make(bytes) else {
+                return Ok(false);
+            };
+            out.push(value);
+        }
+        Ok(at == self.end)
+    }
+}
+
+fn no_memory<T: ?Sized>(bytes: usize) -> Problem {
+    Problem::decode::<T>(out_of_memory(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::values_in_place;
+    use crate::codec::{ReplyReader, ReplyWriter};
+    use crate::failure::{Failure, FailureKind};
+    use crate::sys::{InPlace, Region};
+
+    /// `bytes` in a region, at an offset as a reply would be.
+    fn region_with(bytes: &[u8]) -> Region {
+        let mut region = Region::create().unwrap();
+        region.reserve(64 + bytes.len()).unwrap();
+        region.write_at(64, bytes).unwrap();
+        region
+    }
+
+    /// Decodes `reply` in place (`None`: not taken) and, to compare, the
+    /// usual way from a private copy (`None`: not a reply of values only).
+    fn both_ways<R: DeserializeOwned + 'static>(
+        reply: &[u8],
+        count: usize,
+    ) -> (Option<Vec<R>>, Option<Vec<R>>) {
+        let region = region_with(reply);
+        let in_place = InPlace::new(&region, 64, reply.len()).unwrap();
+        let mut taken = vec![];
+        let in_place = match values_in_place(&in_place, count, &mut taken) {
+            Ok(true) => Some(taken),
+            Ok(false) => {
+                assert!(taken.is_empty(), "a reply not taken left values behind");
+                None
+            }
+            Err(problem) => panic!("{problem:?}"),
+        };
+        let mut usual = vec![];
+        let usual = ReplyReader::new(reply)
+            .ok()
+            .and_then(|mut reader| {
+                let all = reader.values_into(count, &mut usual).ok()?;
+                (all && reader.finish().is_ok()).then_some(())
+            })
+            .map(|()| usual);
+        (in_place, usual)
+    }
+
+    /// A reply of `values`, with the items at `failed` failing instead.
+    fn reply_of<R: Serialize + 'static>(values: &[R], failed: &[usize]) -> Vec<u8> {
+        let mut writer = ReplyWriter::<R>::default();
+        for (index, value) in values.iter().enumerate() {
+            if failed.contains(&index) {
+                writer.failure(Failure::new(FailureKind::Panicked, "boom"));
+            } else {
+                writer.value(value).unwrap();
+            }
+        }
+        writer.finish()
+    }
+
+    /// Every reply of values only is taken, with exactly the values the
+    /// usual decoder reads; a reply with a failed item is not taken.
+    fn check<R>(values: Vec<R>, failed: Option<usize>) -> Result<(), TestCaseError>
+    where
+        R: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+    {
+        let failed: Vec<usize> = failed
+            .map(|at| at % values.len().max(1))
+            .into_iter()
+            .collect();
+        let reply = reply_of(&values, &failed);
+        let (in_place, usual) = both_ways::<R>(&reply, values.len());
+        if failed.is_empty() && !values.is_empty() {
+            prop_assert_eq!(in_place.as_ref(), Some(&values));
+            prop_assert_eq!(usual.as_ref(), Some(&values));
+        } else if !values.is_empty() {
+            prop_assert_eq!(in_place, None);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn replies_of_values_are_taken_in_place_exactly(
+            numbers in vec(any::<u64>(), 1..40),
+            small in vec(any::<i32>(), 1..40),
+            floats in vec(any::<u64>(), 1..40),
+            blobs in vec(vec(any::<u8>(), 0..300), 1..8),
+            texts in vec(".{0,40}", 1..8),
+            failed in proptest::option::of(any::<usize>()),
+        ) {
+            check(numbers.clone(), failed)?;
+            check(numbers.iter().map(|&n| n as i64).collect::<Vec<i64>>(), failed)?;
+            check(numbers.iter().map(|&n| n as usize).collect::<Vec<usize>>(), failed)?;
+            check(small.clone(), failed)?;
+            check(small.iter().map(|&n| n as u32).collect::<Vec<u32>>(), failed)?;
+            // Bit patterns of every kind, NaNs too, compared bit for bit.
+            let bits = |v: &Vec<f64>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let reply = reply_of(&floats.iter().map(|&b| f64::from_bits(b)).collect::<Vec<_>>(), &[]);
+            let (in_place, usual) = both_ways::<f64>(&reply, floats.len());
+            prop_assert_eq!(in_place.as_ref().map(bits), Some(floats.clone()));
+            prop_assert_eq!(usual.as_ref().map(bits), Some(floats.clone()));
+            check(vec![(); small.len()], failed)?;
+            check(blobs, failed)?;
+            check(texts, failed)?;
+        }
+
+        /// A worker's bytes are untrusted: whatever the region holds behind
+        /// a plausible header and tail, the in-place path takes nothing or
+        /// exactly what the usual decoder reads, and never allocates more
+        /// than the reply's length justifies.
+        #[test]
+        fn arbitrary_bytes_in_a_region_are_taken_exactly_or_left(
+            kind in prop_oneof![Just(5u8), Just(4), Just(15), Just(16), Just(0), any::<u8>()],
+            body in vec(prop_oneof![3 => 0..0x20u8, 1 => any::<u8>(), 1 => Just(0x80u8)], 0..200),
+            count in 0..12usize,
+            tail_ok in any::<bool>(),
+        ) {
+            let mut reply = vec![crate::codec::chunk::SHAPED, 1, kind];
+            reply.extend_from_slice(&body);
+            let values_len = reply.len() as u64;
+            reply.push(if tail_ok { 0 } else { 1 });
+            reply.extend_from_slice(&values_len.to_le_bytes());
+            let limit = 64 * 1024 + reply.len() * 64;
+            let largest = crate::test_alloc::largest_during(|| {
+                let (a, b) = both_ways::<u64>(&reply, count);
+                if a.is_some() { assert_eq!(a, b) }
+                let (a, b) = both_ways::<u32>(&reply, count);
+                if a.is_some() { assert_eq!(a, b) }
+                let (a, b) = both_ways::<()>(&reply, count);
+                if a.is_some() { assert_eq!(a, b) }
+                let (a, b) = both_ways::<Vec<u8>>(&reply, count);
+                if a.is_some() { assert_eq!(a, b) }
+                let (a, b) = both_ways::<String>(&reply, count);
+                if a.is_some() { assert_eq!(a, b) }
+            });
+            prop_assert!(largest <= limit, "{} bytes allocated for a reply of {}", largest, reply.len());
+        }
+    }
+
+    /// A string whose bytes are not UTF-8 is left for the usual decoder,
+    /// which says so; nothing of it stays in the output.
+    #[test]
+    fn a_string_that_is_not_utf8_is_left_for_the_usual_decoder() {
+        let mut reply = reply_of(&[String::from("ok"), String::from("yes")], &[]);
+        let at = reply.iter().position(|&b| b == b'y').unwrap();
+        reply[at] = 0xff;
+        let (in_place, usual) = both_ways::<String>(&reply, 2);
+        assert_eq!(in_place, None);
+        assert_eq!(usual, None);
+    }
+
+    /// A length claiming more than the reply holds is not believed: nothing
+    /// is allocated for it.
+    #[test]
+    fn a_lying_length_allocates_nothing() {
+        let mut reply = vec![crate::codec::chunk::SHAPED, 1, 16];
+        crate::codec::format::push_varint(&mut reply, 1 << 40);
+        reply.extend_from_slice(b"abc");
+        let values_len = reply.len() as u64;
+        reply.push(0);
+        reply.extend_from_slice(&values_len.to_le_bytes());
+        let largest = crate::test_alloc::largest_during(|| {
+            assert_eq!(both_ways::<Vec<u8>>(&reply, 1).0, None);
+        });
+        assert!(largest < 64 * 1024, "{largest}");
+    }
+}
