@@ -176,6 +176,15 @@ pub(crate) trait Backend: Send + Sync {
     fn submit_and_drive(&self, task: Task) -> Result<(), Error> {
         self.submit(task)
     }
+    /// Runs `task`, whose chunk is its `items` followed by `tail` (a large
+    /// value's bytes, borrowed from the caller's item), on the caller's
+    /// thread, copying `tail` once, straight to where the worker reads it.
+    /// Gives the task back where it cannot: the caller then appends `tail`
+    /// and calls `submit_and_drive`.
+    fn drive_with_tail(&self, task: Task, tail: &[u8]) -> Result<(), Task> {
+        let _ = tail;
+        Err(task)
+    }
     /// Accepts no new tasks; queued ones still run.
     fn close(&self);
     /// Whether `close`, `join` or `terminate` was called.

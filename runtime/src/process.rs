@@ -110,7 +110,7 @@ impl ProcessBuilder {
             ForkFrom::LongLivedThread,
         )?;
         // SAFETY: the worker was sent no task yet.
-        let items = unsafe { worker.stage(&items) }
+        let items = unsafe { worker.stage(&items, &[]) }
             .map_err(|err| Error::system("cannot put the argument in shared memory", err))?;
         let run = ToWorker::Run {
             task: 1,

@@ -87,6 +87,25 @@ pub(crate) fn direct_header<T: 'static>() -> Option<[u8; 3]> {
     Some([SHAPED, 1, kind as u8])
 }
 
+/// A chunk of the single item `item`, when that item is a byte string (a
+/// `Vec<u8>` or a `String`): the chunk's first bytes (its header and the
+/// value's length), then the value's own bytes, borrowed. Together they
+/// are the bytes [`ChunkWriter`] writes for a chunk of that one item, so
+/// whoever sends the chunk can copy the value once, straight from its
+/// storage to where it goes. `None` for any other item.
+pub(crate) fn borrowed_chunk<T: 'static>(item: &T) -> Option<(Vec<u8>, &[u8])> {
+    let header = direct_header::<T>()?;
+    match direct_value(item)? {
+        Direct::Bytes { length, len, bytes } => {
+            let mut head = Vec::with_capacity(header.len() + len);
+            head.extend_from_slice(&header);
+            head.extend_from_slice(&length[..len]);
+            Some((head, bytes))
+        }
+        Direct::Word(..) => None,
+    }
+}
+
 /// An item's bytes in a chunk that [`direct_header`] began.
 pub(crate) enum Direct<'a> {
     /// A plain number: its raw bytes, in the first `.1` bytes.

@@ -40,12 +40,14 @@ mod ser;
 pub use chunk::ChunkWriter;
 #[cfg(test)]
 pub(crate) use chunk::encode;
-pub(crate) use chunk::{ChunkReader, Direct, chunk_rest, direct_header, direct_value};
+pub(crate) use chunk::{
+    ChunkReader, Direct, borrowed_chunk, chunk_rest, direct_header, direct_value,
+};
 #[cfg(any(test, fuzzing))]
 use chunk::{SHAPED, TAGGED};
 pub(crate) use in_place::values_in_place;
 pub use problem::Problem;
-pub(crate) use problem::{error_for, try_to_vec};
+pub(crate) use problem::{error_for, try_append, try_to_vec};
 pub(crate) use reply::{ReplyReader, ReplyWriter, assemble_reply, push_failure, reply_tail};
 
 #[cfg(test)]

@@ -126,3 +126,14 @@ pub(crate) fn try_to_vec(bytes: &[u8]) -> Result<Vec<u8>, Problem> {
         message: error.message,
     })
 }
+
+/// Appends `bytes` to `out`, or fails (with `out` as it was) when the
+/// memory cannot be had.
+pub(crate) fn try_append(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), Problem> {
+    error::reserve(out, bytes.len()).map_err(|error| Problem {
+        cause: Cause::of(&error),
+        message: error.message,
+    })?;
+    out.extend_from_slice(bytes);
+    Ok(())
+}

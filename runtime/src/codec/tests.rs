@@ -657,3 +657,26 @@ fn varint_len_is_what_push_varint_writes() {
         assert_eq!(format::varint_len(value), bytes.len(), "{value}");
     }
 }
+
+/// A byte string's borrowed chunk is, head and value together, exactly the
+/// chunk the writer makes of it, at every length a varint changes width;
+/// other items have none.
+#[test]
+fn a_borrowed_chunk_is_the_chunk_the_writer_makes() {
+    for len in [0usize, 1, 127, 128, 16383, 16384, 70_000] {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let (head, tail) = super::borrowed_chunk(&bytes).unwrap();
+        assert_eq!(
+            [head.as_slice(), tail].concat(),
+            super::encode(&bytes).unwrap()
+        );
+        let text = "é".repeat(len / 2);
+        let (head, tail) = super::borrowed_chunk(&text).unwrap();
+        assert_eq!(
+            [head.as_slice(), tail].concat(),
+            super::encode(&text).unwrap()
+        );
+    }
+    assert!(super::borrowed_chunk(&5u64).is_none());
+    assert!(super::borrowed_chunk(&vec![1u32]).is_none());
+}

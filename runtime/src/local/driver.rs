@@ -183,7 +183,11 @@ impl Driver {
     /// Runs `task` on this slot's worker from the caller's thread, if the
     /// worker is idle and nobody else drives it: the request and the reply
     /// then wake no other thread. Gives the task back otherwise.
-    pub(super) fn try_run_here(&self, task: Task) -> Result<(), Task> {
+    ///
+    /// The task's chunk is its `items` followed by `tail` (empty, or a
+    /// large value's bytes borrowed from the caller's item, copied once,
+    /// straight into the worker's request region).
+    pub(super) fn try_run_here(&self, task: Task, tail: &[u8]) -> Result<(), Task> {
         let mut hand = match self.hand.try_lock() {
             Ok(hand) => hand,
             Err(_) => return Err(task),
@@ -192,7 +196,7 @@ impl Driver {
             // A worker found dead is the slot thread's to replace: a
             // caller's thread starts no process.
             State::Idle(current) if current.worker.is_alive() => {
-                *hand = self.until_idle(self.start(current, task), false);
+                *hand = self.until_idle(self.start_with(current, task, tail), false);
                 Ok(())
             }
             other => {
@@ -550,13 +554,27 @@ impl Driver {
     /// Sends `task` to the worker: `Busy` on success. A worker found dead
     /// before it got the task is replaced and the task queued again as it
     /// was (it never ran).
-    fn start(&self, mut current: Active, task: Task) -> State {
+    fn start(&self, current: Active, task: Task) -> State {
+        self.start_with(current, task, &[])
+    }
+
+    /// [`Driver::start`] for a task whose chunk is its `items` followed by
+    /// `tail` (see [`Driver::try_run_here`]).
+    fn start_with(&self, mut current: Active, mut task: Task, mut tail: &[u8]) -> State {
         let may_retry = task.retried < self.config.retries;
-        let len = task.items.len();
+        if may_retry && !tail.is_empty() {
+            // A task that may run again keeps its whole chunk.
+            if let Err(error) = self.append_tail(&mut task, tail) {
+                task.fail(error);
+                return State::Idle(current);
+            }
+            tail = &[];
+        }
+        let len = task.items.len() + tail.len();
         // The task keeps its items: if the worker dies part-way, the items
         // it did not start run elsewhere.
         // SAFETY: an idle worker answered every task it was sent.
-        let items = match unsafe { current.worker.stage(&task.items) } {
+        let items = match unsafe { current.worker.stage(&task.items, tail) } {
             Ok(items) => items,
             Err(err) => {
                 task.fail(Error::system(
@@ -620,7 +638,10 @@ impl Driver {
                 // The message never reached a live worker.
                 self.shared.counters.worker_left(Departure::Died);
                 drop(current);
-                self.shared.retry(sent.task);
+                match self.append_tail(&mut sent.task, tail) {
+                    Ok(()) => self.shared.retry(sent.task),
+                    Err(error) => sent.task.fail(error),
+                }
                 self.respawn()
             }
             Err(lost) => {
@@ -629,6 +650,21 @@ impl Driver {
                 self.respawn()
             }
         }
+    }
+
+    /// Appends `tail` (see [`Driver::try_run_here`]) to the task's own
+    /// items, for a task that goes back to the queue or may run again.
+    fn append_tail(&self, task: &mut Task, tail: &[u8]) -> Result<(), Error> {
+        codec::try_append(&mut task.items, tail).map_err(|problem| {
+            Error::system(
+                format!(
+                    "cannot keep a task's {} bytes: {}",
+                    tail.len(),
+                    problem.message
+                ),
+                std::io::Error::from_raw_os_error(libc::ENOMEM),
+            )
+        })
     }
 
     /// Hands a reply (already matched to `task`), or the failure of the

@@ -317,7 +317,9 @@ impl WorkerProcess {
     }
 
     /// A chunk's items as the next task will carry them: in the message
-    /// when small, else copied into the request region.
+    /// when small, else copied into the request region. The chunk is
+    /// `items` followed by `tail` (a large value's bytes, which are then
+    /// copied once, from the caller's value into the region).
     ///
     /// A failure (no memory or file size left for the region) leaves the
     /// worker as it was: the region goes with the next large task that is
@@ -327,18 +329,20 @@ impl WorkerProcess {
     /// The worker is not reading the request region: it answered every task
     /// it was sent (or was sent none). The worker reads that region in
     /// place, relying on this.
-    pub(crate) unsafe fn stage(&mut self, items: &[u8]) -> std::io::Result<Payload> {
-        if items.len() <= INLINE_MAX {
-            return Ok(Payload::Inline(ByteBuf::from(items.to_vec())));
+    pub(crate) unsafe fn stage(&mut self, items: &[u8], tail: &[u8]) -> std::io::Result<Payload> {
+        let len = items.len() + tail.len();
+        if len <= INLINE_MAX {
+            return Ok(Payload::Inline(ByteBuf::from([items, tail].concat())));
         }
         let requests = match &mut self.requests {
             Some(requests) => requests,
             none => none.insert(Region::create()?),
         };
-        requests.reserve(items.len())?;
+        requests.reserve(len)?;
         requests.write_at(0, items)?;
+        requests.write_at(items.len(), tail)?;
         Ok(Payload::Shared {
-            len: items.len() as u64,
+            len: len as u64,
             with_region: !self.requests_shared,
         })
     }

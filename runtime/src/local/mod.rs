@@ -204,6 +204,13 @@ impl Backend for LocalBackend {
     }
 
     fn submit_and_drive(&self, task: Task) -> Result<(), Error> {
+        match self.drive_with_tail(task, &[]) {
+            Ok(()) => Ok(()),
+            Err(task) => self.submit(task),
+        }
+    }
+
+    fn drive_with_tail(&self, mut task: Task, tail: &[u8]) -> Result<(), Task> {
         {
             // A task must not overtake queued ones, and a closed pool
             // takes none.
@@ -212,18 +219,16 @@ impl Backend for LocalBackend {
                 || queue.closed
                 || self.shared.terminated.load(Ordering::Acquire)
             {
-                drop(queue);
-                return self.submit(task);
+                return Err(task);
             }
         }
-        let mut task = task;
         for driver in &self.slots {
-            match driver.try_run_here(task) {
+            match driver.try_run_here(task, tail) {
                 Ok(()) => return Ok(()),
                 Err(back) => task = back,
             }
         }
-        self.submit(task)
+        Err(task)
     }
 
     fn close(&self) {

@@ -600,6 +600,16 @@ impl Pool {
         R: Send + 'static,
         X: ItemFor<A::Item>,
     {
+        // A caller that waits for one large byte string's result may run
+        // it on an idle worker from its own thread: the value's bytes are
+        // then copied once, straight into the worker's memory.
+        if drive_here
+            && let Some((head, tail)) = crate::codec::borrowed_chunk(item.as_item())
+            && tail.len() >= submit::BORROW_MIN
+        {
+            let call = self.apply_borrowed(job.name(), head, tail, Decode::of(&job))?;
+            return Ok(AsyncResult::new(call));
+        }
         let call = self.submit::<_, _, One, _>(
             job.name(),
             1,
@@ -690,6 +700,97 @@ mod unit_tests_can_use_pools {
             assert!(pair.1 == payload);
         });
         assert_eq!(whole, 1);
+    }
+
+    /// A blocking `apply` of a large byte string writes the value's bytes
+    /// once, from the caller's own value into the worker's request region:
+    /// no encoded copy of the item is made first. (On the caller's thread:
+    /// the bytes written into regions are the chunk's, and the only large
+    /// allocation is the reply's value.)
+    #[test]
+    fn a_large_apply_argument_is_written_once_into_the_region() {
+        const SIZE: usize = 4 << 20;
+        let pool = Pool::with_processes(1).unwrap();
+        let payload = vec![3u8; SIZE];
+        for _ in 0..50 {
+            let written = crate::sys::bytes_written_here();
+            let mut reply = Vec::new();
+            let allocated = crate::test_alloc::allocated_during(|| {
+                reply = pool.apply(echo_bytes, &payload).unwrap();
+            });
+            let written = crate::sys::bytes_written_here() - written;
+            assert!(reply == payload);
+            if written == 0 {
+                // The slot's thread ran it (its worker was not idle yet).
+                continue;
+            }
+            assert!(
+                (SIZE..SIZE + 16).contains(&written),
+                "{written} bytes written for {SIZE}"
+            );
+            assert!(
+                allocated < SIZE + (64 << 10),
+                "{allocated} bytes allocated for a reply of {SIZE}"
+            );
+            return;
+        }
+        panic!("no apply ran on the caller's thread in 50 tries");
+    }
+
+    /// The bytes' length and sum, after the worker died on the first try
+    /// of each payload (named by its first 8 bytes).
+    #[pool_job]
+    fn sum_after_a_crash(bytes: Vec<u8>) -> (usize, u64) {
+        let id = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let mark = std::env::temp_dir().join(format!("procpool-crash-once-{id:x}"));
+        if std::fs::File::create_new(&mark).is_ok() {
+            std::process::abort();
+        }
+        let _ = std::fs::remove_file(&mark);
+        (bytes.len(), bytes.iter().map(|&b| u64::from(b)).sum())
+    }
+
+    /// A large argument sent from the caller's value and not kept by the
+    /// task (which has no retries left) is still whole where the task goes
+    /// back to the queue or runs again: from many threads at once, with a
+    /// worker that dies on each payload's first try.
+    #[test]
+    fn large_applies_keep_their_whole_argument_through_queues_and_retries() {
+        let pool = Pool::builder().processes(2).retries(1).build().unwrap();
+        let seed = u64::from(std::process::id()) << 32;
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let pool = pool.clone();
+                scope.spawn(move || {
+                    for round in 0..3u64 {
+                        let id = seed | (thread << 8) | round;
+                        let mut payload = id.to_le_bytes().to_vec();
+                        payload.extend((0..300_000u32).map(|i| (i % 251) as u8));
+                        let sum = payload.iter().map(|&b| u64::from(b)).sum();
+                        let got = pool.apply(sum_after_a_crash, &payload).unwrap();
+                        assert_eq!(got, (payload.len(), sum));
+                    }
+                });
+            }
+        });
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.workers_died, stats.tasks_retried),
+            (12, 12),
+            "{stats:?}"
+        );
+        let pool = Pool::with_processes(1).unwrap();
+        std::thread::scope(|scope| {
+            for thread in 0..4u8 {
+                let pool = pool.clone();
+                scope.spawn(move || {
+                    for round in 0..5u8 {
+                        let payload = vec![thread ^ round; 200_000 + usize::from(round)];
+                        assert!(pool.apply(echo_bytes, &payload).unwrap() == payload);
+                    }
+                });
+            }
+        });
     }
 
     #[test]

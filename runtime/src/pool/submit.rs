@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::Pool;
 use crate::Error;
 use crate::backend::Task;
-use crate::call::{Call, Finish};
-use crate::codec::ChunkWriter;
+use crate::call::{Call, Finish, One};
+use crate::codec::{self, ChunkWriter};
 use crate::job::{Decode, Encode};
 use crate::progress::Progress;
 
@@ -96,6 +96,49 @@ impl Pool {
         Ok(call)
     }
 
+    /// A blocking `apply` whose item is one byte string (see
+    /// [`codec::borrowed_chunk`]): `head`, the chunk's first bytes, then
+    /// `tail`, the value's own bytes. Run on an idle worker from this
+    /// thread, the value is copied once, from the caller's item straight
+    /// into the worker's request region; otherwise it is copied into the
+    /// task, which goes the usual way.
+    pub(super) fn apply_borrowed<R: Send + 'static>(
+        &self,
+        job: &'static str,
+        head: Vec<u8>,
+        tail: &[u8],
+        decode: Decode<R>,
+    ) -> Result<Arc<Call<R, One>>, Error> {
+        if self.workers.backend.is_closed() {
+            return Err(Error::Closed);
+        }
+        let progress = Progress::new(false, job, Some(1), self.call_board());
+        let call = Call::<R, One>::new(job, decode, progress, 1);
+        let task = Task {
+            job,
+            chunk: 0,
+            first: 0,
+            count: 1,
+            items: head,
+            sink: Arc::clone(&call) as Arc<dyn crate::backend::Sink>,
+            retried: 0,
+            before: Vec::new(),
+            attached: Default::default(),
+        };
+        call.expect_chunk();
+        if let Err(mut task) = self.workers.backend.drive_with_tail(task, tail) {
+            let sent = codec::try_append(&mut task.items, tail)
+                .map_err(|problem| codec::error_for(job, "serialize argument 0".into(), problem))
+                .and_then(|()| self.workers.backend.submit_and_drive(task));
+            if let Err(error) = sent {
+                call.abandon(error.clone());
+                return Err(error);
+            }
+        }
+        call.seal();
+        Ok(call)
+    }
+
     /// Sends `chunk` once fewer than `window` of the call's tasks await
     /// their outcome. `Ok(false)`, with the chunk dropped, once the call has
     /// failed: its error is what `get` returns, and nothing more is sent.
@@ -168,6 +211,11 @@ pub(super) struct ChunkBuilder {
     /// may run it on the caller's thread.
     drive_here: bool,
 }
+
+/// The smallest byte string a blocking `apply` sends from the caller's
+/// own value ([`Pool::apply_borrowed`]): below it, a copy costs less than
+/// the path's bookkeeping saves.
+pub(super) const BORROW_MIN: usize = 64 << 10;
 
 /// How a caller waits for the call it submits.
 #[derive(Clone, Copy)]
