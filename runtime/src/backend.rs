@@ -22,6 +22,10 @@ pub(crate) struct Task {
     pub(crate) first: usize,
     pub(crate) count: usize,
     pub(crate) items: Vec<u8>,
+    /// The rest of the chunk after `items`, when it is one large value's own
+    /// buffer, moved from the caller's item rather than copied (a backend
+    /// that [`Backend::takes_tails`]; empty otherwise).
+    pub(crate) tail: Tail,
     pub(crate) sink: Arc<dyn Sink>,
     /// How many times this task's first item was already re-run after its
     /// worker died.
@@ -34,6 +38,26 @@ pub(crate) struct Task {
     /// that travel beside the task's bytes, which name them by index
     /// (`crate::codec::attach`). Empty for almost every task.
     pub(crate) attached: Attached,
+}
+
+/// A task's [`Task::tail`]: one pointer wide, as almost every task has
+/// none.
+#[derive(Default)]
+#[allow(clippy::box_collection)]
+pub(crate) struct Tail(Option<Box<Vec<u8>>>);
+
+impl Tail {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        Tail((!bytes.is_empty()).then(|| Box::new(bytes)))
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.0.take().map_or_else(Vec::new, |bytes| *bytes)
+    }
 }
 
 /// A task's [`Attachment`]s: one pointer wide, as almost every task has
@@ -181,9 +205,16 @@ pub(crate) trait Backend: Send + Sync {
     /// thread, copying `tail` once, straight to where the worker reads it.
     /// Gives the task back where it cannot: the caller then appends `tail`
     /// and calls `submit_and_drive`.
+    // The task given back is a move of a few words; boxing it would cost
+    // an allocation per blocking call.
+    #[allow(clippy::result_large_err)]
     fn drive_with_tail(&self, task: Task, tail: &[u8]) -> Result<(), Task> {
         let _ = tail;
         Err(task)
+    }
+    /// Whether this backend takes tasks with a [`Task::tail`].
+    fn takes_tails(&self) -> bool {
+        false
     }
     /// Accepts no new tasks; queued ones still run.
     fn close(&self);

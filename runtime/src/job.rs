@@ -160,12 +160,28 @@ tuple_args!(A B C D E F G H I J K L M N O P);
 pub trait ItemFor<T>: sealed::Item<T> {
     /// The item, borrowed.
     fn as_item(&self) -> &T;
+
+    /// The item as a chunk of its own when it is an owned byte string of at
+    /// least `min` bytes (see `codec::owned_chunk`); given back otherwise
+    /// (a reference always is).
+    #[doc(hidden)]
+    fn into_owned_chunk(self, min: usize) -> Result<(Vec<u8>, Vec<u8>), Self>
+    where
+        T: 'static,
+        Self: Sized;
 }
 
 #[diagnostic::do_not_recommend]
 impl<T> ItemFor<T> for T {
     fn as_item(&self) -> &T {
         self
+    }
+
+    fn into_owned_chunk(self, min: usize) -> Result<(Vec<u8>, Vec<u8>), Self>
+    where
+        T: 'static,
+    {
+        crate::codec::owned_chunk(self, min)
     }
 }
 
@@ -174,6 +190,22 @@ impl<T> ItemFor<T> for &T {
     fn as_item(&self) -> &T {
         self
     }
+
+    fn into_owned_chunk(self, _: usize) -> Result<(Vec<u8>, Vec<u8>), Self>
+    where
+        T: 'static,
+    {
+        Err(self)
+    }
+}
+
+/// An item's [`ItemFor::into_owned_chunk`], for code that does not know
+/// the job's item type (`None`: never, as for `starmap`'s tuples).
+pub(crate) type OwnedChunk<X> = Option<fn(X, usize) -> Result<(Vec<u8>, Vec<u8>), X>>;
+
+/// [`OwnedChunk`] for items of type `X`, a job's item or a reference to one.
+pub(crate) fn owned_chunks<T: 'static, X: ItemFor<T>>() -> OwnedChunk<X> {
+    Some(<X as ItemFor<T>>::into_owned_chunk)
 }
 
 /// A job's item encoder: appends one item of type `T` to a chunk; on

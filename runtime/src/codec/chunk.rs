@@ -106,6 +106,31 @@ pub(crate) fn borrowed_chunk<T: 'static>(item: &T) -> Option<(Vec<u8>, &[u8])> {
     }
 }
 
+/// [`borrowed_chunk`] for an item given up by its owner: the chunk's first
+/// bytes, then the value's own buffer, moved rather than copied. Only for
+/// a byte string of at least `min` bytes; gives the value back otherwise.
+pub(crate) fn owned_chunk<T: 'static>(value: T, min: usize) -> Result<(Vec<u8>, Vec<u8>), T> {
+    let head = match borrowed_chunk(&value) {
+        Some((head, bytes)) if bytes.len() >= min => head,
+        _ => return Err(value),
+    };
+    let mut slot = Some(value);
+    let any = &mut slot as &mut dyn Any;
+    let bytes = if let Some(bytes) = any.downcast_mut::<Option<Vec<u8>>>() {
+        bytes.take()
+    } else if let Some(text) = any.downcast_mut::<Option<String>>() {
+        text.take().map(String::into_bytes)
+    } else {
+        None
+    };
+    match (bytes, slot) {
+        (Some(bytes), _) => Ok((head, bytes)),
+        (None, Some(value)) => Err(value),
+        // `slot` is emptied only where `bytes` takes its value.
+        (None, None) => unreachable!("a byte string taken out and lost"),
+    }
+}
+
 /// An item's bytes in a chunk that [`direct_header`] began.
 pub(crate) enum Direct<'a> {
     /// A plain number: its raw bytes, in the first `.1` bytes.

@@ -41,7 +41,7 @@ pub use chunk::ChunkWriter;
 #[cfg(test)]
 pub(crate) use chunk::encode;
 pub(crate) use chunk::{
-    ChunkReader, Direct, borrowed_chunk, chunk_rest, direct_header, direct_value,
+    ChunkReader, Direct, borrowed_chunk, chunk_rest, direct_header, direct_value, owned_chunk,
 };
 #[cfg(any(test, fuzzing))]
 use chunk::{SHAPED, TAGGED};

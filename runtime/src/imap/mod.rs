@@ -237,6 +237,7 @@ where
             first,
             count,
             items,
+            tail: Default::default(),
             sink: Arc::clone(&self.stream) as Arc<dyn Sink>,
             retried: 0,
             before: Vec::new(),

@@ -187,6 +187,7 @@ impl Driver {
     /// The task's chunk is its `items` followed by `tail` (empty, or a
     /// large value's bytes borrowed from the caller's item, copied once,
     /// straight into the worker's request region).
+    #[allow(clippy::result_large_err)] // as `Backend::drive_with_tail`
     pub(super) fn try_run_here(&self, task: Task, tail: &[u8]) -> Result<(), Task> {
         let mut hand = match self.hand.try_lock() {
             Ok(hand) => hand,
@@ -570,11 +571,18 @@ impl Driver {
             }
             tail = &[];
         }
-        let len = task.items.len() + tail.len();
+        // A tail the caller lent (`tail`) or gave up (`task.tail`): the
+        // value's bytes are copied once, from its own buffer.
+        let rest = if tail.is_empty() {
+            task.tail.as_slice()
+        } else {
+            tail
+        };
+        let len = task.items.len() + rest.len();
         // The task keeps its items: if the worker dies part-way, the items
         // it did not start run elsewhere.
         // SAFETY: an idle worker answered every task it was sent.
-        let items = match unsafe { current.worker.stage(&task.items, tail) } {
+        let items = match unsafe { current.worker.stage(&task.items, rest) } {
             Ok(items) => items,
             Err(err) => {
                 task.fail(Error::system(
@@ -625,6 +633,7 @@ impl Driver {
                 // once, not twice, while it runs.
                 if sent.task.count == 1 && !sent.may_retry {
                     sent.task.items = Vec::new();
+                    sent.task.tail = Default::default();
                 }
                 // Its handles' descriptors are the worker's now (in flight
                 // or received): this process holds no copy for a task that
@@ -903,7 +912,13 @@ impl Driver {
                 Err(error) => task.deliver(Err(error), last.count),
             };
         }
-        match codec::chunk_rest(&task.items, rest - task.first) {
+        // The items are cut from the whole chunk: a tail the task carries
+        // apart joins it first.
+        let tail = task.tail.take();
+        let rest_of_chunk = codec::try_append(&mut task.items, &tail)
+            .and_then(|()| codec::chunk_rest(&task.items, rest - task.first));
+        drop(tail);
+        match rest_of_chunk {
             Ok(items) => {
                 task.items = items;
                 task.count = end - rest;

@@ -203,6 +203,10 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    fn takes_tails(&self) -> bool {
+        true
+    }
+
     fn submit_and_drive(&self, task: Task) -> Result<(), Error> {
         match self.drive_with_tail(task, &[]) {
             Ok(()) => Ok(()),

@@ -22,7 +22,10 @@ use crate::Error;
 use crate::backend::{Backend, Task};
 use crate::call::{All, AsyncResult, One};
 use crate::imap::{Chunking, Imap};
-use crate::job::{Decode, Encode, IntoJob, ItemFor, JobArgs, encode_arg_tuples, encode_items};
+use crate::job::{
+    Decode, Encode, IntoJob, ItemFor, JobArgs, OwnedChunk, encode_arg_tuples, encode_items,
+    owned_chunks,
+};
 use crate::stats::CallBoard;
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
@@ -281,7 +284,7 @@ impl Pool {
             job.name(),
             items,
             self.chosen_chunksize()?,
-            encode_items(&job),
+            (encode_items(&job), owned_chunks::<A::Item, I::Item>()),
             Decode::of(&job),
         )
     }
@@ -294,7 +297,7 @@ impl Pool {
         job: &'static str,
         items: I,
         chunksize: Option<usize>,
-        encode: impl Encode<X>,
+        encode: (impl Encode<X>, OwnedChunk<X>),
         decode: Decode<R>,
     ) -> Result<Vec<R>, Error>
     where
@@ -324,7 +327,7 @@ impl Pool {
             job.name(),
             items,
             self.chosen_chunksize()?,
-            encode_arg_tuples(&job),
+            (encode_arg_tuples(&job), None),
             Decode::of(&job),
         )
     }
@@ -358,7 +361,7 @@ impl Pool {
             job.name(),
             items,
             self.chosen_chunksize()?,
-            encode_items(&job),
+            (encode_items(&job), owned_chunks::<A::Item, I::Item>()),
             Decode::of(&job),
             None,
         )
@@ -372,7 +375,7 @@ impl Pool {
         job: &'static str,
         items: I,
         chunksize: Option<usize>,
-        encode: impl Encode<X>,
+        (encode, owned): (impl Encode<X>, OwnedChunk<X>),
         decode: Decode<R>,
         window: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>, Error>
@@ -384,11 +387,25 @@ impl Pool {
         let (low, high) = items.size_hint();
         let waiting = window.map_or(Waiting::Here(false), Waiting::Window);
         let call = if chunksize.is_some() || high == Some(low) {
-            self.submit::<_, _, All, _>(job, low, items, chunksize, (encode, decode), waiting)?
+            self.submit::<_, _, All, _>(
+                job,
+                low,
+                items,
+                chunksize,
+                (encode, owned, decode),
+                waiting,
+            )?
         } else {
             // Python's rule needs the length: collect an iterator of unknown size first.
             let items: Vec<X> = items.collect();
-            self.submit::<_, _, All, _>(job, items.len(), items, None, (encode, decode), waiting)?
+            self.submit::<_, _, All, _>(
+                job,
+                items.len(),
+                items,
+                None,
+                (encode, owned, decode),
+                waiting,
+            )?
         };
         Ok(AsyncResult::new(call))
     }
@@ -569,7 +586,7 @@ impl Pool {
             job.name(),
             items,
             self.chosen_chunksize()?,
-            encode_arg_tuples(&job),
+            (encode_arg_tuples(&job), None),
             Decode::of(&job),
             None,
         )
@@ -615,7 +632,11 @@ impl Pool {
             1,
             std::iter::once(item),
             Some(1),
-            (encode_items(&job), Decode::of(&job)),
+            (
+                encode_items(&job),
+                owned_chunks::<A::Item, X>(),
+                Decode::of(&job),
+            ),
             Waiting::Here(drive_here),
         )?;
         Ok(AsyncResult::new(call))
@@ -791,6 +812,73 @@ mod unit_tests_can_use_pools {
                 });
             }
         });
+    }
+
+    #[pool_job]
+    fn blob_len(bytes: Vec<u8>) -> usize {
+        bytes.len()
+    }
+
+    /// A map's large byte strings, given up by the caller, travel with
+    /// their own buffers: the caller's thread makes no encoded copy of them
+    /// (the only copy is the driver's, into the worker's region), with a
+    /// chunk size of 1 and with the pool's own chunks; borrowed items are
+    /// encoded as before.
+    #[test]
+    fn a_maps_owned_byte_strings_are_not_copied_by_the_caller() {
+        const SIZE: usize = 2 << 20;
+        let pool = Pool::with_processes(2).unwrap();
+        let blobs = || (0..6).map(|i| vec![i as u8; SIZE + i]).collect::<Vec<_>>();
+        let lens: Vec<usize> = (0..6).map(|i| SIZE + i).collect();
+        for chunked in [pool.chunksize(1), pool.chunksize(None)] {
+            let input = blobs();
+            let mut got = Vec::new();
+            let allocated = crate::test_alloc::allocated_during(|| {
+                got = chunked.map(blob_len, input).unwrap();
+            });
+            assert_eq!(got, lens);
+            assert!(allocated < SIZE / 2, "{allocated} bytes allocated");
+        }
+        let input = blobs();
+        let allocated = crate::test_alloc::allocated_during(|| {
+            assert_eq!(pool.chunksize(1).map(blob_len, &input).unwrap(), lens);
+        });
+        assert!(allocated > 6 * SIZE, "{allocated} bytes allocated");
+        let texts: Vec<String> = (0..3).map(|i| "t".repeat(SIZE + i)).collect();
+        let got = pool.map(echo_text, texts.clone()).unwrap();
+        assert!(got == texts);
+    }
+
+    #[pool_job]
+    fn echo_text(text: String) -> String {
+        text
+    }
+
+    /// A task that carries its value's buffer apart keeps it whole when its
+    /// worker dies and it runs again.
+    #[test]
+    fn an_owned_byte_string_is_whole_when_its_task_runs_again() {
+        let pool = Pool::builder().processes(2).retries(1).build().unwrap();
+        let seed = (u64::from(std::process::id()) << 32) | 0xbeef_0000;
+        let payloads: Vec<Vec<u8>> = (0..5u64)
+            .map(|i| {
+                let mut payload = (seed | i).to_le_bytes().to_vec();
+                payload.extend((0..200_000u32).map(|j| (j % 253) as u8));
+                payload
+            })
+            .collect();
+        let expected: Vec<(usize, u64)> = payloads
+            .iter()
+            .map(|p| (p.len(), p.iter().map(|&b| u64::from(b)).sum()))
+            .collect();
+        let got = pool.chunksize(1).map(sum_after_a_crash, payloads).unwrap();
+        assert_eq!(got, expected);
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.workers_died, stats.tasks_retried),
+            (5, 5),
+            "{stats:?}"
+        );
     }
 
     #[test]

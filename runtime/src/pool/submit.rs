@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use super::Pool;
 use crate::Error;
-use crate::backend::Task;
+use crate::backend::{Tail, Task};
 use crate::call::{Call, Finish, One};
 use crate::codec::{self, ChunkWriter};
-use crate::job::{Decode, Encode};
+use crate::job::{Decode, Encode, OwnedChunk};
 use crate::progress::Progress;
 
 impl Pool {
@@ -22,7 +22,7 @@ impl Pool {
         expected: usize,
         items: impl IntoIterator<Item = X>,
         chunksize: Option<usize>,
-        (encode, decode): (E, Decode<R>),
+        (encode, owned, decode): (E, OwnedChunk<X>, Decode<R>),
         waiting: Waiting,
     ) -> Result<Arc<Call<R, M>>, Error>
     where
@@ -42,6 +42,15 @@ impl Pool {
         let chunksize = chunksize
             .unwrap_or_else(|| default_chunksize(expected, self.processes()))
             .max(1);
+        // An item that makes a chunk of its own, given up by the caller and
+        // a large byte string, goes with its own buffer (moved, not copied
+        // into the chunk): from this size.
+        let owned = owned.filter(|_| self.workers.backend.takes_tails());
+        let alone_from = if chunksize == 1 {
+            BORROW_MIN
+        } else {
+            max_bytes.max(BORROW_MIN)
+        };
         // A bar for a single `apply` would only flicker.
         let progress = Progress::new(
             self.workers.progress && expected > 1,
@@ -68,6 +77,21 @@ impl Pool {
             error
         };
         for (index, item) in items.into_iter().enumerate() {
+            let item = match owned {
+                Some(owned) if chunk.items.len() == 0 && alone_from != usize::MAX => {
+                    match owned(item, alone_from) {
+                        Ok(whole) => {
+                            chunk.owned = Some(whole);
+                            if !self.send_in_window(job, &call, &mut chunk, window)? {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(item) => item,
+                    }
+                }
+                _ => item,
+            };
             if let Err(problem) = encode(&item, &mut chunk.items) {
                 return Err(serialization(index, problem));
             }
@@ -120,6 +144,7 @@ impl Pool {
             first: 0,
             count: 1,
             items: head,
+            tail: Default::default(),
             sink: Arc::clone(&call) as Arc<dyn crate::backend::Sink>,
             retried: 0,
             before: Vec::new(),
@@ -155,6 +180,7 @@ impl Pool {
     {
         if window.is_some_and(|window| !call.wait_in_flight_below(window)) {
             chunk.items = ChunkWriter::default();
+            chunk.owned = None;
             return Ok(false);
         }
         self.send_chunk(job, call, chunk)?;
@@ -172,14 +198,20 @@ impl Pool {
         M: Finish<R>,
     {
         let mut items = std::mem::take(&mut chunk.items);
-        let count = items.len();
-        let attached = items.take_attached();
+        let (count, attached, items, tail) = match chunk.owned.take() {
+            Some((head, tail)) => (1, Vec::new(), head, Tail::new(tail)),
+            None => {
+                let attached = items.take_attached();
+                (items.len(), attached, items.finish(), Tail::default())
+            }
+        };
         let task = Task {
             job,
             chunk: chunk.number,
             first: chunk.first,
             count,
-            items: items.finish(),
+            items,
+            tail,
             sink: Arc::clone(call) as Arc<dyn crate::backend::Sink>,
             retried: 0,
             before: Vec::new(),
@@ -207,6 +239,9 @@ pub(super) struct ChunkBuilder {
     number: usize,
     first: usize,
     items: ChunkWriter,
+    /// In place of `items`: a chunk of one large byte string, as its first
+    /// bytes and the value's own buffer (see [`crate::codec::owned_chunk`]).
+    owned: Option<(Vec<u8>, Vec<u8>)>,
     /// The caller waits for this (single-chunk) call at once: the backend
     /// may run it on the caller's thread.
     drive_here: bool,
