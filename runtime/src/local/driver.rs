@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, TryLockError, mpsc};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-use super::{LocalConfig, Shared, lock, next_worker_name};
+use super::{LocalConfig, Shared, lock, may_spin, next_worker_name};
 use crate::Error;
 use crate::backend::{Part, Sink, Task, TaskInfo};
 use crate::codec;
@@ -82,13 +82,6 @@ enum ItemEnd {
 /// sleeps: about a short job's round trip here, and a small share of a
 /// long one.
 const SPIN: Duration = Duration::from_micros(50);
-
-/// Whether spinning can help: with a single CPU the worker would have to
-/// wait for the spinning caller to be preempted before it could answer.
-fn may_spin() -> bool {
-    static CPUS: OnceLock<usize> = OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)) > 1
-}
 
 /// How often a driver looks at how many items of a running task finished.
 const PROGRESS_STEP: Duration = Duration::from_millis(100);

@@ -289,6 +289,14 @@ impl Drop for LocalBackend {
     }
 }
 
+/// Whether spinning can help: with a single CPU the process waited for
+/// would have to wait for the spinning one to be preempted before it could
+/// go on. (A caller watching for its answer, a worker for its next task.)
+pub(crate) fn may_spin() -> bool {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)) > 1
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::BorrowedFd;

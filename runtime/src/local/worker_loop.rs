@@ -3,9 +3,11 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::failure::{Failure, FailureKind};
-use crate::local::channel::{Channel, ChannelError};
+use crate::local::channel::{Channel, ChannelError, Incoming};
+use crate::local::may_spin;
 use crate::local::messages::{FromWorker, Payload, ToWorker};
 use crate::reply_log;
 use crate::sys::{self, Region};
@@ -117,12 +119,13 @@ fn serve(socket: OwnedFd) -> i32 {
     }
     let own_pid = std::process::id();
     let mut regions = None;
+    let mut soon = false;
 
     loop {
         // A closed channel means the parent is gone or done with us, and
         // anything that is not our message means it is not our parent
         // speaking: either way, exit quietly.
-        let (message, fds) = match channel.recv_with::<ToWorker>() {
+        let (message, fds) = match next_message(&mut channel, &mut soon, SPIN) {
             Ok(incoming) => (incoming.message, incoming.fds),
             Err(ChannelError::Io(_)) => return EXIT_BOOTSTRAP_FAILED,
             Err(_) => return 0,
@@ -212,6 +215,40 @@ fn serve(socket: OwnedFd) -> i32 {
     }
 }
 
+/// How long a worker that answered watches its socket for its next task
+/// before it sleeps, when tasks have been coming that soon: about a round
+/// trip between two processes that both sleep here, and a few system calls'
+/// worth of CPU.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// The next message from the parent.
+///
+/// A worker whose previous task came within `window` ([`SPIN`]) of its
+/// answer (as back-to-back `apply` calls do) first polls its socket for that
+/// long: a
+/// task that comes meanwhile then costs neither side a sleep and a wake-up
+/// (the caller watches for the answer likewise, see the driver). One miss
+/// stops the polling until tasks come that soon again, so a worker whose
+/// tasks are sporadic spends nothing on it.
+fn next_message(
+    channel: &mut Channel,
+    soon: &mut bool,
+    window: Duration,
+) -> Result<Incoming<ToWorker>, ChannelError> {
+    let answered = Instant::now();
+    if *soon && may_spin() {
+        while answered.elapsed() < window {
+            match channel.try_recv_with() {
+                Err(ChannelError::WouldBlock) => std::hint::spin_loop(),
+                other => return other,
+            }
+        }
+    }
+    let incoming = channel.recv_with();
+    *soon = answered.elapsed() < window;
+    incoming
+}
+
 /// Runs task number `task`; the reply, and the first failure in it.
 fn run_task(
     task: u64,
@@ -256,5 +293,55 @@ fn run_task(
     match worker::run_chunk_streaming(job, count, items, &mut regions.replies, task) {
         Ok((len, failure)) => (FromWorker::Done { task, len }, failure),
         Err(failure) => failed(failure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::next_message;
+    use crate::local::channel::{Channel, pair};
+    use crate::local::messages::ToWorker;
+
+    /// `next_message` with `soon` as given, the parent's `Exit` already
+    /// there (`None`) or sent after a delay; what `soon` becomes.
+    fn soon_after(soon: bool, delay: Option<Duration>, window: Duration) -> bool {
+        let (parent, theirs) = pair().unwrap();
+        let mut worker = Channel::new(theirs);
+        let mut soon = soon;
+        std::thread::scope(|scope| {
+            match delay {
+                None => parent.send(&ToWorker::Exit).unwrap(),
+                Some(delay) => {
+                    let parent = &parent;
+                    scope.spawn(move || {
+                        std::thread::sleep(delay);
+                        parent.send(&ToWorker::Exit).unwrap();
+                    });
+                }
+            }
+            let message = next_message(&mut worker, &mut soon, window)
+                .unwrap()
+                .message;
+            assert!(matches!(message, ToWorker::Exit));
+        });
+        soon
+    }
+
+    /// A worker polls for its next task only while tasks come within the
+    /// window ([`SPIN`]) of its answers: a message already there keeps it
+    /// polling (or starts it); one that comes late, after polling or not,
+    /// stops it (and the message still arrives). Windows far from the
+    /// delays, so a busy machine cannot blur them.
+    #[test]
+    fn a_worker_polls_for_its_next_task_only_while_tasks_come_soon() {
+        let wide = Duration::from_secs(5);
+        assert!(soon_after(false, None, wide));
+        assert!(soon_after(true, None, wide));
+        let late = Some(Duration::from_millis(100));
+        let narrow = Duration::from_micros(50);
+        assert!(!soon_after(true, late, narrow));
+        assert!(!soon_after(false, late, narrow));
     }
 }
