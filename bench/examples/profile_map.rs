@@ -7,6 +7,9 @@
 //! cargo build --release -p procpool-bench --example profile_map
 //! perf record -F 20000 -g target/release/examples/profile_map map 30
 //! ```
+//!
+//! With `PROFILE_MAP_EACH` set, each round's time is printed too (the first
+//! rounds of a fresh process pay for pages its later rounds reuse).
 
 use std::time::Instant;
 
@@ -56,6 +59,13 @@ fn main() {
             }
         }
         times.push(start.elapsed().as_secs_f64());
+        if std::env::var_os("PROFILE_MAP_EACH").is_some() {
+            eprintln!(
+                "round {}: {:.2} ms",
+                times.len(),
+                start.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
     times.sort_by(f64::total_cmp);
     let items = if what == "map" { 1e6 } else { 1e5 };
