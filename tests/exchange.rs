@@ -529,3 +529,51 @@ fn four_workers_read_256_mib_without_copies_of_their_own() {
         );
     }
 }
+
+/// How many of procpool's shared values process `pid` has mapped or open.
+fn shared_values_held_by(pid: u32) -> usize {
+    let is_value = |name: &str| {
+        name.contains("memfd:procpool-shared") || name.contains("memfd:procpool-value")
+    };
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mapped = maps.lines().filter(|line| is_value(line)).count();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                .filter(|target| is_value(&target.to_string_lossy()))
+                .count()
+        })
+        .unwrap_or(0);
+    mapped + open
+}
+
+#[pool_job]
+fn table_len(table: Shared<[u64]>) -> usize {
+    table.len()
+}
+
+/// A worker keeps a shared value it was given for its next tasks, but
+/// lets go of it once the caller dropped its last handle, while it waits,
+/// without another task.
+#[test]
+fn an_idle_worker_lets_go_of_a_shared_value_its_creator_dropped() {
+    let pool = Pool::with_processes(1).unwrap();
+    let table = Shared::from_slice(&[3u64; 100_000]).unwrap();
+    assert_eq!(pool.apply(table_len, table.clone()).unwrap(), 100_000);
+    assert_eq!(pool.apply(table_len, table.clone()).unwrap(), 100_000);
+    let pid = pool.stats().workers[0].pid.unwrap();
+    assert!(shared_values_held_by(pid) > 0, "the worker keeps the table");
+    drop(table);
+    let start = Instant::now();
+    while shared_values_held_by(pid) > 0 {
+        assert!(
+            start.elapsed() < LONG,
+            "the idle worker {pid} still holds the dropped table"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // It still works, and the pid is the same worker's.
+    assert_eq!(pool.stats().workers[0].pid, Some(pid));
+    let again = Shared::from_slice(&[1u64; 10]).unwrap();
+    assert_eq!(pool.apply(table_len, again).unwrap(), 10);
+}

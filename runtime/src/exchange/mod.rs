@@ -37,7 +37,7 @@ pub use pipe::{Connection, Pipe};
 pub use queue::Queue;
 pub use shared::{Plain, Shared};
 
-pub(crate) use shared::sweep_cache;
+pub(crate) use shared::{cached_count, cached_liveness, sweep_cache};
 
 use crate::Error;
 

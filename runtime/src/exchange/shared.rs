@@ -9,7 +9,9 @@
 //! The cache must not outlive the creator's handles: each `Shared` comes
 //! with one end of a socket pair whose other end only the creating process
 //! holds. When the creator drops its last handle, that end closes, and a
-//! worker evicts the entry at its next task (`sweep_cache`).
+//! worker evicts the entry at once: an idle worker waits on those ends
+//! beside its socket (`cached_liveness`), and every worker sweeps before a
+//! task (`sweep_cache`).
 
 use std::any::{Any, TypeId};
 use std::marker::PhantomData;
@@ -121,9 +123,10 @@ unsafe impl<T: Plain, const N: usize> Plain for [T; N] {
 /// before any other process sees it, and a process that receives one
 /// checks those seals (and, for `bool` and `char`, every item) before
 /// reading it, so no process can change it under a reader. It is freed
-/// when the last handle in every process is dropped; a worker keeps a
-/// `Shared<T>`'s decoded value until its next task after the creating
-/// process dropped its last handle. A `Shared` cannot be sent to a
+/// when the last handle in every process is dropped: a worker keeps a
+/// `Shared<T>`'s decoded value for its next tasks, and lets go of it as
+/// soon as the creating process dropped its last handle (while the worker
+/// is idle; after its task, if it is running one). A `Shared` cannot be sent to a
 /// cluster pool ([`Error::Misuse`]).
 pub struct Shared<T: ?Sized> {
     ptr: NonNull<T>,
@@ -329,7 +332,8 @@ struct Cached {
 }
 
 /// Drops the cached handles whose creator dropped its last one; called by a
-/// worker before each task.
+/// worker before each task, and while it waits for one when a creator let
+/// go (see [`cached_liveness`]).
 pub(crate) fn sweep_cache() {
     let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
     if cache.is_empty() {
@@ -345,6 +349,22 @@ pub(crate) fn sweep_cache() {
             Ok(Ready::No)
         )
     });
+}
+
+/// Copies of the descriptors that tell when each cached value's creator
+/// let go of it (hung up then, see [`sweep_cache`]); none when nothing is
+/// cached. For an idle worker, which waits on them beside its socket.
+pub(crate) fn cached_liveness() -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+    let cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    cache
+        .iter()
+        .map(|cached| cached.backing.alive.try_clone())
+        .collect()
+}
+
+/// The number of values cached in this process.
+pub(crate) fn cached_count() -> usize {
+    CACHE.lock().unwrap_or_else(PoisonError::into_inner).len()
 }
 
 /// The handle cached for this memfd and type, if any.

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::failure::{Failure, FailureKind};
-use crate::local::channel::{Channel, ChannelError, Incoming};
+use rustix::event::{PollFd, PollFlags};
+
+use crate::local::channel::{Channel, ChannelError, Incoming, poll_any};
 use crate::local::may_spin;
 use crate::local::messages::{FromWorker, Payload, ToWorker};
 use crate::reply_log;
@@ -261,9 +263,43 @@ fn next_message(
             }
         }
     }
-    let incoming = channel.recv_with();
+    let incoming = wait_for_message(channel);
     *soon = answered.elapsed() < window;
     incoming
+}
+
+/// Waits for the parent's next message. Meanwhile a worker holding shared
+/// values (`Shared`) also watches whether their creators still hold them,
+/// and lets go of those they dropped at once, rather than at its next task:
+/// an idle worker does not keep a dropped value's memory.
+fn wait_for_message(channel: &mut Channel) -> Result<Incoming<ToWorker>, ChannelError> {
+    loop {
+        let alive = crate::exchange::cached_liveness().unwrap_or_default();
+        if alive.is_empty() {
+            return channel.recv_with();
+        }
+        let message = {
+            let socket = channel.fd();
+            let mut fds: Vec<PollFd<'_>> = std::iter::once(PollFd::new(&socket, PollFlags::IN))
+                .chain(alive.iter().map(|fd| PollFd::new(fd, PollFlags::empty())))
+                .collect();
+            poll_any(&mut fds, None).map_err(ChannelError::Io)?;
+            !fds[0].revents().is_empty()
+        };
+        if message {
+            match channel.try_recv_with() {
+                Err(ChannelError::WouldBlock) => continue,
+                other => return other,
+            }
+        }
+        let held = crate::exchange::cached_count();
+        crate::exchange::sweep_cache();
+        if crate::exchange::cached_count() == held {
+            // Nothing to let go of after all: wait for the message alone,
+            // rather than wake again at once.
+            return channel.recv_with();
+        }
+    }
 }
 
 /// Runs task number `task`; the reply, and the first failure in it.
