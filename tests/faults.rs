@@ -608,6 +608,43 @@ fn echo_words(words: Vec<u64>) -> Vec<u64> {
     words
 }
 
+#[pool_job]
+fn echo_blob(blob: Vec<u8>) -> Vec<u8> {
+    blob
+}
+
+#[pool_job]
+fn echo_text(text: String) -> String {
+    text
+}
+
+#[pool_job]
+fn times_three(x: u64) -> u64 {
+    x.wrapping_mul(3)
+}
+
+/// The calls whose replies the caller reads where the worker wrote them
+/// (byte strings, strings, numbers), as well as through a private copy:
+/// each checked once the scribbling stopped; meanwhile anything but a hang
+/// or a crash of this process.
+fn in_place_calls(pool: &Pool, blob: &Vec<u8>, text: &str, numbers: &[u64], strict: bool) -> usize {
+    let mut failures = 0;
+    let mut check = |ok: bool| {
+        assert!(ok || !strict, "a call returned another value");
+        failures += usize::from(!ok);
+    };
+    // Queued, so a copy the task keeps; then borrowed, from this thread.
+    let mut call = pool.apply_async(echo_blob, blob.clone()).unwrap();
+    let queued = call.get_timeout(Duration::from_secs(20));
+    assert!(!matches!(queued, Err(Error::Timeout(_))), "a call hung");
+    check(queued.ok().as_ref() == Some(blob));
+    check(pool.apply(echo_blob, blob).ok().as_ref() == Some(blob));
+    check(pool.apply(echo_text, text.to_owned()).ok().as_deref() == Some(text));
+    let expected: Vec<u64> = numbers.iter().map(|x| x.wrapping_mul(3)).collect();
+    check(pool.map(times_three, numbers).ok() == Some(expected));
+    failures
+}
+
 #[test]
 fn a_worker_scribbling_over_shared_memory_never_breaks_the_caller() {
     let pool = Pool::with_processes(2).unwrap();
@@ -615,6 +652,11 @@ fn a_worker_scribbling_over_shared_memory_never_breaks_the_caller() {
         .iter()
         .map(|&n| (0..n as u64).map(|i| i * 7).collect())
         .collect();
+    // Read where the worker wrote them: large enough to take every path
+    // (a borrowed argument, a reply copied straight into the value).
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let text = "é-".repeat(50_000);
+    let numbers: Vec<u64> = (0..200_000).collect();
     let scribbling = Instant::now();
     let window = Duration::from_millis(1500);
     // Both workers (most likely) start scribbling; replacements do not.
@@ -639,6 +681,7 @@ fn a_worker_scribbling_over_shared_memory_never_breaks_the_caller() {
             assert!(started.elapsed() < Duration::from_secs(20));
         }
         let _ = pool.map(echo_words, inputs.clone());
+        failures += in_place_calls(&pool, &blob, &text, &numbers, false);
     }
     eprintln!("{failures} calls failed while the workers scribbled");
     std::thread::sleep(Duration::from_millis(300));
@@ -648,6 +691,7 @@ fn a_worker_scribbling_over_shared_memory_never_breaks_the_caller() {
             assert_eq!(&pool.apply(echo_words, input.clone()).unwrap(), input);
         }
         assert_eq!(pool.map(echo_words, inputs.clone()).unwrap(), inputs);
+        in_place_calls(&pool, &blob, &text, &numbers, true);
     }
 }
 
