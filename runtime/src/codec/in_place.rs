@@ -166,6 +166,7 @@ fn no_memory<T: ?Sized>(bytes: usize) -> Problem {
 
 #[cfg(test)]
 mod tests {
+    use std::any::TypeId;
     use std::fmt::Debug;
 
     use proptest::collection::vec;
@@ -228,7 +229,10 @@ mod tests {
     }
 
     /// Every reply of values only is taken, with exactly the values the
-    /// usual decoder reads; a reply with a failed item is not taken.
+    /// usual decoder reads; a reply with a failed item is not taken. So is
+    /// a reply of `usize` or `isize` where they are narrower than on the
+    /// wire (8 bytes): the usual decoder reads it, and says if a value does
+    /// not fit.
     fn check<R>(values: Vec<R>, failed: Option<usize>) -> Result<(), TestCaseError>
     where
         R: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
@@ -239,8 +243,11 @@ mod tests {
             .collect();
         let reply = reply_of(&values, &failed);
         let (in_place, usual) = both_ways::<R>(&reply, values.len());
+        let narrow = [TypeId::of::<usize>(), TypeId::of::<isize>()].contains(&TypeId::of::<R>())
+            && size_of::<R>() != 8;
         if failed.is_empty() && !values.is_empty() {
-            prop_assert_eq!(in_place.as_ref(), Some(&values));
+            let expected = (!narrow).then_some(&values);
+            prop_assert_eq!(in_place.as_ref(), expected);
             prop_assert_eq!(usual.as_ref(), Some(&values));
         } else if !values.is_empty() {
             prop_assert_eq!(in_place, None);
