@@ -272,28 +272,7 @@ impl<R: 'static> Process<R> {
             }
         };
         let outcome = match reply {
-            FromWorker::Done { task: 1, len } => {
-                let mut outcomes = Vec::with_capacity(1);
-                let (job, decode) = (self.job, self.decode);
-                let mut copy = ReplyCopy::default();
-                self.worker
-                    .reply(1, len, &mut copy)
-                    .map_err(|failed| match failed {
-                        CopyFailed::NoMemory(_) => Error::system(
-                            format!("the result of process job `{job}`: {failed}"),
-                            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
-                        ),
-                        CopyFailed::Outside(why) => {
-                            Error::Ipc(format!("the process's reply: {why}"))
-                        }
-                    })
-                    .and_then(|()| decode.outcomes(job, 0, 1, copy.bytes(), &mut outcomes))
-                    .and_then(|()| {
-                        outcomes.pop().unwrap_or_else(|| {
-                            Err(Error::Ipc("the process's reply held no result".into()))
-                        })
-                    })
-            }
+            FromWorker::Done { task: 1, len } => self.result(len),
             FromWorker::Failed { task: 1, failure } => Err(failure.into_error(self.job, 0)),
             FromWorker::Forked { .. } => Err(Error::Ipc(format!(
                 "the process's job `{}` broke the protocol: {}",
@@ -308,6 +287,45 @@ impl<R: 'static> Process<R> {
         // (an atexit handler, say) is not waited for without end.
         self.worker.wait_exit(EXIT_AFTER_REPLY);
         outcome
+    }
+
+    /// The process's result from its reply of `len` bytes: a number, byte
+    /// string or string copied once, from the process's region straight
+    /// into the value; anything else copied out, then decoded.
+    fn result(&mut self, len: u64) -> Result<R, Error> {
+        let job = self.job;
+        let reply_error = |failed: CopyFailed| match failed {
+            CopyFailed::NoMemory(_) => Error::system(
+                format!("the result of process job `{job}`: {failed}"),
+                std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+            ),
+            CopyFailed::Outside(why) => Error::Ipc(format!("the process's reply: {why}")),
+        };
+        let reply = self.worker.reply_in_place(1, len).map_err(reply_error)?;
+        let mut values = Vec::with_capacity(1);
+        match crate::codec::values_in_place::<R>(&reply, 1, &mut values) {
+            Ok(true) => {
+                return values
+                    .pop()
+                    .ok_or_else(|| Error::Ipc("the process's reply held no result".into()));
+            }
+            Ok(false) => {}
+            Err(problem) => {
+                return Err(crate::codec::error_for(
+                    job,
+                    "decode the result of item 0".into(),
+                    problem,
+                ));
+            }
+        }
+        let mut copy = ReplyCopy::default();
+        copy.fill_from(&reply).map_err(reply_error)?;
+        let mut outcomes = Vec::with_capacity(1);
+        self.decode
+            .outcomes(job, 0, 1, copy.bytes(), &mut outcomes)?;
+        outcomes
+            .pop()
+            .unwrap_or_else(|| Err(Error::Ipc("the process's reply held no result".into())))
     }
 
     fn died(&self, cause: ExitCause) -> Error {

@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::failure::Failure;
-use crate::sys::{self, CopyFailed, InPlace, Region, ReplyCopy};
+#[cfg(test)]
+use crate::sys::ReplyCopy;
+use crate::sys::{self, CopyFailed, InPlace, Region};
 
 /// The task whose counters follow (0: none yet).
 const TASK: usize = 0;
@@ -389,7 +391,10 @@ impl<'a> Output<'a> {
 /// bytes that the worker announced for task number `task`.
 /// Fails with [`CopyFailed::Outside`] when the worker's counters do not
 /// hold up (a protocol violation), [`CopyFailed::NoMemory`] when this
-/// process cannot hold the copy (the reply itself may be fine).
+/// process cannot hold the copy (the reply itself may be fine). (Tests:
+/// the driver and `Process` take [`reply_in_place`], then copy out whole
+/// with `ReplyCopy::fill_from` only what cannot be decoded in place.)
+#[cfg(test)]
 pub(crate) fn reply(
     region: &mut Region,
     task: u64,

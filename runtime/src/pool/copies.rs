@@ -216,3 +216,27 @@ fn an_owned_byte_string_is_whole_when_its_task_runs_again() {
         "{stats:?}"
     );
 }
+
+/// A `Process`'s result of bytes goes from its region straight into the
+/// value too; a result of another type is copied out whole first.
+#[test]
+fn a_process_result_of_bytes_is_copied_once_into_the_value() {
+    const SIZE: usize = 3 << 20;
+    let payload = vec![7u8; SIZE];
+    let (bytes, whole) = (
+        crate::sys::bytes_copied_out_here(),
+        crate::sys::whole_replies_copied_here(),
+    );
+    let mut process = crate::Process::spawn(echo_bytes, payload.clone()).unwrap();
+    assert!(process.join().unwrap() == payload);
+    assert_eq!(
+        (
+            crate::sys::bytes_copied_out_here() - bytes,
+            crate::sys::whole_replies_copied_here() - whole
+        ),
+        (SIZE, 0)
+    );
+    let mut process = crate::Process::spawn(echo_pair, (2, payload.clone())).unwrap();
+    assert!(process.join().unwrap() == (2, payload));
+    assert_eq!(crate::sys::whole_replies_copied_here() - whole, 1);
+}

@@ -13,7 +13,7 @@ use super::{Event, Lost, STEP, WorkerProcess};
 use crate::local::channel::{ChannelError, Incoming, poll_any};
 use crate::local::messages::{FromWorker, INLINE_MAX, Payload, ToWorker};
 use crate::reply_log::{self, Partial};
-use crate::sys::{CopyFailed, InPlace, Region, ReplyCopy};
+use crate::sys::{CopyFailed, InPlace, Region};
 
 impl WorkerProcess {
     /// A chunk's items as the next task will carry them: in the message
@@ -45,20 +45,6 @@ impl WorkerProcess {
             len: len as u64,
             with_region: !self.requests_shared,
         })
-    }
-
-    /// Makes `into` a private copy of the reply of `len` bytes the worker
-    /// announced for task number `task`.
-    pub(crate) fn reply(
-        &mut self,
-        task: u64,
-        len: u64,
-        into: &mut ReplyCopy,
-    ) -> Result<(), CopyFailed> {
-        let replies = self.replies.as_mut().ok_or_else(|| {
-            CopyFailed::Outside("a reply before the worker was initialised".to_owned())
-        })?;
-        reply_log::reply(replies, task, len, into)
     }
 
     /// The reply of `len` bytes the worker announced for task number

@@ -450,6 +450,7 @@ impl ReplyCopy {
     }
 
     /// Holds nothing (keeping its memory).
+    #[cfg(test)]
     pub(crate) fn clear(&mut self) {
         self.len = 0;
     }
