@@ -203,9 +203,18 @@ impl<T> ItemFor<T> for &T {
 /// the job's item type (`None`: never, as for `starmap`'s tuples).
 pub(crate) type OwnedChunk<X> = Option<fn(X, usize) -> Result<(Vec<u8>, Vec<u8>), X>>;
 
-/// [`OwnedChunk`] for items of type `X`, a job's item or a reference to one.
-pub(crate) fn owned_chunks<T: 'static, X: ItemFor<T>>() -> OwnedChunk<X> {
-    Some(<X as ItemFor<T>>::into_owned_chunk)
+/// How `map`-like calls encode items of type `X` (the job's item or a
+/// reference to one): [`encode_items`], and the owned byte strings that
+/// travel with their own buffers ([`ItemFor::into_owned_chunk`]).
+pub(crate) fn item_encoding<J, X>(job: &J) -> (impl Encode<X> + use<J, X>, OwnedChunk<X>)
+where
+    J: IntoJob,
+    X: ItemFor<<J::Args as JobArgs>::Item>,
+{
+    (
+        encode_items(job),
+        Some(<X as ItemFor<<J::Args as JobArgs>::Item>>::into_owned_chunk),
+    )
 }
 
 /// A job's item encoder: appends one item of type `T` to a chunk; on

@@ -16,10 +16,9 @@
 
 use std::any::Any;
 
-use super::chunk::direct_header;
+use super::chunk::{direct_header, raw_kind};
 use super::error::out_of_memory;
 use super::format::{MAX_VARINT, read_varint};
-use super::plain::Kind;
 use super::problem::Problem;
 use crate::sys::{CopyFailed, InPlace, Word};
 
@@ -95,16 +94,18 @@ impl Body<'_, '_> {
         if let Some(out) = any.downcast_mut::<Vec<String>>() {
             return self.byte_strings(out, |bytes| String::from_utf8(bytes).ok());
         }
+        // The numbers a reply holds raw, each as wide as its wire kind
+        // (`raw_kind`, which the writer used).
         macro_rules! try_words {
-            ($($ty:ty: $kind:ident,)*) => {$(
-                if let Some(out) = any.downcast_mut::<Vec<$ty>>() {
-                    return self.words(out, Kind::$kind.width());
+            ($($ty:ty)*) => {$(
+                if let (Some(out), Some(kind)) =
+                    (any.downcast_mut::<Vec<$ty>>(), raw_kind::<$ty>())
+                {
+                    return self.words(out, kind.width());
                 }
             )*};
         }
-        try_words! {
-            u64: U64, usize: U64, i64: I64, isize: I64, u32: U32, i32: I32, f64: F64, f32: F32,
-        }
+        try_words!(u64 usize i64 isize u32 i32 f64 f32);
         Ok(false)
     }
 

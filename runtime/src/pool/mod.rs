@@ -24,7 +24,7 @@ use crate::call::{All, AsyncResult, One};
 use crate::imap::{Chunking, Imap};
 use crate::job::{
     Decode, Encode, IntoJob, ItemFor, JobArgs, OwnedChunk, encode_arg_tuples, encode_items,
-    owned_chunks,
+    item_encoding,
 };
 use crate::stats::CallBoard;
 
@@ -284,7 +284,7 @@ impl Pool {
             job.name(),
             items,
             self.chosen_chunksize()?,
-            (encode_items(&job), owned_chunks::<A::Item, I::Item>()),
+            item_encoding(&job),
             Decode::of(&job),
         )
     }
@@ -361,7 +361,7 @@ impl Pool {
             job.name(),
             items,
             self.chosen_chunksize()?,
-            (encode_items(&job), owned_chunks::<A::Item, I::Item>()),
+            item_encoding(&job),
             Decode::of(&job),
             None,
         )
@@ -632,11 +632,10 @@ impl Pool {
             1,
             std::iter::once(item),
             Some(1),
-            (
-                encode_items(&job),
-                owned_chunks::<A::Item, X>(),
-                Decode::of(&job),
-            ),
+            {
+                let (encode, owned) = item_encoding(&job);
+                (encode, owned, Decode::of(&job))
+            },
             Waiting::Here(drive_here),
         )?;
         Ok(AsyncResult::new(call))

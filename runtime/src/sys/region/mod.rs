@@ -380,7 +380,7 @@ pub(crate) fn bytes_written_here() -> usize {
 /// heap's reuse of the memory freed around it: measured, an echo of
 /// 16 MiB took 19 ms instead of 11 ms after a large map had run in the same
 /// process, each call faulting its pages in again. Kept, so that a reply
-/// costs no page faults; [`ReplyCopy::fill`] frees it when replies shrink.
+/// costs no page faults; [`ReplyCopy::fill_from`] frees it when replies shrink.
 pub(crate) struct ReplyCopy {
     /// Null until the first copy; then a private anonymous mapping of
     /// `capacity` bytes, owned by this value.
@@ -408,17 +408,16 @@ impl Default for ReplyCopy {
 }
 
 impl ReplyCopy {
-    /// Replaces the copy with bytes `at..at + len` of `region` (see
-    /// [`Region::copy_out`] for what the other process may do meanwhile).
-    /// Fails, holding nothing, if the range is outside the region's view or
-    /// the memory cannot be had.
-    pub(crate) fn fill(
-        &mut self,
-        region: &Region,
-        at: usize,
-        len: usize,
-    ) -> Result<(), CopyFailed> {
+    /// Replaces the copy with the bytes of `reply` (see [`Region::copy_out`]
+    /// for what the other process may do meanwhile). Fails, holding
+    /// nothing, if the memory cannot be had.
+    pub(crate) fn fill_from(&mut self, reply: &InPlace<'_>) -> Result<(), CopyFailed> {
+        #[cfg(test)]
+        WHOLE_COPIES.with(|copies| copies.set(copies.get() + 1));
+        let (region, at, len) = (reply.region, reply.at, reply.len);
         self.len = 0;
+        // `InPlace` holds only ranges in the region's view; checked again
+        // here, where the copy relies on it.
         if !region.covers(at, len) {
             return Err(CopyFailed::Outside(
                 outside(at, len, region.size).to_string(),
@@ -442,13 +441,6 @@ impl ReplyCopy {
         Ok(())
     }
 
-    /// Replaces the copy with the bytes of `reply`.
-    pub(crate) fn fill_from(&mut self, reply: &InPlace<'_>) -> Result<(), CopyFailed> {
-        #[cfg(test)]
-        WHOLE_COPIES.with(|copies| copies.set(copies.get() + 1));
-        self.fill(reply.region, reply.at, reply.len)
-    }
-
     /// Holds nothing (keeping its memory).
     #[cfg(test)]
     pub(crate) fn clear(&mut self) {
@@ -461,7 +453,7 @@ impl ReplyCopy {
             return &[];
         }
         // SAFETY: `base` maps `capacity >= len` bytes of this process's own
-        // memory, written by `fill` and not written again while borrowed.
+        // memory, written by `fill_from` and not written again while borrowed.
         unsafe { std::slice::from_raw_parts(self.base, self.len) }
     }
 
