@@ -9,9 +9,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::CodecError;
+use super::format::MAX_VARINT;
 use super::plain::{Kind, PlainDecoder, PlainEncoder, PlainError};
 use super::problem::{Cause, Problem};
 use super::{attach, de, error, format, plain, ser};
+use crate::sys::{Word, word_bytes};
 
 /// First byte of a chunk: items in the tagged format follow.
 pub(super) const TAGGED: u8 = 0;
@@ -67,24 +69,108 @@ pub(super) fn put_raw<T: 'static>(item: &T, out: &mut Vec<u8>) -> bool {
         u64 => |v| v; usize => |v| v as u64; i64 => |v| v; isize => |v| v as i64;
         u32 => |v| v; i32 => |v| v; f64 => f64::to_bits; f32 => f32::to_bits;
     }
+    // A vector of numbers: its count, then its memory, copied whole. Its
+    // size is the user's: room that cannot be had leaves it to the serde
+    // path, which reports it.
+    if let Some((count, bytes)) = vector_bytes(any)
+        && out
+            .try_reserve(bytes.len().saturating_add(MAX_VARINT))
+            .is_ok()
+    {
+        format::push_varint(out, count as u64);
+        out.extend_from_slice(bytes);
+        return true;
+    }
     false
+}
+
+/// The element kind of a vector of numbers that travels as a
+/// [`Kind::Seq`] of raw numbers (`Vec<f64>`, `Vec<u32>`...: the vectors of
+/// the types with a [`raw_kind`], `()` aside): the shape of such items is
+/// known from their type, even before a first element says it. With it,
+/// whether the vector's memory is those bytes ([`sent_as_is`]).
+pub(super) fn vector_kind<T: 'static>() -> Option<(Kind, bool)> {
+    let id = TypeId::of::<T>();
+    macro_rules! try_types {
+        ($($ty:ty)*) => {$(
+            if id == TypeId::of::<Vec<$ty>>() {
+                return Some((raw_kind::<$ty>()?, sent_as_is::<$ty>()));
+            }
+        )*};
+    }
+    try_types!(u64 usize i64 isize u32 i32 f64 f32);
+    None
+}
+
+/// Whether a vector of `W` is, in memory, the bytes it travels as: on a
+/// little-endian machine, where `W` is as wide as its wire kind (a `usize`
+/// is 8 bytes on the wire, 4 in memory on 32-bit machines).
+fn sent_as_is<W: 'static>() -> bool {
+    cfg!(target_endian = "little") && raw_kind::<W>().is_some_and(|k| k.width() == size_of::<W>())
+}
+
+/// A vector of numbers as it travels, when its memory is those bytes (see
+/// [`sent_as_is`]): its length, then its elements' bytes, borrowed.
+#[inline(always)]
+fn vector_bytes(any: &dyn Any) -> Option<(usize, &[u8])> {
+    fn words<W: Word>(vector: &[W]) -> Option<(usize, &[u8])> {
+        sent_as_is::<W>().then(|| (vector.len(), word_bytes(vector)))
+    }
+    macro_rules! try_types {
+        ($($ty:ty)*) => {$(
+            if let Some(vector) = any.downcast_ref::<Vec<$ty>>() {
+                return words(vector);
+            }
+        )*};
+    }
+    try_types!(u64 usize i64 isize u32 i32 f64 f32);
+    None
+}
+
+/// The header of a chunk of items of one type, as [`ChunkWriter`] writes
+/// it before the first item: up to four bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+impl std::ops::Deref for Header {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// The header of a chunk whose items of type `T` a worker can write
 /// straight into shared memory ([`direct_value`]): plain numbers (see
-/// [`raw_kind`]), byte vectors and strings. The same bytes [`ChunkWriter`]
-/// writes before its first such item.
-pub(crate) fn direct_header<T: 'static>() -> Option<[u8; 3]> {
+/// [`raw_kind`]), byte vectors, strings, and vectors of numbers whose
+/// memory is what they travel as ([`sent_as_is`]). The same bytes
+/// [`ChunkWriter`] writes before its first such item.
+pub(crate) fn direct_header<T: 'static>() -> Option<Header> {
     let id = TypeId::of::<T>();
     let kind = if id == TypeId::of::<Vec<u8>>() {
         Kind::Bytes
     } else if id == TypeId::of::<String>() {
         Kind::Str
+    } else if let Some(kind) = raw_kind::<T>() {
+        kind
     } else {
-        raw_kind::<T>()?
+        // Only where `direct_value` can give the vector's bytes as they are.
+        let (element, true) = vector_kind::<T>()? else {
+            return None;
+        };
+        // The shape's length (2, one varint byte), then the shape.
+        return Some(Header {
+            bytes: [SHAPED, 2, Kind::Seq as u8, element as u8],
+            len: 4,
+        });
     };
     // The shape is one byte, so its varint length is that byte's count.
-    Some([SHAPED, 1, kind as u8])
+    Some(Header {
+        bytes: [SHAPED, 1, kind as u8, 0],
+        len: 3,
+    })
 }
 
 /// A chunk of the single item `item`, when that item is a byte string (a
@@ -135,8 +221,9 @@ pub(crate) fn owned_chunk<T: 'static>(value: T, min: usize) -> Result<(Vec<u8>, 
 pub(crate) enum Direct<'a> {
     /// A plain number: its raw bytes, in the first `.1` bytes.
     Word([u8; 8], usize),
-    /// A byte string or string: its length (a varint, in the first `len`
-    /// bytes of `length`), then `bytes`, the value's own storage.
+    /// A byte string, string or vector of numbers: its length (a varint,
+    /// in the first `len` bytes of `length`: bytes or elements), then
+    /// `bytes`, the value's own storage.
     Bytes {
         length: [u8; 10],
         len: usize,
@@ -168,13 +255,15 @@ pub(crate) fn direct_value<T: 'static>(item: &T) -> Option<Direct<'_>> {
         u64 => |v| v; usize => |v| v as u64; i64 => |v| v; isize => |v| v as i64;
         u32 => |v| v; i32 => |v| v; f64 => f64::to_bits; f32 => f32::to_bits;
     }
-    let bytes = if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
-        bytes.as_slice()
+    let (count, bytes) = if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
+        (bytes.len(), bytes.as_slice())
+    } else if let Some(text) = any.downcast_ref::<String>() {
+        (text.len(), text.as_bytes())
     } else {
-        any.downcast_ref::<String>()?.as_bytes()
+        vector_bytes(any)?
     };
     let mut prefix = Vec::with_capacity(10);
-    format::push_varint(&mut prefix, bytes.len() as u64);
+    format::push_varint(&mut prefix, count as u64);
     let mut length = [0u8; 10];
     length[..prefix.len()].copy_from_slice(&prefix);
     Some(Direct::Bytes {
@@ -261,6 +350,10 @@ pub struct ChunkWriter {
     count: usize,
     /// Where the last item's bytes begin, for [`ChunkWriter::undo_last`].
     last_start: usize,
+    /// Where the item being written begins, in the format the chunk is in
+    /// now: what a failed item is cut back to (after the chunk went tagged
+    /// part way through it, its start in the tagged bytes).
+    item_start: usize,
     /// Counts the times bytes already written were replaced (the chunk
     /// went tagged, or lost its first item), for readers of a prefix.
     generation: u64,
@@ -357,7 +450,7 @@ impl ChunkWriter {
         &mut self,
         item: &T,
     ) -> Result<(), Problem> {
-        let start = self.out.len();
+        self.item_start = self.out.len();
         let mut attached = std::mem::take(&mut self.attached.all);
         let kept = attached.len();
         let refuse = self.attached.refuse;
@@ -395,7 +488,7 @@ impl ChunkWriter {
                     self.mode = Mode::Empty;
                     self.generation += 1;
                 } else {
-                    self.out.truncate(start);
+                    self.out.truncate(self.item_start);
                 }
                 Err(problem)
             }
@@ -413,6 +506,10 @@ impl ChunkWriter {
                     let mut shape = Vec::new();
                     let probe = if let Some(kind) = raw_kind::<T>() {
                         shape.push(kind as u8);
+                        Ok(())
+                    } else if let Some((element, _)) = vector_kind::<T>() {
+                        // Known from the type, even if the first vector is empty.
+                        shape.extend_from_slice(&[Kind::Seq as u8, element as u8]);
                         Ok(())
                     } else {
                         value.serialize(&mut PlainEncoder {
@@ -441,6 +538,7 @@ impl ChunkWriter {
                 }
                 Mode::Shaped { shape, items_start } => {
                     let start = self.out.len();
+                    self.item_start = start;
                     let mut encoder = PlainEncoder {
                         out: &mut self.out,
                         shape,
@@ -477,6 +575,7 @@ impl ChunkWriter {
                 }
                 Mode::Tagged => {
                     self.last_start = self.out.len();
+                    self.item_start = self.out.len();
                     return ser::encode_into(value, &mut self.out).map_err(Problem::encode::<T>);
                 }
             }
@@ -530,7 +629,56 @@ impl<'a> ChunkReader<'a> {
             return cast(bytes.into_vec())
                 .ok_or_else(|| Problem::corrupt("internal error: byte fast path"));
         }
+        if let Some(vector) = self.next_vector::<T>() {
+            return vector;
+        }
         self.next_value::<T, T>()
+    }
+
+    /// The next item, a vector of numbers read whole rather than number by
+    /// number through serde, where the chunk holds `T`'s own shape;
+    /// `None`, with nothing read, where it cannot be (the serde path then
+    /// reads it, and says what is wrong with it).
+    #[inline]
+    fn next_vector<T: 'static>(&mut self) -> Option<Result<T, Problem>> {
+        let (element, _) = vector_kind::<T>()?;
+        if self.shape != Some(&[Kind::Seq as u8, element as u8][..]) {
+            return None;
+        }
+        macro_rules! try_types {
+            ($($ty:ty)*) => {$(
+                if TypeId::of::<T>() == TypeId::of::<Vec<$ty>>() {
+                    let vector = self.read_vector::<$ty>()?;
+                    return Some(vector.and_then(|vector| {
+                        cast(vector).ok_or_else(|| Problem::corrupt("internal error: vector fast path"))
+                    }));
+                }
+            )*};
+        }
+        try_types!(u64 usize i64 isize u32 i32 f64 f32);
+        None
+    }
+
+    fn read_vector<W: 'static>(&mut self) -> Option<Result<Vec<W>, Problem>> {
+        let rest = &self.bytes[self.pos.min(self.bytes.len())..];
+        let (count, prefix) = format::read_varint(rest).ok()?;
+        let count = usize::try_from(count).ok()?;
+        let width = raw_kind::<W>()?.width();
+        // A count the data cannot hold is left for serde to report.
+        if count.checked_mul(width)? > rest.len() - prefix {
+            return None;
+        }
+        let mut vector = Vec::new();
+        if vector.try_reserve_exact(count).is_err() {
+            return Some(Err(Problem::decode::<Vec<W>>(error::out_of_memory(
+                count.saturating_mul(width),
+            ))));
+        }
+        let read = take_raw(&rest[prefix..], count, &mut vector)?;
+        Some(read.map(|read| {
+            self.pos += prefix + read;
+            vector
+        }))
     }
 
     /// The next value, decoded as `V` (reported as a `T`).

@@ -45,6 +45,42 @@ pub fn chunk_reader(data: &[u8]) {
     check_chunk::<Vec<Option<u64>>>(data);
     check_chunk::<Nested>(data);
     check_chunk::<(i128, Option<(u16, String)>, serde_bytes::ByteBuf)>(data);
+    check_chunk::<Vec<f64>>(data);
+    check_chunk::<Vec<u32>>(data);
+    check_chunk::<(Vec<i16>, u8)>(data);
+    same_as_serde::<Vec<u64>>(data);
+    same_as_serde::<Vec<f32>>(data);
+    same_as_serde::<Vec<usize>>(data);
+}
+
+/// Vectors of numbers are read whole, not through serde
+/// (`ChunkReader::next`'s fast path): item for item, it reads what serde
+/// reads, and fails where serde fails.
+fn same_as_serde<T: Serialize + DeserializeOwned + 'static>(data: &[u8]) {
+    let (Ok(mut fast), Ok(mut serde)) = (ChunkReader::new(data), ChunkReader::new(data)) else {
+        return;
+    };
+    for _ in 0..MAX_ITEMS {
+        match (fast.next::<T>(), serde.next_value::<T, T>()) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(
+                    encode_chunk(&[a]),
+                    encode_chunk(&[b]),
+                    "the fast path read another value"
+                );
+                assert_eq!(fast.pos, serde.pos, "the fast path read another length");
+            }
+            (Err(a), Err(_)) => {
+                not_a_panic(&a);
+                return;
+            }
+            (a, b) => panic!(
+                "the fast path and serde disagree: {:?} / {:?}",
+                a.is_ok(),
+                b.is_ok()
+            ),
+        }
+    }
 }
 
 /// Decodes `data` as plain items: `data`'s first byte says how many of the

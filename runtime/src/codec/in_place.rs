@@ -1,11 +1,11 @@
 //! A reply decoded where its worker wrote it: each value copied once, from
 //! the worker's shared region straight into the value's own storage (a
-//! result vector of numbers, a `Vec<u8>`'s or a `String`'s buffer), with no
-//! private copy of the whole reply first.
+//! result vector of numbers, a `Vec<u8>`'s, a `String`'s or a `Vec<f64>`'s
+//! buffer), with no private copy of the whole reply first.
 //!
 //! Only the replies whose decoding is a copy take this path: values of a
 //! type with a [`direct_header`] (plain numbers, `()`, byte vectors,
-//! strings) and no failed item. Anything else, a reply that does not hold
+//! strings, vectors of numbers) and no failed item. Anything else, a reply that does not hold
 //! up included, is left untouched, to be copied out whole and decoded the
 //! usual way ([`super::ReplyReader`]), which also says what is wrong.
 //!
@@ -41,7 +41,8 @@ pub(crate) fn values_in_place<R: 'static>(
     let Some(end) = values_end(reply) else {
         return Ok(false);
     };
-    if end < header.len() || reply.peek::<3>(0) != (header, header.len()) {
+    let (head, got) = reply.peek::<4>(0);
+    if end < header.len() || got < header.len() || head[..header.len()] != *header {
         return Ok(false);
     }
     let body = Body {
@@ -89,10 +90,12 @@ impl Body<'_, '_> {
             return Ok(true);
         }
         if let Some(out) = any.downcast_mut::<Vec<Vec<u8>>>() {
-            return self.byte_strings(out, Some);
+            return self.each_prefixed(out, 1, |at, len| self.byte_string(at, len, Some));
         }
         if let Some(out) = any.downcast_mut::<Vec<String>>() {
-            return self.byte_strings(out, |bytes| String::from_utf8(bytes).ok());
+            return self.each_prefixed(out, 1, |at, len| {
+                self.byte_string(at, len, |bytes| String::from_utf8(bytes).ok())
+            });
         }
         // The numbers a reply holds raw, each as wide as its wire kind
         // (`raw_kind`, which the writer used).
@@ -106,6 +109,18 @@ impl Body<'_, '_> {
             )*};
         }
         try_words!(u64 usize i64 isize u32 i32 f64 f32);
+        // Vectors of those numbers, each its count and its numbers raw.
+        macro_rules! try_vectors {
+            ($($ty:ty)*) => {$(
+                if let (Some(out), Some(kind)) =
+                    (any.downcast_mut::<Vec<Vec<$ty>>>(), raw_kind::<$ty>())
+                {
+                    let width = kind.width();
+                    return self.each_prefixed(out, width, |at, count| self.vector(at, count, width));
+                }
+            )*};
+        }
+        try_vectors!(u64 usize i64 isize u32 i32 f64 f32);
         Ok(false)
     }
 
@@ -121,43 +136,74 @@ impl Body<'_, '_> {
         }
     }
 
-    /// Values that are each a varint length and that many bytes, made into
-    /// a `T` by `make` (`None`: not a valid `T`).
-    fn byte_strings<T: 'static>(
+    /// Values that are each a varint count, then that many elements of
+    /// `width` bytes, made into a value by `make` (from where its elements
+    /// start and their count; `None`: not taken).
+    fn each_prefixed<T>(
         &self,
         out: &mut Vec<T>,
-        make: fn(Vec<u8>) -> Option<T>,
+        width: usize,
+        make: impl Fn(usize, usize) -> Result<Option<T>, Problem>,
     ) -> Result<bool, Problem> {
         let mut at = self.start;
         for _ in 0..self.count {
             let (prefix, available) = self.reply.peek::<MAX_VARINT>(at);
-            let Ok((len, prefix_len)) = read_varint(&prefix[..available]) else {
+            let Ok((count, prefix_len)) = read_varint(&prefix[..available]) else {
                 return Ok(false);
             };
             let room = (self.end - at).checked_sub(prefix_len);
-            let Some(len) = usize::try_from(len)
+            let Some((count, len)) = usize::try_from(count)
                 .ok()
-                .filter(|&len| room.is_some_and(|room| len <= room))
+                .and_then(|count| Some((count, count.checked_mul(width)?)))
+                .filter(|&(_, len)| room.is_some_and(|room| len <= room))
             else {
                 return Ok(false);
             };
             at += prefix_len;
-            let mut bytes = Vec::new();
-            bytes
-                .try_reserve_exact(len)
-                .map_err(|_| no_memory::<T>(len))?;
-            match self.reply.append(at, len, &mut bytes) {
-                Ok(()) => {}
-                Err(CopyFailed::Outside(_)) => return Ok(false),
-                Err(CopyFailed::NoMemory(len)) => return Err(no_memory::<T>(len)),
-            }
-            at += len;
-            let Some(value) = make(bytes) else {
+            let Some(value) = make(at, count)? else {
                 return Ok(false);
             };
+            at += len;
             out.push(value);
         }
         Ok(at == self.end)
+    }
+
+    /// The `len` bytes at `at` made into a `T` by `make` (`None`: not a
+    /// valid `T`).
+    fn byte_string<T: 'static>(
+        &self,
+        at: usize,
+        len: usize,
+        make: fn(Vec<u8>) -> Option<T>,
+    ) -> Result<Option<T>, Problem> {
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len)
+            .map_err(|_| no_memory::<T>(len))?;
+        match self.reply.append(at, len, &mut bytes) {
+            Ok(()) => Ok(make(bytes)),
+            Err(CopyFailed::Outside(_)) => Ok(None),
+            Err(CopyFailed::NoMemory(len)) => Err(no_memory::<T>(len)),
+        }
+    }
+
+    /// The `count` numbers of `width` bytes at `at`, as a vector.
+    fn vector<W: Word>(
+        &self,
+        at: usize,
+        count: usize,
+        width: usize,
+    ) -> Result<Option<Vec<W>>, Problem> {
+        let mut vector = Vec::new();
+        vector
+            .try_reserve_exact(count)
+            .map_err(|_| no_memory::<Vec<W>>(count.saturating_mul(width)))?;
+        match self.reply.append_words(at, count, width, &mut vector) {
+            None | Some(Err(CopyFailed::Outside(_))) => Ok(None),
+            Some(Err(CopyFailed::NoMemory(bytes))) => Err(no_memory::<Vec<W>>(bytes)),
+            Some(Ok(())) => Ok(Some(vector)),
+        }
     }
 }
 
@@ -280,8 +326,19 @@ mod tests {
             prop_assert_eq!(in_place.as_ref().map(bits), Some(floats.clone()));
             prop_assert_eq!(usual.as_ref().map(bits), Some(floats.clone()));
             check(vec![(); small.len()], failed)?;
-            check(blobs, failed)?;
+            check(blobs.clone(), failed)?;
             check(texts, failed)?;
+            // Vectors of numbers, empty ones too.
+            let vectors = |n: usize| blobs.iter().map(move |b| b.iter().map(move |&x| (n as u64).wrapping_mul(u64::from(x))).collect());
+            check::<Vec<u64>>(vectors(1 << 56).collect(), failed)?;
+            check::<Vec<usize>>(vectors(3).map(|v: Vec<u64>| v.into_iter().map(|x| x as usize).collect()).collect(), failed)?;
+            check::<Vec<i32>>(vectors(1).map(|v: Vec<u64>| v.into_iter().map(|x| -(x as i32)).collect()).collect(), failed)?;
+            let vector_bits = |v: &Vec<Vec<f32>>| v.iter().map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+            let floats32: Vec<Vec<f32>> = numbers.chunks(3).map(|c| c.iter().map(|&b| f32::from_bits(b as u32)).collect()).collect();
+            let reply = reply_of(&floats32, &[]);
+            let (in_place, usual) = both_ways::<Vec<f32>>(&reply, floats32.len());
+            prop_assert_eq!(in_place.as_ref().map(vector_bits), Some(vector_bits(&floats32)));
+            prop_assert_eq!(usual.as_ref().map(vector_bits), Some(vector_bits(&floats32)));
         }
 
         /// A worker's bytes are untrusted: whatever the region holds behind
@@ -294,8 +351,12 @@ mod tests {
             body in vec(prop_oneof![3 => 0..0x20u8, 1 => any::<u8>(), 1 => Just(0x80u8)], 0..200),
             count in 0..12usize,
             tail_ok in any::<bool>(),
+            vectors in any::<bool>(),
         ) {
-            let mut reply = vec![crate::codec::chunk::SHAPED, 1, kind];
+            let mut reply = match vectors {
+                false => vec![crate::codec::chunk::SHAPED, 1, kind],
+                true => vec![crate::codec::chunk::SHAPED, 2, crate::codec::plain::Kind::Seq as u8, kind],
+            };
             reply.extend_from_slice(&body);
             let values_len = reply.len() as u64;
             reply.push(if tail_ok { 0 } else { 1 });
@@ -311,6 +372,10 @@ mod tests {
                 let (a, b) = both_ways::<Vec<u8>>(&reply, count);
                 if a.is_some() { assert_eq!(a, b) }
                 let (a, b) = both_ways::<String>(&reply, count);
+                if a.is_some() { assert_eq!(a, b) }
+                let (a, b) = both_ways::<Vec<u64>>(&reply, count);
+                if a.is_some() { assert_eq!(a, b) }
+                let (a, b) = both_ways::<Vec<i32>>(&reply, count);
                 if a.is_some() { assert_eq!(a, b) }
             });
             prop_assert!(largest <= limit, "{} bytes allocated for a reply of {}", largest, reply.len());

@@ -1,10 +1,13 @@
 //! Plain items in bulk: chunks whose items all have one fixed shape
-//! (integers, floats, bools, chars, strings, byte strings, `()`, and
-//! tuples and newtypes of those) are written without a tag per value.
+//! (integers, floats, bools, chars, strings, byte strings, `()`, sequences
+//! of numbers, and tuples and newtypes of those) are written without a tag
+//! per value.
 //!
 //! The chunk's header holds the shape once (see [`Kind`]); each item is then
 //! only its raw values: a `u64` is 8 little-endian bytes, a string its
-//! varint length and bytes. The first item's serializer calls record the
+//! varint length and bytes, a `Vec<f64>` its varint count and 8 bytes per
+//! element (so a vector of numbers is its own memory on a little-endian
+//! machine, copied whole both ways). The first item's serializer calls record the
 //! shape; every later item must make the same calls, or the chunk falls
 //! back to the tagged format (see [`transcode`]). Structs are never plain:
 //! their fields must travel by name (a skipped field would otherwise shift
@@ -40,6 +43,10 @@ pub(crate) enum Kind {
     Bytes,
     /// Followed in the shape by its length (a varint) and its elements.
     Tuple,
+    /// A sequence of numbers: followed in the shape by the numbers' kind
+    /// (one of the fixed-width integers or floats, see [`Kind::is_number`]);
+    /// each value is its count (a varint) and the numbers, raw.
+    Seq,
 }
 
 impl Kind {
@@ -47,7 +54,7 @@ impl Kind {
         use Kind::*;
         [
             Unit, Bool, U8, U16, U32, U64, I8, I16, I32, I64, U128, I128, F32, F64, Char, Str,
-            Bytes, Tuple,
+            Bytes, Tuple, Seq,
         ]
         .get(usize::from(byte))
         .copied()
@@ -56,13 +63,29 @@ impl Kind {
     /// Bytes of a fixed-width value.
     pub(super) fn width(self) -> usize {
         match self {
-            Kind::Unit | Kind::Tuple | Kind::Str | Kind::Bytes => 0,
+            Kind::Unit | Kind::Tuple | Kind::Str | Kind::Bytes | Kind::Seq => 0,
             Kind::Bool | Kind::U8 | Kind::I8 => 1,
             Kind::U16 | Kind::I16 => 2,
             Kind::U32 | Kind::I32 | Kind::F32 | Kind::Char => 4,
             Kind::U64 | Kind::I64 | Kind::F64 => 8,
             Kind::U128 | Kind::I128 => 16,
         }
+    }
+
+    /// An integer or float: the kinds a [`Kind::Seq`] holds. Every bit
+    /// pattern of its width is a value (unlike a bool or a char), so a
+    /// sequence of them is read with no check per element.
+    pub(super) fn is_number(self) -> bool {
+        !matches!(
+            self,
+            Kind::Unit
+                | Kind::Bool
+                | Kind::Char
+                | Kind::Str
+                | Kind::Bytes
+                | Kind::Tuple
+                | Kind::Seq
+        )
     }
 }
 
@@ -182,7 +205,7 @@ macro_rules! not_plain {
 impl<'a, 'b> ser::Serializer for &'a mut PlainEncoder<'b> {
     type Ok = ();
     type Error = PlainError;
-    type SerializeSeq = ser::Impossible<(), PlainError>;
+    type SerializeSeq = Numbers<'a, 'b>;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
     type SerializeTupleVariant = ser::Impossible<(), PlainError>;
@@ -276,9 +299,45 @@ impl<'a, 'b> ser::Serializer for &'a mut PlainEncoder<'b> {
     ) -> PResult {
         Err(PlainError::NotPlain)
     }
+    /// A sequence of numbers, with its length known up front (a `Vec`, a
+    /// slice, a set): any other sequence is not plain.
+    fn serialize_seq(self, len: Option<usize>) -> PResult<Numbers<'a, 'b>> {
+        let len = len.ok_or(PlainError::NotPlain)?;
+        self.step(Kind::Seq)?;
+        let kind = match self.at {
+            // Recording: the first element gives the kind; with none, the
+            // shape cannot be known from this value.
+            None if len == 0 => return Err(PlainError::NotPlain),
+            None => None,
+            Some(at) => {
+                let kind = self.shape.get(at).and_then(|&b| Kind::from_byte(b));
+                match kind {
+                    Some(kind) if kind.is_number() => {
+                        self.at = Some(at + 1);
+                        Some(kind)
+                    }
+                    _ => return Err(PlainError::NotPlain),
+                }
+            }
+        };
+        if !self.dry {
+            // The count is the user's: room for the numbers is reserved
+            // fallibly, at the widest a number may be.
+            let most = len.saturating_mul(Kind::U128.width());
+            let room = kind.map_or(most, |kind| len.saturating_mul(kind.width()));
+            reserve(self.out, room.saturating_add(varint_len(len as u64)))
+                .map_err(PlainError::User)?;
+        }
+        self.put_len(len);
+        Ok(Numbers {
+            enc: self,
+            kind,
+            left: len,
+        })
+    }
+
     not_plain! {
         serialize_unit_variant(&'static str, u32, &'static str) -> ();
-        serialize_seq(Option<usize>) -> ser::Impossible<(), PlainError>;
         serialize_tuple_variant(&'static str, u32, &'static str, usize) -> ser::Impossible<(), PlainError>;
         serialize_map(Option<usize>) -> ser::Impossible<(), PlainError>;
         serialize_struct(&'static str, usize) -> ser::Impossible<(), PlainError>;
@@ -305,6 +364,135 @@ impl ser::SerializeTupleStruct for &mut PlainEncoder<'_> {
     }
     fn end(self) -> PResult {
         Ok(())
+    }
+}
+
+/// A sequence of numbers being written plain ([`Kind::Seq`]): every
+/// element must be a number of one kind, and as many as announced.
+pub(crate) struct Numbers<'a, 'b> {
+    enc: &'a mut PlainEncoder<'b>,
+    /// The elements' kind: from the shape, or from the first element while
+    /// the shape is recorded.
+    kind: Option<Kind>,
+    left: usize,
+}
+
+impl ser::SerializeSeq for Numbers<'_, '_> {
+    type Ok = ();
+    type Error = PlainError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> PResult {
+        let (kind, bytes) = value.serialize(Number)?;
+        match self.kind {
+            Some(expected) if expected != kind => return Err(PlainError::NotPlain),
+            Some(_) => {}
+            None => {
+                // The first element while recording: its kind goes into
+                // the shape after the sequence's own byte.
+                if !kind.is_number() {
+                    return Err(PlainError::NotPlain);
+                }
+                self.enc.shape_byte(kind as u8)?;
+                self.kind = Some(kind);
+            }
+        }
+        self.left = self.left.checked_sub(1).ok_or(PlainError::NotPlain)?;
+        self.enc.put(&bytes[..kind.width()]);
+        Ok(())
+    }
+    fn end(self) -> PResult {
+        // Fewer elements than announced: the count written is wrong, so
+        // the value goes tagged, where the encoder says so.
+        if self.left == 0 {
+            Ok(())
+        } else {
+            Err(PlainError::NotPlain)
+        }
+    }
+}
+
+/// Takes one number: its kind and its little-endian bytes. Anything else
+/// is not plain.
+struct Number;
+
+type Raw = (Kind, [u8; 16]);
+
+fn raw(kind: Kind, bytes: &[u8]) -> PResult<Raw> {
+    let mut word = [0u8; 16];
+    word[..bytes.len()].copy_from_slice(bytes);
+    Ok((kind, word))
+}
+
+macro_rules! number {
+    ($($method:ident($ty:ty) => $kind:ident, $conv:expr;)*) => {$(
+        #[inline]
+        fn $method(self, v: $ty) -> PResult<Raw> {
+            let conv: fn($ty) -> _ = $conv;
+            raw(Kind::$kind, &conv(v).to_le_bytes())
+        }
+    )*};
+}
+
+impl ser::Serializer for Number {
+    type Ok = Raw;
+    type Error = PlainError;
+    type SerializeSeq = ser::Impossible<Raw, PlainError>;
+    type SerializeTuple = ser::Impossible<Raw, PlainError>;
+    type SerializeTupleStruct = ser::Impossible<Raw, PlainError>;
+    type SerializeTupleVariant = ser::Impossible<Raw, PlainError>;
+    type SerializeMap = ser::Impossible<Raw, PlainError>;
+    type SerializeStruct = ser::Impossible<Raw, PlainError>;
+    type SerializeStructVariant = ser::Impossible<Raw, PlainError>;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    number! {
+        serialize_u8(u8) => U8, |v| v; serialize_u16(u16) => U16, |v| v;
+        serialize_u32(u32) => U32, |v| v; serialize_u64(u64) => U64, |v| v;
+        serialize_i8(i8) => I8, |v| v; serialize_i16(i16) => I16, |v| v;
+        serialize_i32(i32) => I32, |v| v; serialize_i64(i64) => I64, |v| v;
+        serialize_u128(u128) => U128, |v| v; serialize_i128(i128) => I128, |v| v;
+        serialize_f32(f32) => F32, f32::to_bits; serialize_f64(f64) => F64, f64::to_bits;
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> PResult<Raw> {
+        value.serialize(self)
+    }
+
+    not_plain! {
+        serialize_bool(bool) -> Raw;
+        serialize_char(char) -> Raw;
+        serialize_str(&str) -> Raw;
+        serialize_bytes(&[u8]) -> Raw;
+        serialize_none() -> Raw;
+        serialize_unit() -> Raw;
+        serialize_unit_struct(&'static str) -> Raw;
+        serialize_unit_variant(&'static str, u32, &'static str) -> Raw;
+        serialize_seq(Option<usize>) -> ser::Impossible<Raw, PlainError>;
+        serialize_tuple(usize) -> ser::Impossible<Raw, PlainError>;
+        serialize_tuple_struct(&'static str, usize) -> ser::Impossible<Raw, PlainError>;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> ser::Impossible<Raw, PlainError>;
+        serialize_map(Option<usize>) -> ser::Impossible<Raw, PlainError>;
+        serialize_struct(&'static str, usize) -> ser::Impossible<Raw, PlainError>;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> ser::Impossible<Raw, PlainError>;
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> PResult<Raw> {
+        Err(PlainError::NotPlain)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> PResult<Raw> {
+        Err(PlainError::NotPlain)
     }
 }
 
@@ -366,6 +554,24 @@ impl<'de> PlainDecoder<'de, '_> {
         Ok(array)
     }
 
+    /// A sequence of numbers' header, after its [`Kind::Seq`]: where in the
+    /// shape its elements' kind is, and its count. Each number takes at
+    /// least a byte, so a count beyond the data left is refused here,
+    /// before a `Deserialize` impl takes it as a size hint.
+    fn numbers(&mut self) -> DResult<(usize, usize)> {
+        let kind_at = self.at;
+        let kind = self.kind()?;
+        if !kind.is_number() {
+            return Err(bad_shape());
+        }
+        let len = self.varint()?;
+        let left = self.input.len().saturating_sub(self.pos);
+        if len.checked_mul(kind.width()).is_none_or(|size| size > left) {
+            return Err(CodecError::new("the data ends in the middle of a value"));
+        }
+        Ok((kind_at, len))
+    }
+
     /// A varint of the data (a string's or byte string's length).
     fn varint(&mut self) -> DResult<usize> {
         let rest = self.input.get(self.pos..).unwrap_or_default();
@@ -421,6 +627,7 @@ impl<'de> de::Deserializer<'de> for &mut PlainDecoder<'de, '_> {
                 let mut access = Elements {
                     de: self,
                     left: len,
+                    each_at: None,
                 };
                 let value = visitor.visit_seq(&mut access)?;
                 if access.left > 0 {
@@ -428,6 +635,22 @@ impl<'de> de::Deserializer<'de> for &mut PlainDecoder<'de, '_> {
                         "a Deserialize impl stopped before the last element of a tuple",
                     ));
                 }
+                Ok(value)
+            }
+            Kind::Seq => {
+                let (kind_at, len) = self.numbers()?;
+                let mut access = Elements {
+                    de: self,
+                    left: len,
+                    each_at: Some(kind_at),
+                };
+                let value = visitor.visit_seq(&mut access)?;
+                if access.left > 0 {
+                    return Err(CodecError::new(
+                        "a Deserialize impl stopped before the last element of a sequence",
+                    ));
+                }
+                self.at = kind_at + 1;
                 Ok(value)
             }
         }
@@ -474,6 +697,9 @@ impl<'de> de::Deserializer<'de> for &mut PlainDecoder<'de, '_> {
 struct Elements<'a, 'de, 's> {
     de: &'a mut PlainDecoder<'de, 's>,
     left: usize,
+    /// For a sequence: where in the shape each element's kind is (every
+    /// element has the same); a tuple's elements follow one another.
+    each_at: Option<usize>,
 }
 
 impl<'de> de::SeqAccess<'de> for Elements<'_, 'de, '_> {
@@ -486,6 +712,9 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de, '_> {
             return Ok(None);
         }
         self.left -= 1;
+        if let Some(at) = self.each_at {
+            self.de.at = at;
+        }
         seed.deserialize(&mut *self.de).map(Some)
     }
     fn size_hint(&self) -> Option<usize> {
@@ -584,6 +813,18 @@ fn transcode_one(de: &mut PlainDecoder<'_, '_>, out: &mut Vec<u8>) -> DResult<()
             for _ in 0..len {
                 transcode_one(de, out)?;
             }
+        }
+        Kind::Seq => {
+            let (kind_at, len) = de.numbers()?;
+            // A tagged number takes at most its tag and 16 bytes.
+            reserve(out, len.saturating_mul(17).saturating_add(11))?;
+            out.push(tag::SEQ);
+            push_varint(out, len as u64);
+            for _ in 0..len {
+                de.at = kind_at;
+                transcode_one(de, out)?;
+            }
+            de.at = kind_at + 1;
         }
     }
     Ok(())

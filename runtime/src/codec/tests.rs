@@ -76,7 +76,217 @@ fn every_type_with_a_direct_header_has_a_direct_value() {
     both(1.5f32);
     both(vec![1u8]);
     both(String::from("x"));
+    both(vec![1u64]);
+    both(vec![-1i64]);
+    both(vec![1u32]);
+    both(vec![-1i32]);
+    both(vec![1.5f64]);
+    both(vec![1.5f32]);
     assert!(chunk::direct_header::<u8>().is_none());
+    assert!(chunk::direct_header::<Vec<u16>>().is_none());
+    assert!(chunk::direct_header::<Vec<Vec<u64>>>().is_none());
+    // A `usize` is 8 bytes on the wire: its vector is its own memory only
+    // where it is 8 bytes in memory too.
+    assert_eq!(
+        chunk::direct_header::<Vec<usize>>().is_some(),
+        cfg!(all(target_pointer_width = "64", target_endian = "little"))
+    );
+}
+
+/// A vector of numbers is its count and its numbers raw, with no tag per
+/// element (it was a tag and a value each, 9 bytes per `f64`), and reads
+/// back bit for bit: NaN payloads, -0.0, the extremes, empty vectors first.
+#[test]
+fn vectors_of_numbers_travel_raw() {
+    let floats = vec![1.5f64; 1000];
+    let bytes = encode(&floats).unwrap();
+    // Header, the shape's length and shape (sequence of f64), the count (a
+    // 2-byte varint), then 8 bytes each.
+    assert_eq!(
+        &bytes[..4],
+        &[SHAPED, 2, plain::Kind::Seq as u8, plain::Kind::F64 as u8]
+    );
+    assert_eq!(bytes.len(), 4 + 2 + 8 * 1000);
+    let odd = [
+        f64::NAN,
+        -0.0,
+        f64::from_bits(0x7ff0_0000_0000_0001),
+        f64::MIN,
+        f64::MAX,
+    ];
+    let back = round_trip(&[vec![], odd.to_vec(), vec![2.0; 3]]);
+    assert_eq!(back.len(), 3);
+    assert!(back[0].is_empty());
+    let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&back[1]), bits(&odd));
+    assert_eq!(back[2], vec![2.0; 3]);
+    assert_eq!(
+        round_trip(&[vec![u64::MAX, 0], vec![]]),
+        vec![vec![u64::MAX, 0], vec![]]
+    );
+    assert_eq!(
+        round_trip(&[vec![i64::MIN], vec![-1]]),
+        vec![vec![i64::MIN], vec![-1]]
+    );
+    assert_eq!(round_trip(&[vec![usize::MAX]]), vec![vec![usize::MAX]]);
+    assert_eq!(
+        round_trip(&[vec![-7i32, i32::MAX]]),
+        vec![vec![-7, i32::MAX]]
+    );
+    assert_eq!(round_trip(&[vec![u32::MAX]]), vec![vec![u32::MAX]]);
+    assert_eq!(
+        round_trip(&[vec![f32::MIN_POSITIVE]]),
+        vec![vec![f32::MIN_POSITIVE]]
+    );
+    // Through serde too: vectors in a tuple, other element types, sets,
+    // slices of bytes, each plain.
+    let items = [(vec![1u16, 2], 3u8, vec![-1i8]), (vec![], 4, vec![i8::MIN])];
+    assert_eq!(encode(&items[0]).unwrap()[0], SHAPED);
+    assert_eq!(round_trip(&items), items.to_vec());
+    let sets = [
+        std::collections::BTreeSet::from([3u128, 1]),
+        Default::default(),
+    ];
+    assert_eq!(encode(&sets[0]).unwrap()[0], SHAPED);
+    assert_eq!(round_trip(&sets), sets.to_vec());
+    let nested = [(vec![7u8; 3], 1u64)];
+    assert_eq!(round_trip(&nested), nested.to_vec());
+}
+
+/// A sequence is plain only while every element of every item is a number
+/// of one kind, with its count known; otherwise the chunk goes tagged
+/// (the items before rewritten) and reads back whole.
+#[test]
+fn sequences_that_are_not_plain_numbers_go_tagged() {
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+    }
+    use Number::{Float, Int};
+    // The second item's elements are of another kind.
+    let items = vec![
+        vec![Int(1), Int(2)],
+        vec![Float(0.5)],
+        vec![Int(3), Float(2.5)],
+    ];
+    let bytes = {
+        let mut writer = ChunkWriter::default();
+        for item in &items {
+            writer.push(item).unwrap();
+        }
+        writer.finish()
+    };
+    assert_eq!(bytes[0], TAGGED);
+    assert_eq!(round_trip(&items), items);
+    // Mixed within the first item.
+    assert_eq!(encode(&items[2]).unwrap()[0], TAGGED);
+    // A sequence of anything but numbers.
+    assert_eq!(encode(&vec![true]).unwrap()[0], TAGGED);
+    assert_eq!(encode(&vec![String::new()]).unwrap()[0], TAGGED);
+    assert_eq!(encode(&vec![vec![1u64]]).unwrap()[0], TAGGED);
+    assert_eq!(
+        round_trip(&[vec![vec![1u64], vec![]]]),
+        vec![vec![vec![1u64], vec![]]]
+    );
+    // The first item's sequence is empty: no element says its kind.
+    assert_eq!(encode(&(Vec::<u16>::new(), 1u8)).unwrap()[0], TAGGED);
+}
+
+/// A `Serialize` impl that writes fewer or more elements than it announced
+/// is an error, in the plain path as in the tagged one: never a count that
+/// shifts the next value.
+#[test]
+fn a_sequence_with_another_count_than_announced_is_an_error() {
+    struct Liar(usize, usize);
+    impl Serialize for Liar {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(Some(self.0))?;
+            for n in 0..self.1 {
+                seq.serialize_element(&(n as u32))?;
+            }
+            seq.end()
+        }
+    }
+    for (announced, written) in [(3, 1), (1, 3), (0, 1)] {
+        let mut writer = ChunkWriter::default();
+        let problem = writer.push(&Liar(announced, written)).unwrap_err();
+        assert!(problem.message.contains("announced"), "{}", problem.message);
+        // As the second item of a plain chunk, too.
+        let mut writer = ChunkWriter::default();
+        writer.push(&Liar(2, 2)).unwrap();
+        assert!(writer.push(&Liar(announced, written)).is_err());
+        let bytes = writer.finish();
+        let mut reader = ChunkReader::new(&bytes).unwrap();
+        let mut out: Vec<Vec<u32>> = Vec::new();
+        reader.read_into(1, &mut out).unwrap();
+        assert_eq!(out, vec![vec![0, 1]]);
+        reader.finish().unwrap();
+    }
+    // A value that is plain first, then fails once the chunk went tagged
+    // part way through it: the chunk is cut back to the items before, in
+    // the tagged bytes (it was cut at the item's plain offset, leaving
+    // bytes behind).
+    struct Sometimes(bool);
+    impl Serialize for Sometimes {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                true => s.serialize_u64(1 << 40),
+                false => Some(Liar(3, 1)).serialize(s),
+            }
+        }
+    }
+    let mut writer = ChunkWriter::default();
+    writer.push(&Sometimes(true)).unwrap();
+    writer.push(&Sometimes(true)).unwrap();
+    assert!(writer.push(&Sometimes(false)).is_err());
+    let bytes = writer.finish();
+    assert_eq!(bytes[0], TAGGED);
+    let mut reader = ChunkReader::new(&bytes).unwrap();
+    let mut out: Vec<u64> = Vec::new();
+    reader.read_into(2, &mut out).unwrap();
+    assert_eq!(out, vec![1 << 40; 2]);
+    reader.finish().unwrap();
+}
+
+/// A forged sequence in a plain chunk: a count the data cannot hold, or
+/// elements of a kind that is not a number, is an error, and nothing is
+/// allocated for the count.
+#[test]
+fn a_forged_sequence_is_an_error_without_allocating() {
+    use plain::Kind;
+    for (shape, data) in [
+        (
+            vec![Kind::Seq as u8, Kind::F64 as u8],
+            vec![0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2],
+        ),
+        (vec![Kind::Seq as u8, Kind::U8 as u8], vec![9, 1, 2]),
+        (vec![Kind::Seq as u8, Kind::Str as u8], vec![1, 1, b'a']),
+        (vec![Kind::Seq as u8, Kind::Seq as u8], vec![1, 1, 1]),
+        (vec![Kind::Seq as u8], vec![1, 1]),
+    ] {
+        let mut chunk = vec![SHAPED, shape.len() as u8];
+        chunk.extend(&shape);
+        chunk.extend(&data);
+        let largest = crate::test_alloc::largest_during(|| {
+            let read = ChunkReader::new(&chunk);
+            assert!(
+                read.and_then(|mut r| r.next::<Vec<f64>>()).is_err(),
+                "{chunk:?}"
+            );
+            let read = ChunkReader::new(&chunk);
+            assert!(
+                read.and_then(|mut r| r.next::<Vec<u8>>()).is_err(),
+                "{chunk:?}"
+            );
+            let read = ChunkReader::new(&chunk);
+            let problem = read.and_then(|mut r| r.next::<Vec<u64>>()).unwrap_err();
+            assert!(!problem.panicked());
+        });
+        assert!(largest < 4096, "{largest} bytes allocated for {chunk:?}");
+    }
 }
 
 #[test]
@@ -678,5 +888,21 @@ fn a_borrowed_chunk_is_the_chunk_the_writer_makes() {
         );
     }
     assert!(super::borrowed_chunk(&5u64).is_none());
-    assert!(super::borrowed_chunk(&vec![1u32]).is_none());
+    // A vector of numbers: its count, then its memory.
+    for len in [0usize, 1, 127, 128, 16384] {
+        let floats: Vec<f64> = (0..len).map(|i| i as f64 / 3.0).collect();
+        let (head, tail) = super::borrowed_chunk(&floats).unwrap();
+        assert_eq!(tail.len(), 8 * len);
+        assert_eq!(
+            [head.as_slice(), tail].concat(),
+            super::encode(&floats).unwrap()
+        );
+        let small: Vec<i32> = (0..len as i32).map(|i| -i).collect();
+        let (head, tail) = super::borrowed_chunk(&small).unwrap();
+        assert_eq!(
+            [head.as_slice(), tail].concat(),
+            super::encode(&small).unwrap()
+        );
+    }
+    assert!(super::borrowed_chunk(&vec![1u16]).is_none());
 }

@@ -94,6 +94,58 @@ fn a_large_apply_argument_is_written_once_into_the_region() {
     panic!("no apply ran on the caller's thread in 50 tries");
 }
 
+#[pool_job]
+fn echo_floats(floats: Vec<f64>) -> Vec<f64> {
+    floats
+}
+
+#[pool_job]
+fn ramp(n: u32) -> Vec<i32> {
+    (0..n as i32).map(|i| i * -3).collect()
+}
+
+/// A vector of numbers crosses like a byte string: its memory is written
+/// once into the request region from the caller's value, and the reply is
+/// copied once out of the reply region into the result's own buffer, with
+/// no private copy of the whole reply. (Before, each `f64` was tagged: 9
+/// bytes written and read number by number, into a private copy first.)
+#[test]
+fn a_vector_of_numbers_crosses_with_one_copy_each_way() {
+    const LEN: usize = 512 << 10;
+    let pool = Pool::with_processes(1).unwrap();
+    let payload: Vec<f64> = (0..LEN).map(|i| i as f64 / 7.0).collect();
+    for _ in 0..50 {
+        let written = crate::sys::bytes_written_here();
+        let (copied, whole) = (
+            crate::sys::bytes_copied_out_here(),
+            crate::sys::whole_replies_copied_here(),
+        );
+        let reply = pool.apply(echo_floats, &payload).unwrap();
+        let written = crate::sys::bytes_written_here() - written;
+        let copied = crate::sys::bytes_copied_out_here() - copied;
+        let whole = crate::sys::whole_replies_copied_here() - whole;
+        assert!(reply == payload);
+        if written == 0 {
+            // The slot's thread ran it (its worker was not idle yet).
+            continue;
+        }
+        assert!(
+            (8 * LEN..8 * LEN + 16).contains(&written),
+            "{written} bytes written for {}",
+            8 * LEN
+        );
+        assert_eq!((copied, whole), (8 * LEN, 0));
+        // A map of vectors, some empty: every value exact.
+        let got = pool.map(ramp, [0, 3, 100_000, 0, 7]).unwrap();
+        let expected: Vec<Vec<i32>> = [0, 3, 100_000, 0, 7]
+            .map(|n: i32| (0..n).map(|i| i * -3).collect())
+            .to_vec();
+        assert!(got == expected);
+        return;
+    }
+    panic!("no apply ran on the caller's thread in 50 tries");
+}
+
 /// The bytes' length and sum, after the worker died on the first try
 /// of each payload (named by its first 8 bytes).
 #[pool_job]

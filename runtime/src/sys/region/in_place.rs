@@ -16,11 +16,22 @@ pub(crate) struct InPlace<'a> {
     pub(super) len: usize,
 }
 
-/// A number a reply may hold raw: any bit pattern is a valid value.
+/// A number a reply may hold raw: any bit pattern is a valid value, and
+/// every byte of a value is part of it.
 ///
 /// # Safety
-/// Every bit pattern of `size_of::<Self>()` bytes is a valid `Self`.
+/// Every bit pattern of `size_of::<Self>()` bytes is a valid `Self`, and
+/// `Self` has no padding bytes.
 pub(crate) unsafe trait Word: Copy + 'static {}
+
+/// The bytes of `words`, in memory order: what a vector of numbers is sent
+/// as on a little-endian machine, copied whole, not number by number.
+pub(crate) fn word_bytes<W: Word>(words: &[W]) -> &[u8] {
+    // SAFETY: `words` is `size_of_val(words)` initialised bytes (a `Word`
+    // has no padding), readable as `u8` (alignment 1) for as long as the
+    // borrow of `words`, which the result keeps.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), size_of_val(words)) }
+}
 // SAFETY: integers and floats have no invalid bit patterns.
 unsafe impl Word for u64 {}
 // SAFETY: as above.

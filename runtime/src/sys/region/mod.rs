@@ -13,7 +13,7 @@ use super::describe_io;
 
 mod in_place;
 
-pub(crate) use in_place::{InPlace, Word};
+pub(crate) use in_place::{InPlace, Word, word_bytes};
 
 /// A mapped memfd shared with one worker: grown on demand, never shrunk.
 ///
