@@ -40,7 +40,10 @@ fn main() {
             let back = pool.apply(echo, &floats).expect("apply");
             assert_eq!(back.len(), len);
         });
-        println!("echo of {:>5} KiB of f64: median {ms:.3} ms", (len * 8) >> 10);
+        println!(
+            "echo of {:>5} KiB of f64: median {ms:.3} ms",
+            (len * 8) >> 10
+        );
     }
     let ms = median_ms(15, || {
         let rows = pool.map(row, 0..1000).expect("map");

@@ -293,18 +293,70 @@ impl<R> Decode<R> {
 /// Appends an item of a call, of type `X`, to a chunk; on error the chunk
 /// is as it was. Made by [`encode_items`] or [`encode_arg_tuples`].
 ///
-/// A closure, so the pool's loops call it directly: it borrows the job's
-/// item out of `X` (statically: `X` may be a reference, or an argument
-/// tuple for `starmap`), writes a plain number in place, and calls the
-/// job's [`ItemEncoder`] (the one indirect call) for anything else.
-pub(crate) trait Encode<X>:
-    Fn(&X, &mut ChunkWriter) -> Result<(), Problem> + Copy + Send + Sync + 'static
-{
+/// Generic over how the job's item is borrowed out of `X` (statically: `X`
+/// may be a reference, or an argument tuple for `starmap`), so the pool's
+/// loops call it directly: it writes a plain number in place, and calls
+/// the job's [`ItemEncoder`] (the one indirect call) for anything else.
+pub(crate) trait Encode<X>: Copy + Send + Sync + 'static {
+    /// Appends `item`.
+    fn encode(&self, item: &X, chunk: &mut ChunkWriter) -> Result<(), Problem>;
+
+    /// Appends items taken from `items` in one tight loop while they are
+    /// written raw (see [`ChunkWriter::extend_raw`]), until the chunk holds
+    /// `max_items` or `max_bytes`: how many it took. Takes none unless each
+    /// item it takes is written.
+    fn extend_raw(
+        &self,
+        items: &mut impl Iterator<Item = X>,
+        chunk: &mut ChunkWriter,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> usize;
 }
 
-impl<X, F> Encode<X> for F where
-    F: Fn(&X, &mut ChunkWriter) -> Result<(), Problem> + Copy + Send + Sync + 'static
+/// The [`Encode`] of a job whose item is `T`, for call items `X` that
+/// `borrow` turns into a `&T`.
+// `X` is not a parameter of the type (a closure's type is `'static` also
+// where `X` is a reference), only of its `Encode` impl.
+pub(crate) struct ItemsOf<T: 'static, B> {
+    encoder: ItemEncoder<T>,
+    borrow: B,
+}
+
+impl<T, B: Copy> Clone for ItemsOf<T, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T, B: Copy> Copy for ItemsOf<T, B> {}
+
+impl<X, T, B> Encode<X> for ItemsOf<T, B>
+where
+    T: 'static,
+    B: Fn(&X) -> &T + Copy + Send + Sync + 'static,
 {
+    #[inline(always)]
+    fn encode(&self, item: &X, chunk: &mut ChunkWriter) -> Result<(), Problem> {
+        push(chunk, (self.borrow)(item), self.encoder)
+    }
+
+    #[inline(always)]
+    fn extend_raw(
+        &self,
+        items: &mut impl Iterator<Item = X>,
+        chunk: &mut ChunkWriter,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> usize {
+        chunk.extend_raw(items, self.borrow, max_items, max_bytes)
+    }
+}
+
+/// `borrow` as a function from any `&X` to a `&T` of the same lifetime
+/// (what a closure's signature is not inferred to be).
+fn borrowing<X, T, B: Fn(&X) -> &T>(borrow: B) -> B {
+    borrow
 }
 
 /// An [`Encode`] that a type not generic over the job's item type can hold
@@ -319,8 +371,10 @@ where
     J: IntoJob,
     X: ItemFor<<J::Args as JobArgs>::Item>,
 {
-    let encoder = job.encoder();
-    move |item: &X, chunk: &mut ChunkWriter| push(chunk, item.as_item(), encoder)
+    ItemsOf {
+        encoder: job.encoder(),
+        borrow: borrowing(|item: &X| item.as_item()),
+    }
 }
 
 /// For `starmap`: each item is an argument tuple or a reference to one.
@@ -329,9 +383,9 @@ where
     J: IntoJob,
     X: ItemFor<J::Args>,
 {
-    let encoder = job.encoder();
-    move |item: &X, chunk: &mut ChunkWriter| {
-        push(chunk, JobArgs::as_item(ItemFor::as_item(item)), encoder)
+    ItemsOf {
+        encoder: job.encoder(),
+        borrow: borrowing(|item: &X| JobArgs::as_item(ItemFor::as_item(item))),
     }
 }
 

@@ -124,6 +124,64 @@ fn takes_unserializable(_: Unserializable) -> u8 {
     0
 }
 
+/// A number that cannot be serialized when it is 7.
+#[derive(Deserialize)]
+struct NotSeven(u64);
+
+impl Serialize for NotSeven {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            7 => Err(serde::ser::Error::custom("seven")),
+            n => s.serialize_u64(n),
+        }
+    }
+}
+
+#[pool_job]
+fn not_seven(n: NotSeven) -> u64 {
+    n.0
+}
+
+#[pool_job]
+fn double(n: u64) -> u64 {
+    2 * n
+}
+
+/// The item that fails to serialize is named by its index, whatever the
+/// chunking; plain numbers written in runs (a chunk at a time) land in
+/// their places across every chunk boundary.
+#[test]
+fn a_maps_items_keep_their_index_and_place_in_every_chunking() {
+    let pool = pool(2);
+    for chunked in [pool.chunksize(1), pool.chunksize(3), pool.chunksize(None)] {
+        let err = chunked.map(not_seven, (0..20).map(NotSeven)).unwrap_err();
+        match &err {
+            Error::Serialization { direction, .. } => {
+                assert_eq!(direction, "serialize argument 7")
+            }
+            other => panic!("expected Serialization, got {other:?}"),
+        }
+    }
+    for size in [Some(1), Some(7), Some(1000), None] {
+        for len in [0u64, 1, 6, 7, 8, 999, 1001, 70_000] {
+            if size == Some(1) && len > 1001 {
+                continue;
+            }
+            let got = pool.chunksize(size).map(double, 0..len).unwrap();
+            assert!(
+                got.iter().copied().eq((0..len).map(|n| 2 * n)),
+                "{size:?} {len}"
+            );
+            let input: Vec<u64> = (0..len).collect();
+            let got = pool.chunksize(size).map(double, &input).unwrap();
+            assert!(
+                got.iter().copied().eq((0..len).map(|n| 2 * n)),
+                "{size:?} {len}"
+            );
+        }
+    }
+}
+
 fn pool(n: usize) -> Pool {
     Pool::with_processes(n).unwrap_or_else(|e| panic!("pool start failed: {e}"))
 }

@@ -400,6 +400,55 @@ impl ChunkWriter {
         false
     }
 
+    /// Appends items taken from `items` (each borrowed as a `T` by
+    /// `borrow`) while the chunk holds fewer than `max_items` items and
+    /// `max_bytes` bytes: how many. Only for plain numbers (see
+    /// [`raw_kind`]) once the chunk has its shape from a first item;
+    /// otherwise it takes none, so every item it takes is written.
+    ///
+    /// One tight loop over the items, with the buffer and counts in
+    /// registers: pushed one at a time, with the writer's fields kept in
+    /// memory across the pool's loop, a trivial item cost the caller 5 ns
+    /// (perf of the map of 10⁶ `u64`: 15 % of all samples).
+    #[inline(always)]
+    pub(crate) fn extend_raw<X, T: 'static>(
+        &mut self,
+        items: &mut impl Iterator<Item = X>,
+        borrow: impl Fn(&X) -> &T,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> usize {
+        let Some(kind) = raw_kind::<T>() else {
+            return 0;
+        };
+        if !matches!(self.mode, Mode::Shaped { .. }) {
+            return 0;
+        }
+        let width = kind.width();
+        let mut room = max_items.saturating_sub(self.count);
+        if width > 0 {
+            room = room.min(max_bytes.saturating_sub(self.out.len()).div_ceil(width));
+        }
+        if room == 0 || self.out.try_reserve(room.saturating_mul(width)).is_err() {
+            return 0;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        let mut taken = 0;
+        while taken < room {
+            let Some(item) = items.next() else {
+                break;
+            };
+            put_raw(borrow(&item), &mut out);
+            taken += 1;
+        }
+        if taken > 0 {
+            self.last_start = out.len() - width;
+            self.count += taken;
+        }
+        self.out = out;
+        taken
+    }
+
     /// Removes the last item written, if the chunk holds more than one
     /// (the first fixes the chunk's header). The chunk stays in the
     /// format it is in; the items before are untouched.

@@ -906,3 +906,48 @@ fn a_borrowed_chunk_is_the_chunk_the_writer_makes() {
     }
     assert!(super::borrowed_chunk(&vec![1u16]).is_none());
 }
+
+/// A run of plain numbers is taken only once the chunk has its shape,
+/// stops at the item and byte limits without taking an item more, and
+/// writes the bytes pushing one at a time writes.
+#[test]
+fn a_raw_run_takes_exactly_what_fits_and_writes_what_pushes_write() {
+    let mut items = 0..100u64;
+    let mut run = ChunkWriter::default();
+    // No shape yet: nothing taken.
+    assert_eq!(run.extend_raw(&mut items, |x| x, 50, usize::MAX), 0);
+    run.push(&items.next().unwrap()).unwrap();
+    assert_eq!(run.extend_raw(&mut items, |x| x, 50, usize::MAX), 49);
+    assert_eq!(run.len(), 50);
+    assert_eq!(
+        items.clone().next(),
+        Some(50),
+        "an item taken and not written"
+    );
+    // Full: nothing more.
+    assert_eq!(run.extend_raw(&mut items, |x| x, 50, usize::MAX), 0);
+    let mut pushed = ChunkWriter::default();
+    for i in 0..50u64 {
+        pushed.push(&i).unwrap();
+    }
+    assert_eq!(run.written(), pushed.written());
+    // A byte limit: items until the chunk holds at least that many bytes.
+    let mut small = ChunkWriter::default();
+    small.push(&1i32).unwrap();
+    let header = small.byte_len() - 4;
+    let mut more = [2i32, 3, 4, 5, 6].into_iter();
+    assert_eq!(small.extend_raw(&mut more, |x| x, 100, header + 10), 2);
+    assert_eq!(more.next(), Some(4));
+    // Other items are never taken.
+    let mut texts = vec![String::from("a"); 3].into_iter();
+    let mut chunk = ChunkWriter::default();
+    chunk.push(&String::new()).unwrap();
+    assert_eq!(chunk.extend_raw(&mut texts, |x| x, 10, usize::MAX), 0);
+    assert_eq!(texts.len(), 3);
+    // A unit has no bytes: the item limit alone.
+    let mut units = std::iter::repeat_n((), 10);
+    let mut chunk = ChunkWriter::default();
+    chunk.push(&()).unwrap();
+    assert_eq!(chunk.extend_raw(&mut units, |x| x, 4, 0), 3);
+    assert_eq!(units.count(), 7);
+}

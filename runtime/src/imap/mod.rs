@@ -106,7 +106,7 @@ where
             pool,
             job,
             input: Some(input),
-            encode: Box::new(encode),
+            encode: Box::new(move |item, chunk| encode.encode(item, chunk)),
             stream: Arc::new(Stream {
                 job,
                 decode,

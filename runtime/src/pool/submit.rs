@@ -76,11 +76,14 @@ impl Pool {
             call.abandon(error.clone());
             error
         };
-        for (index, item) in items.into_iter().enumerate() {
+        let mut items = items.into_iter();
+        let mut index = 0;
+        while let Some(item) = items.next() {
             let item = match owned {
                 Some(owned) if chunk.items.len() == 0 && alone_from != usize::MAX => {
                     match owned(item, alone_from) {
                         Ok(whole) => {
+                            index += 1;
                             chunk.owned = Some(whole);
                             if !self.send_in_window(job, &call, &mut chunk, window)? {
                                 break;
@@ -92,9 +95,10 @@ impl Pool {
                 }
                 _ => item,
             };
-            if let Err(problem) = encode(&item, &mut chunk.items) {
+            if let Err(problem) = encode.encode(&item, &mut chunk.items) {
                 return Err(serialization(index, problem));
             }
+            index += 1;
             if byte_limit.is_some_and(|limit| chunk.items.byte_len() > limit)
                 && chunk.items.len() > 1
             {
@@ -103,9 +107,12 @@ impl Pool {
                     break;
                 }
                 // A single item over the limit is the backend's to refuse.
-                if let Err(problem) = encode(&item, &mut chunk.items) {
-                    return Err(serialization(index, problem));
+                if let Err(problem) = encode.encode(&item, &mut chunk.items) {
+                    return Err(serialization(index - 1, problem));
                 }
+            } else if byte_limit.is_none() {
+                // Plain numbers: the rest of the chunk in one tight loop.
+                index += encode.extend_raw(&mut items, &mut chunk.items, chunksize, max_bytes);
             }
             if (chunk.items.len() == chunksize || chunk.items.byte_len() >= max_bytes)
                 && !self.send_in_window(job, &call, &mut chunk, window)?
