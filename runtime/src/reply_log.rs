@@ -27,7 +27,7 @@ use crate::codec;
 use crate::failure::Failure;
 #[cfg(test)]
 use crate::sys::ReplyCopy;
-use crate::sys::{self, CopyFailed, InPlace, Region};
+use crate::sys::{self, CopyFailed, InPlace, Region, Span};
 
 /// The task whose counters follow (0: none yet).
 const TASK: usize = 0;
@@ -220,6 +220,44 @@ impl<'a> ReplyStream<'a> {
         self.store(DONE, index as u64 + 1);
     }
 
+    /// Starts `count` values of `width` bytes each (plain numbers, after
+    /// [`ReplyStream::begin_raw`]), written by [`Words::push`]: room for all
+    /// of them is made at once, and each is then one checked write and
+    /// its counters. End with [`ReplyStream::words_written`].
+    pub(crate) fn words(&mut self, count: usize, width: usize) -> Words<'_> {
+        let published = self.published;
+        let mut words = Words {
+            span: None,
+            published,
+            written: 0,
+            overflow: false,
+        };
+        if self.broken.is_some() {
+            return words;
+        }
+        let at = self.values_at + published;
+        let len = count.saturating_mul(width);
+        if let Err(err) = self.region.reserve(at.saturating_add(len)) {
+            self.broken = Some(err);
+            return words;
+        }
+        match self.region.span(at, len) {
+            Ok(span) => words.span = Some(span),
+            Err(err) => self.broken = Some(err),
+        }
+        words
+    }
+
+    /// Ends a run of [`Words`]: `written`, what [`Words::finish`] said.
+    pub(crate) fn words_written(&mut self, written: Result<usize, ()>) {
+        match written {
+            Ok(written) => self.published += written,
+            Err(()) => {
+                self.broken = Some(std::io::Error::other("a chunk had more values than items"))
+            }
+        }
+    }
+
     /// Item `index` failed (after [`ReplyStream::begin_raw`]): logs it.
     #[cold]
     pub(crate) fn failed_raw(&mut self, index: usize, failure: &Failure) {
@@ -268,6 +306,59 @@ impl<'a> ReplyStream<'a> {
         self.region
             .write_at(self.values_at + from, &reply[from..])?;
         Ok(reply.len() as u64)
+    }
+}
+
+/// A run of plain numbers written into the reply region one item at a
+/// time ([`ReplyStream::words`]), with the region's counters moved as each
+/// is written, as [`ReplyStream::push_raw`] moves them.
+pub(crate) struct Words<'r> {
+    /// `None` once the region could not take the values (the stream says
+    /// why).
+    span: Option<Span<'r>>,
+    /// Value bytes in the region before the run.
+    published: usize,
+    /// Value bytes written by the run.
+    written: usize,
+    /// More values came than the run had room for.
+    overflow: bool,
+}
+
+impl Words<'_> {
+    /// Item `index` is about to run.
+    #[inline(always)]
+    pub(crate) fn running(&self, index: usize) {
+        if let Some(span) = &self.span {
+            span.head()[RUNNING / 8].store(index as u64 + 1, Ordering::Release);
+        }
+    }
+
+    /// Item `index` finished with the value whose bytes are `word`.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, index: usize, word: &[u8]) {
+        // As in `ReplyStream::finished`: a forked copy must not write the
+        // parent's region.
+        sys::check_fork_guard();
+        let Some(span) = &mut self.span else {
+            return;
+        };
+        if !span.put(self.written, word) {
+            self.overflow = true;
+            self.span = None;
+            return;
+        }
+        self.written += word.len();
+        let head = span.head();
+        head[VALUES_LEN / 8].store((self.published + self.written) as u64, Ordering::Release);
+        head[DONE / 8].store(index as u64 + 1, Ordering::Release);
+    }
+
+    /// The value bytes the run wrote, for [`ReplyStream::words_written`].
+    pub(crate) fn finish(self) -> Result<usize, ()> {
+        match self.overflow {
+            false => Ok(self.written),
+            true => Err(()),
+        }
     }
 }
 

@@ -199,7 +199,40 @@ where
 {
     let mut failures: Vec<(usize, Failure)> = Vec::new();
     stream.begin_raw(header);
-    for (index, item) in items.into_iter().enumerate() {
+    let mut items = items.into_iter().enumerate();
+    if let Some(width) = codec::raw_width::<R>() {
+        // Plain numbers: room for the rest of the chunk at once, then one
+        // checked write per value. A failed item ends the run (its log may
+        // move the values), and the next run starts after it.
+        'runs: loop {
+            let mut words = stream.words(items.len(), width);
+            for (index, item) in items.by_ref() {
+                words.running(index);
+                let failure = match catch_unwind(AssertUnwindSafe(|| f(item))) {
+                    Ok(value) => match codec::direct_value(&value) {
+                        Some(codec::Direct::Word(word, width)) => {
+                            words.push(index, &word[..width]);
+                            continue;
+                        }
+                        // Not reached: `R` is a plain number.
+                        _ => {
+                            Failure::new(FailureKind::EncodeResult, "internal error: not a number")
+                        }
+                    },
+                    Err(payload) => Failure::new(FailureKind::Panicked, panic_text(&*payload)),
+                };
+                let written = words.finish();
+                stream.words_written(written);
+                stream.failed_raw(index, &failure);
+                failures.push((index, failure));
+                continue 'runs;
+            }
+            let written = words.finish();
+            stream.words_written(written);
+            break;
+        }
+    }
+    for (index, item) in items {
         stream.running(index);
         match catch_unwind(AssertUnwindSafe(|| f(item))) {
             Ok(value) => match codec::direct_value(&value) {
@@ -312,5 +345,68 @@ mod tests {
             allocated < SIZE + (64 << 10),
             "{allocated} bytes allocated for {SIZE}"
         );
+    }
+
+    /// The outcomes in a reply, in order (a failure as its message).
+    fn outcomes(reply: &[u8], count: usize) -> Vec<Result<u64, String>> {
+        let mut reader = codec::ReplyReader::new(reply).unwrap();
+        (0..count)
+            .map(|_| reader.next::<u64>().unwrap().map_err(|f| f.message))
+            .collect()
+    }
+
+    /// Numbers written a run at a time (`ReplyStream::words`) make the
+    /// reply the general path makes, whichever items fail: a failed item
+    /// ends a run and the next starts after it, and a failure log that
+    /// outgrows its room moves the values written so far.
+    #[test]
+    fn a_run_of_numbers_makes_the_reply_the_general_path_makes() {
+        let long = "x".repeat(300);
+        let patterns: [Vec<u64>; 6] = [
+            vec![],
+            vec![0],
+            vec![499],
+            vec![3, 4, 5],
+            (0..500).step_by(3).collect(),
+            (0..500).collect(),
+        ];
+        let items: Vec<u64> = (0..500).collect();
+        let mut chunk = codec::ChunkWriter::default();
+        for item in &items {
+            chunk.push(item).unwrap();
+        }
+        let chunk = chunk.finish();
+        for failing in patterns {
+            let job = |n: u64| {
+                if failing.contains(&n) {
+                    std::panic::resume_unwind(Box::new(format!("{long} {n}")));
+                }
+                n * 3
+            };
+            let mut collect = Output::Collect(Vec::new());
+            let first = invoke(500, &chunk, &mut collect, job).unwrap();
+            let Output::Collect(general) = collect else {
+                unreachable!()
+            };
+            let mut region = Region::create().unwrap();
+            let mut output = Output::Stream(Streaming::new(&mut region, 9));
+            let first_here = invoke(500, &chunk, &mut output, job).unwrap();
+            let Output::Stream(streaming) = output else {
+                unreachable!()
+            };
+            let len = streaming.written().unwrap();
+            assert_eq!(crate::reply_log::items_done(&region, 9), Some(500));
+            let mut copy = crate::sys::ReplyCopy::default();
+            crate::reply_log::reply(&mut region, 9, len, &mut copy).unwrap();
+            let expected = outcomes(&general, 500);
+            assert_eq!(outcomes(copy.bytes(), 500), expected, "{failing:?}");
+            assert_eq!(
+                first_here.map(|f| f.message),
+                first.map(|f| f.message),
+                "{failing:?}"
+            );
+            let values = expected.iter().filter(|o| o.is_ok()).count();
+            assert_eq!(values, 500 - failing.len());
+        }
     }
 }

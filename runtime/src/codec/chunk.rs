@@ -127,6 +127,12 @@ fn vector_bytes(any: &dyn Any) -> Option<(usize, &[u8])> {
     None
 }
 
+/// The width of a value of type `T` written raw (a plain number, or `()`
+/// of no bytes; see [`raw_kind`]), as [`direct_value`] gives it.
+pub(crate) fn raw_width<T: 'static>() -> Option<usize> {
+    raw_kind::<T>().map(Kind::width)
+}
+
 /// The header of a chunk of items of one type, as [`ChunkWriter`] writes
 /// it before the first item: up to four bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

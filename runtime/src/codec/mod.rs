@@ -42,6 +42,7 @@ pub use chunk::ChunkWriter;
 pub(crate) use chunk::encode;
 pub(crate) use chunk::{
     ChunkReader, Direct, borrowed_chunk, chunk_rest, direct_header, direct_value, owned_chunk,
+    raw_width,
 };
 #[cfg(any(test, fuzzing))]
 use chunk::{SHAPED, TAGGED};

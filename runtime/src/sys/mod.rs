@@ -23,7 +23,7 @@ pub(crate) use process::{
 };
 #[cfg(feature = "cluster")]
 pub(crate) use process::{host_name, signal_unreaped_child};
-pub(crate) use region::{CopyFailed, InPlace, Region, ReplyCopy, Word, word_bytes};
+pub(crate) use region::{CopyFailed, InPlace, Region, ReplyCopy, Span, Word, word_bytes};
 #[cfg(test)]
 pub(crate) use region::{bytes_copied_out_here, bytes_written_here, whole_replies_copied_here};
 pub(crate) use rustix::process::Signal;

@@ -251,6 +251,20 @@ impl Region {
         Ok(())
     }
 
+    /// Bytes `at..at + len`, to be written a value at a time ([`Span`]),
+    /// with the header words at hand.
+    pub(crate) fn span(&mut self, at: usize, len: usize) -> std::io::Result<Span<'_>> {
+        if !self.covers(at, len) {
+            return Err(outside(at, len, self.size));
+        }
+        Ok(Span {
+            // SAFETY: `at` is within the mapping (checked above).
+            start: unsafe { self.base.add(at) },
+            len,
+            head: self.head(),
+        })
+    }
+
     /// Moves `len` bytes at `from` to `to`, inside the region.
     pub(crate) fn move_within(
         &mut self,
@@ -364,6 +378,53 @@ thread_local! {
     /// [`Region::move_within`]), for tests that pin how often a payload is
     /// copied in.
     static WRITTEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A range of a region written one small value at a time ([`Span::put`]):
+/// for a worker writing numbers into its reply region, where the checks of
+/// [`Region::write_at`] and the loads of the region's fields around each
+/// value were most of the time per item. It holds the region borrowed, so
+/// the mapping cannot grow (and move) while it lives, and each write is
+/// checked against the span alone.
+pub(crate) struct Span<'a> {
+    start: NonNull<u8>,
+    len: usize,
+    head: &'a [std::sync::atomic::AtomicU64; HEAD_WORDS],
+}
+
+impl Span<'_> {
+    /// The region's header words ([`Region::head`]).
+    #[inline(always)]
+    pub(crate) fn head(&self) -> &[std::sync::atomic::AtomicU64; HEAD_WORDS] {
+        self.head
+    }
+
+    /// Copies `bytes` to `offset` in the span: `false`, with nothing
+    /// written, where they would reach past its end.
+    #[inline(always)]
+    pub(crate) fn put(&mut self, offset: usize, bytes: &[u8]) -> bool {
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return false;
+        }
+        #[cfg(test)]
+        WRITTEN.with(|written| written.set(written.get() + bytes.len()));
+        // SAFETY: the destination lies in the span (checked above), which
+        // lies in the region's mapping (checked by `Region::span`) and stays
+        // mapped while the region is borrowed; `bytes` is private memory,
+        // so they cannot overlap; a raw copy makes no reference into the
+        // region.
+        unsafe {
+            let target = self.start.as_ptr().add(offset);
+            match <&[u8; 8]>::try_from(bytes) {
+                Ok(word) => target.cast::<[u8; 8]>().write_unaligned(*word),
+                Err(_) => std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, bytes.len()),
+            }
+        }
+        true
+    }
 }
 
 /// Bytes this thread wrote into any region so far (tests only).
