@@ -1,6 +1,6 @@
 //! What a vector of numbers costs to cross: an `apply` that echoes a
-//! `Vec<f64>` (1 MiB and 16 MiB), and a `map` whose results are vectors,
-//! medians of many runs.
+//! `Vec<f64>` (1 MiB and 16 MiB), the same inside a struct, and a `map`
+//! whose results are vectors, medians of many runs.
 //!
 //! ```sh
 //! cargo run --release -p procpool-bench --example echo_vectors
@@ -13,6 +13,18 @@ use procpool::{Pool, pool_job};
 #[pool_job]
 fn echo(floats: Vec<f64>) -> Vec<f64> {
     floats
+}
+
+/// Floats in a struct travel in the tagged format (fields by name).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Frame {
+    step: u64,
+    positions: Vec<f64>,
+}
+
+#[pool_job]
+fn echo_frame(frame: Frame) -> Frame {
+    frame
 }
 
 #[pool_job]
@@ -45,6 +57,15 @@ fn main() {
             (len * 8) >> 10
         );
     }
+    let frame = Frame {
+        step: 7,
+        positions: (0..2 << 20).map(|i| i as f64).collect(),
+    };
+    let ms = median_ms(15, || {
+        let back = pool.apply(echo_frame, &frame).expect("apply");
+        assert_eq!((back.step, back.positions.len()), (7, 2 << 20));
+    });
+    println!("echo of a struct with 16384 KiB of f64: median {ms:.3} ms");
     let ms = median_ms(15, || {
         let rows = pool.map(row, 0..1000).expect("map");
         assert_eq!(rows.len(), 1000);
