@@ -89,6 +89,20 @@ impl<'de> Decoder<'de> {
         }
     }
 
+    /// A packed sequence's numbers of `width` bytes each: its count (never
+    /// more than the data left can hold), then their bytes.
+    fn packed(&mut self, width: usize) -> Result<&'de [u8]> {
+        let count = self.varint()?;
+        let left = self.input.len() - self.pos;
+        match usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(width))
+        {
+            Some(len) if len <= left => self.take(len),
+            _ => Err(cut_short()),
+        }
+    }
+
     fn str(&mut self) -> Result<&'de str> {
         let len = self.length()?;
         let bytes = self.take(len)?;
@@ -134,11 +148,23 @@ impl<'de> Decoder<'de> {
             tag::SEQ_U8 => {
                 let count = de.length()?;
                 let bytes = de.take(count)?;
-                let mut seq =
-                    de::value::SeqDeserializer::<_, CodecError>::new(bytes.iter().copied());
-                let value = visitor.visit_seq(&mut seq)?;
-                seq.end()?;
-                Ok(value)
+                visit_packed::<_, _, 1>(bytes, visitor, |c| c[0])
+            }
+            tag::SEQ_F64 => {
+                let bytes = de.packed(8)?;
+                visit_packed::<_, _, 8>(bytes, visitor, |c| {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(c);
+                    f64::from_bits(u64::from_le_bytes(word))
+                })
+            }
+            tag::SEQ_F32 => {
+                let bytes = de.packed(4)?;
+                visit_packed::<_, _, 4>(bytes, visitor, |c| {
+                    let mut word = [0u8; 4];
+                    word.copy_from_slice(c);
+                    f32::from_bits(u32::from_le_bytes(word))
+                })
             }
             tag::MAP => {
                 let count = de.length()?;
@@ -254,9 +280,14 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
                 let len = self.length()?;
                 visitor.visit_borrowed_bytes(self.take(len)?)
             }
-            tag::SEQ | tag::SEQ_OPEN | tag::SEQ_U8 | tag::MAP | tag::MAP_OPEN | tag::STRUCT => {
-                self.visit_compound(tag, visitor)
-            }
+            tag::SEQ
+            | tag::SEQ_OPEN
+            | tag::SEQ_U8
+            | tag::SEQ_F64
+            | tag::SEQ_F32
+            | tag::MAP
+            | tag::MAP_OPEN
+            | tag::STRUCT => self.visit_compound(tag, visitor),
             tag::UNIT_VARIANT | tag::NEWTYPE_VARIANT | tag::TUPLE_VARIANT | tag::STRUCT_VARIANT => {
                 self.visit_variant_as_any(tag, visitor)
             }
@@ -595,5 +626,104 @@ impl<'de> de::VariantAccess<'de> for Variant<'_, 'de> {
             }
             other => Err(self.de.unexpected(other, "a struct variant")),
         }
+    }
+}
+
+/// Visits a packed sequence ([`tag::SEQ_U8`], [`tag::SEQ_F64`],
+/// [`tag::SEQ_F32`]): its values of `W` bytes each, made by `make`.
+fn visit_packed<'de, V, N, const W: usize>(
+    bytes: &[u8],
+    visitor: V,
+    make: fn(&[u8]) -> N,
+) -> Result<V::Value>
+where
+    V: Visitor<'de>,
+    N: PackedNumber,
+{
+    let mut access = PackedAccess {
+        values: bytes.chunks_exact(W),
+        make,
+    };
+    let value = visitor.visit_seq(&mut access)?;
+    match access.values.len() {
+        0 => Ok(value),
+        left => Err(CodecError::new(format!(
+            "a Deserialize impl stopped {left} elements before the end of a sequence"
+        ))),
+    }
+}
+
+/// A number of a packed sequence, handed to a `Deserialize` impl as the
+/// tagged decoder hands it (a newtype around it reads it too).
+trait PackedNumber: Copy {
+    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value>;
+}
+
+impl PackedNumber for f64 {
+    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_f64(self)
+    }
+}
+
+impl PackedNumber for u8 {
+    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u8(self)
+    }
+}
+
+impl PackedNumber for f32 {
+    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_f32(self)
+    }
+}
+
+struct PackedAccess<'b, N> {
+    values: std::slice::ChunksExact<'b, u8>,
+    make: fn(&[u8]) -> N,
+}
+
+impl<'de, N: PackedNumber> de::SeqAccess<'de> for PackedAccess<'_, N> {
+    type Error = CodecError;
+    fn next_element_seed<T: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>> {
+        match self.values.next() {
+            Some(bytes) => seed.deserialize(PackedValue((self.make)(bytes))).map(Some),
+            None => Ok(None),
+        }
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.values.len())
+    }
+}
+
+/// One number of a packed sequence.
+struct PackedValue<N>(N);
+
+impl<'de, N: PackedNumber> de::Deserializer<'de> for PackedValue<N> {
+    type Error = CodecError;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.0.visit(visitor)
+    }
+
+    // Transparent, as the tagged decoder reads a newtype.
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct seq tuple tuple_struct map struct
+        enum identifier ignored_any
     }
 }

@@ -60,6 +60,11 @@ pub(crate) const TUPLE_VARIANT: u8 = 0x17;
 pub(crate) const STRUCT_VARIANT: u8 = 0x18;
 /// Ends [`SEQ_OPEN`] and [`MAP_OPEN`].
 pub(crate) const END: u8 = 0x19;
+/// Varint count, then that many raw `f64`s (8 bytes each, little-endian):
+/// a sequence of `f64`, packed as [`SEQ_U8`] packs bytes.
+pub(crate) const SEQ_F64: u8 = 0x1a;
+/// Varint count, then that many raw `f32`s (4 bytes each).
+pub(crate) const SEQ_F32: u8 = 0x1b;
 
 /// How deep values may nest (options, sequences, maps, structs, enum
 /// payloads). Decoding recurses once per level on the decoding thread's
@@ -82,7 +87,7 @@ pub(crate) fn describe(tag: u8) -> &'static str {
         CHAR => "a char",
         STR => "a string",
         BYTES => "bytes",
-        SEQ | SEQ_OPEN | SEQ_U8 => "a sequence",
+        SEQ | SEQ_OPEN | SEQ_U8 | SEQ_F64 | SEQ_F32 => "a sequence",
         MAP | MAP_OPEN => "a map",
         STRUCT => "a struct",
         UNIT_VARIANT | NEWTYPE_VARIANT | TUPLE_VARIANT | STRUCT_VARIANT => "an enum variant",

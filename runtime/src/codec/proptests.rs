@@ -145,6 +145,25 @@ enum Untagged {
     List(Vec<i8>),
 }
 
+/// Read through `deserialize_any`: floats and integers in one sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(F64),
+}
+
+/// A struct of float sequences (tagged: a struct's fields go by name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Floats {
+    doubles: Vec<F64>,
+    singles: Vec<F32>,
+    optional: Vec<Option<F64>>,
+    mixed: Vec<Number>,
+    nested: Vec<Vec<F64>>,
+    pair: (F64, F32),
+}
+
 fn text() -> impl Strategy<Value = String> {
     vec(any::<char>(), 0..12).prop_map(String::from_iter)
 }
@@ -468,6 +487,36 @@ proptest! {
             .collect::<Vec<_>>())?;
     }
 
+    /// Sequences of floats in tagged values (packed as they are written,
+    /// unpacked where another value comes) read back bit for bit: plain
+    /// and newtype floats, both widths, optional ones, and sequences that
+    /// mix floats with integers at any position.
+    #[test]
+    fn packed_float_sequences_round_trip(
+        doubles in vec(f64s(), 0..40),
+        singles in vec(f32s(), 0..40),
+        optional in vec(proptest::option::of(f64s()), 0..10),
+        mixed in vec(prop_oneof![
+            3 => f64s().prop_map(|f| Number::Float(F64(f))),
+            1 => any::<i64>().prop_map(Number::Int),
+        ], 0..20),
+        nested in vec(vec(f64s(), 0..4), 0..4),
+    ) {
+        let frame = Floats {
+            doubles: doubles.into_iter().map(F64).collect(),
+            singles: singles.into_iter().map(F32).collect(),
+            optional: optional.into_iter().map(|f| f.map(F64)).collect(),
+            mixed,
+            nested: nested.into_iter().map(|v| v.into_iter().map(F64).collect()).collect(),
+            pair: (F64(1.5), F32(-0.5)),
+        };
+        let chunk = encode_chunk(std::slice::from_ref(&frame));
+        let read = decode_chunk::<Floats>(&chunk, 1).map_err(|p| TestCaseError::fail(p.message))?;
+        prop_assert_eq!(&read[0], &frame);
+        let packed = !frame.doubles.is_empty();
+        prop_assert!(!packed || chunk.contains(&format::SEQ_F64));
+    }
+
     /// A chunk whose items change shape part way (plain, then tagged:
     /// the items written so far are rewritten) reads back whole.
     #[test]
@@ -673,6 +722,8 @@ fn lying_lengths_are_errors_without_allocating() {
             tagged(&[format::BYTES], b"abc"),
             tagged(&[format::SEQ], &[format::UNIT; 8]),
             tagged(&[format::SEQ_U8], &[1, 2, 3]),
+            tagged(&[format::SEQ_F64], &[0; 16]),
+            tagged(&[format::SEQ_F32], &[0; 16]),
             tagged(&[format::MAP], &[format::UNIT; 8]),
             tagged(&[format::STRUCT], &[1, b'a', format::UNIT]),
             tagged(&[format::TUPLE_VARIANT, 0, 1, b'A'], &[format::UNIT; 8]),

@@ -315,6 +315,89 @@ fn byte_sequences_are_packed() {
     assert_eq!(round_trip(&[Some(data.clone())]), vec![Some(data)]);
 }
 
+/// Floats in a struct (tagged: the fields travel by name) are packed as
+/// they are written: a sequence of `f64` or `f32` is its count and raw
+/// values (it was a tag and a value each), and reads back bit for bit,
+/// newtypes around floats too. A sequence that turns out mixed is
+/// unpacked; other sequences are never packed.
+#[test]
+fn float_sequences_in_tagged_values_are_packed() {
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Clone, Copy)]
+    struct Meters(f64);
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
+    struct Frame {
+        positions: Vec<f64>,
+        weights: Vec<f32>,
+        pair: (f64, f64),
+        maybe: Vec<Option<f64>>,
+        lengths: Vec<Meters>,
+        empty: Vec<f64>,
+    }
+    let n = 1000;
+    let frame = Frame {
+        positions: (0..n).map(|i| i as f64 / 3.0).collect(),
+        weights: (0..n).map(|i| i as f32 * 0.5).collect(),
+        pair: (f64::NAN, -0.0),
+        maybe: vec![Some(1.0), None],
+        lengths: vec![Meters(2.5), Meters(-1.0)],
+        empty: vec![],
+    };
+    let bytes = encode(&frame).unwrap();
+    assert_eq!(bytes[0], TAGGED);
+    assert!(bytes.len() < 12 * n + 200, "{} bytes", bytes.len());
+    let back = round_trip(std::slice::from_ref(&frame)).remove(0);
+    assert_eq!(back.positions, frame.positions);
+    assert_eq!(back.weights, frame.weights);
+    assert_eq!(back.pair.0.to_bits(), frame.pair.0.to_bits());
+    assert_eq!(back.pair.1.to_bits(), frame.pair.1.to_bits());
+    assert_eq!(back.maybe, frame.maybe);
+    assert_eq!(back.lengths, frame.lengths);
+    assert!(back.empty.is_empty());
+    let odd = vec![
+        f64::from_bits(0x7ff0_0000_0000_0001),
+        f64::MIN_POSITIVE / 2.0,
+    ];
+    let mut packed = Vec::new();
+    ser::encode_into(&Some(odd.clone()), &mut packed).unwrap();
+    assert_eq!(packed[1], format::SEQ_F64);
+    assert_eq!(packed.len(), 1 + 1 + 1 + 16);
+    let (back, _) = fuzz::decode_one::<Option<Vec<f64>>>(&packed).unwrap();
+    let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&back.unwrap()), bits(&odd));
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+        Single(f32),
+    }
+    use Number::{Float, Int, Single};
+    for mixed in [
+        vec![Float(1.5), Float(2.5), Int(2)],
+        vec![Int(2), Float(1.5)],
+        vec![Float(1.5), Single(0.5)],
+    ] {
+        let mut out = Vec::new();
+        ser::encode_into(&Some(&mixed), &mut out).unwrap();
+        assert_eq!(out[1], format::SEQ, "{mixed:?}");
+        // (Untagged, an `f32` reads back as the first variant that takes
+        // it: `Float`.)
+        let back = fuzz::decode_one::<Option<Vec<Number>>>(&out).unwrap().0;
+        let widen = |n: &Number| match *n {
+            Single(f) => Float(f64::from(f)),
+            ref other => other.clone(),
+        };
+        assert_eq!(back, Some(mixed.iter().map(widen).collect()));
+    }
+    // A packed count the data cannot hold is an error; so is a
+    // `Deserialize` impl that stops early.
+    let forged = [format::SEQ_F64, 3, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(fuzz::decode_one::<Vec<f64>>(&forged).is_err());
+    let two = [format::SEQ_F32, 2, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(fuzz::decode_one::<(f32,)>(&two).is_err());
+    assert_eq!(fuzz::decode_one::<(f32, f32)>(&two).unwrap().0, (0.0, 0.0));
+}
+
 #[test]
 fn a_lying_length_is_an_error_not_a_shift() {
     struct Liar;
@@ -950,4 +1033,21 @@ fn a_raw_run_takes_exactly_what_fits_and_writes_what_pushes_write() {
     chunk.push(&()).unwrap();
     assert_eq!(chunk.extend_raw(&mut units, |x| x, 4, 0), 3);
     assert_eq!(units.count(), 7);
+}
+
+/// A newtype around a `u8` in a sequence reads back from the packed
+/// bytes, as it does from a tagged value (serde's own deserializer of a
+/// byte took only the byte: `Vec<Level>` in a struct failed to decode).
+#[test]
+fn packed_bytes_read_back_as_newtypes() {
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Clone, Copy)]
+    struct Level(u8);
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
+    struct Image {
+        levels: Vec<Level>,
+    }
+    let image = Image {
+        levels: vec![Level(1), Level(200)],
+    };
+    assert_eq!(round_trip(std::slice::from_ref(&image)), vec![image]);
 }
