@@ -1,6 +1,8 @@
 //! The decoder: the tagged format of [`super::format`] into any
 //! `Deserialize` type, with `deserialize_any` answered truthfully.
 
+use std::marker::PhantomData;
+
 use serde::de::{self, DeserializeSeed, Visitor};
 
 use super::error::{CodecError, owned_bytes, owned_str, too_deep};
@@ -89,17 +91,29 @@ impl<'de> Decoder<'de> {
         }
     }
 
-    /// A packed sequence's numbers of `width` bytes each: its count (never
-    /// more than the data left can hold), then their bytes.
-    fn packed(&mut self, width: usize) -> Result<&'de [u8]> {
+    /// Visits a packed sequence ([`tag::SEQ_U8`], [`tag::SEQ_F64`],
+    /// [`tag::SEQ_F32`]) of numbers `N`: its count (never more than the
+    /// data left can hold), then their bytes.
+    fn visit_packed<N: PackedNumber, V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value> {
         let count = self.varint()?;
         let left = self.input.len() - self.pos;
-        match usize::try_from(count)
+        let bytes = match usize::try_from(count)
             .ok()
-            .and_then(|c| c.checked_mul(width))
+            .and_then(|c| c.checked_mul(N::WIDTH))
         {
-            Some(len) if len <= left => self.take(len),
-            _ => Err(cut_short()),
+            Some(len) if len <= left => self.take(len)?,
+            _ => return Err(cut_short()),
+        };
+        let mut access = PackedAccess::<N> {
+            values: bytes.chunks_exact(N::WIDTH),
+            number: PhantomData,
+        };
+        let value = visitor.visit_seq(&mut access)?;
+        match access.values.len() {
+            0 => Ok(value),
+            left => Err(CodecError::new(format!(
+                "a Deserialize impl stopped {left} elements before the end of a sequence"
+            ))),
         }
     }
 
@@ -145,27 +159,9 @@ impl<'de> Decoder<'de> {
                 de.expect_end()?;
                 Ok(value)
             }
-            tag::SEQ_U8 => {
-                let count = de.length()?;
-                let bytes = de.take(count)?;
-                visit_packed::<_, _, 1>(bytes, visitor, |c| c[0])
-            }
-            tag::SEQ_F64 => {
-                let bytes = de.packed(8)?;
-                visit_packed::<_, _, 8>(bytes, visitor, |c| {
-                    let mut word = [0u8; 8];
-                    word.copy_from_slice(c);
-                    f64::from_bits(u64::from_le_bytes(word))
-                })
-            }
-            tag::SEQ_F32 => {
-                let bytes = de.packed(4)?;
-                visit_packed::<_, _, 4>(bytes, visitor, |c| {
-                    let mut word = [0u8; 4];
-                    word.copy_from_slice(c);
-                    f32::from_bits(u32::from_le_bytes(word))
-                })
-            }
+            tag::SEQ_U8 => de.visit_packed::<u8, V>(visitor),
+            tag::SEQ_F64 => de.visit_packed::<f64, V>(visitor),
+            tag::SEQ_F32 => de.visit_packed::<f32, V>(visitor),
             tag::MAP => {
                 let count = de.length()?;
                 let mut access = Counted { de, left: count };
@@ -629,57 +625,42 @@ impl<'de> de::VariantAccess<'de> for Variant<'_, 'de> {
     }
 }
 
-/// Visits a packed sequence ([`tag::SEQ_U8`], [`tag::SEQ_F64`],
-/// [`tag::SEQ_F32`]): its values of `W` bytes each, made by `make`.
-fn visit_packed<'de, V, N, const W: usize>(
-    bytes: &[u8],
-    visitor: V,
-    make: fn(&[u8]) -> N,
-) -> Result<V::Value>
-where
-    V: Visitor<'de>,
-    N: PackedNumber,
-{
-    let mut access = PackedAccess {
-        values: bytes.chunks_exact(W),
-        make,
-    };
-    let value = visitor.visit_seq(&mut access)?;
-    match access.values.len() {
-        0 => Ok(value),
-        left => Err(CodecError::new(format!(
-            "a Deserialize impl stopped {left} elements before the end of a sequence"
-        ))),
-    }
-}
-
-/// A number of a packed sequence, handed to a `Deserialize` impl as the
-/// tagged decoder hands it (a newtype around it reads it too).
+/// A number of a packed sequence: `WIDTH` little-endian bytes, handed to
+/// a `Deserialize` impl as the tagged decoder hands it (so a newtype
+/// around it reads it too).
 trait PackedNumber: Copy {
+    const WIDTH: usize;
+    fn read(bytes: &[u8]) -> Self;
     fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value>;
 }
 
-impl PackedNumber for f64 {
-    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_f64(self)
-    }
+macro_rules! packed_numbers {
+    ($($ty:ty: $width:literal, $read:expr, $visit:ident;)*) => {$(
+        impl PackedNumber for $ty {
+            const WIDTH: usize = $width;
+            #[inline]
+            fn read(bytes: &[u8]) -> Self {
+                let mut word = [0u8; $width];
+                word.copy_from_slice(bytes);
+                let read: fn([u8; $width]) -> $ty = $read;
+                read(word)
+            }
+            fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+                visitor.$visit(self)
+            }
+        }
+    )*};
 }
 
-impl PackedNumber for u8 {
-    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_u8(self)
-    }
-}
-
-impl PackedNumber for f32 {
-    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_f32(self)
-    }
+packed_numbers! {
+    u8: 1, |[b]| b, visit_u8;
+    f64: 8, |w| f64::from_bits(u64::from_le_bytes(w)), visit_f64;
+    f32: 4, |w| f32::from_bits(u32::from_le_bytes(w)), visit_f32;
 }
 
 struct PackedAccess<'b, N> {
     values: std::slice::ChunksExact<'b, u8>,
-    make: fn(&[u8]) -> N,
+    number: PhantomData<N>,
 }
 
 impl<'de, N: PackedNumber> de::SeqAccess<'de> for PackedAccess<'_, N> {
@@ -689,7 +670,7 @@ impl<'de, N: PackedNumber> de::SeqAccess<'de> for PackedAccess<'_, N> {
         seed: T,
     ) -> Result<Option<T::Value>> {
         match self.values.next() {
-            Some(bytes) => seed.deserialize(PackedValue((self.make)(bytes))).map(Some),
+            Some(bytes) => seed.deserialize(PackedValue(N::read(bytes))).map(Some),
             None => Ok(None),
         }
     }

@@ -277,9 +277,9 @@ mod tests {
 
     /// Every reply of values only is taken, with exactly the values the
     /// usual decoder reads; a reply with a failed item is not taken. So is
-    /// a reply of `usize` or `isize` where they are narrower than on the
-    /// wire (8 bytes): the usual decoder reads it, and says if a value does
-    /// not fit.
+    /// a reply of `usize` or `isize` (or of vectors of them) where they are
+    /// narrower than on the wire (8 bytes): the usual decoder reads it, and
+    /// says if a value does not fit.
     fn check<R>(values: Vec<R>, failed: Option<usize>) -> Result<(), TestCaseError>
     where
         R: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
@@ -290,8 +290,14 @@ mod tests {
             .collect();
         let reply = reply_of(&values, &failed);
         let (in_place, usual) = both_ways::<R>(&reply, values.len());
-        let narrow = [TypeId::of::<usize>(), TypeId::of::<isize>()].contains(&TypeId::of::<R>())
-            && size_of::<R>() != 8;
+        let narrow = [
+            TypeId::of::<usize>(),
+            TypeId::of::<isize>(),
+            TypeId::of::<Vec<usize>>(),
+            TypeId::of::<Vec<isize>>(),
+        ]
+        .contains(&TypeId::of::<R>())
+            && size_of::<usize>() != 8;
         if failed.is_empty() && !values.is_empty() {
             let expected = (!narrow).then_some(&values);
             prop_assert_eq!(in_place.as_ref(), expected);
@@ -329,7 +335,7 @@ mod tests {
             check(blobs.clone(), failed)?;
             check(texts, failed)?;
             // Vectors of numbers, empty ones too.
-            let vectors = |n: usize| blobs.iter().map(move |b| b.iter().map(move |&x| (n as u64).wrapping_mul(u64::from(x))).collect());
+            let vectors = |n: u64| blobs.iter().map(move |b| b.iter().map(move |&x| n.wrapping_mul(u64::from(x))).collect());
             check::<Vec<u64>>(vectors(1 << 56).collect(), failed)?;
             check::<Vec<usize>>(vectors(3).map(|v: Vec<u64>| v.into_iter().map(|x| x as usize).collect()).collect(), failed)?;
             check::<Vec<i32>>(vectors(1).map(|v: Vec<u64>| v.into_iter().map(|x| -(x as i32)).collect()).collect(), failed)?;
