@@ -4,13 +4,14 @@
 //!   ([`ser`] writes it, [`de`] reads it). Every serde feature round-trips:
 //!   `skip_serializing_if`, `flatten`, untagged and internally tagged
 //!   enums, `serde_json::Value`, `i128`, `Option<Option<T>>`, NaN bits.
-//! - [`plain`]: chunks of plain items (numbers, strings, bytes, tuples of
-//!   those) with their shape written once and no tag per value.
+//! - [`plain`]: chunks of plain items (numbers, strings, bytes, vectors of
+//!   numbers, tuples of those) with their shape written once and no tag
+//!   per value.
 //! - [`chunk`]: chunks of items ([`ChunkWriter`], [`ChunkReader`]), tagged
 //!   or plain.
 //! - [`in_place`]: a reply whose values are copies of bytes (numbers,
-//!   byte vectors, strings) decoded where its worker wrote it, each value
-//!   copied once into its own storage.
+//!   byte vectors, strings, vectors of numbers) decoded where its worker
+//!   wrote it, each value copied once into its own storage.
 //! - [`reply`]: a worker's reply ([`ReplyWriter`], [`ReplyReader`]): the
 //!   values that succeeded, in order, then the failures by item index, so a
 //!   chunk with no failure carries no per-item result tag.
