@@ -182,6 +182,43 @@ fn a_maps_items_keep_their_index_and_place_in_every_chunking() {
     }
 }
 
+/// Yields 1 to 5, then ends, then would yield three more (an iterator
+/// may), then ends for good: with a length it claims, so that `map` takes
+/// it as it comes.
+struct Flicker(u64);
+
+impl Iterator for Flicker {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.0 += 1;
+        match self.0 {
+            1..=5 => Some(self.0),
+            7..=9 => Some(1000 + self.0),
+            _ => None,
+        }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = 5usize.saturating_sub(self.0 as usize);
+        (left, Some(left))
+    }
+}
+
+/// An input ends at its first `None`, as a `for` loop ends, also where
+/// plain numbers are read a run at a time.
+#[test]
+fn an_input_ends_at_its_first_end() {
+    let pool = pool(2);
+    for size in [None, Some(1), Some(3), Some(100)] {
+        let chunked = pool.chunksize(size);
+        assert_eq!(chunked.map(double, Flicker(0)).unwrap(), [2, 4, 6, 8, 10]);
+        let lazy: Vec<u64> = chunked
+            .imap(double, Flicker(0))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(lazy, [2, 4, 6, 8, 10], "{size:?}");
+    }
+}
+
 fn pool(n: usize) -> Pool {
     Pool::with_processes(n).unwrap_or_else(|e| panic!("pool start failed: {e}"))
 }

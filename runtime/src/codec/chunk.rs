@@ -435,7 +435,15 @@ impl ChunkWriter {
         if width > 0 {
             room = room.min(max_bytes.saturating_sub(self.out.len()).div_ceil(width));
         }
-        if room == 0 || self.out.try_reserve(room.saturating_mul(width)).is_err() {
+        // Room for the items the input says it has (a chunk size may be far
+        // larger than the input); more grow the buffer as usual.
+        let expected = room.min(items.size_hint().0);
+        if room == 0
+            || self
+                .out
+                .try_reserve(expected.saturating_mul(width))
+                .is_err()
+        {
             return 0;
         }
         let mut out = std::mem::take(&mut self.out);

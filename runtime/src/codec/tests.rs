@@ -1033,6 +1033,14 @@ fn a_raw_run_takes_exactly_what_fits_and_writes_what_pushes_write() {
     chunk.push(&()).unwrap();
     assert_eq!(chunk.extend_raw(&mut units, |x| x, 4, 0), 3);
     assert_eq!(units.count(), 7);
+    // A chunk size far beyond the input reserves for the input only.
+    let mut few = 0..10u64;
+    let mut chunk = ChunkWriter::default();
+    chunk.push(&few.next().unwrap()).unwrap();
+    let largest = crate::test_alloc::largest_during(|| {
+        assert_eq!(chunk.extend_raw(&mut few, |x| x, 1 << 40, usize::MAX), 9);
+    });
+    assert!(largest < 4096, "{largest} bytes allocated for 9 numbers");
 }
 
 /// A newtype around a `u8` in a sequence reads back from the packed

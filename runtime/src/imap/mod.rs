@@ -45,7 +45,9 @@ pub struct Imap<R, I: Iterator> {
     /// value (moved to another thread, or a response's stream).
     pool: Pool,
     job: &'static str,
-    input: Option<I>,
+    /// Fused: a run of plain numbers that met the input's end leaves the
+    /// next read at the end too, as one read per item did.
+    input: Option<std::iter::Fuse<I>>,
     encode: BoxedEncode<I::Item>,
     /// [`Encode::extend_raw`] over the input: plain numbers, a run at a
     /// time (one virtual call per run rather than per item).
@@ -83,7 +85,8 @@ impl<R, I: Iterator> std::fmt::Debug for Imap<R, I> {
 }
 
 /// See [`Imap`]'s `fill`.
-type RawFill<I> = Box<dyn Fn(&mut I, &mut ChunkWriter, usize, usize) -> usize + Send + Sync>;
+type RawFill<I> =
+    Box<dyn Fn(&mut std::iter::Fuse<I>, &mut ChunkWriter, usize, usize) -> usize + Send + Sync>;
 
 /// The next item count, after `count`, at which an adaptive chunk looks at
 /// the clock (a power of two, or a multiple of 64).
@@ -119,7 +122,7 @@ where
         Imap {
             pool,
             job,
-            input: Some(input),
+            input: Some(input.fuse()),
             encode: Box::new(move |item, chunk| encode.encode(item, chunk)),
             fill: Box::new(move |input, chunk, max_items, max_bytes| {
                 encode.extend_raw(input, chunk, max_items, max_bytes)

@@ -76,7 +76,9 @@ impl Pool {
             call.abandon(error.clone());
             error
         };
-        let mut items = items.into_iter();
+        // Fused: a run of plain numbers that met the input's end leaves the
+        // next read at the end too, as one read per item did.
+        let mut items = items.into_iter().fuse();
         let mut index = 0;
         while let Some(item) = items.next() {
             let item = match owned {
