@@ -249,12 +249,10 @@ impl<'a> ReplyStream<'a> {
     }
 
     /// Ends a run of [`Words`]: `written`, what [`Words::finish`] said.
-    pub(crate) fn words_written(&mut self, written: Result<usize, ()>) {
+    pub(crate) fn words_written(&mut self, written: Option<usize>) {
         match written {
-            Ok(written) => self.published += written,
-            Err(()) => {
-                self.broken = Some(std::io::Error::other("a chunk had more values than items"))
-            }
+            Some(written) => self.published += written,
+            None => self.broken = Some(std::io::Error::other("a chunk had more values than items")),
         }
     }
 
@@ -353,12 +351,10 @@ impl Words<'_> {
         head[DONE / 8].store(index as u64 + 1, Ordering::Release);
     }
 
-    /// The value bytes the run wrote, for [`ReplyStream::words_written`].
-    pub(crate) fn finish(self) -> Result<usize, ()> {
-        match self.overflow {
-            false => Ok(self.written),
-            true => Err(()),
-        }
+    /// The value bytes the run wrote, for [`ReplyStream::words_written`]
+    /// (`None`: more values came than it had room for).
+    pub(crate) fn finish(self) -> Option<usize> {
+        (!self.overflow).then_some(self.written)
     }
 }
 
