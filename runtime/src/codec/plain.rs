@@ -320,11 +320,11 @@ impl<'a, 'b> ser::Serializer for &'a mut PlainEncoder<'b> {
                 }
             }
         };
-        if !self.dry {
-            // The count is the user's: room for the numbers is reserved
-            // fallibly, at the widest a number may be.
-            let most = len.saturating_mul(Kind::U128.width());
-            let room = kind.map_or(most, |kind| len.saturating_mul(kind.width()));
+        // The count is the user's: room for the numbers is reserved
+        // fallibly. (A shape is recorded only in a dry run, which writes
+        // nothing: a written sequence knows its kind.)
+        if let (false, Some(kind)) = (self.dry, kind) {
+            let room = len.saturating_mul(kind.width());
             reserve(self.out, room.saturating_add(varint_len(len as u64)))
                 .map_err(PlainError::User)?;
         }

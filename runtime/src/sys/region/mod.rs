@@ -233,21 +233,9 @@ impl Region {
         if !self.covers(at, bytes.len()) {
             return Err(outside(at, bytes.len(), self.size));
         }
-        #[cfg(test)]
-        WRITTEN.with(|written| written.set(written.get() + bytes.len()));
         // SAFETY: the destination lies in this value's mapping (checked
-        // above) and cannot overlap `bytes`, which is private memory; a raw
-        // copy creates no reference into the region.
-        unsafe {
-            let target = self.base.as_ptr().add(at);
-            // A fixed-size copy for the usual one number per item: a
-            // `memcpy` call per item was a tenth of a worker's time in a
-            // map of them.
-            match <&[u8; 8]>::try_from(bytes) {
-                Ok(word) => target.cast::<[u8; 8]>().write_unaligned(*word),
-                Err(_) => std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, bytes.len()),
-            }
-        }
+        // above).
+        unsafe { write_raw(self.base.as_ptr().add(at), bytes) };
         Ok(())
     }
 
@@ -409,21 +397,32 @@ impl Span<'_> {
         {
             return false;
         }
-        #[cfg(test)]
-        WRITTEN.with(|written| written.set(written.get() + bytes.len()));
         // SAFETY: the destination lies in the span (checked above), which
         // lies in the region's mapping (checked by `Region::span`) and stays
-        // mapped while the region is borrowed; `bytes` is private memory,
-        // so they cannot overlap; a raw copy makes no reference into the
-        // region.
-        unsafe {
-            let target = self.start.as_ptr().add(offset);
-            match <&[u8; 8]>::try_from(bytes) {
-                Ok(word) => target.cast::<[u8; 8]>().write_unaligned(*word),
-                Err(_) => std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, bytes.len()),
-            }
-        }
+        // mapped while the region is borrowed.
+        unsafe { write_raw(self.start.as_ptr().add(offset), bytes) };
         true
+    }
+}
+
+/// Copies `bytes` to `target` in a region's mapping, counting them
+/// (tests): a raw copy, which makes no reference into the region.
+///
+/// # Safety
+/// `target..target + bytes.len()` lies in a live mapping of a region
+/// (which `bytes`, private memory, cannot overlap).
+#[inline(always)]
+unsafe fn write_raw(target: *mut u8, bytes: &[u8]) {
+    #[cfg(test)]
+    WRITTEN.with(|written| written.set(written.get() + bytes.len()));
+    // SAFETY: the caller's contract. A fixed-size copy for the usual one
+    // number per item: a `memcpy` call per item was a tenth of a worker's
+    // time in a map of them.
+    unsafe {
+        match <&[u8; 8]>::try_from(bytes) {
+            Ok(word) => target.cast::<[u8; 8]>().write_unaligned(*word),
+            Err(_) => std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, bytes.len()),
+        }
     }
 }
 
